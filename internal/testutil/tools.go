@@ -1,0 +1,88 @@
+package testutil
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// RequireTool returns the path of the named program. When it is missing the
+// test is skipped, or failed when CI=true.
+func RequireTool(tb testing.TB, name string) string {
+	tb.Helper()
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p
+	}
+	if os.Getenv("CI") == "true" {
+		tb.Fatalf("%s is required with CI=true but not found: %v (run make deps)", name, err)
+	}
+	tb.Skipf("%s not installed (run make deps): %v", name, err)
+	return ""
+}
+
+// SocketDir returns a short private directory for unix sockets. t.TempDir()
+// paths can exceed the 108-byte sun_path limit, so this lives under /tmp.
+func SocketDir(tb testing.TB) string {
+	tb.Helper()
+	d, err := os.MkdirTemp("", "sdt")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
+// WaitSocket waits until a unix socket accepts connections.
+func WaitSocket(path string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		c, err := net.Dial("unix", path)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("socket %s not ready after %s: %w", path, timeout, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// StartNbdkit runs nbdkit in the foreground on a unix socket in a private
+// directory with the given plugin arguments (for example "file", "file=x.img"
+// or "memory", "size=1G") and returns the nbd+unix URI. The process is killed
+// and waited for in t.Cleanup.
+func StartNbdkit(tb testing.TB, args ...string) string {
+	tb.Helper()
+	bin := RequireTool(tb, "nbdkit")
+	sock := filepath.Join(SocketDir(tb), "nbdkit.sock")
+	full := append([]string{"--foreground", "--exit-with-parent", "--unix", sock}, args...)
+	cmd := exec.CommandContext(context.Background(), bin, full...)
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		tb.Fatalf("start nbdkit %v: %v", args, err)
+	}
+	tb.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	if err := WaitSocket(sock, 10*time.Second); err != nil {
+		tb.Fatal(err)
+	}
+	return "nbd+unix:///?socket=" + sock
+}

@@ -1,0 +1,223 @@
+package schemas
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Message names. Each is also the NATS subject the message travels on,
+// except backup.progress, which is published on backup.progress.<job_id>.
+const (
+	NameRequested = "backup.requested"
+	NameStarted   = "backup.started"
+	NameProgress  = "backup.progress"
+	NameChangeID  = "backup.changeid"
+	NameCompleted = "backup.completed"
+	NameFailed    = "backup.failed"
+	NameRejected  = "backup.rejected"
+)
+
+// Version is the schema version every message of this build carries.
+const Version = 1
+
+// Backup types. A request may ask for any of the three; events only ever
+// carry the type that actually ran (full or incremental).
+const (
+	TypeAuto        = "auto"
+	TypeFull        = "full"
+	TypeIncremental = "incremental"
+)
+
+// Reasons a disk's backup type was chosen (backup.started, backup.completed).
+const (
+	ReasonBaseUsable       = "base_usable"        // incremental on the previous backup
+	ReasonNoBase           = "no_base"            // no completed backup of this disk in this repository
+	ReasonCBTReset         = "cbt_reset"          // change id UUID differs from the base's
+	ReasonChangeIDRejected = "change_id_rejected" // VMware refused the base change id
+	ReasonDiskResized      = "disk_resized"       // capacity differs from the base's
+	ReasonRequestedFull    = "requested_full"     // the request asked for a full
+)
+
+// Reasons a request was rejected (backup.rejected). Never retryable.
+const (
+	RejectInvalidJSON       = "invalid_json"
+	RejectSchema            = "schema_violation"
+	RejectUnknownVM         = "unknown_vm"
+	RejectUnknownRepository = "unknown_repository"
+	RejectInvalidVMID       = "invalid_vm_id"
+	RejectImpossible        = "impossible"
+)
+
+// Reasons a job failed (backup.failed).
+const (
+	FailVCenter         = "vcenter_unavailable"
+	FailSnapshot        = "snapshot_failed"
+	FailSourceNBD       = "source_unreachable"
+	FailTargetNBD       = "target_unreachable"
+	FailRepository      = "repository_error"
+	FailCopy            = "copy_failed"
+	FailChangeIDMissing = "change_id_missing"
+	FailCancelled       = "cancelled"
+	FailShutdown        = "agent_shutdown"
+	FailInternal        = "internal"
+)
+
+// SchemaRef names the schema a message was written against.
+type SchemaRef struct {
+	Name    string `json:"name"`
+	Version int    `json:"version"`
+}
+
+// Request is the body of backup.requested. Only VM is required.
+type Request struct {
+	Schema      *SchemaRef        `json:"schema,omitempty"`
+	VM          string            `json:"vm"`                     // name, instance UUID or moref
+	BackupType  string            `json:"backup_type,omitempty"`  // auto (default), full, incremental
+	Repository  string            `json:"repository,omitempty"`   // default "default"
+	JobID       string            `json:"job_id,omitempty"`       // filled by the hub; derived by the agent when absent
+	RequestedBy string            `json:"requested_by,omitempty"` // free text: user, scheduler
+	Labels      map[string]string `json:"labels,omitempty"`
+}
+
+// VMRef identifies a VM. UUID is the instance UUID and is the identity;
+// Name and Moref are for people and for vCenter calls.
+type VMRef struct {
+	Name  string `json:"name,omitempty"`
+	UUID  string `json:"uuid,omitempty"`
+	Moref string `json:"moref,omitempty"`
+}
+
+// DiskRef identifies a virtual disk by its VMware device key and disk UUID,
+// never by its position in a list.
+type DiskRef struct {
+	Key           int32  `json:"key"`
+	UUID          string `json:"uuid"`
+	CapacityBytes int64  `json:"capacity_bytes"`
+}
+
+// Header is carried by every event. ID is the event's deterministic id and
+// equals its Nats-Msg-Id (see bus.EventID).
+type Header struct {
+	Schema  SchemaRef `json:"schema"`
+	ID      string    `json:"id"`
+	Time    time.Time `json:"time"`
+	JobID   string    `json:"job_id"`
+	Attempt int       `json:"attempt"`
+	VM      VMRef     `json:"vm"`
+}
+
+// EventHeader returns the header; it makes every event type an Event.
+func (h *Header) EventHeader() *Header { return h }
+
+// Event is any message of the backup.* family except the request.
+type Event interface {
+	EventHeader() *Header
+}
+
+// DiskPlan is one disk's decision in backup.started.
+type DiskPlan struct {
+	Disk         DiskRef `json:"disk"`
+	BackupType   string  `json:"backup_type"`              // full or incremental
+	Reason       string  `json:"reason"`                   // Reason* constant
+	BaseChangeID string  `json:"base_change_id,omitempty"` // incremental only
+	Backing      string  `json:"backing,omitempty"`        // job id of the base backup, incremental only
+	Target       string  `json:"target"`                   // repository path of the new QCOW2
+}
+
+// Started is backup.started: the job took the lease, made the snapshot and
+// opened its targets.
+type Started struct {
+	Header
+	Repository    string     `json:"repository"`
+	RequestedType string     `json:"requested_type"`
+	RequestedBy   string     `json:"requested_by,omitempty"`
+	Snapshot      string     `json:"snapshot"` // sendense-<job_id>
+	Disks         []DiskPlan `json:"disks"`
+}
+
+// DiskProgress is one disk's share of a Progress event.
+type DiskProgress struct {
+	Disk       DiskRef `json:"disk"`
+	BytesDone  int64   `json:"bytes_done"`
+	BytesTotal int64   `json:"bytes_total"`
+	Done       bool    `json:"done"`
+}
+
+// Progress is backup.progress.<job_id>. Each message carries the whole job's
+// state, because the stream keeps only the last message per job.
+type Progress struct {
+	Header
+	Seq             int64          `json:"seq"`
+	BytesDone       int64          `json:"bytes_done"`
+	BytesTotal      int64          `json:"bytes_total"`
+	RateBytesPerSec float64        `json:"rate_bytes_per_sec"`
+	Disks           []DiskProgress `json:"disks"`
+}
+
+// ChangeID is backup.changeid: one disk was copied and flushed, and this is
+// the change id its next incremental must start from.
+type ChangeID struct {
+	Header
+	Repository   string  `json:"repository"`
+	Disk         DiskRef `json:"disk"`
+	ChangeID     string  `json:"change_id"`
+	BackupType   string  `json:"backup_type"`
+	BytesRead    int64   `json:"bytes_read"`
+	BytesWritten int64   `json:"bytes_written"`
+	Target       string  `json:"target"`
+}
+
+// DiskResult is one disk's outcome in backup.completed.
+type DiskResult struct {
+	Disk            DiskRef `json:"disk"`
+	ChangeID        string  `json:"change_id"` // required, never empty
+	BackupType      string  `json:"backup_type"`
+	Reason          string  `json:"reason"`
+	BaseChangeID    string  `json:"base_change_id,omitempty"`
+	BytesRead       int64   `json:"bytes_read"`
+	BytesWritten    int64   `json:"bytes_written"`
+	Target          string  `json:"target"`            // repository path of the QCOW2
+	Backing         string  `json:"backing"`           // job id of the previous backup; empty for a full
+	ActualSizeBytes int64   `json:"actual_size_bytes"` // qemu-img actual size after close
+}
+
+// Completed is backup.completed: every disk has a change id and its target
+// was flushed and closed.
+type Completed struct {
+	Header
+	Repository string       `json:"repository"`
+	Disks      []DiskResult `json:"disks"`
+}
+
+// Failed is backup.failed.
+type Failed struct {
+	Header
+	Repository string   `json:"repository,omitempty"`
+	Reason     string   `json:"reason"`
+	Message    string   `json:"message"`
+	Retryable  bool     `json:"retryable"`
+	Disk       *DiskRef `json:"disk,omitempty"`
+}
+
+// Rejected is backup.rejected: the request was not acceptable. VM carries
+// whatever the request named (possibly nothing).
+type Rejected struct {
+	Header
+	Reason    string `json:"reason"`
+	Message   string `json:"message"`
+	Retryable bool   `json:"retryable"` // always false
+	Request   string `json:"request"`   // the raw request, cut to 4 KiB
+}
+
+// compile-time checks
+var (
+	_ Event = (*Started)(nil)
+	_ Event = (*Progress)(nil)
+	_ Event = (*ChangeID)(nil)
+	_ Event = (*Completed)(nil)
+	_ Event = (*Failed)(nil)
+	_ Event = (*Rejected)(nil)
+)
+
+// Marshal encodes an event or request as JSON.
+func Marshal(v any) ([]byte, error) { return json.Marshal(v) }
