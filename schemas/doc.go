@@ -1,0 +1,56 @@
+// Package schemas owns the contract of the backup pipeline: one JSON Schema
+// (draft 2020-12) per message, embedded in the binary, the Go types that
+// match them, and validation of received payloads.
+//
+// It must never do I/O, log, or know about NATS connections, vCenter or the
+// catalog: it turns bytes into checked values and back, nothing more. It
+// never loads a schema from the file system or the network.
+//
+// # Basics
+//
+// The messages are backup.requested (the request) and the events
+// backup.started, backup.progress, backup.changeid, backup.completed,
+// backup.failed and backup.rejected. Names lists them and Schema returns
+// one as a self-contained document (what `sendense schemas NAME` prints).
+// The files live in json/: one per message plus common.json, which holds
+// the shared definitions (header parts, vm, disk, the VMware change id
+// format) that the message files reference by $id.
+//
+// A consumer calls Decode(subject, data) for events or DecodeRequest(data)
+// for requests: both validate first, then unmarshal; DecodeRequest also
+// fills the defaults (backup_type auto, repository "default"). Validate
+// checks without decoding. backup.progress travels on
+// backup.progress.<job_id>; that subject validates as backup.progress and
+// its job must equal the payload's job_id.
+//
+// A producer fills a Go value, calls Stamp(&ev.Header, name) (NameOf gives
+// the name of an event's type) and Marshal. Producers should Validate what
+// they are about to publish: a completed event without a change id for
+// every disk does not validate, by design.
+//
+// Errors: ErrTooLarge (over MaxMessageBytes, refused before parsing),
+// ErrInvalidJSON, ErrUnknownSubject, or a *ValidationError whose Problems
+// name each field as a JSON pointer and the rule it broke, e.g.
+// "backup.completed: /disks/0: missing property 'change_id'". An agent
+// answering a bad request maps these to RejectInvalidJSON and RejectSchema
+// (a Problem on "/vm" with rule "pattern" is RejectInvalidVMID).
+//
+// # Caveats
+//
+// Schemas are compiled once, on first use, and are safe for concurrent use.
+//
+// Identifiers that end up in file names, snapshot names or subjects are
+// restricted to safe characters: job ids to 1..128 letters, digits, '_'
+// and '-', not starting with '-' (what both bus.ValidJobID and
+// repository.ValidateID accept; no '.', so a job id is one NATS subject
+// token), repositories and event ids to a similar set, VM and disk UUIDs to
+// the canonical 8-4-4-4-12 form. A request's vm may be a name, UUID or
+// moref but never contains '/', '\', ".." or control characters.
+//
+// JSON Schema counts 2.0 as an integer; Go does not. Such a payload passes
+// Validate and fails Decode with a plain error.
+//
+// Every field of an event is required unless its Go field is omitempty;
+// schema and Go type are kept in step by a test, so change both together
+// and bump Version when an old consumer could no longer read a message.
+package schemas
