@@ -1,0 +1,199 @@
+package repository
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// Image describes one image of a chain, from qemu-img info.
+type Image struct {
+	Path        string // absolute
+	Format      string // "qcow2", "raw", ...
+	VirtualSize int64  // guest-visible bytes
+	ActualSize  int64  // bytes allocated on the host
+	ClusterSize int64  // 0 for formats without clusters
+	// BackingFile is the backing file name as written in the image ("" for
+	// a base); BackingPath is it resolved against the image's directory.
+	BackingFile   string
+	BackingPath   string
+	BackingFormat string
+	Dirty         bool // qcow2 dirty flag (lazy refcounts, not closed cleanly)
+	Corrupt       bool // qcow2 corrupt flag
+}
+
+// Info describes an image and its backing chain.
+type Info struct {
+	Image         // the image asked about
+	Chain []Image // the image itself first, then its backing file, down to the base
+}
+
+type imageJSON struct {
+	Filename            string `json:"filename"`
+	Format              string `json:"format"`
+	VirtualSize         int64  `json:"virtual-size"`
+	ActualSize          int64  `json:"actual-size"`
+	ClusterSize         int64  `json:"cluster-size"`
+	BackingFilename     string `json:"backing-filename"`
+	FullBackingFilename string `json:"full-backing-filename"`
+	BackingFormat       string `json:"backing-filename-format"`
+	DirtyFlag           bool   `json:"dirty-flag"`
+	FormatSpecific      struct {
+		Data struct {
+			Corrupt bool `json:"corrupt"`
+		} `json:"data"`
+	} `json:"format-specific"`
+}
+
+func (j imageJSON) image() Image {
+	return Image{
+		Path: j.Filename, Format: j.Format, VirtualSize: j.VirtualSize, ActualSize: j.ActualSize,
+		ClusterSize: j.ClusterSize, BackingFile: j.BackingFilename, BackingPath: j.FullBackingFilename,
+		BackingFormat: j.BackingFormat, Dirty: j.DirtyFlag, Corrupt: j.FormatSpecific.Data.Corrupt,
+	}
+}
+
+// Info reads an image and its backing chain with
+// `qemu-img info --output=json --backing-chain -U`. -U (force share) lets it
+// read a file that qemu-nbd is exporting; sizes of such a file are a moment's
+// view. Works on any path, in the repository or not.
+func (r *Repo) Info(ctx context.Context, path string) (Info, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return Info{}, fmt.Errorf("info of %s: %w", path, err)
+	}
+	out, err := run(ctx, qemuImg, "info", "--output=json", "--backing-chain", "-U", abs)
+	if err != nil {
+		return Info{}, fmt.Errorf("info of %s: %w", path, err)
+	}
+	var chain []imageJSON
+	if err := json.Unmarshal(out, &chain); err != nil {
+		return Info{}, fmt.Errorf("info of %s: decode qemu-img output: %w", path, err)
+	}
+	if len(chain) == 0 {
+		return Info{}, fmt.Errorf("info of %s: qemu-img returned no image", path)
+	}
+	info := Info{Chain: make([]Image, len(chain))}
+	for i, j := range chain {
+		info.Chain[i] = j.image()
+	}
+	info.Image = info.Chain[0]
+	return info, nil
+}
+
+// imageInfo reads one image (no chain) with qemu-img info -U.
+func imageInfo(ctx context.Context, path string) (Image, error) {
+	out, err := run(ctx, qemuImg, "info", "--output=json", "-U", path)
+	if err != nil {
+		return Image{}, fmt.Errorf("info of %s: %w", path, err)
+	}
+	var j imageJSON
+	if err := json.Unmarshal(out, &j); err != nil {
+		return Image{}, fmt.Errorf("info of %s: decode qemu-img output: %w", path, err)
+	}
+	return j.image(), nil
+}
+
+// Check runs `qemu-img check` on a qcow2 file. It returns nil for a clean
+// image, a *CheckError for an image with leaked clusters only (matches
+// ErrLeaks), corruptions or a check that could not complete (matches
+// ErrCorrupt), and ErrBusy for a file this Repo exports writable. Check
+// reads the file only (no repair).
+func (r *Repo) Check(ctx context.Context, path string) error {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return fmt.Errorf("check %s: %w", path, err)
+	}
+	if _, err := os.Stat(abs); err != nil {
+		return fmt.Errorf("check %s: %w", path, err)
+	}
+	if e := r.exportOf(abs); e != nil && !e.ReadOnly() {
+		return fmt.Errorf("check %s: exported writable by qemu-nbd pid %d: %w", path, e.PID(), ErrBusy)
+	}
+	out, err := run(ctx, qemuImg, "check", "-f", "qcow2", "--output=json", abs)
+	if err == nil {
+		return nil
+	}
+	var ee *ExecError
+	if !errors.As(err, &ee) || ee.ExitCode < 1 || ee.ExitCode > 3 || ctx.Err() != nil {
+		return fmt.Errorf("check %s: %w", path, err)
+	}
+	ce := &CheckError{Path: abs, ExitCode: ee.ExitCode, Output: ee.Stderr}
+	var res struct {
+		Corruptions int `json:"corruptions"`
+		Leaks       int `json:"leaks"`
+		CheckErrors int `json:"check-errors"`
+	}
+	if json.Unmarshal(out, &res) == nil {
+		ce.Corruptions, ce.Leaks, ce.CheckErrors = res.Corruptions, res.Leaks, res.CheckErrors
+	}
+	return ce
+}
+
+// Compare reports whether two images have the same guest-visible content,
+// with `qemu-img compare` (formats probed; unallocated areas read as zeros;
+// for images of different sizes the extra part must be zeros). Exit status
+// 1 means different; anything else but 0 is an error.
+func (r *Repo) Compare(ctx context.Context, a, b string) (bool, error) {
+	_, err := run(ctx, qemuImg, "compare", a, b)
+	if err == nil {
+		return true, nil
+	}
+	var ee *ExecError
+	if errors.As(err, &ee) && ee.ExitCode == 1 && ctx.Err() == nil {
+		return false, nil
+	}
+	return false, fmt.Errorf("compare %s with %s: %w", a, b, err)
+}
+
+// Restore writes the guest-visible content of a chain point (read through
+// its backing chain) to dst, as "raw" or a standalone "qcow2" (no backing
+// file), with `qemu-img convert`. dst is created or overwritten; after an
+// error (or a cancelled ctx, which kills qemu-img) it may hold a partial
+// image.
+func (r *Repo) Restore(ctx context.Context, path, dst, format string) error {
+	if format != "raw" && format != "qcow2" {
+		return fmt.Errorf("restore %s to %s: format %q, want raw or qcow2: %w", path, dst, format, ErrInvalidFormat)
+	}
+	if _, err := run(ctx, qemuImg, "convert", "-f", "qcow2", "-O", format, path, dst); err != nil {
+		return fmt.Errorf("restore %s to %s: %w", path, dst, err)
+	}
+	return nil
+}
+
+// qcow2Magic starts every qcow2 file.
+var qcow2Magic = []byte{'Q', 'F', 'I', 0xfb}
+
+// readBackingName returns the backing file name written in a qcow2 header
+// ("" for none), without running qemu-img.
+func readBackingName(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	var hdr [20]byte
+	if _, err := f.ReadAt(hdr[:], 0); err != nil {
+		return "", fmt.Errorf("read qcow2 header of %s: %w", path, err)
+	}
+	if string(hdr[:4]) != string(qcow2Magic) {
+		return "", fmt.Errorf("read qcow2 header of %s: not a qcow2 file", path)
+	}
+	off := binary.BigEndian.Uint64(hdr[8:16])
+	size := binary.BigEndian.Uint32(hdr[16:20])
+	if off == 0 || size == 0 {
+		return "", nil
+	}
+	if size > 1023 || off > 1<<40 { // the spec's limit on the name; a sane offset
+		return "", fmt.Errorf("read qcow2 header of %s: backing name of %d bytes at %d", path, size, off)
+	}
+	name := make([]byte, size)
+	if _, err := f.ReadAt(name, int64(off)); err != nil {
+		return "", fmt.Errorf("read backing name of %s: %w", path, err)
+	}
+	return string(name), nil
+}

@@ -1,0 +1,363 @@
+package repository
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// Repo is a directory of QCOW2 chains laid out as
+// ROOT/<vm-uuid>/<disk-key>/<job-id>.qcow2, and the registry of the qemu-nbd
+// exports it started. Its methods are safe for concurrent use. One Repo per
+// root per host: the registry and the Create/Remove lock are in memory.
+type Repo struct {
+	root string
+
+	// fileMu serialises Create and Remove, so a file cannot be removed
+	// while an incremental backed by it is being created.
+	fileMu sync.Mutex
+
+	mu      sync.Mutex // guards exports and closed
+	exports map[*Export]struct{}
+	closed  bool
+}
+
+// File is one backup file present in a disk's directory.
+type File struct {
+	JobID      string
+	Path       string // absolute
+	Size       int64  // apparent size of the file in bytes
+	ActualSize int64  // bytes allocated on disk
+	ModTime    time.Time
+	// BackingFile is the backing file name as written in the qcow2 header
+	// ("" for a full). Files made by Create hold a name relative to the
+	// file's directory.
+	BackingFile string
+	// BackingJobID is the job id of the backing file when it is a sibling
+	// backup file ("" for a full or a backing file elsewhere).
+	BackingJobID string
+}
+
+// Open opens the repository rooted at root, creating the directory (0750)
+// when missing. The root is made absolute with symbolic links resolved, so
+// the paths the Repo returns are canonical.
+func Open(root string) (*Repo, error) {
+	if root == "" {
+		return nil, errors.New("open repository: empty root")
+	}
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return nil, fmt.Errorf("open repository %s: %w", root, err)
+	}
+	if err := os.MkdirAll(abs, 0o750); err != nil {
+		return nil, fmt.Errorf("open repository %s: %w", root, err)
+	}
+	abs, err = filepath.EvalSymlinks(abs)
+	if err != nil {
+		return nil, fmt.Errorf("open repository %s: %w", root, err)
+	}
+	st, err := os.Stat(abs)
+	if err != nil {
+		return nil, fmt.Errorf("open repository %s: %w", root, err)
+	}
+	if !st.IsDir() {
+		return nil, fmt.Errorf("open repository %s: not a directory", root)
+	}
+	return &Repo{root: abs, exports: make(map[*Export]struct{})}, nil
+}
+
+// Root returns the absolute root directory.
+func (r *Repo) Root() string { return r.root }
+
+// Path returns the absolute path of a job's backup file of a disk, whether
+// or not it exists. The ids are validated first (ErrInvalidID).
+func (r *Repo) Path(vmUUID string, diskKey int32, jobID string) (string, error) {
+	if err := validateIDs(vmUUID, diskKey, jobID); err != nil {
+		return "", fmt.Errorf("path of job %q disk %d of vm %q: %w", jobID, diskKey, vmUUID, err)
+	}
+	return filepath.Join(r.diskDir(vmUUID, diskKey), fileName(jobID)), nil
+}
+
+// diskDir is the directory of a disk's chain; ids must be valid.
+func (r *Repo) diskDir(vmUUID string, diskKey int32) string {
+	return filepath.Join(r.root, vmUUID, strconv.FormatInt(int64(diskKey), 10))
+}
+
+// Create makes the backup file of job jobID for a disk and returns its path.
+//
+// With backingJobID empty it is a full: an empty qcow2 of exactly
+// capacityBytes virtual bytes. Otherwise it is an incremental whose backing
+// file is backingJobID's file of the same disk, referenced by its relative
+// name (so the repository can be moved) with format qcow2; that file must
+// exist (ErrNoBacking) and have exactly capacityBytes virtual bytes
+// (ErrCapacityMismatch).
+//
+// The image is made under a temporary dot-name in the disk's directory and
+// linked to its final name only when complete, so a failed Create leaves no
+// file behind, and an existing file is never replaced (ErrExists).
+// capacityBytes must be a positive multiple of 512 (ErrInvalidCapacity).
+func (r *Repo) Create(ctx context.Context, vmUUID string, diskKey int32, jobID string, capacityBytes int64, backingJobID string) (string, error) {
+	path, err := r.create(ctx, vmUUID, diskKey, jobID, capacityBytes, backingJobID)
+	if err != nil {
+		return "", fmt.Errorf("create backup file of job %s for disk %d of vm %s: %w", jobID, diskKey, vmUUID, err)
+	}
+	zerolog.Ctx(ctx).Info().Str("job_id", jobID).Str("vm", vmUUID).Int32("disk_key", diskKey).
+		Str("path", path).Int64("capacity", capacityBytes).Str("base_job_id", backingJobID).
+		Msg("backup file created")
+	return path, nil
+}
+
+func (r *Repo) create(ctx context.Context, vmUUID string, diskKey int32, jobID string, capacity int64, backingJobID string) (string, error) {
+	if err := validateIDs(vmUUID, diskKey, jobID); err != nil {
+		return "", err
+	}
+	if backingJobID != "" {
+		if err := ValidateID(backingJobID); err != nil {
+			return "", fmt.Errorf("backing job id: %w", err)
+		}
+		if backingJobID == jobID {
+			return "", fmt.Errorf("job %s cannot back onto itself: %w", jobID, ErrInvalidID)
+		}
+	}
+	if capacity <= 0 || capacity%512 != 0 {
+		return "", fmt.Errorf("capacity %d bytes, want a positive multiple of 512: %w", capacity, ErrInvalidCapacity)
+	}
+	dir := r.diskDir(vmUUID, diskKey)
+	final := filepath.Join(dir, fileName(jobID))
+
+	r.fileMu.Lock()
+	defer r.fileMu.Unlock()
+
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return "", err
+	}
+	if _, err := os.Lstat(final); err == nil {
+		return "", fmt.Errorf("%s: %w", final, ErrExists)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return "", err
+	}
+	removeTemps(dir, jobID)
+
+	args := []string{"create", "-f", "qcow2"}
+	if backingJobID != "" {
+		backing := filepath.Join(dir, fileName(backingJobID))
+		st, err := os.Stat(backing)
+		if errors.Is(err, fs.ErrNotExist) {
+			return "", fmt.Errorf("backing file %s of job %s: %w", backing, backingJobID, ErrNoBacking)
+		}
+		if err != nil {
+			return "", fmt.Errorf("backing file %s: %w", backing, err)
+		}
+		if !st.Mode().IsRegular() {
+			return "", fmt.Errorf("backing file %s is not a regular file: %w", backing, ErrNoBacking)
+		}
+		img, err := imageInfo(ctx, backing)
+		if err != nil {
+			return "", err
+		}
+		if img.Format != "qcow2" {
+			return "", fmt.Errorf("backing file %s has format %q, want qcow2: %w", backing, img.Format, ErrNoBacking)
+		}
+		if img.VirtualSize != capacity {
+			return "", fmt.Errorf("capacity %d bytes, backing file %s has %d: %w", capacity, backing, img.VirtualSize, ErrCapacityMismatch)
+		}
+		args = append(args, "-b", fileName(backingJobID), "-F", "qcow2")
+	}
+
+	tf, err := os.CreateTemp(dir, tempPrefix(jobID)+"*.tmp")
+	if err != nil {
+		return "", err
+	}
+	tmp := tf.Name()
+	tf.Close()
+	done := false
+	defer func() {
+		if !done {
+			os.Remove(tmp)
+		}
+	}()
+
+	args = append(args, tmp, strconv.FormatInt(capacity, 10))
+	if _, err := run(ctx, qemuImg, args...); err != nil {
+		return "", err
+	}
+	if err := syncPath(tmp); err != nil {
+		return "", err
+	}
+	// Link, not rename: it fails instead of replacing a file that appeared.
+	if err := os.Link(tmp, final); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return "", fmt.Errorf("%s: %w", final, ErrExists)
+		}
+		return "", err
+	}
+	done = true
+	os.Remove(tmp)
+	if err := syncPath(dir); err != nil {
+		return "", err
+	}
+	return final, nil
+}
+
+// tempPrefix starts the temporary names of a job's file. The leading dot
+// keeps them out of the id space (ids never start with a dot).
+func tempPrefix(jobID string) string { return "." + fileName(jobID) + "." }
+
+// removeTemps removes temporary files a crashed Create of jobID left in dir.
+// Callers hold fileMu.
+func removeTemps(dir, jobID string) {
+	// Ids hold no glob metacharacters.
+	matches, _ := filepath.Glob(filepath.Join(dir, tempPrefix(jobID)+"*.tmp"))
+	for _, m := range matches {
+		os.Remove(m)
+	}
+}
+
+// syncPath fsyncs a file or directory.
+func syncPath(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", path, err)
+	}
+	return nil
+}
+
+// List returns the backup files of a disk, sorted by job id. A disk with no
+// directory has none. Temporary files of a Create in progress are skipped.
+func (r *Repo) List(vmUUID string, diskKey int32) ([]File, error) {
+	files, err := r.list(vmUUID, diskKey)
+	if err != nil {
+		return nil, fmt.Errorf("list backup files of disk %d of vm %q: %w", diskKey, vmUUID, err)
+	}
+	return files, nil
+}
+
+func (r *Repo) list(vmUUID string, diskKey int32) ([]File, error) {
+	if err := ValidateID(vmUUID); err != nil {
+		return nil, fmt.Errorf("vm id: %w", err)
+	}
+	if err := validateDiskKey(diskKey); err != nil {
+		return nil, err
+	}
+	dir := r.diskDir(vmUUID, diskKey)
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var files []File
+	for _, e := range entries {
+		name := e.Name()
+		job, ok := strings.CutSuffix(name, fileExt)
+		if !ok || ValidateID(job) != nil || !e.Type().IsRegular() {
+			continue
+		}
+		path := filepath.Join(dir, name)
+		st, err := os.Stat(path)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // removed meanwhile
+		}
+		if err != nil {
+			return nil, err
+		}
+		backing, err := readBackingName(path)
+		if err != nil {
+			return nil, err
+		}
+		f := File{JobID: job, Path: path, Size: st.Size(), ModTime: st.ModTime(), BackingFile: backing}
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+			f.ActualSize = sys.Blocks * 512
+		}
+		if b, ok := strings.CutSuffix(backing, fileExt); ok && !strings.Contains(backing, "/") && ValidateID(b) == nil {
+			f.BackingJobID = b
+		}
+		files = append(files, f)
+	}
+	sort.Slice(files, func(i, j int) bool { return files[i].JobID < files[j].JobID })
+	return files, nil
+}
+
+// Remove deletes a job's backup file of a disk, typically the partial file
+// of a failed attempt, with any temporary file a crashed Create of the job
+// left. It refuses a file another file of the disk uses as its backing file
+// (ErrIsBacking) and a file that is exported (ErrBusy). A missing file is
+// not an error, so Remove can be retried. Remove never touches anything
+// outside the disk's directory.
+func (r *Repo) Remove(vmUUID string, diskKey int32, jobID string) error {
+	if err := r.remove(vmUUID, diskKey, jobID); err != nil {
+		return fmt.Errorf("remove backup file of job %s for disk %d of vm %s: %w", jobID, diskKey, vmUUID, err)
+	}
+	return nil
+}
+
+func (r *Repo) remove(vmUUID string, diskKey int32, jobID string) error {
+	if err := validateIDs(vmUUID, diskKey, jobID); err != nil {
+		return err
+	}
+	dir := r.diskDir(vmUUID, diskKey)
+	target := filepath.Join(dir, fileName(jobID))
+
+	r.fileMu.Lock()
+	defer r.fileMu.Unlock()
+
+	if e := r.exportOf(target); e != nil {
+		return fmt.Errorf("%s by qemu-nbd pid %d: %w", target, e.PID(), ErrBusy)
+	}
+	files, err := r.list(vmUUID, diskKey)
+	if err != nil {
+		return err
+	}
+	for _, f := range files {
+		if f.Path == target || f.BackingFile == "" {
+			continue
+		}
+		b := f.BackingFile
+		if !filepath.IsAbs(b) {
+			b = filepath.Join(dir, b)
+		}
+		if filepath.Clean(b) == target {
+			return fmt.Errorf("%s backs job %s: %w", target, f.JobID, ErrIsBacking)
+		}
+	}
+	removeTemps(dir, jobID)
+	if err := os.Remove(target); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	return syncPath(dir)
+}
+
+// Close stops every export the Repo started (see Export.Close) and refuses
+// new ones (ErrClosed). Files are untouched. It returns the joined errors of
+// the exports' Close.
+func (r *Repo) Close(ctx context.Context) error {
+	r.mu.Lock()
+	r.closed = true
+	r.mu.Unlock()
+	var errs []error
+	for _, e := range r.exportList() {
+		if err := e.Close(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
