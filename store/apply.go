@@ -1,0 +1,430 @@
+package store
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"reflect"
+	"slices"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/sendense/sendense/schemas"
+)
+
+// maxIDLen bounds event ids, job ids, VM UUIDs and repository names, which
+// become bbolt keys and bucket names. An event over it is ErrInvalid (or
+// ErrIncomplete for a completed event's VM UUID or repository) instead of a
+// failed transaction.
+const maxIDLen = 512
+
+// Applied events are stored under events/<job id>/ as the event name, a
+// NUL byte, and the event's JSON (see encodeRecord).
+
+// Apply files a batch of events in one bbolt transaction, committed and
+// synced to disk before it returns.
+//
+// The fatal error is non-nil when the transaction failed (disk full, file
+// closed, ...); then nothing of the batch was applied and the per-event
+// slice is nil. Otherwise the per-event slice has one entry per event: nil
+// when the event was applied or is a duplicate (its id was applied before,
+// in an earlier batch or earlier in this one: a no-op), or an error wrapping
+//
+//   - ErrIncomplete: a backup.completed that breaks "completed means
+//     complete" (see ErrIncomplete). It is kept as a poison record and not
+//     applied; the job keeps the status its other events give it.
+//   - ErrInvalid: a nil or unknown event, or an empty or oversized id or
+//     job id. Kept as a poison record when there is anything to keep.
+//
+// Events with a per-event error never fail the batch: the others are
+// applied. The id of every event filed (applied or poisoned) is recorded in
+// the applied bucket in the same transaction, so redelivery is a no-op.
+//
+// Order does not matter: after the events are filed, every job the batch
+// touched is re-derived from its complete event set (see Job). So a
+// backup.completed applied before its backup.started gives the same job as
+// the reverse. One consequence: when a later backup.started of the same
+// attempt shows that an already applied backup.completed lacks one of its
+// disks, that completed event is moved to the poison records then, and the
+// job's status and chain links are derived again without it; the
+// backup.started itself gets a nil error (it was applied). If the completed
+// event is in the same batch it gets the ErrIncomplete; if it was applied
+// by an earlier batch, a warning is logged instead.
+//
+// backup.progress events are applied differently: the job keeps only the
+// newest one (highest attempt, seq, time, id) as Job.Progress, their ids
+// are not recorded in the applied bucket (keeping the newest is idempotent
+// by itself), and they never create a job on their own: a job appears with
+// its first other event.
+func (c *Catalog) Apply(evs ...schemas.Event) ([]error, error) {
+	errs := make([]error, len(evs))
+	if len(evs) == 0 {
+		return errs, nil
+	}
+	err := c.db.Update(func(tx *bolt.Tx) error {
+		clear(errs)
+		a := &applier{c: c, tx: tx, errs: errs, dirty: map[string]struct{}{},
+			index: map[string]int{}, fresh: map[string]record{}}
+		for i, ev := range evs {
+			if err := a.apply(i, ev); err != nil {
+				return err
+			}
+		}
+		return a.flush()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("apply batch of %d events: %w", len(evs), err)
+	}
+	return errs, nil
+}
+
+// applier holds the state of one Apply transaction.
+type applier struct {
+	c     *Catalog
+	tx    *bolt.Tx
+	errs  []error
+	dirty map[string]struct{} // jobs to re-derive
+	index map[string]int      // event id -> position in the batch
+	fresh map[string]record   // events filed by this batch, not to be decoded again
+}
+
+// apply files one event. It returns only fatal (storage) errors; problems
+// with the event itself go to a.errs[i].
+func (a *applier) apply(i int, ev schemas.Event) error {
+	if isNil(ev) {
+		a.errs[i] = fmt.Errorf("apply event %d of batch: nil event: %w", i, ErrInvalid)
+		return nil
+	}
+	name := eventName(ev)
+	h := ev.EventHeader()
+	if h == nil {
+		h = &schemas.Header{}
+	}
+	raw, merr := json.Marshal(ev)
+	if merr != nil {
+		raw = fmt.Appendf(nil, "%+v", ev)
+	}
+	invalid := func(reason string) error {
+		if name == "" {
+			a.errs[i] = fmt.Errorf("apply %T %.64q of job %.64q: %w: %s", ev, h.ID, h.JobID, ErrInvalid, reason)
+		} else {
+			a.errs[i] = fmt.Errorf("apply %s %.64q of job %.64q: %w: %s", name, h.ID, h.JobID, ErrInvalid, reason)
+		}
+		subject := name
+		if subject == "" {
+			subject = fmt.Sprintf("%T", ev)
+		}
+		return putPoison(a.tx, PoisonRecord{
+			Subject: subject, EventID: h.ID, JobID: h.JobID, Reason: reason, Raw: raw,
+		}, a.c.now)
+	}
+	switch {
+	case name == "":
+		return invalid(fmt.Sprintf("unknown event type %T", ev))
+	case merr != nil:
+		return invalid(fmt.Sprintf("encode event: %v", merr))
+	case h.ID == "":
+		return invalid("no event id")
+	case len(h.ID) > maxIDLen:
+		return invalid(fmt.Sprintf("event id longer than %d bytes", maxIDLen))
+	}
+	applied := a.tx.Bucket(bucketApplied)
+	if name != schemas.NameProgress && applied.Get([]byte(h.ID)) != nil {
+		return nil // duplicate: no-op
+	}
+	switch {
+	case h.JobID == "":
+		return a.markApplied(h, invalid("no job id"))
+	case len(h.JobID) > maxIDLen:
+		return a.markApplied(h, invalid(fmt.Sprintf("job id longer than %d bytes", maxIDLen)))
+	}
+
+	if p, ok := ev.(*schemas.Progress); ok {
+		return a.progress(p)
+	}
+
+	eb, err := a.tx.Bucket(bucketEvents).CreateBucketIfNotExists([]byte(h.JobID))
+	if err != nil {
+		return fmt.Errorf("create events bucket of job %s: %w", h.JobID, err)
+	}
+	if err := eb.Put([]byte(h.ID), encodeRecord(name, raw)); err != nil {
+		return fmt.Errorf("put event %s of job %s: %w", h.ID, h.JobID, err)
+	}
+	if err := a.markApplied(h, nil); err != nil {
+		return err
+	}
+	if _, ok := a.index[h.ID]; !ok {
+		a.index[h.ID] = i
+	}
+	a.dirty[h.JobID] = struct{}{}
+	// Keep the decoded event for rederive, unless json.Marshal replaced
+	// invalid UTF-8 (it writes the escape): then rederive must decode what
+	// was stored, or a later re-derivation would see other strings.
+	if !bytes.Contains(raw, []byte(`\ufffd`)) {
+		a.fresh[h.ID] = record{name: name, raw: raw, ev: ev}
+	}
+	return nil
+}
+
+// markApplied records h.ID in the applied bucket, unless prev is a fatal
+// error, which it passes on.
+func (a *applier) markApplied(h *schemas.Header, prev error) error {
+	if prev != nil {
+		return prev
+	}
+	v := []byte(h.JobID)
+	if len(v) == 0 || len(v) > maxIDLen {
+		v = []byte("-") // never an empty value: Get must tell it from a missing key
+	}
+	if err := a.tx.Bucket(bucketApplied).Put([]byte(h.ID), v); err != nil {
+		return fmt.Errorf("record applied event %s: %w", h.ID, err)
+	}
+	return nil
+}
+
+// progress keeps p as the job's progress if it is newer than the kept one.
+func (a *applier) progress(p *schemas.Progress) error {
+	b := a.tx.Bucket(bucketProgress)
+	np := Progress{
+		EventID: p.ID, Attempt: p.Attempt, Seq: p.Seq,
+		BytesDone: p.BytesDone, BytesTotal: p.BytesTotal, Time: p.Time.UTC(),
+	}
+	if raw := b.Get([]byte(p.JobID)); raw != nil {
+		var old Progress
+		if err := json.Unmarshal(raw, &old); err != nil {
+			return fmt.Errorf("decode progress of job %s: %w", p.JobID, err)
+		}
+		if !newerProgress(&np, &old) {
+			return nil
+		}
+	}
+	v, err := json.Marshal(np)
+	if err != nil {
+		return fmt.Errorf("encode progress of job %s: %w", p.JobID, err)
+	}
+	if err := b.Put([]byte(p.JobID), v); err != nil {
+		return fmt.Errorf("put progress of job %s: %w", p.JobID, err)
+	}
+	a.dirty[p.JobID] = struct{}{}
+	return nil
+}
+
+func newerProgress(p, old *Progress) bool {
+	if p.Attempt != old.Attempt {
+		return p.Attempt > old.Attempt
+	}
+	if p.Seq != old.Seq {
+		return p.Seq > old.Seq
+	}
+	if !p.Time.Equal(old.Time) {
+		return p.Time.After(old.Time)
+	}
+	return p.EventID > old.EventID
+}
+
+// flush re-derives every job the batch touched, in job id order.
+func (a *applier) flush() error {
+	ids := make([]string, 0, len(a.dirty))
+	for id := range a.dirty {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		if err := a.rederive(id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// rederive recomputes one job from its stored events and progress, moves
+// completed events that break invariant 2 to the poison records, and
+// rewrites the job record, its index entry and its chain links.
+func (a *applier) rederive(jobID string) error {
+	key := []byte(jobID)
+	events := a.tx.Bucket(bucketEvents)
+	eb := events.Bucket(key)
+	var recs []record
+	if eb != nil {
+		err := eb.ForEach(func(k, v []byte) error {
+			if r, ok := a.fresh[string(k)]; ok {
+				recs = append(recs, r)
+				return nil
+			}
+			r, err := decodeRecord(k, v)
+			if err != nil {
+				return fmt.Errorf("job %s: %w", jobID, err)
+			}
+			recs = append(recs, r)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	var prog *Progress
+	if raw := a.tx.Bucket(bucketProgress).Get(key); raw != nil {
+		prog = new(Progress)
+		if err := json.Unmarshal(raw, prog); err != nil {
+			return fmt.Errorf("decode progress of job %s: %w", jobID, err)
+		}
+	}
+
+	job, bad := derive(jobID, recs, prog)
+
+	for _, b := range bad {
+		h := b.rec.ev.EventHeader()
+		if err := eb.Delete([]byte(h.ID)); err != nil {
+			return fmt.Errorf("remove poisoned event %s of job %s: %w", h.ID, jobID, err)
+		}
+		err := putPoison(a.tx, PoisonRecord{
+			Subject: b.rec.name, EventID: h.ID, JobID: jobID, Reason: b.reason, Raw: b.rec.raw,
+		}, a.c.now)
+		if err != nil {
+			return fmt.Errorf("poison event %s of job %s: %w", h.ID, jobID, err)
+		}
+		perr := fmt.Errorf("apply %s %s of job %s: %w: %s", b.rec.name, h.ID, jobID, ErrIncomplete, b.reason)
+		if i, ok := a.index[h.ID]; ok {
+			a.errs[i] = perr
+		} else {
+			a.c.log.Warn().Str("job_id", jobID).Str("event_id", h.ID).Str("reason", b.reason).
+				Msg("applied completed event moved to poison records")
+		}
+	}
+	if eb != nil && len(bad) > 0 {
+		if k, _ := eb.Cursor().First(); k == nil {
+			if err := events.DeleteBucket(key); err != nil {
+				return fmt.Errorf("remove empty events bucket of job %s: %w", jobID, err)
+			}
+		}
+	}
+	return a.writeJob(jobID, job)
+}
+
+// writeJob replaces the stored record of a job (nil: the job has no events
+// left) together with its index entry and chain links.
+func (a *applier) writeJob(jobID string, job *Job) error {
+	key := []byte(jobID)
+	jobs := a.tx.Bucket(bucketJobs)
+	idx := a.tx.Bucket(bucketJobsByTime)
+	var old *Job
+	if raw := jobs.Get(key); raw != nil {
+		old = new(Job)
+		if err := json.Unmarshal(raw, old); err != nil {
+			return fmt.Errorf("decode job %s: %w", jobID, err)
+		}
+	}
+	oldLinks, newLinks := linksOf(old), linksOf(job)
+	if !sameLinks(oldLinks, newLinks) {
+		for i := range oldLinks {
+			if err := deleteLink(a.tx, &oldLinks[i]); err != nil {
+				return err
+			}
+		}
+		for i := range newLinks {
+			if err := putLink(a.tx, &newLinks[i]); err != nil {
+				return err
+			}
+		}
+	}
+	if old != nil && (job == nil || !old.CreatedAt.Equal(job.CreatedAt)) {
+		if err := idx.Delete(append(timeKey(old.CreatedAt), jobID...)); err != nil {
+			return fmt.Errorf("unindex job %s: %w", jobID, err)
+		}
+	}
+	if job == nil {
+		if old == nil {
+			return nil
+		}
+		if err := jobs.Delete(key); err != nil {
+			return fmt.Errorf("delete job %s: %w", jobID, err)
+		}
+		return nil
+	}
+	v, err := json.Marshal(job)
+	if err != nil {
+		return fmt.Errorf("encode job %s: %w", jobID, err)
+	}
+	if err := jobs.Put(key, v); err != nil {
+		return fmt.Errorf("put job %s: %w", jobID, err)
+	}
+	if err := idx.Put(append(timeKey(job.CreatedAt), jobID...), nil); err != nil {
+		return fmt.Errorf("index job %s: %w", jobID, err)
+	}
+	return nil
+}
+
+// record is one stored event, decoded.
+type record struct {
+	name string
+	raw  []byte // the event's JSON
+	ev   schemas.Event
+}
+
+func encodeRecord(name string, raw []byte) []byte {
+	v := make([]byte, 0, len(name)+1+len(raw))
+	v = append(v, name...)
+	v = append(v, 0)
+	return append(v, raw...)
+}
+
+// decodeRecord decodes a stored event; it copies what it keeps, so the
+// record outlives the transaction.
+func decodeRecord(k, v []byte) (record, error) {
+	i := bytes.IndexByte(v, 0)
+	if i < 0 {
+		return record{}, fmt.Errorf("stored event %s has no name", k)
+	}
+	name := string(v[:i])
+	ev := newEvent(name)
+	if ev == nil {
+		return record{}, fmt.Errorf("stored event %s has unknown name %q", k, name)
+	}
+	raw := bytes.Clone(v[i+1:])
+	if err := json.Unmarshal(raw, ev); err != nil {
+		return record{}, fmt.Errorf("decode stored event %s: %w", k, err)
+	}
+	return record{name: name, raw: raw, ev: ev}, nil
+}
+
+func eventName(ev schemas.Event) string {
+	switch ev.(type) {
+	case *schemas.Started:
+		return schemas.NameStarted
+	case *schemas.Progress:
+		return schemas.NameProgress
+	case *schemas.ChangeID:
+		return schemas.NameChangeID
+	case *schemas.Completed:
+		return schemas.NameCompleted
+	case *schemas.Failed:
+		return schemas.NameFailed
+	case *schemas.Rejected:
+		return schemas.NameRejected
+	}
+	return ""
+}
+
+func newEvent(name string) schemas.Event {
+	switch name {
+	case schemas.NameStarted:
+		return new(schemas.Started)
+	case schemas.NameChangeID:
+		return new(schemas.ChangeID)
+	case schemas.NameCompleted:
+		return new(schemas.Completed)
+	case schemas.NameFailed:
+		return new(schemas.Failed)
+	case schemas.NameRejected:
+		return new(schemas.Rejected)
+	}
+	return nil
+}
+
+func isNil(ev schemas.Event) bool {
+	if ev == nil {
+		return true
+	}
+	v := reflect.ValueOf(ev)
+	return v.Kind() == reflect.Pointer && v.IsNil()
+}

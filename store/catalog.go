@@ -1,0 +1,197 @@
+package store
+
+// The catalog file (one bbolt file, DATA/catalog.db):
+//
+//	meta/
+//	|--> schema_version -> "1" (decimal ASCII; see schemaVersion)
+//	applied/                              every event id ever filed (progress excepted)
+//	|--> <event id> -> <job id> ("-" when the event had none)
+//	events/                               the applied events, the source of every derived record
+//	|--> <job id>/
+//	     |--> <event id> -> <event name> 0x00 <event JSON>   e.g. backup.started\x00{"schema":...}
+//	progress/                             newest backup.progress per job, by (attempt, seq, time, id)
+//	|--> <job id> -> Progress (JSON)
+//	jobs/                                 derived from events/<job id> and progress/<job id>
+//	|--> <job id> -> Job (JSON)
+//	jobs_by_time/                         index for Jobs, newest last
+//	|--> <created_at: 12 bytes><job id> -> (empty)
+//	chains/                               derived from completed jobs
+//	|--> <vm uuid>/
+//	     |--> <repository>/
+//	          |--> <disk key: 4 bytes>/
+//	               |--> <completed time: 12 bytes><job id> -> Link (JSON)
+//	poison/                               events kept for inspection, never applied
+//	|--> id/<event id>             -> PoisonRecord (JSON)  (Apply, or RecordPoison with an event id)
+//	|--> seq/<subject>/<seq: 20 digits> -> PoisonRecord (JSON)  (RecordPoison with a stream sequence)
+//	|--> raw/<sha256 hex>          -> PoisonRecord (JSON)  (neither)
+//
+// Times in keys are 8 bytes big-endian seconds since 1970 with the sign bit
+// flipped, then 4 bytes big-endian nanoseconds, so byte order is time order.
+// Disk keys are 4 bytes big-endian with the sign bit flipped.
+//
+// Everything under jobs/, jobs_by_time/ and chains/ is a pure function of
+// events/ and progress/: each Apply re-derives the jobs it touched from their
+// whole event set, which is what makes the catalog order-tolerant.
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/rs/zerolog"
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// schemaVersion is the layout version this build writes. Bump it and add a
+// migration in migrate when the layout changes.
+const schemaVersion = 1
+
+// DefaultTimeout is how long Open waits for the file lock by default.
+const DefaultTimeout = 5 * time.Second
+
+var (
+	bucketMeta       = []byte("meta")
+	bucketApplied    = []byte("applied")
+	bucketEvents     = []byte("events")
+	bucketProgress   = []byte("progress")
+	bucketJobs       = []byte("jobs")
+	bucketJobsByTime = []byte("jobs_by_time")
+	bucketChains     = []byte("chains")
+	bucketPoison     = []byte("poison")
+
+	keySchemaVersion = []byte("schema_version")
+
+	topBuckets = [][]byte{
+		bucketMeta, bucketApplied, bucketEvents, bucketProgress,
+		bucketJobs, bucketJobsByTime, bucketChains, bucketPoison,
+	}
+)
+
+// Options configure Open. The zero value (or nil) gives the defaults.
+type Options struct {
+	// Timeout is how long Open waits for the file lock when another
+	// process holds it. Zero means DefaultTimeout (5 s); negative means
+	// wait forever. On timeout Open returns ErrLocked.
+	Timeout time.Duration
+
+	// Logger receives warnings, such as a completed event moved to the
+	// poison records after the fact. Default: zerolog's zero Logger, which
+	// discards everything.
+	Logger zerolog.Logger
+
+	// Now returns the time stamped on new poison records. Default time.Now.
+	Now func() time.Time
+}
+
+// Catalog is the bbolt catalog. All methods are safe for concurrent use:
+// bbolt runs one writing transaction at a time and reads never block.
+type Catalog struct {
+	db  *bolt.DB
+	log zerolog.Logger
+	now func() time.Time
+}
+
+// Open opens or creates the catalog file at path (its directory is created
+// if missing). Every write is synced to disk before Apply or RecordPoison
+// returns (bbolt NoSync is off). It returns ErrLocked when another process
+// holds the file and ErrSchemaVersion when the file is from a newer build.
+func Open(path string, opts *Options) (*Catalog, error) {
+	var o Options
+	if opts != nil {
+		o = *opts
+	}
+	timeout := o.Timeout
+	switch {
+	case timeout == 0:
+		timeout = DefaultTimeout
+	case timeout < 0:
+		timeout = 0 // bbolt: wait forever
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("open catalog %s: %w", path, err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:      timeout,
+		NoSync:       false,
+		FreelistType: bolt.FreelistMapType,
+	})
+	if errors.Is(err, berrors.ErrTimeout) {
+		return nil, fmt.Errorf("open catalog %s after %s: %w", path, timeout, ErrLocked)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open catalog %s: %w", path, err)
+	}
+	if err := db.Update(initBuckets); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("open catalog %s: %w", path, err)
+	}
+	return &Catalog{db: db, log: o.Logger, now: o.Now}, nil
+}
+
+// initBuckets creates the top-level buckets, writes the schema version of a
+// new file and refuses a file from a newer build.
+func initBuckets(tx *bolt.Tx) error {
+	for _, name := range topBuckets {
+		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+			return fmt.Errorf("create bucket %s: %w", name, err)
+		}
+	}
+	meta := tx.Bucket(bucketMeta)
+	raw := meta.Get(keySchemaVersion)
+	if raw == nil {
+		return meta.Put(keySchemaVersion, []byte(strconv.Itoa(schemaVersion)))
+	}
+	v, err := strconv.Atoi(string(raw))
+	if err != nil {
+		return fmt.Errorf("read schema version %q: %w", raw, ErrSchemaVersion)
+	}
+	if v > schemaVersion {
+		return fmt.Errorf("schema version %d, this build knows up to %d: %w", v, schemaVersion, ErrSchemaVersion)
+	}
+	return migrate(tx, v)
+}
+
+// migrate upgrades a file of an older layout to schemaVersion. There is
+// only one layout so far.
+func migrate(tx *bolt.Tx, from int) error {
+	if from == schemaVersion {
+		return nil
+	}
+	return fmt.Errorf("migrate from schema version %d: %w", from, ErrSchemaVersion)
+}
+
+// Close closes the file, waiting for running transactions to finish.
+// Calls after Close return errors (bbolt's "database not open").
+func (c *Catalog) Close() error {
+	if err := c.db.Close(); err != nil {
+		return fmt.Errorf("close catalog %s: %w", c.db.Path(), err)
+	}
+	return nil
+}
+
+// Path returns the file's path.
+func (c *Catalog) Path() string { return c.db.Path() }
+
+// Check runs bbolt's consistency check over the whole file and returns
+// every inconsistency found (at most ten, joined), or nil.
+func (c *Catalog) Check() error {
+	return c.db.View(func(tx *bolt.Tx) error {
+		var errs []error
+		for err := range tx.Check() { // drain fully: Check runs a goroutine
+			if len(errs) < 10 {
+				errs = append(errs, err)
+			}
+		}
+		if len(errs) > 0 {
+			return fmt.Errorf("check catalog %s: %w", c.db.Path(), errors.Join(errs...))
+		}
+		return nil
+	})
+}

@@ -1,0 +1,312 @@
+package store
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/sendense/sendense/schemas"
+)
+
+// badRecord is a stored completed event that breaks invariant 2.
+type badRecord struct {
+	rec    record
+	reason string
+}
+
+// rank orders event types within one attempt, so that a fold in canonical
+// order sees the plan before the results and the results before the verdict.
+func rank(name string) int {
+	switch name {
+	case schemas.NameRejected:
+		return 0
+	case schemas.NameStarted:
+		return 1
+	case schemas.NameChangeID:
+		return 2
+	case schemas.NameFailed:
+		return 3
+	case schemas.NameCompleted:
+		return 4
+	}
+	return 5
+}
+
+// canonical sorts records by (attempt, type rank, time, event id): an order
+// that depends only on the records, never on when they were applied.
+func canonical(recs []record) {
+	slices.SortFunc(recs, func(a, b record) int {
+		ha, hb := a.ev.EventHeader(), b.ev.EventHeader()
+		if c := cmp.Compare(ha.Attempt, hb.Attempt); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(rank(a.name), rank(b.name)); c != 0 {
+			return c
+		}
+		if c := ha.Time.Compare(hb.Time); c != 0 {
+			return c
+		}
+		return cmp.Compare(ha.ID, hb.ID)
+	})
+}
+
+// derive computes a job from the set of its stored events and its newest
+// progress. It is a pure function of that set: the order the events were
+// applied in cannot change the result. It also returns the completed
+// events that break invariant 2; they take no part in the job. job is nil
+// when no event is left.
+func derive(jobID string, recs []record, prog *Progress) (*Job, []badRecord) {
+	canonical(recs)
+
+	planned := map[int]map[int32]schemas.DiskRef{} // attempt -> disks of backup.started
+	for _, r := range recs {
+		if s, ok := r.ev.(*schemas.Started); ok {
+			m := planned[s.Attempt]
+			if m == nil {
+				m = map[int32]schemas.DiskRef{}
+				planned[s.Attempt] = m
+			}
+			for _, p := range s.Disks {
+				d := m[p.Disk.Key]
+				mergeRef(&d, p.Disk)
+				m[p.Disk.Key] = d
+			}
+		}
+	}
+	var keep []record
+	var bad []badRecord
+	for _, r := range recs {
+		if c, ok := r.ev.(*schemas.Completed); ok {
+			if reason := checkCompleted(c, planned[c.Attempt]); reason != "" {
+				bad = append(bad, badRecord{rec: r, reason: reason})
+				continue
+			}
+		}
+		keep = append(keep, r)
+	}
+	if len(keep) == 0 {
+		return nil, bad
+	}
+
+	j := &Job{ID: jobID, Disks: []Disk{}, EventIDs: make([]string, 0, len(keep))}
+	var (
+		completed *schemas.Completed
+		failed    *schemas.Failed
+		rejected  *schemas.Rejected
+		active    int // highest attempt of started/changeid
+		hasActive bool
+	)
+	for i, r := range keep {
+		h := r.ev.EventHeader()
+		t := h.Time.UTC()
+		if i == 0 || t.Before(j.CreatedAt) {
+			j.CreatedAt = t
+		}
+		if i == 0 || h.Attempt > j.Attempt {
+			j.Attempt = h.Attempt
+		}
+		mergeVM(&j.VM, h.VM)
+		j.EventIDs = append(j.EventIDs, h.ID)
+		switch e := r.ev.(type) {
+		case *schemas.Started:
+			setStr(&j.Repository, e.Repository)
+			setStr(&j.RequestedType, e.RequestedType)
+			setStr(&j.RequestedBy, e.RequestedBy)
+			if j.StartedAt.IsZero() || t.Before(j.StartedAt) {
+				j.StartedAt = t
+			}
+			if !hasActive || e.Attempt > active {
+				active, hasActive = e.Attempt, true
+			}
+		case *schemas.ChangeID:
+			setStr(&j.Repository, e.Repository)
+			if !hasActive || e.Attempt > active {
+				active, hasActive = e.Attempt, true
+			}
+		case *schemas.Failed:
+			setStr(&j.Repository, e.Repository)
+			failed = e // canonical order: the last one is the latest
+		case *schemas.Completed:
+			setStr(&j.Repository, e.Repository)
+			completed = e
+		case *schemas.Rejected:
+			rejected = e
+		}
+	}
+	slices.Sort(j.EventIDs)
+
+	decisive := 0
+	switch {
+	case completed != nil:
+		j.Status = StatusCompleted
+		j.FinishedAt = completed.Time.UTC()
+		j.Repository = completed.Repository
+		j.VM.UUID = completed.VM.UUID
+		decisive = completed.Attempt
+	case failed != nil && (!hasActive || failed.Attempt >= active):
+		j.Status = StatusFailed
+		j.FinishedAt = failed.Time.UTC()
+		j.Failure = &Failure{Reason: failed.Reason, Message: failed.Message, Retryable: failed.Retryable, Attempt: failed.Attempt}
+		decisive = failed.Attempt
+	case hasActive:
+		j.Status = StatusRunning
+		decisive = active
+	case rejected != nil: // only backup.rejected
+		j.Status = StatusRejected
+		j.FinishedAt = rejected.Time.UTC()
+		j.Failure = &Failure{Reason: rejected.Reason, Message: rejected.Message, Retryable: rejected.Retryable, Attempt: rejected.Attempt}
+		return withProgress(j, prog), bad
+	}
+
+	disks := map[int32]*Disk{}
+	get := func(ref schemas.DiskRef) *Disk {
+		d := disks[ref.Key]
+		if d == nil {
+			d = &Disk{Disk: schemas.DiskRef{Key: ref.Key}}
+			disks[ref.Key] = d
+		}
+		mergeRef(&d.Disk, ref)
+		return d
+	}
+	for _, r := range keep {
+		if r.ev.EventHeader().Attempt != decisive {
+			continue
+		}
+		switch e := r.ev.(type) {
+		case *schemas.Started:
+			for _, p := range e.Disks {
+				d := get(p.Disk)
+				setStr(&d.BackupType, p.BackupType)
+				setStr(&d.Reason, p.Reason)
+				setStr(&d.BaseChangeID, p.BaseChangeID)
+				setStr(&d.Backing, p.Backing)
+				setStr(&d.Target, p.Target)
+			}
+		case *schemas.ChangeID:
+			d := get(e.Disk)
+			setStr(&d.ChangeID, e.ChangeID)
+			setStr(&d.BackupType, e.BackupType)
+			setStr(&d.Target, e.Target)
+			setInt(&d.BytesRead, e.BytesRead)
+			setInt(&d.BytesWritten, e.BytesWritten)
+		case *schemas.Completed:
+			if e != completed {
+				continue
+			}
+			for _, res := range e.Disks {
+				d := get(res.Disk)
+				setStr(&d.ChangeID, res.ChangeID)
+				setStr(&d.BackupType, res.BackupType)
+				setStr(&d.Reason, res.Reason)
+				setStr(&d.BaseChangeID, res.BaseChangeID)
+				setStr(&d.Target, res.Target)
+				setStr(&d.Backing, res.Backing)
+				setInt(&d.BytesRead, res.BytesRead)
+				setInt(&d.BytesWritten, res.BytesWritten)
+				setInt(&d.ActualSizeBytes, res.ActualSizeBytes)
+			}
+		}
+	}
+	if completed != nil {
+		only := make(map[int32]*Disk, len(completed.Disks))
+		for _, res := range completed.Disks {
+			only[res.Disk.Key] = disks[res.Disk.Key]
+		}
+		disks = only
+	}
+	for _, d := range disks {
+		j.Disks = append(j.Disks, *d)
+	}
+	slices.SortFunc(j.Disks, func(a, b Disk) int { return cmp.Compare(a.Disk.Key, b.Disk.Key) })
+	return withProgress(j, prog), bad
+}
+
+func withProgress(j *Job, prog *Progress) *Job {
+	if prog != nil {
+		p := *prog
+		j.Progress = &p
+	}
+	return j
+}
+
+// checkCompleted returns why c may not mark its job completed, or "".
+// planned are the disks of the job's backup.started events of c's attempt.
+func checkCompleted(c *schemas.Completed, planned map[int32]schemas.DiskRef) string {
+	var problems []string
+	switch {
+	case c.VM.UUID == "":
+		problems = append(problems, "no vm uuid")
+	case len(c.VM.UUID) > maxIDLen:
+		problems = append(problems, fmt.Sprintf("vm uuid longer than %d bytes", maxIDLen))
+	}
+	switch {
+	case c.Repository == "":
+		problems = append(problems, "no repository")
+	case len(c.Repository) > maxIDLen:
+		problems = append(problems, fmt.Sprintf("repository longer than %d bytes", maxIDLen))
+	}
+	if len(c.Disks) == 0 {
+		problems = append(problems, "no disks")
+	}
+	results := slices.Clone(c.Disks)
+	slices.SortStableFunc(results, func(a, b schemas.DiskResult) int { return cmp.Compare(a.Disk.Key, b.Disk.Key) })
+	seen := map[int32]schemas.DiskRef{}
+	for _, d := range results {
+		k := d.Disk.Key
+		if _, dup := seen[k]; dup {
+			problems = append(problems, fmt.Sprintf("disk %d listed twice", k))
+			continue
+		}
+		seen[k] = d.Disk
+		if d.ChangeID == "" {
+			problems = append(problems, fmt.Sprintf("disk %d has no change id", k))
+		}
+		if d.Disk.UUID == "" {
+			problems = append(problems, fmt.Sprintf("disk %d has no uuid", k))
+		}
+		if d.Target == "" {
+			problems = append(problems, fmt.Sprintf("disk %d has no target", k))
+		}
+	}
+	keys := make([]int32, 0, len(planned))
+	for k := range planned {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		p := planned[k]
+		got, ok := seen[k]
+		switch {
+		case !ok:
+			problems = append(problems, fmt.Sprintf("disk %d (uuid %s) of backup.started attempt %d is missing", k, p.UUID, c.Attempt))
+		case p.UUID != "" && got.UUID != "" && p.UUID != got.UUID:
+			problems = append(problems, fmt.Sprintf("disk %d has uuid %s, backup.started attempt %d had %s", k, got.UUID, c.Attempt, p.UUID))
+		}
+	}
+	return strings.Join(problems, "; ")
+}
+
+func setStr(dst *string, v string) {
+	if v != "" {
+		*dst = v
+	}
+}
+
+func setInt(dst *int64, v int64) {
+	if v != 0 {
+		*dst = v
+	}
+}
+
+func mergeVM(dst *schemas.VMRef, v schemas.VMRef) {
+	setStr(&dst.Name, v.Name)
+	setStr(&dst.UUID, v.UUID)
+	setStr(&dst.Moref, v.Moref)
+}
+
+func mergeRef(dst *schemas.DiskRef, v schemas.DiskRef) {
+	dst.Key = v.Key
+	setStr(&dst.UUID, v.UUID)
+	setInt(&dst.CapacityBytes, v.CapacityBytes)
+}

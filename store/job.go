@@ -1,0 +1,174 @@
+package store
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/sendense/sendense/schemas"
+)
+
+// Job statuses, derived from a job's events (see Job.Status).
+const (
+	StatusRunning   = "running"
+	StatusCompleted = "completed"
+	StatusFailed    = "failed"
+	StatusRejected  = "rejected"
+)
+
+// Job is one backup job as the catalog derives it from the job's events.
+// It is what `sendense job ID --json` prints. Every field is a function of
+// the set of applied events (and the newest progress), never of their order.
+type Job struct {
+	ID string `json:"id"`
+	// Status: completed if a valid backup.completed was applied (it wins
+	// over everything); else failed if the latest backup.failed attempt is
+	// >= the latest attempt seen in backup.started / backup.changeid; else
+	// running if any started or changeid event exists (this covers a retry
+	// after a retryable failure); else rejected (only backup.rejected was
+	// seen).
+	Status string        `json:"status"`
+	VM     schemas.VMRef `json:"vm"`
+	// Repository of the completed event for a completed job, otherwise the
+	// latest one named by the job's events.
+	Repository    string `json:"repository,omitempty"`
+	RequestedType string `json:"requested_type,omitempty"`
+	RequestedBy   string `json:"requested_by,omitempty"`
+	// Attempt is the highest attempt seen in any of the job's events.
+	Attempt int `json:"attempt"`
+	// CreatedAt is the time of the job's earliest event; Jobs orders by it.
+	CreatedAt time.Time `json:"created_at"`
+	// StartedAt is the time of the earliest backup.started.
+	StartedAt time.Time `json:"started_at,omitzero"`
+	// FinishedAt is the time of the event that decided a completed, failed
+	// or rejected status; zero while running.
+	FinishedAt time.Time `json:"finished_at,omitzero"`
+	// Failure is set only for failed (the latest backup.failed) and
+	// rejected (the latest backup.rejected) jobs.
+	Failure *Failure `json:"failure,omitempty"`
+	// Disks of the attempt that decided the status (the completed attempt,
+	// the failed attempt, or the latest running attempt), by device key.
+	// For a completed job these are exactly the completed event's disks.
+	Disks []Disk `json:"disks"`
+	// Progress is the newest backup.progress applied for the job, if any.
+	Progress *Progress `json:"progress,omitempty"`
+	// EventIDs are the ids of the job's applied events, sorted. Progress
+	// events and poisoned events are not among them.
+	EventIDs []string `json:"event_ids"`
+}
+
+// Failure is why a job failed or was rejected.
+type Failure struct {
+	Reason    string `json:"reason"`
+	Message   string `json:"message"`
+	Retryable bool   `json:"retryable"`
+	Attempt   int    `json:"attempt"`
+}
+
+// Disk is one disk of a job, merged from backup.started (the plan),
+// backup.changeid and backup.completed of the same attempt, in that order;
+// a later source overwrites a field only with a non-empty value.
+type Disk struct {
+	Disk            schemas.DiskRef `json:"disk"`
+	BackupType      string          `json:"backup_type,omitempty"`
+	Reason          string          `json:"reason,omitempty"`
+	BaseChangeID    string          `json:"base_change_id,omitempty"`
+	ChangeID        string          `json:"change_id,omitempty"`
+	BytesRead       int64           `json:"bytes_read"`
+	BytesWritten    int64           `json:"bytes_written"`
+	Target          string          `json:"target,omitempty"`
+	Backing         string          `json:"backing,omitempty"`
+	ActualSizeBytes int64           `json:"actual_size_bytes"`
+}
+
+// Progress is the newest backup.progress of a job: the one with the highest
+// (attempt, seq, time, event id).
+type Progress struct {
+	EventID    string    `json:"event_id"`
+	Attempt    int       `json:"attempt"`
+	Seq        int64     `json:"seq"`
+	BytesDone  int64     `json:"bytes_done"`
+	BytesTotal int64     `json:"bytes_total"`
+	Time       time.Time `json:"time"`
+}
+
+// JobFilter selects jobs for Jobs. Zero fields match everything.
+type JobFilter struct {
+	// VM matches the VM's name exactly, or its instance UUID or moref
+	// (case-insensitive).
+	VM string
+	// Status is one of the Status* constants; anything else is ErrInvalid.
+	Status string
+	// Limit caps the number of jobs returned; <= 0 means no limit.
+	Limit int
+}
+
+func (f JobFilter) match(j *Job) bool {
+	if f.Status != "" && j.Status != f.Status {
+		return false
+	}
+	if f.VM != "" && j.VM.Name != f.VM && !strings.EqualFold(j.VM.UUID, f.VM) && !strings.EqualFold(j.VM.Moref, f.VM) {
+		return false
+	}
+	return true
+}
+
+// Job returns the job with this id, or an error wrapping ErrNotFound.
+func (c *Catalog) Job(id string) (Job, error) {
+	var j Job
+	err := c.db.View(func(tx *bolt.Tx) error {
+		raw := tx.Bucket(bucketJobs).Get([]byte(id))
+		if raw == nil {
+			return ErrNotFound
+		}
+		return json.Unmarshal(raw, &j)
+	})
+	if err != nil {
+		return Job{}, fmt.Errorf("get job %s: %w", id, err)
+	}
+	return j, nil
+}
+
+// Jobs returns the jobs matching f, newest first (by CreatedAt, then job id
+// descending).
+func (c *Catalog) Jobs(f JobFilter) ([]Job, error) {
+	switch f.Status {
+	case "", StatusRunning, StatusCompleted, StatusFailed, StatusRejected:
+	default:
+		return nil, fmt.Errorf("list jobs with status %q: %w", f.Status, ErrInvalid)
+	}
+	jobs := []Job{}
+	err := c.db.View(func(tx *bolt.Tx) error {
+		jb := tx.Bucket(bucketJobs)
+		cur := tx.Bucket(bucketJobsByTime).Cursor()
+		for k, _ := cur.Last(); k != nil; k, _ = cur.Prev() {
+			if len(k) < timeKeyLen {
+				return fmt.Errorf("index key %x too short", k)
+			}
+			id := k[timeKeyLen:]
+			raw := jb.Get(id)
+			if raw == nil {
+				return fmt.Errorf("index names job %s that has no record", id)
+			}
+			var j Job
+			if err := json.Unmarshal(raw, &j); err != nil {
+				return fmt.Errorf("decode job %s: %w", id, err)
+			}
+			if !f.match(&j) {
+				continue
+			}
+			jobs = append(jobs, j)
+			if f.Limit > 0 && len(jobs) >= f.Limit {
+				break
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list jobs: %w", err)
+	}
+	return jobs, nil
+}

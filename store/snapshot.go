@@ -1,0 +1,142 @@
+package store
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Snapshot is the catalog's whole content in a canonical form: what a
+// replay of the same events (in any order, in any batches, into an empty
+// catalog or one holding part of them) reproduces exactly. Compare two with
+// Equal.
+type Snapshot struct {
+	SchemaVersion int `json:"schema_version"`
+	// Jobs by id.
+	Jobs []Job `json:"jobs"`
+	// Links by VM UUID, repository, disk key, then chain order.
+	Links []Link `json:"links"`
+	// Poison records by identity, with Time cleared (the recording time
+	// is the only thing a replay does not reproduce).
+	Poison []PoisonRecord `json:"poison"`
+	// Applied event ids, sorted.
+	Applied []string `json:"applied"`
+}
+
+// Equal reports whether two snapshots have the same content.
+func (s Snapshot) Equal(o Snapshot) bool {
+	a, errA := json.Marshal(s)
+	b, errB := json.Marshal(o)
+	return errA == nil && errB == nil && bytes.Equal(a, b)
+}
+
+// Dump returns the catalog's content in one read transaction. It reads
+// everything; it is meant for tests, `catalog rebuild` and diagnostics, not
+// for hot paths.
+func (c *Catalog) Dump() (Snapshot, error) {
+	s := Snapshot{Jobs: []Job{}, Poison: []PoisonRecord{}, Applied: []string{}}
+	err := c.db.View(func(tx *bolt.Tx) error {
+		v, err := strconv.Atoi(string(tx.Bucket(bucketMeta).Get(keySchemaVersion)))
+		if err != nil {
+			return fmt.Errorf("read schema version: %w", err)
+		}
+		s.SchemaVersion = v
+		err = tx.Bucket(bucketJobs).ForEach(func(k, v []byte) error {
+			var j Job
+			if err := json.Unmarshal(v, &j); err != nil {
+				return fmt.Errorf("decode job %s: %w", k, err)
+			}
+			s.Jobs = append(s.Jobs, j)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if s.Links, err = allLinks(tx); err != nil {
+			return err
+		}
+		err = tx.Bucket(bucketPoison).ForEach(func(k, v []byte) error {
+			var p PoisonRecord
+			if err := json.Unmarshal(v, &p); err != nil {
+				return fmt.Errorf("decode poison record %q: %w", k, err)
+			}
+			p.Time = time.Time{}
+			s.Poison = append(s.Poison, p)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bucketApplied).ForEach(func(k, _ []byte) error {
+			s.Applied = append(s.Applied, string(k))
+			return nil
+		})
+	})
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("dump catalog %s: %w", c.db.Path(), err)
+	}
+	return s, nil
+}
+
+// Stats are counts over the catalog.
+type Stats struct {
+	SchemaVersion int            `json:"schema_version"`
+	Jobs          int            `json:"jobs"`
+	ByStatus      map[string]int `json:"by_status"`
+	Links         int            `json:"links"`
+	Applied       int            `json:"applied"`
+	Poison        int            `json:"poison"`
+	FileBytes     int64          `json:"file_bytes"`
+}
+
+// Stats counts jobs (by status), chain links, applied event ids and poison
+// records. It reads every job record, so it costs O(jobs).
+func (c *Catalog) Stats() (Stats, error) {
+	st := Stats{ByStatus: map[string]int{}}
+	err := c.db.View(func(tx *bolt.Tx) error {
+		st.SchemaVersion, _ = strconv.Atoi(string(tx.Bucket(bucketMeta).Get(keySchemaVersion)))
+		st.FileBytes = tx.Size()
+		err := tx.Bucket(bucketJobs).ForEach(func(k, v []byte) error {
+			var j struct {
+				Status string `json:"status"`
+			}
+			if err := json.Unmarshal(v, &j); err != nil {
+				return fmt.Errorf("decode job %s: %w", k, err)
+			}
+			st.Jobs++
+			st.ByStatus[j.Status]++
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		st.Links = countLinks(tx)
+		st.Applied = tx.Bucket(bucketApplied).Stats().KeyN
+		st.Poison = tx.Bucket(bucketPoison).Stats().KeyN
+		return nil
+	})
+	if err != nil {
+		return Stats{}, fmt.Errorf("stats of catalog %s: %w", c.db.Path(), err)
+	}
+	return st, nil
+}
+
+func countLinks(tx *bolt.Tx) int {
+	n := 0
+	root := tx.Bucket(bucketChains)
+	_ = root.ForEachBucket(func(vk []byte) error {
+		vb := root.Bucket(vk)
+		return vb.ForEachBucket(func(rk []byte) error {
+			rb := vb.Bucket(rk)
+			return rb.ForEachBucket(func(dk []byte) error {
+				n += rb.Bucket(dk).Stats().KeyN
+				return nil
+			})
+		})
+	})
+	return n
+}
