@@ -1,0 +1,195 @@
+package bus
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"github.com/sendense/sendense/schemas"
+)
+
+// Durable consumer names.
+const (
+	// ConsumerAgents is the one durable pull consumer on StreamRequests
+	// shared by all node agents of a site: each request goes to one agent.
+	ConsumerAgents = "sendense-agents"
+	// ConsumerCatalog is the catalog's durable pull consumer on
+	// StreamEvents. A second catalog replica uses its own durable name.
+	ConsumerCatalog = "sendense-catalog"
+)
+
+// Request consumer defaults.
+const (
+	// RequestAckWait is how long a delivered request may go without an ack
+	// or an in-progress ack before it is redelivered (first delivery; later
+	// ones follow RequestBackOff). Agents send InProgress every
+	// InProgressInterval while they work.
+	RequestAckWait = 30 * time.Second
+	// InProgressInterval is how often KeepInProgress acks a request in
+	// progress: a third of RequestAckWait, so two lost acks are survivable.
+	InProgressInterval = RequestAckWait / 3
+	// RequestMaxAckPending bounds the requests in flight across all agents.
+	RequestMaxAckPending = 1000
+	// CatalogAckWait is the catalog consumer's ack wait.
+	CatalogAckWait = 30 * time.Second
+	// CatalogMaxAckPending bounds unacknowledged events delivered to one
+	// catalog; large enough for group commits of a few hundred events.
+	CatalogMaxAckPending = 4096
+)
+
+// RequestBackOff is the ack wait of each redelivery of a request that was
+// neither acked nor kept in progress (an agent crashed): 30 s, 1 min,
+// 2 min, then 5 min for every later one. Its first element equals
+// RequestAckWait; the server uses it as the ack wait.
+var RequestBackOff = []time.Duration{RequestAckWait, time.Minute, 2 * time.Minute, 5 * time.Minute}
+
+// RequestConsumerOptions tunes EnsureRequestConsumer; the zero value gives
+// the defaults.
+type RequestConsumerOptions struct {
+	// MaxDeliver caps deliveries of one request. Default (0): -1,
+	// unlimited. Deliberate: a request waiting for its VM's lease is
+	// negatively acked with a delay, and every such wait counts as a
+	// delivery, so a server-side cap would park requests silently behind
+	// a long backup. Agents enforce their own attempt limit on failures
+	// (publish backup.failed, then terminate the message), so nothing is
+	// redelivered forever and nothing is dropped without an event.
+	MaxDeliver int
+	// BackOff overrides RequestBackOff; its first element becomes the ack
+	// wait.
+	BackOff []time.Duration
+}
+
+// RequestConsumerConfig returns the configuration of ConsumerAgents:
+// explicit acks, deliver all, ack wait RequestAckWait with RequestBackOff
+// for redeliveries, MaxDeliver per opts, replicas as the stream.
+func RequestConsumerConfig(opts RequestConsumerOptions) jetstream.ConsumerConfig {
+	md := opts.MaxDeliver
+	if md == 0 {
+		md = -1
+	}
+	bo := opts.BackOff
+	if len(bo) == 0 {
+		bo = RequestBackOff
+	}
+	return jetstream.ConsumerConfig{
+		Durable:       ConsumerAgents,
+		Description:   "Sendense node agents: backup requests",
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       bo[0],
+		BackOff:       append([]time.Duration(nil), bo...),
+		MaxDeliver:    md,
+		MaxAckPending: RequestMaxAckPending,
+	}
+}
+
+// EnsureRequestConsumer creates or updates ConsumerAgents on
+// StreamRequests and returns it. Agents read it with Consume, Messages or
+// Fetch (nats.go jetstream), ack after backup.completed / backup.failed /
+// backup.rejected is published, keep long jobs alive with KeepInProgress,
+// and wait for a busy VM lease with NakWithDelay.
+func EnsureRequestConsumer(ctx context.Context, js jetstream.JetStream, opts RequestConsumerOptions) (jetstream.Consumer, error) {
+	cfg := RequestConsumerConfig(opts)
+	c, err := js.CreateOrUpdateConsumer(ctx, StreamRequests, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("create or update consumer %s on %s: %w", cfg.Durable, StreamRequests, err)
+	}
+	return c, nil
+}
+
+// CatalogConsumerConfig returns the configuration of a catalog's durable
+// consumer: deliver all from the first event, explicit acks,
+// CatalogAckWait, MaxAckPending CatalogMaxAckPending, unlimited deliveries
+// (the catalog terminates events it cannot apply itself).
+func CatalogConsumerConfig(durable string) jetstream.ConsumerConfig {
+	if durable == "" {
+		durable = ConsumerCatalog
+	}
+	return jetstream.ConsumerConfig{
+		Durable:       durable,
+		Description:   "Sendense catalog: backup events",
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       CatalogAckWait,
+		MaxDeliver:    -1,
+		MaxAckPending: CatalogMaxAckPending,
+	}
+}
+
+// EnsureCatalogConsumer creates or updates a catalog's durable consumer on
+// StreamEvents (durable "" means ConsumerCatalog). A rebuild that replays
+// the stream needs no durable: use js.OrderedConsumer(ctx, StreamEvents,
+// jetstream.OrderedConsumerConfig{}).
+func EnsureCatalogConsumer(ctx context.Context, js jetstream.JetStream, durable string) (jetstream.Consumer, error) {
+	cfg := CatalogConsumerConfig(durable)
+	c, err := js.CreateOrUpdateConsumer(ctx, StreamEvents, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("create or update consumer %s on %s: %w", cfg.Durable, StreamEvents, err)
+	}
+	return c, nil
+}
+
+// Attempt returns a delivered message's attempt number: its delivery
+// count, 1 for the first delivery.
+func Attempt(msg jetstream.Msg) (int, error) {
+	md, err := msg.Metadata()
+	if err != nil {
+		return 0, fmt.Errorf("metadata of message on %s: %w", msg.Subject(), err)
+	}
+	return int(md.NumDelivered), nil
+}
+
+// KeepInProgress acks msg as in progress every interval (InProgressInterval
+// when 0) until stop is called or ctx ends, so a long job is not
+// redelivered. Failed in-progress acks are logged and retried at the next
+// tick. stop waits for the goroutine to end; call it before the final
+// Ack/Nak/Term. Safe to call stop more than once.
+func KeepInProgress(ctx context.Context, msg jetstream.Msg, interval time.Duration, log zerolog.Logger) (stop func()) {
+	if interval <= 0 {
+		interval = InProgressInterval
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := msg.InProgress(); err != nil {
+					log.Warn().Err(err).Str("subject", msg.Subject()).Msg("in-progress ack")
+				}
+			}
+		}
+	}()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			cancel()
+			<-done
+		})
+	}
+}
+
+// RequestJobID returns the job id of a delivered request: the request's
+// own job_id when it has one (it must satisfy ValidJobID), else
+// DeriveJobID of the message, the same on every redelivery.
+func RequestJobID(req schemas.Request, msg jetstream.Msg) (string, error) {
+	if req.JobID != "" {
+		if err := ValidJobID(req.JobID); err != nil {
+			return "", fmt.Errorf("request for vm %s: %w", req.VM, err)
+		}
+		return req.JobID, nil
+	}
+	md, err := msg.Metadata()
+	if err != nil {
+		return "", fmt.Errorf("metadata of request on %s: %w", msg.Subject(), err)
+	}
+	return DeriveJobID(md.Stream, md.Sequence.Stream, md.Timestamp), nil
+}

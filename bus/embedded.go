@@ -1,0 +1,273 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+)
+
+// Embedded server defaults.
+const (
+	// DefaultListen is where an embedded server accepts clients, so the
+	// nats CLI works against `sendense serve`.
+	DefaultListen = "127.0.0.1:4222"
+	// ListenNone runs the embedded server without a TCP listener; only
+	// in-process connections (Embedded.Connect) reach it.
+	ListenNone = "none"
+	// DefaultMaxMemory is the JetStream memory-storage limit. Sendense keeps
+	// everything in file storage, so this only bounds other users' streams.
+	DefaultMaxMemory int64 = 256 << 20
+	// DefaultMaxStore is the JetStream file-storage limit.
+	DefaultMaxStore int64 = 8 << 30
+	// DefaultServerName names a standalone embedded server.
+	DefaultServerName = "sendense"
+	// defaultReadyTimeout bounds StartEmbedded when ctx has no deadline.
+	defaultReadyTimeout = 30 * time.Second
+)
+
+// EmbeddedOptions configures StartEmbedded. Only DataDir is required.
+type EmbeddedOptions struct {
+	// DataDir is the directory the server keeps its state in; JetStream
+	// files go to DataDir/jetstream. Required.
+	DataDir string
+	// Listen is host:port for clients. Default DefaultListen
+	// ("127.0.0.1:4222"); ListenNone ("none") for in-process only; port -1
+	// (for example "127.0.0.1:-1") picks a free port, see ClientURL.
+	Listen string
+	// MaxMemory and MaxStore are the JetStream memory and file-storage
+	// limits in bytes. Defaults DefaultMaxMemory (256 MiB) and
+	// DefaultMaxStore (8 GiB); the server's own defaults (a share of RAM
+	// and disk) are never used.
+	MaxMemory int64
+	MaxStore  int64
+	// MaxPayload is the largest message the server accepts, in bytes.
+	// Default (0): the server's default, 1 MiB.
+	MaxPayload int32
+	// ServerName must be unique within a cluster. Default DefaultServerName.
+	ServerName string
+	// ClusterName, ClusterListen (host:port) and Routes (nats-route://
+	// host:port URLs of all cluster members; our own is ignored) make the
+	// server a member of a JetStream cluster. All empty (default):
+	// standalone.
+	ClusterName   string
+	ClusterListen string
+	Routes        []string
+	// Log receives the server's log lines. The zero Logger discards them.
+	// Debug and trace lines are enabled when its level allows them.
+	Log zerolog.Logger
+}
+
+// Embedded is a nats-server running inside this process with JetStream.
+// Every write is synced to disk before it is acknowledged (SyncAlways), so
+// a PubAck from a single embedded server survives a power cut.
+type Embedded struct {
+	srv      *server.Server
+	opts     EmbeddedOptions
+	inproc   bool // ListenNone
+	log      zerolog.Logger
+	shutdown sync.Once
+}
+
+// StartEmbedded starts a server with JetStream on file storage under
+// opts.DataDir/jetstream and returns once it accepts connections and
+// JetStream is up. ctx bounds only the start (default 30 s when it has no
+// deadline); the server runs until Shutdown.
+func StartEmbedded(ctx context.Context, opts EmbeddedOptions) (*Embedded, error) {
+	sopts, err := serverOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	log := opts.Log.With().Str("component", "nats-server").Logger()
+	srv, err := server.NewServer(sopts)
+	if err != nil {
+		return nil, fmt.Errorf("create embedded nats server in %s: %w", opts.DataDir, err)
+	}
+	sl := &serverLogger{log: log}
+	srv.SetLoggerV2(sl, log.GetLevel() <= zerolog.DebugLevel, log.GetLevel() <= zerolog.TraceLevel, false)
+	e := &Embedded{srv: srv, opts: opts, log: log, inproc: sopts.DontListen}
+
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, defaultReadyTimeout)
+		defer cancel()
+	}
+	go srv.Start()
+	for !srv.ReadyForConnections(50 * time.Millisecond) {
+		if f := sl.fatal.Load(); f != nil {
+			e.Shutdown()
+			return nil, fmt.Errorf("start embedded nats server in %s: %s", opts.DataDir, *f)
+		}
+		if ctx.Err() != nil {
+			e.Shutdown()
+			return nil, fmt.Errorf("start embedded nats server in %s: not ready: %w", opts.DataDir, context.Cause(ctx))
+		}
+	}
+	if f := sl.fatal.Load(); f != nil {
+		e.Shutdown()
+		return nil, fmt.Errorf("start embedded nats server in %s: %s", opts.DataDir, *f)
+	}
+	if !srv.JetStreamEnabled() {
+		e.Shutdown()
+		return nil, fmt.Errorf("start embedded nats server in %s: jetstream did not start", opts.DataDir)
+	}
+	log.Info().Str("url", e.ClientURL()).Str("store_dir", sopts.StoreDir).Str("server", sopts.ServerName).
+		Int64("max_store", sopts.JetStreamMaxStore).Int64("max_memory", sopts.JetStreamMaxMemory).
+		Msg("embedded nats server ready")
+	return e, nil
+}
+
+func serverOptions(opts EmbeddedOptions) (*server.Options, error) {
+	if opts.DataDir == "" {
+		return nil, errors.New("embedded nats server: data dir is required")
+	}
+	dataDir, err := filepath.Abs(opts.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats server: data dir %s: %w", opts.DataDir, err)
+	}
+	so := &server.Options{
+		ServerName:         opts.ServerName,
+		JetStream:          true,
+		StoreDir:           dataDir, // the server keeps its files in <StoreDir>/jetstream
+		SyncAlways:         true,
+		JetStreamMaxMemory: opts.MaxMemory,
+		JetStreamMaxStore:  opts.MaxStore,
+		MaxPayload:         opts.MaxPayload,
+		NoSigs:             true,
+	}
+	if so.ServerName == "" {
+		so.ServerName = DefaultServerName
+	}
+	if so.JetStreamMaxMemory <= 0 {
+		so.JetStreamMaxMemory = DefaultMaxMemory
+	}
+	if so.JetStreamMaxStore <= 0 {
+		so.JetStreamMaxStore = DefaultMaxStore
+	}
+	listen := opts.Listen
+	if listen == "" {
+		listen = DefaultListen
+	}
+	if listen == ListenNone {
+		so.DontListen = true
+	} else {
+		host, port, err := splitHostPort(listen)
+		if err != nil {
+			return nil, fmt.Errorf("embedded nats server: listen %q: %w", listen, err)
+		}
+		so.Host, so.Port = host, port
+	}
+	if opts.ClusterName != "" || opts.ClusterListen != "" || len(opts.Routes) > 0 {
+		if opts.ClusterName == "" || opts.ClusterListen == "" {
+			return nil, errors.New("embedded nats server: a cluster needs a cluster name and a cluster listen address")
+		}
+		host, port, err := splitHostPort(opts.ClusterListen)
+		if err != nil {
+			return nil, fmt.Errorf("embedded nats server: cluster listen %q: %w", opts.ClusterListen, err)
+		}
+		so.Cluster.Name, so.Cluster.Host, so.Cluster.Port = opts.ClusterName, host, port
+		for _, r := range opts.Routes {
+			u, err := url.Parse(r)
+			if err != nil {
+				return nil, fmt.Errorf("embedded nats server: route %q: %w", r, err)
+			}
+			so.Routes = append(so.Routes, u)
+		}
+	}
+	return so, nil
+}
+
+func splitHostPort(hp string) (string, int, error) {
+	host, ps, err := net.SplitHostPort(hp)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(ps)
+	if err != nil || port < -1 || port > 65535 {
+		return "", 0, fmt.Errorf("port %q is not a number in -1..65535", ps)
+	}
+	return host, port, nil
+}
+
+// ClientURL returns the nats:// URL clients outside the process use, with
+// the actual port when Listen asked for a random one; "" with ListenNone.
+func (e *Embedded) ClientURL() string {
+	if e.inproc {
+		return ""
+	}
+	return e.srv.ClientURL()
+}
+
+// ClusterURL returns the nats-route:// URL of the cluster listener, or ""
+// when the server is standalone.
+func (e *Embedded) ClusterURL() string {
+	a := e.srv.ClusterAddr()
+	if a == nil {
+		return ""
+	}
+	return "nats-route://" + a.String()
+}
+
+// Server returns the nats-server instance, for tests and health checks.
+func (e *Embedded) Server() *server.Server { return e.srv }
+
+// StoreDir returns the JetStream storage directory.
+func (e *Embedded) StoreDir() string { return e.srv.StoreDir() }
+
+// Connect returns a client connection that reaches the server in-process,
+// without TCP (nats.InProcessServer), whether or not it listens. It logs
+// like Connect and reconnects while the server lives; it cannot reconnect
+// to a server restarted later (use ClientURL with Connect for that).
+func (e *Embedded) Connect(log zerolog.Logger) (*nats.Conn, error) {
+	log = log.With().Str("component", "nats").Logger()
+	opts := append(connOptions(e.srv.Name()+"-inprocess", log, nil, "inprocess://"+e.srv.Name()), nats.InProcessServer(e.srv))
+	nc, err := nats.Connect("", opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect in-process to embedded nats server %s: %w", e.srv.Name(), err)
+	}
+	return nc, nil
+}
+
+// Shutdown stops the server and waits until it has stopped and closed its
+// files. Clients see a disconnect. Safe to call more than once.
+func (e *Embedded) Shutdown() {
+	e.shutdown.Do(func() {
+		e.srv.Shutdown()
+		e.srv.WaitForShutdown()
+		e.log.Info().Str("server", e.srv.Name()).Msg("embedded nats server stopped")
+	})
+}
+
+// serverLogger routes nats-server's log into zerolog. The server's text is
+// data here (field nats_log); the message is fixed. Fatalf is logged at
+// error level and recorded, never exits the process: StartEmbedded turns it
+// into an error.
+type serverLogger struct {
+	log   zerolog.Logger
+	fatal atomic.Pointer[string]
+}
+
+func (l *serverLogger) line(ev *zerolog.Event, format string, v []any) {
+	ev.Str("nats_log", fmt.Sprintf(format, v...)).Msg("nats server")
+}
+
+func (l *serverLogger) Noticef(format string, v ...any) { l.line(l.log.Info(), format, v) }
+func (l *serverLogger) Warnf(format string, v ...any)   { l.line(l.log.Warn(), format, v) }
+func (l *serverLogger) Errorf(format string, v ...any)  { l.line(l.log.Error(), format, v) }
+func (l *serverLogger) Debugf(format string, v ...any)  { l.line(l.log.Debug(), format, v) }
+func (l *serverLogger) Tracef(format string, v ...any)  { l.line(l.log.Trace(), format, v) }
+func (l *serverLogger) Fatalf(format string, v ...any) {
+	s := fmt.Sprintf(format, v...)
+	l.fatal.CompareAndSwap(nil, &s)
+	l.log.Error().Bool("fatal", true).Str("nats_log", s).Msg("nats server")
+}

@@ -1,0 +1,74 @@
+package bus
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// JSErrCodeDuplicateInProcess is the JetStream API error code of
+// "duplicate message id is in process" (nats-server's
+// JSStreamDuplicateMessageConflict, HTTP-like code 409). A clustered stream
+// answers it when a message with the same Nats-Msg-Id is still being
+// proposed; publishing again with the same id later yields either the
+// stored message's PubAck (Duplicate=true) or a store. nats.go has no
+// constant for it.
+const JSErrCodeDuplicateInProcess jetstream.ErrorCode = 10158
+
+// Sentinel errors. Match them with errors.Is.
+var (
+	// ErrLeaseHeld is returned by Leases.Acquire when another holder has
+	// the lease and it has not expired. The returned error is a *HeldError
+	// that names the holder.
+	ErrLeaseHeld = errors.New("lease held by another holder")
+
+	// ErrLeaseLost is the cause of a Lease's context when a renewal found
+	// the lease gone or taken over, or could not renew it before it expired;
+	// Lease.Release returns it when there was nothing left to release.
+	ErrLeaseLost = errors.New("lease lost")
+
+	// ErrLeaseReleased is the cause of a Lease's context after Release.
+	ErrLeaseReleased = errors.New("lease released")
+
+	// ErrInvalidSubject is returned by Publish for a subject that is empty,
+	// contains wildcards, whitespace or empty tokens.
+	ErrInvalidSubject = errors.New("invalid subject")
+
+	// ErrInvalidMsgID is returned by Publish for an empty message id or one
+	// that cannot travel in a header (CR, LF).
+	ErrInvalidMsgID = errors.New("invalid message id")
+
+	// ErrInvalidJobID is returned for a job id that is empty or not a single
+	// subject token of [A-Za-z0-9_-] (see ValidJobID).
+	ErrInvalidJobID = errors.New("invalid job id")
+
+	// ErrInvalidEvent is returned by PublishEvent for an event without an
+	// id, schema name or job id, or published on a subject that does not
+	// match its schema name and job id.
+	ErrInvalidEvent = errors.New("invalid event")
+
+	// ErrInvalidLeaseKey is returned by Acquire for a key that is not a
+	// valid KV key ([-/_=.a-zA-Z0-9], not starting or ending with '.').
+	ErrInvalidLeaseKey = errors.New("invalid lease key")
+)
+
+// HeldError is returned by Leases.Acquire when the lease is taken. It
+// matches ErrLeaseHeld with errors.Is. Holder and Since are empty when the
+// current value could not be read (for example it expired in between).
+type HeldError struct {
+	Key    string
+	Holder string
+	Since  time.Time
+}
+
+func (e *HeldError) Error() string {
+	if e.Holder == "" {
+		return fmt.Sprintf("lease %s: %v", e.Key, ErrLeaseHeld)
+	}
+	return fmt.Sprintf("lease %s: %v %s since %s", e.Key, ErrLeaseHeld, e.Holder, e.Since.UTC().Format(time.RFC3339))
+}
+
+// Is makes errors.Is(err, ErrLeaseHeld) true.
+func (e *HeldError) Is(target error) bool { return target == ErrLeaseHeld }

@@ -1,0 +1,150 @@
+package bus
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/sendense/sendense/schemas"
+)
+
+// Subjects. Each event's subject equals its schema name (schemas.Name*),
+// except progress, which is published per job on ProgressSubject(jobID).
+const (
+	SubjectRequested = schemas.NameRequested // backup.requested
+	SubjectStarted   = schemas.NameStarted   // backup.started
+	SubjectChangeID  = schemas.NameChangeID  // backup.changeid
+	SubjectCompleted = schemas.NameCompleted // backup.completed
+	SubjectFailed    = schemas.NameFailed    // backup.failed
+	SubjectRejected  = schemas.NameRejected  // backup.rejected
+
+	// SubjectProgressAll matches the progress of every job.
+	SubjectProgressAll = schemas.NameProgress + ".*" // backup.progress.*
+
+	// SubjectAll matches everything the pipeline publishes: what
+	// `nats sub 'backup.>'` shows.
+	SubjectAll = "backup.>"
+)
+
+// EventSubjects are the subjects kept in StreamEvents, in lifecycle order.
+var EventSubjects = []string{SubjectStarted, SubjectChangeID, SubjectCompleted, SubjectFailed, SubjectRejected}
+
+// ProgressSubject returns backup.progress.<job_id>. jobID must satisfy
+// ValidJobID; otherwise the subject does not match StreamProgress and
+// Publish fails.
+func ProgressSubject(jobID string) string { return schemas.NameProgress + "." + jobID }
+
+// Header names set by Publish. The ce-* headers follow the CloudEvents NATS
+// protocol binding (binary content mode), so generic tooling can read them.
+const (
+	HeaderMsgID       = "Nats-Msg-Id"
+	HeaderSpecVersion = "ce-specversion"
+	HeaderID          = "ce-id"
+	HeaderType        = "ce-type"
+	HeaderSource      = "ce-source"
+	HeaderTime        = "ce-time"
+	HeaderContentType = "content-type"
+
+	// CloudEventsSpecVersion is the value of HeaderSpecVersion.
+	CloudEventsSpecVersion = "1.0"
+	// ContentTypeJSON is the value of HeaderContentType.
+	ContentTypeJSON = "application/json"
+)
+
+// EventID returns the deterministic id of an event, used both as the
+// event's "id" field and as its Nats-Msg-Id:
+//
+//	<job_id>.<attempt>.<type>.<disk_key>.<seq>
+//
+// for example "0190c2f3-….1.changeid.2000.0". typ is the event's short type
+// ("started", "progress", "changeid", "completed", "failed", "rejected"); a
+// "backup." prefix is removed, so schema names work too. diskKey is the
+// VMware device key for disk events and 0 otherwise; seq numbers repeated
+// events of one kind (progress) and is 0 otherwise. The same identity always
+// gives the same id, so a re-publish after a timeout is dropped by the
+// stream's duplicate window and a redelivered event is recognised by the
+// catalog. Job ids never contain '.', so the id splits unambiguously.
+func EventID(jobID string, attempt int, typ string, diskKey int32, seq int64) string {
+	typ = strings.TrimPrefix(typ, "backup.")
+	var b strings.Builder
+	b.Grow(len(jobID) + len(typ) + 32)
+	b.WriteString(jobID)
+	b.WriteByte('.')
+	b.WriteString(strconv.Itoa(attempt))
+	b.WriteByte('.')
+	b.WriteString(typ)
+	b.WriteByte('.')
+	b.WriteString(strconv.FormatInt(int64(diskKey), 10))
+	b.WriteByte('.')
+	b.WriteString(strconv.FormatInt(seq, 10))
+	return b.String()
+}
+
+// MaxJobIDLen is the longest job id ValidJobID accepts.
+const MaxJobIDLen = 128
+
+// ValidJobID reports whether id can be a job id: 1 to MaxJobIDLen
+// characters of [A-Za-z0-9_-]. A job id becomes a subject token
+// (backup.progress.<job_id>), part of event ids and KV keys, and of the
+// snapshot name sendense-<job_id>, so nothing else is allowed. The error
+// wraps ErrInvalidJobID.
+func ValidJobID(id string) error {
+	if id == "" || len(id) > MaxJobIDLen {
+		return fmt.Errorf("job id %q: length %d not in 1..%d: %w", id, len(id), MaxJobIDLen, ErrInvalidJobID)
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return fmt.Errorf("job id %q: character %q at %d not allowed: %w", id, c, i, ErrInvalidJobID)
+		}
+	}
+	return nil
+}
+
+// NewJobID returns a fresh job id: a time-ordered UUID (version 7), so job
+// ids sort by creation time.
+func NewJobID() string {
+	id, err := uuid.NewV7()
+	if err != nil {
+		return uuid.NewString()
+	}
+	return id.String()
+}
+
+// jobIDSpace is the UUID namespace of job ids derived from requests.
+var jobIDSpace = uuid.MustParse("5b0e3c9a-3b1e-4f55-9d7e-5e6e5d0b2c11")
+
+// DeriveJobID returns the job id of a request that carries none (a raw
+// `nats pub`): a name-based UUID (version 5) of the stream name, the
+// message's stream sequence and the time the stream stored it. Every
+// redelivery of that message gives the same id, and a stream recreated from
+// sequence 1 does not reuse old ids. Take the values from the delivered
+// message's jetstream.MsgMetadata (Stream, Sequence.Stream, Timestamp).
+func DeriveJobID(stream string, streamSeq uint64, stored time.Time) string {
+	name := stream + "/" + strconv.FormatUint(streamSeq, 10) + "/" + strconv.FormatInt(stored.UnixNano(), 10)
+	return uuid.NewSHA1(jobIDSpace, []byte(name)).String()
+}
+
+// checkSubject accepts a literal subject: non-empty tokens without
+// wildcards or whitespace.
+func checkSubject(subject string) error {
+	if subject == "" {
+		return fmt.Errorf("subject is empty: %w", ErrInvalidSubject)
+	}
+	for _, tok := range strings.Split(subject, ".") {
+		if tok == "" || tok == "*" || tok == ">" || strings.ContainsAny(tok, " \t\r\n\f") {
+			return fmt.Errorf("subject %q: %w", subject, ErrInvalidSubject)
+		}
+	}
+	return nil
+}
+
+// checkMsgID accepts a message id that can travel in a header.
+func checkMsgID(id string) error {
+	if id == "" || strings.ContainsAny(id, "\r\n") {
+		return fmt.Errorf("message id %q: %w", id, ErrInvalidMsgID)
+	}
+	return nil
+}
