@@ -1,0 +1,59 @@
+// Package testbed is a vCenter for tests and demos: govmomi's simulator
+// (vcsim) extended with what backups need and vcsim lacks — disks backed by
+// real local images, snapshots that freeze those images, and Changed Block
+// Tracking with QueryChangedDiskAreas.
+//
+// It owns the simulated inventory, the disk images under Options.Dir and
+// the CBT bookkeeping. It must never be used against, or pretend to be, a
+// production vCenter, and it knows nothing of NATS, the catalog or the
+// copier: clients talk to it only through the vSphere API (URL) and, for
+// simulated guest activity, through the Testbed methods.
+//
+// # Basics
+//
+// New starts an HTTPS SDK server (self-signed; URL carries the credentials)
+// with the VMs of Options.VMs. Each disk has a live raw sparse image
+// (VMs().Disks[i].ImagePath) that the simulated guest writes to with Write,
+// WriteZeros, PunchHole and WriteRandom, and a CBT state: a random tracking
+// UUID and a sequence.
+//
+// CreateSnapshot (CreateSnapshot_Task or CreateSnapshotEx_Task, via any
+// client) is the instant the disks freeze: under the testbed lock each live
+// image is copied, holes kept, to a frozen image; each disk's sequence grows
+// and "<uuid>/<seq>" is stamped as changeId on the disk backings of the VM
+// and of the new snapshot. SnapshotImage returns the frozen image of a disk
+// at a snapshot — what a backup of it must contain — and keeps it after the
+// snapshot is removed, until Close.
+//
+// QueryChangedDiskAreas(snapshot, key, startOffset, "*") returns the
+// allocated areas of that snapshot's frozen image. With a change id it
+// returns every area written from that id's snapshot up to this snapshot,
+// widened to Options.BlockSize and clipped to the disk. Replies carry at
+// most Options.MaxChangedAreas areas; StartOffset echoes the request and
+// Length is the range the reply describes (to the end of its last area
+// when cut short, else to the end of the disk), so callers page with
+// startOffset = StartOffset + Length. Faults are vSphere's: InvalidArgument
+// (invalidProperty changeId, deviceKey, startOffset or snapshot) for
+// malformed input, FileFault for a well-formed change id that is unknown,
+// foreign, from the future or from before ResetCBT, ManagedObjectNotFound
+// for a snapshot that does not exist.
+//
+// ResetCBT starts a new tracking epoch (new UUID, sequence restarts; old ids
+// are refused). Resize grows a disk through ReconfigVM, like a disk extend.
+//
+// # Caveats
+//
+// Guest writes are serialised with snapshots by one mutex, so a snapshot is
+// atomic with respect to them; a test may write while a backup reads a
+// frozen image. Frozen images are full sparse copies (copy_file_range of
+// the allocated ranges), fast for thin disks but sized like the data.
+//
+// The simulator extension works by Registry.Handler: for the CBT and
+// snapshot calls it puts a wrapper of the simulator's VirtualMachine into
+// the caller's session registry for the duration of the call (see
+// handler.go). The global registry is never touched.
+//
+// vcsim logs some events (for example FileAlreadyExists while naming new
+// vmdk files) through the standard library's log package; redirect
+// log.SetOutput in a binary that cares.
+package testbed

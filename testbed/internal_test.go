@@ -1,0 +1,153 @@
+package testbed
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+)
+
+func TestRangeSet(t *testing.T) {
+	tests := []struct {
+		name string
+		adds [][2]int64
+		want []Extent
+	}{
+		{"disjoint out of order", [][2]int64{{100, 10}, {0, 10}, {50, 10}}, []Extent{{0, 10}, {50, 10}, {100, 10}}},
+		{"touching merge", [][2]int64{{0, 10}, {10, 10}}, []Extent{{0, 20}}},
+		{"overlap several", [][2]int64{{0, 10}, {20, 10}, {40, 10}, {5, 40}}, []Extent{{0, 50}}},
+		{"inside", [][2]int64{{0, 100}, {10, 10}}, []Extent{{0, 100}}},
+		{"extend left", [][2]int64{{50, 10}, {40, 15}}, []Extent{{40, 20}}},
+		{"empty ignored", [][2]int64{{5, 0}}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var r rangeSet
+			for _, a := range tt.adds {
+				r.add(a[0], a[1])
+			}
+			if !reflect.DeepEqual(r.ext, tt.want) {
+				t.Fatalf("ranges = %v, want %v", r.ext, tt.want)
+			}
+		})
+	}
+}
+
+func TestAlignClipAndPage(t *testing.T) {
+	got := alignClip([]Extent{{100, 10}, {4096*3 - 1, 2}, {10000, 10}}, 4096, 10005)
+	want := []Extent{{0, 4096}, {4096 * 2, 10005 - 4096*2}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("alignClip = %v, want %v", got, want)
+	}
+
+	ext := []Extent{{0, 10}, {20, 10}, {40, 10}, {60, 10}}
+	areas, length := page(ext, 0, 100, 2)
+	if !reflect.DeepEqual(areas, ext[:2]) || length != 30 {
+		t.Fatalf("first page = %v len %d", areas, length)
+	}
+	areas, length = page(ext, 45, 100, 2)
+	if !reflect.DeepEqual(areas, []Extent{{45, 5}, {60, 10}}) || length != 55 {
+		t.Fatalf("page from 45 = %v len %d", areas, length)
+	}
+	areas, length = page(ext, 80, 100, 2)
+	if len(areas) != 0 || length != 20 {
+		t.Fatalf("page from 80 = %v len %d", areas, length)
+	}
+}
+
+func TestParseChangeIDTestbed(t *testing.T) {
+	u := newTrackingUUID()
+	if tr, seq, ok := parseChangeID(formatChangeID(u, 7)); !ok || tr != u || seq != 7 {
+		t.Fatalf("round trip of %q: %q %d %v", u, tr, seq, ok)
+	}
+	for _, bad := range []string{"*", "", u, u + "/", u + "/-1", "zz" + u[2:] + "/1", u[:23] + " " + u[24:] + "/1"} {
+		if _, _, ok := parseChangeID(bad); ok {
+			t.Errorf("parseChangeID(%q) accepted", bad)
+		}
+	}
+}
+
+// sparseImage makes a size-byte sparse file with data at the given offsets.
+func sparseImage(t testing.TB, size int64, data map[int64][]byte) *os.File {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(t.TempDir(), "live.img"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	for off, b := range data {
+		if _, err := f.WriteAt(b, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return f
+}
+
+func TestFreezeImageKeepsHoles(t *testing.T) {
+	const size = 9 << 30 // past 4 GiB and not written at the end
+	blob := bytes.Repeat([]byte{0xab}, 1<<20)
+	zeros := make([]byte, 1<<20) // explicit zeros: allocated
+	src := sparseImage(t, size, map[int64][]byte{0: blob, 5 << 30: zeros, size - (1 << 20): blob})
+
+	dst := filepath.Join(t.TempDir(), "frozen.img")
+	alloc, err := freezeImage(src, dst, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Extent{{0, 1 << 20}, {5 << 30, 1 << 20}, {size - (1 << 20), 1 << 20}}
+	if !reflect.DeepEqual(alloc, want) {
+		t.Fatalf("allocated = %v, want %v", alloc, want)
+	}
+	out, err := os.Open(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	got, err := dataExtents(out, size)
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("frozen image allocated = %v (%v), want %v", got, err, want)
+	}
+	st, _ := out.Stat()
+	if st.Size() != size {
+		t.Errorf("frozen size %d, want %d", st.Size(), size)
+	}
+	buf := make([]byte, 1<<20)
+	if _, err := out.ReadAt(buf, size-(1<<20)); err != nil || !bytes.Equal(buf, blob) {
+		t.Errorf("data at the end not copied: %v", err)
+	}
+	// The frozen image does not follow later writes to the live one.
+	if _, err := src.WriteAt(blob, 1<<30); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := out.ReadAt(buf, 1<<30); err != nil || !bytes.Equal(buf, zeros) {
+		t.Errorf("frozen image changed with the live image: %v", err)
+	}
+}
+
+// BenchmarkFreezeImage freezes an 8 GiB thin disk holding 64 MiB of data in
+// 1 MiB extents: the cost must follow the data, not the capacity.
+func BenchmarkFreezeImage(b *testing.B) {
+	const size, data = 8 << 30, 64 << 20
+	blob := bytes.Repeat([]byte{0x5a}, 1<<20)
+	extents := map[int64][]byte{}
+	for i := int64(0); i < data>>20; i++ {
+		extents[i*(size/(data>>20))] = blob
+	}
+	src := sparseImage(b, size, extents)
+	dir := b.TempDir()
+	b.SetBytes(data)
+	b.ReportAllocs()
+	for b.Loop() {
+		dst := filepath.Join(dir, "frozen.img")
+		if _, err := freezeImage(src, dst, size); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.Remove(dst); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

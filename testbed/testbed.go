@@ -1,0 +1,517 @@
+package testbed
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/vmware/govmomi"
+	"github.com/vmware/govmomi/find"
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+// Defaults for Options.
+const (
+	DefaultMaxChangedAreas = 64
+	DefaultBlockSize       = 64 << 10
+	DefaultUser            = "administrator@vsphere.local"
+	DefaultPassword        = "sendense"
+)
+
+// Options configures a Testbed. Zero values take the documented defaults.
+type Options struct {
+	// Dir holds the disk images: Dir/<vm>/disk-<key>.img (live) and
+	// Dir/<vm>/disk-<key>.frozen-<n>.img (one per snapshot). Required.
+	Dir string
+	// VMs to create. Each gets a paravirtual SCSI controller (key 1000) and
+	// its disks with keys 2000, 2001, … in order, thin flat backings on
+	// datastore LocalDS_0, and changeTrackingEnabled=true. It is powered on.
+	VMs []VMSpec
+	// MaxChangedAreas caps the areas in one QueryChangedDiskAreas reply, as
+	// vSphere does, so callers must page. Default 64.
+	MaxChangedAreas int
+	// BlockSize is the CBT tracking granularity: changed areas are widened
+	// to multiples of it (clipped to the disk's end). A power of two,
+	// 512 … 1 MiB. Default 64 KiB.
+	BlockSize int64
+	// Listen is the SDK server's host:port. Default 127.0.0.1 on a random port.
+	Listen string
+	// User and Password are the only credentials the simulated vCenter
+	// accepts. Defaults DefaultUser / DefaultPassword.
+	User, Password string
+	// KeepImages leaves the images in Dir at Close (default: removed).
+	KeepImages bool
+	// Log receives the testbed's events (VMs created, disks frozen, guest
+	// writes). The zero value discards.
+	Log zerolog.Logger
+}
+
+// VMSpec describes one VM.
+type VMSpec struct {
+	Name  string // letters, digits, '.', '_' and '-' only; it is also a directory name
+	Disks []DiskSpec
+	Seed  int64 // seeds the initial data of the disks (disk i uses Seed+i)
+}
+
+// DiskSpec describes one disk.
+type DiskSpec struct {
+	// CapacityBytes is the virtual size, a multiple of 1 KiB (any size: the
+	// image is a sparse file).
+	CapacityBytes int64
+	// FillBytes of random data are written before any snapshot, in 1 MiB
+	// extents at seeded offsets (at most CapacityBytes).
+	FillBytes int64
+}
+
+// VMInfo describes a testbed VM.
+type VMInfo struct {
+	Name  string     `json:"name"`
+	UUID  string     `json:"uuid"` // instance UUID
+	Moref string     `json:"moref"`
+	Disks []DiskInfo `json:"disks"`
+}
+
+// DiskInfo describes a testbed disk.
+type DiskInfo struct {
+	Key           int32  `json:"key"`
+	UUID          string `json:"uuid"`
+	CapacityBytes int64  `json:"capacity_bytes"`
+	FileName      string `json:"file_name"`  // datastore path vCenter reports
+	ImagePath     string `json:"image_path"` // the live image (guest writes go here)
+	TrackingUUID  string `json:"tracking_uuid"`
+	Sequence      int64  `json:"sequence"` // change id sequence of the last snapshot
+}
+
+// Testbed is a simulated vCenter whose VMs have real disk images, changed
+// block tracking and snapshots that freeze the images. All methods are safe
+// for concurrent use, including guest writes while a backup reads a frozen
+// image.
+type Testbed struct {
+	opts   Options
+	log    zerolog.Logger
+	model  *simulator.Model
+	server *simulator.Server
+	client *govmomi.Client
+
+	mu     sync.Mutex // guards everything below and all image I/O
+	vms    []*vmState
+	snaps  []*snapRecord
+	frozen int // counter for frozen image names
+	closed bool
+
+	wmu     sync.Mutex // guards wrapped
+	wrapped map[sessionRef]int
+}
+
+type vmState struct {
+	name  string
+	uuid  string
+	ref   types.ManagedObjectReference
+	dir   string
+	disks []*disk
+}
+
+type disk struct {
+	key      int32
+	uuid     string
+	fileName string
+	capacity int64
+	path     string
+	f        *os.File
+
+	tracking string              // CBT tracking UUID
+	seq      int64               // sequence of the last snapshot (0: none yet)
+	writes   map[int64]*rangeSet // guest writes by the sequence current when written
+	points   map[string]*point   // by change id, kept across CBT resets
+}
+
+// snapRecord is one snapshot taken through the testbed.
+type snapRecord struct {
+	vm      *vmState
+	name    string
+	ref     types.ManagedObjectReference // filled in once known (the task creates it)
+	points  map[int32]*point
+	created time.Time
+}
+
+var vmNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$`)
+
+// New starts a simulated vCenter (govmomi's simulator with one datacenter,
+// one host and datastore LocalDS_0) serving HTTPS on Options.Listen, creates
+// the VMs and their images, and returns when all are ready. Close it.
+func New(ctx context.Context, opts Options) (_ *Testbed, err error) {
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	tb := &Testbed{opts: opts, log: opts.Log, wrapped: map[sessionRef]int{}}
+	defer func() {
+		if err != nil {
+			tb.Close()
+		}
+	}()
+
+	m := simulator.VPX()
+	m.Datacenter, m.Host, m.Cluster, m.ClusterHost, m.Portgroup, m.Machine, m.Datastore = 1, 1, 0, 0, 0, 0, 1
+	m.Autostart = false
+	if err := m.Create(); err != nil {
+		return nil, fmt.Errorf("create simulator model: %w", err)
+	}
+	tb.model = m
+	m.Service.TLS = new(tls.Config)
+	m.Service.Listen = &url.URL{Host: opts.Listen, User: url.UserPassword(opts.User, opts.Password)}
+	m.Map().Handler = tb.handle
+	tb.server = m.Service.NewServer()
+
+	tb.client, err = govmomi.NewClient(ctx, tb.URL(), true)
+	if err != nil {
+		return nil, fmt.Errorf("connect testbed client: %w", err)
+	}
+	for _, spec := range opts.VMs {
+		if err := tb.createVM(ctx, spec); err != nil {
+			return nil, fmt.Errorf("create testbed vm %s: %w", spec.Name, err)
+		}
+	}
+	tb.log.Info().Str("url", tb.server.URL.Redacted()).Int("vms", len(tb.vms)).Msg("testbed vcenter started")
+	return tb, nil
+}
+
+func (o *Options) validate() error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: %s", ErrInvalidSpec, fmt.Sprintf(format, a...))
+	}
+	if o.Dir == "" {
+		return bad("dir is required")
+	}
+	if o.MaxChangedAreas == 0 {
+		o.MaxChangedAreas = DefaultMaxChangedAreas
+	}
+	if o.MaxChangedAreas < 1 {
+		return bad("max changed areas %d < 1", o.MaxChangedAreas)
+	}
+	if o.BlockSize == 0 {
+		o.BlockSize = DefaultBlockSize
+	}
+	if o.BlockSize < 512 || o.BlockSize > 1<<20 || o.BlockSize&(o.BlockSize-1) != 0 {
+		return bad("block size %d is not a power of two in [512, 1 MiB]", o.BlockSize)
+	}
+	if o.Listen == "" {
+		o.Listen = "127.0.0.1:0"
+	}
+	if o.User == "" {
+		o.User = DefaultUser
+	}
+	if o.Password == "" {
+		o.Password = DefaultPassword
+	}
+	seen := map[string]bool{}
+	for _, vm := range o.VMs {
+		if !vmNameRE.MatchString(vm.Name) {
+			return bad("vm name %q: use letters, digits, '.', '_', '-'", vm.Name)
+		}
+		if seen[vm.Name] {
+			return bad("vm name %q used twice", vm.Name)
+		}
+		seen[vm.Name] = true
+		if len(vm.Disks) == 0 || len(vm.Disks) > 15 {
+			return bad("vm %s: want 1 to 15 disks, got %d", vm.Name, len(vm.Disks))
+		}
+		for i, d := range vm.Disks {
+			if d.CapacityBytes <= 0 || d.CapacityBytes%1024 != 0 {
+				return bad("vm %s disk %d: capacity %d is not a positive multiple of 1 KiB", vm.Name, i, d.CapacityBytes)
+			}
+			if d.FillBytes < 0 || d.FillBytes > d.CapacityBytes {
+				return bad("vm %s disk %d: fill %d outside [0, capacity]", vm.Name, i, d.FillBytes)
+			}
+		}
+	}
+	return nil
+}
+
+func (tb *Testbed) createVM(ctx context.Context, spec VMSpec) error {
+	c := tb.client.Client
+	finder := find.NewFinder(c, true)
+	dc, err := finder.DefaultDatacenter(ctx)
+	if err != nil {
+		return err
+	}
+	finder.SetDatacenter(dc)
+	folders, err := dc.Folders(ctx)
+	if err != nil {
+		return err
+	}
+	pool, err := finder.DefaultResourcePool(ctx)
+	if err != nil {
+		return err
+	}
+	ds, err := finder.DefaultDatastore(ctx)
+	if err != nil {
+		return err
+	}
+	dsRef := ds.Reference()
+	dsPath := "[" + ds.Name() + "]"
+
+	const ctrlKey = 1000
+	changes := []types.BaseVirtualDeviceConfigSpec{&types.VirtualDeviceConfigSpec{
+		Operation: types.VirtualDeviceConfigSpecOperationAdd,
+		Device: &types.ParaVirtualSCSIController{VirtualSCSIController: types.VirtualSCSIController{
+			SharedBus: types.VirtualSCSISharingNoSharing,
+			VirtualController: types.VirtualController{
+				BusNumber:     0,
+				VirtualDevice: types.VirtualDevice{Key: ctrlKey},
+			},
+		}},
+	}}
+	for i, d := range spec.Disks {
+		unit := int32(i)
+		if unit >= 7 { // unit 7 is the controller's own
+			unit++
+		}
+		changes = append(changes, &types.VirtualDeviceConfigSpec{
+			Operation:     types.VirtualDeviceConfigSpecOperationAdd,
+			FileOperation: types.VirtualDeviceConfigSpecFileOperationCreate,
+			Device: &types.VirtualDisk{
+				VirtualDevice: types.VirtualDevice{
+					Key:           int32(2000 + i),
+					ControllerKey: ctrlKey,
+					UnitNumber:    &unit,
+					Backing: &types.VirtualDiskFlatVer2BackingInfo{
+						VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: dsPath, Datastore: &dsRef},
+						DiskMode:                     string(types.VirtualDiskModePersistent),
+						ThinProvisioned:              types.NewBool(true),
+					},
+				},
+				CapacityInBytes: d.CapacityBytes,
+				CapacityInKB:    d.CapacityBytes / 1024,
+			},
+		})
+	}
+	config := types.VirtualMachineConfigSpec{
+		Name:                  spec.Name,
+		GuestId:               string(types.VirtualMachineGuestOsIdentifierOtherLinux64Guest),
+		NumCPUs:               1,
+		MemoryMB:              256,
+		Files:                 &types.VirtualMachineFileInfo{VmPathName: dsPath},
+		ChangeTrackingEnabled: types.NewBool(true),
+		DeviceChange:          changes,
+	}
+	task, err := folders.VmFolder.CreateVM(ctx, config, pool, nil)
+	if err != nil {
+		return err
+	}
+	info, err := task.WaitForResult(ctx)
+	if err != nil {
+		return err
+	}
+	vmRef := info.Result.(types.ManagedObjectReference)
+	vmObj := object.NewVirtualMachine(c, vmRef)
+	if task, err = vmObj.PowerOn(ctx); err != nil {
+		return err
+	}
+	if err := task.Wait(ctx); err != nil {
+		return err
+	}
+	var mvm mo.VirtualMachine
+	if err := vmObj.Properties(ctx, vmRef, []string{"config"}, &mvm); err != nil {
+		return err
+	}
+
+	st := &vmState{name: spec.Name, uuid: mvm.Config.InstanceUuid, ref: vmRef, dir: filepath.Join(tb.opts.Dir, spec.Name)}
+	if err := os.MkdirAll(st.dir, 0o755); err != nil {
+		return err
+	}
+	tb.mu.Lock()
+	tb.vms = append(tb.vms, st) // now, so Close removes its files on a later error
+	tb.mu.Unlock()
+	for i, ds := range spec.Disks {
+		key := int32(2000 + i)
+		vd, ok := object.VirtualDeviceList(mvm.Config.Hardware.Device).FindByKey(key).(*types.VirtualDisk)
+		if !ok {
+			return fmt.Errorf("disk %d missing after create", key)
+		}
+		b := vd.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
+		d := &disk{
+			key:      key,
+			uuid:     b.Uuid,
+			fileName: b.FileName,
+			capacity: ds.CapacityBytes,
+			path:     filepath.Join(st.dir, fmt.Sprintf("disk-%d.img", key)),
+			tracking: newTrackingUUID(),
+			writes:   map[int64]*rangeSet{},
+			points:   map[string]*point{},
+		}
+		d.f, err = os.OpenFile(d.path, os.O_CREATE|os.O_TRUNC|os.O_RDWR, 0o644)
+		if err != nil {
+			return err
+		}
+		tb.mu.Lock()
+		st.disks = append(st.disks, d)
+		tb.mu.Unlock()
+		if err := d.f.Truncate(d.capacity); err != nil {
+			return err
+		}
+		if err := tb.fill(d, ds.FillBytes, spec.Seed+int64(i)); err != nil {
+			return err
+		}
+		tb.log.Info().Str("vm", spec.Name).Str("moref", vmRef.Value).Int32("disk_key", key).
+			Int64("capacity_bytes", d.capacity).Int64("fill_bytes", ds.FillBytes).Str("image", d.path).Msg("testbed disk created")
+	}
+	return nil
+}
+
+// fill writes n bytes of seeded random data in 1 MiB extents at distinct
+// seeded offsets, recorded as guest writes before the first snapshot.
+func (tb *Testbed) fill(d *disk, n int64, seed int64) error {
+	if n == 0 {
+		return nil
+	}
+	const bs = 1 << 20
+	block := int64(bs)
+	if d.capacity < block {
+		block = d.capacity
+	}
+	slots := d.capacity / block
+	count := (n + block - 1) / block
+	if count > slots {
+		count = slots
+	}
+	rnd := newRandom(seed)
+	order := rnd.r.Perm(int(slots))[:count]
+	buf := make([]byte, block)
+	left := n
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	for _, slot := range order {
+		l := min(left, block)
+		off := int64(slot) * block
+		rnd.fill(buf[:l])
+		if _, err := d.f.WriteAt(buf[:l], off); err != nil {
+			return fmt.Errorf("fill %s at %d: %w", d.path, off, err)
+		}
+		d.recordWrite(off, l)
+		left -= l
+	}
+	return nil
+}
+
+// URL is the SDK URL with the credentials in its user info
+// (https://user:pass@127.0.0.1:port/sdk). The certificate is self-signed:
+// connect with insecure=true or pin Thumbprint.
+func (tb *Testbed) URL() *url.URL {
+	u := *tb.server.URL
+	u.User = url.UserPassword(tb.opts.User, tb.opts.Password)
+	return &u
+}
+
+// Certificate is the simulated vCenter's TLS certificate.
+func (tb *Testbed) Certificate() *x509.Certificate { return tb.server.Certificate() }
+
+// VMs describes every testbed VM, in creation order.
+func (tb *Testbed) VMs() []VMInfo {
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	out := make([]VMInfo, 0, len(tb.vms))
+	for _, vm := range tb.vms {
+		vi := VMInfo{Name: vm.name, UUID: vm.uuid, Moref: vm.ref.Value}
+		for _, d := range vm.disks {
+			vi.Disks = append(vi.Disks, DiskInfo{
+				Key: d.key, UUID: d.uuid, CapacityBytes: d.capacity, FileName: d.fileName,
+				ImagePath: d.path, TrackingUUID: d.tracking, Sequence: d.seq,
+			})
+		}
+		out = append(out, vi)
+	}
+	return out
+}
+
+// Close stops the server, closes the images and, unless KeepImages, removes
+// them (live and frozen). It is safe to call more than once.
+func (tb *Testbed) Close() error {
+	tb.mu.Lock()
+	if tb.closed {
+		tb.mu.Unlock()
+		return nil
+	}
+	tb.closed = true
+	tb.mu.Unlock()
+
+	var errs []error
+	if tb.client != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = tb.client.Logout(ctx)
+		cancel()
+	}
+	if tb.server != nil {
+		tb.server.Close()
+	}
+	if tb.model != nil {
+		tb.model.Remove()
+	}
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	for _, vm := range tb.vms {
+		for _, d := range vm.disks {
+			if d.f != nil {
+				if err := d.f.Close(); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+		if !tb.opts.KeepImages {
+			if err := os.RemoveAll(vm.dir); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	tb.log.Info().Msg("testbed vcenter stopped")
+	return errors.Join(errs...)
+}
+
+// lookupVM finds a VM by name, instance UUID or moref. Caller holds tb.mu.
+func (tb *Testbed) lookupVM(id string) (*vmState, error) {
+	if tb.closed {
+		return nil, ErrClosed
+	}
+	for _, vm := range tb.vms {
+		if vm.name == id || vm.uuid == id || vm.ref.Value == id {
+			return vm, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: %q", ErrUnknownVM, id)
+}
+
+// lookupDisk finds a disk of a VM. Caller holds tb.mu.
+func (tb *Testbed) lookupDisk(vmID string, key int32) (*vmState, *disk, error) {
+	vm, err := tb.lookupVM(vmID)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, d := range vm.disks {
+		if d.key == key {
+			return vm, d, nil
+		}
+	}
+	return nil, nil, fmt.Errorf("%w: disk %d of vm %s", ErrUnknownDisk, key, vm.name)
+}
+
+func (tb *Testbed) vmByRef(ref types.ManagedObjectReference) *vmState {
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	for _, vm := range tb.vms {
+		if vm.ref == ref {
+			return vm
+		}
+	}
+	return nil
+}
