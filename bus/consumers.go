@@ -40,12 +40,6 @@ const (
 	CatalogMaxAckPending = 4096
 )
 
-// RequestBackOff is the ack wait of each redelivery of a request that was
-// neither acked nor kept in progress (an agent crashed): 30 s, 1 min,
-// 2 min, then 5 min for every later one. Its first element equals
-// RequestAckWait; the server uses it as the ack wait.
-var RequestBackOff = []time.Duration{RequestAckWait, time.Minute, 2 * time.Minute, 5 * time.Minute}
-
 // RequestConsumerOptions tunes EnsureRequestConsumer; the zero value gives
 // the defaults.
 type RequestConsumerOptions struct {
@@ -57,30 +51,35 @@ type RequestConsumerOptions struct {
 	// (publish backup.failed, then terminate the message), so nothing is
 	// redelivered forever and nothing is dropped without an event.
 	MaxDeliver int
-	// BackOff overrides RequestBackOff; its first element becomes the ack
-	// wait.
-	BackOff []time.Duration
+	// AckWait overrides RequestAckWait.
+	AckWait time.Duration
 }
 
 // RequestConsumerConfig returns the configuration of ConsumerAgents:
-// explicit acks, deliver all, ack wait RequestAckWait with RequestBackOff
-// for redeliveries, MaxDeliver per opts, replicas as the stream.
+// explicit acks, deliver all, ack wait RequestAckWait, MaxDeliver per opts,
+// replicas as the stream.
+//
+// It deliberately has no BackOff: nats-server 2.15 places a message that is
+// negatively acked with a delay at now - AckWait + delay, but with BackOff
+// set it checks that against BackOff[deliveries] instead of AckWait, so a
+// 300 ms NakWithDelay came back after 30 s (seen in the end-to-end tests: a
+// request waiting for a VM lease stalled for one ack wait). Agents do their
+// own backoff with NakWithDelay.
 func RequestConsumerConfig(opts RequestConsumerOptions) jetstream.ConsumerConfig {
 	md := opts.MaxDeliver
 	if md == 0 {
 		md = -1
 	}
-	bo := opts.BackOff
-	if len(bo) == 0 {
-		bo = RequestBackOff
+	aw := opts.AckWait
+	if aw <= 0 {
+		aw = RequestAckWait
 	}
 	return jetstream.ConsumerConfig{
 		Durable:       ConsumerAgents,
 		Description:   "Sendense node agents: backup requests",
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       bo[0],
-		BackOff:       append([]time.Duration(nil), bo...),
+		AckWait:       aw,
 		MaxDeliver:    md,
 		MaxAckPending: RequestMaxAckPending,
 	}

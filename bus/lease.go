@@ -337,3 +337,21 @@ func (le *Lease) oursCtx(ctx context.Context) (uint64, bool) {
 	}
 	return e.Revision(), true
 }
+
+// Holder returns who holds the lease on key, or "" when nobody does (never
+// taken, released, or expired). It is for observers such as the hub's
+// reaper; holding a lease is only ever proven by a *Lease.
+func (l *Leases) Holder(ctx context.Context, key string) (string, error) {
+	e, err := l.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read lease %s: %w", key, err)
+	}
+	var cur leaseValue
+	if err := json.Unmarshal(e.Value(), &cur); err != nil {
+		return "", fmt.Errorf("decode lease %s: %w", key, err)
+	}
+	return cur.Holder, nil
+}

@@ -433,7 +433,7 @@ func TestConsumers(t *testing.T) {
 		}
 		rc := reqs.CachedInfo().Config
 		if rc.Durable != bus.ConsumerAgents || rc.AckPolicy != jetstream.AckExplicitPolicy || rc.AckWait != bus.RequestAckWait ||
-			rc.MaxDeliver != -1 || !slices.Equal(rc.BackOff, bus.RequestBackOff) {
+			rc.MaxDeliver != -1 || len(rc.BackOff) != 0 {
 			t.Errorf("request consumer config %+v", rc)
 		}
 		cat, err := s.JS.Consumer(ctx, bus.StreamEvents, bus.ConsumerCatalog)
@@ -521,7 +521,7 @@ func TestKeepInProgress(t *testing.T) {
 	ensureStreams(t, s.JS)
 	ctx := testCtx(t)
 	// A one-second ack wait, so a missing in-progress ack shows quickly.
-	reqs, err := bus.EnsureRequestConsumer(ctx, s.JS, bus.RequestConsumerOptions{BackOff: []time.Duration{time.Second}})
+	reqs, err := bus.EnsureRequestConsumer(ctx, s.JS, bus.RequestConsumerOptions{AckWait: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -563,5 +563,35 @@ func TestKeepInProgress(t *testing.T) {
 	stop()
 	if err := kept.DoubleAck(ctx); err != nil {
 		t.Fatalf("ack of the request kept in progress: %v", err)
+	}
+}
+
+// TestNakWithDelay: a request negatively acked with a short delay (an agent
+// waiting for a VM lease) comes back after about that delay, not after an
+// ack wait. It failed with a BackOff on the consumer (back after 30 s).
+func TestNakWithDelay(t *testing.T) {
+	s := bustest.Embedded(t)
+	ensureStreams(t, s.JS)
+	ctx := testCtx(t)
+	reqs, err := bus.EnsureRequestConsumer(ctx, s.JS, bus.RequestConsumerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := bus.NewPublisher(s.JS, testSource, bustest.Logger(t))
+	if _, err := pub.PublishRequest(ctx, schemas.Request{VM: "pgtest1", JobID: bus.NewJobID()}); err != nil {
+		t.Fatal(err)
+	}
+	for delivery := 1; delivery <= 3; delivery++ {
+		// Well under RequestAckWait (30 s): only the nak delay can explain it.
+		m, err := reqs.Next(jetstream.FetchMaxWait(bus.RequestAckWait / 3))
+		if err != nil {
+			t.Fatalf("delivery %d: %v", delivery, err)
+		}
+		if n, _ := bus.Attempt(m); n != delivery {
+			t.Fatalf("attempt %d, want %d", n, delivery)
+		}
+		if err := m.NakWithDelay(200 * time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
