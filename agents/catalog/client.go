@@ -1,0 +1,138 @@
+package catalog
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/sendense/sendense/store"
+)
+
+// DefaultTimeout bounds a Client request when the caller's context has no
+// deadline.
+const DefaultTimeout = 5 * time.Second
+
+// Client asks the catalog service over NATS request/reply. It is safe for
+// concurrent use. Errors: a *ServiceError for an error answer (matching
+// store.ErrNotFound for 404 and ErrBadRequest for 400), ErrUnavailable
+// when no catalog service is connected, or the connection's error
+// (timeout, closed).
+type Client struct {
+	nc *nats.Conn
+}
+
+// NewClient returns a Client using nc.
+func NewClient(nc *nats.Conn) *Client { return &Client{nc: nc} }
+
+// Job returns one job. A job the catalog does not know gives an error
+// matching store.ErrNotFound.
+func (c *Client) Job(ctx context.Context, id string) (store.Job, error) {
+	var j store.Job
+	if err := c.call(ctx, SubjectJobGet, JobRequest{ID: id}, &j); err != nil {
+		return store.Job{}, fmt.Errorf("get job %s: %w", id, err)
+	}
+	return j, nil
+}
+
+// Jobs returns the jobs matching f, newest first. An unknown status gives
+// an error matching ErrBadRequest.
+func (c *Client) Jobs(ctx context.Context, f store.JobFilter) ([]store.Job, error) {
+	var jobs []store.Job
+	if err := c.call(ctx, SubjectJobsList, JobsRequest{VM: f.VM, Status: f.Status, Limit: f.Limit}, &jobs); err != nil {
+		return nil, fmt.Errorf("list jobs (vm %q, status %q): %w", f.VM, f.Status, err)
+	}
+	if jobs == nil {
+		jobs = []store.Job{}
+	}
+	return jobs, nil
+}
+
+// Chain returns the completed backups of (vmUUID, diskKey, repo), oldest
+// first; none gives an empty slice. repo "" means the default repository.
+func (c *Client) Chain(ctx context.Context, vmUUID string, diskKey int32, repo string) ([]store.Link, error) {
+	var links []store.Link
+	if err := c.call(ctx, SubjectChainGet, ChainRequest{VMUUID: vmUUID, DiskKey: diskKey, Repository: repo}, &links); err != nil {
+		return nil, fmt.Errorf("get chain of disk %d of vm %s in repository %q: %w", diskKey, vmUUID, repo, err)
+	}
+	if links == nil {
+		links = []store.Link{}
+	}
+	return links, nil
+}
+
+// ChainHead returns the newest completed backup of (vmUUID, diskKey,
+// repo): the base of the next incremental. None gives an error matching
+// store.ErrNotFound. repo "" means the default repository.
+func (c *Client) ChainHead(ctx context.Context, vmUUID string, diskKey int32, repo string) (store.Link, error) {
+	var l store.Link
+	if err := c.call(ctx, SubjectChainHead, ChainRequest{VMUUID: vmUUID, DiskKey: diskKey, Repository: repo}, &l); err != nil {
+		return store.Link{}, fmt.Errorf("get chain head of disk %d of vm %s in repository %q: %w", diskKey, vmUUID, repo, err)
+	}
+	return l, nil
+}
+
+// Chains returns every disk's chain of a VM in repo, or in every
+// repository when repo is empty.
+func (c *Client) Chains(ctx context.Context, vmUUID, repo string) ([]store.Chain, error) {
+	var chains []store.Chain
+	if err := c.call(ctx, SubjectChainsList, ChainsRequest{VMUUID: vmUUID, Repository: repo}, &chains); err != nil {
+		return nil, fmt.Errorf("get chains of vm %s in repository %q: %w", vmUUID, repo, err)
+	}
+	if chains == nil {
+		chains = []store.Chain{}
+	}
+	return chains, nil
+}
+
+// Poison returns the newest limit poison records (DefaultPoisonLimit when
+// limit <= 0), oldest first, each payload cut to MaxPoisonRawReply bytes.
+func (c *Client) Poison(ctx context.Context, limit int) ([]store.PoisonRecord, error) {
+	var recs []store.PoisonRecord
+	if err := c.call(ctx, SubjectPoisonList, PoisonRequest{Limit: limit}, &recs); err != nil {
+		return nil, fmt.Errorf("list poison records: %w", err)
+	}
+	if recs == nil {
+		recs = []store.PoisonRecord{}
+	}
+	return recs, nil
+}
+
+// Stats returns the catalog's counts.
+func (c *Client) Stats(ctx context.Context) (store.Stats, error) {
+	var st store.Stats
+	if err := c.call(ctx, SubjectStats, struct{}{}, &st); err != nil {
+		return store.Stats{}, fmt.Errorf("catalog stats: %w", err)
+	}
+	return st, nil
+}
+
+func (c *Client) call(ctx context.Context, subject string, req, reply any) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, DefaultTimeout)
+		defer cancel()
+	}
+	data, err := json.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("encode request for %s: %w", subject, err)
+	}
+	msg, err := c.nc.RequestWithContext(ctx, subject, data)
+	if errors.Is(err, nats.ErrNoResponders) {
+		return fmt.Errorf("request %s: %w: %w", subject, ErrUnavailable, err)
+	}
+	if err != nil {
+		return fmt.Errorf("request %s: %w", subject, err)
+	}
+	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
+		return &ServiceError{Subject: subject, Code: code, Description: msg.Header.Get(micro.ErrorHeader)}
+	}
+	if err := json.Unmarshal(msg.Data, reply); err != nil {
+		return fmt.Errorf("decode reply of %s: %w", subject, err)
+	}
+	return nil
+}

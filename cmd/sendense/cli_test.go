@@ -1,0 +1,303 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+
+	"github.com/sendense/sendense/agents/catalog"
+	"github.com/sendense/sendense/bus"
+	"github.com/sendense/sendense/schemas"
+	"github.com/sendense/sendense/store"
+)
+
+// Helpers for tests that run the sendense binary: it is built once per
+// test run (sendenseBin) and removed by TestMain.
+
+var (
+	binOnce sync.Once
+	binDir  string
+	binPath string
+	binErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		_ = os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// sendenseBin returns the path of this package built with `go build`,
+// once per test run.
+func sendenseBin(t *testing.T) string {
+	t.Helper()
+	binOnce.Do(func() {
+		binDir, binErr = os.MkdirTemp("", "sendense-cli-test")
+		if binErr != nil {
+			return
+		}
+		binPath = filepath.Join(binDir, "sendense")
+		goCmd, err := exec.LookPath("go")
+		if err != nil {
+			goCmd = filepath.Join(runtime.GOROOT(), "bin", "go")
+		}
+		out, err := exec.Command(goCmd, "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			binErr = fmt.Errorf("go build: %w\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatalf("build sendense: %v", binErr)
+	}
+	return binPath
+}
+
+// syncBuffer is a bytes.Buffer safe for a process's output and the test.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// proc is a long-running sendense process (serve, catalog).
+type proc struct {
+	name  string
+	cmd   *exec.Cmd
+	out   syncBuffer
+	done  chan struct{}
+	state *os.ProcessState
+}
+
+// startProc starts the binary with args; cleanup kills it (SIGKILL) if it
+// still runs and, when the test failed, logs its output.
+func startProc(t *testing.T, args ...string) *proc {
+	t.Helper()
+	p := &proc{name: args[0], done: make(chan struct{})}
+	p.cmd = exec.Command(sendenseBin(t), args...)
+	p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.out
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start sendense %v: %v", args, err)
+	}
+	go func() {
+		_ = p.cmd.Wait()
+		p.state = p.cmd.ProcessState
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			t.Logf("output of sendense %s (pid %d):\n%s", p.name, p.cmd.Process.Pid, p.out.String())
+		}
+	})
+	return p
+}
+
+// kill crashes the process (SIGKILL) and waits for it.
+func (p *proc) kill() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
+// stop sends SIGTERM and returns the exit code, failing after 20 s.
+func (p *proc) stop(t *testing.T) int {
+	t.Helper()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		return p.state.ExitCode()
+	case <-time.After(20 * time.Second):
+		t.Fatalf("sendense %s did not exit within 20s of SIGTERM", p.name)
+		return -1
+	}
+}
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// cli runs a short sendense command and returns its stdout; err carries
+// the exit status and stderr.
+func cli(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, sendenseBin(t), args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("sendense %s: %w: %s", strings.Join(args, " "), err, stderr.String())
+	}
+	return stdout.String(), nil
+}
+
+// mustCLI is cli that fails the test on error.
+func mustCLI(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := cli(t, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func testLog(t *testing.T) zerolog.Logger {
+	return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+}
+
+// connectTest connects to url (waiting up to 30 s for the server), closed
+// in cleanup.
+func connectTest(t *testing.T, url string) *nats.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	nc, err := bus.Connect(ctx, bus.Options{URLs: []string{url}, Name: "cli-test"}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// waitCatalog waits until the catalog service answers on nc.
+func waitCatalog(t *testing.T, nc *nats.Conn, p *proc) {
+	t.Helper()
+	cl := catalog.NewClient(nc)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := cl.Stats(ctx)
+		cancel()
+		if err == nil {
+			return
+		}
+		if p.exited() {
+			t.Fatalf("sendense %s exited: %v", p.name, p.state)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("catalog service not answering after 30s: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// referenceCatalog applies evs to a fresh catalog file: what the catalog
+// of a sendense process must answer after the same events.
+func referenceCatalog(t *testing.T, evs ...schemas.Event) *store.Catalog {
+	t.Helper()
+	cat, err := store.Open(filepath.Join(t.TempDir(), "reference.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cat.Close() })
+	if _, err := cat.Apply(evs...); err != nil {
+		t.Fatal(err)
+	}
+	return cat
+}
+
+func jsonOf(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// waitJobs polls `sendense jobs --json --limit 0` until it prints want.
+func waitJobs(t *testing.T, want []store.Job, args ...string) {
+	t.Helper()
+	wantJSON := jsonOf(t, want)
+	deadline := time.Now().Add(30 * time.Second)
+	var last string
+	for {
+		out, err := cli(t, append([]string{"jobs", "--json", "--limit", "0"}, args...)...)
+		if err == nil {
+			var got []store.Job
+			if err := json.Unmarshal([]byte(out), &got); err != nil {
+				t.Fatalf("jobs --json printed no JSON array: %v\n%s", err, out)
+			}
+			if last = jsonOf(t, got); last == wantJSON {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("jobs --json still differs after 30s (last error %v, want %d jobs): %s", err, len(want), firstDiff(last, wantJSON))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func firstDiff(got, want string) string {
+	g, w := strings.Split(got, "\n"), strings.Split(want, "\n")
+	for i := range max(len(g), len(w)) {
+		var a, b string
+		if i < len(g) {
+			a = g[i]
+		}
+		if i < len(w) {
+			b = w[i]
+		}
+		if a != b {
+			return fmt.Sprintf("first difference at line %d:\n got  %s\n want %s", i+1, a, b)
+		}
+	}
+	return "no difference"
+}
+
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	return -1
+}

@@ -1,0 +1,83 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sendense/sendense/store"
+)
+
+func init() { extraCommands = append(extraCommands, newJobCmd) }
+
+// jobCmd shows one job from the catalog service.
+type jobCmd struct {
+	json bool
+}
+
+func newJobCmd(a *app) *cobra.Command {
+	c := &jobCmd{}
+	cmd := &cobra.Command{
+		Use:   "job ID",
+		Short: "Show one backup job: status, disks, change ids, targets (asks the catalog service)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return c.run(cmd.Context(), a, args[0])
+		},
+	}
+	cmd.Flags().BoolVar(&c.json, "json", false, "print the job as JSON")
+	return cmd
+}
+
+func (c *jobCmd) run(ctx context.Context, a *app, id string) error {
+	cl, closeConn, err := a.catalogClient(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	j, err := cl.Job(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("job %s: %w", id, store.ErrNotFound)
+	}
+	if err != nil {
+		return err
+	}
+	if c.json {
+		return writeJSON(a, j)
+	}
+	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "job\t%s\n", j.ID)
+	fmt.Fprintf(tw, "status\t%s\n", j.Status)
+	fmt.Fprintf(tw, "vm\t%s (uuid %s, moref %s)\n", dash(j.VM.Name), dash(j.VM.UUID), dash(j.VM.Moref))
+	fmt.Fprintf(tw, "repository\t%s\n", dash(j.Repository))
+	fmt.Fprintf(tw, "requested\t%s by %s\n", dash(j.RequestedType), dash(j.RequestedBy))
+	fmt.Fprintf(tw, "attempt\t%d\n", j.Attempt)
+	fmt.Fprintf(tw, "created\t%s\n", fmtTime(j.CreatedAt))
+	fmt.Fprintf(tw, "started\t%s\n", fmtTime(j.StartedAt))
+	fmt.Fprintf(tw, "finished\t%s\n", fmtTime(j.FinishedAt))
+	if f := j.Failure; f != nil {
+		fmt.Fprintf(tw, "reason\t%s (attempt %d, retryable %t)\n", f.Reason, f.Attempt, f.Retryable)
+		fmt.Fprintf(tw, "message\t%s\n", f.Message)
+	}
+	if p := j.Progress; p != nil {
+		fmt.Fprintf(tw, "progress\t%d of %d bytes at %s\n", p.BytesDone, p.BytesTotal, fmtTime(p.Time))
+	}
+	fmt.Fprintf(tw, "events\t%d\n", len(j.EventIDs))
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(j.Disks) == 0 {
+		return nil
+	}
+	fmt.Fprintln(a.stdout)
+	tw = tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DISK\tUUID\tCAPACITY\tTYPE\tREASON\tCHANGE ID\tREAD\tWRITTEN\tTARGET\tBACKING")
+	for _, d := range j.Disks {
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", d.Disk.Key, d.Disk.UUID, d.Disk.CapacityBytes,
+			dash(d.BackupType), dash(d.Reason), dash(d.ChangeID), d.BytesRead, d.BytesWritten, dash(d.Target), dash(d.Backing))
+	}
+	return tw.Flush()
+}

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+)
+
+// app holds what every command shares: global flags and the logger. Commands
+// get it through their closure and open the NATS connection with connect or
+// startNATS (nats.go), once.
+type app struct {
+	dataDir   string
+	logFormat string
+	logLevel  string
+	nats      natsFlags
+	log       zerolog.Logger
+	stdout    io.Writer
+}
+
+func newRootCmd() *cobra.Command {
+	a := &app{stdout: os.Stdout}
+	root := &cobra.Command{
+		Use:           "sendense",
+		Short:         "Event-driven backups of VMware VMs over NATS JetStream, CBT and NBD",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			a.stdout = cmd.OutOrStdout()
+			return a.setupLogging(cmd.ErrOrStderr())
+		},
+	}
+	pf := root.PersistentFlags()
+	pf.StringVar(&a.dataDir, "data", "./var", "data directory (catalog, embedded NATS store, repository)")
+	pf.StringVar(&a.logFormat, "log-format", "", "log format: console or json (default console when stderr is a terminal, else json)")
+	pf.StringVar(&a.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
+	a.nats.register(pf)
+
+	root.AddCommand(
+		newVersionCmd(a),
+		newSchemasCmd(a),
+	)
+	for _, add := range extraCommands {
+		root.AddCommand(add(a))
+	}
+	return root
+}
+
+// extraCommands lets each command file register itself, so root.go does not
+// change whenever a command is added.
+var extraCommands []func(*app) *cobra.Command
+
+func (a *app) setupLogging(w io.Writer) error {
+	lvl, err := zerolog.ParseLevel(strings.ToLower(a.logLevel))
+	if err != nil {
+		return fmt.Errorf("parse --log-level %q: %w", a.logLevel, err)
+	}
+	format := a.logFormat
+	if format == "" {
+		format = "json"
+		if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+			format = "console"
+		}
+	}
+	zerolog.TimeFieldFormat = time.RFC3339Nano
+	switch format {
+	case "console":
+		a.log = zerolog.New(zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05.000"}).Level(lvl).With().Timestamp().Logger()
+	case "json":
+		a.log = zerolog.New(w).Level(lvl).With().Timestamp().Logger()
+	default:
+		return fmt.Errorf("unknown --log-format %q (want console or json)", format)
+	}
+	return nil
+}

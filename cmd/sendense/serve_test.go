@@ -1,0 +1,129 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/sendense/sendense/agents/catalog/catalogtest"
+	"github.com/sendense/sendense/bus"
+	"github.com/sendense/sendense/schemas"
+	"github.com/sendense/sendense/store"
+)
+
+// `sendense serve` with its embedded server is killed (SIGKILL: server and
+// catalog die together) right after events were published and stored, and
+// restarted on the same --data; more events follow. The catalog, asked
+// through the CLI, then holds exactly every published event once: nothing
+// the stream acknowledged is lost, nothing is applied twice. Then serve
+// stops cleanly on SIGTERM.
+func TestServeKillRestart(t *testing.T) {
+	data := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	serve := []string{"serve", "--data", data, "--nats-listen", fmt.Sprintf("127.0.0.1:%d", port),
+		"--log-format", "json", "--log-level", "debug", "--catalog-ack-wait", "2s"}
+
+	p1 := startProc(t, serve...)
+	nc := connectTest(t, url)
+	waitCatalog(t, nc, p1)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := bus.NewPublisher(js, "sendense/test", testLog(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	// Publish from 8 goroutines and kill serve when half the events were
+	// acknowledged by the stream: the catalog is mid-stream, and the
+	// publishes in flight fail over to the restarted server (the
+	// Publisher retries with the same message id).
+	before := catalogtest.Mixed("before", 80, 21)
+	var acked atomic.Int64
+	published := make(chan error, 1)
+	go func() {
+		var g errgroup.Group
+		work := make(chan schemas.Event)
+		for range 8 {
+			g.Go(func() error {
+				for ev := range work {
+					if _, err := pub.PublishEvent(ctx, schemas.NameOf(ev), ev); err != nil {
+						return err
+					}
+					acked.Add(1)
+				}
+				return nil
+			})
+		}
+		for _, ev := range before {
+			work <- ev
+		}
+		close(work)
+		published <- g.Wait()
+	}()
+	for acked.Load() < int64(len(before)/2) {
+		time.Sleep(time.Millisecond)
+	}
+	p1.kill()
+	t.Logf("serve killed after %d of %d events were stored; it had committed %d batches",
+		acked.Load(), len(before), strings.Count(p1.out.String(), "catalog batch committed"))
+
+	p2 := startProc(t, serve...)
+	if err := <-published; err != nil {
+		t.Fatalf("publish across the restart: %v", err)
+	}
+	waitCatalog(t, nc, p2) // nc reconnected to the restarted server
+	after := catalogtest.Mixed("after", 40, 22)
+	if err := catalogtest.PublishParallel(ctx, pub, 8, after...); err != nil {
+		t.Fatal(err)
+	}
+
+	all := slices.Concat(before, after)
+	ref := referenceCatalog(t, all...)
+	want, err := ref.Jobs(store.JobFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitJobs(t, want, "--nats-url", url)
+
+	// One job in full through `job ID --json`.
+	var got store.Job
+	if err := json.Unmarshal([]byte(mustCLI(t, "job", "before-0003", "--json", "--nats-url", url)), &got); err != nil {
+		t.Fatal(err)
+	}
+	wantJob, _ := ref.Job("before-0003")
+	if jsonOf(t, got) != jsonOf(t, wantJob) {
+		t.Errorf("job before-0003: %s", firstDiff(jsonOf(t, got), jsonOf(t, wantJob)))
+	}
+	// Every event id once, none more.
+	var st store.Stats
+	if err := json.Unmarshal([]byte(mustCLI(t, "catalog", "stats", "--json", "--nats-url", url)), &st); err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]bool{}
+	for _, ev := range all {
+		ids[ev.EventHeader().ID] = true
+	}
+	if st.Applied != len(ids) || st.Poison != 0 {
+		t.Errorf("catalog stats: %d applied, %d poison; want %d applied (each published event once), 0 poison", st.Applied, st.Poison, len(ids))
+	}
+
+	if code := p2.stop(t); code != 0 {
+		t.Errorf("serve exited with %d after SIGTERM, want 0", code)
+	}
+	out := p2.out.String()
+	for _, want := range []string{`"role":"catalog","time"`, `"message":"role stopped"`, `"message":"embedded nats server stopped"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("serve log lacks %s", want)
+		}
+	}
+}
