@@ -1,0 +1,79 @@
+package hub
+
+// Subjects of the repository service (NATS micro, request/reply).
+const (
+	ServiceName         = "sendense-repo"
+	ServiceGroup        = "sendense.repo"
+	SubjectInfo         = ServiceGroup + ".info"
+	SubjectTargetOpen   = ServiceGroup + ".target.open"
+	SubjectTargetClose  = ServiceGroup + ".target.close"
+	SubjectTargetAbort  = ServiceGroup + ".target.abort"
+	SubjectRestoreOpen  = ServiceGroup + ".restore.open"
+	SubjectRestoreClose = ServiceGroup + ".restore.close"
+)
+
+// Error codes carried in the Nats-Service-Error-Code header. Callers match
+// on these, never on message text.
+const (
+	CodeBadRequest        = "400"
+	CodeUnknownRepository = "404"
+	CodeNotFound          = "410"
+	CodeConflict          = "409"
+	CodeInternal          = "500"
+)
+
+// InfoRequest asks whether a repository exists.
+type InfoRequest struct {
+	Repository string `json:"repository"`
+}
+
+// InfoReply describes a repository.
+type InfoReply struct {
+	Repository string `json:"repository"`
+	Root       string `json:"root"`
+}
+
+// TargetRef names one disk's target of one job.
+type TargetRef struct {
+	Repository string `json:"repository"`
+	JobID      string `json:"job_id"`
+	VMUUID     string `json:"vm_uuid"`
+	DiskKey    int32  `json:"disk_key"`
+}
+
+// OpenRequest asks for a new target. BackingJobID is empty for a full.
+type OpenRequest struct {
+	TargetRef
+	Attempt       int    `json:"attempt"`
+	CapacityBytes int64  `json:"capacity_bytes"`
+	BackingJobID  string `json:"backing_job_id,omitempty"`
+	Agent         string `json:"agent"`
+}
+
+// OpenReply says where to write.
+type OpenReply struct {
+	URI    string `json:"uri"`    // NBD URI of the writable export
+	Target string `json:"target"` // repository-relative path, <vm>/<disk>/<job>.qcow2
+	Path   string `json:"path"`   // absolute path on the hub
+}
+
+// CloseReply reports the closed target.
+type CloseReply struct {
+	Target          string `json:"target"`
+	ActualSizeBytes int64  `json:"actual_size_bytes"`
+	VirtualSize     int64  `json:"virtual_size"`
+	BackingFile     string `json:"backing_file,omitempty"`
+}
+
+// RestoreOpenReply is a read-only export of one chain point.
+type RestoreOpenReply struct {
+	ExportID    string `json:"export_id"`
+	URI         string `json:"uri"`
+	Path        string `json:"path"`
+	VirtualSize int64  `json:"virtual_size"`
+}
+
+// RestoreCloseRequest releases a restore export.
+type RestoreCloseRequest struct {
+	ExportID string `json:"export_id"`
+}

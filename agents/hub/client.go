@@ -1,0 +1,106 @@
+package hub
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+)
+
+// ServiceError is an error answered by the repository service.
+type ServiceError struct {
+	Subject string
+	Code    string
+	Message string
+}
+
+func (e *ServiceError) Error() string {
+	return fmt.Sprintf("%s: %s (code %s)", e.Subject, e.Message, e.Code)
+}
+
+// ErrUnknownRepository matches a ServiceError for an unknown repository.
+var ErrUnknownRepository = errors.New("unknown repository")
+
+// Is lets errors.Is(err, ErrUnknownRepository) match on the code.
+func (e *ServiceError) Is(target error) bool {
+	return target == ErrUnknownRepository && e.Code == CodeUnknownRepository
+}
+
+// Client calls the repository service. Safe for concurrent use.
+type Client struct {
+	nc *nats.Conn
+	// Timeout applies when the caller's context has no deadline. Opening a
+	// target starts qemu-nbd, so the default is generous: 60 s.
+	Timeout time.Duration
+}
+
+// NewClient returns a client on nc.
+func NewClient(nc *nats.Conn) *Client { return &Client{nc: nc, Timeout: 60 * time.Second} }
+
+func (c *Client) call(ctx context.Context, subject string, req, out any) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.Timeout)
+		defer cancel()
+	}
+	data, err := json.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("encode %s request: %w", subject, err)
+	}
+	msg, err := c.nc.RequestWithContext(ctx, subject, data)
+	if err != nil {
+		return fmt.Errorf("request %s: %w", subject, err)
+	}
+	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
+		return &ServiceError{Subject: subject, Code: code, Message: msg.Header.Get(micro.ErrorHeader)}
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(msg.Data, out); err != nil {
+		return fmt.Errorf("decode %s reply: %w", subject, err)
+	}
+	return nil
+}
+
+// Info checks that a repository exists (errors.Is ErrUnknownRepository when not).
+func (c *Client) Info(ctx context.Context, repo string) (InfoReply, error) {
+	var out InfoReply
+	err := c.call(ctx, SubjectInfo, InfoRequest{Repository: repo}, &out)
+	return out, err
+}
+
+// Open creates and exports a target.
+func (c *Client) Open(ctx context.Context, req OpenRequest) (OpenReply, error) {
+	var out OpenReply
+	err := c.call(ctx, SubjectTargetOpen, req, &out)
+	return out, err
+}
+
+// Close stops a target's export and reports its actual size.
+func (c *Client) Close(ctx context.Context, ref TargetRef) (CloseReply, error) {
+	var out CloseReply
+	err := c.call(ctx, SubjectTargetClose, ref, &out)
+	return out, err
+}
+
+// Abort stops a target's export and removes its partial file.
+func (c *Client) Abort(ctx context.Context, ref TargetRef) error {
+	return c.call(ctx, SubjectTargetAbort, ref, nil)
+}
+
+// OpenRestore exports one chain point read-only.
+func (c *Client) OpenRestore(ctx context.Context, ref TargetRef) (RestoreOpenReply, error) {
+	var out RestoreOpenReply
+	err := c.call(ctx, SubjectRestoreOpen, ref, &out)
+	return out, err
+}
+
+// CloseRestore releases a restore export.
+func (c *Client) CloseRestore(ctx context.Context, exportID string) error {
+	return c.call(ctx, SubjectRestoreClose, RestoreCloseRequest{ExportID: exportID}, nil)
+}

@@ -1,0 +1,117 @@
+package hub
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/sendense/sendense/bus"
+	"github.com/sendense/sendense/schemas"
+	"github.com/sendense/sendense/store"
+)
+
+// Jobs reads jobs from the catalog; the catalog service client implements it.
+type Jobs interface {
+	Job(ctx context.Context, id string) (store.Job, error)
+}
+
+// RequestPublisher publishes backup requests; *bus.Publisher implements it.
+type RequestPublisher interface {
+	PublishRequest(ctx context.Context, req schemas.Request) (*jetstream.PubAck, error)
+}
+
+// API is the hub's HTTP request API:
+//
+//	POST /api/v1/backups            {"vm":"pgtest1","backup_type":"incremental"} → 202 {"job_id":…}
+//	GET  /api/v1/backups/{job_id}   → 200 the catalog's job, 404 when unknown
+type API struct {
+	Publisher RequestPublisher
+	Jobs      Jobs
+	Log       zerolog.Logger
+}
+
+// Handler returns the HTTP handler.
+func (a *API) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /api/v1/backups", a.postBackup)
+	mux.HandleFunc("GET /api/v1/backups/{job_id}", a.getBackup)
+	return mux
+}
+
+type apiError struct {
+	Error    string            `json:"error"`
+	Problems []schemas.Problem `json:"problems,omitempty"`
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func (a *API) postBackup(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, schemas.MaxMessageBytes+1))
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, apiError{Error: err.Error()})
+		return
+	}
+	req, err := schemas.DecodeRequest(body)
+	if err != nil {
+		out := apiError{Error: err.Error()}
+		var ve *schemas.ValidationError
+		if errors.As(err, &ve) {
+			out.Problems = ve.Problems
+		}
+		writeJSON(w, http.StatusBadRequest, out)
+		return
+	}
+	if req.JobID == "" {
+		req.JobID = bus.NewJobID()
+	}
+	if req.RequestedBy == "" {
+		req.RequestedBy = "api"
+	}
+	if _, err := a.Publisher.PublishRequest(r.Context(), req); err != nil {
+		a.Log.Error().Err(err).Str("job_id", req.JobID).Msg("publish request")
+		writeJSON(w, http.StatusServiceUnavailable, apiError{Error: err.Error()})
+		return
+	}
+	a.Log.Info().Str("job_id", req.JobID).Str("vm", req.VM).Str("backup_type", req.BackupType).Msg("backup requested")
+	writeJSON(w, http.StatusAccepted, map[string]string{"job_id": req.JobID})
+}
+
+func (a *API) getBackup(w http.ResponseWriter, r *http.Request) {
+	job, err := a.Jobs.Job(r.Context(), r.PathValue("job_id"))
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		writeJSON(w, http.StatusNotFound, apiError{Error: err.Error()})
+	case err != nil:
+		writeJSON(w, http.StatusBadGateway, apiError{Error: err.Error()})
+	default:
+		writeJSON(w, http.StatusOK, job)
+	}
+}
+
+// ServeListener serves the API on ln (localhost by default in the CLI)
+// until ctx ends.
+func (a *API) ServeListener(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	a.Log.Info().Str("addr", ln.Addr().String()).Msg("request api listening")
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

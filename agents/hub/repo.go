@@ -1,0 +1,444 @@
+package hub
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/nats-io/nuid"
+	"github.com/rs/zerolog"
+
+	"github.com/sendense/sendense/bus"
+	"github.com/sendense/sendense/repository"
+)
+
+// LeaseHolders tells who holds a lease key ("" when nobody); *bus.Leases
+// implements it.
+type LeaseHolders interface {
+	Holder(ctx context.Context, key string) (string, error)
+}
+
+// RepoOptions configure the repository service.
+type RepoOptions struct {
+	// Repositories maps names to opened repositories. Required; requests
+	// for other names get CodeUnknownRepository.
+	Repositories map[string]*repository.Repo
+	// Leases lets the reaper see whether a target's job still holds its VM's
+	// lease. Nil disables reaping of vanished agents' targets.
+	Leases LeaseHolders
+	// ReapInterval is how often the reaper runs. Default 10 s.
+	ReapInterval time.Duration
+	// ReapGrace is how long a target may exist without its job holding the
+	// lease before it is reaped. Default 1 minute (longer than a lease TTL).
+	ReapGrace time.Duration
+	// RestoreTTL bounds a restore export's life. Default 1 hour.
+	RestoreTTL time.Duration
+	// SocketDir is where export sockets go. Default os.TempDir().
+	SocketDir string
+	// Shared is qemu-nbd's --shared for writable exports. Default 4.
+	Shared int
+	Log    zerolog.Logger
+}
+
+// RepoService is the sendense.repo service. Its methods are safe for
+// concurrent use.
+type RepoService struct {
+	opts RepoOptions
+	log  zerolog.Logger
+
+	mu       sync.Mutex
+	targets  map[TargetRef]*target
+	restores map[string]*restoreExport
+}
+
+type target struct {
+	ref    TargetRef
+	path   string
+	export *repository.Export
+	opened time.Time
+}
+
+type restoreExport struct {
+	export  *repository.Export
+	expires time.Time
+}
+
+// NewRepoService makes the service; Serve registers it on NATS.
+func NewRepoService(opts RepoOptions) (*RepoService, error) {
+	if len(opts.Repositories) == 0 {
+		return nil, errors.New("repository service: no repositories configured")
+	}
+	if opts.ReapInterval <= 0 {
+		opts.ReapInterval = 10 * time.Second
+	}
+	if opts.ReapGrace <= 0 {
+		opts.ReapGrace = time.Minute
+	}
+	if opts.RestoreTTL <= 0 {
+		opts.RestoreTTL = time.Hour
+	}
+	if opts.Shared <= 0 {
+		opts.Shared = repository.DefaultShared
+	}
+	return &RepoService{
+		opts:     opts,
+		log:      opts.Log.With().Str("role", "repository").Logger(),
+		targets:  map[TargetRef]*target{},
+		restores: map[string]*restoreExport{},
+	}, nil
+}
+
+// Serve registers the micro service on nc, closes ready (when not nil) once
+// it answers, and runs the reaper until ctx ends; then it stops the service
+// and closes every export it made.
+func (s *RepoService) Serve(ctx context.Context, nc *nats.Conn, ready chan<- struct{}) error {
+	markReady := sync.OnceFunc(func() {
+		if ready != nil {
+			close(ready)
+		}
+	})
+	defer markReady()
+	svc, err := micro.AddService(nc, micro.Config{
+		Name:        ServiceName,
+		Version:     "1.0.0",
+		Description: "Sendense repository: QCOW2 targets exported with qemu-nbd",
+	})
+	if err != nil {
+		return fmt.Errorf("add service %s: %w", ServiceName, err)
+	}
+	defer svc.Stop()
+	endpoints := []struct {
+		name, subject string
+		h             func(context.Context, []byte) (any, error)
+	}{
+		{"info", SubjectInfo, s.info},
+		{"target-open", SubjectTargetOpen, s.openTarget},
+		{"target-close", SubjectTargetClose, s.closeTarget},
+		{"target-abort", SubjectTargetAbort, s.abortTarget},
+		{"restore-open", SubjectRestoreOpen, s.openRestore},
+		{"restore-close", SubjectRestoreClose, s.closeRestore},
+	}
+	for _, e := range endpoints {
+		h := e.h
+		if err := svc.AddEndpoint(e.name, micro.HandlerFunc(func(r micro.Request) {
+			go s.handle(ctx, r, h)
+		}), micro.WithEndpointSubject(e.subject)); err != nil {
+			return fmt.Errorf("add endpoint %s: %w", e.subject, err)
+		}
+	}
+	s.log.Info().Int("repositories", len(s.opts.Repositories)).Msg("repository service ready")
+	markReady()
+
+	t := time.NewTicker(s.opts.ReapInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			svc.Stop()
+			s.closeAll()
+			return nil
+		case <-t.C:
+			s.Reap(ctx)
+		}
+	}
+}
+
+// handle runs one request; errors become micro errors with a code.
+func (s *RepoService) handle(ctx context.Context, r micro.Request, h func(context.Context, []byte) (any, error)) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	out, err := h(ctx, r.Data())
+	if err != nil {
+		code := CodeInternal
+		var ce *codedError
+		if errors.As(err, &ce) {
+			code = ce.code
+		}
+		s.log.Warn().Err(err).Str("subject", r.Subject()).Str("code", code).Msg("repository request failed")
+		_ = r.Error(code, err.Error(), nil)
+		return
+	}
+	_ = r.RespondJSON(out)
+}
+
+type codedError struct {
+	code string
+	err  error
+}
+
+func (e *codedError) Error() string { return e.err.Error() }
+func (e *codedError) Unwrap() error { return e.err }
+
+func coded(code string, err error) error { return &codedError{code: code, err: err} }
+
+func (s *RepoService) repo(name string) (*repository.Repo, error) {
+	r, ok := s.opts.Repositories[name]
+	if !ok {
+		return nil, coded(CodeUnknownRepository, fmt.Errorf("unknown repository %q", name))
+	}
+	return r, nil
+}
+
+func decode(data []byte, v any) error {
+	if err := json.Unmarshal(data, v); err != nil {
+		return coded(CodeBadRequest, fmt.Errorf("decode request: %w", err))
+	}
+	return nil
+}
+
+func (s *RepoService) info(_ context.Context, data []byte) (any, error) {
+	var req InfoRequest
+	if err := decode(data, &req); err != nil {
+		return nil, err
+	}
+	r, err := s.repo(req.Repository)
+	if err != nil {
+		return nil, err
+	}
+	return InfoReply{Repository: req.Repository, Root: r.Root()}, nil
+}
+
+func (s *RepoService) openTarget(ctx context.Context, data []byte) (any, error) {
+	var req OpenRequest
+	if err := decode(data, &req); err != nil {
+		return nil, err
+	}
+	r, err := s.repo(req.Repository)
+	if err != nil {
+		return nil, err
+	}
+	log := s.log.With().Str("job_id", req.JobID).Str("vm_uuid", req.VMUUID).Int32("disk_key", req.DiskKey).Logger()
+	s.mu.Lock()
+	old := s.targets[req.TargetRef]
+	delete(s.targets, req.TargetRef)
+	s.mu.Unlock()
+	if old != nil {
+		// An earlier attempt of this job left its target open: it is partial.
+		log.Warn().Str("path", old.path).Msg("closing target of an earlier attempt")
+		_ = old.export.Close(ctx)
+	}
+	// A file of an earlier attempt of the same job is partial by definition
+	// (a completed job is never run again): remove it.
+	if err := r.Remove(req.VMUUID, req.DiskKey, req.JobID); err != nil {
+		return nil, classify(fmt.Errorf("remove partial target of job %s disk %d: %w", req.JobID, req.DiskKey, err))
+	}
+	path, err := r.Create(ctx, req.VMUUID, req.DiskKey, req.JobID, req.CapacityBytes, req.BackingJobID)
+	if err != nil {
+		return nil, classify(err)
+	}
+	exp, err := r.Export(ctx, path, repository.ExportOptions{
+		Shared: s.opts.Shared, SocketDir: s.opts.SocketDir, Owner: req.JobID,
+	})
+	if err != nil {
+		_ = r.Remove(req.VMUUID, req.DiskKey, req.JobID)
+		return nil, err
+	}
+	s.mu.Lock()
+	s.targets[req.TargetRef] = &target{ref: req.TargetRef, path: path, export: exp, opened: time.Now()}
+	s.mu.Unlock()
+	rel, _ := filepath.Rel(r.Root(), path)
+	log.Info().Str("target", rel).Str("backing_job_id", req.BackingJobID).Str("uri", exp.URI()).Msg("target opened")
+	return OpenReply{URI: exp.URI(), Target: rel, Path: path}, nil
+}
+
+// classify maps repository errors to service codes.
+func classify(err error) error {
+	switch {
+	case errors.Is(err, repository.ErrInvalidID), errors.Is(err, repository.ErrInvalidCapacity),
+		errors.Is(err, repository.ErrCapacityMismatch), errors.Is(err, repository.ErrNoBacking):
+		return coded(CodeBadRequest, err)
+	case errors.Is(err, repository.ErrExists), errors.Is(err, repository.ErrBusy), errors.Is(err, repository.ErrIsBacking):
+		return coded(CodeConflict, err)
+	}
+	return err
+}
+
+func (s *RepoService) take(ref TargetRef) (*target, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.targets[ref]
+	if !ok {
+		return nil, coded(CodeNotFound, fmt.Errorf("no open target for job %s disk %d of vm %s", ref.JobID, ref.DiskKey, ref.VMUUID))
+	}
+	delete(s.targets, ref)
+	return t, nil
+}
+
+func (s *RepoService) closeTarget(ctx context.Context, data []byte) (any, error) {
+	var ref TargetRef
+	if err := decode(data, &ref); err != nil {
+		return nil, err
+	}
+	r, err := s.repo(ref.Repository)
+	if err != nil {
+		return nil, err
+	}
+	t, err := s.take(ref)
+	if err != nil {
+		return nil, err
+	}
+	if err := t.export.Close(ctx); err != nil {
+		// Written data may be lost (SIGKILL): this target is not a backup.
+		_ = r.Remove(ref.VMUUID, ref.DiskKey, ref.JobID)
+		return nil, fmt.Errorf("close target of job %s disk %d: %w", ref.JobID, ref.DiskKey, err)
+	}
+	if err := t.export.ExitErr(); err != nil {
+		_ = r.Remove(ref.VMUUID, ref.DiskKey, ref.JobID)
+		return nil, fmt.Errorf("target of job %s disk %d died before close: %w", ref.JobID, ref.DiskKey, err)
+	}
+	info, err := r.Info(ctx, t.path)
+	if err != nil {
+		return nil, fmt.Errorf("info of target of job %s disk %d: %w", ref.JobID, ref.DiskKey, err)
+	}
+	rel, _ := filepath.Rel(r.Root(), t.path)
+	s.log.Info().Str("job_id", ref.JobID).Int32("disk_key", ref.DiskKey).Str("target", rel).
+		Int64("actual_size_bytes", info.ActualSize).Msg("target closed")
+	return CloseReply{Target: rel, ActualSizeBytes: info.ActualSize, VirtualSize: info.VirtualSize, BackingFile: info.BackingFile}, nil
+}
+
+func (s *RepoService) abortTarget(ctx context.Context, data []byte) (any, error) {
+	var ref TargetRef
+	if err := decode(data, &ref); err != nil {
+		return nil, err
+	}
+	r, err := s.repo(ref.Repository)
+	if err != nil {
+		return nil, err
+	}
+	if t, err := s.take(ref); err == nil {
+		_ = t.export.Close(ctx)
+	}
+	if err := r.Remove(ref.VMUUID, ref.DiskKey, ref.JobID); err != nil {
+		return nil, classify(err)
+	}
+	s.log.Info().Str("job_id", ref.JobID).Int32("disk_key", ref.DiskKey).Msg("target aborted, partial file removed")
+	return struct{}{}, nil
+}
+
+func (s *RepoService) openRestore(ctx context.Context, data []byte) (any, error) {
+	var ref TargetRef
+	if err := decode(data, &ref); err != nil {
+		return nil, err
+	}
+	r, err := s.repo(ref.Repository)
+	if err != nil {
+		return nil, err
+	}
+	path, err := r.Path(ref.VMUUID, ref.DiskKey, ref.JobID)
+	if err != nil {
+		return nil, classify(err)
+	}
+	info, err := r.Info(ctx, path)
+	if err != nil {
+		return nil, coded(CodeNotFound, fmt.Errorf("backup of job %s disk %d: %w", ref.JobID, ref.DiskKey, err))
+	}
+	id := "restore-" + strings.ToLower(nuid.Next())
+	exp, err := r.Export(ctx, path, repository.ExportOptions{ReadOnly: true, Shared: 4, SocketDir: s.opts.SocketDir, Owner: id})
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.restores[id] = &restoreExport{export: exp, expires: time.Now().Add(s.opts.RestoreTTL)}
+	s.mu.Unlock()
+	return RestoreOpenReply{ExportID: id, URI: exp.URI(), Path: path, VirtualSize: info.VirtualSize}, nil
+}
+
+func (s *RepoService) closeRestore(ctx context.Context, data []byte) (any, error) {
+	var req RestoreCloseRequest
+	if err := decode(data, &req); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	re, ok := s.restores[req.ExportID]
+	delete(s.restores, req.ExportID)
+	s.mu.Unlock()
+	if !ok {
+		return nil, coded(CodeNotFound, fmt.Errorf("no restore export %q", req.ExportID))
+	}
+	return struct{}{}, re.export.Close(ctx)
+}
+
+// Reap closes targets whose job no longer holds its VM's lease (the agent
+// vanished) and removes their partial files, and closes expired restore
+// exports. It runs every ReapInterval; tests call it directly.
+func (s *RepoService) Reap(ctx context.Context) {
+	now := time.Now()
+	var stale []*target
+	s.mu.Lock()
+	for ref, t := range s.targets {
+		if now.Sub(t.opened) < s.opts.ReapGrace {
+			continue
+		}
+		stale = append(stale, t)
+		_ = ref
+	}
+	var expired []*restoreExport
+	for id, re := range s.restores {
+		if now.After(re.expires) {
+			expired = append(expired, re)
+			delete(s.restores, id)
+		}
+	}
+	s.mu.Unlock()
+	for _, re := range expired {
+		_ = re.export.Close(ctx)
+	}
+	if s.opts.Leases == nil {
+		return
+	}
+	for _, t := range stale {
+		holder, err := s.opts.Leases.Holder(ctx, bus.VMLeaseKey(t.ref.VMUUID))
+		if err != nil {
+			s.log.Warn().Err(err).Msg("reaper: read lease")
+			continue
+		}
+		if strings.Contains(holder, "/"+t.ref.JobID+"/") {
+			continue
+		}
+		s.log.Warn().Str("job_id", t.ref.JobID).Int32("disk_key", t.ref.DiskKey).Str("holder", holder).
+			Msg("reaping target of a job that no longer holds its lease")
+		if _, err := s.take(t.ref); err != nil {
+			continue // closed meanwhile
+		}
+		_ = t.export.Close(ctx)
+		if r, ok := s.opts.Repositories[t.ref.Repository]; ok {
+			if err := r.Remove(t.ref.VMUUID, t.ref.DiskKey, t.ref.JobID); err != nil {
+				s.log.Warn().Err(err).Str("job_id", t.ref.JobID).Msg("reaper: remove partial file")
+			}
+		}
+	}
+}
+
+// OpenTargets returns how many targets are open (for tests and metrics).
+func (s *RepoService) OpenTargets() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.targets)
+}
+
+func (s *RepoService) closeAll() {
+	s.mu.Lock()
+	targets := s.targets
+	restores := s.restores
+	s.targets = map[TargetRef]*target{}
+	s.restores = map[string]*restoreExport{}
+	s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, t := range targets {
+		_ = t.export.Close(ctx)
+		if r, ok := s.opts.Repositories[t.ref.Repository]; ok {
+			_ = r.Remove(t.ref.VMUUID, t.ref.DiskKey, t.ref.JobID)
+		}
+	}
+	for _, re := range restores {
+		_ = re.export.Close(ctx)
+	}
+}

@@ -1,0 +1,30 @@
+// Package node is the node agent (SNA): it takes backup.requested messages
+// from the BACKUP_REQUESTS work queue and runs each backup end to end.
+//
+// # Basics
+//
+// For each request the agent validates it (bad input → backup.rejected, then
+// the message is terminated), derives the job id (the request's, else one
+// derived from the stream sequence so a redelivery keeps it), takes the VM's
+// lease, and only then decides full or incremental per disk from the
+// catalog's chain head (design invariant 3; Plan is the one place). It
+// snapshots the VM as sendense-<job_id>, opens one target per disk from the
+// repository service, publishes backup.started, copies each disk's changed
+// extents, publishes backup.changeid per disk when its copy is flushed,
+// removes the snapshot, closes the targets and publishes backup.completed
+// with every disk's change id. Only then is the request acked.
+//
+// # Caveats
+//
+// On any error the agent cleans up the same way (snapshot removed, targets
+// aborted and their partial files removed), publishes backup.failed with a
+// reason code and whether it is retryable, and acks (permanent, or out of
+// attempts) or negatively acks with backoff (retryable). A request whose VM
+// lease is held waits with a delayed negative ack: it is neither lost nor run
+// concurrently. Before releasing a lease the agent waits (bounded) until the
+// catalog shows the job's outcome, so the next job of that VM sees this
+// backup as its base.
+//
+// The agent never passes state through environment variables, file names or
+// port numbers: identity travels in the events (invariant 1).
+package node

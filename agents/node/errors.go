@@ -1,0 +1,53 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/sendense/sendense/schemas"
+)
+
+// jobError is a failure classified where it was born: a reason code that
+// crosses the bus and whether trying again may help.
+type jobError struct {
+	reason    string
+	retryable bool
+	err       error
+}
+
+func (e *jobError) Error() string { return e.err.Error() }
+func (e *jobError) Unwrap() error { return e.err }
+
+func fail(reason string, retryable bool, err error) error {
+	return &jobError{reason: reason, retryable: retryable, err: err}
+}
+
+// rejection is bad input: answered with backup.rejected, never retried.
+type rejection struct {
+	reason string
+	err    error
+}
+
+func (e *rejection) Error() string { return e.err.Error() }
+func (e *rejection) Unwrap() error { return e.err }
+
+func reject(reason string, format string, a ...any) error {
+	return &rejection{reason: reason, err: fmt.Errorf(format, a...)}
+}
+
+// classify returns the reason code and retryability of err.
+func classify(err error) (reason string, retryable bool) {
+	var je *jobError
+	switch {
+	case errors.Is(err, context.Canceled):
+		// Whatever was under way when the job's context ended (shutdown;
+		// a lost lease is reported by the caller), trying again may work.
+		return schemas.FailShutdown, true
+	case errors.As(err, &je):
+		return je.reason, je.retryable
+	case errors.Is(err, context.DeadlineExceeded):
+		return schemas.FailInternal, true
+	}
+	return schemas.FailInternal, false
+}

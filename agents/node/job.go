@@ -1,0 +1,313 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/vmware/govmomi/vim25/types"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/copier"
+	"github.com/sendense/sendense/schemas"
+	"github.com/sendense/sendense/store"
+	"github.com/sendense/sendense/vmware"
+)
+
+// diskRun is one disk's state through a job.
+type diskRun struct {
+	plan   *diskPlan
+	target hub.OpenReply
+	ref    hub.TargetRef
+	copied copier.Result
+	closed hub.CloseReply
+}
+
+// run performs one backup while the lease is held (ctx is the lease's
+// context: losing the lease cancels the copy). It returns the completed
+// event, not yet published; every exit path removes the snapshot and, on
+// error, aborts the targets.
+func (a *Agent) run(ctx context.Context, r *request) (_ *schemas.Completed, err error) {
+	a.removeStaleSnapshots(ctx, r)
+
+	snapName := vmware.SnapshotName(r.jobID)
+	snap, err := a.deps.VCenter.CreateSnapshot(ctx, r.vm, snapName, a.cfg.Quiesce)
+	if err != nil {
+		return nil, fail(schemas.FailSnapshot, true, fmt.Errorf("create snapshot %s of vm %s: %w", snapName, r.vm.InstanceUUID, err))
+	}
+	r.log.Info().Str("snapshot", snapName).Str("snapshot_ref", snap.Value).Msg("snapshot created")
+	snapRemoved := false
+	defer func() {
+		if !snapRemoved {
+			a.removeSnapshot(ctx, r, snap)
+		}
+	}()
+
+	disks, err := a.deps.VCenter.SnapshotDisks(ctx, snap)
+	if err != nil {
+		return nil, fail(schemas.FailVCenter, true, fmt.Errorf("disks of snapshot %s: %w", snapName, err))
+	}
+	if len(disks) == 0 {
+		return nil, fail(schemas.RejectImpossible, false, fmt.Errorf("vm %s has no disks to back up", r.vm.InstanceUUID))
+	}
+	plans, err := a.plan(ctx, r, snap, disks)
+	if err != nil {
+		return nil, err
+	}
+
+	runs := make([]*diskRun, len(plans))
+	defer func() {
+		if err != nil {
+			a.abortTargets(ctx, r, runs)
+		}
+	}()
+	for i, p := range plans {
+		ref := hub.TargetRef{Repository: r.req.Repository, JobID: r.jobID, VMUUID: r.vm.InstanceUUID, DiskKey: p.disk.Key}
+		out, err := a.deps.Targets.Open(ctx, hub.OpenRequest{
+			TargetRef: ref, Attempt: r.attempt, CapacityBytes: p.disk.CapacityBytes,
+			BackingJobID: p.backing, Agent: a.cfg.AgentID,
+		})
+		if err != nil {
+			return nil, fail(schemas.FailRepository, true, fmt.Errorf("open target for disk %d of vm %s: %w", p.disk.Key, r.vm.InstanceUUID, err))
+		}
+		runs[i] = &diskRun{plan: p, target: out, ref: ref}
+	}
+
+	started := &schemas.Started{
+		Header:        a.header(r, schemas.NameStarted, 0, 0),
+		Repository:    r.req.Repository,
+		RequestedType: r.req.BackupType,
+		RequestedBy:   r.req.RequestedBy,
+		Snapshot:      snapName,
+	}
+	for _, d := range runs {
+		started.Disks = append(started.Disks, schemas.DiskPlan{
+			Disk: d.plan.ref, BackupType: d.plan.backupType, Reason: d.plan.reason,
+			BaseChangeID: d.plan.baseChangeID, Backing: d.plan.backing, Target: d.target.Target,
+		})
+	}
+	if err := a.publish(ctx, schemas.NameStarted, started); err != nil {
+		return nil, err
+	}
+
+	prog := newProgress(a, r, runs)
+	go prog.run(ctx)
+	defer prog.stop()
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(a.cfg.DiskParallel)
+	for _, d := range runs {
+		g.Go(func() error { return a.copyDisk(gctx, r, snap, d, prog) })
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+
+	// The copy is done: remove the snapshot (consolidating the guest's
+	// writes made meanwhile), then close the targets.
+	a.removeSnapshot(ctx, r, snap)
+	snapRemoved = true
+	completed := &schemas.Completed{Header: a.header(r, schemas.NameCompleted, 0, 0), Repository: r.req.Repository}
+	for _, d := range runs {
+		closed, err := a.deps.Targets.Close(ctx, d.ref)
+		if err != nil {
+			return nil, fail(schemas.FailRepository, true, fmt.Errorf("close target of disk %d of vm %s: %w", d.plan.disk.Key, r.vm.InstanceUUID, err))
+		}
+		d.closed = closed
+		completed.Disks = append(completed.Disks, schemas.DiskResult{
+			Disk: d.plan.ref, ChangeID: d.plan.disk.ChangeID, BackupType: d.plan.backupType, Reason: d.plan.reason,
+			BaseChangeID: d.plan.baseChangeID, BytesRead: d.copied.BytesRead, BytesWritten: d.copied.BytesWritten,
+			Target: closed.Target, Backing: d.plan.backing, ActualSizeBytes: closed.ActualSizeBytes,
+		})
+	}
+	// Completed means complete (invariant 2): refuse to report success
+	// with any disk lacking its change id.
+	for _, d := range completed.Disks {
+		if d.ChangeID == "" {
+			return nil, fail(schemas.FailChangeIDMissing, false, fmt.Errorf("disk %d of vm %s has no change id", d.Disk.Key, r.vm.InstanceUUID))
+		}
+	}
+	return completed, nil
+}
+
+// copyDisk copies one disk's extents from its snapshot source to its target
+// and publishes backup.changeid once the target is flushed.
+func (a *Agent) copyDisk(ctx context.Context, r *request, snap types.ManagedObjectReference, d *diskRun, prog *progress) error {
+	key := d.plan.disk.Key
+	log := r.log.With().Int32("disk_key", key).Str("disk_uuid", d.plan.disk.UUID).Logger()
+	src, err := a.deps.Sources.Open(ctx, vmware.SourceRequest{VM: r.vm.Ref, Snapshot: snap, Disk: d.plan.disk})
+	if err != nil {
+		return fail(schemas.FailSourceNBD, true, fmt.Errorf("open source of disk %d of vm %s: %w", key, r.vm.InstanceUUID, err))
+	}
+	defer func() {
+		cctx, cancel := a.cleanupCtx(ctx)
+		defer cancel()
+		if err := src.Close(cctx); err != nil {
+			log.Warn().Err(err).Msg("close source")
+		}
+	}()
+	extents := make([]copier.Extent, len(d.plan.extents))
+	for i, e := range d.plan.extents {
+		extents[i] = copier.Extent{Offset: e.Offset, Length: e.Length}
+	}
+	opts := a.cfg.Copy
+	opts.Incremental = d.plan.backupType == schemas.TypeIncremental
+	opts.Log = log
+	opts.Progress = func(p copier.Progress) { prog.update(key, p.BytesDone, p.BytesTotal, false) }
+	res, err := copier.Copy(ctx, src.URI(), d.target.URI, extents, opts)
+	if err != nil {
+		reason := schemas.FailCopy
+		if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+			return err // shutdown or lease lost: classified by the caller
+		}
+		return fail(reason, true, fmt.Errorf("copy disk %d of vm %s: %w", key, r.vm.InstanceUUID, err))
+	}
+	d.copied = res
+	prog.update(key, res.BytesRead, res.BytesRead, true)
+
+	ev := &schemas.ChangeID{
+		Header:     a.header(r, schemas.NameChangeID, key, 0),
+		Repository: r.req.Repository, Disk: d.plan.ref, ChangeID: d.plan.disk.ChangeID,
+		BackupType: d.plan.backupType, BytesRead: res.BytesRead, BytesWritten: res.BytesWritten,
+		Target: d.target.Target,
+	}
+	if err := a.publish(ctx, schemas.NameChangeID, ev); err != nil {
+		return err
+	}
+	log.Info().Str("change_id", d.plan.disk.ChangeID).Str("backup_type", d.plan.backupType).
+		Int64("bytes_read", res.BytesRead).Int64("bytes_written", res.BytesWritten).Msg("change id stored")
+	return nil
+}
+
+func (a *Agent) removeSnapshot(ctx context.Context, r *request, snap types.ManagedObjectReference) {
+	cctx, cancel := a.cleanupCtx(ctx)
+	defer cancel()
+	if err := a.deps.VCenter.RemoveSnapshot(cctx, snap, true); err != nil {
+		r.log.Error().Err(err).Str("snapshot_ref", snap.Value).Msg("remove snapshot; the next backup of this vm removes it")
+		return
+	}
+	r.log.Info().Str("snapshot_ref", snap.Value).Msg("snapshot removed")
+}
+
+// removeStaleSnapshots removes sendense-* snapshots of jobs the catalog
+// knows are finished, and of an earlier attempt of this job.
+func (a *Agent) removeStaleSnapshots(ctx context.Context, r *request) {
+	snaps, err := a.deps.VCenter.StaleSnapshots(ctx, r.vm, vmware.SnapshotPrefix)
+	if err != nil {
+		r.log.Warn().Err(err).Msg("list stale snapshots")
+		return
+	}
+	for _, s := range snaps {
+		remove := s.JobID == r.jobID
+		if !remove {
+			job, err := a.deps.Catalog.Job(ctx, s.JobID)
+			remove = err == nil && job.Status != store.StatusRunning
+		}
+		if !remove {
+			r.log.Warn().Str("snapshot", s.Name).Msg("leaving snapshot of a job the catalog does not know as finished")
+			continue
+		}
+		r.log.Info().Str("snapshot", s.Name).Msg("removing stale snapshot")
+		if err := a.deps.VCenter.RemoveSnapshot(ctx, s.Ref, true); err != nil {
+			r.log.Warn().Err(err).Str("snapshot", s.Name).Msg("remove stale snapshot")
+		}
+	}
+}
+
+func (a *Agent) abortTargets(ctx context.Context, r *request, runs []*diskRun) {
+	cctx, cancel := a.cleanupCtx(ctx)
+	defer cancel()
+	for _, d := range runs {
+		if d == nil {
+			continue
+		}
+		if err := a.deps.Targets.Abort(cctx, d.ref); err != nil {
+			r.log.Warn().Err(err).Int32("disk_key", d.ref.DiskKey).Msg("abort target")
+		}
+	}
+}
+
+// progress aggregates the disks' progress and publishes it at most every
+// ProgressInterval and at each disk's end.
+type progress struct {
+	a     *Agent
+	r     *request
+	mu    sync.Mutex
+	disks []schemas.DiskProgress
+	index map[int32]int
+	dirty bool
+	seq   int64
+	kick  chan struct{}
+	done  chan struct{}
+	once  sync.Once
+	first int64
+}
+
+func newProgress(a *Agent, r *request, runs []*diskRun) *progress {
+	p := &progress{a: a, r: r, index: map[int32]int{}, kick: make(chan struct{}, 1), done: make(chan struct{})}
+	for i, d := range runs {
+		var total int64
+		for _, e := range d.plan.extents {
+			total += e.Length
+		}
+		p.disks = append(p.disks, schemas.DiskProgress{Disk: d.plan.ref, BytesTotal: total})
+		p.index[d.plan.disk.Key] = i
+	}
+	return p
+}
+
+func (p *progress) update(key int32, done, total int64, finished bool) {
+	p.mu.Lock()
+	d := &p.disks[p.index[key]]
+	d.BytesDone, d.BytesTotal, d.Done = done, total, finished
+	p.dirty = true
+	p.mu.Unlock()
+	if finished {
+		select {
+		case p.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (p *progress) run(ctx context.Context) {
+	t := newTicker(p.a.cfg.ProgressInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.done:
+			p.publish(ctx)
+			return
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-p.kick:
+		}
+		p.publish(ctx)
+	}
+}
+
+func (p *progress) stop() { p.once.Do(func() { close(p.done) }) }
+
+func (p *progress) publish(ctx context.Context) {
+	p.mu.Lock()
+	if !p.dirty {
+		p.mu.Unlock()
+		return
+	}
+	p.dirty = false
+	p.seq++
+	ev := &schemas.Progress{Header: p.a.header(p.r, schemas.NameProgress, 0, p.seq), Seq: p.seq}
+	ev.Disks = append(ev.Disks, p.disks...)
+	for _, d := range p.disks {
+		ev.BytesDone += d.BytesDone
+		ev.BytesTotal += d.BytesTotal
+	}
+	p.mu.Unlock()
+	ev.RateBytesPerSec = p.rate(ev)
+	if err := p.a.publish(ctx, progressSubject(p.r.jobID), ev); err != nil {
+		p.r.log.Debug().Err(err).Msg("publish progress")
+	}
+}

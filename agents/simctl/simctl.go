@@ -1,0 +1,213 @@
+package simctl
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/rs/zerolog"
+
+	"github.com/sendense/sendense/testbed"
+)
+
+// Subjects of the control service.
+const (
+	Group           = "sendense.testbed"
+	SubjectVMs      = Group + ".vms"
+	SubjectWrite    = Group + ".write"
+	SubjectResetCBT = Group + ".cbt.reset"
+	SubjectResize   = Group + ".resize"
+	SubjectFrozen   = Group + ".frozen"
+)
+
+// WriteRequest asks for random guest writes over Percent of each disk's
+// capacity (or only DiskKey's when set).
+type WriteRequest struct {
+	VM      string  `json:"vm"`
+	Percent float64 `json:"percent"`
+	DiskKey int32   `json:"disk_key,omitempty"`
+	Seed    int64   `json:"seed,omitempty"`
+}
+
+// WriteReply reports the bytes written per disk.
+type WriteReply struct {
+	Disks map[int32]int64 `json:"disks"`
+}
+
+// DiskRequest names one disk; CapacityBytes is for resize.
+type DiskRequest struct {
+	VM            string `json:"vm"`
+	DiskKey       int32  `json:"disk_key"`
+	CapacityBytes int64  `json:"capacity_bytes,omitempty"`
+}
+
+// FrozenRequest asks for the image frozen by a snapshot.
+type FrozenRequest struct {
+	VM       string `json:"vm"`
+	Snapshot string `json:"snapshot"` // name, sendense-<job_id>
+	DiskKey  int32  `json:"disk_key"`
+}
+
+// FrozenReply gives the frozen image and the change id stamped on it.
+type FrozenReply struct {
+	Path     string `json:"path"`
+	ChangeID string `json:"change_id"`
+}
+
+// Serve registers the service on nc; stop it with the returned service.
+func Serve(nc *nats.Conn, tb *testbed.Testbed, log zerolog.Logger) (micro.Service, error) {
+	svc, err := micro.AddService(nc, micro.Config{Name: "sendense-testbed", Version: "1.0.0",
+		Description: "control of the simulated vCenter"})
+	if err != nil {
+		return nil, fmt.Errorf("add testbed service: %w", err)
+	}
+	add := func(name, subject string, h func(data []byte) (any, error)) error {
+		return svc.AddEndpoint(name, micro.HandlerFunc(func(r micro.Request) {
+			out, err := h(r.Data())
+			if err != nil {
+				log.Warn().Err(err).Str("subject", subject).Msg("testbed control request failed")
+				_ = r.Error("400", err.Error(), nil)
+				return
+			}
+			_ = r.RespondJSON(out)
+		}), micro.WithEndpointSubject(subject))
+	}
+	errs := []error{
+		add("vms", SubjectVMs, func([]byte) (any, error) { return tb.VMs(), nil }),
+		add("write", SubjectWrite, func(data []byte) (any, error) {
+			var req WriteRequest
+			if err := json.Unmarshal(data, &req); err != nil {
+				return nil, err
+			}
+			return write(tb, req)
+		}),
+		add("cbt-reset", SubjectResetCBT, func(data []byte) (any, error) {
+			var req DiskRequest
+			if err := json.Unmarshal(data, &req); err != nil {
+				return nil, err
+			}
+			return struct{}{}, tb.ResetCBT(req.VM, req.DiskKey)
+		}),
+		add("resize", SubjectResize, func(data []byte) (any, error) {
+			var req DiskRequest
+			if err := json.Unmarshal(data, &req); err != nil {
+				return nil, err
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			return struct{}{}, tb.Resize(ctx, req.VM, req.DiskKey, req.CapacityBytes)
+		}),
+		add("frozen", SubjectFrozen, func(data []byte) (any, error) {
+			var req FrozenRequest
+			if err := json.Unmarshal(data, &req); err != nil {
+				return nil, err
+			}
+			p, err := tb.SnapshotImageByName(req.VM, req.Snapshot, req.DiskKey)
+			if err != nil {
+				return nil, err
+			}
+			id, err := tb.ChangeIDAt(req.VM, req.Snapshot, req.DiskKey)
+			if err != nil {
+				return nil, err
+			}
+			return FrozenReply{Path: p, ChangeID: id}, nil
+		}),
+	}
+	for _, err := range errs {
+		if err != nil {
+			_ = svc.Stop()
+			return nil, fmt.Errorf("add testbed endpoint: %w", err)
+		}
+	}
+	return svc, nil
+}
+
+func write(tb *testbed.Testbed, req WriteRequest) (WriteReply, error) {
+	if req.Percent <= 0 || req.Percent > 100 {
+		return WriteReply{}, fmt.Errorf("percent %v not in (0, 100]", req.Percent)
+	}
+	out := WriteReply{Disks: map[int32]int64{}}
+	seed := req.Seed
+	if seed == 0 {
+		seed = time.Now().UnixNano()
+	}
+	for _, vm := range tb.VMs() {
+		if vm.Name != req.VM && vm.UUID != req.VM && vm.Moref != req.VM {
+			continue
+		}
+		for _, d := range vm.Disks {
+			if req.DiskKey != 0 && d.Key != req.DiskKey {
+				continue
+			}
+			ext, err := tb.WriteRandom(vm.Name, d.Key, req.Percent/100, seed+int64(d.Key))
+			if err != nil {
+				return out, err
+			}
+			for _, e := range ext {
+				out.Disks[d.Key] += e.Length
+			}
+		}
+		return out, nil
+	}
+	return out, fmt.Errorf("vm %q not found in the testbed", req.VM)
+}
+
+// Client calls the control service.
+type Client struct{ nc *nats.Conn }
+
+// NewClient returns a client on nc.
+func NewClient(nc *nats.Conn) *Client { return &Client{nc: nc} }
+
+func (c *Client) call(ctx context.Context, subject string, req, out any) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+	}
+	data, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	msg, err := c.nc.RequestWithContext(ctx, subject, data)
+	if err != nil {
+		return fmt.Errorf("request %s: %w", subject, err)
+	}
+	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
+		return fmt.Errorf("%s: %s", subject, msg.Header.Get(micro.ErrorHeader))
+	}
+	if out == nil {
+		return nil
+	}
+	return json.Unmarshal(msg.Data, out)
+}
+
+// VMs lists the testbed's VMs.
+func (c *Client) VMs(ctx context.Context) ([]testbed.VMInfo, error) {
+	var out []testbed.VMInfo
+	return out, c.call(ctx, SubjectVMs, struct{}{}, &out)
+}
+
+// Write makes random guest writes.
+func (c *Client) Write(ctx context.Context, req WriteRequest) (WriteReply, error) {
+	var out WriteReply
+	return out, c.call(ctx, SubjectWrite, req, &out)
+}
+
+// ResetCBT resets a disk's change tracking.
+func (c *Client) ResetCBT(ctx context.Context, vm string, key int32) error {
+	return c.call(ctx, SubjectResetCBT, DiskRequest{VM: vm, DiskKey: key}, nil)
+}
+
+// Resize grows a disk.
+func (c *Client) Resize(ctx context.Context, vm string, key int32, capacity int64) error {
+	return c.call(ctx, SubjectResize, DiskRequest{VM: vm, DiskKey: key, CapacityBytes: capacity}, nil)
+}
+
+// Frozen returns the image frozen by a snapshot.
+func (c *Client) Frozen(ctx context.Context, vm, snapshot string, key int32) (FrozenReply, error) {
+	var out FrozenReply
+	return out, c.call(ctx, SubjectFrozen, FrozenRequest{VM: vm, Snapshot: snapshot, DiskKey: key}, &out)
+}

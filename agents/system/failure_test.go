@@ -1,0 +1,117 @@
+package system
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sendense/sendense/bus"
+	"github.com/sendense/sendense/schemas"
+	"github.com/sendense/sendense/store"
+)
+
+// waitStarted returns the job's backup.started event.
+func (h *harness) waitStarted(jobID string) *schemas.Started {
+	h.t.Helper()
+	ev := h.next(time.Minute, func(ev schemas.Event) bool {
+		_, ok := ev.(*schemas.Started)
+		return ok && ev.EventHeader().JobID == jobID
+	})
+	return ev.(*schemas.Started)
+}
+
+// checkClean: no snapshot on the VM, no export open, no file of the job in
+// the repository, and the VM's lease is free.
+func (h *harness) checkClean(vm, vmUUID, jobID string) {
+	h.t.Helper()
+	if snaps := h.snapshots(vm); len(snaps) != 0 {
+		h.t.Errorf("snapshots left on %s: %v", vm, snaps)
+	}
+	if ex := h.sys.Repos["default"].Exports(); len(ex) != 0 {
+		h.t.Errorf("%d exports left open", len(ex))
+	}
+	matches, _ := filepath.Glob(filepath.Join(h.sys.Repos["default"].Root(), vmUUID, "*", jobID+".qcow2"))
+	if len(matches) != 0 {
+		h.t.Errorf("partial files left: %v", matches)
+	}
+	holder, err := h.sys.Leases.Holder(context.Background(), bus.VMLeaseKey(vmUUID))
+	if err != nil || holder != "" {
+		h.t.Errorf("lease of %s still held by %q (%v)", vm, holder, err)
+	}
+}
+
+// TestTargetKilledMidCopy: killing the target's qemu-nbd during the copy
+// gives backup.failed with the reason; no snapshot, export or partial file
+// is left; the next backup's base is the last good one.
+func TestTargetKilledMidCopy(t *testing.T) {
+	h := startHarness(t, func(c *Config) { c.AgentConfig.MaxAttempts = 1 })
+	good := h.completed(h.request("bigvm", schemas.TypeAuto, ""))
+	if _, err := h.sys.Testbed.WriteRandom("bigvm", 2000, 0.5, 3); err != nil {
+		t.Fatal(err)
+	}
+	id := h.request("bigvm", schemas.TypeAuto, "")
+	h.waitStarted(id)
+	exports := h.sys.Repos["default"].Exports()
+	if len(exports) != 1 {
+		t.Fatalf("%d exports open during the copy, want 1", len(exports))
+	}
+	if err := syscall.Kill(exports[0].PID(), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	ev := h.terminal(id)
+	f, ok := ev.(*schemas.Failed)
+	if !ok {
+		b, _ := json.Marshal(ev)
+		t.Fatalf("job %s: %s, want backup.failed", id, b)
+	}
+	if f.Reason != schemas.FailCopy && f.Reason != schemas.FailRepository {
+		t.Errorf("failed reason %q (%s), want %s or %s", f.Reason, f.Message, schemas.FailCopy, schemas.FailRepository)
+	}
+	h.job(id, store.StatusFailed)
+	h.checkClean("bigvm", good.VM.UUID, id)
+
+	next := h.completed(h.request("bigvm", schemas.TypeAuto, ""))
+	if d := next.Disks[0]; d.BackupType != schemas.TypeIncremental || d.Backing != good.JobID || d.BaseChangeID != good.Disks[0].ChangeID {
+		t.Errorf("next backup %s backing %q since %q, want incremental on %s", d.BackupType, d.Backing, d.BaseChangeID, good.JobID)
+	}
+	h.sameData(h.frozen("bigvm", next.JobID, 2000), h.targetPath(next.Disks[0]))
+}
+
+// TestAgentStopMidCopy: an agent stopped during a copy fails its job as
+// retryable and releases its snapshot, targets and lease; another agent
+// then completes the job.
+func TestAgentStopMidCopy(t *testing.T) {
+	h := startHarness(t, nil)
+	id := h.request("bigvm", schemas.TypeFull, "")
+	st := h.waitStarted(id)
+	stopped := time.Now()
+	h.sys.StopRole("agent")
+	if d := time.Since(stopped); d > 40*time.Second {
+		t.Errorf("agent took %s to stop", d)
+	}
+	ev := h.next(time.Minute, func(ev schemas.Event) bool {
+		_, ok := ev.(*schemas.Failed)
+		return ok && ev.EventHeader().JobID == id
+	})
+	if f := ev.(*schemas.Failed); f.Reason != schemas.FailShutdown || !f.Retryable {
+		t.Errorf("failed %s retryable=%t, want %s retryable", f.Reason, f.Retryable, schemas.FailShutdown)
+	}
+	h.checkClean("bigvm", st.VM.UUID, id)
+
+	// A new agent takes the redelivered request and completes the job.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := h.sys.startAgent(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c := h.completed(id)
+	if c.Attempt < 2 {
+		t.Errorf("completed at attempt %d, want a later attempt", c.Attempt)
+	}
+	h.sameData(h.frozen("bigvm", id, 2000), h.targetPath(c.Disks[0]))
+	_ = os.Getpid
+}

@@ -1,0 +1,463 @@
+package system
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+
+	"github.com/sendense/sendense/agents/catalog"
+	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/agents/node"
+	"github.com/sendense/sendense/agents/simctl"
+	"github.com/sendense/sendense/bus"
+	"github.com/sendense/sendense/copier"
+	"github.com/sendense/sendense/repository"
+	"github.com/sendense/sendense/store"
+	"github.com/sendense/sendense/testbed"
+	"github.com/sendense/sendense/vmware"
+)
+
+// Config selects the roles and their settings. Zero values take defaults.
+type Config struct {
+	// DataDir holds the catalog (catalog.db), the embedded NATS store (nats/)
+	// and the default repository (repo/). Required.
+	DataDir string
+	// NATS connects to an external server when NATS.URLs is set; otherwise
+	// an embedded server is started listening on NATSListen
+	// ("127.0.0.1:4222" by default, "none" for in-process only).
+	NATS       bus.Options
+	NATSListen string
+	// Replicas of the streams and the lease bucket (1 on a single server).
+	Replicas int
+
+	Catalog bool // run the catalog consumer and sendense.catalog
+	Hub     bool // run sendense.repo and the request API
+	Agent   bool // run a node agent
+
+	// Repositories maps names to directories; default {"default": DataDir/repo}.
+	Repositories map[string]string
+	// APIListen is the request API's address; "" or "none" disables it.
+	APIListen string
+	// MetricsListen serves Prometheus metrics; "" or "none" disables it.
+	MetricsListen string
+
+	// SimulateVCenter starts the testbed (govmomi simulator with CBT) with
+	// SimVMs (default testbed.SampleVMs) and its control service, and points the
+	// agent at it with local nbdkit sources.
+	SimulateVCenter bool
+	SimVMs          []testbed.VMSpec
+
+	// A real vCenter: URL (https://host/sdk), user, a file holding the
+	// password, and the VDDK library directory for nbdkit's VDDK plugin.
+	VCenterURL          string
+	VCenterUser         string
+	VCenterPasswordFile string
+	VCenterInsecure     bool
+	VDDKLibDir          string
+
+	// Agent settings; AgentID defaults to the host name.
+	AgentID  string
+	MaxJobs  int
+	LeaseTTL time.Duration
+	// AgentConfig is a template for the remaining node agent settings.
+	AgentConfig node.Config
+
+	Log zerolog.Logger
+}
+
+// System is a running pipeline.
+type System struct {
+	cfg Config
+	log zerolog.Logger
+
+	NC       *nats.Conn
+	JS       jetstream.JetStream
+	Embedded *bus.Embedded
+	Catalog  *store.Catalog
+	Testbed  *testbed.Testbed
+	Repos    map[string]*repository.Repo
+	RepoSvc  *hub.RepoService
+	Leases   *bus.Leases
+	APIAddr  string
+	Registry *prometheus.Registry
+
+	vc       *vmware.Client
+	services []micro.Service
+
+	cancel  context.CancelFunc
+	mu      sync.Mutex
+	roles   []*role
+	errOnce sync.Once
+	err     error
+	failed  chan struct{}
+}
+
+// role is one long-running goroutine, stopped in reverse start order.
+type role struct {
+	name   string
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// Start starts the configured roles and returns once they are ready.
+func Start(ctx context.Context, cfg Config) (_ *System, err error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("system: DataDir is required")
+	}
+	if cfg.Replicas <= 0 {
+		cfg.Replicas = 1
+	}
+	if cfg.AgentID == "" {
+		h, _ := os.Hostname()
+		cfg.AgentID = sanitize(h)
+	}
+	if len(cfg.Repositories) == 0 {
+		cfg.Repositories = map[string]string{"default": filepath.Join(cfg.DataDir, "repo")}
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("create data dir %s: %w", cfg.DataDir, err)
+	}
+	s := &System{cfg: cfg, log: cfg.Log, failed: make(chan struct{}), Registry: prometheus.NewRegistry()}
+	defer func() {
+		if err != nil {
+			s.Stop()
+		}
+	}()
+	if err := s.startNATS(ctx); err != nil {
+		return nil, err
+	}
+	if err := bus.EnsureStreams(ctx, s.JS, bus.StreamOptions{Replicas: cfg.Replicas}); err != nil {
+		return nil, err
+	}
+	if cfg.Catalog {
+		if err := s.startCatalog(); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Hub || cfg.Agent {
+		ttl := cfg.LeaseTTL
+		if ttl <= 0 {
+			ttl = bus.DefaultLeaseTTL
+		}
+		s.Leases, err = bus.NewLeases(ctx, s.JS, bus.LeaseBucket, ttl, bus.LeaseReplicas(cfg.Replicas), bus.LeaseLogger(s.log))
+		if err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Hub {
+		if err := s.startHub(); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.SimulateVCenter {
+		if err := s.startTestbed(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Agent {
+		if err := s.startAgent(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.MetricsListen != "" && cfg.MetricsListen != "none" {
+		if err := s.startMetrics(); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+func sanitize(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
+			b.WriteRune(r)
+		}
+	}
+	if b.Len() == 0 {
+		return "agent"
+	}
+	return b.String()
+}
+
+// run starts fn as a role; a role that returns an error fails the system.
+func (s *System) run(name string, fn func(ctx context.Context) error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &role{name: name, cancel: cancel, done: make(chan struct{})}
+	s.mu.Lock()
+	s.roles = append(s.roles, r)
+	s.mu.Unlock()
+	go func() {
+		defer close(r.done)
+		if err := fn(ctx); err != nil && ctx.Err() == nil {
+			s.log.Error().Err(err).Str("role", name).Msg("role stopped with an error")
+			s.fail(fmt.Errorf("%s: %w", name, err))
+		}
+	}()
+}
+
+func (s *System) fail(err error) {
+	s.errOnce.Do(func() {
+		s.err = err
+		close(s.failed)
+	})
+}
+
+// Failed is closed when a role stopped with an error; Err tells which.
+func (s *System) Failed() <-chan struct{} { return s.failed }
+
+// Err is the first role error, if any.
+func (s *System) Err() error {
+	select {
+	case <-s.failed:
+		return s.err
+	default:
+		return nil
+	}
+}
+
+func (s *System) startNATS(ctx context.Context) error {
+	if len(s.cfg.NATS.URLs) > 0 {
+		nc, err := bus.Connect(ctx, s.cfg.NATS, s.log)
+		if err != nil {
+			return err
+		}
+		s.NC = nc
+	} else {
+		listen := s.cfg.NATSListen
+		if listen == "" {
+			listen = "127.0.0.1:4222"
+		}
+		emb, err := bus.StartEmbedded(ctx, bus.EmbeddedOptions{DataDir: filepath.Join(s.cfg.DataDir, "nats"), Listen: listen, Log: s.log})
+		if err != nil {
+			return err
+		}
+		s.Embedded = emb
+		if s.NC, err = emb.Connect(s.log); err != nil {
+			return err
+		}
+	}
+	js, err := jetstream.New(s.NC)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	s.JS = js
+	return nil
+}
+
+func (s *System) startCatalog() error {
+	cat, err := store.Open(filepath.Join(s.cfg.DataDir, "catalog.db"), &store.Options{Logger: s.log})
+	if err != nil {
+		return err
+	}
+	s.Catalog = cat
+	svc, err := catalog.Serve(s.NC, cat, s.log)
+	if err != nil {
+		return err
+	}
+	s.services = append(s.services, svc)
+	s.run("catalog", func(ctx context.Context) error {
+		return catalog.Run(ctx, s.JS, cat, catalog.Options{Log: s.log, Registry: s.Registry})
+	})
+	return nil
+}
+
+func (s *System) startHub() error {
+	s.Repos = map[string]*repository.Repo{}
+	for name, dir := range s.cfg.Repositories {
+		r, err := repository.Open(dir)
+		if err != nil {
+			return fmt.Errorf("open repository %s at %s: %w", name, dir, err)
+		}
+		s.Repos[name] = r
+	}
+	svc, err := hub.NewRepoService(hub.RepoOptions{Repositories: s.Repos, Leases: s.Leases, Log: s.log})
+	if err != nil {
+		return err
+	}
+	s.RepoSvc = svc
+	ready := make(chan struct{})
+	s.run("repository", func(ctx context.Context) error {
+		return svc.Serve(ctx, s.NC, ready)
+	})
+	<-ready
+	if s.cfg.APIListen != "" && s.cfg.APIListen != "none" {
+		ln, err := net.Listen("tcp", s.cfg.APIListen)
+		if err != nil {
+			return fmt.Errorf("request api listen %s: %w", s.cfg.APIListen, err)
+		}
+		s.APIAddr = ln.Addr().String()
+		api := &hub.API{Publisher: bus.NewPublisher(s.JS, "sendense-hub", s.log), Jobs: catalog.NewClient(s.NC), Log: s.log}
+		s.run("api", func(ctx context.Context) error { return api.ServeListener(ctx, ln) })
+	}
+	return nil
+}
+
+func (s *System) startTestbed(ctx context.Context) error {
+	vms := s.cfg.SimVMs
+	if len(vms) == 0 {
+		vms = testbed.SampleVMs()
+	}
+	tb, err := testbed.New(ctx, testbed.Options{Dir: filepath.Join(s.cfg.DataDir, "vcenter"), VMs: vms, Log: s.log})
+	if err != nil {
+		return fmt.Errorf("start simulated vcenter: %w", err)
+	}
+	s.Testbed = tb
+	svc, err := simctl.Serve(s.NC, tb, s.log)
+	if err != nil {
+		return err
+	}
+	s.services = append(s.services, svc)
+	s.log.Info().Str("url", tb.URL().Redacted()).Int("vms", len(vms)).Msg("simulated vcenter ready")
+	return nil
+}
+
+func (s *System) startAgent(ctx context.Context) error {
+	var sources vmware.Sources
+	var u *url.URL
+	insecure := s.cfg.VCenterInsecure
+	switch {
+	case s.Testbed != nil:
+		u, insecure = s.Testbed.URL(), true
+		sources = &vmware.LocalSources{Image: s.Testbed.SnapshotImage, Log: s.log}
+	case s.cfg.VCenterURL != "":
+		var err error
+		if u, err = url.Parse(s.cfg.VCenterURL); err != nil {
+			return fmt.Errorf("parse --vcenter-url: %w", err)
+		}
+		pw, err := os.ReadFile(s.cfg.VCenterPasswordFile)
+		if err != nil {
+			return fmt.Errorf("read vcenter password file: %w", err)
+		}
+		u.User = url.UserPassword(s.cfg.VCenterUser, strings.TrimRight(string(pw), "\r\n"))
+		thumb, err := vmware.ServerThumbprint(ctx, u.Host)
+		if err != nil {
+			return err
+		}
+		sources = &vmware.VDDKSources{Base: vmware.VDDKOptions{
+			Server: u.Hostname(), User: s.cfg.VCenterUser, PasswordFile: s.cfg.VCenterPasswordFile,
+			Thumbprint: thumb, LibDir: s.cfg.VDDKLibDir,
+		}, Log: s.log}
+	default:
+		return errors.New("agent: no vcenter configured (--simulate-vcenter, or --vcenter-url with --vcenter-user and --vcenter-password-file)")
+	}
+	vc, err := vmware.Connect(ctx, u, insecure, s.log)
+	if err != nil {
+		return err
+	}
+	s.vc = vc
+	cons, err := bus.EnsureRequestConsumer(ctx, s.JS, bus.RequestConsumerOptions{})
+	if err != nil {
+		return err
+	}
+	cfg := s.cfg.AgentConfig
+	cfg.AgentID, cfg.Log = s.cfg.AgentID, s.log
+	if s.cfg.MaxJobs > 0 {
+		cfg.MaxJobs = s.cfg.MaxJobs
+	}
+	if cfg.Copy.Log.GetLevel() == zerolog.Disabled {
+		cfg.Copy = copier.Options{}
+	}
+	ag, err := node.New(cfg, node.Deps{
+		Requests: cons, Publisher: bus.NewPublisher(s.JS, "sendense-agent/"+s.cfg.AgentID, s.log),
+		Leases: s.Leases, VCenter: vc, Sources: sources, Targets: hub.NewClient(s.NC), Catalog: catalog.NewClient(s.NC),
+	})
+	if err != nil {
+		return err
+	}
+	s.run("agent", ag.Run)
+	return nil
+}
+
+func (s *System) startMetrics() error {
+	ln, err := net.Listen("tcp", s.cfg.MetricsListen)
+	if err != nil {
+		return fmt.Errorf("metrics listen %s: %w", s.cfg.MetricsListen, err)
+	}
+	srv := &http.Server{Handler: promhttp.HandlerFor(s.Registry, promhttp.HandlerOpts{}), ReadHeaderTimeout: 10 * time.Second}
+	s.run("metrics", func(ctx context.Context) error {
+		go func() { <-ctx.Done(); _ = srv.Close() }()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	return nil
+}
+
+// Stop stops every role in reverse order and closes what Start opened. Safe
+// to call more than once.
+func (s *System) Stop() {
+	s.mu.Lock()
+	roles := s.roles
+	s.roles = nil
+	s.mu.Unlock()
+	for i := len(roles) - 1; i >= 0; i-- {
+		roles[i].cancel()
+		<-roles[i].done
+	}
+	for _, svc := range s.services {
+		_ = svc.Stop()
+	}
+	s.services = nil
+	if s.vc != nil {
+		_ = s.vc.Close()
+		s.vc = nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, r := range s.Repos {
+		_ = r.Close(ctx)
+	}
+	if s.Catalog != nil {
+		_ = s.Catalog.Close()
+		s.Catalog = nil
+	}
+	if s.NC != nil {
+		_ = s.NC.Drain()
+		s.NC.Close()
+		s.NC = nil
+	}
+	if s.Embedded != nil {
+		s.Embedded.Shutdown()
+		s.Embedded = nil
+	}
+	if s.Testbed != nil {
+		_ = s.Testbed.Close()
+		s.Testbed = nil
+	}
+}
+
+// StopRole stops one running role (for example "agent") and waits for it,
+// leaving the others running. Tests use it to stop an agent mid-backup.
+func (s *System) StopRole(name string) {
+	s.mu.Lock()
+	var r *role
+	for i, x := range s.roles {
+		if x.name == name {
+			r = x
+			s.roles = append(s.roles[:i:i], s.roles[i+1:]...)
+			break
+		}
+	}
+	s.mu.Unlock()
+	if r != nil {
+		r.cancel()
+		<-r.done
+	}
+}
