@@ -85,7 +85,11 @@ func RunDemo(ctx context.Context, nc *nats.Conn, opts DemoOptions, out io.Writer
 	if opts.Percent == 0 {
 		opts.Percent = 1
 	}
-	if opts.Dir == "" {
+	if opts.Dir != "" {
+		if err := os.MkdirAll(opts.Dir, 0o750); err != nil {
+			return nil, err
+		}
+	} else {
 		d, err := os.MkdirTemp("", "sendense-demo-")
 		if err != nil {
 			return nil, err

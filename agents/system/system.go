@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 
@@ -69,6 +70,12 @@ type Config struct {
 	VCenterPasswordFile string
 	VCenterInsecure     bool
 	VDDKLibDir          string
+
+	// CatalogOptions tunes the catalog consumer (AckWait, MaxBatch);
+	// Registry and Log are set by Start.
+	CatalogOptions catalog.Options
+	// Name names the NATS connection. Default "sendense".
+	Name string
 
 	// Agent settings; AgentID defaults to the host name.
 	AgentID  string
@@ -132,7 +139,12 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("create data dir %s: %w", cfg.DataDir, err)
 	}
-	s := &System{cfg: cfg, log: cfg.Log, failed: make(chan struct{}), Registry: prometheus.NewRegistry()}
+	if cfg.Name == "" {
+		cfg.Name = "sendense"
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s := &System{cfg: cfg, log: cfg.Log, failed: make(chan struct{}), Registry: reg}
 	defer func() {
 		if err != nil {
 			s.Stop()
@@ -202,12 +214,19 @@ func (s *System) run(name string, fn func(ctx context.Context) error) {
 	s.mu.Lock()
 	s.roles = append(s.roles, r)
 	s.mu.Unlock()
+	s.log.Info().Str("role", name).Msg("role started")
 	go func() {
 		defer close(r.done)
-		if err := fn(ctx); err != nil && ctx.Err() == nil {
-			s.log.Error().Err(err).Str("role", name).Msg("role stopped with an error")
-			s.fail(fmt.Errorf("%s: %w", name, err))
+		err := fn(ctx)
+		if err == nil && ctx.Err() == nil {
+			err = errors.New("stopped on its own")
 		}
+		if err != nil && ctx.Err() == nil {
+			s.log.Error().Err(err).Str("role", name).Msg("role failed")
+			s.fail(fmt.Errorf("role %s: %w", name, err))
+			return
+		}
+		s.log.Info().Str("role", name).Msg("role stopped")
 	}()
 }
 
@@ -233,7 +252,11 @@ func (s *System) Err() error {
 
 func (s *System) startNATS(ctx context.Context) error {
 	if len(s.cfg.NATS.URLs) > 0 {
-		nc, err := bus.Connect(ctx, s.cfg.NATS, s.log)
+		opts := s.cfg.NATS
+		if opts.Name == "" {
+			opts.Name = s.cfg.Name
+		}
+		nc, err := bus.Connect(ctx, opts, s.log)
 		if err != nil {
 			return err
 		}
@@ -261,7 +284,10 @@ func (s *System) startNATS(ctx context.Context) error {
 }
 
 func (s *System) startCatalog() error {
-	cat, err := store.Open(filepath.Join(s.cfg.DataDir, "catalog.db"), &store.Options{Logger: s.log})
+	cat, err := store.Open(CatalogPath(s.cfg.DataDir), &store.Options{Logger: s.log})
+	if errors.Is(err, store.ErrLocked) {
+		return fmt.Errorf("%w (is another sendense serve or catalog running on --data %s?)", err, s.cfg.DataDir)
+	}
 	if err != nil {
 		return err
 	}
@@ -272,7 +298,9 @@ func (s *System) startCatalog() error {
 	}
 	s.services = append(s.services, svc)
 	s.run("catalog", func(ctx context.Context) error {
-		return catalog.Run(ctx, s.JS, cat, catalog.Options{Log: s.log, Registry: s.Registry})
+		opts := s.cfg.CatalogOptions
+		opts.Log, opts.Registry = s.log, s.Registry
+		return catalog.Run(ctx, s.JS, cat, opts)
 	})
 	return nil
 }
@@ -389,7 +417,10 @@ func (s *System) startMetrics() error {
 	if err != nil {
 		return fmt.Errorf("metrics listen %s: %w", s.cfg.MetricsListen, err)
 	}
-	srv := &http.Server{Handler: promhttp.HandlerFor(s.Registry, promhttp.HandlerOpts{}), ReadHeaderTimeout: 10 * time.Second}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(s.Registry, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	s.log.Info().Str("url", "http://"+ln.Addr().String()+"/metrics").Msg("metrics listening")
 	s.run("metrics", func(ctx context.Context) error {
 		go func() { <-ctx.Done(); _ = srv.Close() }()
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -460,4 +491,18 @@ func (s *System) StopRole(name string) {
 		r.cancel()
 		<-r.done
 	}
+}
+
+// CatalogPath is the catalog file under a data directory.
+func CatalogPath(dataDir string) string { return filepath.Join(dataDir, "catalog.db") }
+
+// NATSURL says where the system's NATS is, for logs.
+func (s *System) NATSURL() string {
+	if s.Embedded != nil {
+		if u := s.Embedded.ClientURL(); u != "" {
+			return u
+		}
+		return "in-process"
+	}
+	return strings.Join(s.cfg.NATS.URLs, ",")
 }

@@ -33,7 +33,10 @@ service that answers jobs, job and chain. Usually with --nats-url; without it
 an embedded server is started under DATA/nats, as for serve.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.runProcess(cmd.Context(), "sendense-catalog", c.proc, []role{catalogRole(c.catalog)})
+			cfg := a.systemConfig("sendense-catalog", c.proc)
+			c.catalog.apply(&cfg)
+			cfg.Catalog = true
+			return a.runSystem(cmd.Context(), cfg)
 		},
 	}
 	c.proc.register(cmd.Flags())

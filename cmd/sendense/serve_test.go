@@ -29,7 +29,7 @@ func TestServeKillRestart(t *testing.T) {
 	data := t.TempDir()
 	port := freePort(t)
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
-	serve := []string{"serve", "--data", data, "--nats-listen", fmt.Sprintf("127.0.0.1:%d", port),
+	serve := []string{"serve", "--data", data, "--nats-listen", fmt.Sprintf("127.0.0.1:%d", port), "--api-listen", "none",
 		"--log-format", "json", "--log-level", "debug", "--catalog-ack-wait", "2s"}
 
 	p1 := startProc(t, serve...)
