@@ -506,3 +506,20 @@ func (s *System) NATSURL() string {
 	}
 	return strings.Join(s.cfg.NATS.URLs, ",")
 }
+
+// Inventory returns a named set of simulated VMs: "sample" (the demo's:
+// pgtest1 with a 6 GiB and a 1 GiB disk, testbed.SampleVMs) or "small"
+// (pgtest1 with 256 MiB and 128 MiB disks, a quarter filled; for tests of
+// the command line).
+func Inventory(name string) ([]testbed.VMSpec, error) {
+	switch name {
+	case "", "sample":
+		return testbed.SampleVMs(), nil
+	case "small":
+		return []testbed.VMSpec{{Name: "pgtest1", Seed: 7, Disks: []testbed.DiskSpec{
+			{CapacityBytes: 256 << 20, FillBytes: 64 << 20},
+			{CapacityBytes: 128 << 20, FillBytes: 32 << 20},
+		}}}, nil
+	}
+	return nil, fmt.Errorf("unknown simulated inventory %q (want sample or small)", name)
+}

@@ -161,6 +161,7 @@ func (f *hubFlags) apply(cfg *system.Config) {
 // agentFlags configure the node agent and its vCenter.
 type agentFlags struct {
 	simulate     bool
+	inventory    string
 	vcenterURL   string
 	user         string
 	passwordFile string
@@ -172,6 +173,8 @@ type agentFlags struct {
 
 func (f *agentFlags) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.simulate, "simulate-vcenter", false, "run a simulated vCenter with CBT and sample VMs (pgtest1) in this process")
+	fs.StringVar(&f.inventory, "simulate-inventory", "sample", "simulated VMs: sample or small")
+	_ = fs.MarkHidden("simulate-inventory")
 	fs.StringVar(&f.vcenterURL, "vcenter-url", "", "vCenter SDK URL, https://HOST/sdk")
 	fs.StringVar(&f.user, "vcenter-user", "", "vCenter user")
 	fs.StringVar(&f.passwordFile, "vcenter-password-file", "", "file holding the vCenter password")
@@ -191,6 +194,13 @@ func (f *agentFlags) apply(cfg *system.Config) error {
 		return fmt.Errorf("--vcenter-url needs --vcenter-user, --vcenter-password-file and --vddk-libdir")
 	}
 	cfg.SimulateVCenter = f.simulate
+	if f.simulate {
+		vms, err := system.Inventory(f.inventory)
+		if err != nil {
+			return err
+		}
+		cfg.SimVMs = vms
+	}
 	cfg.VCenterURL, cfg.VCenterUser, cfg.VCenterPasswordFile = f.vcenterURL, f.user, f.passwordFile
 	cfg.VCenterInsecure, cfg.VDDKLibDir = f.insecure, f.vddkLibDir
 	cfg.AgentID, cfg.MaxJobs = f.agentID, f.maxJobs

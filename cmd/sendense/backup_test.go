@@ -1,0 +1,123 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sendense/sendense/agents/simctl"
+	"github.com/sendense/sendense/internal/testutil"
+	"github.com/sendense/sendense/schemas"
+	"github.com/sendense/sendense/store"
+)
+
+// TestBackupCommands drives `sendense serve --simulate-vcenter` the way a
+// user does: `backup --wait` exits 0 on completed and 3 on rejected, `job
+// --json` shows every disk's change id, the next backup is an incremental
+// from it, `chain` lists both, a raw publish (as `nats pub`) works like
+// the CLI, and `restore --verify` writes each point identical to what the
+// snapshot froze.
+func TestBackupCommands(t *testing.T) {
+	for _, tool := range []string{"qemu-img", "qemu-nbd", "nbdkit"} {
+		testutil.RequireTool(t, tool)
+	}
+	data := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	p := startProc(t, "serve", "--data", data, "--nats-listen", fmt.Sprintf("127.0.0.1:%d", port), "--api-listen", "none",
+		"--simulate-vcenter", "--simulate-inventory", "small", "--log-format", "json")
+	nc := connectTest(t, url)
+	waitCatalog(t, nc, p)
+	for {
+		if _, err := simctl.NewClient(nc).VMs(context.Background()); err == nil {
+			break
+		}
+		if p.exited() {
+			t.Fatalf("serve exited: %v", p.state)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	nurl := []string{"--nats-url", url}
+
+	out := mustCLI(t, append([]string{"backup", "--vm", "pgtest1", "--wait", "--job-id", "cli-full"}, nurl...)...)
+	if !strings.Contains(out, "job cli-full completed") || strings.Count(out, "change id") != 2 {
+		t.Errorf("backup --wait output:\n%s", out)
+	}
+	var full store.Job
+	if err := json.Unmarshal([]byte(mustCLI(t, append([]string{"job", "cli-full", "--json"}, nurl...)...)), &full); err != nil {
+		t.Fatal(err)
+	}
+	if full.Status != store.StatusCompleted || len(full.Disks) != 2 {
+		t.Fatalf("job cli-full: %+v", full)
+	}
+	for _, d := range full.Disks {
+		if d.ChangeID == "" {
+			t.Errorf("disk %d has no change id in `job --json`", d.Disk.Key)
+		}
+	}
+
+	// 1% guest writes through the testbed's control service, then a raw
+	// publish as `nats pub backup.requested '{"vm":"pgtest1"}'` would.
+	if _, err := simctl.NewClient(nc).Write(context.Background(), simctl.WriteRequest{VM: "pgtest1", Percent: 1, Seed: 5}); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Publish(schemas.NameRequested, []byte(`{"vm":"pgtest1","job_id":"raw-inc"}`)); err != nil {
+		t.Fatal(err)
+	}
+	var inc store.Job
+	deadline := time.Now().Add(time.Minute)
+	for inc.Status != store.StatusCompleted {
+		if time.Now().After(deadline) {
+			t.Fatalf("raw request did not complete: %+v", inc)
+		}
+		time.Sleep(100 * time.Millisecond)
+		if o, err := cli(t, append([]string{"job", "raw-inc", "--json"}, nurl...)...); err == nil {
+			_ = json.Unmarshal([]byte(o), &inc)
+		}
+	}
+	for i, d := range inc.Disks {
+		if d.BackupType != schemas.TypeIncremental || d.BaseChangeID != full.Disks[i].ChangeID || d.Backing != "cli-full" {
+			t.Errorf("disk %d of the second backup: %s since %q backing %q", d.Disk.Key, d.BackupType, d.BaseChangeID, d.Backing)
+		}
+	}
+	chain := mustCLI(t, append([]string{"chain", "--vm", "pgtest1"}, nurl...)...)
+	if !strings.Contains(chain, "cli-full") || !strings.Contains(chain, "raw-inc") {
+		t.Errorf("chain output lacks a backup:\n%s", chain)
+	}
+
+	// Rejected: exit code 3 with the reason.
+	_, err := cli(t, append([]string{"backup", "--vm", "no-such-vm", "--wait"}, nurl...)...)
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != exitRejected || !strings.Contains(err.Error(), schemas.RejectUnknownVM) {
+		t.Errorf("backup of an unknown vm: %v, want exit %d with %s", err, exitRejected, schemas.RejectUnknownVM)
+	}
+
+	// Restore every disk of both points and compare with the frozen images.
+	sim := simctl.NewClient(nc)
+	for _, job := range []string{"cli-full", "raw-inc"} {
+		dir := filepath.Join(t.TempDir(), job)
+		out := mustCLI(t, append([]string{"restore", "--job", job, "--to", dir, "--verify"}, nurl...)...)
+		if strings.Count(out, "identical") != 2 {
+			t.Errorf("restore --verify of %s:\n%s", job, out)
+		}
+		for _, key := range []int32{2000, 2001} {
+			fr, err := sim.Frozen(context.Background(), "pgtest1", "sendense-"+job, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			restored := filepath.Join(dir, fmt.Sprintf("%d.raw", key))
+			if o, err := exec.Command("qemu-img", "compare", "-f", "raw", "-F", "raw", fr.Path, restored).CombinedOutput(); err != nil {
+				t.Errorf("restored %s differs from the frozen image of job %s: %v %s", restored, job, err, o)
+			}
+		}
+	}
+	if code := p.stop(t); code != 0 {
+		t.Errorf("serve exited with %d after SIGTERM", code)
+	}
+}
