@@ -115,3 +115,48 @@ func TestAgentStopMidCopy(t *testing.T) {
 	h.sameData(h.frozen("bigvm", id, 2000), h.targetPath(c.Disks[0]))
 	_ = os.Getpid
 }
+
+// TestTransientFailureGivesUp: a transient failure (the repository service
+// is gone) is retried with backoff up to the attempt limit, each attempt
+// reported as a retryable backup.failed, then a final backup.failed; the
+// request leaves the work queue.
+func TestTransientFailureGivesUp(t *testing.T) {
+	h := startHarness(t, func(c *Config) { c.AgentConfig.MaxAttempts = 3 })
+	h.sys.StopRole("repository")
+	id := h.request("pgtest1", schemas.TypeAuto, "")
+	for attempt := 1; attempt <= 3; attempt++ {
+		ev := h.next(time.Minute, func(ev schemas.Event) bool {
+			_, ok := ev.(*schemas.Failed)
+			return ok && ev.EventHeader().JobID == id
+		})
+		f := ev.(*schemas.Failed)
+		if f.Attempt != attempt || f.Reason != schemas.FailRepository || f.Retryable != (attempt < 3) {
+			t.Errorf("failure %d: attempt %d reason %s retryable %t", attempt, f.Attempt, f.Reason, f.Retryable)
+		}
+	}
+	h.job(id, store.StatusFailed)
+	h.queueDrains()
+}
+
+// TestStaleSnapshots: before a backup the agent removes sendense-*
+// snapshots of jobs the catalog knows are finished, and leaves those of
+// jobs it does not know.
+func TestStaleSnapshots(t *testing.T) {
+	h := startHarness(t, nil)
+	done := h.completed(h.request("pgtest1", schemas.TypeAuto, ""))
+	ctx := context.Background()
+	vm, err := h.sys.vc.FindVM(ctx, "pgtest1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"sendense-" + done.JobID, "sendense-unknown-job"} {
+		if _, err := h.sys.vc.CreateSnapshot(ctx, vm, name, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.completed(h.request("pgtest1", schemas.TypeAuto, ""))
+	left := h.snapshots("pgtest1")
+	if len(left) != 1 || left[0] != "sendense-unknown-job" {
+		t.Errorf("snapshots after the backup: %v, want only sendense-unknown-job", left)
+	}
+}
