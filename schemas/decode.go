@@ -1,7 +1,6 @@
 package schemas
 
 import (
-	"encoding/json"
 	"fmt"
 )
 
@@ -21,13 +20,8 @@ func Decode(subject string, data []byte) (Event, error) {
 	if ev == nil {
 		return nil, fmt.Errorf("decode %s: not an event, use DecodeRequest: %w", subject, ErrUnknownSubject)
 	}
-	if err := check(name, job, data); err != nil {
+	if err := check(name, job, data, ev); err != nil {
 		return nil, err
-	}
-	if err := json.Unmarshal(data, ev); err != nil {
-		// Only reachable for JSON the schema accepts but Go cannot hold,
-		// such as an integer written as 1.0.
-		return nil, fmt.Errorf("decode %s: %w", name, err)
 	}
 	return ev, nil
 }
@@ -35,12 +29,9 @@ func Decode(subject string, data []byte) (Event, error) {
 // DecodeRequest validates a backup.requested payload (see Validate),
 // decodes it and fills the defaults (see Request.SetDefaults).
 func DecodeRequest(data []byte) (Request, error) {
-	if err := check(NameRequested, "", data); err != nil {
-		return Request{}, err
-	}
 	var r Request
-	if err := json.Unmarshal(data, &r); err != nil {
-		return Request{}, fmt.Errorf("decode %s: %w", NameRequested, err)
+	if err := check(NameRequested, "", data, &r); err != nil {
+		return Request{}, err
 	}
 	r.SetDefaults()
 	return r, nil

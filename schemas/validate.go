@@ -3,8 +3,10 @@ package schemas
 import (
 	"bytes"
 	"cmp"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -23,10 +25,12 @@ const MaxMessageBytes = 256 << 10
 // compiled holds every message schema, compiled once on first use.
 var compiled = sync.OnceValues(compileAll)
 
-// registry is the compiled schemas and, by schema location, the descriptions
-// that explain a pattern in words.
+// registry is the compiled schemas, their fast forms (see fastSchema) and,
+// by schema location, the descriptions that explain a pattern in words.
 type registry struct {
 	byName map[string]*jsonschema.Schema
+	fast   map[string]*fastSchema // nil for a schema the fast path cannot run
+	noFast map[string]error       // why a schema has no fast form
 	desc   map[string]string
 }
 
@@ -68,13 +72,21 @@ func compileAll() (*registry, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := &registry{byName: make(map[string]*jsonschema.Schema, len(names)), desc: map[string]string{}}
+	out := &registry{
+		byName: make(map[string]*jsonschema.Schema, len(names)),
+		fast:   make(map[string]*fastSchema, len(names)),
+		noFast: map[string]error{},
+		desc:   map[string]string{},
+	}
 	for _, name := range names {
 		s, err := c.Compile(schemaID(name))
 		if err != nil {
 			return nil, fmt.Errorf("compile schema %s: %w", name, err)
 		}
 		out.byName[name] = s
+		if out.fast[name], err = buildFast(s); err != nil {
+			out.noFast[name] = err
+		}
 		walkSchema(s, func(s *jsonschema.Schema) {
 			if s.Pattern != nil && s.Description != "" {
 				out.desc[s.Location] = s.Description
@@ -134,12 +146,20 @@ func Validate(subject string, data []byte) error {
 	if err != nil {
 		return err
 	}
-	return check(name, job, data)
+	return check(name, job, data, nil)
 }
 
 // check validates data against the schema called name; job, when not
-// empty, must equal the payload's job_id.
-func check(name, job string, data []byte) error {
+// empty, must equal the payload's job_id. When out is not nil (a pointer
+// to a zero value) a valid payload is also decoded into it, with the
+// result of encoding/json.Unmarshal.
+//
+// The fast path parses once into a tree, proves the tree valid with the
+// schema's fastSchema and decodes the tree. Whatever it cannot prove
+// valid, or decode exactly as encoding/json would, takes the slow path:
+// the library validates its own parse and names every problem, and
+// encoding/json decodes.
+func check(name, job string, data []byte, out any) error {
 	if len(data) > MaxMessageBytes {
 		return fmt.Errorf("%s: payload of %d bytes over the limit of %d: %w", name, len(data), MaxMessageBytes, ErrTooLarge)
 	}
@@ -147,6 +167,41 @@ func check(name, job string, data []byte) error {
 	if err != nil {
 		return err
 	}
+	if fs := all.fast[name]; fs != nil {
+		if done, err := checkFast(fs, name, job, data, out); done {
+			return err
+		}
+	}
+	return checkSlow(all, name, job, data, out)
+}
+
+// checkFast is check's fast path; done is false when the slow path must
+// decide.
+func checkFast(fs *fastSchema, name, job string, data []byte, out any) (done bool, err error) {
+	t := getTree()
+	defer t.release()
+	if !t.parse(data) || !fs.accepts(t, 0) {
+		return false, nil
+	}
+	if job != "" {
+		// The schema made the payload an object with a string job_id.
+		got := ""
+		if c := t.member(0, "job_id"); c >= 0 && t.nodes[c].kind == kindString {
+			got = t.nodes[c].str
+		}
+		if err := checkJob(name, job, got); err != nil {
+			return true, err
+		}
+	}
+	if out == nil || decodeTree(t, out) {
+		return true, nil
+	}
+	reflect.ValueOf(out).Elem().SetZero()
+	return true, unmarshal(name, data, out)
+}
+
+// checkSlow is check with the library alone.
+func checkSlow(all *registry, name, job string, data []byte, out any) error {
 	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(data))
 	if err != nil {
 		return fmt.Errorf("%s: %w: %w", name, ErrInvalidJSON, err)
@@ -161,13 +216,34 @@ func check(name, job string, data []byte) error {
 	if job != "" {
 		// The schema made the payload an object with a string job_id.
 		got, _ := inst.(map[string]any)["job_id"].(string)
-		if got != job {
-			return &ValidationError{Schema: name, Problems: []Problem{{
-				Field:   "/job_id",
-				Rule:    "subject",
-				Message: fmt.Sprintf("job_id %q differs from the subject's job %q", got, job),
-			}}}
+		if err := checkJob(name, job, got); err != nil {
+			return err
 		}
+	}
+	if out == nil {
+		return nil
+	}
+	return unmarshal(name, data, out)
+}
+
+// checkJob compares the payload's job_id with the subject's job.
+func checkJob(name, job, got string) error {
+	if got == job {
+		return nil
+	}
+	return &ValidationError{Schema: name, Problems: []Problem{{
+		Field:   "/job_id",
+		Rule:    "subject",
+		Message: fmt.Sprintf("job_id %q differs from the subject's job %q", got, job),
+	}}}
+}
+
+// unmarshal decodes a payload that validated.
+func unmarshal(name string, data []byte, out any) error {
+	if err := json.Unmarshal(data, out); err != nil {
+		// Only reachable for JSON the schema accepts but Go cannot hold,
+		// such as an integer written as 1.0.
+		return fmt.Errorf("decode %s: %w", name, err)
 	}
 	return nil
 }

@@ -125,10 +125,28 @@ func (s *RepoService) Serve(ctx context.Context, nc *nats.Conn, ready chan<- str
 		{"restore-open", SubjectRestoreOpen, s.openRestore},
 		{"restore-close", SubjectRestoreClose, s.closeRestore},
 	}
+	// Handlers run in their own goroutines; shutdown waits for them before
+	// closing everything, so no export or file is made after closeAll.
+	var (
+		inflightMu sync.Mutex
+		inflight   sync.WaitGroup
+		stopping   bool
+	)
 	for _, e := range endpoints {
 		h := e.h
 		if err := svc.AddEndpoint(e.name, micro.HandlerFunc(func(r micro.Request) {
-			go s.handle(ctx, r, h)
+			inflightMu.Lock()
+			defer inflightMu.Unlock()
+			if stopping {
+				_ = r.Error(CodeInternal, "repository service stopping", nil)
+				return
+			}
+			inflight.Add(1)
+			subject, reply, data := r.Subject(), r.Reply(), r.Data()
+			go func() {
+				defer inflight.Done()
+				s.handle(ctx, nc, subject, reply, data, h)
+			}()
 		}), micro.WithEndpointSubject(e.subject)); err != nil {
 			return fmt.Errorf("add endpoint %s: %w", e.subject, err)
 		}
@@ -142,6 +160,10 @@ func (s *RepoService) Serve(ctx context.Context, nc *nats.Conn, ready chan<- str
 		select {
 		case <-ctx.Done():
 			svc.Stop()
+			inflightMu.Lock()
+			stopping = true
+			inflightMu.Unlock()
+			inflight.Wait()
 			s.closeAll()
 			return nil
 		case <-t.C:
@@ -150,22 +172,32 @@ func (s *RepoService) Serve(ctx context.Context, nc *nats.Conn, ready chan<- str
 	}
 }
 
-// handle runs one request; errors become micro errors with a code.
-func (s *RepoService) handle(ctx context.Context, r micro.Request, h func(context.Context, []byte) (any, error)) {
+// handle runs one request; errors become micro errors with a code. It
+// answers through nc, not through the micro.Request: micro reads the
+// request's state when the callback returns, so the request must not be
+// touched from this goroutine.
+func (s *RepoService) handle(ctx context.Context, nc *nats.Conn, subject, reply string, data []byte, h func(context.Context, []byte) (any, error)) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	out, err := h(ctx, r.Data())
+	out, err := h(ctx, data)
+	resp := &nats.Msg{Subject: reply}
 	if err != nil {
 		code := CodeInternal
 		var ce *codedError
 		if errors.As(err, &ce) {
 			code = ce.code
 		}
-		s.log.Warn().Err(err).Str("subject", r.Subject()).Str("code", code).Msg("repository request failed")
-		_ = r.Error(code, err.Error(), nil)
+		s.log.Warn().Err(err).Str("subject", subject).Str("code", code).Msg("repository request failed")
+		resp.Header = nats.Header{micro.ErrorHeader: {err.Error()}, micro.ErrorCodeHeader: {code}}
+	} else if resp.Data, err = json.Marshal(out); err != nil {
+		resp.Header = nats.Header{micro.ErrorHeader: {err.Error()}, micro.ErrorCodeHeader: {CodeInternal}}
+	}
+	if reply == "" {
 		return
 	}
-	_ = r.RespondJSON(out)
+	if err := nc.PublishMsg(resp); err != nil {
+		s.log.Warn().Err(err).Str("subject", subject).Msg("repository reply")
+	}
 }
 
 type codedError struct {
@@ -269,6 +301,18 @@ func (s *RepoService) take(ref TargetRef) (*target, error) {
 	}
 	delete(s.targets, ref)
 	return t, nil
+}
+
+// takeSame removes t from the open targets if it is still the one open
+// for its ref: a newer attempt of the job may have replaced it.
+func (s *RepoService) takeSame(t *target) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.targets[t.ref] != t {
+		return false
+	}
+	delete(s.targets, t.ref)
+	return true
 }
 
 func (s *RepoService) closeTarget(ctx context.Context, data []byte) (any, error) {
@@ -404,8 +448,8 @@ func (s *RepoService) Reap(ctx context.Context) {
 		}
 		s.log.Warn().Str("job_id", t.ref.JobID).Int32("disk_key", t.ref.DiskKey).Str("holder", holder).
 			Msg("reaping target of a job that no longer holds its lease")
-		if _, err := s.take(t.ref); err != nil {
-			continue // closed meanwhile
+		if !s.takeSame(t) {
+			continue // closed, or replaced by a newer attempt, meanwhile
 		}
 		_ = t.export.Close(ctx)
 		if r, ok := s.opts.Repositories[t.ref.Repository]; ok {

@@ -36,6 +36,11 @@ func smallVMs() []testbed.VMSpec {
 	}, {
 		Name: "bigvm", Seed: 9,
 		Disks: []testbed.DiskSpec{{CapacityBytes: 1 << 30, FillBytes: 768 << 20}},
+	}, {
+		// edgevm: one sparse disk just over 4 GiB whose capacity is a
+		// multiple of 1 KiB but not of 64 KiB or 1 MiB (chain_test.go).
+		Name: "edgevm", Seed: 21,
+		Disks: []testbed.DiskSpec{{CapacityBytes: edgeCapacity, FillBytes: 8 << 20}},
 	}}
 }
 

@@ -1,0 +1,335 @@
+package hub_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io/fs"
+	"math/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/bus"
+	"github.com/sendense/sendense/bus/bustest"
+	"github.com/sendense/sendense/internal/testutil"
+	"github.com/sendense/sendense/repository"
+)
+
+const (
+	testRepo = "default"
+	testVM   = "4217a1b3-6f0e-4c55-9b1e-2f3c4d5e6f70"
+	testDisk = int32(2000)
+	// testCapacity is the virtual size of the test disks: small, and not a
+	// multiple of the 64 KiB qcow2 cluster.
+	testCapacity = 4<<20 + 512
+)
+
+// svcEnv is a repository service served on an embedded NATS server, with
+// a real repository directory and real qemu-nbd exports.
+type svcEnv struct {
+	nats    *bustest.Server
+	repo    *repository.Repo
+	sockDir string
+	svc     *hub.RepoService
+	client  *hub.Client
+	leases  *bus.Leases
+
+	stopOnce sync.Once
+	cancel   context.CancelFunc
+	done     chan error
+	serveErr error
+}
+
+// newSvcEnv starts the service. The periodic reaper is effectively off
+// (ReapInterval one hour): tests call Reap themselves. tune may change the
+// options before the service is made.
+func newSvcEnv(t *testing.T, tune func(*hub.RepoOptions)) *svcEnv {
+	t.Helper()
+	testutil.RequireTool(t, "qemu-img")
+	testutil.RequireTool(t, "qemu-nbd")
+	log := bustest.Logger(t)
+	ns := bustest.Embedded(t)
+	ctx := testCtx(t)
+	leases, err := bus.NewLeases(ctx, ns.JS, bus.LeaseBucket, 10*time.Second, bus.LeaseLogger(log))
+	if err != nil {
+		t.Fatalf("leases: %v", err)
+	}
+	repo, err := repository.Open(filepath.Join(t.TempDir(), "repo"))
+	if err != nil {
+		t.Fatalf("open repository: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := repo.Close(context.Background()); err != nil {
+			t.Errorf("close repository: %v", err)
+		}
+	})
+	e := &svcEnv{nats: ns, repo: repo, sockDir: testutil.SocketDir(t), leases: leases, done: make(chan error, 1)}
+	opts := hub.RepoOptions{
+		Repositories: map[string]*repository.Repo{testRepo: repo},
+		Leases:       leases,
+		ReapInterval: time.Hour,
+		SocketDir:    e.sockDir,
+		Log:          log,
+	}
+	if tune != nil {
+		tune(&opts)
+	}
+	e.svc, err = hub.NewRepoService(opts)
+	if err != nil {
+		t.Fatalf("new repository service: %v", err)
+	}
+	sctx, cancel := context.WithCancel(context.Background())
+	e.cancel = cancel
+	ready := make(chan struct{})
+	go func() { e.done <- e.svc.Serve(sctx, ns.Conn, ready) }()
+	t.Cleanup(func() {
+		if err := e.stop(); err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	<-ready
+	e.client = hub.NewClient(ns.Conn)
+	e.client.Timeout = 30 * time.Second
+	if _, err := e.client.Info(ctx, testRepo); err != nil {
+		t.Fatalf("repository service does not answer: %v", err)
+	}
+	return e
+}
+
+// stop cancels Serve and returns its result once it has returned.
+func (e *svcEnv) stop() error {
+	e.stopOnce.Do(func() {
+		e.cancel()
+		select {
+		case e.serveErr = <-e.done:
+		case <-time.After(60 * time.Second):
+			e.serveErr = errors.New("serve did not return within 60s of cancel")
+		}
+	})
+	return e.serveErr
+}
+
+func testCtx(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func ref(job string) hub.TargetRef {
+	return hub.TargetRef{Repository: testRepo, JobID: job, VMUUID: testVM, DiskKey: testDisk}
+}
+
+func openReq(job, backing string) hub.OpenRequest {
+	return hub.OpenRequest{TargetRef: ref(job), Attempt: 1, CapacityBytes: testCapacity, BackingJobID: backing, Agent: "agent-test"}
+}
+
+// mustOpen opens a target and returns the reply with the qemu-nbd pid
+// serving it.
+func (e *svcEnv) mustOpen(t *testing.T, req hub.OpenRequest) (hub.OpenReply, int) {
+	t.Helper()
+	out, err := e.client.Open(testCtx(t), req)
+	if err != nil {
+		t.Fatalf("open target of job %s: %v", req.JobID, err)
+	}
+	pid := e.exportPID(t, out.Path, false)
+	if pid == 0 {
+		t.Fatalf("open target of job %s: no writable export of %s in the repository", req.JobID, out.Path)
+	}
+	return out, pid
+}
+
+// exportPID is the pid of the repository's export of path (0 when none).
+func (e *svcEnv) exportPID(t *testing.T, path string, readOnly bool) int {
+	t.Helper()
+	for _, x := range e.repo.Exports() {
+		if x.Path() == path && x.ReadOnly() == readOnly {
+			return x.PID()
+		}
+	}
+	return 0
+}
+
+// assertNoExports checks that the repository serves nothing and that no
+// socket directory is left.
+func (e *svcEnv) assertNoExports(t *testing.T) {
+	t.Helper()
+	if n := len(e.repo.Exports()); n != 0 {
+		var paths []string
+		for _, x := range e.repo.Exports() {
+			paths = append(paths, x.Path())
+		}
+		t.Errorf("repository has %d exports left: %v", n, paths)
+	}
+	if n := e.svc.OpenTargets(); n != 0 {
+		t.Errorf("service reports %d open targets, want 0", n)
+	}
+	ents, err := os.ReadDir(e.sockDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range ents {
+		t.Errorf("socket directory left: %s", filepath.Join(e.sockDir, d.Name()))
+	}
+}
+
+// files lists every file under the repository root (relative names).
+func (e *svcEnv) files(t *testing.T) []string {
+	t.Helper()
+	return walkFiles(t, e.repo.Root())
+}
+
+func walkFiles(t *testing.T, root string) []string {
+	t.Helper()
+	var out []string
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() {
+			rel, _ := filepath.Rel(root, p)
+			out = append(out, rel)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func assertGone(t *testing.T, pid int) {
+	t.Helper()
+	if pid <= 0 {
+		t.Fatalf("bad pid %d", pid)
+	}
+	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("qemu-nbd pid %d still exists (kill 0: %v)", pid, err)
+	}
+}
+
+func assertNoFile(t *testing.T, path string) {
+	t.Helper()
+	if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("%s still exists (stat: %v)", path, err)
+	}
+}
+
+// writeRaw writes a raw disk image of testCapacity bytes: random data in
+// about a third of the 64 KiB blocks (chosen by seed), zeros elsewhere,
+// data in the last sector.
+func writeRaw(t *testing.T, path string, seed int64) []byte {
+	t.Helper()
+	rng := rand.New(rand.NewSource(seed))
+	buf := make([]byte, testCapacity)
+	for off := 0; off+65536 <= len(buf); off += 65536 {
+		if rng.Intn(3) == 0 {
+			rng.Read(buf[off : off+65536])
+		}
+	}
+	rng.Read(buf[len(buf)-512:])
+	if err := os.WriteFile(path, buf, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return buf
+}
+
+// overlayRaw writes base with some blocks changed as a new raw image.
+func overlayRaw(t *testing.T, path string, base []byte, seed int64) []byte {
+	t.Helper()
+	rng := rand.New(rand.NewSource(seed))
+	buf := append([]byte(nil), base...)
+	for off := 0; off+65536 <= len(buf); off += 65536 {
+		if rng.Intn(5) == 0 {
+			rng.Read(buf[off : off+65536])
+		}
+	}
+	if err := os.WriteFile(path, buf, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return buf
+}
+
+// nbdcopy copies src to dst (files or NBD URIs) with the real nbdcopy.
+func nbdcopy(t *testing.T, src, dst string) {
+	t.Helper()
+	if out, err := runNbdcopy(t, src, dst); err != nil {
+		t.Fatalf("nbdcopy %s %s: %v: %s", src, dst, err, out)
+	}
+}
+
+func runNbdcopy(t *testing.T, src, dst string) ([]byte, error) {
+	t.Helper()
+	testutil.RequireTool(t, "nbdcopy")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return exec.CommandContext(ctx, "nbdcopy", src, dst).CombinedOutput()
+}
+
+// compareImages runs qemu-img compare on a raw image and a qcow2 file
+// (read through its backing chain): true when the guest sees the same
+// bytes.
+func compareImages(t *testing.T, raw, qcow2 string) bool {
+	t.Helper()
+	out, err := exec.Command("qemu-img", "compare", "-U", "-f", "raw", "-F", "qcow2", raw, qcow2).CombinedOutput()
+	if err == nil {
+		return true
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && ee.ExitCode() == 1 {
+		return false
+	}
+	t.Fatalf("qemu-img compare %s %s: %v: %s", raw, qcow2, err, out)
+	return false
+}
+
+// qemuInfo is what the tests read from `qemu-img info --output=json`.
+type qemuInfo struct {
+	Format              string `json:"format"`
+	VirtualSize         int64  `json:"virtual-size"`
+	BackingFilename     string `json:"backing-filename"`
+	FullBackingFilename string `json:"full-backing-filename"`
+	BackingFormat       string `json:"backing-filename-format"`
+}
+
+func imgInfo(t *testing.T, path string) qemuInfo {
+	t.Helper()
+	out, err := exec.Command("qemu-img", "info", "-U", "--output=json", path).Output()
+	if err != nil {
+		t.Fatalf("qemu-img info %s: %v", path, err)
+	}
+	var i qemuInfo
+	if err := json.Unmarshal(out, &i); err != nil {
+		t.Fatalf("qemu-img info %s: %v: %s", path, err, out)
+	}
+	return i
+}
+
+// serviceCode returns the code of a *hub.ServiceError ("" for other errors).
+func serviceCode(err error) string {
+	var se *hub.ServiceError
+	if errors.As(err, &se) {
+		return se.Code
+	}
+	return ""
+}
+
+// fullBackup makes a completed full backup of job: open, write raw, close.
+func (e *svcEnv) fullBackup(t *testing.T, job, raw string) hub.CloseReply {
+	t.Helper()
+	out, _ := e.mustOpen(t, openReq(job, ""))
+	nbdcopy(t, raw, out.URI)
+	cl, err := e.client.Close(testCtx(t), ref(job))
+	if err != nil {
+		t.Fatalf("close target of job %s: %v", job, err)
+	}
+	return cl
+}

@@ -1,0 +1,670 @@
+package schemas
+
+import (
+	"cmp"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"math/big"
+	"slices"
+	"unicode/utf8"
+
+	"github.com/santhosh-tekuri/jsonschema/v6"
+)
+
+// fastSchema is a compiled jsonschema.Schema re-read for the fast path:
+// it decides, on a parsed tree, whether a payload is valid, without the
+// library's per-value allocations, number conversions through fmt and
+// big.Rat, and map-based instance.
+//
+// It only ever proves validity. A payload it does not accept goes to the
+// library (the slow path), which decides again and names every problem;
+// so a fast-path mistake can cost time but never lets a bad payload in,
+// as long as every keyword below means exactly what it means in
+// jsonschema v6 (validator.go). Schemas using any keyword it does not
+// implement get no fastSchema at all (see buildFast); a test lists the
+// library's Schema fields so a new one cannot slip by unnoticed.
+type fastSchema struct {
+	src *jsonschema.Schema
+
+	isBool  bool // boolean schema: boolVal is the whole verdict
+	boolVal bool
+
+	types  uint8 // typeBit set; 0: any type
+	consts []fastConst
+	hasCon bool // const present (consts holds it)
+	enum   []fastConst
+	hasEn  bool
+	format func(any) error
+
+	ref              *fastSchema
+	not              *fastSchema
+	allOf            []*fastSchema
+	anyOf            []*fastSchema
+	oneOf            []*fastSchema
+	ifS, thenS, elsS *fastSchema
+
+	// object
+	minProps, maxProps int // -1: none
+	props              propList
+	reqMask            uint64   // bit i: props.names[i] is required
+	reqOther           []string // required names not covered by reqMask
+	patProps           []patProp
+	addl               int // addlNone, addlFalse, addlTrue, addlSchema
+	addlS              *fastSchema
+
+	// array
+	minItems, maxItems int
+	items              *fastSchema
+
+	// string
+	minLen, maxLen int
+	pattern        jsonschema.Regexp
+
+	// number
+	minimum, maximum, exMin, exMax *bound
+}
+
+type patProp struct {
+	re jsonschema.Regexp
+	s  *fastSchema
+}
+
+const (
+	addlNone = iota
+	addlFalse
+	addlTrue
+	addlSchema
+)
+
+const (
+	bitNull uint8 = 1 << iota
+	bitBoolean
+	bitNumber
+	bitInteger
+	bitString
+	bitArray
+	bitObject
+)
+
+var typeBits = map[string]uint8{
+	"null": bitNull, "boolean": bitBoolean, "number": bitNumber, "integer": bitInteger,
+	"string": bitString, "array": bitArray, "object": bitObject,
+}
+
+// fastConst is a const or enum value: a scalar.
+type fastConst struct {
+	kind nodeKind // kindNull, kindFalse, kindTrue, kindNumber or kindString
+	str  string
+	num  *big.Rat
+}
+
+// bound is a minimum or maximum; i is set when the bound is an integer
+// that fits an int64.
+type bound struct {
+	rat   *big.Rat
+	i     int64
+	isInt bool
+}
+
+// buildFast returns the fast form of s, or an error naming the first
+// keyword it does not implement.
+func buildFast(s *jsonschema.Schema) (*fastSchema, error) {
+	return (&fastBuilder{seen: map[*jsonschema.Schema]*fastSchema{}}).build(s)
+}
+
+type fastBuilder struct {
+	seen map[*jsonschema.Schema]*fastSchema
+}
+
+func (b *fastBuilder) build(s *jsonschema.Schema) (*fastSchema, error) {
+	if s == nil {
+		return nil, nil
+	}
+	if f, ok := b.seen[s]; ok {
+		return f, nil
+	}
+	f := &fastSchema{src: s, minProps: -1, maxProps: -1, minItems: -1, maxItems: -1, minLen: -1, maxLen: -1}
+	b.seen[s] = f
+	if s.Bool != nil {
+		f.isBool, f.boolVal = true, *s.Bool
+		return f, nil
+	}
+	unsupported := func(kw string) error { return fmt.Errorf("%s: %s", s.Location, kw) }
+	switch {
+	case s.DraftVersion < 2020:
+		return nil, unsupported(fmt.Sprintf("draft %d", s.DraftVersion))
+	case s.RecursiveRef != nil:
+		return nil, unsupported("$recursiveRef")
+	case s.DynamicRef != nil:
+		return nil, unsupported("$dynamicRef")
+	case s.PropertyNames != nil:
+		return nil, unsupported("propertyNames")
+	case len(s.Dependencies) > 0:
+		return nil, unsupported("dependencies")
+	case len(s.DependentRequired) > 0:
+		return nil, unsupported("dependentRequired")
+	case len(s.DependentSchemas) > 0:
+		return nil, unsupported("dependentSchemas")
+	case s.UnevaluatedProperties != nil:
+		return nil, unsupported("unevaluatedProperties")
+	case s.UnevaluatedItems != nil:
+		return nil, unsupported("unevaluatedItems")
+	case s.UniqueItems:
+		return nil, unsupported("uniqueItems")
+	case s.Contains != nil || s.MinContains != nil || s.MaxContains != nil:
+		return nil, unsupported("contains")
+	case s.Items != nil || s.AdditionalItems != nil:
+		return nil, unsupported("items (before draft 2020)")
+	case len(s.PrefixItems) > 0:
+		return nil, unsupported("prefixItems")
+	case s.ContentEncoding != nil || s.ContentMediaType != nil || s.ContentSchema != nil:
+		return nil, unsupported("content*")
+	case s.MultipleOf != nil:
+		return nil, unsupported("multipleOf")
+	case len(s.Extensions) > 0:
+		return nil, unsupported("extension")
+	}
+
+	if s.Types != nil {
+		for _, name := range s.Types.ToStrings() {
+			bit, ok := typeBits[name]
+			if !ok {
+				return nil, unsupported("type " + name)
+			}
+			f.types |= bit
+		}
+	}
+	if s.Const != nil {
+		c, err := fastValue(*s.Const)
+		if err != nil {
+			return nil, unsupported("const " + err.Error())
+		}
+		f.consts, f.hasCon = []fastConst{c}, true
+	}
+	if s.Enum != nil {
+		f.hasEn = true
+		for _, v := range s.Enum.Values {
+			c, err := fastValue(v)
+			if err != nil {
+				return nil, unsupported("enum " + err.Error())
+			}
+			f.enum = append(f.enum, c)
+		}
+	}
+	if s.Format != nil {
+		f.format = s.Format.Validate
+	}
+
+	var err error
+	sub := func(dst **fastSchema, s *jsonschema.Schema) {
+		if err == nil {
+			*dst, err = b.build(s)
+		}
+	}
+	subs := func(dst *[]*fastSchema, l []*jsonschema.Schema) {
+		for _, s := range l {
+			var f *fastSchema
+			sub(&f, s)
+			*dst = append(*dst, f)
+		}
+	}
+	sub(&f.ref, s.Ref)
+	sub(&f.not, s.Not)
+	subs(&f.allOf, s.AllOf)
+	subs(&f.anyOf, s.AnyOf)
+	subs(&f.oneOf, s.OneOf)
+	sub(&f.ifS, s.If)
+	sub(&f.thenS, s.Then)
+	sub(&f.elsS, s.Else)
+	sub(&f.items, s.Items2020)
+
+	f.minProps, f.maxProps = intOr(s.MinProperties), intOr(s.MaxProperties)
+	// Properties in the order payloads usually have them (the required
+	// ones as listed, then the rest by name), so lookups mostly hit first.
+	for _, name := range s.Required {
+		if ps, ok := s.Properties[name]; ok && !slices.Contains(f.props.names, name) {
+			var pf *fastSchema
+			sub(&pf, ps)
+			f.props.add(name, pf)
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(s.Properties)) {
+		if !slices.Contains(f.props.names, name) {
+			var pf *fastSchema
+			sub(&pf, s.Properties[name])
+			f.props.add(name, pf)
+		}
+	}
+	for _, name := range s.Required {
+		if i := slices.Index(f.props.names, name); i >= 0 && i < 64 {
+			f.reqMask |= 1 << i
+		} else {
+			f.reqOther = append(f.reqOther, name)
+		}
+	}
+	for re, ps := range s.PatternProperties {
+		var pf *fastSchema
+		sub(&pf, ps)
+		f.patProps = append(f.patProps, patProp{re: fastPattern(re), s: pf})
+	}
+	switch a := s.AdditionalProperties.(type) {
+	case nil:
+	case bool:
+		f.addl = addlFalse
+		if a {
+			f.addl = addlTrue
+		}
+	case *jsonschema.Schema:
+		f.addl = addlSchema
+		sub(&f.addlS, a)
+	default:
+		return nil, unsupported(fmt.Sprintf("additionalProperties of type %T", a))
+	}
+	if err != nil {
+		return nil, err
+	}
+
+	f.minItems, f.maxItems = intOr(s.MinItems), intOr(s.MaxItems)
+	f.minLen, f.maxLen = intOr(s.MinLength), intOr(s.MaxLength)
+	f.pattern = fastPattern(s.Pattern)
+	f.minimum, f.maximum = newBound(s.Minimum), newBound(s.Maximum)
+	f.exMin, f.exMax = newBound(s.ExclusiveMinimum), newBound(s.ExclusiveMaximum)
+	return f, nil
+}
+
+func intOr(p *int) int {
+	if p == nil {
+		return -1
+	}
+	return *p
+}
+
+func newBound(r *big.Rat) *bound {
+	if r == nil {
+		return nil
+	}
+	b := &bound{rat: r}
+	if r.IsInt() && r.Num().IsInt64() {
+		b.i, b.isInt = r.Num().Int64(), true
+	}
+	return b
+}
+
+// fastValue converts a const or enum value of a compiled schema.
+func fastValue(v any) (fastConst, error) {
+	switch v := v.(type) {
+	case nil:
+		return fastConst{kind: kindNull}, nil
+	case bool:
+		if v {
+			return fastConst{kind: kindTrue}, nil
+		}
+		return fastConst{kind: kindFalse}, nil
+	case string:
+		return fastConst{kind: kindString, str: v}, nil
+	case json.Number:
+		r, ok := new(big.Rat).SetString(v.String())
+		if !ok {
+			return fastConst{}, fmt.Errorf("number %s", v)
+		}
+		return fastConst{kind: kindNumber, str: v.String(), num: r}, nil
+	}
+	return fastConst{}, fmt.Errorf("value of type %T", v)
+}
+
+// maxSchemaDepth bounds schema recursion on one payload (a $ref loop that
+// consumes no input); beyond it the payload takes the slow path, which
+// reports the loop.
+const maxSchemaDepth = 256
+
+// accepts reports whether the fast path proves node n of t valid
+// against f; false means the library must decide.
+func (f *fastSchema) accepts(t *tree, n int32) bool {
+	t.unknown = false
+	return f.valid(t, n, 0) && !t.unknown
+}
+
+// valid reports whether node n of t is valid against f. Every answer is
+// exact both ways (so not and if may use it), unless it sets t.unknown:
+// then the verdict means nothing and accepts refuses.
+func (f *fastSchema) valid(t *tree, n int32, depth int) bool {
+	if f.isBool {
+		return f.boolVal
+	}
+	if depth > maxSchemaDepth {
+		t.unknown = true
+		return false
+	}
+	nd := &t.nodes[n]
+
+	if f.types != 0 && !f.typeOK(t, nd) {
+		return false
+	}
+	if f.hasCon && !equalsConst(t, nd, &f.consts[0]) {
+		return false
+	}
+	if f.hasEn {
+		ok := false
+		for i := range f.enum {
+			if equalsConst(t, nd, &f.enum[i]) {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	if f.format != nil {
+		// Formats only judge strings; leave anything else to the library.
+		if nd.kind != kindString {
+			t.unknown = true
+			return false
+		}
+		if f.format(nd.str) != nil {
+			return false
+		}
+	}
+	if f.ref != nil && !f.ref.valid(t, n, depth+1) {
+		return false
+	}
+
+	switch nd.kind {
+	case kindObject:
+		if !f.objectValid(t, n, depth) {
+			return false
+		}
+	case kindArray:
+		if f.minItems >= 0 && int(nd.n) < f.minItems || f.maxItems >= 0 && int(nd.n) > f.maxItems {
+			return false
+		}
+		if f.items != nil {
+			for c := nd.first; c >= 0; c = t.nodes[c].next {
+				if !f.items.valid(t, c, depth+1) {
+					return false
+				}
+			}
+		}
+	case kindString:
+		if f.minLen >= 0 || f.maxLen >= 0 {
+			l := utf8.RuneCountInString(nd.str)
+			if f.minLen >= 0 && l < f.minLen || f.maxLen >= 0 && l > f.maxLen {
+				return false
+			}
+		}
+		if f.pattern != nil && !f.pattern.MatchString(nd.str) {
+			return false
+		}
+	case kindNumber:
+		if !f.numberValid(t, nd) {
+			return false
+		}
+	}
+
+	if f.not != nil && f.not.valid(t, n, depth+1) {
+		return false
+	}
+	for _, s := range f.allOf {
+		if !s.valid(t, n, depth+1) {
+			return false
+		}
+	}
+	if len(f.anyOf) > 0 {
+		ok := false
+		for _, s := range f.anyOf {
+			if s.valid(t, n, depth+1) {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	if len(f.oneOf) > 0 {
+		matched := 0
+		for _, s := range f.oneOf {
+			if s.valid(t, n, depth+1) {
+				matched++
+			}
+		}
+		if matched != 1 {
+			return false
+		}
+	}
+	if f.ifS != nil {
+		if f.ifS.valid(t, n, depth+1) {
+			if f.thenS != nil && !f.thenS.valid(t, n, depth+1) {
+				return false
+			}
+		} else if f.elsS != nil && !f.elsS.valid(t, n, depth+1) {
+			return false
+		}
+	}
+	return true
+}
+
+func (f *fastSchema) typeOK(t *tree, nd *node) bool {
+	var bit uint8
+	switch nd.kind {
+	case kindNull:
+		bit = bitNull
+	case kindFalse, kindTrue:
+		bit = bitBoolean
+	case kindNumber:
+		if f.types&bitNumber != 0 {
+			return true
+		}
+		if f.types&bitInteger == 0 {
+			return false
+		}
+		isInt, known := integral(nd)
+		if !known {
+			t.unknown = true
+		}
+		return known && isInt
+	case kindString:
+		bit = bitString
+	case kindArray:
+		bit = bitArray
+	case kindObject:
+		bit = bitObject
+	}
+	return f.types&bit != 0
+}
+
+func (f *fastSchema) objectValid(t *tree, n int32, depth int) bool {
+	nd := &t.nodes[n]
+	if f.minProps >= 0 && int(nd.n) < f.minProps || f.maxProps >= 0 && int(nd.n) > f.maxProps {
+		return false
+	}
+	for _, name := range f.reqOther {
+		if t.member(n, name) < 0 {
+			return false
+		}
+	}
+	var seen uint64
+	cursor := 0
+	for c := nd.first; c >= 0; c = t.nodes[c].next {
+		key := t.nodes[c].key
+		evaluated := false
+		if i := f.props.find(key, &cursor); i >= 0 {
+			evaluated = true
+			if i < 64 {
+				seen |= 1 << i
+			}
+			if !f.props.subs[i].valid(t, c, depth+1) {
+				return false
+			}
+		}
+		for _, pp := range f.patProps {
+			if pp.re.MatchString(key) {
+				evaluated = true
+				if !pp.s.valid(t, c, depth+1) {
+					return false
+				}
+			}
+		}
+		if !evaluated {
+			switch f.addl {
+			case addlFalse:
+				return false
+			case addlSchema:
+				if !f.addlS.valid(t, c, depth+1) {
+					return false
+				}
+			}
+		}
+	}
+	return seen&f.reqMask == f.reqMask
+}
+
+// propList maps property names to subschemas, searched from a cursor.
+type propList struct {
+	names []string
+	subs  []*fastSchema
+}
+
+func (l *propList) add(name string, s *fastSchema) {
+	l.names = append(l.names, name)
+	l.subs = append(l.subs, s)
+}
+
+// find returns the index of name or -1. It starts at *cursor, wraps
+// around, and leaves *cursor after a hit: members that come in list
+// order are found in one comparison each.
+func (l *propList) find(name string, cursor *int) int {
+	n := len(l.names)
+	for k, i := 0, *cursor; k < n; k++ {
+		if i >= n {
+			i = 0
+		}
+		if l.names[i] == name {
+			*cursor = i + 1
+			return i
+		}
+		i++
+	}
+	return -1
+}
+
+func (f *fastSchema) numberValid(t *tree, nd *node) bool {
+	// cmp compares nd with b and says whether want holds for the result.
+	cmp := func(b *bound, want func(int) bool) bool {
+		c, ok := compare(nd, b)
+		if !ok {
+			t.unknown = true
+			return false
+		}
+		return want(c)
+	}
+	return (f.minimum == nil || cmp(f.minimum, func(c int) bool { return c >= 0 })) &&
+		(f.maximum == nil || cmp(f.maximum, func(c int) bool { return c <= 0 })) &&
+		(f.exMin == nil || cmp(f.exMin, func(c int) bool { return c > 0 })) &&
+		(f.exMax == nil || cmp(f.exMax, func(c int) bool { return c < 0 }))
+}
+
+// plainInt reports whether lit (a JSON number) is written without fraction
+// or exponent.
+func plainInt(lit string) bool {
+	for i := 0; i < len(lit); i++ {
+		if c := lit[i]; c == '.' || c == 'e' || c == 'E' {
+			return false
+		}
+	}
+	return true
+}
+
+// ratOf converts a JSON number literal to a big.Rat as the library does.
+// It refuses (ok false) literals whose exponent has more than 4 digits:
+// big.Rat takes very long over them, and the slow path decides those.
+func ratOf(lit string) (*big.Rat, bool) {
+	for i := 0; i < len(lit); i++ {
+		if c := lit[i]; c == 'e' || c == 'E' {
+			exp := lit[i+1:]
+			if len(exp) > 0 && (exp[0] == '+' || exp[0] == '-') {
+				exp = exp[1:]
+			}
+			if len(exp) > 4 {
+				return nil, false
+			}
+			break
+		}
+	}
+	return new(big.Rat).SetString(lit)
+}
+
+// integral reports whether the number nd is an integer (2.0 and 1e3 are,
+// as in the library); known is false when it could not tell.
+func integral(nd *node) (isInt, known bool) {
+	if nd.isInt || plainInt(nd.str) {
+		return true, true
+	}
+	r, ok := ratOf(nd.str)
+	if !ok {
+		return false, false
+	}
+	return r.IsInt(), true
+}
+
+// compare compares the number nd with b: -1, 0 or +1; ok is false when
+// it could not tell.
+func compare(nd *node, b *bound) (int, bool) {
+	lit := nd.str
+	if b.isInt {
+		switch {
+		case nd.isInt:
+			return cmp.Compare(nd.i, b.i), true
+		case b.i == 0:
+			return sign(lit), true
+		}
+	}
+	r, ok := ratOf(lit)
+	if !ok {
+		return 0, false
+	}
+	return r.Cmp(b.rat), true
+}
+
+// sign returns the sign of the JSON number lit: 0 when every digit of its
+// mantissa is zero (whatever the exponent), else -1 or +1.
+func sign(lit string) int {
+	neg := len(lit) > 0 && lit[0] == '-'
+	for i := 0; i < len(lit); i++ {
+		c := lit[i]
+		if c == 'e' || c == 'E' {
+			break
+		}
+		if '1' <= c && c <= '9' {
+			if neg {
+				return -1
+			}
+			return 1
+		}
+	}
+	return 0
+}
+
+// equalsConst mirrors the library's equals for a scalar schema value.
+func equalsConst(t *tree, nd *node, c *fastConst) bool {
+	switch c.kind {
+	case kindString:
+		return nd.kind == kindString && nd.str == c.str
+	case kindNumber:
+		if nd.kind != kindNumber {
+			return false
+		}
+		if nd.str == c.str {
+			return true
+		}
+		r, ok := ratOf(nd.str)
+		if !ok {
+			t.unknown = true
+			return false
+		}
+		return r.Cmp(c.num) == 0
+	default:
+		return nd.kind == c.kind
+	}
+}
