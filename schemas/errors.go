@@ -25,13 +25,13 @@ type Problem struct {
 	// Field is the JSON pointer (RFC 6901) of the value that broke the rule,
 	// e.g. "/disks/0"; "" is the whole message. For a missing property it
 	// is the object that lacks it, and Message names the property.
-	Field string
+	Field string `json:"field"`
 	// Rule is the JSON Schema keyword that failed: required, pattern, type,
 	// enum, const, additionalProperties, minItems, format, ... ("subject"
 	// when the payload disagrees with its subject).
-	Rule string
+	Rule string `json:"rule"`
 	// Message says what is wrong, e.g. "missing property 'change_id'".
-	Message string
+	Message string `json:"message"`
 }
 
 // String renders the problem as "/disks/0: missing property 'change_id'";

@@ -63,8 +63,10 @@ type Config struct {
 	MaxJobs int
 	// DiskParallel is how many disks of one VM are copied at once. Default 2.
 	DiskParallel int
-	// MaxAttempts is the delivery count from which a retryable failure is
-	// final. Default 5.
+	// MaxAttempts is how many attempts of a job may fail retryably; the
+	// last failure is final. Counted from the job's backup.failed events
+	// in the catalog, so redeliveries while waiting for a busy VM's lease
+	// do not use attempts up. Default 5.
 	MaxAttempts int
 	// RetryBackoff is the delay before a retryable failure's redelivery,
 	// doubled per attempt up to 8×. Default 5 s.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -23,7 +24,11 @@ type request struct {
 	msg     jetstream.Msg
 	req     schemas.Request
 	jobID   string
-	attempt int
+	attempt int // delivery count: makes event ids unique per delivery
+	// failures is how many attempts of this job already failed, from the
+	// catalog. The retry limit counts these, not deliveries: a request
+	// that waited for a busy VM's lease was redelivered without running.
+	failures int
 	vm      *vmware.VM
 	log     zerolog.Logger
 }
@@ -57,11 +62,14 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 
 	// A redelivery of a job the catalog already has as completed (the ack
 	// was lost) must not run it again.
-	if job, err := a.deps.Catalog.Job(ctx, r.jobID); err == nil && job.Status == store.StatusCompleted {
-		r.log.Info().Msg("job already completed; acking redelivered request")
-		stop()
-		_ = msg.Ack()
-		return
+	if job, err := a.deps.Catalog.Job(ctx, r.jobID); err == nil {
+		if job.Status == store.StatusCompleted {
+			r.log.Info().Msg("job already completed; acking redelivered request")
+			stop()
+			_ = msg.Ack()
+			return
+		}
+		r.failures = failures(job)
 	}
 
 	if err := a.resolve(ctx, r); err != nil {
@@ -210,7 +218,7 @@ func (a *Agent) failAndSettle(ctx context.Context, r *request, lease *bus.Lease,
 	cctx, cancel := a.cleanupCtx(ctx)
 	defer cancel()
 	reason, retryable := classify(err)
-	final := !retryable || r.attempt >= a.cfg.MaxAttempts
+	final := !retryable || r.failures+1 >= a.cfg.MaxAttempts
 	ev := &schemas.Failed{
 		Header:     a.header(r, schemas.NameFailed, 0, 0),
 		Repository: r.req.Repository,
@@ -235,7 +243,7 @@ func (a *Agent) failAndSettle(ctx context.Context, r *request, lease *bus.Lease,
 		_ = r.msg.Ack()
 		return
 	}
-	delay := a.backoff(r.attempt)
+	delay := a.backoff(r.failures + 1)
 	if reason == schemas.FailShutdown {
 		delay = time.Second // another agent may take it at once
 	}
@@ -294,4 +302,16 @@ func validName(s string) bool {
 		return false
 	}
 	return schemas.Validate(schemas.NameRequested, []byte(fmt.Sprintf(`{"vm":%q}`, s))) == nil
+}
+
+// failures counts the job's backup.failed events (one per failed attempt)
+// from their ids, <job>.<attempt>.failed.<disk>.<seq> (bus.EventID).
+func failures(job store.Job) int {
+	n := 0
+	for _, id := range job.EventIDs {
+		if strings.HasPrefix(id, job.ID+".") && strings.Contains(id[len(job.ID):], "."+schemas.NameFailed[len("backup."):]+".") {
+			n++
+		}
+	}
+	return n
 }
