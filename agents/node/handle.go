@@ -29,8 +29,8 @@ type request struct {
 	// catalog. The retry limit counts these, not deliveries: a request
 	// that waited for a busy VM's lease was redelivered without running.
 	failures int
-	vm      *vmware.VM
-	log     zerolog.Logger
+	vm       *vmware.VM
+	log      zerolog.Logger
 }
 
 // handle runs one delivered request to its end: ack, nak or term.
