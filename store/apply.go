@@ -19,7 +19,7 @@ import (
 const maxIDLen = 512
 
 // Applied events are stored under events/<job id>/ as the event name, a
-// NUL byte, and the event's JSON (see encodeRecord).
+// NUL byte, and the event's JSON (see applier.encodeRecord).
 
 // Apply files a batch of events in one bbolt transaction, committed and
 // synced to disk before it returns.
@@ -63,6 +63,9 @@ func (c *Catalog) Apply(evs ...schemas.Event) ([]error, error) {
 	}
 	err := c.db.Update(func(tx *bolt.Tx) error {
 		clear(errs)
+		for _, name := range [][]byte{bucketApplied, bucketEvents, bucketJobs, bucketJobsByTime, bucketChains} {
+			tx.Bucket(name).FillPercent = appendFill
+		}
 		a := &applier{c: c, tx: tx, errs: errs, dirty: map[string]struct{}{},
 			index: map[string]int{}, fresh: map[string]record{}}
 		for i, ev := range evs {
@@ -78,6 +81,15 @@ func (c *Catalog) Apply(evs ...schemas.Event) ([]error, error) {
 	return errs, nil
 }
 
+// appendFill is the bbolt FillPercent of the buckets Apply writes. Their
+// keys mostly grow: job ids are UUIDv7 (time-ordered), event ids start with
+// the job id, and index and chain keys start with a time. bbolt's default
+// (0.5) splits such appends into half-empty pages, so a batch writes about
+// twice the pages it needs; 0.9 packs them (the same choice etcd makes for
+// its append-mostly key bucket) and still leaves room for the odd key that
+// lands in an older page. It applies per transaction: bbolt does not store it.
+const appendFill = 0.9
+
 // applier holds the state of one Apply transaction.
 type applier struct {
 	c     *Catalog
@@ -86,6 +98,8 @@ type applier struct {
 	dirty map[string]struct{} // jobs to re-derive
 	index map[string]int      // event id -> position in the batch
 	fresh map[string]record   // events filed by this batch, not to be decoded again
+	buf   bytes.Buffer        // encodeRecord's scratch
+	enc   *json.Encoder       // writes to buf
 }
 
 // apply files one event. It returns only fatal (storage) errors; problems
@@ -100,9 +114,12 @@ func (a *applier) apply(i int, ev schemas.Event) error {
 	if h == nil {
 		h = &schemas.Header{}
 	}
-	raw, merr := json.Marshal(ev)
+	rec, merr := a.encodeRecord(name, ev)
+	var raw []byte
 	if merr != nil {
 		raw = fmt.Appendf(nil, "%+v", ev)
+	} else {
+		raw = rec[len(name)+1:]
 	}
 	invalid := func(reason string) error {
 		if name == "" {
@@ -128,8 +145,9 @@ func (a *applier) apply(i int, ev schemas.Event) error {
 	case len(h.ID) > maxIDLen:
 		return invalid(fmt.Sprintf("event id longer than %d bytes", maxIDLen))
 	}
+	id := []byte(h.ID) // one copy for every Get and Put below; bbolt never writes to it
 	applied := a.tx.Bucket(bucketApplied)
-	if name != schemas.NameProgress && applied.Get([]byte(h.ID)) != nil {
+	if name != schemas.NameProgress && applied.Get(id) != nil {
 		return nil // duplicate: no-op
 	}
 	switch {
@@ -143,15 +161,17 @@ func (a *applier) apply(i int, ev schemas.Event) error {
 		return a.progress(p)
 	}
 
-	eb, err := a.tx.Bucket(bucketEvents).CreateBucketIfNotExists([]byte(h.JobID))
+	jobKey := []byte(h.JobID)
+	eb, err := a.tx.Bucket(bucketEvents).CreateBucketIfNotExists(jobKey)
 	if err != nil {
 		return fmt.Errorf("create events bucket of job %s: %w", h.JobID, err)
 	}
-	if err := eb.Put([]byte(h.ID), encodeRecord(name, raw)); err != nil {
+	eb.FillPercent = appendFill
+	if err := eb.Put(id, rec); err != nil {
 		return fmt.Errorf("put event %s of job %s: %w", h.ID, h.JobID, err)
 	}
-	if err := a.markApplied(h, nil); err != nil {
-		return err
+	if err := applied.Put(id, jobKey); err != nil {
+		return fmt.Errorf("record applied event %s: %w", h.ID, err)
 	}
 	if _, ok := a.index[h.ID]; !ok {
 		a.index[h.ID] = i
@@ -307,8 +327,19 @@ func (a *applier) writeJob(jobID string, job *Job) error {
 	key := []byte(jobID)
 	jobs := a.tx.Bucket(bucketJobs)
 	idx := a.tx.Bucket(bucketJobsByTime)
+	var v []byte
+	if job != nil {
+		var err error
+		if v, err = json.Marshal(job); err != nil {
+			return fmt.Errorf("encode job %s: %w", jobID, err)
+		}
+	}
+	raw := jobs.Get(key)
+	if raw != nil && bytes.Equal(raw, v) {
+		return nil // unchanged: so are its index entry and links
+	}
 	var old *Job
-	if raw := jobs.Get(key); raw != nil {
+	if raw != nil {
 		old = new(Job)
 		if err := json.Unmarshal(raw, old); err != nil {
 			return fmt.Errorf("decode job %s: %w", jobID, err)
@@ -341,10 +372,6 @@ func (a *applier) writeJob(jobID string, job *Job) error {
 		}
 		return nil
 	}
-	v, err := json.Marshal(job)
-	if err != nil {
-		return fmt.Errorf("encode job %s: %w", jobID, err)
-	}
 	if err := jobs.Put(key, v); err != nil {
 		return fmt.Errorf("put job %s: %w", jobID, err)
 	}
@@ -361,11 +388,20 @@ type record struct {
 	ev   schemas.Event
 }
 
-func encodeRecord(name string, raw []byte) []byte {
-	v := make([]byte, 0, len(name)+1+len(raw))
-	v = append(v, name...)
-	v = append(v, 0)
-	return append(v, raw...)
+// encodeRecord returns the stored form of ev: name, a NUL byte, and the
+// JSON json.Marshal gives. It encodes into the applier's buffer and copies
+// once, instead of marshalling and then copying into the record.
+func (a *applier) encodeRecord(name string, ev schemas.Event) ([]byte, error) {
+	if a.enc == nil {
+		a.enc = json.NewEncoder(&a.buf)
+	}
+	a.buf.Reset()
+	a.buf.WriteString(name)
+	a.buf.WriteByte(0)
+	if err := a.enc.Encode(ev); err != nil {
+		return nil, err
+	}
+	return bytes.Clone(bytes.TrimSuffix(a.buf.Bytes(), []byte{'\n'})), nil
 }
 
 // decodeRecord decodes a stored event; it copies what it keeps, so the

@@ -195,6 +195,7 @@ func putLink(tx *bolt.Tx, l *Link) error {
 			return fmt.Errorf("put link of job %s disk %d: bucket %q: %w", l.JobID, l.DiskKey, name, err)
 		}
 	}
+	b.FillPercent = appendFill
 	v, err := json.Marshal(l)
 	if err != nil {
 		return fmt.Errorf("encode link of job %s disk %d: %w", l.JobID, l.DiskKey, err)
