@@ -2,14 +2,13 @@ package catalog
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
 
+	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/store"
 )
 
@@ -112,27 +111,11 @@ func (c *Client) Stats(ctx context.Context) (store.Stats, error) {
 }
 
 func (c *Client) call(ctx context.Context, subject string, req, reply any) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, DefaultTimeout)
-		defer cancel()
-	}
-	data, err := json.Marshal(req)
-	if err != nil {
-		return fmt.Errorf("encode request for %s: %w", subject, err)
-	}
-	msg, err := c.nc.RequestWithContext(ctx, subject, data)
+	err := bus.Request(ctx, c.nc, subject, req, reply, DefaultTimeout, func(code, desc string) error {
+		return &ServiceError{Subject: subject, Code: code, Description: desc}
+	})
 	if errors.Is(err, nats.ErrNoResponders) {
-		return fmt.Errorf("request %s: %w: %w", subject, ErrUnavailable, err)
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
-	if err != nil {
-		return fmt.Errorf("request %s: %w", subject, err)
-	}
-	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
-		return &ServiceError{Subject: subject, Code: code, Description: msg.Header.Get(micro.ErrorHeader)}
-	}
-	if err := json.Unmarshal(msg.Data, reply); err != nil {
-		return fmt.Errorf("decode reply of %s: %w", subject, err)
-	}
-	return nil
+	return err
 }

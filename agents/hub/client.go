@@ -2,13 +2,13 @@ package hub
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
+
+	"github.com/sendense/sendense/bus"
 )
 
 // ServiceError is an error answered by the repository service.
@@ -42,29 +42,9 @@ type Client struct {
 func NewClient(nc *nats.Conn) *Client { return &Client{nc: nc, Timeout: 60 * time.Second} }
 
 func (c *Client) call(ctx context.Context, subject string, req, out any) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.Timeout)
-		defer cancel()
-	}
-	data, err := json.Marshal(req)
-	if err != nil {
-		return fmt.Errorf("encode %s request: %w", subject, err)
-	}
-	msg, err := c.nc.RequestWithContext(ctx, subject, data)
-	if err != nil {
-		return fmt.Errorf("request %s: %w", subject, err)
-	}
-	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
-		return &ServiceError{Subject: subject, Code: code, Message: msg.Header.Get(micro.ErrorHeader)}
-	}
-	if out == nil {
-		return nil
-	}
-	if err := json.Unmarshal(msg.Data, out); err != nil {
-		return fmt.Errorf("decode %s reply: %w", subject, err)
-	}
-	return nil
+	return bus.Request(ctx, c.nc, subject, req, out, c.Timeout, func(code, desc string) error {
+		return &ServiceError{Subject: subject, Code: code, Message: desc}
+	})
 }
 
 // Info checks that a repository exists (errors.Is ErrUnknownRepository when not).

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 	"github.com/rs/zerolog"
 
+	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/testbed"
 )
 
@@ -162,26 +163,7 @@ type Client struct{ nc *nats.Conn }
 func NewClient(nc *nats.Conn) *Client { return &Client{nc: nc} }
 
 func (c *Client) call(ctx context.Context, subject string, req, out any) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, time.Minute)
-		defer cancel()
-	}
-	data, err := json.Marshal(req)
-	if err != nil {
-		return err
-	}
-	msg, err := c.nc.RequestWithContext(ctx, subject, data)
-	if err != nil {
-		return fmt.Errorf("request %s: %w", subject, err)
-	}
-	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
-		return fmt.Errorf("%s: %s", subject, msg.Header.Get(micro.ErrorHeader))
-	}
-	if out == nil {
-		return nil
-	}
-	return json.Unmarshal(msg.Data, out)
+	return bus.Request(ctx, c.nc, subject, req, out, time.Minute, nil)
 }
 
 // VMs lists the testbed's VMs.

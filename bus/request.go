@@ -1,0 +1,60 @@
+package bus
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+)
+
+// ServiceError is an error answer of a NATS micro service: the
+// Nats-Service-Error-Code and Nats-Service-Error headers of the reply.
+type ServiceError struct {
+	Subject     string
+	Code        string
+	Description string
+}
+
+func (e *ServiceError) Error() string {
+	return fmt.Sprintf("%s: %s (code %s)", e.Subject, e.Description, e.Code)
+}
+
+// Request is the one request/reply call of the service clients (catalog,
+// repository, testbed control): it sends req as JSON on subject, waits for
+// the reply within ctx (or within timeout when ctx has no deadline), and
+// decodes it into reply (nil: the reply is ignored). An error answer is
+// returned as mapErr(code, description), or as a *ServiceError when mapErr
+// is nil. With no service listening the error wraps nats.ErrNoResponders.
+func Request(ctx context.Context, nc *nats.Conn, subject string, req, reply any, timeout time.Duration,
+	mapErr func(code, description string) error) error {
+	if _, ok := ctx.Deadline(); !ok && timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	data, err := json.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("encode request for %s: %w", subject, err)
+	}
+	msg, err := nc.RequestWithContext(ctx, subject, data)
+	if err != nil {
+		return fmt.Errorf("request %s: %w", subject, err)
+	}
+	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
+		desc := msg.Header.Get(micro.ErrorHeader)
+		if mapErr != nil {
+			return mapErr(code, desc)
+		}
+		return &ServiceError{Subject: subject, Code: code, Description: desc}
+	}
+	if reply == nil {
+		return nil
+	}
+	if err := json.Unmarshal(msg.Data, reply); err != nil {
+		return fmt.Errorf("decode reply of %s: %w", subject, err)
+	}
+	return nil
+}
