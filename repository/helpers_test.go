@@ -45,22 +45,9 @@ func newRepo(t *testing.T) (*Repo, context.Context) {
 	return r, ctx
 }
 
-// writeRaw writes a raw image of testCapacity bytes: random data in some
-// 64 KiB blocks chosen by seed, zeros elsewhere, and data in the last sector.
 func writeRaw(t *testing.T, path string, seed int64) []byte {
 	t.Helper()
-	rng := rand.New(rand.NewSource(seed))
-	buf := make([]byte, testCapacity)
-	for off := 0; off+65536 <= len(buf); off += 65536 {
-		if rng.Intn(3) == 0 {
-			rng.Read(buf[off : off+65536])
-		}
-	}
-	rng.Read(buf[len(buf)-512:])
-	if err := os.WriteFile(path, buf, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return buf
+	return testutil.WriteRawImage(t, path, testCapacity, seed)
 }
 
 // overlay returns a copy of base with some blocks changed: new data, and

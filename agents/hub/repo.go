@@ -218,6 +218,15 @@ func (s *RepoService) repo(name string) (*repository.Repo, error) {
 	return r, nil
 }
 
+// decodeRepo decodes a request into v and returns the repository it names
+// (*repo is read after decoding).
+func (s *RepoService) decodeRepo(data []byte, v any, repo *string) (*repository.Repo, error) {
+	if err := decode(data, v); err != nil {
+		return nil, err
+	}
+	return s.repo(*repo)
+}
+
 func decode(data []byte, v any) error {
 	if err := json.Unmarshal(data, v); err != nil {
 		return coded(CodeBadRequest, fmt.Errorf("decode request: %w", err))
@@ -227,10 +236,7 @@ func decode(data []byte, v any) error {
 
 func (s *RepoService) info(_ context.Context, data []byte) (any, error) {
 	var req InfoRequest
-	if err := decode(data, &req); err != nil {
-		return nil, err
-	}
-	r, err := s.repo(req.Repository)
+	r, err := s.decodeRepo(data, &req, &req.Repository)
 	if err != nil {
 		return nil, err
 	}
@@ -239,10 +245,7 @@ func (s *RepoService) info(_ context.Context, data []byte) (any, error) {
 
 func (s *RepoService) openTarget(ctx context.Context, data []byte) (any, error) {
 	var req OpenRequest
-	if err := decode(data, &req); err != nil {
-		return nil, err
-	}
-	r, err := s.repo(req.Repository)
+	r, err := s.decodeRepo(data, &req, &req.Repository)
 	if err != nil {
 		return nil, err
 	}
@@ -317,10 +320,7 @@ func (s *RepoService) takeSame(t *target) bool {
 
 func (s *RepoService) closeTarget(ctx context.Context, data []byte) (any, error) {
 	var ref TargetRef
-	if err := decode(data, &ref); err != nil {
-		return nil, err
-	}
-	r, err := s.repo(ref.Repository)
+	r, err := s.decodeRepo(data, &ref, &ref.Repository)
 	if err != nil {
 		return nil, err
 	}
@@ -349,10 +349,7 @@ func (s *RepoService) closeTarget(ctx context.Context, data []byte) (any, error)
 
 func (s *RepoService) abortTarget(ctx context.Context, data []byte) (any, error) {
 	var ref TargetRef
-	if err := decode(data, &ref); err != nil {
-		return nil, err
-	}
-	r, err := s.repo(ref.Repository)
+	r, err := s.decodeRepo(data, &ref, &ref.Repository)
 	if err != nil {
 		return nil, err
 	}
@@ -368,10 +365,7 @@ func (s *RepoService) abortTarget(ctx context.Context, data []byte) (any, error)
 
 func (s *RepoService) openRestore(ctx context.Context, data []byte) (any, error) {
 	var ref TargetRef
-	if err := decode(data, &ref); err != nil {
-		return nil, err
-	}
-	r, err := s.repo(ref.Repository)
+	r, err := s.decodeRepo(data, &ref, &ref.Repository)
 	if err != nil {
 		return nil, err
 	}

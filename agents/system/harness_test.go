@@ -1,7 +1,6 @@
 package system
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"os"
@@ -44,23 +43,8 @@ func smallVMs() []testbed.VMSpec {
 	}}
 }
 
-// syncBuffer collects log lines for assertions.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// syncBuffer collects output for assertions.
+type syncBuffer = testutil.Buffer
 
 // harness is a whole pipeline in one process: embedded NATS, catalog, hub,
 // agent and the simulated vCenter, plus a recorder of every backup.> message.

@@ -22,6 +22,7 @@ import (
 
 	"github.com/sendense/sendense/agents/catalog"
 	"github.com/sendense/sendense/bus"
+	"github.com/sendense/sendense/internal/testutil"
 	"github.com/sendense/sendense/schemas"
 	"github.com/sendense/sendense/store"
 )
@@ -69,23 +70,8 @@ func sendenseBin(t *testing.T) string {
 	return binPath
 }
 
-// syncBuffer is a bytes.Buffer safe for a process's output and the test.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// syncBuffer collects output for assertions.
+type syncBuffer = testutil.Buffer
 
 // proc is a long-running sendense process (serve, catalog).
 type proc struct {
