@@ -1,34 +1,21 @@
 package testbed
 
-import "sort"
+import (
+	"sort"
 
-// Extent is a byte range of a disk.
-type Extent struct {
-	Offset int64 `json:"offset"`
-	Length int64 `json:"length"`
-}
+	"github.com/sendense/sendense/vmware"
+)
 
-// End is the first byte after the extent.
-func (e Extent) End() int64 { return e.Offset + e.Length }
+// Extent is a byte range of a disk: the same type the vmware client
+// reports changed areas in.
+type Extent = vmware.Extent
 
 // merge sorts extents and merges overlapping and touching ones, in place.
 func merge(in []Extent) []Extent {
 	if len(in) == 0 {
 		return nil
 	}
-	sort.Slice(in, func(i, j int) bool { return in[i].Offset < in[j].Offset })
-	out := in[:1]
-	for _, e := range in[1:] {
-		last := &out[len(out)-1]
-		if e.Offset <= last.End() {
-			if e.End() > last.End() {
-				last.Length = e.End() - last.Offset
-			}
-			continue
-		}
-		out = append(out, e)
-	}
-	return out
+	return vmware.MergeExtents(in)
 }
 
 // alignClip widens each extent to block boundaries, clips it to capacity,

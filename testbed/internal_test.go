@@ -14,11 +14,11 @@ func TestRangeSet(t *testing.T) {
 		adds [][2]int64
 		want []Extent
 	}{
-		{"disjoint out of order", [][2]int64{{100, 10}, {0, 10}, {50, 10}}, []Extent{{0, 10}, {50, 10}, {100, 10}}},
-		{"touching merge", [][2]int64{{0, 10}, {10, 10}}, []Extent{{0, 20}}},
-		{"overlap several", [][2]int64{{0, 10}, {20, 10}, {40, 10}, {5, 40}}, []Extent{{0, 50}}},
-		{"inside", [][2]int64{{0, 100}, {10, 10}}, []Extent{{0, 100}}},
-		{"extend left", [][2]int64{{50, 10}, {40, 15}}, []Extent{{40, 20}}},
+		{"disjoint out of order", [][2]int64{{100, 10}, {0, 10}, {50, 10}}, []Extent{{Offset: 0, Length: 10}, {Offset: 50, Length: 10}, {Offset: 100, Length: 10}}},
+		{"touching merge", [][2]int64{{0, 10}, {10, 10}}, []Extent{{Offset: 0, Length: 20}}},
+		{"overlap several", [][2]int64{{0, 10}, {20, 10}, {40, 10}, {5, 40}}, []Extent{{Offset: 0, Length: 50}}},
+		{"inside", [][2]int64{{0, 100}, {10, 10}}, []Extent{{Offset: 0, Length: 100}}},
+		{"extend left", [][2]int64{{50, 10}, {40, 15}}, []Extent{{Offset: 40, Length: 20}}},
 		{"empty ignored", [][2]int64{{5, 0}}, nil},
 	}
 	for _, tt := range tests {
@@ -35,19 +35,19 @@ func TestRangeSet(t *testing.T) {
 }
 
 func TestAlignClipAndPage(t *testing.T) {
-	got := alignClip([]Extent{{100, 10}, {4096*3 - 1, 2}, {10000, 10}}, 4096, 10005)
-	want := []Extent{{0, 4096}, {4096 * 2, 10005 - 4096*2}}
+	got := alignClip([]Extent{{Offset: 100, Length: 10}, {Offset: 4096*3 - 1, Length: 2}, {Offset: 10000, Length: 10}}, 4096, 10005)
+	want := []Extent{{Offset: 0, Length: 4096}, {Offset: 4096 * 2, Length: 10005 - 4096*2}}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("alignClip = %v, want %v", got, want)
 	}
 
-	ext := []Extent{{0, 10}, {20, 10}, {40, 10}, {60, 10}}
+	ext := []Extent{{Offset: 0, Length: 10}, {Offset: 20, Length: 10}, {Offset: 40, Length: 10}, {Offset: 60, Length: 10}}
 	areas, length := page(ext, 0, 100, 2)
 	if !reflect.DeepEqual(areas, ext[:2]) || length != 30 {
 		t.Fatalf("first page = %v len %d", areas, length)
 	}
 	areas, length = page(ext, 45, 100, 2)
-	if !reflect.DeepEqual(areas, []Extent{{45, 5}, {60, 10}}) || length != 55 {
+	if !reflect.DeepEqual(areas, []Extent{{Offset: 45, Length: 5}, {Offset: 60, Length: 10}}) || length != 55 {
 		t.Fatalf("page from 45 = %v len %d", areas, length)
 	}
 	areas, length = page(ext, 80, 100, 2)
@@ -98,7 +98,7 @@ func TestFreezeImageKeepsHoles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []Extent{{0, 1 << 20}, {5 << 30, 1 << 20}, {size - (1 << 20), 1 << 20}}
+	want := []Extent{{Offset: 0, Length: 1 << 20}, {Offset: 5 << 30, Length: 1 << 20}, {Offset: size - (1 << 20), Length: 1 << 20}}
 	if !reflect.DeepEqual(alloc, want) {
 		t.Fatalf("allocated = %v, want %v", alloc, want)
 	}

@@ -11,8 +11,8 @@ import (
 
 // Extent is a byte range of a disk.
 type Extent struct {
-	Offset int64
-	Length int64
+	Offset int64 `json:"offset"`
+	Length int64 `json:"length"`
 }
 
 // End is the first byte after the extent.
@@ -115,11 +115,12 @@ func pageChangedAreas(ctx context.Context, capacity int64, query func(context.Co
 		}
 		start = next
 	}
-	return mergeExtents(out), nil
+	return MergeExtents(out), nil
 }
 
-// mergeExtents sorts extents and merges overlapping and touching ones.
-func mergeExtents(in []Extent) []Extent {
+// MergeExtents sorts extents and merges overlapping and touching ones, in
+// place. The simulated vCenter (testbed) uses it for the areas it reports.
+func MergeExtents(in []Extent) []Extent {
 	if len(in) == 0 {
 		return in
 	}
