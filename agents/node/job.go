@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/vmware/govmomi/vim25/types"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/copier"
 	"github.com/sendense/sendense/schemas"
 	"github.com/sendense/sendense/store"
@@ -273,7 +275,7 @@ func (p *progress) update(key int32, done, total int64, finished bool) {
 }
 
 func (p *progress) run(ctx context.Context) {
-	t := newTicker(p.a.cfg.ProgressInterval)
+	t := time.NewTicker(p.a.cfg.ProgressInterval)
 	defer t.Stop()
 	for {
 		select {
@@ -307,7 +309,21 @@ func (p *progress) publish(ctx context.Context) {
 	}
 	p.mu.Unlock()
 	ev.RateBytesPerSec = p.rate(ev)
-	if err := p.a.publish(ctx, progressSubject(p.r.jobID), ev); err != nil {
+	if err := p.a.publish(ctx, bus.ProgressSubject(p.r.jobID), ev); err != nil {
 		p.r.log.Debug().Err(err).Msg("publish progress")
 	}
+}
+
+// rate is the job's mean copy rate since its first progress event.
+func (p *progress) rate(ev *schemas.Progress) float64 {
+	now := time.Now().UnixNano()
+	if p.first == 0 {
+		p.first = now
+		return 0
+	}
+	secs := float64(now-p.first) / 1e9
+	if secs <= 0 {
+		return 0
+	}
+	return float64(ev.BytesDone) / secs
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 
 	"github.com/sendense/sendense/agents/catalog"
 	"github.com/sendense/sendense/agents/hub"
@@ -97,11 +99,11 @@ func RunDemo(ctx context.Context, nc *nats.Conn, opts DemoOptions, out io.Writer
 		defer os.RemoveAll(d)
 		opts.Dir = d
 	}
-	js, err := newJS(nc)
+	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, err
 	}
-	pub := bus.NewPublisher(js, "sendense-demo", nopLog)
+	pub := bus.NewPublisher(js, "sendense-demo", zerolog.Nop())
 	cat := catalog.NewClient(nc)
 	sim := simctl.NewClient(nc)
 	repo := hub.NewClient(nc)
