@@ -18,8 +18,29 @@ import (
 // failed transaction.
 const maxIDLen = 512
 
-// Applied events are stored under events/<job id>/ as the event name, a
-// NUL byte, and the event's JSON (see applier.encodeRecord).
+// Applied events are stored in job_events under part(<job id>)<event id>
+// as the event name, a NUL byte, and the event's JSON: the payload it was
+// decoded from (WithPayload), or else what json.Marshal gives.
+
+// WithPayload pairs ev with the JSON payload schemas.Decode decoded it
+// from, for Apply: Apply then stores payload as the event's record instead
+// of encoding ev again (encoding is about a sixth of Apply's work). payload
+// must be exactly those bytes and must not change until Apply returns: a
+// later re-derivation of the job decodes the stored payload and must find
+// the same event. schemas.Decode mirrors encoding/json.Unmarshal, which is
+// what the catalog decodes stored events with, so it does.
+func WithPayload(ev schemas.Event, payload []byte) schemas.Event {
+	if isNil(ev) {
+		return ev
+	}
+	return &decoded{Event: ev, payload: payload}
+}
+
+// decoded is an event with its payload (WithPayload).
+type decoded struct {
+	schemas.Event
+	payload []byte
+}
 
 // Apply files a batch of events in one bbolt transaction, committed and
 // synced to disk before it returns.
@@ -63,7 +84,7 @@ func (c *Catalog) Apply(evs ...schemas.Event) ([]error, error) {
 	}
 	err := c.db.Update(func(tx *bolt.Tx) error {
 		clear(errs)
-		for _, name := range [][]byte{bucketApplied, bucketEvents, bucketJobs, bucketJobsByTime, bucketChains} {
+		for _, name := range [][]byte{bucketApplied, bucketEvents, bucketJobs, bucketJobsByTime, bucketLinks} {
 			tx.Bucket(name).FillPercent = appendFill
 		}
 		a := &applier{c: c, tx: tx, errs: errs, dirty: map[string]struct{}{},
@@ -105,6 +126,10 @@ type applier struct {
 // apply files one event. It returns only fatal (storage) errors; problems
 // with the event itself go to a.errs[i].
 func (a *applier) apply(i int, ev schemas.Event) error {
+	var payload []byte
+	if d, ok := ev.(*decoded); ok {
+		ev, payload = d.Event, d.payload
+	}
 	if isNil(ev) {
 		a.errs[i] = fmt.Errorf("apply event %d of batch: nil event: %w", i, ErrInvalid)
 		return nil
@@ -114,7 +139,14 @@ func (a *applier) apply(i int, ev schemas.Event) error {
 	if h == nil {
 		h = &schemas.Header{}
 	}
-	rec, merr := a.encodeRecord(name, ev)
+	var rec []byte
+	var merr error
+	if payload != nil && name != "" {
+		rec = make([]byte, 0, len(name)+1+len(payload))
+		rec = append(append(append(rec, name...), 0), payload...)
+	} else {
+		rec, merr = a.encodeRecord(name, ev)
+	}
 	var raw []byte
 	if merr != nil {
 		raw = fmt.Appendf(nil, "%+v", ev)
@@ -161,16 +193,10 @@ func (a *applier) apply(i int, ev schemas.Event) error {
 		return a.progress(p)
 	}
 
-	jobKey := []byte(h.JobID)
-	eb, err := a.tx.Bucket(bucketEvents).CreateBucketIfNotExists(jobKey)
-	if err != nil {
-		return fmt.Errorf("create events bucket of job %s: %w", h.JobID, err)
-	}
-	eb.FillPercent = appendFill
-	if err := eb.Put(id, rec); err != nil {
+	if err := a.tx.Bucket(bucketEvents).Put(eventKey(h.JobID, h.ID), rec); err != nil {
 		return fmt.Errorf("put event %s of job %s: %w", h.ID, h.JobID, err)
 	}
-	if err := applied.Put(id, jobKey); err != nil {
+	if err := applied.Put(id, []byte(h.JobID)); err != nil {
 		return fmt.Errorf("record applied event %s: %w", h.ID, err)
 	}
 	if _, ok := a.index[h.ID]; !ok {
@@ -179,8 +205,9 @@ func (a *applier) apply(i int, ev schemas.Event) error {
 	a.dirty[h.JobID] = struct{}{}
 	// Keep the decoded event for rederive, unless json.Marshal replaced
 	// invalid UTF-8 (it writes the escape): then rederive must decode what
-	// was stored, or a later re-derivation would see other strings.
-	if !bytes.Contains(raw, []byte(`\ufffd`)) {
+	// was stored, or a later re-derivation would see other strings. A
+	// payload decodes to ev by WithPayload's contract.
+	if payload != nil || !bytes.Contains(raw, []byte(`\ufffd`)) {
 		a.fresh[h.ID] = record{name: name, raw: raw, ev: ev}
 	}
 	return nil
@@ -263,24 +290,20 @@ func (a *applier) flush() error {
 func (a *applier) rederive(jobID string) error {
 	key := []byte(jobID)
 	events := a.tx.Bucket(bucketEvents)
-	eb := events.Bucket(key)
+	prefix := appendPart(nil, jobID)
 	var recs []record
-	if eb != nil {
-		err := eb.ForEach(func(k, v []byte) error {
-			if r, ok := a.fresh[string(k)]; ok {
-				recs = append(recs, r)
-				return nil
-			}
-			r, err := decodeRecord(k, v)
-			if err != nil {
-				return fmt.Errorf("job %s: %w", jobID, err)
-			}
+	cur := events.Cursor()
+	for k, v := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Next() {
+		id := k[len(prefix):]
+		if r, ok := a.fresh[string(id)]; ok {
 			recs = append(recs, r)
-			return nil
-		})
-		if err != nil {
-			return err
+			continue
 		}
+		r, err := decodeRecord(id, v)
+		if err != nil {
+			return fmt.Errorf("job %s: %w", jobID, err)
+		}
+		recs = append(recs, r)
 	}
 	var prog *Progress
 	if raw := a.tx.Bucket(bucketProgress).Get(key); raw != nil {
@@ -294,7 +317,7 @@ func (a *applier) rederive(jobID string) error {
 
 	for _, b := range bad {
 		h := b.rec.ev.EventHeader()
-		if err := eb.Delete([]byte(h.ID)); err != nil {
+		if err := events.Delete(eventKey(jobID, h.ID)); err != nil {
 			return fmt.Errorf("remove poisoned event %s of job %s: %w", h.ID, jobID, err)
 		}
 		err := putPoison(a.tx, PoisonRecord{
@@ -309,13 +332,6 @@ func (a *applier) rederive(jobID string) error {
 		} else {
 			a.c.log.Warn().Str("job_id", jobID).Str("event_id", h.ID).Str("reason", b.reason).
 				Msg("applied completed event moved to poison records")
-		}
-	}
-	if eb != nil && len(bad) > 0 {
-		if k, _ := eb.Cursor().First(); k == nil {
-			if err := events.DeleteBucket(key); err != nil {
-				return fmt.Errorf("remove empty events bucket of job %s: %w", jobID, err)
-			}
 		}
 	}
 	return a.writeJob(jobID, job)
@@ -379,6 +395,11 @@ func (a *applier) writeJob(jobID string, job *Job) error {
 		return fmt.Errorf("index job %s: %w", jobID, err)
 	}
 	return nil
+}
+
+// eventKey is the key of an event in the job_events bucket.
+func eventKey(jobID, eventID string) []byte {
+	return append(appendPart(make([]byte, 0, len(jobID)+2+len(eventID)), jobID), eventID...)
 }
 
 // record is one stored event, decoded.

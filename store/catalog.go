@@ -1,37 +1,41 @@
 package store
 
-// The catalog file (one bbolt file, DATA/catalog.db):
+// The catalog file (one bbolt file, DATA/catalog.db), layout version 2:
 //
 //	meta/
-//	|--> schema_version -> "1" (decimal ASCII; see schemaVersion)
+//	|--> schema_version -> "2" (decimal ASCII; see schemaVersion)
 //	applied/                              every event id ever filed (progress excepted)
 //	|--> <event id> -> <job id> ("-" when the event had none)
-//	events/                               the applied events, the source of every derived record
-//	|--> <job id>/
-//	     |--> <event id> -> <event name> 0x00 <event JSON>   e.g. backup.started\x00{"schema":...}
+//	job_events/                           the applied events, the source of every derived record
+//	|--> part(<job id>) <event id> -> <event name> 0x00 <event JSON>   e.g. backup.started\x00{"schema":...}
 //	progress/                             newest backup.progress per job, by (attempt, seq, time, id)
 //	|--> <job id> -> Progress (JSON)
-//	jobs/                                 derived from events/<job id> and progress/<job id>
+//	jobs/                                 derived from job_events and progress
 //	|--> <job id> -> Job (JSON)
 //	jobs_by_time/                         index for Jobs, newest last
 //	|--> <created_at: 12 bytes><job id> -> (empty)
-//	chains/                               derived from completed jobs
-//	|--> <vm uuid>/
-//	     |--> <repository>/
-//	          |--> <disk key: 4 bytes>/
-//	               |--> <completed time: 12 bytes><job id> -> Link (JSON)
+//	links/                                chain links, derived from completed jobs
+//	|--> part(<vm uuid>) part(<repository>) <disk key: 4 bytes> <completed time: 12 bytes> <job id> -> Link (JSON)
 //	poison/                               events kept for inspection, never applied
 //	|--> id/<event id>             -> PoisonRecord (JSON)  (Apply, or RecordPoison with an event id)
 //	|--> seq/<subject>/<seq: 20 digits> -> PoisonRecord (JSON)  (RecordPoison with a stream sequence)
 //	|--> raw/<sha256 hex>          -> PoisonRecord (JSON)  (neither)
 //
+// part(s) is s with every 0x00 written as 0x00 0xff, then 0x00 0x01 (see
+// appendPart): one job's events, or one disk's chain, are one key range.
 // Times in keys are 8 bytes big-endian seconds since 1970 with the sign bit
 // flipped, then 4 bytes big-endian nanoseconds, so byte order is time order.
 // Disk keys are 4 bytes big-endian with the sign bit flipped.
 //
-// Everything under jobs/, jobs_by_time/ and chains/ is a pure function of
-// events/ and progress/: each Apply re-derives the jobs it touched from their
-// whole event set, which is what makes the catalog order-tolerant.
+// Everything under jobs/, jobs_by_time/ and links/ is a pure function of
+// job_events/ and progress/: each Apply re-derives the jobs it touched from
+// their whole event set, which is what makes the catalog order-tolerant.
+//
+// Version 1 kept the events in one nested bucket per job (events/<job
+// id>/<event id>) and the links in nested buckets per VM, repository and
+// disk (chains/<vm>/<repository>/<disk key>/<time><job id>). A commit
+// rewrote at least one page per job and per chain it touched, about twice
+// the pages of the flat buckets; Open migrates a version 1 file (migrate).
 
 import (
 	"errors"
@@ -48,7 +52,7 @@ import (
 
 // schemaVersion is the layout version this build writes. Bump it and add a
 // migration in migrate when the layout changes.
-const schemaVersion = 1
+const schemaVersion = 2
 
 // DefaultTimeout is how long Open waits for the file lock by default.
 const DefaultTimeout = 5 * time.Second
@@ -56,18 +60,18 @@ const DefaultTimeout = 5 * time.Second
 var (
 	bucketMeta       = []byte("meta")
 	bucketApplied    = []byte("applied")
-	bucketEvents     = []byte("events")
+	bucketEvents     = []byte("job_events")
 	bucketProgress   = []byte("progress")
 	bucketJobs       = []byte("jobs")
 	bucketJobsByTime = []byte("jobs_by_time")
-	bucketChains     = []byte("chains")
+	bucketLinks      = []byte("links")
 	bucketPoison     = []byte("poison")
 
 	keySchemaVersion = []byte("schema_version")
 
 	topBuckets = [][]byte{
 		bucketMeta, bucketApplied, bucketEvents, bucketProgress,
-		bucketJobs, bucketJobsByTime, bucketChains, bucketPoison,
+		bucketJobs, bucketJobsByTime, bucketLinks, bucketPoison,
 	}
 )
 
@@ -136,35 +140,32 @@ func Open(path string, opts *Options) (*Catalog, error) {
 }
 
 // initBuckets creates the top-level buckets, writes the schema version of a
-// new file and refuses a file from a newer build.
+// new file, migrates a file of an older layout and refuses one from a newer
+// build. All in Open's one transaction: a migration that fails leaves the
+// file as it was.
 func initBuckets(tx *bolt.Tx) error {
+	meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+	if err != nil {
+		return fmt.Errorf("create bucket %s: %w", bucketMeta, err)
+	}
+	v := schemaVersion
+	if raw := meta.Get(keySchemaVersion); raw != nil {
+		if v, err = strconv.Atoi(string(raw)); err != nil {
+			return fmt.Errorf("read schema version %q: %w", raw, ErrSchemaVersion)
+		}
+	}
+	if v > schemaVersion {
+		return fmt.Errorf("schema version %d, this build knows up to %d: %w", v, schemaVersion, ErrSchemaVersion)
+	}
 	for _, name := range topBuckets {
 		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 			return fmt.Errorf("create bucket %s: %w", name, err)
 		}
 	}
-	meta := tx.Bucket(bucketMeta)
-	raw := meta.Get(keySchemaVersion)
-	if raw == nil {
-		return meta.Put(keySchemaVersion, []byte(strconv.Itoa(schemaVersion)))
+	if err := migrate(tx, v); err != nil {
+		return err
 	}
-	v, err := strconv.Atoi(string(raw))
-	if err != nil {
-		return fmt.Errorf("read schema version %q: %w", raw, ErrSchemaVersion)
-	}
-	if v > schemaVersion {
-		return fmt.Errorf("schema version %d, this build knows up to %d: %w", v, schemaVersion, ErrSchemaVersion)
-	}
-	return migrate(tx, v)
-}
-
-// migrate upgrades a file of an older layout to schemaVersion. There is
-// only one layout so far.
-func migrate(tx *bolt.Tx, from int) error {
-	if from == schemaVersion {
-		return nil
-	}
-	return fmt.Errorf("migrate from schema version %d: %w", from, ErrSchemaVersion)
+	return meta.Put(keySchemaVersion, []byte(strconv.Itoa(schemaVersion)))
 }
 
 // Close closes the file, waiting for running transactions to finish.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -194,8 +195,10 @@ func TestOpenSchemaVersion(t *testing.T) {
 		version string
 		wantErr error
 	}{
-		{"current", "1", nil},
-		{"newer", "2", ErrSchemaVersion},
+		{"current", strconv.Itoa(schemaVersion), nil},
+		{"older, migrated", "1", nil},
+		{"newer", strconv.Itoa(schemaVersion + 1), ErrSchemaVersion},
+		{"unknown older", "0", ErrSchemaVersion},
 		{"garbage", "x", ErrSchemaVersion},
 	}
 	for _, tt := range tests {

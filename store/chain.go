@@ -1,7 +1,7 @@
 package store
 
 import (
-	"encoding/binary"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -43,15 +43,7 @@ type Chain struct {
 func (c *Catalog) Chain(vmUUID string, diskKey int32, repo string) ([]Link, error) {
 	links := []Link{}
 	err := c.db.View(func(tx *bolt.Tx) error {
-		b := chainBucket(tx, vmUUID, repo, diskKey)
-		if b == nil {
-			return nil
-		}
-		return b.ForEach(func(k, v []byte) error {
-			var l Link
-			if err := json.Unmarshal(v, &l); err != nil {
-				return fmt.Errorf("decode link %x: %w", k, err)
-			}
+		return forEachLink(tx, chainPrefix(vmUUID, repo, diskKey), func(l Link) error {
 			links = append(links, l)
 			return nil
 		})
@@ -67,15 +59,20 @@ func (c *Catalog) Chain(vmUUID string, diskKey int32, repo string) ([]Link, erro
 func (c *Catalog) ChainHead(vmUUID string, diskKey int32, repo string) (Link, error) {
 	var l Link
 	err := c.db.View(func(tx *bolt.Tx) error {
-		b := chainBucket(tx, vmUUID, repo, diskKey)
-		if b == nil {
+		p := chainPrefix(vmUUID, repo, diskKey)
+		cur := tx.Bucket(bucketLinks).Cursor()
+		var k, v []byte
+		if end := prefixEnd(p); end == nil {
+			k, v = cur.Last()
+		} else if k, _ = cur.Seek(end); k == nil {
+			k, v = cur.Last()
+		} else {
+			k, v = cur.Prev()
+		}
+		if k == nil || !bytes.HasPrefix(k, p) {
 			return ErrNotFound
 		}
-		_, v := b.Cursor().Last()
-		if v == nil {
-			return ErrNotFound
-		}
-		return json.Unmarshal(v, &l)
+		return decodeLink(k, v, &l)
 	})
 	if err != nil {
 		return Link{}, fmt.Errorf("get chain head of disk %d of vm %s in repository %s: %w", diskKey, vmUUID, repo, err)
@@ -87,34 +84,18 @@ func (c *Catalog) ChainHead(vmUUID string, diskKey int32, repo string) (Link, er
 // when repo is empty, ordered by repository and disk key.
 func (c *Catalog) Chains(vmUUID, repo string) ([]Chain, error) {
 	chains := []Chain{}
+	p := appendPart(nil, vmUUID)
+	if repo != "" {
+		p = appendPart(p, repo)
+	}
 	err := c.db.View(func(tx *bolt.Tx) error {
-		vb := tx.Bucket(bucketChains).Bucket([]byte(vmUUID))
-		if vb == nil {
-			return nil
-		}
-		return vb.ForEachBucket(func(rk []byte) error {
-			if repo != "" && string(rk) != repo {
-				return nil
+		return forEachLink(tx, p, func(l Link) error {
+			if n := len(chains); n == 0 || chains[n-1].Repository != l.Repository || chains[n-1].DiskKey != l.DiskKey {
+				chains = append(chains, Chain{VMUUID: vmUUID, Repository: l.Repository, DiskKey: l.DiskKey})
 			}
-			rb := vb.Bucket(rk)
-			return rb.ForEachBucket(func(dk []byte) error {
-				ch := Chain{VMUUID: vmUUID, Repository: string(rk), DiskKey: decodeDiskKey(dk)}
-				err := rb.Bucket(dk).ForEach(func(k, v []byte) error {
-					var l Link
-					if err := json.Unmarshal(v, &l); err != nil {
-						return fmt.Errorf("decode link %x: %w", k, err)
-					}
-					ch.Links = append(ch.Links, l)
-					return nil
-				})
-				if err != nil {
-					return err
-				}
-				if len(ch.Links) > 0 {
-					chains = append(chains, ch)
-				}
-				return nil
-			})
+			ch := &chains[len(chains)-1]
+			ch.Links = append(ch.Links, l)
+			return nil
 		})
 	})
 	if err != nil {
@@ -126,35 +107,39 @@ func (c *Catalog) Chains(vmUUID, repo string) ([]Chain, error) {
 // allLinks returns every link in key order (vm, repository, disk, time, job).
 func allLinks(tx *bolt.Tx) ([]Link, error) {
 	links := []Link{}
-	root := tx.Bucket(bucketChains)
-	err := root.ForEachBucket(func(vk []byte) error {
-		vb := root.Bucket(vk)
-		return vb.ForEachBucket(func(rk []byte) error {
-			rb := vb.Bucket(rk)
-			return rb.ForEachBucket(func(dk []byte) error {
-				return rb.Bucket(dk).ForEach(func(k, v []byte) error {
-					var l Link
-					if err := json.Unmarshal(v, &l); err != nil {
-						return fmt.Errorf("decode link %x: %w", k, err)
-					}
-					links = append(links, l)
-					return nil
-				})
-			})
-		})
+	err := forEachLink(tx, nil, func(l Link) error {
+		links = append(links, l)
+		return nil
 	})
 	return links, err
 }
 
-func chainBucket(tx *bolt.Tx, vmUUID, repo string, diskKey int32) *bolt.Bucket {
-	b := tx.Bucket(bucketChains).Bucket([]byte(vmUUID))
-	if b == nil {
-		return nil
+// forEachLink calls fn with every link whose key starts with prefix, in
+// key order.
+func forEachLink(tx *bolt.Tx, prefix []byte, fn func(Link) error) error {
+	cur := tx.Bucket(bucketLinks).Cursor()
+	for k, v := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Next() {
+		var l Link
+		if err := decodeLink(k, v, &l); err != nil {
+			return err
+		}
+		if err := fn(l); err != nil {
+			return err
+		}
 	}
-	if b = b.Bucket([]byte(repo)); b == nil {
-		return nil
+	return nil
+}
+
+func decodeLink(k, v []byte, l *Link) error {
+	if err := json.Unmarshal(v, l); err != nil {
+		return fmt.Errorf("decode link %x: %w", k, err)
 	}
-	return b.Bucket(encodeDiskKey(diskKey))
+	return nil
+}
+
+// chainPrefix is the key prefix of every link of one disk's chain.
+func chainPrefix(vmUUID, repo string, diskKey int32) []byte {
+	return appendDiskKey(appendPart(appendPart(make([]byte, 0, len(vmUUID)+len(repo)+8+timeKeyLen+64), vmUUID), repo), diskKey)
 }
 
 // linksOf returns the chain links a job record implies: one per disk of a
@@ -183,65 +168,26 @@ func linksOf(j *Job) []Link {
 	return links
 }
 
+// linkKey is the key of a link in the links bucket: its chain's prefix,
+// then the completed time and the job id, so a chain reads in time order.
 func linkKey(l *Link) []byte {
-	return append(timeKey(l.Time), l.JobID...)
+	return append(appendTime(chainPrefix(l.VMUUID, l.Repository, l.DiskKey), l.Time), l.JobID...)
 }
 
 func putLink(tx *bolt.Tx, l *Link) error {
-	b := tx.Bucket(bucketChains)
-	for _, name := range [][]byte{[]byte(l.VMUUID), []byte(l.Repository), encodeDiskKey(l.DiskKey)} {
-		var err error
-		if b, err = b.CreateBucketIfNotExists(name); err != nil {
-			return fmt.Errorf("put link of job %s disk %d: bucket %q: %w", l.JobID, l.DiskKey, name, err)
-		}
-	}
-	b.FillPercent = appendFill
 	v, err := json.Marshal(l)
 	if err != nil {
 		return fmt.Errorf("encode link of job %s disk %d: %w", l.JobID, l.DiskKey, err)
 	}
-	if err := b.Put(linkKey(l), v); err != nil {
+	if err := tx.Bucket(bucketLinks).Put(linkKey(l), v); err != nil {
 		return fmt.Errorf("put link of job %s disk %d: %w", l.JobID, l.DiskKey, err)
 	}
 	return nil
 }
 
-// deleteLink removes a link and prunes the buckets it leaves empty.
 func deleteLink(tx *bolt.Tx, l *Link) error {
-	root := tx.Bucket(bucketChains)
-	vb := root.Bucket([]byte(l.VMUUID))
-	if vb == nil {
-		return nil
-	}
-	rb := vb.Bucket([]byte(l.Repository))
-	if rb == nil {
-		return nil
-	}
-	dk := encodeDiskKey(l.DiskKey)
-	db := rb.Bucket(dk)
-	if db == nil {
-		return nil
-	}
-	if err := db.Delete(linkKey(l)); err != nil {
+	if err := tx.Bucket(bucketLinks).Delete(linkKey(l)); err != nil {
 		return fmt.Errorf("delete link of job %s disk %d: %w", l.JobID, l.DiskKey, err)
-	}
-	if k, _ := db.Cursor().First(); k != nil {
-		return nil
-	}
-	if err := rb.DeleteBucket(dk); err != nil {
-		return fmt.Errorf("prune chain of disk %d: %w", l.DiskKey, err)
-	}
-	if k, _ := rb.Cursor().First(); k != nil {
-		return nil
-	}
-	if err := vb.DeleteBucket([]byte(l.Repository)); err != nil {
-		return fmt.Errorf("prune chains of repository %s: %w", l.Repository, err)
-	}
-	if k, _ := vb.Cursor().First(); k != nil {
-		return nil
-	}
-	if err := root.DeleteBucket([]byte(l.VMUUID)); err != nil {
-		return fmt.Errorf("prune chains of vm %s: %w", l.VMUUID, err)
 	}
 	return nil
 }
@@ -254,28 +200,4 @@ func sameLinks(a, b []Link) bool {
 		x.Time, y.Time = time.Time{}, time.Time{}
 		return x == y && tx.Equal(ty)
 	})
-}
-
-const timeKeyLen = 12
-
-// timeKey encodes t so that byte order is time order: seconds since 1970
-// with the sign bit flipped (8 bytes), then nanoseconds (4 bytes).
-func timeKey(t time.Time) []byte {
-	k := make([]byte, timeKeyLen, timeKeyLen+64)
-	binary.BigEndian.PutUint64(k, uint64(t.Unix())^(1<<63))
-	binary.BigEndian.PutUint32(k[8:], uint32(t.Nanosecond()))
-	return k
-}
-
-func encodeDiskKey(k int32) []byte {
-	b := make([]byte, 4)
-	binary.BigEndian.PutUint32(b, uint32(k)^(1<<31))
-	return b
-}
-
-func decodeDiskKey(b []byte) int32 {
-	if len(b) != 4 {
-		return 0
-	}
-	return int32(binary.BigEndian.Uint32(b) ^ (1 << 31))
 }

@@ -125,18 +125,4 @@ func (c *Catalog) Stats() (Stats, error) {
 	return st, nil
 }
 
-func countLinks(tx *bolt.Tx) int {
-	n := 0
-	root := tx.Bucket(bucketChains)
-	_ = root.ForEachBucket(func(vk []byte) error {
-		vb := root.Bucket(vk)
-		return vb.ForEachBucket(func(rk []byte) error {
-			rb := vb.Bucket(rk)
-			return rb.ForEachBucket(func(dk []byte) error {
-				n += rb.Bucket(dk).Stats().KeyN
-				return nil
-			})
-		})
-	})
-	return n
-}
+func countLinks(tx *bolt.Tx) int { return tx.Bucket(bucketLinks).Stats().KeyN }

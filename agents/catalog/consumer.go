@@ -368,7 +368,7 @@ func (c *consumer) process(batch []item) bool {
 			continue
 		}
 		items = append(items, it)
-		evs = append(evs, it.ev)
+		evs = append(evs, store.WithPayload(it.ev, it.msg.Data()))
 	}
 	if len(evs) == 0 {
 		return true

@@ -246,7 +246,7 @@ func replayBatchApply(cat *store.Catalog, log zerolog.Logger, batch []jetstream.
 			st.Poison++
 			continue
 		}
-		evs = append(evs, ev)
+		evs = append(evs, store.WithPayload(ev, m.Data()))
 	}
 	if len(evs) == 0 {
 		return nil

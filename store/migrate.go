@@ -1,0 +1,87 @@
+package store
+
+import (
+	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Buckets of layout version 1, which migrate moves into the flat ones.
+var (
+	bucketEventsV1 = []byte("events")
+	bucketChainsV1 = []byte("chains")
+)
+
+// migrate upgrades a file of layout version from to schemaVersion, inside
+// Open's transaction. The top-level buckets of schemaVersion exist already.
+func migrate(tx *bolt.Tx, from int) error {
+	switch from {
+	case schemaVersion:
+		return nil
+	case 1:
+		if err := migrateEventsV1(tx); err != nil {
+			return fmt.Errorf("migrate from schema version 1: %w", err)
+		}
+		if err := migrateChainsV1(tx); err != nil {
+			return fmt.Errorf("migrate from schema version 1: %w", err)
+		}
+		return nil
+	}
+	return fmt.Errorf("migrate from schema version %d: %w", from, ErrSchemaVersion)
+}
+
+// migrateEventsV1 moves events/<job id>/<event id> to
+// job_events/part(<job id>)<event id>, values unchanged.
+func migrateEventsV1(tx *bolt.Tx) error {
+	old := tx.Bucket(bucketEventsV1)
+	if old == nil {
+		return nil
+	}
+	dst := tx.Bucket(bucketEvents)
+	err := old.ForEachBucket(func(job []byte) error {
+		prefix := appendPart(nil, string(job))
+		return old.Bucket(job).ForEach(func(id, v []byte) error {
+			if err := dst.Put(append(prefix[:len(prefix):len(prefix)], id...), v); err != nil {
+				return fmt.Errorf("move event %s of job %s: %w", id, job, err)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return err
+	}
+	return tx.DeleteBucket(bucketEventsV1)
+}
+
+// migrateChainsV1 moves chains/<vm>/<repository>/<disk key>/<time><job id>
+// to links/part(<vm>)part(<repository>)<disk key><time><job id>, values
+// unchanged (the disk key bytes are the same encoding).
+func migrateChainsV1(tx *bolt.Tx) error {
+	root := tx.Bucket(bucketChainsV1)
+	if root == nil {
+		return nil
+	}
+	dst := tx.Bucket(bucketLinks)
+	err := root.ForEachBucket(func(vm []byte) error {
+		vb := root.Bucket(vm)
+		return vb.ForEachBucket(func(repo []byte) error {
+			rb := vb.Bucket(repo)
+			return rb.ForEachBucket(func(disk []byte) error {
+				if len(disk) != 4 {
+					return fmt.Errorf("chain bucket of vm %s repository %s has disk key %x, want 4 bytes", vm, repo, disk)
+				}
+				prefix := append(appendPart(appendPart(nil, string(vm)), string(repo)), disk...)
+				return rb.Bucket(disk).ForEach(func(k, v []byte) error {
+					if err := dst.Put(append(prefix[:len(prefix):len(prefix)], k...), v); err != nil {
+						return fmt.Errorf("move link %x of vm %s disk %d: %w", k, vm, decodeDiskKey(disk), err)
+					}
+					return nil
+				})
+			})
+		})
+	})
+	if err != nil {
+		return err
+	}
+	return tx.DeleteBucket(bucketChainsV1)
+}
