@@ -59,7 +59,10 @@ type decoded struct {
 //
 // Events with a per-event error never fail the batch: the others are
 // applied. The id of every event filed (applied or poisoned) is recorded in
-// the applied bucket in the same transaction, so redelivery is a no-op.
+// the same transaction, so redelivery is a no-op. An event's identity is
+// its job id and event id: the publisher's ids (bus.EventID) start with
+// the job id, so this is the event id alone in practice, and two events
+// that share an id but not a job are both applied, whatever their order.
 //
 // Order does not matter: after the events are filed, every job the batch
 // touched is re-derived from its complete event set (see Job). So a
@@ -74,8 +77,7 @@ type decoded struct {
 //
 // backup.progress events are applied differently: the job keeps only the
 // newest one (highest attempt, seq, time, id) as Job.Progress, their ids
-// are not recorded in the applied bucket (keeping the newest is idempotent
-// by itself), and they never create a job on their own: a job appears with
+// are not recorded (keeping the newest is idempotent by itself), and they never create a job on their own: a job appears with
 // its first other event.
 func (c *Catalog) Apply(evs ...schemas.Event) ([]error, error) {
 	errs := make([]error, len(evs))
@@ -87,8 +89,7 @@ func (c *Catalog) Apply(evs ...schemas.Event) ([]error, error) {
 		for _, name := range [][]byte{bucketApplied, bucketEvents, bucketJobs, bucketJobsByTime, bucketLinks} {
 			tx.Bucket(name).FillPercent = appendFill
 		}
-		a := &applier{c: c, tx: tx, errs: errs, dirty: map[string]struct{}{},
-			index: map[string]int{}, fresh: map[string]record{}}
+		a := &applier{c: c, tx: tx, errs: errs, dirty: map[string][]record{}}
 		for i, ev := range evs {
 			if err := a.apply(i, ev); err != nil {
 				return err
@@ -113,14 +114,14 @@ const appendFill = 0.9
 
 // applier holds the state of one Apply transaction.
 type applier struct {
-	c     *Catalog
-	tx    *bolt.Tx
-	errs  []error
-	dirty map[string]struct{} // jobs to re-derive
-	index map[string]int      // event id -> position in the batch
-	fresh map[string]record   // events filed by this batch, not to be decoded again
-	buf   bytes.Buffer        // encodeRecord's scratch
-	enc   *json.Encoder       // writes to buf
+	c    *Catalog
+	tx   *bolt.Tx
+	errs []error
+	// dirty holds the jobs to re-derive, each with its events of this
+	// batch that flush files (in batch order, one per event id).
+	dirty map[string][]record
+	buf   bytes.Buffer  // encodeRecord's scratch
+	enc   *json.Encoder // writes to buf
 }
 
 // apply files one event. It returns only fatal (storage) errors; problems
@@ -177,55 +178,52 @@ func (a *applier) apply(i int, ev schemas.Event) error {
 	case len(h.ID) > maxIDLen:
 		return invalid(fmt.Sprintf("event id longer than %d bytes", maxIDLen))
 	}
-	id := []byte(h.ID) // one copy for every Get and Put below; bbolt never writes to it
-	applied := a.tx.Bucket(bucketApplied)
-	if name != schemas.NameProgress && applied.Get(id) != nil {
-		return nil // duplicate: no-op
-	}
-	switch {
-	case h.JobID == "":
-		return a.markApplied(h, invalid("no job id"))
-	case len(h.JobID) > maxIDLen:
-		return a.markApplied(h, invalid(fmt.Sprintf("job id longer than %d bytes", maxIDLen)))
+	if h.JobID == "" || len(h.JobID) > maxIDLen {
+		// Without a usable job id the event's id is recorded in the
+		// applied bucket, so that a redelivery is a no-op.
+		applied := a.tx.Bucket(bucketApplied)
+		if name != schemas.NameProgress && applied.Get([]byte(h.ID)) != nil {
+			return nil // duplicate
+		}
+		reason := "no job id"
+		if h.JobID != "" {
+			reason = fmt.Sprintf("job id longer than %d bytes", maxIDLen)
+		}
+		if err := invalid(reason); err != nil {
+			return err
+		}
+		if err := applied.Put([]byte(h.ID), []byte("-")); err != nil {
+			return fmt.Errorf("record applied event %s: %w", h.ID, err)
+		}
+		return nil
 	}
 
 	if p, ok := ev.(*schemas.Progress); ok {
 		return a.progress(p)
 	}
 
-	if err := a.tx.Bucket(bucketEvents).Put(eventKey(h.JobID, h.ID), rec); err != nil {
-		return fmt.Errorf("put event %s of job %s: %w", h.ID, h.JobID, err)
+	// Filed by flush, which reads the job's stored ids anyway: an event
+	// already in the job's range is a duplicate. Within the batch the
+	// first of the same (job, id) wins.
+	pe := a.dirty[h.JobID]
+	for _, r := range pe {
+		if r.ev.EventHeader().ID == h.ID {
+			return nil
+		}
 	}
-	if err := applied.Put(id, []byte(h.JobID)); err != nil {
-		return fmt.Errorf("record applied event %s: %w", h.ID, err)
-	}
-	if _, ok := a.index[h.ID]; !ok {
-		a.index[h.ID] = i
-	}
-	a.dirty[h.JobID] = struct{}{}
 	// Keep the decoded event for rederive, unless json.Marshal replaced
 	// invalid UTF-8 (it writes the escape): then rederive must decode what
-	// was stored, or a later re-derivation would see other strings. A
+	// is stored, or a later re-derivation would see other strings. A
 	// payload decodes to ev by WithPayload's contract.
-	if payload != nil || !bytes.Contains(raw, []byte(`\ufffd`)) {
-		a.fresh[h.ID] = record{name: name, raw: raw, ev: ev}
+	r := record{name: name, raw: raw, ev: ev, pos: i, stored: rec}
+	if payload == nil && bytes.Contains(raw, []byte(`\ufffd`)) {
+		d, err := decodeRecord([]byte(h.ID), rec)
+		if err != nil {
+			return fmt.Errorf("job %s: %w", h.JobID, err)
+		}
+		r.ev, r.raw = d.ev, d.raw
 	}
-	return nil
-}
-
-// markApplied records h.ID in the applied bucket, unless prev is a fatal
-// error, which it passes on.
-func (a *applier) markApplied(h *schemas.Header, prev error) error {
-	if prev != nil {
-		return prev
-	}
-	v := []byte(h.JobID)
-	if len(v) == 0 || len(v) > maxIDLen {
-		v = []byte("-") // never an empty value: Get must tell it from a missing key
-	}
-	if err := a.tx.Bucket(bucketApplied).Put([]byte(h.ID), v); err != nil {
-		return fmt.Errorf("record applied event %s: %w", h.ID, err)
-	}
+	a.dirty[h.JobID] = append(pe, r)
 	return nil
 }
 
@@ -252,7 +250,9 @@ func (a *applier) progress(p *schemas.Progress) error {
 	if err := b.Put([]byte(p.JobID), v); err != nil {
 		return fmt.Errorf("put progress of job %s: %w", p.JobID, err)
 	}
-	a.dirty[p.JobID] = struct{}{}
+	if _, ok := a.dirty[p.JobID]; !ok {
+		a.dirty[p.JobID] = nil
+	}
 	return nil
 }
 
@@ -269,7 +269,8 @@ func newerProgress(p, old *Progress) bool {
 	return p.EventID > old.EventID
 }
 
-// flush re-derives every job the batch touched, in job id order.
+// flush files the batch's events and re-derives every job the batch
+// touched, in job id order.
 func (a *applier) flush() error {
 	ids := make([]string, 0, len(a.dirty))
 	for id := range a.dirty {
@@ -277,31 +278,49 @@ func (a *applier) flush() error {
 	}
 	slices.Sort(ids)
 	for _, id := range ids {
-		if err := a.rederive(id); err != nil {
+		if err := a.rederive(id, a.dirty[id]); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// rederive recomputes one job from its stored events and progress, moves
-// completed events that break invariant 2 to the poison records, and
+// rederive files a job's new events (those whose id is not in the job's
+// range yet), recomputes the job from all its stored events and progress,
+// moves completed events that break invariant 2 to the poison records
+// (leaving an empty value, a tombstone, so the id stays applied), and
 // rewrites the job record, its index entry and its chain links.
-func (a *applier) rederive(jobID string) error {
+func (a *applier) rederive(jobID string, news []record) error {
 	key := []byte(jobID)
 	events := a.tx.Bucket(bucketEvents)
 	prefix := appendPart(nil, jobID)
 	var recs []record
+	var have map[string]bool
+	if len(news) > 0 {
+		have = map[string]bool{}
+	}
 	cur := events.Cursor()
 	for k, v := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Next() {
 		id := k[len(prefix):]
-		if r, ok := a.fresh[string(id)]; ok {
-			recs = append(recs, r)
-			continue
+		if have != nil {
+			have[string(id)] = true
+		}
+		if len(v) == 0 {
+			continue // tombstone
 		}
 		r, err := decodeRecord(id, v)
 		if err != nil {
 			return fmt.Errorf("job %s: %w", jobID, err)
+		}
+		recs = append(recs, r)
+	}
+	for _, r := range news {
+		id := r.ev.EventHeader().ID
+		if have[id] {
+			continue // duplicate: no-op
+		}
+		if err := events.Put(eventKey(jobID, id), r.stored); err != nil {
+			return fmt.Errorf("put event %s of job %s: %w", id, jobID, err)
 		}
 		recs = append(recs, r)
 	}
@@ -317,7 +336,7 @@ func (a *applier) rederive(jobID string) error {
 
 	for _, b := range bad {
 		h := b.rec.ev.EventHeader()
-		if err := events.Delete(eventKey(jobID, h.ID)); err != nil {
+		if err := events.Put(eventKey(jobID, h.ID), nil); err != nil {
 			return fmt.Errorf("remove poisoned event %s of job %s: %w", h.ID, jobID, err)
 		}
 		err := putPoison(a.tx, PoisonRecord{
@@ -327,8 +346,8 @@ func (a *applier) rederive(jobID string) error {
 			return fmt.Errorf("poison event %s of job %s: %w", h.ID, jobID, err)
 		}
 		perr := fmt.Errorf("apply %s %s of job %s: %w: %s", b.rec.name, h.ID, jobID, ErrIncomplete, b.reason)
-		if i, ok := a.index[h.ID]; ok {
-			a.errs[i] = perr
+		if b.rec.pos >= 0 {
+			a.errs[b.rec.pos] = perr
 		} else {
 			a.c.log.Warn().Str("job_id", jobID).Str("event_id", h.ID).Str("reason", b.reason).
 				Msg("applied completed event moved to poison records")
@@ -402,11 +421,13 @@ func eventKey(jobID, eventID string) []byte {
 	return append(appendPart(make([]byte, 0, len(jobID)+2+len(eventID)), jobID), eventID...)
 }
 
-// record is one stored event, decoded.
+// record is one event of a job, decoded.
 type record struct {
-	name string
-	raw  []byte // the event's JSON
-	ev   schemas.Event
+	name   string
+	raw    []byte // the event's JSON
+	ev     schemas.Event
+	pos    int    // position in the batch; -1 for an event filed earlier
+	stored []byte // the value to file (new events only)
 }
 
 // encodeRecord returns the stored form of ev: name, a NUL byte, and the
@@ -441,7 +462,7 @@ func decodeRecord(k, v []byte) (record, error) {
 	if err := json.Unmarshal(raw, ev); err != nil {
 		return record{}, fmt.Errorf("decode stored event %s: %w", k, err)
 	}
-	return record{name: name, raw: raw, ev: ev}, nil
+	return record{name: name, raw: raw, ev: ev, pos: -1}, nil
 }
 
 func eventName(ev schemas.Event) string {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -503,5 +504,53 @@ func TestInvalidUTF8SameInAnyBatching(t *testing.T) {
 	requireSameDump(t, one.dump(), perEvent.dump())
 	if j := perEvent.job(s.job); j.Status != StatusCompleted || j.Disks[0].Disk.UUID != "6000c291-\uFFFD" {
 		t.Errorf("job = %+v", j)
+	}
+}
+
+// TestPoisonedCompletedRedelivered: a completed event moved to the poison
+// records by a later started stays applied, so its redelivery is a no-op
+// (nil error, no second effect), not a new ErrIncomplete.
+func TestPoisonedCompletedRedelivered(t *testing.T) {
+	two := spec{job: "j-inc", disks: []schemas.DiskRef{diskA, diskB}}
+	missing := two.completed()
+	missing.Disks = missing.Disks[:1]
+	c := newTestCatalog(t)
+	c.mustApply(missing)
+	c.mustApply(two.started()) // moves missing to the poison records
+	before := c.dump()
+	if len(before.Poison) != 1 || before.Jobs[0].Status != StatusRunning {
+		t.Fatalf("after started: poison %d, jobs %+v", len(before.Poison), before.Jobs)
+	}
+	if errs := c.apply(missing); errs[0] != nil {
+		t.Errorf("redelivered poisoned completed: %v, want nil (duplicate)", errs[0])
+	}
+	requireSameDump(t, before, c.dump())
+	if !slices.Contains(before.Applied, missing.ID) {
+		t.Errorf("applied ids %v lack the poisoned event %s", before.Applied, missing.ID)
+	}
+}
+
+// TestSameIDOtherJob: an event's identity is (job id, event id); two
+// events that share an id but not a job are both applied, in any order.
+func TestSameIDOtherJob(t *testing.T) {
+	a := spec{job: "j-a"}
+	b := spec{job: "j-b", at: t0.Add(time.Hour)}
+	ea, eb := a.run(), b.run()
+	for _, ev := range eb {
+		ev.EventHeader().ID = strings.Replace(ev.EventHeader().ID, "j-b", "j-a", 1)
+	}
+	var want Snapshot
+	for i, order := range [][]schemas.Event{concat(ea, eb), concat(eb, ea)} {
+		c := newTestCatalog(t)
+		c.mustApply(order...)
+		got := c.dump()
+		if len(got.Jobs) != 2 || got.Jobs[0].Status != StatusCompleted || got.Jobs[1].Status != StatusCompleted {
+			t.Fatalf("order %d: jobs %+v", i, got.Jobs)
+		}
+		if i == 0 {
+			want = got
+			continue
+		}
+		requireSameDump(t, want, got)
 	}
 }

@@ -4,18 +4,19 @@ package store
 //
 //	meta/
 //	|--> schema_version -> "2" (decimal ASCII; see schemaVersion)
-//	applied/                              every event id ever filed (progress excepted)
-//	|--> <event id> -> <job id> ("-" when the event had none)
+//	applied/                              ids of events filed without a usable job id
+//	|--> <event id> -> "-"
 //	job_events/                           the applied events, the source of every derived record
 //	|--> part(<job id>) <event id> -> <event name> 0x00 <event JSON>   e.g. backup.started\x00{"schema":...}
+//	                                 or -> (empty: a tombstone, the event was moved to the poison records)
 //	progress/                             newest backup.progress per job, by (attempt, seq, time, id)
 //	|--> <job id> -> Progress (JSON)
 //	jobs/                                 derived from job_events and progress
 //	|--> <job id> -> Job (JSON)
 //	jobs_by_time/                         index for Jobs, newest last
 //	|--> <created_at: 12 bytes><job id> -> (empty)
-//	links/                                chain links, derived from completed jobs
-//	|--> part(<vm uuid>) part(<repository>) <disk key: 4 bytes> <completed time: 12 bytes> <job id> -> Link (JSON)
+//	links/                                chain index, derived from completed jobs
+//	|--> part(<vm uuid>) part(<repository>) <disk key: 4 bytes> <completed time: 12 bytes> <job id> -> (empty)
 //	poison/                               events kept for inspection, never applied
 //	|--> id/<event id>             -> PoisonRecord (JSON)  (Apply, or RecordPoison with an event id)
 //	|--> seq/<subject>/<seq: 20 digits> -> PoisonRecord (JSON)  (RecordPoison with a stream sequence)
@@ -23,19 +24,24 @@ package store
 //
 // part(s) is s with every 0x00 written as 0x00 0xff, then 0x00 0x01 (see
 // appendPart): one job's events, or one disk's chain, are one key range.
+// The keys of a job's range are also its applied event ids (progress
+// excepted): Apply reads the range anyway to re-derive the job, so a
+// duplicate costs no lookup of its own, and a new event one Put.
 // Times in keys are 8 bytes big-endian seconds since 1970 with the sign bit
 // flipped, then 4 bytes big-endian nanoseconds, so byte order is time order.
 // Disk keys are 4 bytes big-endian with the sign bit flipped.
 //
+// A link's content (Link) is derived from its job's record when read.
 // Everything under jobs/, jobs_by_time/ and links/ is a pure function of
 // job_events/ and progress/: each Apply re-derives the jobs it touched from
 // their whole event set, which is what makes the catalog order-tolerant.
 //
 // Version 1 kept the events in one nested bucket per job (events/<job
-// id>/<event id>) and the links in nested buckets per VM, repository and
-// disk (chains/<vm>/<repository>/<disk key>/<time><job id>). A commit
-// rewrote at least one page per job and per chain it touched, about twice
-// the pages of the flat buckets; Open migrates a version 1 file (migrate).
+// id>/<event id>), every applied id in applied/<event id> -> <job id>, and
+// the links in nested buckets per VM, repository and disk
+// (chains/<vm>/<repository>/<disk key>/<time><job id> -> Link JSON). A
+// commit rewrote at least one page per job and per chain it touched, and
+// each event cost three lookups; Open migrates a version 1 file (migrate).
 
 import (
 	"errors"

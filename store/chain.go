@@ -61,18 +61,20 @@ func (c *Catalog) ChainHead(vmUUID string, diskKey int32, repo string) (Link, er
 	err := c.db.View(func(tx *bolt.Tx) error {
 		p := chainPrefix(vmUUID, repo, diskKey)
 		cur := tx.Bucket(bucketLinks).Cursor()
-		var k, v []byte
+		var k []byte
 		if end := prefixEnd(p); end == nil {
-			k, v = cur.Last()
+			k, _ = cur.Last()
 		} else if k, _ = cur.Seek(end); k == nil {
-			k, v = cur.Last()
+			k, _ = cur.Last()
 		} else {
-			k, v = cur.Prev()
+			k, _ = cur.Prev()
 		}
 		if k == nil || !bytes.HasPrefix(k, p) {
 			return ErrNotFound
 		}
-		return decodeLink(k, v, &l)
+		var err error
+		l, err = readLink(tx.Bucket(bucketJobs), map[string][]Link{}, k)
+		return err
 	})
 	if err != nil {
 		return Link{}, fmt.Errorf("get chain head of disk %d of vm %s in repository %s: %w", diskKey, vmUUID, repo, err)
@@ -115,12 +117,16 @@ func allLinks(tx *bolt.Tx) ([]Link, error) {
 }
 
 // forEachLink calls fn with every link whose key starts with prefix, in
-// key order.
+// key order. The links bucket is an index: a key names a completed job and
+// one of its disks, and the link is derived from the job's record
+// (linksOf), read once per job.
 func forEachLink(tx *bolt.Tx, prefix []byte, fn func(Link) error) error {
 	cur := tx.Bucket(bucketLinks).Cursor()
-	for k, v := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Next() {
-		var l Link
-		if err := decodeLink(k, v, &l); err != nil {
+	jobs := tx.Bucket(bucketJobs)
+	byJob := map[string][]Link{}
+	for k, _ := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = cur.Next() {
+		l, err := readLink(jobs, byJob, k)
+		if err != nil {
 			return err
 		}
 		if err := fn(l); err != nil {
@@ -130,11 +136,38 @@ func forEachLink(tx *bolt.Tx, prefix []byte, fn func(Link) error) error {
 	return nil
 }
 
-func decodeLink(k, v []byte, l *Link) error {
-	if err := json.Unmarshal(v, l); err != nil {
-		return fmt.Errorf("decode link %x: %w", k, err)
+// readLink returns the link that index key k names, from the job record
+// in jobs; byJob caches the links of the jobs read so far.
+func readLink(jobs *bolt.Bucket, byJob map[string][]Link, k []byte) (Link, error) {
+	vm, rest, ok := cutPart(k)
+	var repo string
+	if ok {
+		repo, rest, ok = cutPart(rest)
 	}
-	return nil
+	if !ok || len(rest) <= 4+timeKeyLen {
+		return Link{}, fmt.Errorf("link key %x is malformed", k)
+	}
+	disk := decodeDiskKey(rest[:4])
+	jobID := string(rest[4+timeKeyLen:])
+	links, ok := byJob[jobID]
+	if !ok {
+		raw := jobs.Get([]byte(jobID))
+		if raw == nil {
+			return Link{}, fmt.Errorf("link %x names job %s, which has no record", k, jobID)
+		}
+		var j Job
+		if err := json.Unmarshal(raw, &j); err != nil {
+			return Link{}, fmt.Errorf("decode job %s of link %x: %w", jobID, k, err)
+		}
+		links = linksOf(&j)
+		byJob[jobID] = links
+	}
+	for _, l := range links {
+		if l.DiskKey == disk && l.VMUUID == vm && l.Repository == repo {
+			return l, nil
+		}
+	}
+	return Link{}, fmt.Errorf("link %x names disk %d of job %s, which is not a completed disk of it", k, disk, jobID)
 }
 
 // chainPrefix is the key prefix of every link of one disk's chain.
@@ -174,12 +207,9 @@ func linkKey(l *Link) []byte {
 	return append(appendTime(chainPrefix(l.VMUUID, l.Repository, l.DiskKey), l.Time), l.JobID...)
 }
 
+// putLink indexes a link; its content is the job record's (readLink).
 func putLink(tx *bolt.Tx, l *Link) error {
-	v, err := json.Marshal(l)
-	if err != nil {
-		return fmt.Errorf("encode link of job %s disk %d: %w", l.JobID, l.DiskKey, err)
-	}
-	if err := tx.Bucket(bucketLinks).Put(linkKey(l), v); err != nil {
+	if err := tx.Bucket(bucketLinks).Put(linkKey(l), nil); err != nil {
 		return fmt.Errorf("put link of job %s disk %d: %w", l.JobID, l.DiskKey, err)
 	}
 	return nil

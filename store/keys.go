@@ -66,3 +66,27 @@ func decodeDiskKey(b []byte) int32 {
 	}
 	return int32(binary.BigEndian.Uint32(b) ^ (1 << 31))
 }
+
+// cutPart decodes the tuple part at the start of b (see appendPart) and
+// returns it and the bytes after it; ok is false when b does not start
+// with a whole part.
+func cutPart(b []byte) (part string, rest []byte, ok bool) {
+	var s []byte
+	start := 0
+	for i := 0; i+1 < len(b); i++ {
+		if b[i] != 0 {
+			continue
+		}
+		switch b[i+1] {
+		case 1:
+			return string(append(s, b[start:i]...)), b[i+2:], true
+		case 0xff:
+			s = append(append(s, b[start:i]...), 0)
+			start = i + 2
+			i++
+		default:
+			return "", nil, false
+		}
+	}
+	return "", nil, false
+}

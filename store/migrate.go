@@ -25,6 +25,9 @@ func migrate(tx *bolt.Tx, from int) error {
 		if err := migrateChainsV1(tx); err != nil {
 			return fmt.Errorf("migrate from schema version 1: %w", err)
 		}
+		if err := migrateAppliedV1(tx); err != nil {
+			return fmt.Errorf("migrate from schema version 1: %w", err)
+		}
 		return nil
 	}
 	return fmt.Errorf("migrate from schema version %d: %w", from, ErrSchemaVersion)
@@ -54,8 +57,9 @@ func migrateEventsV1(tx *bolt.Tx) error {
 }
 
 // migrateChainsV1 moves chains/<vm>/<repository>/<disk key>/<time><job id>
-// to links/part(<vm>)part(<repository>)<disk key><time><job id>, values
-// unchanged (the disk key bytes are the same encoding).
+// to the index key links/part(<vm>)part(<repository>)<disk key><time><job
+// id> (the disk key bytes are the same encoding). Version 1 kept a copy of
+// the Link as the value; version 2 reads it from the job record.
 func migrateChainsV1(tx *bolt.Tx) error {
 	root := tx.Bucket(bucketChainsV1)
 	if root == nil {
@@ -71,8 +75,8 @@ func migrateChainsV1(tx *bolt.Tx) error {
 					return fmt.Errorf("chain bucket of vm %s repository %s has disk key %x, want 4 bytes", vm, repo, disk)
 				}
 				prefix := append(appendPart(appendPart(nil, string(vm)), string(repo)), disk...)
-				return rb.Bucket(disk).ForEach(func(k, v []byte) error {
-					if err := dst.Put(append(prefix[:len(prefix):len(prefix)], k...), v); err != nil {
+				return rb.Bucket(disk).ForEach(func(k, _ []byte) error {
+					if err := dst.Put(append(prefix[:len(prefix):len(prefix)], k...), nil); err != nil {
 						return fmt.Errorf("move link %x of vm %s disk %d: %w", k, vm, decodeDiskKey(disk), err)
 					}
 					return nil
@@ -84,4 +88,37 @@ func migrateChainsV1(tx *bolt.Tx) error {
 		return err
 	}
 	return tx.DeleteBucket(bucketChainsV1)
+}
+
+// migrateAppliedV1 moves the applied ids of events with a job id (version
+// 1 kept every applied id in applied/<event id> -> <job id>) into the
+// job's range of job_events: an id whose event is stored there needs
+// nothing more, one whose event was moved to the poison records gets a
+// tombstone (an empty value). Ids recorded without a job id ("-") stay.
+func migrateAppliedV1(tx *bolt.Tx) error {
+	applied := tx.Bucket(bucketApplied)
+	events := tx.Bucket(bucketEvents)
+	var moved [][]byte
+	err := applied.ForEach(func(id, job []byte) error {
+		if string(job) == "-" {
+			return nil
+		}
+		k := eventKey(string(job), string(id))
+		if events.Get(k) == nil {
+			if err := events.Put(k, nil); err != nil {
+				return fmt.Errorf("record applied event %s of job %s: %w", id, job, err)
+			}
+		}
+		moved = append(moved, id)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, id := range moved {
+		if err := applied.Delete(id); err != nil {
+			return fmt.Errorf("move applied event %s: %w", id, err)
+		}
+	}
+	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -71,10 +72,23 @@ func (c *Catalog) Dump() (Snapshot, error) {
 		if err != nil {
 			return err
 		}
-		return tx.Bucket(bucketApplied).ForEach(func(k, _ []byte) error {
+		err = tx.Bucket(bucketApplied).ForEach(func(k, _ []byte) error {
 			s.Applied = append(s.Applied, string(k))
 			return nil
 		})
+		if err != nil {
+			return err
+		}
+		err = tx.Bucket(bucketEvents).ForEach(func(k, _ []byte) error {
+			_, id, ok := cutPart(k)
+			if !ok {
+				return fmt.Errorf("event key %x is malformed", k)
+			}
+			s.Applied = append(s.Applied, string(id))
+			return nil
+		})
+		slices.Sort(s.Applied)
+		return err
 	})
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("dump catalog %s: %w", c.db.Path(), err)
@@ -115,7 +129,7 @@ func (c *Catalog) Stats() (Stats, error) {
 			return err
 		}
 		st.Links = countLinks(tx)
-		st.Applied = tx.Bucket(bucketApplied).Stats().KeyN
+		st.Applied = tx.Bucket(bucketApplied).Stats().KeyN + tx.Bucket(bucketEvents).Stats().KeyN
 		st.Poison = tx.Bucket(bucketPoison).Stats().KeyN
 		return nil
 	})
