@@ -364,9 +364,12 @@ func (a *applier) writeJob(jobID string, job *Job) error {
 	idx := a.tx.Bucket(bucketJobsByTime)
 	var v []byte
 	if job != nil {
-		var err error
-		if v, err = json.Marshal(job); err != nil {
-			return fmt.Errorf("encode job %s: %w", jobID, err)
+		var ok bool
+		if v, ok = appendJob(make([]byte, 0, 1024), job); !ok {
+			var err error
+			if v, err = json.Marshal(job); err != nil {
+				return fmt.Errorf("encode job %s: %w", jobID, err)
+			}
 		}
 	}
 	raw := jobs.Get(key)
