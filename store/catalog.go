@@ -60,6 +60,13 @@ import (
 // migration in migrate when the layout changes.
 const schemaVersion = 2
 
+// pageSize is the bbolt page size of a new file (an existing file keeps
+// its own). 8 KiB instead of the OS page: a batch spills half the nodes
+// and Apply ran 10-20 % faster at 1024-event batches, while a commit of a
+// single job took no longer (measured with store's BenchmarkApply and a
+// page-count probe; 16 KiB gave no more).
+const pageSize = 8192
+
 // DefaultTimeout is how long Open waits for the file lock by default.
 const DefaultTimeout = 5 * time.Second
 
@@ -131,6 +138,7 @@ func Open(path string, opts *Options) (*Catalog, error) {
 		Timeout:      timeout,
 		NoSync:       false,
 		FreelistType: bolt.FreelistMapType,
+		PageSize:     pageSize,
 	})
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("open catalog %s after %s: %w", path, timeout, ErrLocked)
