@@ -140,19 +140,12 @@ func (a *applier) apply(i int, ev schemas.Event) error {
 	if h == nil {
 		h = &schemas.Header{}
 	}
-	var rec []byte
-	var merr error
-	if payload != nil && name != "" {
-		rec = make([]byte, 0, len(name)+1+len(payload))
-		rec = append(append(append(rec, name...), 0), payload...)
-	} else {
-		rec, merr = a.encodeRecord(name, ev)
+	raw, merr := payload, error(nil)
+	if payload == nil || name == "" {
+		raw, merr = a.encodeRecord(ev)
 	}
-	var raw []byte
 	if merr != nil {
 		raw = fmt.Appendf(nil, "%+v", ev)
-	} else {
-		raw = rec[len(name)+1:]
 	}
 	invalid := func(reason string) error {
 		if name == "" {
@@ -215,9 +208,9 @@ func (a *applier) apply(i int, ev schemas.Event) error {
 	// invalid UTF-8 (it writes the escape): then rederive must decode what
 	// is stored, or a later re-derivation would see other strings. A
 	// payload decodes to ev by WithPayload's contract.
-	r := record{name: name, raw: raw, ev: ev, pos: i, stored: rec}
+	r := record{name: name, raw: raw, ev: ev, pos: i}
 	if payload == nil && bytes.Contains(raw, []byte(`\ufffd`)) {
-		d, err := decodeRecord([]byte(h.ID), rec)
+		d, err := decodeRecord([]byte(h.ID), eventCode(name), raw)
 		if err != nil {
 			return fmt.Errorf("job %s: %w", h.JobID, err)
 		}
@@ -301,14 +294,17 @@ func (a *applier) rederive(jobID string, news []record) error {
 	}
 	cur := events.Cursor()
 	for k, v := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Next() {
-		id := k[len(prefix):]
+		id, rest, ok := cutPart(k[len(prefix):])
+		if !ok || len(rest) != 1 {
+			return fmt.Errorf("job %s: event key %x is malformed", jobID, k)
+		}
 		if have != nil {
-			have[string(id)] = true
+			have[id] = true
 		}
 		if len(v) == 0 {
 			continue // tombstone
 		}
-		r, err := decodeRecord(id, v)
+		r, err := decodeRecord([]byte(id), rest[0], v)
 		if err != nil {
 			return fmt.Errorf("job %s: %w", jobID, err)
 		}
@@ -319,7 +315,7 @@ func (a *applier) rederive(jobID string, news []record) error {
 		if have[id] {
 			continue // duplicate: no-op
 		}
-		if err := events.Put(eventKey(jobID, id), r.stored); err != nil {
+		if err := events.Put(eventKey(jobID, id, eventCode(r.name)), r.raw); err != nil {
 			return fmt.Errorf("put event %s of job %s: %w", id, jobID, err)
 		}
 		recs = append(recs, r)
@@ -336,7 +332,7 @@ func (a *applier) rederive(jobID string, news []record) error {
 
 	for _, b := range bad {
 		h := b.rec.ev.EventHeader()
-		if err := events.Put(eventKey(jobID, h.ID), nil); err != nil {
+		if err := events.Put(eventKey(jobID, h.ID, eventCode(b.rec.name)), nil); err != nil {
 			return fmt.Errorf("remove poisoned event %s of job %s: %w", h.ID, jobID, err)
 		}
 		err := putPoison(a.tx, PoisonRecord{
@@ -365,7 +361,8 @@ func (a *applier) writeJob(jobID string, job *Job) error {
 	var v []byte
 	if job != nil {
 		var ok bool
-		if v, ok = appendJob(make([]byte, 0, 1024), job); !ok {
+		size := 512 + 512*len(job.Disks) + 64*len(job.EventIDs) // most records fit: one allocation
+		if v, ok = appendJob(make([]byte, 0, size), job); !ok {
 			var err error
 			if v, err = json.Marshal(job); err != nil {
 				return fmt.Errorf("encode job %s: %w", jobID, err)
@@ -419,51 +416,66 @@ func (a *applier) writeJob(jobID string, job *Job) error {
 	return nil
 }
 
-// eventKey is the key of an event in the job_events bucket.
-func eventKey(jobID, eventID string) []byte {
-	return append(appendPart(make([]byte, 0, len(jobID)+2+len(eventID)), jobID), eventID...)
+// eventKey is the key of an event in the job_events bucket: part(job id),
+// part(event id), then the event's type code (eventCode).
+func eventKey(jobID, eventID string, code byte) []byte {
+	k := make([]byte, 0, len(jobID)+len(eventID)+5)
+	return append(appendPart(appendPart(k, jobID), eventID), code)
+}
+
+// eventNames are the event types by the code that ends their key; code 0
+// is a tombstone of unknown type (migrated from version 1).
+var eventNames = [...]string{
+	1: schemas.NameStarted, 2: schemas.NameChangeID, 3: schemas.NameCompleted,
+	4: schemas.NameFailed, 5: schemas.NameRejected,
+}
+
+// eventCode is the key code of an event type name, 0 for none.
+func eventCode(name string) byte {
+	for i, n := range eventNames {
+		if n == name && n != "" {
+			return byte(i)
+		}
+	}
+	return 0
 }
 
 // record is one event of a job, decoded.
 type record struct {
-	name   string
-	raw    []byte // the event's JSON
-	ev     schemas.Event
-	pos    int    // position in the batch; -1 for an event filed earlier
-	stored []byte // the value to file (new events only)
+	name string
+	raw  []byte // the event's JSON, the value filed
+	ev   schemas.Event
+	pos  int // position in the batch; -1 for an event filed earlier
 }
 
-// encodeRecord returns the stored form of ev: name, a NUL byte, and the
-// JSON json.Marshal gives. It encodes into the applier's buffer and copies
-// once, instead of marshalling and then copying into the record.
-func (a *applier) encodeRecord(name string, ev schemas.Event) ([]byte, error) {
+// encodeRecord returns the JSON json.Marshal gives for ev, for an event
+// Apply got without its payload. It encodes into the applier's buffer and
+// copies once.
+func (a *applier) encodeRecord(ev schemas.Event) ([]byte, error) {
 	if a.enc == nil {
 		a.enc = json.NewEncoder(&a.buf)
 	}
 	a.buf.Reset()
-	a.buf.WriteString(name)
-	a.buf.WriteByte(0)
 	if err := a.enc.Encode(ev); err != nil {
 		return nil, err
 	}
 	return bytes.Clone(bytes.TrimSuffix(a.buf.Bytes(), []byte{'\n'})), nil
 }
 
-// decodeRecord decodes a stored event; it copies what it keeps, so the
-// record outlives the transaction.
-func decodeRecord(k, v []byte) (record, error) {
-	i := bytes.IndexByte(v, 0)
-	if i < 0 {
-		return record{}, fmt.Errorf("stored event %s has no name", k)
+// decodeRecord decodes a stored event of type code; it copies what it
+// keeps, so the record outlives the transaction.
+func decodeRecord(id []byte, code byte, v []byte) (record, error) {
+	var name string
+	if int(code) < len(eventNames) {
+		name = eventNames[code]
 	}
-	name := string(v[:i])
 	ev := newEvent(name)
 	if ev == nil {
-		return record{}, fmt.Errorf("stored event %s has unknown name %q", k, name)
+		return record{}, fmt.Errorf("stored event %s has unknown type code %d", id, code)
 	}
-	raw := bytes.Clone(v[i+1:])
+	raw := bytes.Clone(v)
 	if err := json.Unmarshal(raw, ev); err != nil {
-		return record{}, fmt.Errorf("decode stored event %s: %w", k, err)
+		return record{}, fmt.Errorf("decode stored event %s: %w", id, err)
 	}
 	return record{name: name, raw: raw, ev: ev, pos: -1}, nil
 }

@@ -7,7 +7,7 @@ package store
 //	applied/                              ids of events filed without a usable job id
 //	|--> <event id> -> "-"
 //	job_events/                           the applied events, the source of every derived record
-//	|--> part(<job id>) <event id> -> <event name> 0x00 <event JSON>   e.g. backup.started\x00{"schema":...}
+//	|--> part(<job id>) part(<event id>) <type code: 1 byte> -> <event JSON>
 //	                                 or -> (empty: a tombstone, the event was moved to the poison records)
 //	progress/                             newest backup.progress per job, by (attempt, seq, time, id)
 //	|--> <job id> -> Progress (JSON)
@@ -24,6 +24,8 @@ package store
 //
 // part(s) is s with every 0x00 written as 0x00 0xff, then 0x00 0x01 (see
 // appendPart): one job's events, or one disk's chain, are one key range.
+// The type code (eventNames) is in the key so that the value is the JSON
+// alone: the payload the event was decoded from, filed without a copy.
 // The keys of a job's range are also its applied event ids (progress
 // excepted): Apply reads the range anyway to re-derive the job, so a
 // duplicate costs no lookup of its own, and a new event one Put.

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"fmt"
 
 	bolt "go.etcd.io/bbolt"
@@ -33,8 +34,8 @@ func migrate(tx *bolt.Tx, from int) error {
 	return fmt.Errorf("migrate from schema version %d: %w", from, ErrSchemaVersion)
 }
 
-// migrateEventsV1 moves events/<job id>/<event id> to
-// job_events/part(<job id>)<event id>, values unchanged.
+// migrateEventsV1 moves events/<job id>/<event id> -> <name> 0x00 <JSON>
+// to job_events/part(<job id>)part(<event id>)<type code> -> <JSON>.
 func migrateEventsV1(tx *bolt.Tx) error {
 	old := tx.Bucket(bucketEventsV1)
 	if old == nil {
@@ -42,9 +43,13 @@ func migrateEventsV1(tx *bolt.Tx) error {
 	}
 	dst := tx.Bucket(bucketEvents)
 	err := old.ForEachBucket(func(job []byte) error {
-		prefix := appendPart(nil, string(job))
 		return old.Bucket(job).ForEach(func(id, v []byte) error {
-			if err := dst.Put(append(prefix[:len(prefix):len(prefix)], id...), v); err != nil {
+			name, js, ok := bytes.Cut(v, []byte{0})
+			code := eventCode(string(name))
+			if !ok || code == 0 {
+				return fmt.Errorf("event %s of job %s has no known type name", id, job)
+			}
+			if err := dst.Put(eventKey(string(job), string(id), code), js); err != nil {
 				return fmt.Errorf("move event %s of job %s: %w", id, job, err)
 			}
 			return nil
@@ -94,7 +99,8 @@ func migrateChainsV1(tx *bolt.Tx) error {
 // 1 kept every applied id in applied/<event id> -> <job id>) into the
 // job's range of job_events: an id whose event is stored there needs
 // nothing more, one whose event was moved to the poison records gets a
-// tombstone (an empty value). Ids recorded without a job id ("-") stay.
+// tombstone (an empty value, type code 0). Ids recorded without a job id
+// ("-") stay.
 func migrateAppliedV1(tx *bolt.Tx) error {
 	applied := tx.Bucket(bucketApplied)
 	events := tx.Bucket(bucketEvents)
@@ -103,8 +109,8 @@ func migrateAppliedV1(tx *bolt.Tx) error {
 		if string(job) == "-" {
 			return nil
 		}
-		k := eventKey(string(job), string(id))
-		if events.Get(k) == nil {
+		k := eventKey(string(job), string(id), 0)
+		if got, _ := events.Cursor().Seek(k[:len(k)-1]); !bytes.HasPrefix(got, k[:len(k)-1]) {
 			if err := events.Put(k, nil); err != nil {
 				return fmt.Errorf("record applied event %s of job %s: %w", id, job, err)
 			}

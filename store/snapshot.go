@@ -80,11 +80,15 @@ func (c *Catalog) Dump() (Snapshot, error) {
 			return err
 		}
 		err = tx.Bucket(bucketEvents).ForEach(func(k, _ []byte) error {
-			_, id, ok := cutPart(k)
-			if !ok {
+			_, rest, ok := cutPart(k)
+			var id string
+			if ok {
+				id, rest, ok = cutPart(rest)
+			}
+			if !ok || len(rest) != 1 {
 				return fmt.Errorf("event key %x is malformed", k)
 			}
-			s.Applied = append(s.Applied, string(id))
+			s.Applied = append(s.Applied, id)
 			return nil
 		})
 		slices.Sort(s.Applied)
