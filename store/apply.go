@@ -380,16 +380,16 @@ func (a *applier) writeJob(jobID string, job *Job) error {
 			return fmt.Errorf("decode job %s: %w", jobID, err)
 		}
 	}
-	oldLinks, newLinks := linksOf(old), linksOf(job)
-	if !sameLinks(oldLinks, newLinks) {
-		for i := range oldLinks {
-			if err := deleteLink(a.tx, &oldLinks[i]); err != nil {
-				return err
+	if oldKey, newKey := jobLinkKey(old), jobLinkKey(job); !bytes.Equal(oldKey, newKey) {
+		links := a.tx.Bucket(bucketLinks)
+		if oldKey != nil {
+			if err := links.Delete(oldKey); err != nil {
+				return fmt.Errorf("unlink job %s: %w", jobID, err)
 			}
 		}
-		for i := range newLinks {
-			if err := putLink(a.tx, &newLinks[i]); err != nil {
-				return err
+		if newKey != nil {
+			if err := links.Put(newKey, nil); err != nil {
+				return fmt.Errorf("link job %s: %w", jobID, err)
 			}
 		}
 	}

@@ -15,8 +15,8 @@ package store
 //	|--> <job id> -> Job (JSON)
 //	jobs_by_time/                         index for Jobs, newest last
 //	|--> <created_at: 12 bytes><job id> -> (empty)
-//	links/                                chain index, derived from completed jobs
-//	|--> part(<vm uuid>) part(<repository>) <disk key: 4 bytes> <completed time: 12 bytes> <job id> -> (empty)
+//	links/                                chain index: one key per completed job
+//	|--> part(<vm uuid>) part(<repository>) <completed time: 12 bytes> <job id> -> (empty)
 //	poison/                               events kept for inspection, never applied
 //	|--> id/<event id>             -> PoisonRecord (JSON)  (Apply, or RecordPoison with an event id)
 //	|--> seq/<subject>/<seq: 20 digits> -> PoisonRecord (JSON)  (RecordPoison with a stream sequence)
@@ -31,9 +31,11 @@ package store
 // duplicate costs no lookup of its own, and a new event one Put.
 // Times in keys are 8 bytes big-endian seconds since 1970 with the sign bit
 // flipped, then 4 bytes big-endian nanoseconds, so byte order is time order.
-// Disk keys are 4 bytes big-endian with the sign bit flipped.
 //
-// A link's content (Link) is derived from its job's record when read.
+// A disk's chain is the VM's completed jobs in the repository that have
+// the disk, in (time, job id) order; each Link is derived from its job's
+// record when read (linksOf), so a batch adds one index key per completed
+// job, next to the VM's last one, and nothing per disk.
 // Everything under jobs/, jobs_by_time/ and links/ is a pure function of
 // job_events/ and progress/: each Apply re-derives the jobs it touched from
 // their whole event set, which is what makes the catalog order-tolerant.
@@ -68,6 +70,12 @@ const schemaVersion = 2
 // single job took no longer (measured with store's BenchmarkApply and a
 // page-count probe; 16 KiB gave no more).
 const pageSize = 8192
+
+// initialMmapSize is the address space bbolt maps at Open (not memory:
+// pages are read in as used). While the file stays under it, bbolt never
+// remaps, which would copy every node the writing transaction holds and
+// block readers until it is done; etcd maps 10 GiB for the same reason.
+const initialMmapSize = 1 << 30
 
 // DefaultTimeout is how long Open waits for the file lock by default.
 const DefaultTimeout = 5 * time.Second
@@ -137,10 +145,11 @@ func Open(path string, opts *Options) (*Catalog, error) {
 		return nil, fmt.Errorf("open catalog %s: %w", path, err)
 	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{
-		Timeout:      timeout,
-		NoSync:       false,
-		FreelistType: bolt.FreelistMapType,
-		PageSize:     pageSize,
+		Timeout:         timeout,
+		NoSync:          false,
+		FreelistType:    bolt.FreelistMapType,
+		PageSize:        pageSize,
+		InitialMmapSize: initialMmapSize,
 	})
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("open catalog %s after %s: %w", path, timeout, ErrLocked)

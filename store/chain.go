@@ -2,9 +2,11 @@ package store
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -43,9 +45,11 @@ type Chain struct {
 func (c *Catalog) Chain(vmUUID string, diskKey int32, repo string) ([]Link, error) {
 	links := []Link{}
 	err := c.db.View(func(tx *bolt.Tx) error {
-		return forEachLink(tx, chainPrefix(vmUUID, repo, diskKey), func(l Link) error {
-			links = append(links, l)
-			return nil
+		return forEachJobLinks(tx, repoPrefix(vmUUID, repo), false, func(ls []Link) (bool, error) {
+			if l, ok := diskLink(ls, diskKey); ok {
+				links = append(links, l)
+			}
+			return true, nil
 		})
 	})
 	if err != nil {
@@ -57,122 +61,159 @@ func (c *Catalog) Chain(vmUUID string, diskKey int32, repo string) ([]Link, erro
 // ChainHead returns the newest completed backup of (vmUUID, diskKey, repo):
 // the base of the next incremental. It returns ErrNotFound when there is none.
 func (c *Catalog) ChainHead(vmUUID string, diskKey int32, repo string) (Link, error) {
-	var l Link
+	var head Link
 	err := c.db.View(func(tx *bolt.Tx) error {
-		p := chainPrefix(vmUUID, repo, diskKey)
-		cur := tx.Bucket(bucketLinks).Cursor()
-		var k []byte
-		if end := prefixEnd(p); end == nil {
-			k, _ = cur.Last()
-		} else if k, _ = cur.Seek(end); k == nil {
-			k, _ = cur.Last()
-		} else {
-			k, _ = cur.Prev()
+		found := false
+		err := forEachJobLinks(tx, repoPrefix(vmUUID, repo), true, func(ls []Link) (bool, error) {
+			head, found = diskLink(ls, diskKey)
+			return !found, nil
+		})
+		if err == nil && !found {
+			err = ErrNotFound
 		}
-		if k == nil || !bytes.HasPrefix(k, p) {
-			return ErrNotFound
-		}
-		var err error
-		l, err = readLink(tx.Bucket(bucketJobs), map[string][]Link{}, k)
 		return err
 	})
 	if err != nil {
 		return Link{}, fmt.Errorf("get chain head of disk %d of vm %s in repository %s: %w", diskKey, vmUUID, repo, err)
 	}
-	return l, nil
+	return head, nil
 }
 
 // Chains returns every disk's chain of a VM in repo, or in every repository
 // when repo is empty, ordered by repository and disk key.
 func (c *Catalog) Chains(vmUUID, repo string) ([]Chain, error) {
-	chains := []Chain{}
 	p := appendPart(nil, vmUUID)
 	if repo != "" {
 		p = appendPart(p, repo)
 	}
+	var links []Link
 	err := c.db.View(func(tx *bolt.Tx) error {
-		return forEachLink(tx, p, func(l Link) error {
-			if n := len(chains); n == 0 || chains[n-1].Repository != l.Repository || chains[n-1].DiskKey != l.DiskKey {
-				chains = append(chains, Chain{VMUUID: vmUUID, Repository: l.Repository, DiskKey: l.DiskKey})
-			}
-			ch := &chains[len(chains)-1]
-			ch.Links = append(ch.Links, l)
-			return nil
-		})
+		var err error
+		links, err = linksUnder(tx, p)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("get chains of vm %s in repository %q: %w", vmUUID, repo, err)
 	}
+	chains := []Chain{}
+	for _, l := range links {
+		if n := len(chains); n == 0 || chains[n-1].Repository != l.Repository || chains[n-1].DiskKey != l.DiskKey {
+			chains = append(chains, Chain{VMUUID: vmUUID, Repository: l.Repository, DiskKey: l.DiskKey})
+		}
+		ch := &chains[len(chains)-1]
+		ch.Links = append(ch.Links, l)
+	}
 	return chains, nil
 }
 
-// allLinks returns every link in key order (vm, repository, disk, time, job).
+// allLinks returns every link in (vm, repository, disk, time, job) order.
 func allLinks(tx *bolt.Tx) ([]Link, error) {
-	links := []Link{}
-	err := forEachLink(tx, nil, func(l Link) error {
-		links = append(links, l)
-		return nil
+	links, err := linksUnder(tx, nil)
+	if links == nil {
+		links = []Link{}
+	}
+	return links, err
+}
+
+// linksUnder returns the links of every job whose index key starts with
+// prefix, in (vm, repository, disk, time, job) order.
+func linksUnder(tx *bolt.Tx, prefix []byte) ([]Link, error) {
+	var links []Link
+	err := forEachJobLinks(tx, prefix, false, func(ls []Link) (bool, error) {
+		links = append(links, ls...)
+		return true, nil
+	})
+	// The index is in (vm, repository, time, job) order: a stable sort by
+	// disk within each repository gives chain order.
+	slices.SortStableFunc(links, func(a, b Link) int {
+		return cmp.Or(strings.Compare(a.VMUUID, b.VMUUID), strings.Compare(a.Repository, b.Repository),
+			cmp.Compare(a.DiskKey, b.DiskKey))
 	})
 	return links, err
 }
 
-// forEachLink calls fn with every link whose key starts with prefix, in
-// key order. The links bucket is an index: a key names a completed job and
-// one of its disks, and the link is derived from the job's record
-// (linksOf), read once per job.
-func forEachLink(tx *bolt.Tx, prefix []byte, fn func(Link) error) error {
+// forEachJobLinks calls fn with the links of each completed job whose
+// index key starts with prefix, oldest first (newest first with reverse),
+// until fn returns false. The links bucket is an index: a key names a
+// completed job, whose links are derived from its record (linksOf).
+func forEachJobLinks(tx *bolt.Tx, prefix []byte, reverse bool, fn func([]Link) (bool, error)) error {
 	cur := tx.Bucket(bucketLinks).Cursor()
 	jobs := tx.Bucket(bucketJobs)
-	byJob := map[string][]Link{}
-	for k, _ := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = cur.Next() {
-		l, err := readLink(jobs, byJob, k)
+	var k []byte
+	switch end := prefixEnd(prefix); {
+	case !reverse:
+		k, _ = cur.Seek(prefix)
+	case end == nil:
+		k, _ = cur.Last()
+	default:
+		if k, _ = cur.Seek(end); k == nil {
+			k, _ = cur.Last()
+		} else {
+			k, _ = cur.Prev()
+		}
+	}
+	for ; k != nil && bytes.HasPrefix(k, prefix); k = step(cur, reverse) {
+		links, err := readJobLinks(jobs, k)
 		if err != nil {
 			return err
 		}
-		if err := fn(l); err != nil {
+		more, err := fn(links)
+		if err != nil || !more {
 			return err
 		}
 	}
 	return nil
 }
 
-// readLink returns the link that index key k names, from the job record
-// in jobs; byJob caches the links of the jobs read so far.
-func readLink(jobs *bolt.Bucket, byJob map[string][]Link, k []byte) (Link, error) {
-	vm, rest, ok := cutPart(k)
-	var repo string
-	if ok {
-		repo, rest, ok = cutPart(rest)
+func step(cur *bolt.Cursor, reverse bool) []byte {
+	if reverse {
+		k, _ := cur.Prev()
+		return k
 	}
-	if !ok || len(rest) <= 4+timeKeyLen {
-		return Link{}, fmt.Errorf("link key %x is malformed", k)
-	}
-	disk := decodeDiskKey(rest[:4])
-	jobID := string(rest[4+timeKeyLen:])
-	links, ok := byJob[jobID]
-	if !ok {
-		raw := jobs.Get([]byte(jobID))
-		if raw == nil {
-			return Link{}, fmt.Errorf("link %x names job %s, which has no record", k, jobID)
-		}
-		var j Job
-		if err := json.Unmarshal(raw, &j); err != nil {
-			return Link{}, fmt.Errorf("decode job %s of link %x: %w", jobID, k, err)
-		}
-		links = linksOf(&j)
-		byJob[jobID] = links
-	}
-	for _, l := range links {
-		if l.DiskKey == disk && l.VMUUID == vm && l.Repository == repo {
-			return l, nil
-		}
-	}
-	return Link{}, fmt.Errorf("link %x names disk %d of job %s, which is not a completed disk of it", k, disk, jobID)
+	k, _ := cur.Next()
+	return k
 }
 
-// chainPrefix is the key prefix of every link of one disk's chain.
-func chainPrefix(vmUUID, repo string, diskKey int32) []byte {
-	return appendDiskKey(appendPart(appendPart(make([]byte, 0, len(vmUUID)+len(repo)+8+timeKeyLen+64), vmUUID), repo), diskKey)
+// readJobLinks returns the links of the completed job that index key k
+// names, from its record.
+func readJobLinks(jobs *bolt.Bucket, k []byte) ([]Link, error) {
+	_, rest, ok := cutPart(k)
+	if ok {
+		_, rest, ok = cutPart(rest)
+	}
+	if !ok || len(rest) <= timeKeyLen {
+		return nil, fmt.Errorf("link key %x is malformed", k)
+	}
+	jobID := rest[timeKeyLen:]
+	raw := jobs.Get(jobID)
+	if raw == nil {
+		return nil, fmt.Errorf("link %x names job %s, which has no record", k, jobID)
+	}
+	var j Job
+	if err := json.Unmarshal(raw, &j); err != nil {
+		return nil, fmt.Errorf("decode job %s of link %x: %w", jobID, k, err)
+	}
+	links := linksOf(&j)
+	if len(links) == 0 {
+		return nil, fmt.Errorf("link %x names job %s, which is not completed", k, jobID)
+	}
+	return links, nil
+}
+
+// diskLink returns the link of diskKey among one job's links.
+func diskLink(links []Link, diskKey int32) (Link, bool) {
+	for _, l := range links {
+		if l.DiskKey == diskKey {
+			return l, true
+		}
+	}
+	return Link{}, false
+}
+
+// repoPrefix is the index key prefix of a VM's completed jobs in one
+// repository.
+func repoPrefix(vmUUID, repo string) []byte {
+	return appendPart(appendPart(make([]byte, 0, len(vmUUID)+len(repo)+8+timeKeyLen+64), vmUUID), repo)
 }
 
 // linksOf returns the chain links a job record implies: one per disk of a
@@ -201,33 +242,13 @@ func linksOf(j *Job) []Link {
 	return links
 }
 
-// linkKey is the key of a link in the links bucket: its chain's prefix,
-// then the completed time and the job id, so a chain reads in time order.
-func linkKey(l *Link) []byte {
-	return append(appendTime(chainPrefix(l.VMUUID, l.Repository, l.DiskKey), l.Time), l.JobID...)
-}
-
-// putLink indexes a link; its content is the job record's (readLink).
-func putLink(tx *bolt.Tx, l *Link) error {
-	if err := tx.Bucket(bucketLinks).Put(linkKey(l), nil); err != nil {
-		return fmt.Errorf("put link of job %s disk %d: %w", l.JobID, l.DiskKey, err)
+// jobLinkKey is the index key of a completed job in the links bucket:
+// VM, repository, completed time and job id, so a VM's backups in one
+// repository read in chain order. nil for a job that is not completed.
+// One key per job, not per disk: a batch touches one place per VM.
+func jobLinkKey(j *Job) []byte {
+	if j == nil || j.Status != StatusCompleted {
+		return nil
 	}
-	return nil
-}
-
-func deleteLink(tx *bolt.Tx, l *Link) error {
-	if err := tx.Bucket(bucketLinks).Delete(linkKey(l)); err != nil {
-		return fmt.Errorf("delete link of job %s disk %d: %w", l.JobID, l.DiskKey, err)
-	}
-	return nil
-}
-
-// sameLinks reports whether two link lists are identical, so an unchanged
-// completed job does not rewrite its links.
-func sameLinks(a, b []Link) bool {
-	return slices.EqualFunc(a, b, func(x, y Link) bool {
-		tx, ty := x.Time, y.Time
-		x.Time, y.Time = time.Time{}, time.Time{}
-		return x == y && tx.Equal(ty)
-	})
+	return append(appendTime(repoPrefix(j.VM.UUID, j.Repository), j.FinishedAt), j.ID...)
 }

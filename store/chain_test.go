@@ -167,3 +167,47 @@ func TestJobs(t *testing.T) {
 		t.Errorf("stats = %+v", st)
 	}
 }
+
+// TestChainDiskSubset: a VM's later backups without a disk (removed, or
+// not in that job) leave that disk's chain and head where its last backup
+// put them; the others go on.
+func TestChainDiskSubset(t *testing.T) {
+	j1 := spec{job: "j1", disks: []schemas.DiskRef{diskA, diskB}, at: t0}
+	j2 := spec{job: "j2", disks: []schemas.DiskRef{diskA}, at: t0.Add(time.Hour), typ: schemas.TypeIncremental, backing: "j1"}
+	j3 := spec{job: "j3", disks: []schemas.DiskRef{diskA}, at: t0.Add(2 * time.Hour), typ: schemas.TypeIncremental, backing: "j2"}
+	c := newTestCatalog(t)
+	c.mustApply(concat(j3.run(), j1.run(), j2.run())...)
+	for _, tt := range []struct {
+		disk      int32
+		wantChain []string
+	}{{diskA.Key, []string{"j1", "j2", "j3"}}, {diskB.Key, []string{"j1"}}} {
+		links, err := c.Chain(vm1.UUID, tt.disk, "default")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, l := range links {
+			if l.DiskKey != tt.disk {
+				t.Errorf("disk %d chain holds a link of disk %d", tt.disk, l.DiskKey)
+			}
+			got = append(got, l.JobID)
+		}
+		if !slices.Equal(got, tt.wantChain) {
+			t.Errorf("disk %d chain = %v, want %v", tt.disk, got, tt.wantChain)
+		}
+		head, err := c.ChainHead(vm1.UUID, tt.disk, "default")
+		if want := tt.wantChain[len(tt.wantChain)-1]; err != nil || head.JobID != want || head.DiskKey != tt.disk {
+			t.Errorf("disk %d head = %s/%d, %v; want %s", tt.disk, head.JobID, head.DiskKey, err, want)
+		}
+	}
+	if _, err := c.ChainHead(vm1.UUID, 2999, "default"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("head of a disk never backed up: %v, want ErrNotFound", err)
+	}
+	chains, err := c.Chains(vm1.UUID, "")
+	if err != nil || len(chains) != 2 || len(chains[0].Links) != 3 || len(chains[1].Links) != 1 || chains[0].DiskKey != diskA.Key {
+		t.Errorf("chains = %+v, %v", chains, err)
+	}
+	if st, err := c.Stats(); err != nil || st.Links != 4 {
+		t.Errorf("stats links = %d, %v; want 4", st.Links, err)
+	}
+}

@@ -6,10 +6,10 @@ import (
 )
 
 // Keys of the flat buckets (job_events, links) are tuples of strings,
-// times and disk keys, encoded so that byte order is tuple order and one
+// times and type codes, encoded so that byte order is tuple order and one
 // tuple's encoding is never a prefix of another's with a different first
-// part. A cursor then reads one job's events, or one disk's chain, as one
-// key range.
+// part. A cursor then reads one job's events, or one VM's backups in a
+// repository, as one key range.
 
 // appendPart appends s as one tuple part: every 0x00 byte of s becomes
 // 0x00 0xff and the part ends with 0x00 0x01. Inside a part a 0x00 is
@@ -54,12 +54,8 @@ func timeKey(t time.Time) []byte {
 	return appendTime(make([]byte, 0, timeKeyLen+64), t)
 }
 
-// appendDiskKey appends a VMware device key, 4 bytes big-endian with the
-// sign bit flipped so that byte order is numeric order.
-func appendDiskKey(b []byte, k int32) []byte {
-	return binary.BigEndian.AppendUint32(b, uint32(k)^(1<<31))
-}
-
+// decodeDiskKey reads a version 1 chain bucket name: a VMware device key,
+// 4 bytes big-endian with the sign bit flipped.
 func decodeDiskKey(b []byte) int32 {
 	if len(b) != 4 {
 		return 0

@@ -61,10 +61,10 @@ func migrateEventsV1(tx *bolt.Tx) error {
 	return tx.DeleteBucket(bucketEventsV1)
 }
 
-// migrateChainsV1 moves chains/<vm>/<repository>/<disk key>/<time><job id>
-// to the index key links/part(<vm>)part(<repository>)<disk key><time><job
-// id> (the disk key bytes are the same encoding). Version 1 kept a copy of
-// the Link as the value; version 2 reads it from the job record.
+// migrateChainsV1 turns chains/<vm>/<repository>/<disk key>/<time><job id>
+// (one key per disk, the Link JSON as value) into the index key
+// links/part(<vm>)part(<repository>)<time><job id> (one per completed job;
+// version 2 reads the links from the job record).
 func migrateChainsV1(tx *bolt.Tx) error {
 	root := tx.Bucket(bucketChainsV1)
 	if root == nil {
@@ -75,11 +75,8 @@ func migrateChainsV1(tx *bolt.Tx) error {
 		vb := root.Bucket(vm)
 		return vb.ForEachBucket(func(repo []byte) error {
 			rb := vb.Bucket(repo)
+			prefix := repoPrefix(string(vm), string(repo))
 			return rb.ForEachBucket(func(disk []byte) error {
-				if len(disk) != 4 {
-					return fmt.Errorf("chain bucket of vm %s repository %s has disk key %x, want 4 bytes", vm, repo, disk)
-				}
-				prefix := append(appendPart(appendPart(nil, string(vm)), string(repo)), disk...)
 				return rb.Bucket(disk).ForEach(func(k, _ []byte) error {
 					if err := dst.Put(append(prefix[:len(prefix):len(prefix)], k...), nil); err != nil {
 						return fmt.Errorf("move link %x of vm %s disk %d: %w", k, vm, decodeDiskKey(disk), err)

@@ -120,19 +120,22 @@ func (c *Catalog) Stats() (Stats, error) {
 		st.FileBytes = tx.Size()
 		err := tx.Bucket(bucketJobs).ForEach(func(k, v []byte) error {
 			var j struct {
-				Status string `json:"status"`
+				Status string     `json:"status"`
+				Disks  []struct{} `json:"disks"`
 			}
 			if err := json.Unmarshal(v, &j); err != nil {
 				return fmt.Errorf("decode job %s: %w", k, err)
 			}
 			st.Jobs++
 			st.ByStatus[j.Status]++
+			if j.Status == StatusCompleted {
+				st.Links += len(j.Disks) // a completed job's disks are its links (linksOf)
+			}
 			return nil
 		})
 		if err != nil {
 			return err
 		}
-		st.Links = countLinks(tx)
 		st.Applied = tx.Bucket(bucketApplied).Stats().KeyN + tx.Bucket(bucketEvents).Stats().KeyN
 		st.Poison = tx.Bucket(bucketPoison).Stats().KeyN
 		return nil
@@ -142,5 +145,3 @@ func (c *Catalog) Stats() (Stats, error) {
 	}
 	return st, nil
 }
-
-func countLinks(tx *bolt.Tx) int { return tx.Bucket(bucketLinks).Stats().KeyN }
