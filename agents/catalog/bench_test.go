@@ -35,8 +35,10 @@ import (
 //     the stream (jobs of two disks: started, two changeids, completed),
 //     time until every one is committed and acked. Raw loop and catalog
 //     read the same stream with their own durable consumers, in alternating
-//     order, SENDENSE_BENCH_ROUNDS times (default 3); the median round is
-//     reported. A third loop that only decodes (schemas.Decode) and acks
+//     order, SENDENSE_BENCH_ROUNDS times (default 5); the median round is
+//     reported, with the process's CPU time per event in each mode (user +
+//     system, getrusage): on this 2-core machine every mode is CPU-bound,
+//     and CPU per event varies less between runs than events/s. A third loop that only decodes (schemas.Decode) and acks
 //     shows what validation alone costs.
 //   - latency: events published at a paced 1,000/s for
 //     SENDENSE_BENCH_SECONDS (default 5) per round, from the publish call
@@ -44,15 +46,19 @@ import (
 //     each round on fresh servers; percentiles over all rounds' events.
 //
 // Goals: catalog >= 50 % of the raw loop's rate; p99 <= 5 ms at 1,000/s.
-// The machine's load average is printed: the figures mean little on a
-// machine busy with other work. Run it with `make bench-catalog`;
+// The machine's load average and the share of CPU time the hypervisor
+// gave to other guests (steal, /proc/stat) are printed: the figures mean
+// little on a machine busy with other work. Run it with `make bench-catalog`;
 // SENDENSE_BENCH_DEBUG=1 logs every catalog batch to stderr.
 func BenchmarkCatalog(b *testing.B) {
 	n := envInt("SENDENSE_BENCH_EVENTS", 20000)
 	secs := envInt("SENDENSE_BENCH_SECONDS", 5)
-	rounds := envInt("SENDENSE_BENCH_ROUNDS", 3)
+	rounds := envInt("SENDENSE_BENCH_ROUNDS", 5)
 	b.Logf("load average at start: %s", loadAvg())
-	defer func() { b.Logf("load average at end: %s", loadAvg()) }()
+	steal0 := readCPUStat()
+	defer func() {
+		b.Logf("load average at end: %s; CPU time stolen by the hypervisor during the run: %s", loadAvg(), steal0.stealSince())
+	}()
 	for range b.N {
 		// Latency first, each phase on fresh servers with the disk quiet
 		// before it: the dirty pages of a throughput phase would show up as
@@ -62,7 +68,7 @@ func BenchmarkCatalog(b *testing.B) {
 			rawLat = append(rawLat, benchLatency(b, secs, modeRaw, r)...)
 			catLat = append(catLat, benchLatency(b, secs, modeCatalog, r)...)
 		}
-		tp := benchThroughput(b, n, rounds)
+		tp, cpu := benchThroughput(b, n, rounds)
 		rawRates, catRates, decRates := tp[modeRaw], tp[modeCatalog], tp[modeDecode]
 
 		raw, cat, dec := median(rawRates), median(catRates), median(decRates)
@@ -72,6 +78,9 @@ func BenchmarkCatalog(b *testing.B) {
 		b.Logf("  catalog %8.0f events/s   raw consume+ack %8.0f events/s   ratio %5.1f %% (goal >= 50 %%)", cat, raw, ratio)
 		b.Logf("  rounds: catalog %s   raw %s", rates(catRates), rates(rawRates))
 		b.Logf("  for reference, consume + schemas.Decode + ack, no store, one goroutine: %.0f events/s (rounds %s)", dec, rates(decRates))
+		rawCPU, catCPU, decCPU := median(cpu[modeRaw]), median(cpu[modeCatalog]), median(cpu[modeDecode])
+		b.Logf("  process CPU per event (median): catalog %.1f us, raw %.1f us, decode-only %.1f us; raw/catalog %.1f %%",
+			catCPU, rawCPU, decCPU, 100*rawCPU/catCPU)
 		b.Logf("publish-to-committed latency at 1000 events/s, %d rounds of %d s (%d events):", rounds, secs, len(catLat))
 		b.Logf("  catalog p50 %6.2f ms  p99 %6.2f ms  max %6.2f ms   (goal p99 <= 5 ms)", ms(cl.p50), ms(cl.p99), ms(cl.max))
 		b.Logf("  raw     p50 %6.2f ms  p99 %6.2f ms  max %6.2f ms   ratio p50 %.2f, p99 %.2f", ms(rl.p50), ms(rl.p99), ms(rl.max),
@@ -80,6 +89,8 @@ func BenchmarkCatalog(b *testing.B) {
 		b.ReportMetric(raw, "raw-events/s")
 		b.ReportMetric(dec, "decode-only-events/s")
 		b.ReportMetric(ratio, "ratio-%")
+		b.ReportMetric(catCPU, "catalog-cpu-us/event")
+		b.ReportMetric(rawCPU, "raw-cpu-us/event")
 		b.ReportMetric(ms(cl.p50), "catalog-p50-ms")
 		b.ReportMetric(ms(cl.p99), "catalog-p99-ms")
 		b.ReportMetric(ms(rl.p50), "raw-p50-ms")
@@ -278,17 +289,19 @@ func (s *benchServer) consume(b *testing.B, mode benchMode, durable string, onDo
 // benchThroughput fills one stream with n events, then, rounds times,
 // times how long the raw loop, the decode-only loop and the catalog (each
 // with a new durable consumer, in rotating order) take to finish all of
-// them. It returns events/s per mode and round.
-func benchThroughput(b *testing.B, n, rounds int) map[benchMode][]float64 {
+// them. It returns events/s and process CPU microseconds per event, per
+// mode and round.
+func benchThroughput(b *testing.B, n, rounds int) (rates, cpu map[benchMode][]float64) {
 	b.Helper()
 	s := newBenchServer(b)
 	defer s.close()
 	s.publishAsync(b, benchEvents("tp", n), nil)
-	one := func(mode benchMode, durable string) float64 {
+	one := func(mode benchMode, durable string) (rate, cpuPerEvent float64) {
 		syscall.Sync()
 		time.Sleep(500 * time.Millisecond)
 		var done atomic.Int64
 		finished := make(chan struct{})
+		cpu0 := processCPU()
 		start := time.Now()
 		stop := s.consume(b, mode, durable, func(ids []string) {
 			if done.Add(int64(len(ids))) == int64(n) {
@@ -301,17 +314,62 @@ func benchThroughput(b *testing.B, n, rounds int) map[benchMode][]float64 {
 		case <-time.After(10 * time.Minute):
 			b.Fatalf("%s: only %d of %d events done in 10 min", durable, done.Load(), n)
 		}
-		return float64(n) / time.Since(start).Seconds()
+		el, used := time.Since(start), processCPU()-cpu0
+		return float64(n) / el.Seconds(), float64(used.Microseconds()) / float64(n)
 	}
-	out := map[benchMode][]float64{}
+	rates, cpu = map[benchMode][]float64{}, map[benchMode][]float64{}
 	modes := []benchMode{modeRaw, modeCatalog, modeDecode}
 	for r := range rounds {
 		for k := range modes {
 			m := modes[(k+r)%len(modes)]
-			out[m] = append(out[m], one(m, fmt.Sprintf("bench-%d-%d", m, r)))
+			rate, c := one(m, fmt.Sprintf("bench-%d-%d", m, r))
+			rates[m] = append(rates[m], rate)
+			cpu[m] = append(cpu[m], c)
 		}
 	}
-	return out
+	return rates, cpu
+}
+
+// processCPU is the user and system CPU time this process used so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// cpuStat is the machine's CPU time in /proc/stat ticks: all of it, and
+// the part stolen by the hypervisor for other guests.
+type cpuStat struct{ total, steal uint64 }
+
+func readCPUStat() cpuStat {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return cpuStat{}
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	var st cpuStat
+	for i, v := range f[1:] {
+		n, _ := strconv.ParseUint(v, 10, 64)
+		if i < 8 {
+			st.total += n
+		}
+		if i == 7 {
+			st.steal = n
+		}
+	}
+	return st
+}
+
+// stealSince is the stolen share of the machine's CPU time since s.
+func (s cpuStat) stealSince() string {
+	now := readCPUStat()
+	if now.total <= s.total {
+		return "unknown"
+	}
+	return fmt.Sprintf("%.1f %%", 100*float64(now.steal-s.steal)/float64(now.total-s.total))
 }
 
 // benchLatency publishes at a paced 1000 events/s for secs seconds to a
