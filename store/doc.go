@@ -18,7 +18,12 @@
 // commits it in one transaction, synced to disk before it returns; its
 // per-event errors say which events were refused (ErrIncomplete,
 // ErrInvalid) while the rest of the batch is applied. RecordPoison keeps an
-// event that failed schema validation upstream; Poison lists them.
+// event that failed schema validation upstream; Poison lists them. The
+// catalog consumer wraps each event with the payload it was decoded from
+// (WithPayload), so Apply files those bytes instead of encoding the event
+// again. Open upgrades a file of an older layout in the same transaction
+// that opens it (layout version 1, nested buckets, to 2: see catalog.go);
+// a file from a newer build is refused (ErrSchemaVersion).
 //
 // Job records and chains are derived: each Apply stores the raw events of
 // a job and recomputes the job (and its chain links) from the whole set, in
