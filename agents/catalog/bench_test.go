@@ -308,7 +308,14 @@ func benchThroughput(b *testing.B, n, rounds int) (rates, cpu map[benchMode][]fl
 				close(finished)
 			}
 		})
-		defer stop()
+		defer func() {
+			// Each round starts with the same server state: a durable
+			// consumer left behind keeps its goroutines and files.
+			stop()
+			if err := s.js.DeleteConsumer(context.Background(), bus.StreamEvents, durable); err != nil {
+				b.Errorf("delete consumer %s: %v", durable, err)
+			}
+		}()
 		select {
 		case <-finished:
 		case <-time.After(10 * time.Minute):
