@@ -8,12 +8,16 @@ import (
 	"github.com/sendense/sendense/schemas"
 )
 
-// BenchmarkApply applies batches of 100 and 500 events (jobs of two disks:
-// started, two changeids, completed) with sync on, one bbolt transaction
-// per batch, and reports events/s. Each job is new, so the catalog grows as
-// it would in production.
+// BenchmarkApply applies batches of 4 events (one job, as at a low event
+// rate) and 1024 events (the catalog consumer's largest batch) with sync
+// on, one bbolt transaction per batch, and reports events/s and bbolt
+// pages written per batch. The events are jobs of two disks (started, two
+// changeids, completed) on 50 VMs, each job new, so the catalog and its
+// chains grow as in production; each carries its payload (WithPayload), as
+// the catalog consumer hands them over. Run it with
+// `go test ./store -run '^$' -bench Apply -benchmem`.
 func BenchmarkApply(b *testing.B) {
-	for _, size := range []int{100, 500} {
+	for _, size := range []int{4, 1024} {
 		b.Run(fmt.Sprintf("batch=%d", size), func(b *testing.B) {
 			c := newTestCatalog(b)
 			b.ReportAllocs()
@@ -29,20 +33,32 @@ func BenchmarkApply(b *testing.B) {
 						at:    t0.Add(time.Duration(job) * time.Minute),
 						disks: []schemas.DiskRef{diskA, diskB},
 					}
-					batch = append(batch, s.run()...)
+					for _, ev := range s.run() {
+						data, err := schemas.Marshal(ev)
+						if err != nil {
+							b.Fatal(err)
+						}
+						batch = append(batch, WithPayload(ev, data))
+					}
 				}
 				return batch[:size]
 			}
 			var events int
+			var pages int64
 			b.ResetTimer()
 			for range b.N {
 				b.StopTimer()
 				evs := next()
+				before := c.db.Stats()
 				b.StartTimer()
 				errs, err := c.Apply(evs...)
 				if err != nil {
 					b.Fatal(err)
 				}
+				b.StopTimer()
+				after := c.db.Stats()
+				pages += after.TxStats.GetWrite() - before.TxStats.GetWrite()
+				b.StartTimer()
 				for _, e := range errs {
 					if e != nil {
 						b.Fatal(e)
@@ -51,6 +67,7 @@ func BenchmarkApply(b *testing.B) {
 				events += len(evs)
 			}
 			b.ReportMetric(float64(events)/b.Elapsed().Seconds(), "events/s")
+			b.ReportMetric(float64(pages)/float64(b.N), "pages/batch")
 		})
 	}
 }
