@@ -9,6 +9,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/sendense/sendense/internal/testutil"
 	"github.com/sendense/sendense/schemas"
 )
 
@@ -145,18 +146,8 @@ func requireSameDump(t testing.TB, want, got Snapshot) {
 }
 
 func snapshotDiff(a, b Snapshot) string {
-	la, lb := snapshotLines(a), snapshotLines(b)
-	for i := range max(len(la), len(lb)) {
-		var x, y string
-		if i < len(la) {
-			x = la[i]
-		}
-		if i < len(lb) {
-			y = lb[i]
-		}
-		if x != y {
-			return fmt.Sprintf("first difference at item %d:\nwant %s\ngot  %s", i, x, y)
-		}
+	if d := testutil.FirstDiff(snapshotLines(a), snapshotLines(b)); d != "" {
+		return d
 	}
 	return "no line differs"
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/sendense/sendense/agents/catalog/catalogtest"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/bus/bustest"
+	"github.com/sendense/sendense/internal/testutil"
 	"github.com/sendense/sendense/schemas"
 	"github.com/sendense/sendense/store"
 )
@@ -283,20 +284,8 @@ func requireEqual(t *testing.T, want, got store.Snapshot) {
 	}
 	a, _ := json.MarshalIndent(want, "", " ")
 	b, _ := json.MarshalIndent(got, "", " ")
-	la, lb := strings.Split(string(a), "\n"), strings.Split(string(b), "\n")
-	for i := range max(len(la), len(lb)) {
-		var x, y string
-		if i < len(la) {
-			x = la[i]
-		}
-		if i < len(lb) {
-			y = lb[i]
-		}
-		if x != y {
-			t.Fatalf("catalogs differ (%d vs %d jobs) at line %d:\nwant %s\ngot  %s", len(want.Jobs), len(got.Jobs), i, x, y)
-		}
-	}
-	t.Fatalf("catalogs differ")
+	t.Fatalf("catalogs differ (%d vs %d jobs), %s", len(want.Jobs), len(got.Jobs),
+		testutil.FirstDiff(strings.Split(string(a), "\n"), strings.Split(string(b), "\n")))
 }
 
 // logSink writes log lines to the test log and keeps them for assertions.

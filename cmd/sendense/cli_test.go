@@ -264,18 +264,8 @@ func waitJobs(t *testing.T, want []store.Job, args ...string) {
 }
 
 func firstDiff(got, want string) string {
-	g, w := strings.Split(got, "\n"), strings.Split(want, "\n")
-	for i := range max(len(g), len(w)) {
-		var a, b string
-		if i < len(g) {
-			a = g[i]
-		}
-		if i < len(w) {
-			b = w[i]
-		}
-		if a != b {
-			return fmt.Sprintf("first difference at line %d:\n got  %s\n want %s", i+1, a, b)
-		}
+	if d := testutil.FirstDiff(strings.Split(want, "\n"), strings.Split(got, "\n")); d != "" {
+		return d
 	}
 	return "no difference"
 }
