@@ -18,8 +18,8 @@ import (
 // failed transaction.
 const maxIDLen = 512
 
-// Applied events are stored in job_events under part(<job id>)<event id>
-// as the event name, a NUL byte, and the event's JSON: the payload it was
+// Applied events are stored in job_events under eventKey (job id, event
+// id, type code) with the event's JSON as the value: the payload it was
 // decoded from (WithPayload), or else what json.Marshal gives.
 
 // WithPayload pairs ev with the JSON payload schemas.Decode decoded it
@@ -77,8 +77,9 @@ type decoded struct {
 //
 // backup.progress events are applied differently: the job keeps only the
 // newest one (highest attempt, seq, time, id) as Job.Progress, their ids
-// are not recorded (keeping the newest is idempotent by itself), and they never create a job on their own: a job appears with
-// its first other event.
+// are not recorded (keeping the newest is idempotent by itself), and they
+// never create a job on their own: a job appears with its first other
+// event.
 func (c *Catalog) Apply(evs ...schemas.Event) ([]error, error) {
 	errs := make([]error, len(evs))
 	if len(evs) == 0 {
@@ -294,8 +295,8 @@ func (a *applier) rederive(jobID string, news []record) error {
 	}
 	cur := events.Cursor()
 	for k, v := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Next() {
-		id, rest, ok := cutPart(k[len(prefix):])
-		if !ok || len(rest) != 1 {
+		_, id, code, ok := splitEventKey(k)
+		if !ok {
 			return fmt.Errorf("job %s: event key %x is malformed", jobID, k)
 		}
 		if have != nil {
@@ -304,7 +305,7 @@ func (a *applier) rederive(jobID string, news []record) error {
 		if len(v) == 0 {
 			continue // tombstone
 		}
-		r, err := decodeRecord([]byte(id), rest[0], v)
+		r, err := decodeRecord([]byte(id), code, v)
 		if err != nil {
 			return fmt.Errorf("job %s: %w", jobID, err)
 		}
@@ -421,6 +422,18 @@ func (a *applier) writeJob(jobID string, job *Job) error {
 func eventKey(jobID, eventID string, code byte) []byte {
 	k := make([]byte, 0, len(jobID)+len(eventID)+5)
 	return append(appendPart(appendPart(k, jobID), eventID), code)
+}
+
+// splitEventKey reads an eventKey back.
+func splitEventKey(k []byte) (jobID, eventID string, code byte, ok bool) {
+	jobID, rest, ok := cutPart(k)
+	if ok {
+		eventID, rest, ok = cutPart(rest)
+	}
+	if !ok || len(rest) != 1 {
+		return "", "", 0, false
+	}
+	return jobID, eventID, rest[0], true
 }
 
 // eventNames are the event types by the code that ends their key; code 0

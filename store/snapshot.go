@@ -80,12 +80,8 @@ func (c *Catalog) Dump() (Snapshot, error) {
 			return err
 		}
 		err = tx.Bucket(bucketEvents).ForEach(func(k, _ []byte) error {
-			_, rest, ok := cutPart(k)
-			var id string
-			if ok {
-				id, rest, ok = cutPart(rest)
-			}
-			if !ok || len(rest) != 1 {
+			_, id, _, ok := splitEventKey(k)
+			if !ok {
 				return fmt.Errorf("event key %x is malformed", k)
 			}
 			s.Applied = append(s.Applied, id)
