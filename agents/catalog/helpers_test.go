@@ -184,12 +184,21 @@ func (e *env) waitFor(what string, cond func() bool) {
 func (e *env) waitIdle() {
 	e.t.Helper()
 	e.waitFor("catalog consumer idle", func() bool {
-		c, err := e.js.Consumer(testCtx(e.t), bus.StreamEvents, bus.ConsumerCatalog)
+		ctx := testCtx(e.t)
+		st, err := e.js.Stream(ctx, bus.StreamEvents)
 		if err != nil {
 			return false
 		}
-		info, err := c.Info(testCtx(e.t))
-		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
+		c, err := e.js.Consumer(ctx, bus.StreamEvents, bus.ConsumerCatalog)
+		if err != nil {
+			return false
+		}
+		// Every message published so far acked or terminated: the ack
+		// floor. NumPending alone can read 0 on a consumer created a
+		// moment ago, before the server has counted the stream for it.
+		info, err := c.Info(ctx)
+		return err == nil && info.AckFloor.Stream >= st.CachedInfo().State.LastSeq &&
+			info.NumPending == 0 && info.NumAckPending == 0
 	})
 }
 
