@@ -25,7 +25,10 @@
 // the same id on timeouts, "no responders" and JetStream's "duplicate
 // message id is in process", so a message is stored once however often it
 // is sent within the duplicate window. Event ids come from EventID: job,
-// attempt, type, disk key, sequence.
+// attempt, type, disk key, sequence. PublishEvent also validates the event
+// against its schema (schemas.Validate) and refuses it with ErrInvalidEvent
+// otherwise, so no producer can put on the bus what the catalog would
+// poison; Publish sends a payload as it is.
 //
 // Agents read requests from the durable pull consumer made by
 // EnsureRequestConsumer (jetstream Consume/Messages/Fetch), keep long jobs

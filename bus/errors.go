@@ -45,8 +45,8 @@ var (
 	ErrInvalidJobID = errors.New("invalid job id")
 
 	// ErrInvalidEvent is returned by PublishEvent for an event without an
-	// id, schema name or job id, or published on a subject that does not
-	// match its schema name and job id.
+	// id, schema name or job id, published on a subject that does not
+	// match its schema name and job id, or that fails its schema.
 	ErrInvalidEvent = errors.New("invalid event")
 
 	// ErrInvalidLeaseKey is returned by Acquire for a key that is not a

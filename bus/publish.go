@@ -43,7 +43,10 @@ func NewPublisher(js jetstream.JetStream, source string, log zerolog.Logger) *Pu
 }
 
 // Publish stores payload on subject with Nats-Msg-Id id and waits for the
-// stream's acknowledgement.
+// stream's acknowledgement. It does not look inside payload: producers
+// publish events with PublishEvent and requests with PublishRequest, which
+// check them first; Publish is for payloads that must go out as they are
+// (tests of what consumers do with malformed input, relaying tools).
 //
 // Headers: Nats-Msg-Id = id; CloudEvents NATS binding ce-specversion "1.0",
 // ce-id = id, ce-type = ceType, ce-source, ce-time (now, RFC 3339);
@@ -66,10 +69,12 @@ func (p *Publisher) Publish(ctx context.Context, subject, id, ceType string, pay
 
 // PublishEvent marshals ev as JSON and publishes it with id
 // ev.EventHeader().ID and ce-type = its schema name; ce-time is the event's
-// time. The event must carry an id, a schema name and a valid job id, and
-// subject must be its schema name (ProgressSubject(job_id) for progress):
-// an event whose identity does not match where it goes is refused with
-// ErrInvalidEvent, never published.
+// time. The event must carry an id, a schema name and a valid job id,
+// subject must be its schema name (ProgressSubject(job_id) for progress),
+// and the JSON must pass schemas.Validate for subject: an event that does
+// not match where it goes or its schema is refused with ErrInvalidEvent
+// (wrapping the *schemas.ValidationError that names each problem), never
+// published. So no producer can emit what the catalog would poison.
 func (p *Publisher) PublishEvent(ctx context.Context, subject string, ev schemas.Event) (*jetstream.PubAck, error) {
 	if v := reflect.ValueOf(ev); !v.IsValid() || (v.Kind() == reflect.Pointer && v.IsNil()) || ev.EventHeader() == nil {
 		return nil, fmt.Errorf("publish event on %s: nil event: %w", subject, ErrInvalidEvent)
@@ -95,6 +100,9 @@ func (p *Publisher) PublishEvent(ctx context.Context, subject string, ev schemas
 	data, err := json.Marshal(ev)
 	if err != nil {
 		return nil, fmt.Errorf("marshal event %s: %w", h.ID, err)
+	}
+	if err := schemas.Validate(subject, data); err != nil {
+		return nil, fmt.Errorf("publish event %s (%s of job %s): %w: %w", h.ID, h.Schema.Name, h.JobID, ErrInvalidEvent, err)
 	}
 	return p.publish(ctx, subject, h.ID, h.Schema.Name, h.Time, data)
 }

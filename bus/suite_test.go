@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -37,6 +38,34 @@ func hdr(job string, attempt int, name string, disk int32, seq int64) schemas.He
 }
 
 var disk2000 = schemas.DiskRef{Key: 2000, UUID: "6000C29a-0000-0000-0000-000000000001", CapacityBytes: 1 << 30}
+
+// testChangeID is a change id in VMware's format.
+const testChangeID = "52 de c0 2d 3c 0a 4a 5e-9a 8a 1e 1f 2d 3c 4b 5a/12"
+
+// Events that pass their schemas (PublishEvent refuses any other): a full
+// backup of disk2000 in job job, attempt 1.
+
+func startedEvent(job string) *schemas.Started {
+	return &schemas.Started{Header: hdr(job, 1, schemas.NameStarted, 0, 0), Repository: "default",
+		RequestedType: schemas.TypeAuto, Snapshot: "sendense-" + job,
+		Disks: []schemas.DiskPlan{{Disk: disk2000, BackupType: schemas.TypeFull, Reason: schemas.ReasonNoBase, Target: "t"}}}
+}
+
+func progressEvent(job string) *schemas.Progress {
+	return &schemas.Progress{Header: hdr(job, 1, schemas.NameProgress, 0, 1), Seq: 1, BytesDone: 1, BytesTotal: 2,
+		Disks: []schemas.DiskProgress{{Disk: disk2000, BytesDone: 1, BytesTotal: 2}}}
+}
+
+func changeIDEvent(job string, d schemas.DiskRef) *schemas.ChangeID {
+	return &schemas.ChangeID{Header: hdr(job, 1, schemas.NameChangeID, d.Key, 0), Repository: "default", Disk: d,
+		ChangeID: testChangeID, BackupType: schemas.TypeFull, BytesRead: 2, BytesWritten: 1, Target: "t"}
+}
+
+func completedEvent(job string) *schemas.Completed {
+	return &schemas.Completed{Header: hdr(job, 1, schemas.NameCompleted, 0, 0), Repository: "default",
+		Disks: []schemas.DiskResult{{Disk: disk2000, ChangeID: testChangeID, BackupType: schemas.TypeFull,
+			Reason: schemas.ReasonNoBase, BytesRead: 2, BytesWritten: 1, Target: "t", ActualSizeBytes: 1}}}
+}
 
 func streamMsgs(t *testing.T, js jetstream.JetStream, name string) uint64 {
 	t.Helper()
@@ -146,14 +175,10 @@ func TestPublishSeenOnBackupAll(t *testing.T) {
 			subject string
 			ev      schemas.Event
 		}{
-			{bus.SubjectStarted, &schemas.Started{Header: hdr(job, 1, schemas.NameStarted, 0, 0), Repository: "default",
-				RequestedType: schemas.TypeAuto, Snapshot: "sendense-" + job,
-				Disks: []schemas.DiskPlan{{Disk: disk2000, BackupType: schemas.TypeFull, Reason: schemas.ReasonNoBase, Target: "t"}}}},
-			{bus.ProgressSubject(job), &schemas.Progress{Header: hdr(job, 1, schemas.NameProgress, 0, 1), Seq: 1, BytesDone: 1, BytesTotal: 2}},
-			{bus.SubjectChangeID, &schemas.ChangeID{Header: hdr(job, 1, schemas.NameChangeID, 2000, 0), Disk: disk2000,
-				ChangeID: "52 de c0 2d 3c 0a 4a 5e-9a 8a 1e 1f 2d 3c 4b 5a/12", BackupType: schemas.TypeFull}},
-			{bus.SubjectCompleted, &schemas.Completed{Header: hdr(job, 1, schemas.NameCompleted, 0, 0), Repository: "default",
-				Disks: []schemas.DiskResult{{Disk: disk2000, ChangeID: "52 de c0 2d 3c 0a 4a 5e-9a 8a 1e 1f 2d 3c 4b 5a/12"}}}},
+			{bus.SubjectStarted, startedEvent(job)},
+			{bus.ProgressSubject(job), progressEvent(job)},
+			{bus.SubjectChangeID, changeIDEvent(job, disk2000)},
+			{bus.SubjectCompleted, completedEvent(job)},
 			{bus.SubjectFailed, &schemas.Failed{Header: hdr(job, 2, schemas.NameFailed, 0, 0), Reason: schemas.FailCopy, Message: "x"}},
 			{bus.SubjectRejected, &schemas.Rejected{Header: hdr(job, 1, schemas.NameRejected, 0, 0), Reason: schemas.RejectUnknownVM, Message: "x"}},
 		}
@@ -217,7 +242,7 @@ func TestPublishSameIDStoredOnce(t *testing.T) {
 		ctx := testCtx(t)
 		pub := bus.NewPublisher(s.JS, testSource, bustest.Logger(t))
 		job := bus.NewJobID()
-		ev := &schemas.ChangeID{Header: hdr(job, 1, schemas.NameChangeID, 2000, 0), Disk: disk2000, ChangeID: "x/1"}
+		ev := changeIDEvent(job, disk2000)
 
 		first, err := pub.PublishEvent(ctx, bus.SubjectChangeID, ev)
 		if err != nil {
@@ -256,7 +281,7 @@ func TestPublishRetriesUntilStreamExists(t *testing.T) {
 		ctx := testCtx(t)
 		pub := bus.NewPublisher(s.JS, testSource, bustest.Logger(t))
 		job := bus.NewJobID()
-		ev := &schemas.Started{Header: hdr(job, 1, schemas.NameStarted, 0, 0)}
+		ev := startedEvent(job)
 
 		type result struct {
 			ack *jetstream.PubAck
@@ -311,14 +336,20 @@ func TestPublishRefusesBadIdentity(t *testing.T) {
 	ctx := testCtx(t)
 	pub := bus.NewPublisher(s.JS, testSource, bustest.Logger(t))
 	job := bus.NewJobID()
-	noID := &schemas.Started{Header: hdr(job, 1, schemas.NameStarted, 0, 0)}
+	noID := startedEvent(job)
 	noID.ID = ""
-	noSchema := &schemas.Started{Header: hdr(job, 1, schemas.NameStarted, 0, 0)}
+	noSchema := startedEvent(job)
 	noSchema.Schema.Name = ""
-	noJob := &schemas.Started{Header: hdr("", 1, schemas.NameStarted, 0, 0)}
-	dotJob := &schemas.Started{Header: hdr("a.b", 1, schemas.NameStarted, 0, 0)}
-	ok := &schemas.Started{Header: hdr(job, 1, schemas.NameStarted, 0, 0)}
-	progress := &schemas.Progress{Header: hdr(job, 1, schemas.NameProgress, 0, 1)}
+	noJob := startedEvent(job)
+	noJob.Header = hdr("", 1, schemas.NameStarted, 0, 0)
+	dotJob := startedEvent(job)
+	dotJob.Header = hdr("a.b", 1, schemas.NameStarted, 0, 0)
+	ok := startedEvent(job)
+	progress := progressEvent(job)
+	badChangeID := changeIDEvent(job, disk2000)
+	badChangeID.ChangeID = "x/1"
+	noDisks := completedEvent(job)
+	noDisks.Disks = nil
 
 	tests := []struct {
 		name    string
@@ -332,6 +363,14 @@ func TestPublishRefusesBadIdentity(t *testing.T) {
 		{"event on another subject", func() error { _, err := pub.PublishEvent(ctx, bus.SubjectCompleted, ok); return err }, bus.ErrInvalidEvent},
 		{"progress of another job", func() error {
 			_, err := pub.PublishEvent(ctx, bus.ProgressSubject("other"), progress)
+			return err
+		}, bus.ErrInvalidEvent},
+		{"change id not in VMware's format", func() error {
+			_, err := pub.PublishEvent(ctx, bus.SubjectChangeID, badChangeID)
+			return err
+		}, bus.ErrInvalidEvent},
+		{"completed without disks", func() error {
+			_, err := pub.PublishEvent(ctx, bus.SubjectCompleted, noDisks)
 			return err
 		}, bus.ErrInvalidEvent},
 		{"nil event", func() error { _, err := pub.PublishEvent(ctx, bus.SubjectStarted, nil); return err }, bus.ErrInvalidEvent},
@@ -349,6 +388,12 @@ func TestPublishRefusesBadIdentity(t *testing.T) {
 		if err := tt.publish(); !errors.Is(err, tt.wantErr) {
 			t.Errorf("%s: err = %v, want %v", tt.name, err, tt.wantErr)
 		}
+	}
+	// A schema failure names the field and the rule.
+	_, err := pub.PublishEvent(ctx, bus.SubjectChangeID, badChangeID)
+	var ve *schemas.ValidationError
+	if !errors.As(err, &ve) || !strings.Contains(err.Error(), "/change_id") || !strings.Contains(err.Error(), "pattern") {
+		t.Errorf("change id not in VMware's format: err = %v, want a *schemas.ValidationError naming /change_id and its pattern", err)
 	}
 	for _, name := range []string{bus.StreamEvents, bus.StreamRequests, bus.StreamProgress} {
 		if n := streamMsgs(t, s.JS, name); n != 0 {
@@ -375,7 +420,7 @@ func TestRestartKeepsAckedMessages(t *testing.T) {
 		changeID := func(i int) *schemas.ChangeID {
 			d := disk2000
 			d.Key += int32(i)
-			return &schemas.ChangeID{Header: hdr(job, 1, schemas.NameChangeID, d.Key, 0), Disk: d, ChangeID: "x/1"}
+			return changeIDEvent(job, d)
 		}
 		for i := range n {
 			if _, err := pub.PublishEvent(ctx, bus.SubjectChangeID, changeID(i)); err != nil {

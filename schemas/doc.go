@@ -23,10 +23,10 @@
 // backup.progress.<job_id>; that subject validates as backup.progress and
 // its job must equal the payload's job_id.
 //
-// A producer fills a Go value, calls Stamp(&ev.Header, name) (NameOf gives
-// the name of an event's type) and Marshal. Producers should Validate what
-// they are about to publish: a completed event without a change id for
-// every disk does not validate, by design.
+// A producer fills a Go value and calls Stamp(&ev.Header, name) (NameOf
+// gives the name of an event's type); bus.Publisher.PublishEvent marshals
+// it and refuses it unless it validates. A completed event without a
+// change id for every disk does not validate, by design.
 //
 // Errors: ErrTooLarge (over MaxMessageBytes, refused before parsing),
 // ErrInvalidJSON, ErrUnknownSubject, or a *ValidationError whose Problems

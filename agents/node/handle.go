@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -167,18 +166,12 @@ func (a *Agent) header(r *request, name string, diskKey int32, seq int64) schema
 	return h
 }
 
-// publish validates an event against its schema before it leaves, so the
-// agent can never emit something the catalog would refuse.
+// publish publishes an event. The publisher refuses one that fails its
+// schema (bus.ErrInvalidEvent), so the agent can never emit something the
+// catalog would refuse; that is a bug, not worth a retry.
 func (a *Agent) publish(ctx context.Context, subject string, ev schemas.Event) error {
-	data, err := json.Marshal(ev)
-	if err != nil {
-		return fail(schemas.FailInternal, false, fmt.Errorf("encode %s: %w", subject, err))
-	}
-	if err := schemas.Validate(subject, data); err != nil {
-		return fail(schemas.FailInternal, false, fmt.Errorf("event does not match its schema: %w", err))
-	}
 	if _, err := a.deps.Publisher.PublishEvent(ctx, subject, ev); err != nil {
-		return fail(schemas.FailInternal, true, fmt.Errorf("publish %s: %w", subject, err))
+		return fail(schemas.FailInternal, !errors.Is(err, bus.ErrInvalidEvent), fmt.Errorf("publish %s: %w", subject, err))
 	}
 	return nil
 }
