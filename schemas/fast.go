@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"math/big"
+	"reflect"
 	"slices"
 	"unicode/utf8"
 
@@ -110,7 +111,55 @@ type bound struct {
 // buildFast returns the fast form of s, or an error naming the first
 // keyword it does not implement.
 func buildFast(s *jsonschema.Schema) (*fastSchema, error) {
-	return (&fastBuilder{seen: map[*jsonschema.Schema]*fastSchema{}}).build(s)
+	b := &fastBuilder{seen: map[*jsonschema.Schema]*fastSchema{}}
+	f, err := b.build(s)
+	if err != nil {
+		return nil, err
+	}
+	for _, g := range b.seen {
+		g.skipRefs()
+	}
+	return resolveRef(f), nil
+}
+
+// onlyRef reports whether f is a $ref and nothing else that validates
+// ("description" and the like are not kept): then f.ref decides alone.
+func (f *fastSchema) onlyRef() bool {
+	if f == nil || f.ref == nil {
+		return false
+	}
+	g := *f
+	g.src, g.ref = nil, nil
+	return reflect.DeepEqual(g, fastSchema{minProps: -1, maxProps: -1, minItems: -1, maxItems: -1, minLen: -1, maxLen: -1})
+}
+
+// resolveRef follows f through schemas that are only a $ref (a bounded
+// number of hops: a loop of them is left for valid's depth limit).
+func resolveRef(f *fastSchema) *fastSchema {
+	for range 32 {
+		if !f.onlyRef() {
+			break
+		}
+		f = f.ref
+	}
+	return f
+}
+
+// skipRefs points f's subschemas past schemas that are only a $ref, so
+// valid does not take a call per hop: in the message schemas most
+// properties are a $ref to a definition of common.json.
+func (f *fastSchema) skipRefs() {
+	for _, p := range []**fastSchema{&f.ref, &f.not, &f.ifS, &f.thenS, &f.elsS, &f.addlS, &f.items} {
+		*p = resolveRef(*p)
+	}
+	for _, l := range [][]*fastSchema{f.allOf, f.anyOf, f.oneOf, f.props.subs} {
+		for i := range l {
+			l[i] = resolveRef(l[i])
+		}
+	}
+	for i := range f.patProps {
+		f.patProps[i].s = resolveRef(f.patProps[i].s)
+	}
 }
 
 type fastBuilder struct {
