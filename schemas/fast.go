@@ -37,6 +37,9 @@ type fastSchema struct {
 	enum   []fastConst
 	hasEn  bool
 	format func(any) error
+	// dateTime: format is the library's "date-time"; fastDateTime accepts
+	// the usual spellings without it.
+	dateTime bool
 
 	ref              *fastSchema
 	not              *fastSchema
@@ -243,6 +246,7 @@ func (b *fastBuilder) build(s *jsonschema.Schema) (*fastSchema, error) {
 	}
 	if s.Format != nil {
 		f.format = s.Format.Validate
+		f.dateTime = s.Format.Name == "date-time"
 	}
 
 	var err error
@@ -411,7 +415,7 @@ func (f *fastSchema) valid(t *tree, n int32, depth int) bool {
 			t.unknown = true
 			return false
 		}
-		if f.format(nd.str) != nil {
+		if !(f.dateTime && fastDateTime(nd.str)) && f.format(nd.str) != nil {
 			return false
 		}
 	}
@@ -716,4 +720,69 @@ func equalsConst(t *tree, nd *node, c *fastConst) bool {
 	default:
 		return nd.kind == c.kind
 	}
+}
+
+// fastDateTime reports whether s is an RFC 3339 date-time in the form
+// producers write, YYYY-MM-DDTHH:MM:SS[.fraction] then Z or ±hh:mm, with
+// every field in range. It only ever proves validity: false (a leap
+// second, a lower-case t, anything unusual) leaves the verdict to the
+// library's "date-time", which it agrees with on everything it accepts.
+func fastDateTime(s string) bool {
+	if len(s) < 20 || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':' {
+		return false
+	}
+	num := func(i, n int) (int, bool) {
+		v := 0
+		for _, c := range []byte(s[i : i+n]) {
+			if c < '0' || c > '9' {
+				return 0, false
+			}
+			v = v*10 + int(c-'0')
+		}
+		return v, true
+	}
+	year, ok1 := num(0, 4)
+	month, ok2 := num(5, 2)
+	day, ok3 := num(8, 2)
+	hour, ok4 := num(11, 2)
+	minute, ok5 := num(14, 2)
+	sec, ok6 := num(17, 2)
+	if !(ok1 && ok2 && ok3 && ok4 && ok5 && ok6) ||
+		month < 1 || month > 12 || day < 1 || day > daysIn(month, year) || hour > 23 || minute > 59 || sec > 59 {
+		return false
+	}
+	rest := s[19:]
+	if rest[0] == '.' {
+		i := 1
+		for i < len(rest) && '0' <= rest[i] && rest[i] <= '9' {
+			i++
+		}
+		if i == 1 {
+			return false
+		}
+		rest = rest[i:]
+	}
+	if rest == "Z" {
+		return true
+	}
+	if len(rest) != 6 || rest[0] != '+' && rest[0] != '-' || rest[3] != ':' {
+		return false
+	}
+	zh, ok1 := num(len(s)-5, 2)
+	zm, ok2 := num(len(s)-2, 2)
+	return ok1 && ok2 && zh <= 23 && zm <= 59
+}
+
+// daysIn is the number of days of month (1-12) in year, Gregorian.
+func daysIn(month, year int) int {
+	switch month {
+	case 2:
+		if year%4 == 0 && (year%100 != 0 || year%400 == 0) {
+			return 29
+		}
+		return 28
+	case 4, 6, 9, 11:
+		return 30
+	}
+	return 31
 }

@@ -3,6 +3,7 @@ package schemas
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"reflect"
 	"regexp"
@@ -10,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
 )
@@ -572,4 +574,74 @@ func FuzzClassSeq(f *testing.F) {
 			}
 		}
 	})
+}
+
+// fastDateTime accepts only what the library's "date-time" accepts, and
+// accepts what producers write.
+func TestFastDateTime(t *testing.T) {
+	var lib func(any) error
+	all, err := compiled()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range Names() {
+		walkSchema(all.byName[name], func(s *jsonschema.Schema) {
+			if s.Format != nil && s.Format.Name == "date-time" {
+				lib = s.Format.Validate
+			}
+		})
+	}
+	if lib == nil {
+		t.Fatal("no schema uses format date-time")
+	}
+	check := func(s string) {
+		t.Helper()
+		if fastDateTime(s) && lib(s) != nil {
+			t.Fatalf("fastDateTime accepts %q, the library refuses it: %v", s, lib(s))
+		}
+	}
+	for _, s := range []string{
+		"2025-01-02T03:04:05Z", "2025-01-02T03:04:05.123456789Z", "2025-01-02T03:04:05+01:00", "2024-02-29T23:59:59-23:59",
+		"0000-01-01T00:00:00Z", "9999-12-31T23:59:59.1Z", time.Now().UTC().Format(time.RFC3339Nano),
+	} {
+		check(s)
+		if !fastDateTime(s) {
+			t.Errorf("fastDateTime refuses %q", s)
+		}
+	}
+	// Every date and time of day in the usual form: the two agree exactly
+	// (the library also takes leap seconds, which fastDateTime leaves to it).
+	same := func(s string) {
+		t.Helper()
+		if got, want := fastDateTime(s), lib(s) == nil; got != want {
+			t.Fatalf("%q: fastDateTime %v, library %v", s, got, want)
+		}
+	}
+	for _, year := range []int{0, 1600, 1900, 2000, 2023, 2024, 2100, 9999} {
+		for month := range 14 {
+			for day := range 33 {
+				same(fmt.Sprintf("%04d-%02d-%02dT12:00:00Z", year, month, day))
+			}
+		}
+	}
+	for hour := range 25 {
+		for minute := range 61 {
+			for _, zone := range []string{"Z", "+00:00", "-23:59", "+24:00", "+12:60"} {
+				same(fmt.Sprintf("2025-06-01T%02d:%02d:%02d%s", hour, minute, minute%60, zone))
+			}
+		}
+	}
+	r := rand.New(rand.NewPCG(3, 4))
+	pick := func(xs ...string) string { return xs[r.IntN(len(xs))] }
+	two := func(hi int) string { return fmt.Sprintf("%02d", r.IntN(hi+1)) }
+	for range 300_000 {
+		s := pick("2025", "2024", "2000", "1900", "2100", "0000", "9999", "20x5", "+202") + pick("-", "/") +
+			two(13) + "-" + two(32) + pick("T", "t", " ") + two(24) + ":" + two(60) + ":" + two(61) +
+			pick("", ".", ".5", ".123456789", ".x") + pick("Z", "z", "", "+00:00", "-23:59", "+24:00", "+12:60", "+1:00", "+01:000", "+0a:00", "Z ")
+		check(s)
+		// Every cut and every single-byte change.
+		i := r.IntN(len(s))
+		check(s[:i])
+		check(s[:i] + string(rune(r.IntN(128))) + s[i+1:])
+	}
 }
