@@ -20,6 +20,12 @@ type classSeq struct {
 	src      string // the pattern, for String
 	items    []classItem
 	optional bool // the whole pattern is (?:...)?: "" also matches
+	// head is the class of each of the first len(head) bytes: the leading
+	// items that repeat a fixed number of times (all of a UUID), written
+	// out per position so MatchString checks them in one loop; rest is
+	// the index of the first item after them.
+	head []*classItem
+	rest int
 }
 
 // classItem is one ASCII character class repeated min..max times
@@ -34,8 +40,11 @@ func (it *classItem) has(c byte) bool {
 }
 
 // maxClassItems bounds the items of one classSeq (repeats of groups are
-// written out).
-const maxClassItems = 512
+// written out), maxHead the positions written out in classSeq.head.
+const (
+	maxClassItems = 512
+	maxHead       = 256
+)
 
 // fastPattern returns a classSeq for a pattern compiled by Go's regexp when
 // it can, else the pattern as it is.
@@ -86,6 +95,12 @@ func newClassSeq(src string) *classSeq {
 				break
 			}
 		}
+	}
+	for cs.rest < len(cs.items) && cs.items[cs.rest].min == cs.items[cs.rest].max && len(cs.head)+cs.items[cs.rest].min <= maxHead {
+		for range cs.items[cs.rest].min {
+			cs.head = append(cs.head, &cs.items[cs.rest])
+		}
+		cs.rest++
 	}
 	return cs
 }
@@ -178,8 +193,16 @@ func (cs *classSeq) MatchString(s string) bool {
 	if cs.optional && s == "" {
 		return true
 	}
-	pos := 0
-	for i := range cs.items {
+	if len(s) < len(cs.head) {
+		return false
+	}
+	for i, it := range cs.head {
+		if !it.has(s[i]) {
+			return false
+		}
+	}
+	pos := len(cs.head)
+	for i := cs.rest; i < len(cs.items); i++ {
 		it := &cs.items[i]
 		n := 0
 		for pos+n < len(s) && n != it.max && it.has(s[pos+n]) {
