@@ -415,7 +415,7 @@ func (f *fastSchema) valid(t *tree, n int32, depth int) bool {
 			t.unknown = true
 			return false
 		}
-		if !(f.dateTime && fastDateTime(nd.str)) && f.format(nd.str) != nil {
+		if !(f.dateTime && fastDateTime(t.get(nd.val))) && f.format(t.get(nd.val)) != nil {
 			return false
 		}
 	}
@@ -441,12 +441,12 @@ func (f *fastSchema) valid(t *tree, n int32, depth int) bool {
 		}
 	case kindString:
 		if f.minLen >= 0 || f.maxLen >= 0 {
-			l := utf8.RuneCountInString(nd.str)
+			l := utf8.RuneCountInString(t.get(nd.val))
 			if f.minLen >= 0 && l < f.minLen || f.maxLen >= 0 && l > f.maxLen {
 				return false
 			}
 		}
-		if f.pattern != nil && !f.pattern.MatchString(nd.str) {
+		if f.pattern != nil && !f.pattern.MatchString(t.get(nd.val)) {
 			return false
 		}
 	case kindNumber:
@@ -512,7 +512,7 @@ func (f *fastSchema) typeOK(t *tree, nd *node) bool {
 		if f.types&bitInteger == 0 {
 			return false
 		}
-		isInt, known := integral(nd)
+		isInt, known := integral(t, nd)
 		if !known {
 			t.unknown = true
 		}
@@ -540,7 +540,7 @@ func (f *fastSchema) objectValid(t *tree, n int32, depth int) bool {
 	var seen uint64
 	cursor := 0
 	for c := nd.first; c >= 0; c = t.nodes[c].next {
-		key := t.nodes[c].key
+		key := t.key(c)
 		evaluated := false
 		if i := f.props.find(key, &cursor); i >= 0 {
 			evaluated = true
@@ -605,7 +605,7 @@ func (l *propList) find(name string, cursor *int) int {
 func (f *fastSchema) numberValid(t *tree, nd *node) bool {
 	// cmp compares nd with b and says whether want holds for the result.
 	cmp := func(b *bound, want func(int) bool) bool {
-		c, ok := compare(nd, b)
+		c, ok := compare(t, nd, b)
 		if !ok {
 			t.unknown = true
 			return false
@@ -650,11 +650,11 @@ func ratOf(lit string) (*big.Rat, bool) {
 
 // integral reports whether the number nd is an integer (2.0 and 1e3 are,
 // as in the library); known is false when it could not tell.
-func integral(nd *node) (isInt, known bool) {
-	if nd.isInt || plainInt(nd.str) {
+func integral(t *tree, nd *node) (isInt, known bool) {
+	if nd.isInt || plainInt(t.get(nd.val)) {
 		return true, true
 	}
-	r, ok := ratOf(nd.str)
+	r, ok := ratOf(t.get(nd.val))
 	if !ok {
 		return false, false
 	}
@@ -663,8 +663,8 @@ func integral(nd *node) (isInt, known bool) {
 
 // compare compares the number nd with b: -1, 0 or +1; ok is false when
 // it could not tell.
-func compare(nd *node, b *bound) (int, bool) {
-	lit := nd.str
+func compare(t *tree, nd *node, b *bound) (int, bool) {
+	lit := t.get(nd.val)
 	if b.isInt {
 		switch {
 		case nd.isInt:
@@ -703,15 +703,15 @@ func sign(lit string) int {
 func equalsConst(t *tree, nd *node, c *fastConst) bool {
 	switch c.kind {
 	case kindString:
-		return nd.kind == kindString && nd.str == c.str
+		return nd.kind == kindString && t.get(nd.val) == c.str
 	case kindNumber:
 		if nd.kind != kindNumber {
 			return false
 		}
-		if nd.str == c.str {
+		if t.get(nd.val) == c.str {
 			return true
 		}
-		r, ok := ratOf(nd.str)
+		r, ok := ratOf(t.get(nd.val))
 		if !ok {
 			t.unknown = true
 			return false

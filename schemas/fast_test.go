@@ -393,9 +393,9 @@ func checkTreeDoc(t testing.TB, data []byte) {
 		if nd.kind != kindNumber {
 			continue
 		}
-		i, err := strconv.ParseInt(nd.str, 10, 64)
+		i, err := strconv.ParseInt(tr.get(nd.val), 10, 64)
 		if (err == nil) != nd.isInt || nd.isInt && i != nd.i {
-			t.Fatalf("number %s: isInt %v i %d, ParseInt %d %v", nd.str, nd.isInt, nd.i, i, err)
+			t.Fatalf("number %s: isInt %v i %d, ParseInt %d %v", tr.get(nd.val), nd.isInt, nd.i, i, err)
 		}
 	}
 }
@@ -412,9 +412,9 @@ func treeValue(tr *tree, n int32) any {
 	case kindTrue:
 		return true
 	case kindNumber:
-		return json.Number(nd.str)
+		return json.Number(tr.get(nd.val))
 	case kindString:
-		return nd.str
+		return tr.get(nd.val)
 	case kindArray:
 		out := []any{}
 		for c := nd.first; c >= 0; c = tr.nodes[c].next {
@@ -424,7 +424,7 @@ func treeValue(tr *tree, n int32) any {
 	}
 	out := map[string]any{}
 	for c := nd.first; c >= 0; c = tr.nodes[c].next {
-		out[tr.nodes[c].key] = treeValue(tr, c)
+		out[tr.key(c)] = treeValue(tr, c)
 	}
 	return out
 }
@@ -440,6 +440,7 @@ func TestClassSeqMatchesRegexp(t *testing.T) {
 		`^[a-z]+$`, `^a?b?$`, `^[a-c]{2,4}x[0-9]*$`, `^x{3}(?:ab){2}$`, `^(?:a[0-9]{1,3})?$`, `^$`, `^(?:)$`,
 		`^[A-Z][a-z]*-[0-9]+$`, `^.$`, `^[^a]$`, `^(?i)ab$`, `^é$`, `^a|b$`, `^[a-z]*[a-z0-9]$`, `^a*a$`,
 		`^[ab]?[bc]$`, `^a{0,2}a?$`, `^(?:ab)*$`, `^(?:a|b){2}$`, `[a-z]+`, `^[a-z]+`, `[a-z]+$`, `^\d{2}\s$`,
+		`^a{300}b$`, `^[0-9]{200}x{100}[a-z]?$`,
 	}
 	seen := map[string]bool{}
 	for _, name := range Names() {

@@ -9,7 +9,9 @@ import (
 
 // tree is a payload parsed once for the fast path (see fastSchema): every
 // JSON value is a node in one slice, strings are substrings of one copy of
-// the payload, and no map is built. It is pooled; a tree is used by one
+// the payload, and no map is built. Nodes hold no pointers (a string is
+// an offset and length into that copy), so filling and clearing them
+// costs the garbage collector nothing. It is pooled; a tree is used by one
 // goroutine at a time.
 //
 // The parser accepts exactly the JSON that encoding/json accepts, or less:
@@ -21,6 +23,7 @@ type tree struct {
 	src   string // a copy of data; node strings point into it
 	pos   int
 	nodes []node
+	unq   []string // strings that needed unescaping (see span)
 
 	unknown bool // set by fastSchema.valid when it cannot tell
 }
@@ -40,16 +43,42 @@ const (
 // node is one JSON value. Children of an array or object are linked
 // through first and next, in document order.
 type node struct {
-	str        string // string value (unescaped as encoding/json does) or number literal
-	key        string // member name, for a member of an object
-	i          int64  // a number's value when isInt
-	start, end int32  // the value's bytes, data[start:end]
-	first      int32  // first child, -1 if none
-	next       int32  // next sibling, -1 if none
-	n          int32  // number of children
+	i          int64 // a number's value when isInt
+	start, end int32 // the value's bytes, data[start:end]
+	val        span  // string value (unescaped as encoding/json does) or number literal
+	key        span  // member name, for a member of an object
+	first      int32 // first child, -1 if none
+	next       int32 // next sibling, -1 if none
+	n          int32 // number of children
 	kind       nodeKind
 	isInt      bool // a number written without fraction or exponent that fits an int64
 }
+
+// span is a string of a tree: src[off:off+n], or, when off is negative,
+// unq[-off-1] (a string that had escapes or invalid UTF-8).
+type span struct{ off, n int32 }
+
+// get returns the string s stands for.
+func (t *tree) get(s span) string {
+	if s.off < 0 {
+		return t.unq[-s.off-1]
+	}
+	return t.src[s.off : s.off+s.n]
+}
+
+// same reports whether a and b stand for the same string.
+func (t *tree) same(a, b span) bool {
+	if a.off >= 0 && b.off >= 0 && a.n != b.n {
+		return false
+	}
+	return t.get(a) == t.get(b)
+}
+
+// str returns the string value or number literal of node n.
+func (t *tree) str(n int32) string { return t.get(t.nodes[n].val) }
+
+// key returns the member name of node n.
+func (t *tree) key(n int32) string { return t.get(t.nodes[n].key) }
 
 const (
 	// maxDepth bounds nesting; deeper payloads take the slow path. No
@@ -70,10 +99,10 @@ func (t *tree) release() {
 	if cap(t.nodes) > 4096 {
 		t.nodes = make([]node, 0, 128)
 	} else {
-		clear(t.nodes)
 		t.nodes = t.nodes[:0]
 	}
-	t.data, t.src, t.pos = nil, "", 0
+	clear(t.unq)
+	t.data, t.src, t.pos, t.unq = nil, "", 0, t.unq[:0]
 	trees.Put(t)
 }
 
@@ -113,9 +142,9 @@ func (t *tree) value(depth int) (int32, bool) {
 	case '[':
 		ok = t.array(idx, depth)
 	case '"':
-		var s string
+		var s span
 		s, ok = t.string()
-		t.nodes[idx].kind, t.nodes[idx].str = kindString, s
+		t.nodes[idx].kind, t.nodes[idx].val = kindString, s
 	case 't':
 		ok = t.literal("true")
 		t.nodes[idx].kind = kindTrue
@@ -129,7 +158,7 @@ func (t *tree) value(depth int) (int32, bool) {
 		start := t.pos
 		nd := &t.nodes[idx]
 		ok = t.number(nd)
-		nd.kind, nd.str = kindNumber, t.src[start:t.pos]
+		nd.kind, nd.val = kindNumber, span{int32(start), int32(t.pos - start)}
 	}
 	t.nodes[idx].end = int32(t.pos)
 	return idx, ok
@@ -161,7 +190,7 @@ func (t *tree) object(idx int32, depth int) bool {
 			return false
 		}
 		for c := t.nodes[idx].first; c >= 0; c = t.nodes[c].next {
-			if t.nodes[c].key == key {
+			if t.same(t.nodes[c].key, key) {
 				return false // encoding/json keeps the last; leave that to it
 			}
 		}
@@ -241,8 +270,8 @@ func (t *tree) link(parent, last, c int32) {
 // string scans a JSON string at t.pos and returns its value. A string
 // without escapes in valid UTF-8 is a substring of t.src; anything else is
 // unquoted by encoding/json itself, so both paths see the same value
-// (invalid UTF-8 and lone surrogates become U+FFFD).
-func (t *tree) string() (string, bool) {
+// (invalid UTF-8 and lone surrogates become U+FFFD), and kept in t.unq.
+func (t *tree) string() (span, bool) {
 	d := t.data
 	start := t.pos + 1
 	escaped, ascii := false, true
@@ -256,32 +285,33 @@ func (t *tree) string() (string, bool) {
 		switch c := d[i]; {
 		case c == '"':
 			t.pos = i + 1
-			if s := t.src[start:i]; !escaped && (ascii || utf8.ValidString(s)) {
-				return s, true
+			if !escaped && (ascii || utf8.ValidString(t.src[start:i])) {
+				return span{int32(start), int32(i - start)}, true
 			}
 			var s string
 			if err := json.Unmarshal(d[start-1:i+1], &s); err != nil {
-				return "", false
+				return span{}, false
 			}
-			return s, true
+			t.unq = append(t.unq, s)
+			return span{-int32(len(t.unq)), 0}, true
 		case c == '\\':
 			escaped = true
 			if i+1 >= len(d) {
-				return "", false
+				return span{}, false
 			}
 			switch d[i+1] {
 			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
 				i += 2
 			case 'u':
 				if i+6 > len(d) || !isHex(d[i+2]) || !isHex(d[i+3]) || !isHex(d[i+4]) || !isHex(d[i+5]) {
-					return "", false
+					return span{}, false
 				}
 				i += 6
 			default:
-				return "", false
+				return span{}, false
 			}
 		case c < 0x20:
-			return "", false
+			return span{}, false
 		case c >= utf8.RuneSelf:
 			ascii = false
 			i++
@@ -289,7 +319,7 @@ func (t *tree) string() (string, bool) {
 			i++
 		}
 	}
-	return "", false
+	return span{}, false
 }
 
 // plainByte marks the bytes a JSON string holds as they are: printable
@@ -369,7 +399,7 @@ func (t *tree) number(nd *node) bool {
 // member returns the child of object node o named key, or -1.
 func (t *tree) member(o int32, key string) int32 {
 	for c := t.nodes[o].first; c >= 0; c = t.nodes[c].next {
-		if t.nodes[c].key == key {
+		if t.key(c) == key {
 			return c
 		}
 	}

@@ -74,7 +74,7 @@ func buildDecoder(typ reflect.Type, building map[reflect.Type]bool) decodeFn {
 			if nd.kind != kindString {
 				return false
 			}
-			v.SetString(nd.str)
+			v.SetString(t.get(nd.val))
 			return true
 		}
 	case reflect.Bool:
@@ -106,7 +106,7 @@ func buildDecoder(typ reflect.Type, building map[reflect.Type]bool) decodeFn {
 			if nd.kind != kindNumber {
 				return false
 			}
-			u, err := strconv.ParseUint(nd.str, 10, 64)
+			u, err := strconv.ParseUint(t.get(nd.val), 10, 64)
 			if err != nil || v.OverflowUint(u) {
 				return false
 			}
@@ -120,7 +120,7 @@ func buildDecoder(typ reflect.Type, building map[reflect.Type]bool) decodeFn {
 			if nd.kind != kindNumber {
 				return false
 			}
-			f, err := strconv.ParseFloat(nd.str, bits)
+			f, err := strconv.ParseFloat(t.get(nd.val), bits)
 			if err != nil || v.OverflowFloat(f) {
 				return false
 			}
@@ -188,7 +188,7 @@ func buildDecoder(typ reflect.Type, building map[reflect.Type]bool) decodeFn {
 				if !elem(t, c, ev) {
 					return false
 				}
-				m.SetMapIndex(reflect.ValueOf(t.nodes[c].key).Convert(kt), ev)
+				m.SetMapIndex(reflect.ValueOf(t.key(c)).Convert(kt), ev)
 			}
 			v.Set(m)
 			return true
@@ -207,7 +207,7 @@ func buildDecoder(typ reflect.Type, building map[reflect.Type]bool) decodeFn {
 			for c := nd.first; c >= 0; c = t.nodes[c].next {
 				// A name that is not exactly a field's (encoding/json would
 				// also try it case-insensitively, or skip it) goes the slow way.
-				f := findField(fields, t.nodes[c].key, &cursor)
+				f := findField(fields, t.key(c), &cursor)
 				if f == nil || !f.decode(t, c, v.FieldByIndex(f.index)) {
 					return false
 				}

@@ -187,7 +187,7 @@ func checkFast(fs *fastSchema, name, job string, data []byte, out any) (done boo
 		// The schema made the payload an object with a string job_id.
 		got := ""
 		if c := t.member(0, "job_id"); c >= 0 && t.nodes[c].kind == kindString {
-			got = t.nodes[c].str
+			got = t.str(c)
 		}
 		if err := checkJob(name, job, got); err != nil {
 			return true, err
