@@ -646,3 +646,68 @@ func TestFastDateTime(t *testing.T) {
 		check(s[:i] + string(rune(r.IntN(128))) + s[i+1:])
 	}
 }
+
+// decodeTree writes every kind it takes as encoding/json does, at the
+// right offsets (embedded structs included), or hands over.
+func TestDecodeTreeKinds(t *testing.T) {
+	type Inner struct {
+		S  string  `json:"s"`
+		U8 uint8   `json:"u8"`
+		F  float32 `json:"f"`
+	}
+	type all struct {
+		Pre int64 `json:"pre"` // so Inner's fields are not at offset 0
+		Inner
+		B   bool              `json:"b"`
+		I   int               `json:"i"`
+		I8  int8              `json:"i8"`
+		I16 int16             `json:"i16"`
+		I32 int32             `json:"i32"`
+		I64 int64             `json:"i64"`
+		U   uint              `json:"u"`
+		U16 uint16            `json:"u16"`
+		U32 uint32            `json:"u32"`
+		U64 uint64            `json:"u64"`
+		F64 float64           `json:"f64"`
+		P   *Inner            `json:"p"`
+		L   []Inner           `json:"l"`
+		M   map[string]int32  `json:"m"`
+		T   time.Time         `json:"t"`
+		E   []string          `json:"e"`
+		N   map[string]string `json:"n"`
+	}
+	docs := []string{
+		`{"pre":7,"s":"a","u8":255,"f":1.5,"b":true,"i":-9223372036854775808,"i8":-128,"i16":32767,"i32":-2147483648,"i64":9223372036854775807,
+		  "u":18446744073709551615,"u16":65535,"u32":4294967295,"u64":1,"f64":-2.5e-300,"p":{"s":"x","u8":1,"f":-0},
+		  "l":[{"s":"y"},{"u8":2},{}],"m":{"a":1,"b":-2147483648},"t":"2025-01-02T03:04:05.5+01:00","e":[],"n":{}}`,
+		`{"b":false,"u8":0,"i8":127,"i16":-32768,"f":3.4028234663852886e38}`,
+		`{"u8":256}`, `{"i8":128}`, `{"i8":-129}`, `{"i16":32768}`, `{"i32":2147483648}`, `{"u16":65536}`, `{"u32":4294967296}`,
+		`{"u":-1}`, `{"u64":18446744073709551616}`, `{"i64":9223372036854775808}`, `{"f":3.5e38}`, `{"f64":1e400}`,
+		`{"i":1.0}`, `{"i":1e2}`, `{"u8":"1"}`, `{"s":1}`, `{"b":"true"}`, `{"p":null}`, `{"l":null}`, `{"l":[1]}`,
+		`{"m":{"a":2147483648}}`, `{"t":"nope"}`, `{"S":"case"}`, `{"x":1}`,
+	}
+	for i, d := range docs {
+		tr := getTree()
+		if !tr.parse([]byte(d)) {
+			t.Fatalf("tree refuses %s", d)
+		}
+		var got all
+		ok := decodeTree(tr, &got)
+		tr.release()
+		var want all
+		err := json.Unmarshal([]byte(d), &want)
+		if !ok {
+			if i < 2 {
+				t.Errorf("%s: decodeTree hands over a document it should decode", d)
+			}
+			continue // handed over to encoding/json
+		}
+		if err != nil {
+			t.Errorf("%s: decodeTree takes it, encoding/json fails: %v", d, err)
+			continue
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("%s:\ndecodeTree   %+v\nencoding/json %+v", d, got, want)
+		}
+	}
+}

@@ -3,17 +3,25 @@ package schemas
 import (
 	"encoding"
 	"encoding/json"
+	"math"
 	"reflect"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"unsafe"
 )
 
-// decodeFn stores node n of t into v (settable) and reports whether it
-// could do so exactly as encoding/json.Unmarshal would. false leaves v
-// partly written; the caller zeroes it and runs encoding/json.
-type decodeFn func(t *tree, n int32, v reflect.Value) bool
+// decodeFn stores node n of t into the value at p, whose type the
+// function was built for, and reports whether it could do so exactly as
+// encoding/json.Unmarshal would. false leaves the value partly written;
+// the caller zeroes it and runs encoding/json.
+//
+// The functions write through unsafe pointers at offsets that reflect
+// gave when they were built (a field's Offset, a slice element's Size),
+// instead of going through reflect.Value for every member: the catalog
+// decodes every event, and reflect's checks were a fifth of Decode.
+type decodeFn func(t *tree, n int32, p unsafe.Pointer) bool
 
 // decoders caches a decodeFn per Go type; a nil decodeFn means the type
 // uses something this file does not mirror (the caller then always uses
@@ -30,9 +38,9 @@ var (
 // to a zero value) as encoding/json.Unmarshal would, and reports whether
 // it could.
 func decodeTree(t *tree, out any) bool {
-	v := reflect.ValueOf(out).Elem()
-	fn := decoderFor(v.Type())
-	return fn != nil && fn(t, 0, v)
+	v := reflect.ValueOf(out)
+	fn := decoderFor(v.Type().Elem())
+	return fn != nil && fn(t, 0, v.UnsafePointer())
 }
 
 func decoderFor(typ reflect.Type) decodeFn {
@@ -56,12 +64,12 @@ func buildDecoder(typ reflect.Type, building map[reflect.Type]bool) decodeFn {
 	ptr := reflect.PointerTo(typ)
 	if ptr.Implements(jsonUnmarshalerType) {
 		// encoding/json hands the value's bytes, as written, to UnmarshalJSON.
-		return func(t *tree, n int32, v reflect.Value) bool {
+		return func(t *tree, n int32, p unsafe.Pointer) bool {
 			nd := &t.nodes[n]
 			if nd.kind == kindNull {
 				return false
 			}
-			return v.Addr().Interface().(json.Unmarshaler).UnmarshalJSON(t.data[nd.start:nd.end]) == nil
+			return reflect.NewAt(typ, p).Interface().(json.Unmarshaler).UnmarshalJSON(t.data[nd.start:nd.end]) == nil
 		}
 	}
 	if ptr.Implements(textUnmarshalerType) || typ == jsonNumberType {
@@ -69,78 +77,80 @@ func buildDecoder(typ reflect.Type, building map[reflect.Type]bool) decodeFn {
 	}
 	switch typ.Kind() {
 	case reflect.String:
-		return func(t *tree, n int32, v reflect.Value) bool {
+		return func(t *tree, n int32, p unsafe.Pointer) bool {
 			nd := &t.nodes[n]
 			if nd.kind != kindString {
 				return false
 			}
-			v.SetString(t.get(nd.val))
+			*(*string)(p) = t.get(nd.val)
 			return true
 		}
 	case reflect.Bool:
-		return func(t *tree, n int32, v reflect.Value) bool {
+		return func(t *tree, n int32, p unsafe.Pointer) bool {
 			switch t.nodes[n].kind {
 			case kindTrue:
-				v.SetBool(true)
+				*(*bool)(p) = true
 			case kindFalse:
-				v.SetBool(false)
+				*(*bool)(p) = false
 			default:
 				return false
 			}
 			return true
 		}
 	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
-		return func(t *tree, n int32, v reflect.Value) bool {
+		set := setInt(typ)
+		return func(t *tree, n int32, p unsafe.Pointer) bool {
 			nd := &t.nodes[n]
-			if nd.kind != kindNumber || !nd.isInt || v.OverflowInt(nd.i) {
-				// Not an int64 as strconv.ParseInt reads it: encoding/json
-				// fails; let it say so.
-				return false
-			}
-			v.SetInt(nd.i)
-			return true
+			// Not an int64 as strconv.ParseInt reads it, or out of the
+			// type's range: encoding/json fails; let it say so.
+			return nd.kind == kindNumber && nd.isInt && set(p, nd.i)
 		}
 	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
-		return func(t *tree, n int32, v reflect.Value) bool {
+		set := setUint(typ)
+		return func(t *tree, n int32, p unsafe.Pointer) bool {
 			nd := &t.nodes[n]
 			if nd.kind != kindNumber {
 				return false
 			}
 			u, err := strconv.ParseUint(t.get(nd.val), 10, 64)
-			if err != nil || v.OverflowUint(u) {
-				return false
-			}
-			v.SetUint(u)
-			return true
+			return err == nil && set(p, u)
 		}
 	case reflect.Float32, reflect.Float64:
 		bits := typ.Bits()
-		return func(t *tree, n int32, v reflect.Value) bool {
+		return func(t *tree, n int32, p unsafe.Pointer) bool {
 			nd := &t.nodes[n]
 			if nd.kind != kindNumber {
 				return false
 			}
 			f, err := strconv.ParseFloat(t.get(nd.val), bits)
-			if err != nil || v.OverflowFloat(f) {
+			if err != nil {
 				return false
 			}
-			v.SetFloat(f)
+			if bits == 32 {
+				if math.Abs(f) > math.MaxFloat32 {
+					return false
+				}
+				*(*float32)(p) = float32(f)
+			} else {
+				*(*float64)(p) = f
+			}
 			return true
 		}
 	case reflect.Pointer:
-		elem := buildDecoder(typ.Elem(), building)
+		elemType := typ.Elem()
+		elem := buildDecoder(elemType, building)
 		if elem == nil {
 			return nil
 		}
-		return func(t *tree, n int32, v reflect.Value) bool {
+		return func(t *tree, n int32, p unsafe.Pointer) bool {
 			if t.nodes[n].kind == kindNull {
 				return false
 			}
-			p := reflect.New(typ.Elem())
-			if !elem(t, n, p.Elem()) {
+			q := reflect.New(elemType).UnsafePointer()
+			if !elem(t, n, q) {
 				return false
 			}
-			v.Set(p)
+			*(*unsafe.Pointer)(p) = q
 			return true
 		}
 	case reflect.Slice:
@@ -151,21 +161,23 @@ func buildDecoder(typ reflect.Type, building map[reflect.Type]bool) decodeFn {
 		if elem == nil {
 			return nil
 		}
-		return func(t *tree, n int32, v reflect.Value) bool {
+		size := typ.Elem().Size()
+		return func(t *tree, n int32, p unsafe.Pointer) bool {
 			nd := &t.nodes[n]
 			if nd.kind != kindArray {
 				return false
 			}
 			// Like encoding/json, an empty array is an empty, non-nil slice.
 			s := reflect.MakeSlice(typ, int(nd.n), int(nd.n))
-			i := 0
+			base := s.UnsafePointer()
+			i := uintptr(0)
 			for c := nd.first; c >= 0; c = t.nodes[c].next {
-				if !elem(t, c, s.Index(i)) {
+				if !elem(t, c, unsafe.Add(base, i*size)) {
 					return false
 				}
 				i++
 			}
-			v.Set(s)
+			reflect.NewAt(typ, p).Elem().Set(s)
 			return true
 		}
 	case reflect.Map:
@@ -177,28 +189,28 @@ func buildDecoder(typ reflect.Type, building map[reflect.Type]bool) decodeFn {
 		if elem == nil {
 			return nil
 		}
-		return func(t *tree, n int32, v reflect.Value) bool {
+		return func(t *tree, n int32, p unsafe.Pointer) bool {
 			nd := &t.nodes[n]
 			if nd.kind != kindObject {
 				return false
 			}
 			m := reflect.MakeMapWithSize(typ, int(nd.n))
 			for c := nd.first; c >= 0; c = t.nodes[c].next {
-				ev := reflect.New(typ.Elem()).Elem()
-				if !elem(t, c, ev) {
+				ev := reflect.New(typ.Elem())
+				if !elem(t, c, ev.UnsafePointer()) {
 					return false
 				}
-				m.SetMapIndex(reflect.ValueOf(t.key(c)).Convert(kt), ev)
+				m.SetMapIndex(reflect.ValueOf(t.key(c)).Convert(kt), ev.Elem())
 			}
-			v.Set(m)
+			reflect.NewAt(typ, p).Elem().Set(m)
 			return true
 		}
 	case reflect.Struct:
 		var fields []structField
-		if !collectFields(typ, nil, &fields, building) {
+		if !collectFields(typ, 0, &fields, building) {
 			return nil
 		}
-		return func(t *tree, n int32, v reflect.Value) bool {
+		return func(t *tree, n int32, p unsafe.Pointer) bool {
 			nd := &t.nodes[n]
 			if nd.kind != kindObject {
 				return false
@@ -208,7 +220,7 @@ func buildDecoder(typ reflect.Type, building map[reflect.Type]bool) decodeFn {
 				// A name that is not exactly a field's (encoding/json would
 				// also try it case-insensitively, or skip it) goes the slow way.
 				f := findField(fields, t.key(c), &cursor)
-				if f == nil || !f.decode(t, c, v.FieldByIndex(f.index)) {
+				if f == nil || !f.decode(t, c, unsafe.Add(p, f.offset)) {
 					return false
 				}
 			}
@@ -220,8 +232,39 @@ func buildDecoder(typ reflect.Type, building map[reflect.Type]bool) decodeFn {
 
 type structField struct {
 	name   string
-	index  []int
+	offset uintptr // from the start of the outermost struct (embedded structs add up)
 	decode decodeFn
+}
+
+// setInt returns a function that stores v at p as an integer of kind typ,
+// or reports false when v is out of its range.
+func setInt(typ reflect.Type) func(p unsafe.Pointer, v int64) bool {
+	bits := typ.Bits()
+	fits := func(v int64) bool { return bits == 64 || v >= -1<<(bits-1) && v < 1<<(bits-1) }
+	switch bits {
+	case 8:
+		return func(p unsafe.Pointer, v int64) bool { *(*int8)(p) = int8(v); return fits(v) }
+	case 16:
+		return func(p unsafe.Pointer, v int64) bool { *(*int16)(p) = int16(v); return fits(v) }
+	case 32:
+		return func(p unsafe.Pointer, v int64) bool { *(*int32)(p) = int32(v); return fits(v) }
+	}
+	return func(p unsafe.Pointer, v int64) bool { *(*int64)(p) = v; return true }
+}
+
+// setUint is setInt for unsigned kinds.
+func setUint(typ reflect.Type) func(p unsafe.Pointer, v uint64) bool {
+	bits := typ.Bits()
+	fits := func(v uint64) bool { return bits == 64 || v < 1<<bits }
+	switch bits {
+	case 8:
+		return func(p unsafe.Pointer, v uint64) bool { *(*uint8)(p) = uint8(v); return fits(v) }
+	case 16:
+		return func(p unsafe.Pointer, v uint64) bool { *(*uint16)(p) = uint16(v); return fits(v) }
+	case 32:
+		return func(p unsafe.Pointer, v uint64) bool { *(*uint32)(p) = uint32(v); return fits(v) }
+	}
+	return func(p unsafe.Pointer, v uint64) bool { *(*uint64)(p) = v; return true }
 }
 
 // findField returns the field called name, or nil. Like propList.find it
@@ -246,7 +289,7 @@ func findField(fields []structField, name string, cursor *int) *structField {
 // untagged embedded structs like encoding/json. It reports false for what
 // it does not mirror: embedded pointers, the ",string" option, unusual
 // names, and any name two fields claim (encoding/json's dominance rules).
-func collectFields(typ reflect.Type, index []int, out *[]structField, building map[reflect.Type]bool) bool {
+func collectFields(typ reflect.Type, base uintptr, out *[]structField, building map[reflect.Type]bool) bool {
 	for i := range typ.NumField() {
 		f := typ.Field(i)
 		tag := f.Tag.Get("json")
@@ -254,13 +297,13 @@ func collectFields(typ reflect.Type, index []int, out *[]structField, building m
 			continue
 		}
 		name, opts, _ := strings.Cut(tag, ",")
-		idx := append(append([]int(nil), index...), i)
+		off := base + f.Offset
 		if f.Anonymous {
 			if f.Type.Kind() == reflect.Pointer || !f.IsExported() && name != "" {
 				return false
 			}
 			if name == "" && f.Type.Kind() == reflect.Struct {
-				if !collectFields(f.Type, idx, out, building) {
+				if !collectFields(f.Type, off, out, building) {
 					return false
 				}
 				continue
@@ -287,7 +330,7 @@ func collectFields(typ reflect.Type, index []int, out *[]structField, building m
 		if dec == nil {
 			return false
 		}
-		*out = append(*out, structField{name: name, index: idx, decode: dec})
+		*out = append(*out, structField{name: name, offset: off, decode: dec})
 	}
 	return true
 }
