@@ -94,15 +94,21 @@ var trees = sync.Pool{New: func() any { return &tree{nodes: make([]node, 0, 128)
 func getTree() *tree { return trees.Get().(*tree) }
 
 // release returns t to the pool without keeping the payload alive; the
-// node slice of an unusually large payload is dropped, not kept.
+// node and string slices of an unusually large payload are dropped, not
+// kept.
 func (t *tree) release() {
 	if cap(t.nodes) > 4096 {
 		t.nodes = make([]node, 0, 128)
 	} else {
 		t.nodes = t.nodes[:0]
 	}
-	clear(t.unq)
-	t.data, t.src, t.pos, t.unq = nil, "", 0, t.unq[:0]
+	if cap(t.unq) > 4096 {
+		t.unq = nil
+	} else {
+		clear(t.unq)
+		t.unq = t.unq[:0]
+	}
+	t.data, t.src, t.pos = nil, "", 0
 	trees.Put(t)
 }
 
