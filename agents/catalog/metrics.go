@@ -1,9 +1,9 @@
 package catalog
 
 import (
-	"errors"
-
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sendense/sendense/internal/promreg"
 )
 
 // Poison stages, the "stage" label of sendense_catalog_events_poison_total.
@@ -33,52 +33,37 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		return nil
 	}
 	return &metrics{
-		applied: register(reg, prometheus.NewCounter(prometheus.CounterOpts{
+		applied: promreg.Register(reg, prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sendense_catalog_events_applied_total",
 			Help: "Events applied to the catalog and acknowledged.",
 		})),
-		duplicates: register(reg, prometheus.NewCounter(prometheus.CounterOpts{
+		duplicates: promreg.Register(reg, prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sendense_catalog_events_duplicate_total",
 			Help: "Redelivered or repeated events the catalog had already applied (a no-op), acknowledged.",
 		})),
-		poison: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		poison: promreg.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sendense_catalog_events_poison_total",
 			Help: "Events recorded as poison and terminated, by stage (schema, store).",
 		}, []string{"stage"})),
-		batches: register(reg, prometheus.NewCounter(prometheus.CounterOpts{
+		batches: promreg.Register(reg, prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sendense_catalog_batches_total",
 			Help: "Batches committed to the catalog in one bbolt transaction each.",
 		})),
-		failures: register(reg, prometheus.NewCounter(prometheus.CounterOpts{
+		failures: promreg.Register(reg, prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sendense_catalog_commit_failures_total",
 			Help: "Batches whose transaction failed; their events were negatively acknowledged.",
 		})),
-		batchSize: register(reg, prometheus.NewHistogram(prometheus.HistogramOpts{
+		batchSize: promreg.Register(reg, prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "sendense_catalog_batch_events",
 			Help:    "Messages per batch.",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 11), // 1 .. 1024
 		})),
-		commit: register(reg, prometheus.NewHistogram(prometheus.HistogramOpts{
+		commit: promreg.Register(reg, prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "sendense_catalog_commit_seconds",
 			Help:    "Time of one store.Apply: the batch's bbolt transaction, synced to disk.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16), // 100 µs .. 3.3 s
 		})),
 	}
-}
-
-// register registers c, or returns the collector already registered under
-// the same description (a second Run with the same registry).
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if old, ok := are.ExistingCollector.(C); ok {
-				return old
-			}
-		}
-		panic(err) // a programming error: conflicting metric names
-	}
-	return c
 }
 
 func (m *metrics) batch(n int, seconds float64) {

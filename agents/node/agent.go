@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 	"github.com/vmware/govmomi/vim25/types"
 
@@ -91,6 +92,9 @@ type Config struct {
 	// set per disk).
 	Copy copier.Options
 	Log  zerolog.Logger
+	// Registry receives the agent's Prometheus metrics (sendense_agent_*).
+	// Nil: no metrics.
+	Registry prometheus.Registerer
 }
 
 func (c *Config) defaults() error {
@@ -140,9 +144,10 @@ type Deps struct {
 
 // Agent runs backups. Run it once.
 type Agent struct {
-	cfg  Config
-	deps Deps
-	log  zerolog.Logger
+	cfg     Config
+	deps    Deps
+	log     zerolog.Logger
+	metrics *metrics
 }
 
 // New checks the configuration and returns an agent.
@@ -154,7 +159,8 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		deps.Sources == nil || deps.Targets == nil || deps.Catalog == nil {
 		return nil, errors.New("node agent: every dependency is required")
 	}
-	return &Agent{cfg: cfg, deps: deps, log: cfg.Log.With().Str("role", "agent").Str("agent", cfg.AgentID).Logger()}, nil
+	return &Agent{cfg: cfg, deps: deps, log: cfg.Log.With().Str("role", "agent").Str("agent", cfg.AgentID).Logger(),
+		metrics: newMetrics(cfg.Registry)}, nil
 }
 
 // Run takes requests until ctx ends. Then it stops taking work, fails its

@@ -27,4 +27,13 @@
 //
 // The agent never passes state through environment variables, file names or
 // port numbers: identity travels in the events (invariant 1).
+//
+// # Metrics
+//
+// With Config.Registry set (sendense serve passes the one it serves with
+// --metrics-listen), the agent exports sendense_agent_jobs_total by
+// outcome (completed, failed, rejected; a retried job counts each failed
+// attempt), sendense_agent_jobs_running, the bytes completed backups read
+// and wrote (sendense_agent_read_bytes_total,
+// sendense_agent_written_bytes_total) and sendense_agent_job_seconds.
 package node

@@ -96,6 +96,8 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	r.log.Info().Str("holder", holder).Msg("lease taken")
 
+	began := time.Now()
+	done := a.metrics.started()
 	completed, err := a.run(lease.Context(), r)
 	if err == nil {
 		// The copy is done and the targets are closed: finish reporting it
@@ -104,6 +106,7 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 		err = a.publish(cctx, schemas.NameCompleted, completed)
 		cancel()
 	}
+	done()
 	if err != nil {
 		if lerr := lease.Err(); lerr != nil && ctx.Err() == nil {
 			// The lease was lost while the agent was not shutting down.
@@ -113,6 +116,7 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	r.log.Info().Int("disks", len(completed.Disks)).Msg("backup completed")
+	a.metrics.completed(completed, time.Since(began))
 	a.awaitCatalog(ctx, r, store.StatusCompleted)
 	a.release(lease, r)
 	stop()
@@ -195,6 +199,7 @@ func (a *Agent) rejectAndTerm(ctx context.Context, r *request, stop func(), rj *
 		ev.VM.Name = r.req.VM
 	}
 	r.log.Warn().Str("reason", rj.reason).Err(rj.err).Msg("request rejected")
+	a.metrics.outcome(OutcomeRejected)
 	stop()
 	if err := a.publish(cctx, schemas.NameRejected, ev); err != nil {
 		// Not terminated: a redelivery gets another chance to say why.
@@ -223,6 +228,7 @@ func (a *Agent) failAndSettle(ctx context.Context, r *request, lease *bus.Lease,
 		ev.VM.Name = r.req.VM // failed before the VM was resolved
 	}
 	r.log.Error().Err(err).Str("reason", reason).Bool("retryable", ev.Retryable).Msg("backup failed")
+	a.metrics.outcome(OutcomeFailed)
 	if perr := a.publish(cctx, schemas.NameFailed, ev); perr != nil {
 		r.log.Error().Err(perr).Msg("publish failure")
 	} else {

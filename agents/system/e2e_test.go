@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sendense/sendense/agents/node"
 	"github.com/sendense/sendense/schemas"
 	"github.com/sendense/sendense/store"
 )
@@ -84,6 +85,20 @@ func TestFullThenIncremental(t *testing.T) {
 	if snaps := h.snapshots("pgtest1"); len(snaps) != 0 {
 		t.Errorf("snapshots left: %v", snaps)
 	}
+	// What the agent's metrics say matches the events.
+	var read, written int64
+	for _, c := range []*schemas.Completed{full, inc} {
+		for _, d := range c.Disks {
+			read, written = read+d.BytesRead, written+d.BytesWritten
+		}
+	}
+	h.waitMetric("sendense_agent_jobs_total", node.OutcomeCompleted, 2)
+	h.waitMetric("sendense_agent_read_bytes_total", "", float64(read))
+	h.waitMetric("sendense_agent_written_bytes_total", "", float64(written))
+	h.waitMetric("sendense_agent_jobs_running", "", 0)
+	if got := h.metric("sendense_agent_jobs_total", node.OutcomeFailed); got != 0 {
+		t.Errorf("agent counted %v failed jobs, want 0", got)
+	}
 }
 
 // TestBadRequests: each bad input gets backup.rejected with its reason and
@@ -119,6 +134,8 @@ func TestBadRequests(t *testing.T) {
 	h.completed(id)
 	// Nothing is left in the work queue: rejected requests were terminated.
 	h.queueDrains()
+	h.waitMetric("sendense_agent_jobs_total", node.OutcomeRejected, float64(len(cases)))
+	h.waitMetric("sendense_agent_jobs_total", node.OutcomeCompleted, 1)
 }
 
 // TestSameVMTwice: two requests at once run one after the other, both

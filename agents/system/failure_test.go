@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sendense/sendense/agents/node"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
 	"github.com/sendense/sendense/store"
@@ -136,6 +137,8 @@ func TestTransientFailureGivesUp(t *testing.T) {
 	}
 	h.job(id, store.StatusFailed)
 	h.queueDrains()
+	h.waitMetric("sendense_agent_jobs_total", node.OutcomeFailed, 3)
+	h.waitMetric("sendense_agent_jobs_running", "", 0)
 }
 
 // TestStaleSnapshots: before a backup the agent removes sendense-*

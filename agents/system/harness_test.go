@@ -266,3 +266,53 @@ func (h *harness) chain(path string) []imgInfo {
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// metric returns the value of the counter or gauge name (with label
+// outcome=outcome when outcome is not empty) in the system's registry, 0
+// when it has no sample yet.
+func (h *harness) metric(name, outcome string) float64 {
+	h.t.Helper()
+	families, err := h.sys.Registry.Gather()
+	if err != nil {
+		h.t.Fatalf("gather metrics: %v", err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			match := outcome == ""
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "outcome" && l.GetValue() == outcome {
+					match = true
+				}
+			}
+			if !match {
+				continue
+			}
+			if c := m.GetCounter(); c != nil {
+				return c.GetValue()
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	return 0
+}
+
+// waitMetric waits (10 s at most) until metric(name, outcome) is want: the
+// agent counts a job just after publishing its last event.
+func (h *harness) waitMetric(name, outcome string, want float64) {
+	h.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := h.metric(name, outcome)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			h.t.Errorf("metric %s{outcome=%q} = %v, want %v", name, outcome, got, want)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

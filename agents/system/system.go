@@ -394,7 +394,7 @@ func (s *System) startAgent(ctx context.Context) error {
 		return err
 	}
 	cfg := s.cfg.AgentConfig
-	cfg.AgentID, cfg.Log = s.cfg.AgentID, s.log
+	cfg.AgentID, cfg.Log, cfg.Registry = s.cfg.AgentID, s.log, s.Registry
 	if s.cfg.MaxJobs > 0 {
 		cfg.MaxJobs = s.cfg.MaxJobs
 	}
