@@ -11,25 +11,32 @@ import (
 )
 
 // ServiceError is an error answer of a NATS micro service: the
-// Nats-Service-Error-Code and Nats-Service-Error headers of the reply.
+// Nats-Service-Error-Code and Nats-Service-Error headers of the reply. Err
+// is the sentinel error its code stands for, if the caller named one (see
+// Request), so errors.Is matches it.
 type ServiceError struct {
 	Subject     string
 	Code        string
 	Description string
+	Err         error
 }
 
 func (e *ServiceError) Error() string {
 	return fmt.Sprintf("%s: %s (code %s)", e.Subject, e.Description, e.Code)
 }
 
+// Unwrap returns the sentinel error of the code, or nil.
+func (e *ServiceError) Unwrap() error { return e.Err }
+
 // Request is the one request/reply call of the service clients (catalog,
 // repository, testbed control): it sends req as JSON on subject, waits for
 // the reply within ctx (or within timeout when ctx has no deadline), and
 // decodes it into reply (nil: the reply is ignored). An error answer is
-// returned as mapErr(code, description), or as a *ServiceError when mapErr
-// is nil. With no service listening the error wraps nats.ErrNoResponders.
+// returned as a *ServiceError that wraps sentinels[code] (nothing when the
+// code is not in the map). With no service listening the error wraps
+// nats.ErrNoResponders.
 func Request(ctx context.Context, nc *nats.Conn, subject string, req, reply any, timeout time.Duration,
-	mapErr func(code, description string) error) error {
+	sentinels map[string]error) error {
 	if _, ok := ctx.Deadline(); !ok && timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, timeout)
@@ -44,11 +51,7 @@ func Request(ctx context.Context, nc *nats.Conn, subject string, req, reply any,
 		return fmt.Errorf("request %s: %w", subject, err)
 	}
 	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
-		desc := msg.Header.Get(micro.ErrorHeader)
-		if mapErr != nil {
-			return mapErr(code, desc)
-		}
-		return &ServiceError{Subject: subject, Code: code, Description: desc}
+		return &ServiceError{Subject: subject, Code: code, Description: msg.Header.Get(micro.ErrorHeader), Err: sentinels[code]}
 	}
 	if reply == nil {
 		return nil

@@ -17,7 +17,7 @@ import (
 const DefaultTimeout = 5 * time.Second
 
 // Client asks the catalog service over NATS request/reply. It is safe for
-// concurrent use. Errors: a *ServiceError for an error answer (matching
+// concurrent use. Errors: a *bus.ServiceError for an error answer (matching
 // store.ErrNotFound for 404 and ErrBadRequest for 400), ErrUnavailable
 // when no catalog service is connected, or the connection's error
 // (timeout, closed).
@@ -111,9 +111,7 @@ func (c *Client) Stats(ctx context.Context) (store.Stats, error) {
 }
 
 func (c *Client) call(ctx context.Context, subject string, req, reply any) error {
-	err := bus.Request(ctx, c.nc, subject, req, reply, DefaultTimeout, func(code, desc string) error {
-		return &ServiceError{Subject: subject, Code: code, Description: desc}
-	})
+	err := bus.Request(ctx, c.nc, subject, req, reply, DefaultTimeout, sentinels)
 	if errors.Is(err, nats.ErrNoResponders) {
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}

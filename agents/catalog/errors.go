@@ -2,7 +2,6 @@ package catalog
 
 import (
 	"errors"
-	"fmt"
 
 	"github.com/sendense/sendense/store"
 )
@@ -14,7 +13,7 @@ var (
 	// live catalog file. It wraps nothing; the error text says what to stop.
 	ErrCatalogInUse = errors.New("catalog file is in use by a running process")
 
-	// ErrBadRequest is matched by a *ServiceError with code 400: the
+	// ErrBadRequest is matched by a *bus.ServiceError with code 400: the
 	// request was not valid JSON or lacked a required field.
 	ErrBadRequest = errors.New("bad request")
 
@@ -32,25 +31,7 @@ const (
 	CodeInternal   = "500"
 )
 
-// ServiceError is an error answer of the catalog service. It matches
-// store.ErrNotFound (code 404) and ErrBadRequest (code 400) with errors.Is.
-type ServiceError struct {
-	Subject     string
-	Code        string
-	Description string
-}
-
-func (e *ServiceError) Error() string {
-	return fmt.Sprintf("catalog service %s: %s %s", e.Subject, e.Code, e.Description)
-}
-
-// Is maps the code to the sentinel errors.
-func (e *ServiceError) Is(target error) bool {
-	switch e.Code {
-	case CodeNotFound:
-		return target == store.ErrNotFound
-	case CodeBadRequest:
-		return target == ErrBadRequest
-	}
-	return false
-}
+// sentinels are the errors the service's codes stand for: a
+// *bus.ServiceError with code 404 matches store.ErrNotFound, with code 400
+// ErrBadRequest.
+var sentinels = map[string]error{CodeNotFound: store.ErrNotFound, CodeBadRequest: ErrBadRequest}

@@ -3,7 +3,6 @@ package hub
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -11,24 +10,9 @@ import (
 	"github.com/sendense/sendense/bus"
 )
 
-// ServiceError is an error answered by the repository service.
-type ServiceError struct {
-	Subject string
-	Code    string
-	Message string
-}
-
-func (e *ServiceError) Error() string {
-	return fmt.Sprintf("%s: %s (code %s)", e.Subject, e.Message, e.Code)
-}
-
-// ErrUnknownRepository matches a ServiceError for an unknown repository.
+// ErrUnknownRepository is matched (errors.Is) by the *bus.ServiceError
+// of the repository service for an unknown repository.
 var ErrUnknownRepository = errors.New("unknown repository")
-
-// Is lets errors.Is(err, ErrUnknownRepository) match on the code.
-func (e *ServiceError) Is(target error) bool {
-	return target == ErrUnknownRepository && e.Code == CodeUnknownRepository
-}
 
 // Client calls the repository service. Safe for concurrent use.
 type Client struct {
@@ -42,9 +26,7 @@ type Client struct {
 func NewClient(nc *nats.Conn) *Client { return &Client{nc: nc, Timeout: 60 * time.Second} }
 
 func (c *Client) call(ctx context.Context, subject string, req, out any) error {
-	return bus.Request(ctx, c.nc, subject, req, out, c.Timeout, func(code, desc string) error {
-		return &ServiceError{Subject: subject, Code: code, Message: desc}
-	})
+	return bus.Request(ctx, c.nc, subject, req, out, c.Timeout, map[string]error{CodeUnknownRepository: ErrUnknownRepository})
 }
 
 // Info checks that a repository exists (errors.Is ErrUnknownRepository when not).

@@ -299,9 +299,9 @@ func imgInfo(t *testing.T, path string) qemuInfo {
 	return i
 }
 
-// serviceCode returns the code of a *hub.ServiceError ("" for other errors).
+// serviceCode returns the code of a *bus.ServiceError ("" for other errors).
 func serviceCode(err error) string {
-	var se *hub.ServiceError
+	var se *bus.ServiceError
 	if errors.As(err, &se) {
 		return se.Code
 	}
