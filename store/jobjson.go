@@ -24,18 +24,9 @@ func appendJob(b []byte, j *Job) (_ []byte, ok bool) {
 	b = appendString(b, j.Status)
 	b = append(b, `,"vm":`...)
 	b = appendVM(b, &j.VM)
-	if j.Repository != "" {
-		b = append(b, `,"repository":`...)
-		b = appendString(b, j.Repository)
-	}
-	if j.RequestedType != "" {
-		b = append(b, `,"requested_type":`...)
-		b = appendString(b, j.RequestedType)
-	}
-	if j.RequestedBy != "" {
-		b = append(b, `,"requested_by":`...)
-		b = appendString(b, j.RequestedBy)
-	}
+	b = appendOmitEmpty(b, `,"repository":`, j.Repository)
+	b = appendOmitEmpty(b, `,"requested_type":`, j.RequestedType)
+	b = appendOmitEmpty(b, `,"requested_by":`, j.RequestedBy)
 	b = append(b, `,"attempt":`...)
 	b = strconv.AppendInt(b, int64(j.Attempt), 10)
 	if b, ok = appendTimeField(b, `,"created_at":`, j.CreatedAt, false); !ok {
@@ -128,27 +119,16 @@ func appendDisk(b []byte, d *Disk) []byte {
 	b = append(b, `,"capacity_bytes":`...)
 	b = strconv.AppendInt(b, d.Disk.CapacityBytes, 10)
 	b = append(b, '}')
-	for _, f := range [...]struct{ name, v string }{
-		{`,"backup_type":`, d.BackupType}, {`,"reason":`, d.Reason},
-		{`,"base_change_id":`, d.BaseChangeID}, {`,"change_id":`, d.ChangeID},
-	} {
-		if f.v != "" {
-			b = append(b, f.name...)
-			b = appendString(b, f.v)
-		}
-	}
+	b = appendOmitEmpty(b, `,"backup_type":`, d.BackupType)
+	b = appendOmitEmpty(b, `,"reason":`, d.Reason)
+	b = appendOmitEmpty(b, `,"base_change_id":`, d.BaseChangeID)
+	b = appendOmitEmpty(b, `,"change_id":`, d.ChangeID)
 	b = append(b, `,"bytes_read":`...)
 	b = strconv.AppendInt(b, d.BytesRead, 10)
 	b = append(b, `,"bytes_written":`...)
 	b = strconv.AppendInt(b, d.BytesWritten, 10)
-	if d.Target != "" {
-		b = append(b, `,"target":`...)
-		b = appendString(b, d.Target)
-	}
-	if d.Backing != "" {
-		b = append(b, `,"backing":`...)
-		b = appendString(b, d.Backing)
-	}
+	b = appendOmitEmpty(b, `,"target":`, d.Target)
+	b = appendOmitEmpty(b, `,"backing":`, d.Backing)
 	b = append(b, `,"actual_size_bytes":`...)
 	b = strconv.AppendInt(b, d.ActualSizeBytes, 10)
 	return append(b, '}')
@@ -173,6 +153,15 @@ func appendTimeField(b []byte, name string, t time.Time, omitZero bool) ([]byte,
 }
 
 const hexDigits = "0123456789abcdef"
+
+// appendOmitEmpty appends name (`,"key":`) and s, unless s is empty (a
+// field tagged omitempty).
+func appendOmitEmpty(b []byte, name, s string) []byte {
+	if s == "" {
+		return b
+	}
+	return appendString(append(b, name...), s)
+}
 
 // appendString appends s as a JSON string: quote, backslash and control
 // characters escaped, invalid UTF-8 replaced by U+FFFD as json.Marshal
