@@ -37,6 +37,10 @@ type Options struct {
 	// Name is the connection name the server shows (nats server report
 	// connections). Default: "sendense".
 	Name string
+	// InboxPrefix is where replies to this connection's requests arrive
+	// (Identity.InboxPrefix). Default: nats.go's "_INBOX". A server that
+	// enforces roles lets each user subscribe only to its own prefix.
+	InboxPrefix string
 }
 
 // Connection tuning. The client reconnects forever; see reconnectDelay.
@@ -67,9 +71,13 @@ func reconnectDelay(attempts int) time.Duration {
 // disconnect, reconnect, async error and close. onConnect, if not nil, runs
 // after the first connect. fixedURL, if not "", is logged instead of the
 // connected URL (in-process connections have none).
-func connOptions(name string, log zerolog.Logger, onConnect func(), fixedURL string) []nats.Option {
+func connOptions(name, inboxPrefix string, log zerolog.Logger, onConnect func(), fixedURL string) []nats.Option {
 	if name == "" {
 		name = "sendense"
+	}
+	var inbox []nats.Option
+	if inboxPrefix != "" {
+		inbox = append(inbox, nats.CustomInboxPrefix(inboxPrefix))
 	}
 	// A disconnected connection no longer reports its URL; keep the last
 	// one for the log.
@@ -81,7 +89,7 @@ func connOptions(name string, log zerolog.Logger, onConnect func(), fixedURL str
 		}
 		return lastURL.Load().(string)
 	}
-	return []nats.Option{
+	return append(inbox,
 		nats.Name(name),
 		nats.MaxReconnects(-1),
 		nats.CustomReconnectDelay(reconnectDelay),
@@ -124,7 +132,7 @@ func connOptions(name string, log zerolog.Logger, onConnect func(), fixedURL str
 		nats.LameDuckModeHandler(func(nc *nats.Conn) {
 			log.Info().Str("url", url(nc)).Msg("nats server entering lame duck mode")
 		}),
-	}
+	)
 }
 
 // Connect connects to the servers of opts and returns once connected. If no
@@ -146,7 +154,7 @@ func Connect(ctx context.Context, opts Options, log zerolog.Logger) (*nats.Conn,
 		return nil, err
 	}
 	connected := make(chan struct{})
-	nopts = append(nopts, connOptions(opts.Name, log, func() { close(connected) }, "")...)
+	nopts = append(nopts, connOptions(opts.Name, opts.InboxPrefix, log, func() { close(connected) }, "")...)
 	nopts = append(nopts, nats.RetryOnFailedConnect(true))
 	nc, err := nats.Connect(urls, nopts...)
 	if err != nil {

@@ -63,6 +63,19 @@ type EmbeddedOptions struct {
 	ClusterName   string
 	ClusterListen string
 	Routes        []string
+	// Users are the only clients the server admits, each with the
+	// permissions of its role (see PermissionsOf): in-process connections
+	// authenticate too. Required unless NoAuth.
+	Users []User
+	// NoAuth runs the server without authentication: any client may do
+	// anything. For tests of the bus itself; never for a server others
+	// can reach (it is refused off loopback unless Insecure).
+	NoAuth bool
+	// Insecure allows Listen on an address other than loopback without
+	// TLS (the server has no TLS listener yet). Off by default: such a
+	// server is refused, because credentials and backups' metadata would
+	// cross the network in the clear.
+	Insecure bool
 	// Log receives the server's log lines. The zero Logger discards them.
 	// Debug and trace lines are enabled when its level allows them.
 	Log zerolog.Logger
@@ -165,7 +178,21 @@ func serverOptions(opts EmbeddedOptions) (*server.Options, error) {
 		if err != nil {
 			return nil, fmt.Errorf("embedded nats server: listen %q: %w", listen, err)
 		}
+		if !isLoopback(host) && !opts.Insecure {
+			return nil, fmt.Errorf("embedded nats server: refusing to listen on %s, which is not loopback, without TLS; "+
+				"listen on 127.0.0.1, or accept clear text on the network with --insecure: %w", listen, ErrInsecureListen)
+		}
+		if !isLoopback(host) && opts.NoAuth {
+			return nil, fmt.Errorf("embedded nats server: refusing to listen on %s without authentication: %w", listen, ErrInsecureListen)
+		}
 		so.Host, so.Port = host, port
+	}
+	switch {
+	case opts.NoAuth:
+	case len(opts.Users) == 0:
+		return nil, errors.New("embedded nats server: no users: give the users it admits (or NoAuth for a test server)")
+	default:
+		so.Nkeys = serverUsers(opts.Users)
 	}
 	if opts.ClusterName != "" || opts.ClusterListen != "" || len(opts.Routes) > 0 {
 		if opts.ClusterName == "" || opts.ClusterListen == "" {
@@ -185,6 +212,15 @@ func serverOptions(opts EmbeddedOptions) (*server.Options, error) {
 		}
 	}
 	return so, nil
+}
+
+// isLoopback reports whether a listen host only reaches this machine.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func splitHostPort(hp string) (string, int, error) {
@@ -225,13 +261,24 @@ func (e *Embedded) Server() *server.Server { return e.srv }
 func (e *Embedded) StoreDir() string { return e.srv.StoreDir() }
 
 // Connect returns a client connection that reaches the server in-process,
-// without TCP (nats.InProcessServer), whether or not it listens. It logs
-// like Connect and reconnects while the server lives; it cannot reconnect
-// to a server restarted later (use ClientURL with Connect for that).
-func (e *Embedded) Connect(log zerolog.Logger) (*nats.Conn, error) {
+// without TCP (nats.InProcessServer), whether or not it listens. It
+// authenticates with opts' credentials and uses its inbox prefix and name
+// (opts.URLs are ignored); a server with users refuses it without them.
+// It logs like Connect and reconnects while the server lives; it cannot
+// reconnect to a server restarted later (use ClientURL with Connect).
+func (e *Embedded) Connect(log zerolog.Logger, opts Options) (*nats.Conn, error) {
 	log = log.With().Str("component", "nats").Logger()
-	opts := append(connOptions(e.srv.Name()+"-inprocess", log, nil, "inprocess://"+e.srv.Name()), nats.InProcessServer(e.srv))
-	nc, err := nats.Connect("", opts...)
+	nopts, err := authOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	name := opts.Name
+	if name == "" {
+		name = e.srv.Name() + "-inprocess"
+	}
+	nopts = append(nopts, connOptions(name, opts.InboxPrefix, log, nil, "inprocess://"+e.srv.Name())...)
+	nopts = append(nopts, nats.InProcessServer(e.srv))
+	nc, err := nats.Connect("", nopts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect in-process to embedded nats server %s: %w", e.srv.Name(), err)
 	}

@@ -2,7 +2,7 @@ package bus_test
 
 import (
 	"context"
-	"fmt"
+	"errors"
 	"net"
 	"testing"
 	"time"
@@ -10,12 +10,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/bus/bustest"
+	"github.com/sendense/sendense/schemas"
 )
 
 func TestEmbeddedInProcessOnly(t *testing.T) {
 	log := bustest.Logger(t)
 	dir := t.TempDir()
-	e, err := bus.StartEmbedded(testCtx(t), bus.EmbeddedOptions{DataDir: dir, Listen: bus.ListenNone, Log: log})
+	e, err := bus.StartEmbedded(testCtx(t), bus.EmbeddedOptions{DataDir: dir, Listen: bus.ListenNone, NoAuth: true, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -26,7 +27,7 @@ func TestEmbeddedInProcessOnly(t *testing.T) {
 	if got, want := e.StoreDir(), dir+"/jetstream"; got != want {
 		t.Errorf("StoreDir = %s, want %s", got, want)
 	}
-	nc, err := e.Connect(log)
+	nc, err := e.Connect(log, bus.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,11 +53,15 @@ func TestEmbeddedOptionErrors(t *testing.T) {
 		name string
 		opts bus.EmbeddedOptions
 	}{
-		{"no data dir", bus.EmbeddedOptions{Listen: "127.0.0.1:-1"}},
-		{"listen without port", bus.EmbeddedOptions{DataDir: t.TempDir(), Listen: "127.0.0.1"}},
-		{"port not a number", bus.EmbeddedOptions{DataDir: t.TempDir(), Listen: "127.0.0.1:x"}},
-		{"cluster without name", bus.EmbeddedOptions{DataDir: t.TempDir(), Listen: "127.0.0.1:-1", ClusterListen: "127.0.0.1:-1"}},
-		{"port in use", bus.EmbeddedOptions{DataDir: t.TempDir(), Listen: taken.Addr().String()}},
+		{"no data dir", bus.EmbeddedOptions{Listen: "127.0.0.1:-1", NoAuth: true}},
+		{"listen without port", bus.EmbeddedOptions{DataDir: t.TempDir(), Listen: "127.0.0.1", NoAuth: true}},
+		{"port not a number", bus.EmbeddedOptions{DataDir: t.TempDir(), Listen: "127.0.0.1:x", NoAuth: true}},
+		{"cluster without name", bus.EmbeddedOptions{DataDir: t.TempDir(), Listen: "127.0.0.1:-1", ClusterListen: "127.0.0.1:-1", NoAuth: true}},
+		{"port in use", bus.EmbeddedOptions{DataDir: t.TempDir(), Listen: taken.Addr().String(), NoAuth: true}},
+		// Secure by default: users are required, and the network needs TLS.
+		{"no users", bus.EmbeddedOptions{DataDir: t.TempDir(), Listen: "127.0.0.1:-1"}},
+		{"all interfaces without tls", bus.EmbeddedOptions{DataDir: t.TempDir(), Listen: "0.0.0.0:-1", Users: someUsers(t)}},
+		{"no auth off loopback even if insecure", bus.EmbeddedOptions{DataDir: t.TempDir(), Listen: "0.0.0.0:-1", NoAuth: true, Insecure: true}},
 	}
 	for _, tt := range tests {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -94,7 +99,7 @@ func TestConnectWaitsForServer(t *testing.T) {
 		done <- result{err}
 	}()
 	time.Sleep(500 * time.Millisecond)
-	e, err := bus.StartEmbedded(testCtx(t), bus.EmbeddedOptions{DataDir: t.TempDir(), Listen: addr, Log: log})
+	e, err := bus.StartEmbedded(testCtx(t), bus.EmbeddedOptions{DataDir: t.TempDir(), Listen: addr, NoAuth: true, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,14 +145,17 @@ func TestCluster(t *testing.T) {
 			t.Errorf("stream %s: replicas %d, cluster %+v; want 3 copies", name, info.Config.Replicas, info.Cluster)
 		}
 	}
-	// Many publishers race with one id: all succeed, one message is stored
-	// (this is where "duplicate message id is in process" can show up).
+	// Many publishers race with one message (a retried publish): all
+	// succeed, one message is stored (this is where "duplicate message id
+	// is in process" can show up). Other bytes under the same id are
+	// refused.
 	pub := bus.NewPublisher(c.JS, testSource, bustest.Logger(t))
+	subject := bus.AgentSubject(schemas.NameStarted, "test-agent")
 	const racers = 8
 	errs := make(chan error, racers)
-	for i := range racers {
+	for range racers {
 		go func() {
-			_, err := pub.Publish(ctx, bus.SubjectStarted, "race.1.started.0.0", "backup.started", []byte(fmt.Sprintf(`{"n":%d}`, i)))
+			_, err := pub.Publish(ctx, subject, "race.1.started.0.0", "backup.started", []byte(`{"n":0}`))
 			errs <- err
 		}()
 	}
@@ -155,6 +163,9 @@ func TestCluster(t *testing.T) {
 		if err := <-errs; err != nil {
 			t.Errorf("racing publish: %v", err)
 		}
+	}
+	if _, err := pub.Publish(ctx, subject, "race.1.started.0.0", "backup.started", []byte(`{"n":1}`)); !errors.Is(err, bus.ErrDuplicateMsgID) {
+		t.Errorf("other bytes under the same id: %v, want ErrDuplicateMsgID", err)
 	}
 	if n := streamMsgs(t, c.JS, bus.StreamEvents); n != 1 {
 		t.Errorf("events stream has %d messages, want 1", n)

@@ -17,6 +17,19 @@ import (
 // constant for it.
 const JSErrCodeDuplicateInProcess jetstream.ErrorCode = 10158
 
+// JetStream API error codes (nats-server's errors.json) of a store that
+// cannot take a message: the account's or server's storage is used up, a
+// write failed (a full disk), or JetStream is disabled (nats-server turns
+// it off after a write fails for lack of space).
+const (
+	jsErrAccountResources      jetstream.ErrorCode = 10002 // resource limits exceeded for account
+	jsErrInsufficientResources jetstream.ErrorCode = 10023 // insufficient resources
+	jsErrNotEnabledForAccount  jetstream.ErrorCode = 10039 // JetStream not enabled for account
+	jsErrStorageExceeded       jetstream.ErrorCode = 10047 // insufficient storage resources available
+	jsErrNotEnabled            jetstream.ErrorCode = 10076 // JetStream not enabled
+	jsErrStoreFailed           jetstream.ErrorCode = 10077 // store failed: {err}
+)
+
 // Sentinel errors. Match them with errors.Is.
 var (
 	// ErrLeaseHeld is returned by Leases.Acquire when another holder has
@@ -52,6 +65,28 @@ var (
 	// ErrInvalidLeaseKey is returned by Acquire for a key that is not a
 	// valid KV key ([-/_=.a-zA-Z0-9], not starting or ending with '.').
 	ErrInvalidLeaseKey = errors.New("invalid lease key")
+
+	// ErrInvalidIdentity is returned for an unknown role or an agent name
+	// that is not a single subject token (see ValidAgentID).
+	ErrInvalidIdentity = errors.New("invalid identity")
+
+	// ErrInsecureListen is returned by StartEmbedded for a listener that
+	// would expose the server off this machine without TLS (unless
+	// EmbeddedOptions.Insecure), or without authentication.
+	ErrInsecureListen = errors.New("insecure listen address")
+
+	// ErrUnavailable wraps failures that mean JetStream cannot store now:
+	// no quorum or no leader for the stream, JetStream disabled or out of
+	// storage, or no server reachable until the deadline. The operation
+	// may succeed later without any change on the caller's side; a node
+	// agent stops taking work until it does (see StoreReady).
+	ErrUnavailable = errors.New("jetstream unavailable")
+
+	// ErrDuplicateMsgID is returned by the Publisher when the stream
+	// already holds another message under the same Nats-Msg-Id: a job id
+	// reused for a new request, or an event id reused for other content.
+	// The message was not stored.
+	ErrDuplicateMsgID = errors.New("message id already used")
 )
 
 // HeldError is returned by Leases.Acquire when the lease is taken. It
@@ -59,12 +94,12 @@ var (
 // current value could not be read (for example it expired in between).
 type HeldError struct {
 	Key    string
-	Holder string
+	Holder Holder
 	Since  time.Time
 }
 
 func (e *HeldError) Error() string {
-	if e.Holder == "" {
+	if e.Holder.JobID == "" {
 		return fmt.Sprintf("lease %s: %v", e.Key, ErrLeaseHeld)
 	}
 	return fmt.Sprintf("lease %s: %v %s since %s", e.Key, ErrLeaseHeld, e.Holder, e.Since.UTC().Format(time.RFC3339))

@@ -90,14 +90,76 @@ func NewLeases(ctx context.Context, js jetstream.JetStream, bucket string, ttl t
 	return &Leases{kv: kv, ttl: ttl, log: c.log.With().Str("component", "leases").Logger()}, nil
 }
 
+// OpenLeases binds to an existing lease bucket (bucket "" means
+// LeaseBucket) without creating or changing it, and takes its ttl from the
+// bucket: what an agent does, whose credentials may write keys but not
+// create buckets. A bucket that does not exist yet gives an error wrapping
+// jetstream.ErrBucketNotFound; the caller waits for the hub to make it.
+func OpenLeases(ctx context.Context, js jetstream.JetStream, bucket string, opts ...LeasesOption) (*Leases, error) {
+	if bucket == "" {
+		bucket = LeaseBucket
+	}
+	var c leasesConfig
+	for _, o := range opts {
+		o(&c)
+	}
+	kv, err := js.KeyValue(ctx, bucket)
+	if err != nil {
+		return nil, fmt.Errorf("open lease bucket %s: %w", bucket, err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("open lease bucket %s: %w", bucket, err)
+	}
+	if st.TTL() < MinLeaseTTL {
+		return nil, fmt.Errorf("lease bucket %s: ttl %s below %s", bucket, st.TTL(), MinLeaseTTL)
+	}
+	return &Leases{kv: kv, ttl: st.TTL(), log: c.log.With().Str("component", "leases").Logger()}, nil
+}
+
+// Probe writes the key "probe.<name>" (name one subject token, such as an
+// agent's name): a real write to JetStream, which an agent uses to tell
+// whether JetStream stores again after it could not. Such keys expire with
+// the bucket's ttl like leases, and are never a VM's lease. The error
+// wraps ErrUnavailable when the write did not land.
+func (l *Leases) Probe(ctx context.Context, name string) error {
+	key := "probe." + name
+	if !validKey.MatchString(key) || strings.HasSuffix(key, ".") || strings.Contains(name, ".") {
+		return fmt.Errorf("probe %q: %w", key, ErrInvalidLeaseKey)
+	}
+	if _, err := l.kv.Put(ctx, key, []byte(time.Now().UTC().Format(time.RFC3339Nano))); err != nil {
+		return fmt.Errorf("probe write %s: %w: %w", key, ErrUnavailable, err)
+	}
+	return nil
+}
+
 // TTL returns the leases' time to live.
 func (l *Leases) TTL() time.Duration { return l.ttl }
 
-// leaseValue is what a lease key holds.
+// Holder says who holds a lease: one attempt of one job on one agent.
+// Identity is carried in these fields, never parsed out of a string.
+type Holder struct {
+	Agent   string `json:"agent"`
+	JobID   string `json:"job_id"`
+	Attempt int    `json:"attempt"`
+}
+
+// String is "<agent>/<job_id>/<attempt>", for logs.
+func (h Holder) String() string { return fmt.Sprintf("%s/%s/%d", h.Agent, h.JobID, h.Attempt) }
+
+// leaseValue is what a lease key holds. Holder is the String of the
+// structured fields, kept for people reading the bucket with `nats kv`.
 type leaseValue struct {
 	Holder   string    `json:"holder"`
+	Agent    string    `json:"agent"`
+	JobID    string    `json:"job_id"`
+	Attempt  int       `json:"attempt"`
 	Acquired time.Time `json:"acquired"`
 	Renewed  time.Time `json:"renewed"`
+}
+
+func (v leaseValue) holder() Holder {
+	return Holder{Agent: v.Agent, JobID: v.JobID, Attempt: v.Attempt}
 }
 
 var validKey = regexp.MustCompile(`^[-/_=\.a-zA-Z0-9]+$`)
@@ -107,24 +169,23 @@ var validKey = regexp.MustCompile(`^[-/_=\.a-zA-Z0-9]+$`)
 // waits for a held lease; the caller retries later (an agent negatively
 // acks the request with a delay).
 //
-// holder should identify one attempt of one job (for example
-// "<agent>/<job_id>/<attempt>"); Acquire does not let a holder of the same
-// name take over, because two deliveries of one request must not run at
-// once.
+// holder names one attempt of one job; its job id is required. Acquire
+// does not let a holder of the same name take over, because two
+// deliveries of one request must not run at once.
 //
 // The lease renews itself every ttl/3 until Release, until it is lost, or
 // until ctx ends. ctx is also the parent of Lease.Context: cancelling it
 // stops renewal without releasing (the lease then expires after ttl) -
 // which is exactly what a crash does. Call Release on every exit path.
-func (l *Leases) Acquire(ctx context.Context, key, holder string) (*Lease, error) {
+func (l *Leases) Acquire(ctx context.Context, key string, holder Holder) (*Lease, error) {
 	if !validKey.MatchString(key) || strings.HasPrefix(key, ".") || strings.HasSuffix(key, ".") {
 		return nil, fmt.Errorf("acquire lease %q: %w", key, ErrInvalidLeaseKey)
 	}
-	if holder == "" {
-		return nil, fmt.Errorf("acquire lease %s: holder is empty", key)
+	if holder.JobID == "" {
+		return nil, fmt.Errorf("acquire lease %s: holder has no job id", key)
 	}
 	now := time.Now()
-	val := leaseValue{Holder: holder, Acquired: now, Renewed: now}
+	val := leaseValue{Holder: holder.String(), Agent: holder.Agent, JobID: holder.JobID, Attempt: holder.Attempt, Acquired: now, Renewed: now}
 	data, err := json.Marshal(val)
 	if err != nil {
 		return nil, fmt.Errorf("acquire lease %s for %s: %w", key, holder, err)
@@ -135,7 +196,7 @@ func (l *Leases) Acquire(ctx context.Context, key, holder string) (*Lease, error
 		if e, gerr := l.kv.Get(ctx, key); gerr == nil {
 			var cur leaseValue
 			if json.Unmarshal(e.Value(), &cur) == nil {
-				held.Holder, held.Since = cur.Holder, cur.Acquired
+				held.Holder, held.Since = cur.holder(), cur.Acquired
 			}
 		}
 		return nil, held
@@ -153,10 +214,11 @@ func (l *Leases) Acquire(ctx context.Context, key, holder string) (*Lease, error
 		cancel: cancel,
 		lost:   make(chan struct{}),
 		done:   make(chan struct{}),
-		log:    l.log.With().Str("lease", key).Str("holder", holder).Logger(),
+		log:    l.log.With().Str("lease", key).Str("holder", holder.String()).Logger(),
 	}
 	le.rev.Store(rev)
-	go le.renew(now)
+	le.lastOK, le.acquired = now, now
+	go le.renew()
 	le.log.Debug().Uint64("revision", rev).Msg("lease acquired")
 	return le, nil
 }
@@ -167,9 +229,15 @@ func (l *Leases) Acquire(ctx context.Context, key, holder string) (*Lease, error
 type Lease struct {
 	leases *Leases
 	key    string
-	holder string
-	value  leaseValue
+	holder Holder
 	rev    atomic.Uint64
+
+	// wmu serialises the writes of the renewal goroutine and Confirm, and
+	// guards value and lastOK.
+	wmu      sync.Mutex
+	value    leaseValue
+	lastOK   time.Time // start of the last successful write
+	acquired time.Time // value.Acquired, read without wmu
 
 	// ctx is handed out by Context: the lease's lifetime is a context by
 	// design (kopia-style: holding the lock is proven by having its value).
@@ -187,8 +255,8 @@ type Lease struct {
 // Key returns the lease's key.
 func (le *Lease) Key() string { return le.key }
 
-// Holder returns the holder name given to Acquire.
-func (le *Lease) Holder() string { return le.holder }
+// Holder returns the holder given to Acquire.
+func (le *Lease) Holder() Holder { return le.holder }
 
 // Revision returns the KV revision of the last successful write.
 func (le *Lease) Revision() uint64 { return le.rev.Load() }
@@ -199,7 +267,8 @@ func (le *Lease) Revision() uint64 { return le.rev.Load() }
 func (le *Lease) Context() context.Context { return le.ctx }
 
 // Lost returns a channel closed when the lease was lost: a renewal found it
-// gone or held by someone else, or could not renew it in time.
+// gone or held by someone else (cause ErrLeaseLost), or could not renew it
+// in time (cause ErrLeaseLost and ErrUnavailable: NATS could not store).
 func (le *Lease) Lost() <-chan struct{} { return le.lost }
 
 // Err returns nil while the lease is held, else the cause of the end of
@@ -225,10 +294,9 @@ func (le *Lease) markLost(err error) {
 // the server (last successful write + ttl, minus a tenth for safety), then
 // the lease counts as lost too, because someone else may take it from then
 // on. The write's start time counts, since the server stamps it later.
-func (le *Lease) renew(acquired time.Time) {
+func (le *Lease) renew() {
 	defer close(le.done)
 	ttl := le.leases.ttl
-	lastOK := acquired
 	next := ttl / 3
 	t := time.NewTimer(next)
 	defer t.Stop()
@@ -238,44 +306,99 @@ func (le *Lease) renew(acquired time.Time) {
 			return
 		case <-t.C:
 		}
-		deadline := lastOK.Add(ttl - ttl/10)
-		sent := time.Now()
-		if !sent.Before(deadline) {
-			le.markLost(fmt.Errorf("lease %s: not renewed within %s: %w", le.key, ttl, ErrLeaseLost))
-			return
-		}
-		le.value.Renewed = sent
-		data, _ := json.Marshal(le.value)
-		rdl := sent.Add(ttl / 3)
-		if deadline.Before(rdl) {
-			rdl = deadline
-		}
-		rctx, cancel := context.WithDeadline(le.ctx, rdl)
-		rev, err := le.leases.kv.Update(rctx, le.key, data, le.rev.Load())
-		cancel()
+		err := le.write(le.ctx)
 		switch {
 		case err == nil:
-			le.rev.Store(rev)
-			lastOK = sent
 			next = ttl / 3
 		case le.ctx.Err() != nil:
 			return
-		case errors.Is(err, jetstream.ErrKeyRevisionMismatch), errors.Is(err, jetstream.ErrKeyNotFound),
-			errors.Is(err, jetstream.ErrKeyDeleted), errors.Is(err, jetstream.ErrKeyExists):
-			// An earlier write that timed out on our side may have landed:
-			// then the key is still ours at a newer revision.
-			if rev, ok := le.ours(); ok {
-				le.rev.Store(rev)
-				next = 0
-				break
-			}
-			le.markLost(fmt.Errorf("lease %s: renew: %w: %w", le.key, ErrLeaseLost, err))
-			return
+		case errors.Is(err, errTakeOver):
+			next = 0 // the key is still ours at a newer revision: write again
 		default:
-			le.log.Warn().Err(err).Dur("expires_in", time.Until(lastOK.Add(ttl))).Msg("lease renewal")
+			le.log.Warn().Err(err).Dur("expires_in", time.Until(le.expiry())).Msg("lease renewal")
 			next = ttl / 10
 		}
 		t.Reset(next)
+	}
+}
+
+// errTakeOver: a write found the key at a newer revision that is still
+// this lease's (an earlier write timed out on our side but landed).
+var errTakeOver = errors.New("lease revision moved on")
+
+// expiry is when the server forgets the lease after its last write.
+func (le *Lease) expiry() time.Time {
+	le.wmu.Lock()
+	defer le.wmu.Unlock()
+	return le.lastOK.Add(le.leases.ttl)
+}
+
+// write renews the lease once: a KV update at the last known revision,
+// bounded by ctx and by the time left before the lease could expire. It
+// marks the lease lost (and returns an error wrapping ErrLeaseLost) when
+// the key is gone or someone else's, or when that time ran out.
+func (le *Lease) write(ctx context.Context) error {
+	le.wmu.Lock()
+	defer le.wmu.Unlock()
+	select {
+	case <-le.lost:
+		return fmt.Errorf("lease %s: %w", le.key, ErrLeaseLost)
+	default:
+	}
+	ttl := le.leases.ttl
+	deadline := le.lastOK.Add(ttl - ttl/10)
+	sent := time.Now()
+	if !sent.Before(deadline) {
+		err := fmt.Errorf("lease %s: not renewed within %s: %w: %w", le.key, ttl, ErrLeaseLost, ErrUnavailable)
+		le.markLost(err)
+		return err
+	}
+	le.value.Renewed = sent
+	data, _ := json.Marshal(le.value)
+	wdl := sent.Add(ttl / 3)
+	if deadline.Before(wdl) {
+		wdl = deadline
+	}
+	wctx, cancel := context.WithDeadline(ctx, wdl)
+	rev, err := le.leases.kv.Update(wctx, le.key, data, le.rev.Load())
+	cancel()
+	switch {
+	case err == nil:
+		le.rev.Store(rev)
+		le.lastOK = sent
+		return nil
+	case ctx.Err() != nil:
+		return fmt.Errorf("lease %s: renew: %w", le.key, ctx.Err())
+	case errors.Is(err, jetstream.ErrKeyRevisionMismatch), errors.Is(err, jetstream.ErrKeyNotFound),
+		errors.Is(err, jetstream.ErrKeyDeleted), errors.Is(err, jetstream.ErrKeyExists):
+		if rev, ok := le.ours(); ok {
+			le.rev.Store(rev)
+			return errTakeOver
+		}
+		err = fmt.Errorf("lease %s: renew: %w: %w", le.key, ErrLeaseLost, err)
+		le.markLost(err)
+		return err
+	}
+	return fmt.Errorf("lease %s: renew: %w", le.key, err)
+}
+
+// Confirm renews the lease now and returns how long it is certainly held
+// from now on: until the server could forget it (ttl after this write,
+// less a tenth for clock rate and transit). Work that must only happen
+// under the lease (an agent publishing backup.completed) runs within that
+// time. An error wraps ErrLeaseLost when the lease is gone; any other
+// error (NATS unavailable) means the lease cannot be confirmed now.
+func (le *Lease) Confirm(ctx context.Context) (time.Duration, error) {
+	for {
+		err := le.write(ctx)
+		if errors.Is(err, errTakeOver) {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		ttl := le.leases.ttl
+		return time.Until(le.expiry()) - ttl/10, nil
 	}
 }
 
@@ -294,6 +417,8 @@ func (le *Lease) Release(ctx context.Context) error {
 			return
 		default:
 		}
+		le.wmu.Lock()
+		defer le.wmu.Unlock()
 		rev := le.rev.Load()
 		err := le.leases.kv.Delete(ctx, le.key, jetstream.LastRevision(rev))
 		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
@@ -332,26 +457,26 @@ func (le *Lease) oursCtx(ctx context.Context) (uint64, bool) {
 	if json.Unmarshal(e.Value(), &cur) != nil {
 		return 0, false
 	}
-	if cur.Holder != le.holder || !cur.Acquired.Equal(le.value.Acquired) {
+	if cur.holder() != le.holder || !cur.Acquired.Equal(le.acquired) {
 		return 0, false
 	}
 	return e.Revision(), true
 }
 
-// Holder returns who holds the lease on key, or "" when nobody does (never
-// taken, released, or expired). It is for observers such as the hub's
-// reaper; holding a lease is only ever proven by a *Lease.
-func (l *Leases) Holder(ctx context.Context, key string) (string, error) {
+// Holder returns who holds the lease on key; ok is false when nobody does
+// (never taken, released, or expired). It is for observers such as the
+// hub's reaper; holding a lease is only ever proven by a *Lease.
+func (l *Leases) Holder(ctx context.Context, key string) (h Holder, ok bool, err error) {
 	e, err := l.kv.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return "", nil
+		return Holder{}, false, nil
 	}
 	if err != nil {
-		return "", fmt.Errorf("read lease %s: %w", key, err)
+		return Holder{}, false, fmt.Errorf("read lease %s: %w", key, err)
 	}
 	var cur leaseValue
 	if err := json.Unmarshal(e.Value(), &cur); err != nil {
-		return "", fmt.Errorf("decode lease %s: %w", key, err)
+		return Holder{}, false, fmt.Errorf("decode lease %s: %w", key, err)
 	}
-	return cur.Holder, nil
+	return cur.holder(), true, nil
 }

@@ -11,7 +11,7 @@ import (
 	"github.com/sendense/sendense/bus/bustest"
 )
 
-const leaseTTL = time.Second
+const leaseTTL = 2 * time.Second
 
 func newLeases(t *testing.T, js jetstream.JetStream, opts ...bus.LeasesOption) *bus.Leases {
 	t.Helper()
@@ -23,9 +23,12 @@ func newLeases(t *testing.T, js jetstream.JetStream, opts ...bus.LeasesOption) *
 	return l
 }
 
+// jobHolder is the holder of the tests: agent "test", attempt 1 of job.
+func jobHolder(job string) bus.Holder { return bus.Holder{Agent: "test", JobID: job, Attempt: 1} }
+
 func acquire(t *testing.T, ctx context.Context, l *bus.Leases, key, holder string) *bus.Lease {
 	t.Helper()
-	le, err := l.Acquire(ctx, key, holder)
+	le, err := l.Acquire(ctx, key, jobHolder(holder))
 	if err != nil {
 		t.Fatalf("Acquire(%s, %s): %v", key, holder, err)
 	}
@@ -35,13 +38,13 @@ func acquire(t *testing.T, ctx context.Context, l *bus.Leases, key, holder strin
 // wantHeld asserts that key is held by holder.
 func wantHeld(t *testing.T, l *bus.Leases, key, holder string) {
 	t.Helper()
-	le, err := l.Acquire(testCtx(t), key, "intruder")
+	le, err := l.Acquire(testCtx(t), key, jobHolder("intruder"))
 	if err == nil {
 		_ = le.Release(testCtx(t))
 		t.Fatalf("lease %s could be taken, want it held by %s", key, holder)
 	}
 	var held *bus.HeldError
-	if !errors.Is(err, bus.ErrLeaseHeld) || !errors.As(err, &held) || held.Holder != holder {
+	if !errors.Is(err, bus.ErrLeaseHeld) || !errors.As(err, &held) || held.Holder != jobHolder(holder) {
 		t.Fatalf("Acquire of a held lease: %v, want ErrLeaseHeld by %s", err, holder)
 	}
 }
@@ -52,7 +55,7 @@ func takeWhenFree(t *testing.T, l *bus.Leases, key, holder string, limit time.Du
 	t.Helper()
 	begin := time.Now()
 	for {
-		le, err := l.Acquire(testCtx(t), key, holder)
+		le, err := l.Acquire(testCtx(t), key, jobHolder(holder))
 		if err == nil {
 			return le, time.Since(begin)
 		}
@@ -154,6 +157,66 @@ func TestLeases(t *testing.T) {
 		}
 	})
 
+	t.Run("deleted is lost within one renewal interval", func(t *testing.T) {
+		t.Parallel()
+		key := bus.VMLeaseKey("vm-deleted")
+		a := acquire(t, testCtx(t), l, key, "agent-a/job-1/1")
+		kv, err := s.JS.KeyValue(testCtx(t), bus.LeaseBucket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := kv.Delete(testCtx(t), key); err != nil { // what `nats kv del` does
+			t.Fatal(err)
+		}
+		deleted := time.Now()
+		select {
+		case <-a.Lost():
+		case <-time.After(2 * leaseTTL):
+			t.Fatal("lease not lost after its key was deleted")
+		}
+		if took := time.Since(deleted); took > leaseTTL/3+leaseTTL/4 {
+			t.Errorf("loss noticed after %v, want within one renewal interval (%v)", took, leaseTTL/3)
+		}
+		if !errors.Is(a.Err(), bus.ErrLeaseLost) || errors.Is(a.Err(), bus.ErrUnavailable) {
+			t.Errorf("Err %v, want ErrLeaseLost and not ErrUnavailable", a.Err())
+		}
+		if _, err := a.Confirm(testCtx(t)); !errors.Is(err, bus.ErrLeaseLost) {
+			t.Errorf("Confirm of a deleted lease: %v, want ErrLeaseLost", err)
+		}
+	})
+
+	t.Run("confirm renews and says how long it holds", func(t *testing.T) {
+		t.Parallel()
+		key := bus.VMLeaseKey("vm-confirm")
+		a := acquire(t, testCtx(t), l, key, "agent-a/job-1/1")
+		rev := a.Revision()
+		d, err := a.Confirm(testCtx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d <= leaseTTL/2 || d > leaseTTL {
+			t.Errorf("Confirm holds for %v, want between ttl/2 and ttl (%v)", d, leaseTTL)
+		}
+		if a.Revision() <= rev {
+			t.Errorf("revision %d after Confirm, was %d: no write", a.Revision(), rev)
+		}
+		if err := a.Release(testCtx(t)); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("probe writes a key that is no lease", func(t *testing.T) {
+		t.Parallel()
+		if err := l.Probe(testCtx(t), "agent-a"); err != nil {
+			t.Fatal(err)
+		}
+		for _, bad := range []string{"", "a.b", "a b"} {
+			if err := l.Probe(testCtx(t), bad); !errors.Is(err, bus.ErrInvalidLeaseKey) {
+				t.Errorf("Probe(%q): %v", bad, err)
+			}
+		}
+	})
+
 	t.Run("a renewal that landed unseen is still ours", func(t *testing.T) {
 		t.Parallel()
 		key := bus.VMLeaseKey("vm-unseen")
@@ -186,14 +249,32 @@ func TestLeases(t *testing.T) {
 	t.Run("invalid keys", func(t *testing.T) {
 		t.Parallel()
 		for _, key := range []string{"", "vm 1", "vm.*", "vm.>", ".vm", "vm."} {
-			if _, err := l.Acquire(testCtx(t), key, "h"); !errors.Is(err, bus.ErrInvalidLeaseKey) {
+			if _, err := l.Acquire(testCtx(t), key, jobHolder("h")); !errors.Is(err, bus.ErrInvalidLeaseKey) {
 				t.Errorf("Acquire(%q): %v, want ErrInvalidLeaseKey", key, err)
 			}
 		}
-		if _, err := l.Acquire(testCtx(t), "vm.x", ""); err == nil {
+		if _, err := l.Acquire(testCtx(t), "vm.x", bus.Holder{Agent: "a"}); err == nil {
 			t.Error("Acquire with an empty holder succeeded")
 		}
 	})
+}
+
+func TestOpenLeases(t *testing.T) {
+	s := bustest.Embedded(t)
+	if _, err := bus.OpenLeases(testCtx(t), s.JS, ""); !errors.Is(err, jetstream.ErrBucketNotFound) {
+		t.Errorf("OpenLeases before the bucket exists: %v, want ErrBucketNotFound", err)
+	}
+	if _, err := bus.NewLeases(testCtx(t), s.JS, "", 3*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	l, err := bus.OpenLeases(testCtx(t), s.JS, "")
+	if err != nil || l.TTL() != 3*time.Second {
+		t.Fatalf("OpenLeases: %v, ttl %v; want the bucket's 3s", err, l.TTL())
+	}
+	le := acquire(t, testCtx(t), l, bus.VMLeaseKey("vm-1"), "job-1")
+	if err := le.Release(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestNewLeasesOptions(t *testing.T) {

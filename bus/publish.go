@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -33,13 +34,27 @@ const (
 type Publisher struct {
 	js     jetstream.JetStream
 	source string
+	agent  string // the agent whose events PublishEvent sends; "" for none
 	log    zerolog.Logger
 }
 
-// NewPublisher returns a Publisher whose messages carry source as
-// ce-source (for example "sendense/agent/<host>").
+// NewPublisher returns a Publisher of requests (and raw payloads) whose
+// messages carry source as ce-source (for example "sendense/hub").
 func NewPublisher(js jetstream.JetStream, source string, log zerolog.Logger) *Publisher {
 	return &Publisher{js: js, source: source, log: log.With().Str("component", "publisher").Logger()}
+}
+
+// NewAgentPublisher returns the Publisher of the agent named agent: its
+// events go out on backup.<type>.<agent> (AgentSubject) with ce-source
+// "sendense/agent/<agent>". The server lets only that agent's credentials
+// publish there.
+func NewAgentPublisher(js jetstream.JetStream, agent string, log zerolog.Logger) (*Publisher, error) {
+	if err := ValidAgentID(agent); err != nil {
+		return nil, fmt.Errorf("agent publisher: %w", err)
+	}
+	p := NewPublisher(js, "sendense/agent/"+agent, log)
+	p.agent = agent
+	return p, nil
 }
 
 // Publish stores payload on subject with Nats-Msg-Id id and waits for the
@@ -58,50 +73,60 @@ func NewPublisher(js jetstream.JetStream, source string, log zerolog.Logger) *Pu
 // it sends the same message again, with the same id, after a backoff
 // (50 ms doubling up to 2 s), until ctx ends (DefaultPublishTimeout when
 // ctx has no deadline); each attempt is bounded by PublishAttemptTimeout.
-// Because the id is the same, the stream stores the message at most once
-// within its duplicate window: a PubAck with Duplicate=true is success and
-// is returned as is. Other errors (invalid subject, wrong stream, message
-// too large) are returned at once. The error after giving up wraps both the
-// context's error and the last attempt's error.
+// Because the id and the bytes are the same, the stream stores the message
+// at most once within its duplicate window. A PubAck with Duplicate=true
+// is success only when the stored message is this one (an earlier attempt
+// of this call that was stored but not acknowledged): when the stream
+// already held another message under the id (a first attempt answered
+// Duplicate, or a stored message whose bytes differ), the error wraps
+// ErrDuplicateMsgID and nothing was stored. Other errors (invalid subject,
+// wrong stream, message too large) are returned at once.
+//
+// The error after giving up wraps both the context's error and the last
+// attempt's error, and ErrUnavailable when JetStream could not store (no
+// server, no stream leader, JetStream disabled or out of storage): the
+// latter are returned without further attempts once they are not
+// transient (out of storage, disabled).
 func (p *Publisher) Publish(ctx context.Context, subject, id, ceType string, payload []byte) (*jetstream.PubAck, error) {
 	return p.publish(ctx, subject, id, ceType, time.Time{}, payload)
 }
 
 // PublishEvent marshals ev as JSON and publishes it with id
 // ev.EventHeader().ID and ce-type = its schema name; ce-time is the event's
-// time. The event must carry an id, a schema name and a valid job id,
-// subject must be its schema name (ProgressSubject(job_id) for progress),
-// and the JSON must pass schemas.Validate for subject: an event that does
-// not match where it goes or its schema is refused with ErrInvalidEvent
-// (wrapping the *schemas.ValidationError that names each problem), never
-// published. So no producer can emit what the catalog would poison.
-func (p *Publisher) PublishEvent(ctx context.Context, subject string, ev schemas.Event) (*jetstream.PubAck, error) {
+// time. Only an agent's Publisher (NewAgentPublisher) publishes events: on
+// AgentSubject(schema name, agent), or ProgressSubject(job_id) for
+// progress. The event must carry an id, a known schema name matching its
+// Go type and a valid job id, and the JSON must pass schemas.Validate: an
+// event that does not is refused with ErrInvalidEvent (wrapping the
+// *schemas.ValidationError that names each problem), never published. So
+// no producer can emit what the catalog would poison for its form.
+func (p *Publisher) PublishEvent(ctx context.Context, ev schemas.Event) (*jetstream.PubAck, error) {
 	if v := reflect.ValueOf(ev); !v.IsValid() || (v.Kind() == reflect.Pointer && v.IsNil()) || ev.EventHeader() == nil {
-		return nil, fmt.Errorf("publish event on %s: nil event: %w", subject, ErrInvalidEvent)
+		return nil, fmt.Errorf("publish event: nil event: %w", ErrInvalidEvent)
 	}
 	h := ev.EventHeader()
 	switch {
+	case p.agent == "":
+		return nil, fmt.Errorf("publish event %s of job %s: only an agent's publisher publishes events: %w", h.ID, h.JobID, ErrInvalidEvent)
 	case h.ID == "":
 		return nil, fmt.Errorf("publish event %s of job %s: no id: %w", h.Schema.Name, h.JobID, ErrInvalidEvent)
 	case h.Schema.Name == "":
 		return nil, fmt.Errorf("publish event %s of job %s: no schema name: %w", h.ID, h.JobID, ErrInvalidEvent)
+	case h.Schema.Name != schemas.NameOf(ev):
+		return nil, fmt.Errorf("publish event %s of job %s: schema name %s for a %T: %w", h.ID, h.JobID, h.Schema.Name, ev, ErrInvalidEvent)
 	}
 	if err := ValidJobID(h.JobID); err != nil {
 		return nil, fmt.Errorf("publish event %s: %w: %w", h.ID, ErrInvalidEvent, err)
 	}
-	want := h.Schema.Name
-	if want == schemas.NameProgress {
-		want = ProgressSubject(h.JobID)
-	}
-	if subject != want {
-		return nil, fmt.Errorf("publish event %s (%s of job %s) on subject %s, want %s: %w",
-			h.ID, h.Schema.Name, h.JobID, subject, want, ErrInvalidEvent)
+	subject := AgentSubject(h.Schema.Name, p.agent)
+	if h.Schema.Name == schemas.NameProgress {
+		subject = ProgressSubject(h.JobID)
 	}
 	data, err := json.Marshal(ev)
 	if err != nil {
 		return nil, fmt.Errorf("marshal event %s: %w", h.ID, err)
 	}
-	if err := schemas.Validate(subject, data); err != nil {
+	if err := schemas.Validate(h.Schema.Name, data); err != nil {
 		return nil, fmt.Errorf("publish event %s (%s of job %s): %w: %w", h.ID, h.Schema.Name, h.JobID, ErrInvalidEvent, err)
 	}
 	return p.publish(ctx, subject, h.ID, h.Schema.Name, h.Time, data)
@@ -161,13 +186,20 @@ func (p *Publisher) publish(ctx context.Context, subject, id, ceType string, at 
 		cancel()
 		if err == nil {
 			if ack.Duplicate {
-				log.Debug().Int("attempt", attempt).Uint64("seq", ack.Sequence).Msg("publish was a duplicate")
+				if !p.storedIsOurs(ctx, ack, payload, attempt) {
+					return nil, fmt.Errorf("publish %s on %s: stream %s already holds message %d under this id: %w",
+						id, subject, ack.Stream, ack.Sequence, ErrDuplicateMsgID)
+				}
+				log.Debug().Int("attempt", attempt).Uint64("seq", ack.Sequence).Msg("publish was a duplicate of an earlier attempt")
 			}
 			return ack, nil
 		}
+		if storeFull(err) {
+			return nil, fmt.Errorf("publish %s on %s: %w: %w", id, subject, ErrUnavailable, err)
+		}
 		if !retryable(err) || ctx.Err() != nil {
 			if ctx.Err() != nil {
-				return nil, fmt.Errorf("publish %s on %s: gave up after %d attempts: %w: %w", id, subject, attempt, context.Cause(ctx), err)
+				return nil, fmt.Errorf("publish %s on %s: gave up after %d attempts: %w: %w: %w", id, subject, attempt, ErrUnavailable, context.Cause(ctx), err)
 			}
 			return nil, fmt.Errorf("publish %s on %s: %w", id, subject, err)
 		}
@@ -176,11 +208,55 @@ func (p *Publisher) publish(ctx context.Context, subject, id, ceType string, at 
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, fmt.Errorf("publish %s on %s: gave up after %d attempts: %w: %w", id, subject, attempt, context.Cause(ctx), err)
+			return nil, fmt.Errorf("publish %s on %s: gave up after %d attempts: %w: %w: %w", id, subject, attempt, ErrUnavailable, context.Cause(ctx), err)
 		case <-t.C:
 		}
 		wait = min(2*wait, publishBackoffMax)
 	}
+}
+
+// storedIsOurs reports whether the message a Duplicate PubAck names is the
+// one this call sends. On a retry it compares the stored bytes when the
+// stream still has them; if it cannot read them (a work queue consumed
+// it, no permission) an earlier attempt of this call may have stored it,
+// so it is taken as ours. On the first attempt nobody but an earlier
+// publisher can have stored it: it is ours only if the bytes are equal.
+func (p *Publisher) storedIsOurs(ctx context.Context, ack *jetstream.PubAck, payload []byte, attempt int) bool {
+	gctx, cancel := context.WithTimeout(ctx, PublishAttemptTimeout)
+	defer cancel()
+	stored, err := p.storedData(gctx, ack.Stream, ack.Sequence)
+	if err != nil {
+		p.log.Debug().Err(err).Str("stream", ack.Stream).Uint64("seq", ack.Sequence).Msg("read duplicate message")
+		return attempt > 1
+	}
+	return bytes.Equal(stored, payload)
+}
+
+func (p *Publisher) storedData(ctx context.Context, stream string, seq uint64) ([]byte, error) {
+	st, err := p.js.Stream(ctx, stream)
+	if err != nil {
+		return nil, err
+	}
+	m, err := st.GetMsg(ctx, seq)
+	if err != nil {
+		return nil, err
+	}
+	return m.Data, nil
+}
+
+// storeFull reports whether JetStream refused to store for lack of
+// storage or because JetStream is disabled (after a disk filled up): not
+// worth retrying at once, and not the caller's fault (ErrUnavailable).
+func storeFull(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		switch apiErr.ErrorCode {
+		case jsErrInsufficientResources, jsErrStorageExceeded, jsErrAccountResources, jsErrStoreFailed,
+			jsErrNotEnabled, jsErrNotEnabledForAccount:
+			return true
+		}
+	}
+	return errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount)
 }
 
 // retryable reports whether publishing the same message again may succeed:

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sendense/sendense/schemas"
 )
 
 // Stream names.
@@ -114,22 +116,47 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, opts StreamOptio
 }
 
 // StreamForSubject returns the stream that stores a backup.* subject, or ""
-// for a subject none of them binds.
+// for a subject none of them binds (the bare backup.<type> subjects of
+// events from before agent identities are no longer bound).
 func StreamForSubject(subject string) string {
-	switch subject {
-	case SubjectRequested:
+	if subject == SubjectRequested {
 		return StreamRequests
-	case SubjectStarted, SubjectChangeID, SubjectCompleted, SubjectFailed, SubjectRejected:
+	}
+	name, agent, err := ParseEventSubject(subject)
+	switch {
+	case err != nil:
+		return ""
+	case name == schemas.NameProgress:
+		return StreamProgress
+	case agent != "":
 		return StreamEvents
 	}
-	const pre = "backup.progress."
-	if len(subject) > len(pre) && subject[:len(pre)] == pre {
-		for i := len(pre); i < len(subject); i++ {
-			if subject[i] == '.' {
-				return ""
-			}
-		}
-		return StreamProgress
-	}
 	return ""
+}
+
+// StoreReady reports whether JetStream can take the pipeline's writes now:
+// it answers and is enabled (nats-server disables JetStream on a server
+// whose disk filled up), the account's storage is not used up, and each
+// stream of StreamConfigs has a leader (a cluster that lost its quorum
+// has none). It writes nothing. The error wraps ErrUnavailable and says
+// what is missing.
+func StoreReady(ctx context.Context, js jetstream.JetStream) error {
+	info, err := js.AccountInfo(ctx)
+	if err != nil {
+		return fmt.Errorf("jetstream account info: %w: %w", ErrUnavailable, err)
+	}
+	if max := info.Limits.MaxStore; max > 0 && int64(info.Store) >= max {
+		return fmt.Errorf("jetstream storage used up (%d of %d bytes): %w", info.Store, max, ErrUnavailable)
+	}
+	for _, name := range []string{StreamRequests, StreamEvents, StreamProgress} {
+		st, err := js.Stream(ctx, name)
+		if err != nil {
+			return fmt.Errorf("stream %s: %w: %w", name, ErrUnavailable, err)
+		}
+		ci := st.CachedInfo()
+		if ci.Cluster != nil && ci.Cluster.Leader == "" {
+			return fmt.Errorf("stream %s has no leader: %w", name, ErrUnavailable)
+		}
+	}
+	return nil
 }

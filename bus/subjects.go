@@ -10,15 +10,14 @@ import (
 	"github.com/sendense/sendense/schemas"
 )
 
-// Subjects. Each event's subject equals its schema name (schemas.Name*),
-// except progress, which is published per job on ProgressSubject(jobID).
+// Subjects. A request travels on backup.requested. Every other event
+// travels on its schema name followed by the name of the agent that
+// published it, backup.<type>.<agent> (AgentSubject): the server lets each
+// agent publish on its own token only, so the subject proves the sender
+// and the catalog can check that one job's events come from one agent.
+// Progress travels per job on backup.progress.<job_id> (ProgressSubject).
 const (
 	SubjectRequested = schemas.NameRequested // backup.requested
-	SubjectStarted   = schemas.NameStarted   // backup.started
-	SubjectChangeID  = schemas.NameChangeID  // backup.changeid
-	SubjectCompleted = schemas.NameCompleted // backup.completed
-	SubjectFailed    = schemas.NameFailed    // backup.failed
-	SubjectRejected  = schemas.NameRejected  // backup.rejected
 
 	// SubjectProgressAll matches the progress of every job.
 	SubjectProgressAll = schemas.NameProgress + ".*" // backup.progress.*
@@ -28,13 +27,68 @@ const (
 	SubjectAll = "backup.>"
 )
 
-// EventSubjects are the subjects kept in StreamEvents, in lifecycle order.
-var EventSubjects = []string{SubjectStarted, SubjectChangeID, SubjectCompleted, SubjectFailed, SubjectRejected}
+// eventNames are the events an agent publishes on backup.<type>.<agent>,
+// in lifecycle order.
+var eventNames = []string{
+	schemas.NameStarted, schemas.NameChangeID, schemas.NameCompleted, schemas.NameFailed, schemas.NameRejected,
+}
+
+// EventSubjects are the subjects kept in StreamEvents, in lifecycle order:
+// backup.started.*, backup.changeid.*, ...
+var EventSubjects = func() []string {
+	out := make([]string, len(eventNames))
+	for i, n := range eventNames {
+		out[i] = n + ".*"
+	}
+	return out
+}()
+
+// AgentSubject returns backup.<type>.<agent>, where agent publishes the
+// event named name (a schema name such as schemas.NameCompleted).
+func AgentSubject(name, agent string) string { return name + "." + agent }
 
 // ProgressSubject returns backup.progress.<job_id>. jobID must satisfy
 // ValidJobID; otherwise the subject does not match StreamProgress and
 // Publish fails.
 func ProgressSubject(jobID string) string { return schemas.NameProgress + "." + jobID }
+
+// ParseEventSubject returns the schema name of an event's subject and the
+// agent that published it: backup.<type>.<agent> gives (backup.<type>,
+// agent); backup.progress.<job_id> gives (backup.progress, ""); the bare
+// backup.<type> of events stored before agents had identities gives
+// (backup.<type>, "") too. Any other subject is ErrInvalidSubject.
+func ParseEventSubject(subject string) (name, agent string, err error) {
+	if job, ok := strings.CutPrefix(subject, schemas.NameProgress+"."); ok && ValidJobID(job) == nil {
+		return schemas.NameProgress, "", nil
+	}
+	for _, n := range eventNames {
+		rest, ok := strings.CutPrefix(subject, n)
+		switch {
+		case !ok:
+			continue
+		case rest == "":
+			return n, "", nil
+		case rest[0] == '.' && ValidAgentID(rest[1:]) == nil:
+			return n, rest[1:], nil
+		}
+	}
+	return "", "", fmt.Errorf("subject %q is not an event subject: %w", subject, ErrInvalidSubject)
+}
+
+// Service subject groups (NATS micro services, request/reply). Who may call
+// which is part of PermissionsOf.
+const (
+	// CatalogService answers read-only queries of the catalog.
+	CatalogService = "sendense.catalog"
+	// RepoService is the hub's repository service.
+	RepoService = "sendense.repo"
+	// RepoInfo and RepoTargets are the endpoints agents use: is a
+	// repository there, and open, close or abort a backup target.
+	RepoInfo    = RepoService + ".info"
+	RepoTargets = RepoService + ".target"
+	// TestbedService controls the simulated vCenter (tests, demo).
+	TestbedService = "sendense.testbed"
+)
 
 // Header names set by Publish. The ce-* headers follow the CloudEvents NATS
 // protocol binding (binary content mode), so generic tooling can read them.

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sendense/sendense/bus"
+	"github.com/sendense/sendense/schemas"
 )
 
 func TestEventID(t *testing.T) {
@@ -102,21 +103,54 @@ func TestDeriveJobID(t *testing.T) {
 
 func TestStreamForSubject(t *testing.T) {
 	tests := map[string]string{
-		bus.SubjectRequested:         bus.StreamRequests,
-		bus.SubjectStarted:           bus.StreamEvents,
-		bus.SubjectChangeID:          bus.StreamEvents,
-		bus.SubjectCompleted:         bus.StreamEvents,
-		bus.SubjectFailed:            bus.StreamEvents,
-		bus.SubjectRejected:          bus.StreamEvents,
-		bus.ProgressSubject("job-1"): bus.StreamProgress,
-		"backup.progress.a.b":        "",
-		"backup.progress.":           "",
-		"backup.other":               "",
-		"sendense.catalog.jobs.list": "",
+		bus.SubjectRequested:                             bus.StreamRequests,
+		bus.AgentSubject(schemas.NameStarted, "node1"):   bus.StreamEvents,
+		bus.AgentSubject(schemas.NameChangeID, "node1"):  bus.StreamEvents,
+		bus.AgentSubject(schemas.NameCompleted, "node1"): bus.StreamEvents,
+		bus.AgentSubject(schemas.NameFailed, "node1"):    bus.StreamEvents,
+		bus.AgentSubject(schemas.NameRejected, "node1"):  bus.StreamEvents,
+		bus.ProgressSubject("job-1"):                     bus.StreamProgress,
+		"backup.progress.a.b":                            "",
+		"backup.progress.":                               "",
+		"backup.other":                                   "",
+		"sendense.catalog.jobs.list":                     "",
+		// Events without the agent's token are no longer stored.
+		schemas.NameCompleted:             "",
+		schemas.NameCompleted + ".a.b":    "",
+		schemas.NameCompleted + ".-agent": "",
+		schemas.NameRequested + ".node1":  "",
 	}
 	for subj, want := range tests {
 		if got := bus.StreamForSubject(subj); got != want {
 			t.Errorf("StreamForSubject(%q) = %q, want %q", subj, got, want)
+		}
+	}
+}
+
+func TestParseEventSubject(t *testing.T) {
+	tests := []struct {
+		subject, name, agent string
+		ok                   bool
+	}{
+		{bus.AgentSubject(schemas.NameCompleted, "node1"), schemas.NameCompleted, "node1", true},
+		{bus.AgentSubject(schemas.NameStarted, "node_2-b"), schemas.NameStarted, "node_2-b", true},
+		{bus.ProgressSubject("job-1"), schemas.NameProgress, "", true},
+		{schemas.NameChangeID, schemas.NameChangeID, "", true}, // stored before agent identities
+		{schemas.NameCompleted + ".a.b", "", "", false},
+		{schemas.NameCompleted + ".", "", "", false},
+		{schemas.NameCompleted + ".-x", "", "", false},
+		{schemas.NameCompleted + "x.node1", "", "", false},
+		{schemas.NameRequested, "", "", false},
+		{schemas.NameProgress + ".a.b", "", "", false},
+		{"backup.deleted.node1", "", "", false},
+	}
+	for _, tt := range tests {
+		name, agent, err := bus.ParseEventSubject(tt.subject)
+		if (err == nil) != tt.ok || name != tt.name || agent != tt.agent {
+			t.Errorf("ParseEventSubject(%q) = %q, %q, %v; want %q, %q, ok %t", tt.subject, name, agent, err, tt.name, tt.agent, tt.ok)
+		}
+		if err != nil && !errors.Is(err, bus.ErrInvalidSubject) {
+			t.Errorf("ParseEventSubject(%q): %v, want ErrInvalidSubject", tt.subject, err)
 		}
 	}
 }

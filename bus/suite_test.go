@@ -18,7 +18,30 @@ import (
 // The tests in this file are one behaviour suite run against an embedded
 // server and a separate nats-server process (bustest.ForEach).
 
-const testSource = "sendense/test"
+// testAgent publishes the tests' events; testSource is its ce-source.
+const (
+	testAgent  = "test-agent"
+	testSource = "sendense/agent/" + testAgent
+)
+
+// Subjects the test agent's events go out on.
+var (
+	subjStarted   = bus.AgentSubject(schemas.NameStarted, testAgent)
+	subjChangeID  = bus.AgentSubject(schemas.NameChangeID, testAgent)
+	subjCompleted = bus.AgentSubject(schemas.NameCompleted, testAgent)
+	subjFailed    = bus.AgentSubject(schemas.NameFailed, testAgent)
+	subjRejected  = bus.AgentSubject(schemas.NameRejected, testAgent)
+)
+
+// newPub returns the test agent's publisher.
+func newPub(t *testing.T, js jetstream.JetStream) *bus.Publisher {
+	t.Helper()
+	p, err := bus.NewAgentPublisher(js, testAgent, bustest.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
 
 func testCtx(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -111,7 +134,7 @@ func TestStreams(t *testing.T) {
 			minDupes   time.Duration
 		}{
 			{bus.StreamRequests, []string{"backup.requested"}, jetstream.WorkQueuePolicy, 0, -1, 2 * time.Minute},
-			{bus.StreamEvents, []string{"backup.started", "backup.changeid", "backup.completed", "backup.failed", "backup.rejected"},
+			{bus.StreamEvents, []string{"backup.started.*", "backup.changeid.*", "backup.completed.*", "backup.failed.*", "backup.rejected.*"},
 				jetstream.LimitsPolicy, 0, -1, 2 * time.Minute},
 			{bus.StreamProgress, []string{"backup.progress.*"}, jetstream.LimitsPolicy, 24 * time.Hour, 1, time.Minute},
 		}
@@ -160,7 +183,7 @@ func TestPublishSeenOnBackupAll(t *testing.T) {
 		if err := s.Conn.Flush(); err != nil {
 			t.Fatal(err)
 		}
-		pub := bus.NewPublisher(s.JS, testSource, bustest.Logger(t))
+		pub := newPub(t, s.JS)
 		job := bus.NewJobID()
 
 		type sent struct {
@@ -175,15 +198,15 @@ func TestPublishSeenOnBackupAll(t *testing.T) {
 			subject string
 			ev      schemas.Event
 		}{
-			{bus.SubjectStarted, startedEvent(job)},
+			{subjStarted, startedEvent(job)},
 			{bus.ProgressSubject(job), progressEvent(job)},
-			{bus.SubjectChangeID, changeIDEvent(job, disk2000)},
-			{bus.SubjectCompleted, completedEvent(job)},
-			{bus.SubjectFailed, &schemas.Failed{Header: hdr(job, 2, schemas.NameFailed, 0, 0), Reason: schemas.FailCopy, Message: "x"}},
-			{bus.SubjectRejected, &schemas.Rejected{Header: hdr(job, 1, schemas.NameRejected, 0, 0), Reason: schemas.RejectUnknownVM, Message: "x"}},
+			{subjChangeID, changeIDEvent(job, disk2000)},
+			{subjCompleted, completedEvent(job)},
+			{subjFailed, &schemas.Failed{Header: hdr(job, 2, schemas.NameFailed, 0, 0), Reason: schemas.FailCopy, Message: "x"}},
+			{subjRejected, &schemas.Rejected{Header: hdr(job, 1, schemas.NameRejected, 0, 0), Reason: schemas.RejectUnknownVM, Message: "x"}},
 		}
 		for _, e := range events {
-			ack, err := pub.PublishEvent(ctx, e.subject, e.ev)
+			ack, err := pub.PublishEvent(ctx, e.ev)
 			if err != nil {
 				t.Fatalf("PublishEvent %s: %v", e.subject, err)
 			}
@@ -240,26 +263,34 @@ func TestPublishSameIDStoredOnce(t *testing.T) {
 		s := start(t)
 		ensureStreams(t, s.JS)
 		ctx := testCtx(t)
-		pub := bus.NewPublisher(s.JS, testSource, bustest.Logger(t))
+		pub := newPub(t, s.JS)
 		job := bus.NewJobID()
 		ev := changeIDEvent(job, disk2000)
 
-		first, err := pub.PublishEvent(ctx, bus.SubjectChangeID, ev)
+		first, err := pub.PublishEvent(ctx, ev)
 		if err != nil {
 			t.Fatal(err)
 		}
-		second, err := pub.PublishEvent(ctx, bus.SubjectChangeID, ev)
+		second, err := pub.PublishEvent(ctx, ev)
 		if err != nil {
 			t.Fatalf("second publish of the same event: %v", err)
 		}
 		if first.Duplicate || !second.Duplicate || second.Sequence != first.Sequence {
 			t.Errorf("acks: first %+v, second %+v; want second to be a duplicate of the first", first, second)
 		}
-		// Same id through the raw Publish, other payload: still dropped.
-		if ack, err := pub.Publish(ctx, bus.SubjectChangeID, ev.ID, schemas.NameChangeID, []byte(`{}`)); err != nil || !ack.Duplicate {
-			t.Errorf("raw publish with the same id: ack %+v, err %v; want duplicate", ack, err)
+		// Same id, other payload: not stored, and the caller is told.
+		if ack, err := pub.Publish(ctx, subjChangeID, ev.ID, schemas.NameChangeID, []byte(`{}`)); !errors.Is(err, bus.ErrDuplicateMsgID) {
+			t.Errorf("raw publish with the same id and other bytes: ack %+v, err %v; want ErrDuplicateMsgID", ack, err)
 		}
-		// Requests dedup by job id.
+		// A request reusing a queued job's id for something else: refused.
+		if _, err := pub.PublishRequest(ctx, schemas.Request{VM: "othervm", JobID: job}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pub.PublishRequest(ctx, schemas.Request{VM: "pgtest1", JobID: job}); !errors.Is(err, bus.ErrDuplicateMsgID) {
+			t.Errorf("request reusing a queued job id: %v, want ErrDuplicateMsgID", err)
+		}
+		job = bus.NewJobID()
+		// The same request twice (a retrying client) is queued once.
 		req := schemas.Request{VM: "pgtest1", JobID: job}
 		for range 2 {
 			if _, err := pub.PublishRequest(ctx, req); err != nil {
@@ -269,8 +300,8 @@ func TestPublishSameIDStoredOnce(t *testing.T) {
 		if n := streamMsgs(t, s.JS, bus.StreamEvents); n != 1 {
 			t.Errorf("events stream has %d messages, want 1", n)
 		}
-		if n := streamMsgs(t, s.JS, bus.StreamRequests); n != 1 {
-			t.Errorf("requests stream has %d messages, want 1", n)
+		if n := streamMsgs(t, s.JS, bus.StreamRequests); n != 2 {
+			t.Errorf("requests stream has %d messages, want 2", n)
 		}
 	})
 }
@@ -279,7 +310,7 @@ func TestPublishRetriesUntilStreamExists(t *testing.T) {
 	bustest.ForEach(t, func(t *testing.T, start bustest.StartFunc) {
 		s := start(t)
 		ctx := testCtx(t)
-		pub := bus.NewPublisher(s.JS, testSource, bustest.Logger(t))
+		pub := newPub(t, s.JS)
 		job := bus.NewJobID()
 		ev := startedEvent(job)
 
@@ -290,7 +321,7 @@ func TestPublishRetriesUntilStreamExists(t *testing.T) {
 		}
 		done := make(chan result, 1)
 		go func() {
-			ack, err := pub.PublishEvent(ctx, bus.SubjectStarted, ev)
+			ack, err := pub.PublishEvent(ctx, ev)
 			done <- result{ack, err, time.Now()}
 		}()
 		// No stream yet: the publisher gets "no responders" and retries.
@@ -317,11 +348,11 @@ func TestPublishRetriesUntilStreamExists(t *testing.T) {
 
 func TestPublishGivesUpAtDeadline(t *testing.T) {
 	s := bustest.Embedded(t)
-	pub := bus.NewPublisher(s.JS, testSource, bustest.Logger(t))
+	pub := newPub(t, s.JS)
 	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
 	defer cancel()
 	begin := time.Now()
-	_, err := pub.Publish(ctx, bus.SubjectStarted, "job.1.started.0.0", schemas.NameStarted, []byte(`{}`))
+	_, err := pub.Publish(ctx, subjStarted, "job.1.started.0.0", schemas.NameStarted, []byte(`{}`))
 	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, jetstream.ErrNoStreamResponse) {
 		t.Fatalf("err = %v, want deadline exceeded wrapping no stream response", err)
 	}
@@ -334,7 +365,7 @@ func TestPublishRefusesBadIdentity(t *testing.T) {
 	s := bustest.Embedded(t)
 	ensureStreams(t, s.JS)
 	ctx := testCtx(t)
-	pub := bus.NewPublisher(s.JS, testSource, bustest.Logger(t))
+	pub := newPub(t, s.JS)
 	job := bus.NewJobID()
 	noID := startedEvent(job)
 	noID.ID = ""
@@ -346,6 +377,9 @@ func TestPublishRefusesBadIdentity(t *testing.T) {
 	dotJob.Header = hdr("a.b", 1, schemas.NameStarted, 0, 0)
 	ok := startedEvent(job)
 	progress := progressEvent(job)
+	otherType := startedEvent(job)
+	otherType.Schema.Name = schemas.NameCompleted
+	requester := bus.NewPublisher(s.JS, "sendense/test", bustest.Logger(t))
 	badChangeID := changeIDEvent(job, disk2000)
 	badChangeID.ChangeID = "x/1"
 	noDisks := completedEvent(job)
@@ -356,32 +390,32 @@ func TestPublishRefusesBadIdentity(t *testing.T) {
 		publish func() error
 		wantErr error
 	}{
-		{"event without id", func() error { _, err := pub.PublishEvent(ctx, bus.SubjectStarted, noID); return err }, bus.ErrInvalidEvent},
-		{"event without schema", func() error { _, err := pub.PublishEvent(ctx, bus.SubjectStarted, noSchema); return err }, bus.ErrInvalidEvent},
-		{"event without job id", func() error { _, err := pub.PublishEvent(ctx, bus.SubjectStarted, noJob); return err }, bus.ErrInvalidJobID},
-		{"job id with a dot", func() error { _, err := pub.PublishEvent(ctx, bus.SubjectStarted, dotJob); return err }, bus.ErrInvalidJobID},
-		{"event on another subject", func() error { _, err := pub.PublishEvent(ctx, bus.SubjectCompleted, ok); return err }, bus.ErrInvalidEvent},
-		{"progress of another job", func() error {
-			_, err := pub.PublishEvent(ctx, bus.ProgressSubject("other"), progress)
+		{"event without id", func() error { _, err := pub.PublishEvent(ctx, noID); return err }, bus.ErrInvalidEvent},
+		{"event without schema", func() error { _, err := pub.PublishEvent(ctx, noSchema); return err }, bus.ErrInvalidEvent},
+		{"event without job id", func() error { _, err := pub.PublishEvent(ctx, noJob); return err }, bus.ErrInvalidJobID},
+		{"job id with a dot", func() error { _, err := pub.PublishEvent(ctx, dotJob); return err }, bus.ErrInvalidJobID},
+		{"schema name of another type", func() error { _, err := pub.PublishEvent(ctx, otherType); return err }, bus.ErrInvalidEvent},
+		{"event from a publisher that is no agent's", func() error {
+			_, err := requester.PublishEvent(ctx, ok)
 			return err
 		}, bus.ErrInvalidEvent},
 		{"change id not in VMware's format", func() error {
-			_, err := pub.PublishEvent(ctx, bus.SubjectChangeID, badChangeID)
+			_, err := pub.PublishEvent(ctx, badChangeID)
 			return err
 		}, bus.ErrInvalidEvent},
 		{"completed without disks", func() error {
-			_, err := pub.PublishEvent(ctx, bus.SubjectCompleted, noDisks)
+			_, err := pub.PublishEvent(ctx, noDisks)
 			return err
 		}, bus.ErrInvalidEvent},
-		{"nil event", func() error { _, err := pub.PublishEvent(ctx, bus.SubjectStarted, nil); return err }, bus.ErrInvalidEvent},
+		{"nil event", func() error { _, err := pub.PublishEvent(ctx, nil); return err }, bus.ErrInvalidEvent},
 		{"typed nil event", func() error {
-			_, err := pub.PublishEvent(ctx, bus.SubjectStarted, (*schemas.Started)(nil))
+			_, err := pub.PublishEvent(ctx, (*schemas.Started)(nil))
 			return err
 		}, bus.ErrInvalidEvent},
 		{"wildcard subject", func() error { _, err := pub.Publish(ctx, "backup.>", "x", "t", nil); return err }, bus.ErrInvalidSubject},
 		{"empty token", func() error { _, err := pub.Publish(ctx, "backup..started", "x", "t", nil); return err }, bus.ErrInvalidSubject},
-		{"empty id", func() error { _, err := pub.Publish(ctx, bus.SubjectStarted, "", "t", nil); return err }, bus.ErrInvalidMsgID},
-		{"id with newline", func() error { _, err := pub.Publish(ctx, bus.SubjectStarted, "a\nb", "t", nil); return err }, bus.ErrInvalidMsgID},
+		{"empty id", func() error { _, err := pub.Publish(ctx, subjStarted, "", "t", nil); return err }, bus.ErrInvalidMsgID},
+		{"id with newline", func() error { _, err := pub.Publish(ctx, subjStarted, "a\nb", "t", nil); return err }, bus.ErrInvalidMsgID},
 		{"request without job id", func() error { _, err := pub.PublishRequest(ctx, schemas.Request{VM: "pgtest1"}); return err }, bus.ErrInvalidJobID},
 	}
 	for _, tt := range tests {
@@ -390,7 +424,7 @@ func TestPublishRefusesBadIdentity(t *testing.T) {
 		}
 	}
 	// A schema failure names the field and the rule.
-	_, err := pub.PublishEvent(ctx, bus.SubjectChangeID, badChangeID)
+	_, err := pub.PublishEvent(ctx, badChangeID)
 	var ve *schemas.ValidationError
 	if !errors.As(err, &ve) || !strings.Contains(err.Error(), "/change_id") || !strings.Contains(err.Error(), "pattern") {
 		t.Errorf("change id not in VMware's format: err = %v, want a *schemas.ValidationError naming /change_id and its pattern", err)
@@ -401,10 +435,10 @@ func TestPublishRefusesBadIdentity(t *testing.T) {
 		}
 	}
 	// The valid ones go through.
-	if _, err := pub.PublishEvent(ctx, bus.SubjectStarted, ok); err != nil {
+	if _, err := pub.PublishEvent(ctx, ok); err != nil {
 		t.Error(err)
 	}
-	if _, err := pub.PublishEvent(ctx, bus.ProgressSubject(job), progress); err != nil {
+	if _, err := pub.PublishEvent(ctx, progress); err != nil {
 		t.Error(err)
 	}
 }
@@ -414,7 +448,7 @@ func TestRestartKeepsAckedMessages(t *testing.T) {
 		s := start(t)
 		ensureStreams(t, s.JS)
 		ctx := testCtx(t)
-		pub := bus.NewPublisher(s.JS, testSource, bustest.Logger(t))
+		pub := newPub(t, s.JS)
 		job := bus.NewJobID()
 		const n = 20
 		changeID := func(i int) *schemas.ChangeID {
@@ -423,7 +457,7 @@ func TestRestartKeepsAckedMessages(t *testing.T) {
 			return changeIDEvent(job, d)
 		}
 		for i := range n {
-			if _, err := pub.PublishEvent(ctx, bus.SubjectChangeID, changeID(i)); err != nil {
+			if _, err := pub.PublishEvent(ctx, changeID(i)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -433,7 +467,7 @@ func TestRestartKeepsAckedMessages(t *testing.T) {
 			t.Fatalf("after restart the events stream has %d messages, want %d", got, n)
 		}
 		// The duplicate window survived too: re-sending an acked event stores nothing.
-		ack, err := pub.PublishEvent(ctx, bus.SubjectChangeID, changeID(0))
+		ack, err := pub.PublishEvent(ctx, changeID(0))
 		if err != nil || !ack.Duplicate {
 			t.Errorf("re-publish after restart: ack %+v, err %v; want a duplicate", ack, err)
 		}
@@ -492,7 +526,7 @@ func TestConsumers(t *testing.T) {
 		}
 
 		// A request is delivered, its attempt counts deliveries, and an ack removes it.
-		pub := bus.NewPublisher(s.JS, testSource, bustest.Logger(t))
+		pub := newPub(t, s.JS)
 		job := bus.NewJobID()
 		if _, err := pub.PublishRequest(ctx, schemas.Request{VM: "pgtest1", JobID: job}); err != nil {
 			t.Fatal(err)
@@ -570,7 +604,7 @@ func TestKeepInProgress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub := bus.NewPublisher(s.JS, testSource, bustest.Logger(t))
+	pub := newPub(t, s.JS)
 	for range 2 {
 		if _, err := pub.PublishRequest(ctx, schemas.Request{VM: "pgtest1", JobID: bus.NewJobID()}); err != nil {
 			t.Fatal(err)
@@ -622,7 +656,7 @@ func TestNakWithDelay(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub := bus.NewPublisher(s.JS, testSource, bustest.Logger(t))
+	pub := newPub(t, s.JS)
 	if _, err := pub.PublishRequest(ctx, schemas.Request{VM: "pgtest1", JobID: bus.NewJobID()}); err != nil {
 		t.Fatal(err)
 	}

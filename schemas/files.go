@@ -84,13 +84,21 @@ func isName(name string) bool {
 }
 
 // subjectName maps a NATS subject to its message name. For
-// backup.progress.<job_id> it also returns the job token.
+// backup.progress.<job_id> it also returns the job token. Events other
+// than progress travel on <name>.<agent> (the publishing agent's name, one
+// token; the bus checks it), or on <name> alone in streams written before
+// agents had identities.
 func subjectName(subject string) (name, job string, err error) {
 	if isName(subject) {
 		return subject, "", nil
 	}
-	if job, ok := strings.CutPrefix(subject, NameProgress+"."); ok && job != "" {
+	if job, ok := strings.CutPrefix(subject, NameProgress+"."); ok && job != "" && !strings.Contains(job, ".") {
 		return NameProgress, job, nil
+	}
+	if i := strings.LastIndexByte(subject, '.'); i > 0 && i < len(subject)-1 {
+		if name := subject[:i]; isName(name) && name != NameRequested && name != NameProgress {
+			return name, "", nil
+		}
 	}
 	return "", "", fmt.Errorf("subject %q: %w", subject, ErrUnknownSubject)
 }

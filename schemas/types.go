@@ -36,6 +36,8 @@ const (
 	ReasonChangeIDRejected = "change_id_rejected" // VMware refused the base change id
 	ReasonDiskResized      = "disk_resized"       // capacity differs from the base's
 	ReasonRequestedFull    = "requested_full"     // the request asked for a full
+	ReasonBaseMissing      = "base_missing"       // the base's image is missing or unreadable in the repository
+	ReasonBaseInvalid      = "base_invalid"       // the base is not a completed backup, or its backing chain does not check
 )
 
 // Reasons a request was rejected (backup.rejected). Never retryable.
@@ -46,6 +48,7 @@ const (
 	RejectUnknownRepository = "unknown_repository"
 	RejectInvalidVMID       = "invalid_vm_id"
 	RejectImpossible        = "impossible"
+	RejectJobIDReused       = "job_id_reused" // the job id names a job that already ended; published under a job id of its own
 )
 
 // Reasons a job failed (backup.failed).
@@ -59,6 +62,9 @@ const (
 	FailChangeIDMissing = "change_id_missing"
 	FailCancelled       = "cancelled"
 	FailShutdown        = "agent_shutdown"
+	FailNATS            = "nats_unavailable" // JetStream could not store (no quorum, disk full) or the lease could not be renewed
+	FailLeaseLost       = "lease_lost"       // the VM's lease was deleted or taken by someone else mid-backup
+	FailRepositoryFull  = "repository_full"  // the repository's file system is full; retried after a longer delay
 	FailInternal        = "internal"
 )
 

@@ -324,7 +324,9 @@ func TestRefused(t *testing.T) {
 		{"progress subject without job", NameProgress + ".", []byte(`{}`), ErrUnknownSubject},
 		{"prefix of a subject", "backup", []byte(`{}`), ErrUnknownSubject},
 		{"empty subject", "", []byte(`{}`), ErrUnknownSubject},
-		{"subject with suffix", NameCompleted + ".x", []byte(`{}`), ErrUnknownSubject},
+		{"subject with two suffixes", NameCompleted + ".agent.x", []byte(`{}`), ErrUnknownSubject},
+		{"request with a suffix", NameRequested + ".agent", []byte(`{}`), ErrUnknownSubject},
+		{"agent suffix on progress", NameProgress + ".job.agent", []byte(`{}`), ErrUnknownSubject},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

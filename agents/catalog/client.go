@@ -117,3 +117,32 @@ func (c *Client) call(ctx context.Context, subject string, req, reply any) error
 	}
 	return err
 }
+
+// AwaitInterval is how often Await asks the catalog.
+const AwaitInterval = 100 * time.Millisecond
+
+// Await asks for job id every AwaitInterval until done says its record is
+// the one the caller waits for (for example: status completed), and
+// returns that record. A job the catalog does not know yet, or a catalog
+// that does not answer for a moment, is waited for; ctx bounds the wait.
+// What the catalog shows is durable: it applied the events from the
+// stream, so an outcome Await returns was stored, never just seen on the
+// wire.
+func (c *Client) Await(ctx context.Context, id string, done func(store.Job) bool) (store.Job, error) {
+	var last error
+	for {
+		j, err := c.Job(ctx, id)
+		if err == nil && done(j) {
+			return j, nil
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			if last != nil {
+				return store.Job{}, fmt.Errorf("await job %s: %w (last answer: %w)", id, context.Cause(ctx), last)
+			}
+			return j, fmt.Errorf("await job %s (status %s): %w", id, j.Status, context.Cause(ctx))
+		case <-time.After(AwaitInterval):
+		}
+	}
+}

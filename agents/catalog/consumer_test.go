@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sendense/sendense/agents/catalog/catalogtest"
+	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/bus/bustest"
 	"github.com/sendense/sendense/schemas"
 	"github.com/sendense/sendense/store"
@@ -102,7 +103,7 @@ func testDuplicates(t *testing.T, start bustest.StartFunc) {
 	j := catalogtest.Job{ID: "job-dup", Disks: []schemas.DiskRef{catalogtest.Disk(0, 0), catalogtest.Disk(0, 1)}}
 	evs := j.Run()
 	e.publish(evs...)
-	ack, err := e.pub.PublishEvent(testCtx(t), schemas.NameStarted, evs[0])
+	ack, err := e.pub.PublishEvent(testCtx(t), evs[0])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +238,7 @@ func testPoison(t *testing.T, start bustest.StartFunc) {
 			}
 			found := false
 			for _, r := range recs {
-				if r.Seq == seq && r.Subject == tc.subject {
+				if r.Seq == seq && r.Subject == bus.AgentSubject(tc.subject, catalogtest.Agent) {
 					found = true
 					if !strings.Contains(r.Reason, tc.wantReason) {
 						t.Errorf("poison record reason %q does not mention %q", r.Reason, tc.wantReason)
@@ -252,7 +253,7 @@ func testPoison(t *testing.T, start bustest.StartFunc) {
 			}
 			logged := false
 			for _, l := range e.logs.lines("catalog event poisoned") {
-				if l["seq"] == float64(seq) && l["subject"] == tc.subject && strings.Contains(fmt.Sprint(l["reason"]), tc.wantReason) {
+				if l["seq"] == float64(seq) && l["subject"] == bus.AgentSubject(tc.subject, catalogtest.Agent) && strings.Contains(fmt.Sprint(l["reason"]), tc.wantReason) {
 					logged = true
 				}
 			}

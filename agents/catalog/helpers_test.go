@@ -59,7 +59,7 @@ func newEnv(t *testing.T, start bustest.StartFunc) *env {
 	if err := bus.EnsureStreams(testCtx(t), e.js, bus.StreamOptions{}); err != nil {
 		t.Fatalf("ensure streams: %v", err)
 	}
-	e.pub = bus.NewPublisher(e.js, "sendense/test", e.log)
+	e.pub = catalogtest.Publisher(e.js, e.log)
 	e.path = filepath.Join(t.TempDir(), "catalog.db")
 	e.cat = openCatalog(t, e.path, e.log)
 	sub, err := e.srv.Conn.Subscribe(jetstreamAdvisoryTerminated, func(m *nats.Msg) {
@@ -156,10 +156,12 @@ func (e *env) publish(evs ...schemas.Event) {
 	}
 }
 
-// publishRaw stores payload on subject with message id id, bypassing every
-// check a producer would make. It returns the stream sequence.
-func (e *env) publishRaw(subject, id string, payload []byte) uint64 {
+// publishRaw stores payload as the test agent's event name (on
+// backup.<type>.<agent>) with message id id, bypassing every check a
+// producer would make. It returns the stream sequence.
+func (e *env) publishRaw(name, id string, payload []byte) uint64 {
 	e.t.Helper()
+	subject := bus.AgentSubject(name, catalogtest.Agent)
 	ack, err := e.js.PublishMsg(testCtx(e.t), &nats.Msg{Subject: subject, Data: payload}, jetstream.WithMsgID(id))
 	if err != nil {
 		e.t.Fatalf("publish raw %s on %s: %v", id, subject, err)

@@ -1,13 +1,17 @@
 package hub
 
-// Subjects of the repository service (NATS micro, request/reply).
+import "github.com/sendense/sendense/bus"
+
+// Subjects of the repository service (NATS micro, request/reply). The
+// groups are bus's (bus.RepoService, bus.RepoTargets, bus.RepoInfo), which
+// also says who may call them.
 const (
 	ServiceName         = "sendense-repo"
-	ServiceGroup        = "sendense.repo"
-	SubjectInfo         = ServiceGroup + ".info"
-	SubjectTargetOpen   = ServiceGroup + ".target.open"
-	SubjectTargetClose  = ServiceGroup + ".target.close"
-	SubjectTargetAbort  = ServiceGroup + ".target.abort"
+	ServiceGroup        = bus.RepoService
+	SubjectInfo         = bus.RepoInfo
+	SubjectTargetOpen   = bus.RepoTargets + ".open"
+	SubjectTargetClose  = bus.RepoTargets + ".close"
+	SubjectTargetAbort  = bus.RepoTargets + ".abort"
 	SubjectRestoreOpen  = ServiceGroup + ".restore.open"
 	SubjectRestoreClose = ServiceGroup + ".restore.close"
 )
@@ -20,6 +24,17 @@ const (
 	CodeNotFound          = "410"
 	CodeConflict          = "409"
 	CodeInternal          = "500"
+	// CodeBaseMissing: an incremental's backing file (its base) is missing
+	// or unreadable. CodeBaseInvalid: the base's backing chain does not
+	// check. The agent takes a full instead (reasons base_missing and
+	// base_invalid).
+	CodeBaseMissing = "424"
+	CodeBaseInvalid = "422"
+	// CodeRepositoryFull: the repository's file system has no space left.
+	CodeRepositoryFull = "507"
+	// CodeUnavailable: the hub cannot decide safely now (for example the
+	// catalog is behind the event stream); try again later.
+	CodeUnavailable = "503"
 )
 
 // InfoRequest asks whether a repository exists.

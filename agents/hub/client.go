@@ -10,9 +10,34 @@ import (
 	"github.com/sendense/sendense/bus"
 )
 
-// ErrUnknownRepository is matched (errors.Is) by the *bus.ServiceError
-// of the repository service for an unknown repository.
-var ErrUnknownRepository = errors.New("unknown repository")
+// Sentinel errors matched (errors.Is) by the *bus.ServiceError of the
+// repository service, by the code it answered.
+var (
+	// ErrUnknownRepository: no repository of that name (CodeUnknownRepository).
+	ErrUnknownRepository = errors.New("unknown repository")
+	// ErrBaseMissing: the incremental's base file is missing or unreadable
+	// (CodeBaseMissing).
+	ErrBaseMissing = errors.New("base backup missing")
+	// ErrBaseInvalid: the base's backing chain does not check (CodeBaseInvalid).
+	ErrBaseInvalid = errors.New("base backup invalid")
+	// ErrRepositoryFull: no space left in the repository (CodeRepositoryFull).
+	ErrRepositoryFull = errors.New("repository full")
+	// ErrConflict: the target exists for a completed job, or is in use
+	// (CodeConflict).
+	ErrConflict = errors.New("conflict")
+	// ErrUnavailable: the hub cannot decide safely now (CodeUnavailable).
+	ErrUnavailable = errors.New("repository service unavailable")
+)
+
+// sentinels maps the service's codes to the errors above.
+var sentinels = map[string]error{
+	CodeUnknownRepository: ErrUnknownRepository,
+	CodeBaseMissing:       ErrBaseMissing,
+	CodeBaseInvalid:       ErrBaseInvalid,
+	CodeRepositoryFull:    ErrRepositoryFull,
+	CodeConflict:          ErrConflict,
+	CodeUnavailable:       ErrUnavailable,
+}
 
 // Client calls the repository service. Safe for concurrent use.
 type Client struct {
@@ -26,7 +51,7 @@ type Client struct {
 func NewClient(nc *nats.Conn) *Client { return &Client{nc: nc, Timeout: 60 * time.Second} }
 
 func (c *Client) call(ctx context.Context, subject string, req, out any) error {
-	return bus.Request(ctx, c.nc, subject, req, out, c.Timeout, map[string]error{CodeUnknownRepository: ErrUnknownRepository})
+	return bus.Request(ctx, c.nc, subject, req, out, c.Timeout, sentinels)
 }
 
 // Info checks that a repository exists (errors.Is ErrUnknownRepository when not).

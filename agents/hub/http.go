@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -30,6 +31,7 @@ type RequestPublisher interface {
 // API is the hub's HTTP request API:
 //
 //	POST /api/v1/backups            {"vm":"pgtest1","backup_type":"incremental"} → 202 {"job_id":…}
+//	                                a job_id already used → 409 {"error":…,"job_id":…,"job":<the job>}
 //	GET  /api/v1/backups/{job_id}   → 200 the catalog's job, 404 when unknown
 type API struct {
 	Publisher RequestPublisher
@@ -48,6 +50,10 @@ func (a *API) Handler() http.Handler {
 type apiError struct {
 	Error    string            `json:"error"`
 	Problems []schemas.Problem `json:"problems,omitempty"`
+	// JobID and Job name the job that already holds a requested job id
+	// (409); Job is absent while that job is only queued.
+	JobID string     `json:"job_id,omitempty"`
+	Job   *store.Job `json:"job,omitempty"`
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -74,11 +80,26 @@ func (a *API) postBackup(w http.ResponseWriter, r *http.Request) {
 	}
 	if req.JobID == "" {
 		req.JobID = bus.NewJobID()
+	} else {
+		// A job id names one job for good: a second request under the id
+		// of a job the catalog knows is a conflict, never a silent drop.
+		switch j, err := a.Jobs.Job(r.Context(), req.JobID); {
+		case err == nil:
+			writeJSON(w, http.StatusConflict, apiError{Error: fmt.Sprintf("job id %s is taken by a %s job", req.JobID, j.Status), JobID: req.JobID, Job: &j})
+			return
+		case !errors.Is(err, store.ErrNotFound):
+			writeJSON(w, http.StatusBadGateway, apiError{Error: fmt.Sprintf("check job id %s with the catalog: %v", req.JobID, err)})
+			return
+		}
 	}
 	if req.RequestedBy == "" {
 		req.RequestedBy = "api"
 	}
 	if _, err := a.Publisher.PublishRequest(r.Context(), req); err != nil {
+		if errors.Is(err, bus.ErrDuplicateMsgID) {
+			writeJSON(w, http.StatusConflict, apiError{Error: fmt.Sprintf("job id %s is taken by another queued request", req.JobID), JobID: req.JobID})
+			return
+		}
 		a.Log.Error().Err(err).Str("job_id", req.JobID).Msg("publish request")
 		writeJSON(w, http.StatusServiceUnavailable, apiError{Error: err.Error()})
 		return

@@ -316,7 +316,7 @@ func TestAPIPublishFailure(t *testing.T) {
 	if err := bus.EnsureStreams(testCtx(t), ns.JS, bus.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	nc, err := ns.Embedded.Connect(log)
+	nc, err := ns.Embedded.Connect(log, bus.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -364,4 +364,48 @@ func TestAPIServeListener(t *testing.T) {
 		t.Fatal("ServeListener did not return after cancel")
 	}
 	http.DefaultClient.CloseIdleConnections()
+}
+
+// TestAPIReusedJobID: a job id names one job for good. Asking again under
+// the id of a job the catalog knows, or of a request still queued, answers
+// 409 with the job that holds it; nothing is queued.
+func TestAPIReusedJobID(t *testing.T) {
+	e := newAPIEnv(t)
+	done := store.Job{ID: "nightly-1", Status: store.StatusCompleted, VM: schemas.VMRef{Name: "pgtest1"}}
+	e.jobs.mu.Lock()
+	e.jobs.jobs[done.ID] = done
+	e.jobs.mu.Unlock()
+
+	rep := e.do(t, http.MethodPost, "/api/v1/backups", `{"vm":"pgtest1","job_id":"nightly-1"}`)
+	var body struct {
+		Error string     `json:"error"`
+		JobID string     `json:"job_id"`
+		Job   *store.Job `json:"job"`
+	}
+	if err := json.Unmarshal(rep.body, &body); err != nil {
+		t.Fatalf("409 body %s: %v", rep.body, err)
+	}
+	if rep.status != http.StatusConflict || body.JobID != "nightly-1" || body.Job == nil || body.Job.Status != store.StatusCompleted {
+		t.Errorf("job id of a completed job: %d %s, want 409 with the job", rep.status, rep.body)
+	}
+
+	// Queued, not yet in the catalog: the stream's dedup tells.
+	if rep := e.do(t, http.MethodPost, "/api/v1/backups", `{"vm":"pgtest1","job_id":"queued-1"}`); rep.status != http.StatusAccepted {
+		t.Fatalf("first request: %d %s", rep.status, rep.body)
+	}
+	rep = e.do(t, http.MethodPost, "/api/v1/backups", `{"vm":"othervm","job_id":"queued-1"}`)
+	if rep.status != http.StatusConflict || !strings.Contains(string(rep.body), "queued-1") {
+		t.Errorf("job id of a queued request: %d %s, want 409", rep.status, rep.body)
+	}
+	if n := len(e.requests(t)); n != 1 {
+		t.Errorf("%d requests queued, want 1", n)
+	}
+
+	// The catalog cannot say: no request is queued blind.
+	e.jobs.mu.Lock()
+	e.jobs.err = errors.New("catalog down")
+	e.jobs.mu.Unlock()
+	if rep := e.do(t, http.MethodPost, "/api/v1/backups", `{"vm":"pgtest1","job_id":"new-2"}`); rep.status != http.StatusBadGateway {
+		t.Errorf("catalog down: %d %s, want 502", rep.status, rep.body)
+	}
 }

@@ -21,18 +21,18 @@ func tinyGrace(o *hub.RepoOptions) { o.ReapGrace = time.Nanosecond }
 func TestReapTargetWithoutLease(t *testing.T) {
 	tests := []struct {
 		name   string
-		holder string // "" leaves the lease untaken
+		holder string // job id of the lease holder; "" leaves the lease untaken
 	}{
 		{"lease never taken", ""},
-		{"lease held by another job", "agent/other/1"},
-		{"lease held by a job whose id contains this one", "agent/job-x-2/1"},
+		{"lease held by another job", "other"},
+		{"lease held by a job whose id contains this one", "job-x-2"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newSvcEnv(t, tinyGrace)
 			ctx := testCtx(t)
 			if tc.holder != "" {
-				le, err := e.leases.Acquire(ctx, bus.VMLeaseKey(testVM), tc.holder)
+				le, err := e.leases.Acquire(ctx, bus.VMLeaseKey(testVM), bus.Holder{Agent: "agent", JobID: tc.holder, Attempt: 1})
 				if err != nil {
 					t.Fatalf("acquire lease: %v", err)
 				}
@@ -65,7 +65,7 @@ func TestReapKeepsTargetOfLeaseHolder(t *testing.T) {
 	writeRaw(t, filepath.Join(dir, "a.raw"), 21)
 	writeRaw(t, filepath.Join(dir, "b.raw"), 22)
 
-	le, err := e.leases.Acquire(ctx, bus.VMLeaseKey(testVM), "agent/job-x/1")
+	le, err := e.leases.Acquire(ctx, bus.VMLeaseKey(testVM), bus.Holder{Agent: "agent", JobID: "job-x", Attempt: 1})
 	if err != nil {
 		t.Fatalf("acquire lease: %v", err)
 	}
@@ -169,7 +169,7 @@ type hookLeases struct {
 	hook   func()
 }
 
-func (h *hookLeases) Holder(ctx context.Context, key string) (string, error) {
+func (h *hookLeases) Holder(ctx context.Context, key string) (bus.Holder, bool, error) {
 	h.once.Do(h.hook)
 	return h.leases.Holder(ctx, key)
 }

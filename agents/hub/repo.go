@@ -19,10 +19,10 @@ import (
 	"github.com/sendense/sendense/repository"
 )
 
-// LeaseHolders tells who holds a lease key ("" when nobody); *bus.Leases
-// implements it.
+// LeaseHolders tells who holds a lease key (ok false when nobody);
+// *bus.Leases implements it.
 type LeaseHolders interface {
-	Holder(ctx context.Context, key string) (string, error)
+	Holder(ctx context.Context, key string) (h bus.Holder, ok bool, err error)
 }
 
 // RepoOptions configure the repository service.
@@ -432,15 +432,15 @@ func (s *RepoService) Reap(ctx context.Context) {
 		return
 	}
 	for _, t := range stale {
-		holder, err := s.opts.Leases.Holder(ctx, bus.VMLeaseKey(t.ref.VMUUID))
+		holder, held, err := s.opts.Leases.Holder(ctx, bus.VMLeaseKey(t.ref.VMUUID))
 		if err != nil {
 			s.log.Warn().Err(err).Msg("reaper: read lease")
 			continue
 		}
-		if strings.Contains(holder, "/"+t.ref.JobID+"/") {
+		if held && holder.JobID == t.ref.JobID {
 			continue
 		}
-		s.log.Warn().Str("job_id", t.ref.JobID).Int32("disk_key", t.ref.DiskKey).Str("holder", holder).
+		s.log.Warn().Str("job_id", t.ref.JobID).Int32("disk_key", t.ref.DiskKey).Str("holder", holder.String()).
 			Msg("reaping target of a job that no longer holds its lease")
 		if !s.takeSame(t) {
 			continue // closed, or replaced by a newer attempt, meanwhile

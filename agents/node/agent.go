@@ -46,15 +46,28 @@ type Targets interface {
 	Abort(ctx context.Context, ref hub.TargetRef) error
 }
 
-// Publisher publishes events; *bus.Publisher implements it.
+// Publisher publishes the agent's events; the *bus.Publisher of
+// bus.NewAgentPublisher implements it.
 type Publisher interface {
-	PublishEvent(ctx context.Context, subject string, ev schemas.Event) (*jetstream.PubAck, error)
+	PublishEvent(ctx context.Context, ev schemas.Event) (*jetstream.PubAck, error)
 }
 
 // Leases takes VM leases; *bus.Leases implements it.
 type Leases interface {
-	Acquire(ctx context.Context, key, holder string) (*bus.Lease, error)
+	Acquire(ctx context.Context, key string, holder bus.Holder) (*bus.Lease, error)
 }
+
+// Store says whether JetStream can store now (bus.StoreReady): nil when
+// it can, an error saying why not otherwise.
+type Store interface {
+	Ready(ctx context.Context) error
+}
+
+// StoreFunc adapts a function to Store.
+type StoreFunc func(ctx context.Context) error
+
+// Ready calls f.
+func (f StoreFunc) Ready(ctx context.Context) error { return f(ctx) }
 
 // Config configures an agent. Zero values take the documented defaults.
 type Config struct {
@@ -85,9 +98,17 @@ type Config struct {
 	// CatalogWait bounds the wait, before releasing a lease, for the catalog
 	// to show the job's outcome. Default 30 s.
 	CatalogWait time.Duration
-	// ShutdownTimeout bounds the cleanup of running jobs on shutdown.
-	// Default 30 s.
+	// ShutdownTimeout bounds the cleanup of running jobs on shutdown, and
+	// any cleanup step (publishing a failure, removing a snapshot).
+	// Default 6 s, so a stopping process ends within 10 s.
 	ShutdownTimeout time.Duration
+	// RepositoryFullBackoff is the least delay before a job that failed
+	// because the repository is full is tried again. Default 5 min.
+	RepositoryFullBackoff time.Duration
+	// StoreProbeInterval is the first wait between checks of JetStream
+	// after it could not store; it doubles up to 1 min while JetStream
+	// still cannot, and is the least pause after a failure. Default 2 s.
+	StoreProbeInterval time.Duration
 	// Copy is the template of copier options (Incremental and Progress are
 	// set per disk).
 	Copy copier.Options
@@ -126,7 +147,13 @@ func (c *Config) defaults() error {
 		c.CatalogWait = 30 * time.Second
 	}
 	if c.ShutdownTimeout <= 0 {
-		c.ShutdownTimeout = 30 * time.Second
+		c.ShutdownTimeout = 6 * time.Second
+	}
+	if c.RepositoryFullBackoff <= 0 {
+		c.RepositoryFullBackoff = 5 * time.Minute
+	}
+	if c.StoreProbeInterval <= 0 {
+		c.StoreProbeInterval = 2 * time.Second
 	}
 	return nil
 }
@@ -140,6 +167,9 @@ type Deps struct {
 	Sources   vmware.Sources
 	Targets   Targets
 	Catalog   Catalog
+	// Store tells when JetStream stores again after a failure; nil: the
+	// agent only waits StoreProbeInterval (doubling) before it retries.
+	Store Store
 }
 
 // Agent runs backups. Run it once.
@@ -148,6 +178,13 @@ type Agent struct {
 	deps    Deps
 	log     zerolog.Logger
 	metrics *metrics
+
+	// While JetStream cannot store the agent takes no requests: see
+	// storeDown and waitStore.
+	storeMu     sync.Mutex
+	storeErr    error     // why it stopped; nil while it takes requests
+	downStreak  int       // failures since the last completed job
+	resumeAfter time.Time // the least pause after the last failure
 }
 
 // New checks the configuration and returns an agent.
@@ -159,8 +196,10 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		deps.Sources == nil || deps.Targets == nil || deps.Catalog == nil {
 		return nil, errors.New("node agent: every dependency is required")
 	}
-	return &Agent{cfg: cfg, deps: deps, log: cfg.Log.With().Str("role", "agent").Str("agent", cfg.AgentID).Logger(),
-		metrics: newMetrics(cfg.Registry)}, nil
+	a := &Agent{cfg: cfg, deps: deps, log: cfg.Log.With().Str("role", "agent").Str("agent", cfg.AgentID).Logger(),
+		metrics: newMetrics(cfg.Registry)}
+	a.metrics.setReady(true)
+	return a, nil
 }
 
 // Run takes requests until ctx ends. Then it stops taking work, fails its
@@ -175,6 +214,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	a.log.Info().Int("max_jobs", a.cfg.MaxJobs).Msg("agent taking requests")
 	for {
+		if !a.waitStore(ctx) {
+			return a.shutdown(cancelJobs, &wg)
+		}
 		select {
 		case slots <- struct{}{}:
 		case <-ctx.Done():
@@ -214,5 +256,93 @@ func (a *Agent) shutdown(cancelJobs context.CancelFunc, wg *sync.WaitGroup) erro
 		return nil
 	case <-time.After(a.cfg.ShutdownTimeout):
 		return fmt.Errorf("agent %s: running jobs did not stop within %s", a.cfg.AgentID, a.cfg.ShutdownTimeout)
+	}
+}
+
+// Ready returns nil while the agent takes requests, and why not while it
+// waits for JetStream to store again.
+func (a *Agent) Ready() error {
+	a.storeMu.Lock()
+	defer a.storeMu.Unlock()
+	return a.storeErr
+}
+
+// storeDown stops taking requests after JetStream could not store: a job
+// failed with nats_unavailable, or its failure could not be published.
+// Taking more work would only create and remove snapshots in a loop.
+func (a *Agent) storeDown(cause error) {
+	a.storeMu.Lock()
+	defer a.storeMu.Unlock()
+	a.downStreak++
+	pause := a.cfg.StoreProbeInterval
+	for i := 1; i < a.downStreak && pause < time.Minute; i++ {
+		pause *= 2
+	}
+	pause = min(pause, time.Minute)
+	a.resumeAfter = time.Now().Add(pause)
+	if a.storeErr == nil {
+		a.log.Error().Err(cause).Dur("pause", pause).Msg("jetstream cannot store; agent stops taking requests until it can")
+	}
+	a.storeErr = fmt.Errorf("jetstream cannot store: %w", cause)
+	a.metrics.setReady(false)
+}
+
+// storeUp resets the pause after a job completed: JetStream stores.
+func (a *Agent) storeUp() {
+	a.storeMu.Lock()
+	defer a.storeMu.Unlock()
+	a.downStreak = 0
+}
+
+// waitStore returns at once while JetStream stores. After storeDown it
+// waits until the pause is over and Deps.Store says JetStream can store,
+// checking every StoreProbeInterval (doubling up to 1 min), then takes
+// requests again. It returns false when ctx ends first.
+func (a *Agent) waitStore(ctx context.Context) bool {
+	a.storeMu.Lock()
+	down, until := a.storeErr != nil, a.resumeAfter
+	a.storeMu.Unlock()
+	if !down {
+		return true
+	}
+	wait := a.cfg.StoreProbeInterval
+	for {
+		if d := time.Until(until); d > 0 {
+			if !sleep(ctx, d) {
+				return false
+			}
+		}
+		err := ctx.Err()
+		if err == nil && a.deps.Store != nil {
+			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err = a.deps.Store.Ready(pctx)
+			cancel()
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		if err == nil {
+			a.storeMu.Lock()
+			a.storeErr = nil
+			a.storeMu.Unlock()
+			a.metrics.setReady(true)
+			a.log.Info().Msg("jetstream stores again; agent takes requests")
+			return true
+		}
+		a.log.Debug().Err(err).Dur("wait", wait).Msg("jetstream still cannot store")
+		until = time.Now().Add(wait)
+		wait = min(2*wait, time.Minute)
+	}
+}
+
+// sleep waits d or until ctx ends; false when ctx ended.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }

@@ -23,7 +23,7 @@ type request struct {
 	msg     jetstream.Msg
 	req     schemas.Request
 	jobID   string
-	attempt int // delivery count: makes event ids unique per delivery
+	attempt int // this run's attempt: see attemptOf
 	// failures is how many attempts of this job already failed, from the
 	// catalog. The retry limit counts these, not deliveries: a request
 	// that waited for a busy VM's lease was redelivered without running.
@@ -34,18 +34,18 @@ type request struct {
 
 // handle runs one delivered request to its end: ack, nak or term.
 func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
-	attempt, err := bus.Attempt(msg)
+	delivered, err := bus.Attempt(msg)
 	if err != nil {
 		a.log.Error().Err(err).Msg("request without metadata")
 		_ = msg.Term()
 		return
 	}
 	md, _ := msg.Metadata()
-	log := a.log.With().Uint64("stream_seq", md.Sequence.Stream).Int("attempt", attempt).Logger()
+	log := a.log.With().Uint64("stream_seq", md.Sequence.Stream).Int("delivered", delivered).Logger()
 	stop := bus.KeepInProgress(ctx, msg, a.cfg.InProgressInterval, log)
 	defer stop()
 
-	r := &request{msg: msg, attempt: attempt}
+	r := &request{msg: msg, attempt: delivered}
 	r.req, err = schemas.DecodeRequest(msg.Data())
 	r.jobID = a.jobID(r.req, msg, md)
 	r.log = log.With().Str("job_id", r.jobID).Logger()
@@ -59,17 +59,33 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	r.log = r.log.With().Str("vm", r.req.VM).Logger()
 
-	// A redelivery of a job the catalog already has as completed (the ack
-	// was lost) must not run it again.
-	if job, err := a.deps.Catalog.Job(ctx, r.jobID); err == nil {
-		if job.Status == store.StatusCompleted {
-			r.log.Info().Msg("job already completed; acking redelivered request")
-			stop()
-			_ = msg.Ack()
-			return
-		}
+	// What the catalog knows of the job decides whether this delivery runs
+	// at all, and its attempt number.
+	job, err := a.deps.Catalog.Job(ctx, r.jobID)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+	case err != nil:
+		// Without the catalog the agent can neither plan nor tell a
+		// redelivery from a new job: wait for it, running nothing.
+		r.log.Warn().Err(err).Dur("delay", a.cfg.RetryBackoff).Msg("catalog unreachable; request waits")
+		stop()
+		_ = msg.NakWithDelay(a.cfg.RetryBackoff)
+		return
+	case job.Status == store.StatusCompleted:
+		// A redelivery of a completed job (its ack was lost) must not run
+		// it again.
+		r.log.Info().Msg("job already completed; acking redelivered request")
+		stop()
+		_ = msg.Ack()
+		return
+	case job.Ended():
+		a.endedJob(ctx, r, stop, md, job)
+		return
+	default:
 		r.failures = failures(job)
+		r.attempt = attemptOf(delivered, job)
 	}
+	r.log = r.log.With().Int("attempt", r.attempt).Logger()
 
 	if err := a.resolve(ctx, r); err != nil {
 		var rj *rejection
@@ -81,8 +97,7 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	r.log = r.log.With().Str("vm_uuid", r.vm.InstanceUUID).Logger()
-
-	holder := fmt.Sprintf("%s/%s/%d", a.cfg.AgentID, r.jobID, r.attempt)
+	holder := bus.Holder{Agent: a.cfg.AgentID, JobID: r.jobID, Attempt: r.attempt}
 	lease, err := a.deps.Leases.Acquire(ctx, bus.VMLeaseKey(r.vm.InstanceUUID), holder)
 	if errors.Is(err, bus.ErrLeaseHeld) {
 		r.log.Info().Err(err).Dur("delay", a.cfg.LeaseWait).Msg("vm busy; request waits")
@@ -91,38 +106,114 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	if err != nil {
-		a.failAndSettle(ctx, r, nil, stop, fail(schemas.FailInternal, true, fmt.Errorf("take lease of vm %s: %w", r.vm.InstanceUUID, err)))
+		a.failAndSettle(ctx, r, nil, stop, a.natsFailure(fmt.Errorf("take lease of vm %s: %w", r.vm.InstanceUUID, err)))
 		return
 	}
-	r.log.Info().Str("holder", holder).Msg("lease taken")
+	r.log.Info().Str("holder", holder.String()).Msg("lease taken")
 
 	began := time.Now()
 	done := a.metrics.started()
-	completed, err := a.run(lease.Context(), r)
+	completed, runs, err := a.run(lease.Context(), r)
 	if err == nil {
-		// The copy is done and the targets are closed: finish reporting it
-		// even if shutdown began meanwhile.
-		cctx, cancel := a.cleanupCtx(ctx)
-		err = a.publish(cctx, schemas.NameCompleted, completed)
-		cancel()
+		err = a.publishCompleted(ctx, r, lease, completed, runs)
 	}
 	done()
 	if err != nil {
-		if lerr := lease.Err(); lerr != nil && ctx.Err() == nil {
-			// The lease was lost while the agent was not shutting down.
-			err = fail(schemas.FailInternal, true, fmt.Errorf("%w (lease lost: %v)", err, lerr))
-		}
-		a.failAndSettle(ctx, r, lease, stop, err)
+		a.failAndSettle(ctx, r, lease, stop, a.whyStopped(ctx, lease, err))
 		return
 	}
 	r.log.Info().Int("disks", len(completed.Disks)).Msg("backup completed")
 	a.metrics.completed(completed, time.Since(began))
+	a.storeUp()
 	a.awaitCatalog(ctx, r, store.StatusCompleted)
 	a.release(lease, r)
 	stop()
 	if err := msg.DoubleAck(ctx); err != nil {
 		r.log.Warn().Err(err).Msg("ack request")
 	}
+}
+
+// attemptOf numbers a run of a job: its delivery count, but always above
+// every attempt the catalog has seen. Delivery counts alone can repeat (a
+// consumer recreated after a cluster lost its state counts from 1 again),
+// and a repeated attempt would repeat event ids: the stream would drop the
+// new events as duplicates of the old ones.
+func attemptOf(delivered int, job store.Job) int {
+	return max(delivered, job.Attempt+1)
+}
+
+// endedJob settles a request for a job that already ended. A redelivery
+// (the ack or term of the last attempt was lost) is dropped. A first
+// delivery is a new request that reuses the job id: it is rejected with
+// job_id_reused under a job id of its own (derived from the message), so
+// the ended job's history is never touched and the requester learns why.
+func (a *Agent) endedJob(ctx context.Context, r *request, stop func(), md *jetstream.MsgMetadata, job store.Job) {
+	if r.attempt > 1 {
+		r.log.Info().Str("status", job.Status).Msg("job already ended; dropping redelivered request")
+		stop()
+		_ = r.msg.Term()
+		return
+	}
+	reused := r.jobID
+	r.jobID = bus.DeriveJobID(md.Stream, md.Sequence.Stream, md.Timestamp)
+	r.log = r.log.With().Str("job_id", r.jobID).Str("reused_job_id", reused).Logger()
+	a.rejectAndTerm(ctx, r, stop, &rejection{reason: schemas.RejectJobIDReused, err: fmt.Errorf(
+		"job id %s names a job that already ended (%s); a new request needs a new job id", reused, job.Status)})
+}
+
+// publishCompleted publishes backup.completed only while the lease is
+// certainly held: it renews the lease first (Confirm) and publishes within
+// the time that renewal guarantees. A lease it cannot confirm ends the job
+// without a completed event, and the closed targets are removed.
+func (a *Agent) publishCompleted(ctx context.Context, r *request, lease *bus.Lease, completed *schemas.Completed, runs []*diskRun) error {
+	// The copy is done and the targets are closed: finish reporting it
+	// even if shutdown began meanwhile.
+	cctx, cancel := a.cleanupCtx(ctx)
+	defer cancel()
+	valid, err := lease.Confirm(cctx)
+	if err != nil {
+		a.abortTargets(ctx, r, runs)
+		return a.leaseFailure(fmt.Errorf("confirm lease before backup.completed: %w", err))
+	}
+	pctx, pcancel := context.WithTimeout(cctx, valid)
+	defer pcancel()
+	// On an error the event may still have been stored (the ack was lost):
+	// the targets stay, and the hub removes them only once the catalog has
+	// everything the stream holds and does not show the job completed.
+	return a.publish(pctx, completed)
+}
+
+// whyStopped classifies the error that ended a run from what ended it: the
+// agent shutting down, or the lease lost (taken or deleted, or not
+// renewable because NATS could not store).
+func (a *Agent) whyStopped(ctx context.Context, lease *bus.Lease, err error) error {
+	switch lerr := lease.Err(); {
+	case ctx.Err() != nil:
+		return fail(schemas.FailShutdown, true, err)
+	case lerr != nil && errors.Is(lerr, bus.ErrLeaseLost):
+		// Whatever failed after the lease ended failed because it ended.
+		return a.leaseFailure(fmt.Errorf("%w: %w", lerr, err))
+	}
+	return err
+}
+
+// leaseFailure classifies a lost lease: nats_unavailable when it could not
+// be renewed (NATS could not store), else lease_lost (deleted or taken).
+func (a *Agent) leaseFailure(err error) error {
+	if errors.Is(err, bus.ErrUnavailable) {
+		return a.natsFailure(err)
+	}
+	return fail(schemas.FailLeaseLost, true, err)
+}
+
+// natsFailure classifies an error of a NATS operation: nats_unavailable
+// (retryable, and the agent pauses, see storeDown) when JetStream could
+// not store, internal and retryable otherwise.
+func (a *Agent) natsFailure(err error) error {
+	if errors.Is(err, bus.ErrUnavailable) {
+		return fail(schemas.FailNATS, true, err)
+	}
+	return fail(schemas.FailInternal, true, err)
 }
 
 // jobID is the request's job id or, for a raw publish, one derived from the
@@ -172,10 +263,17 @@ func (a *Agent) header(r *request, name string, diskKey int32, seq int64) schema
 
 // publish publishes an event. The publisher refuses one that fails its
 // schema (bus.ErrInvalidEvent), so the agent can never emit something the
-// catalog would refuse; that is a bug, not worth a retry.
-func (a *Agent) publish(ctx context.Context, subject string, ev schemas.Event) error {
-	if _, err := a.deps.Publisher.PublishEvent(ctx, subject, ev); err != nil {
-		return fail(schemas.FailInternal, !errors.Is(err, bus.ErrInvalidEvent), fmt.Errorf("publish %s: %w", subject, err))
+// catalog would refuse; that is a bug, not worth a retry. JetStream not
+// storing is nats_unavailable; an event id already used by another run
+// (bus.ErrDuplicateMsgID) is retried under the next attempt.
+func (a *Agent) publish(ctx context.Context, ev schemas.Event) error {
+	name := schemas.NameOf(ev)
+	if _, err := a.deps.Publisher.PublishEvent(ctx, ev); err != nil {
+		err = fmt.Errorf("publish %s: %w", name, err)
+		if errors.Is(err, bus.ErrInvalidEvent) {
+			return fail(schemas.FailInternal, false, err)
+		}
+		return a.natsFailure(err)
 	}
 	return nil
 }
@@ -201,9 +299,12 @@ func (a *Agent) rejectAndTerm(ctx context.Context, r *request, stop func(), rj *
 	r.log.Warn().Str("reason", rj.reason).Err(rj.err).Msg("request rejected")
 	a.metrics.outcome(OutcomeRejected)
 	stop()
-	if err := a.publish(cctx, schemas.NameRejected, ev); err != nil {
+	if err := a.publish(cctx, ev); err != nil {
 		// Not terminated: a redelivery gets another chance to say why.
 		r.log.Error().Err(err).Msg("publish rejection")
+		if errors.Is(err, bus.ErrUnavailable) {
+			a.storeDown(err)
+		}
 		_ = r.msg.NakWithDelay(a.cfg.RetryBackoff)
 		return
 	}
@@ -211,7 +312,8 @@ func (a *Agent) rejectAndTerm(ctx context.Context, r *request, stop func(), rj *
 }
 
 // failAndSettle publishes backup.failed, then acks (permanent or out of
-// attempts) or naks with backoff (retryable).
+// attempts) or naks with backoff (retryable). A failure it could not
+// publish is never acked: the request comes back once NATS stores again.
 func (a *Agent) failAndSettle(ctx context.Context, r *request, lease *bus.Lease, stop func(), err error) {
 	cctx, cancel := a.cleanupCtx(ctx)
 	defer cancel()
@@ -229,22 +331,29 @@ func (a *Agent) failAndSettle(ctx context.Context, r *request, lease *bus.Lease,
 	}
 	r.log.Error().Err(err).Str("reason", reason).Bool("retryable", ev.Retryable).Msg("backup failed")
 	a.metrics.outcome(OutcomeFailed)
-	if perr := a.publish(cctx, schemas.NameFailed, ev); perr != nil {
+	perr := a.publish(cctx, ev)
+	if perr != nil {
 		r.log.Error().Err(perr).Msg("publish failure")
 	} else {
 		a.awaitCatalog(cctx, r, store.StatusFailed)
+	}
+	if reason == schemas.FailNATS || errors.Is(perr, bus.ErrUnavailable) {
+		a.storeDown(err)
 	}
 	if lease != nil {
 		a.release(lease, r)
 	}
 	stop()
-	if final {
+	if final && perr == nil {
 		_ = r.msg.Ack()
 		return
 	}
 	delay := a.backoff(r.failures + 1)
-	if reason == schemas.FailShutdown {
+	switch reason {
+	case schemas.FailShutdown:
 		delay = time.Second // another agent may take it at once
+	case schemas.FailRepositoryFull:
+		delay = max(delay, a.cfg.RepositoryFullBackoff) // space comes back slowly, if at all
 	}
 	_ = r.msg.NakWithDelay(delay)
 }

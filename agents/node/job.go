@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/vmware/govmomi/vim25/types"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/sendense/sendense/agents/hub"
-	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/copier"
 	"github.com/sendense/sendense/schemas"
 	"github.com/sendense/sendense/store"
@@ -29,15 +29,15 @@ type diskRun struct {
 
 // run performs one backup while the lease is held (ctx is the lease's
 // context: losing the lease cancels the copy). It returns the completed
-// event, not yet published; every exit path removes the snapshot and, on
-// error, aborts the targets.
-func (a *Agent) run(ctx context.Context, r *request) (_ *schemas.Completed, err error) {
+// event, not yet published, and the disks' runs (their targets closed);
+// every exit path removes the snapshot and, on error, aborts the targets.
+func (a *Agent) run(ctx context.Context, r *request) (_ *schemas.Completed, _ []*diskRun, err error) {
 	a.removeStaleSnapshots(ctx, r)
 
 	snapName := vmware.SnapshotName(r.jobID)
 	snap, err := a.deps.VCenter.CreateSnapshot(ctx, r.vm, snapName, a.cfg.Quiesce)
 	if err != nil {
-		return nil, fail(schemas.FailSnapshot, true, fmt.Errorf("create snapshot %s of vm %s: %w", snapName, r.vm.InstanceUUID, err))
+		return nil, nil, fail(schemas.FailSnapshot, true, fmt.Errorf("create snapshot %s of vm %s: %w", snapName, r.vm.InstanceUUID, err))
 	}
 	r.log.Info().Str("snapshot", snapName).Str("snapshot_ref", snap.Value).Msg("snapshot created")
 	snapRemoved := false
@@ -49,14 +49,14 @@ func (a *Agent) run(ctx context.Context, r *request) (_ *schemas.Completed, err 
 
 	disks, err := a.deps.VCenter.SnapshotDisks(ctx, snap)
 	if err != nil {
-		return nil, fail(schemas.FailVCenter, true, fmt.Errorf("disks of snapshot %s: %w", snapName, err))
+		return nil, nil, fail(schemas.FailVCenter, true, fmt.Errorf("disks of snapshot %s: %w", snapName, err))
 	}
 	if len(disks) == 0 {
-		return nil, fail(schemas.RejectImpossible, false, fmt.Errorf("vm %s has no disks to back up", r.vm.InstanceUUID))
+		return nil, nil, fail(schemas.RejectImpossible, false, fmt.Errorf("vm %s has no disks to back up", r.vm.InstanceUUID))
 	}
 	plans, err := a.plan(ctx, r, snap, disks)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 
 	runs := make([]*diskRun, len(plans))
@@ -66,15 +66,11 @@ func (a *Agent) run(ctx context.Context, r *request) (_ *schemas.Completed, err 
 		}
 	}()
 	for i, p := range plans {
-		ref := hub.TargetRef{Repository: r.req.Repository, JobID: r.jobID, VMUUID: r.vm.InstanceUUID, DiskKey: p.disk.Key}
-		out, err := a.deps.Targets.Open(ctx, hub.OpenRequest{
-			TargetRef: ref, Attempt: r.attempt, CapacityBytes: p.disk.CapacityBytes,
-			BackingJobID: p.backing, Agent: a.cfg.AgentID,
-		})
+		d, err := a.openTarget(ctx, r, snap, p)
 		if err != nil {
-			return nil, fail(schemas.FailRepository, true, fmt.Errorf("open target for disk %d of vm %s: %w", p.disk.Key, r.vm.InstanceUUID, err))
+			return nil, nil, err
 		}
-		runs[i] = &diskRun{plan: p, target: out, ref: ref}
+		runs[i] = d
 	}
 
 	started := &schemas.Started{
@@ -90,8 +86,8 @@ func (a *Agent) run(ctx context.Context, r *request) (_ *schemas.Completed, err 
 			BaseChangeID: d.plan.baseChangeID, Backing: d.plan.backing, Target: d.target.Target,
 		})
 	}
-	if err := a.publish(ctx, schemas.NameStarted, started); err != nil {
-		return nil, err
+	if err := a.publish(ctx, started); err != nil {
+		return nil, nil, err
 	}
 
 	prog := newProgress(a, r, runs)
@@ -104,7 +100,7 @@ func (a *Agent) run(ctx context.Context, r *request) (_ *schemas.Completed, err 
 		g.Go(func() error { return a.copyDisk(gctx, r, snap, d, prog) })
 	}
 	if err := g.Wait(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 
 	// The copy is done: remove the snapshot (consolidating the guest's
@@ -115,7 +111,7 @@ func (a *Agent) run(ctx context.Context, r *request) (_ *schemas.Completed, err 
 	for _, d := range runs {
 		closed, err := a.deps.Targets.Close(ctx, d.ref)
 		if err != nil {
-			return nil, fail(schemas.FailRepository, true, fmt.Errorf("close target of disk %d of vm %s: %w", d.plan.disk.Key, r.vm.InstanceUUID, err))
+			return nil, nil, fail(schemas.FailRepository, true, fmt.Errorf("close target of disk %d of vm %s: %w", d.plan.disk.Key, r.vm.InstanceUUID, err))
 		}
 		d.closed = closed
 		completed.Disks = append(completed.Disks, schemas.DiskResult{
@@ -128,10 +124,45 @@ func (a *Agent) run(ctx context.Context, r *request) (_ *schemas.Completed, err 
 	// with any disk lacking its change id.
 	for _, d := range completed.Disks {
 		if d.ChangeID == "" {
-			return nil, fail(schemas.FailChangeIDMissing, false, fmt.Errorf("disk %d of vm %s has no change id", d.Disk.Key, r.vm.InstanceUUID))
+			return nil, nil, fail(schemas.FailChangeIDMissing, false, fmt.Errorf("disk %d of vm %s has no change id", d.Disk.Key, r.vm.InstanceUUID))
 		}
 	}
-	return completed, nil
+	return completed, runs, nil
+}
+
+// openTarget asks the repository for the disk's target. When the hub
+// finds an incremental's base missing or broken (its file, or its backing
+// chain), the disk becomes a full with that reason: a bad base must never
+// fail a VM's backups forever.
+func (a *Agent) openTarget(ctx context.Context, r *request, snap types.ManagedObjectReference, p *diskPlan) (*diskRun, error) {
+	ref := hub.TargetRef{Repository: r.req.Repository, JobID: r.jobID, VMUUID: r.vm.InstanceUUID, DiskKey: p.disk.Key}
+	open := func() (hub.OpenReply, error) {
+		return a.deps.Targets.Open(ctx, hub.OpenRequest{
+			TargetRef: ref, Attempt: r.attempt, CapacityBytes: p.disk.CapacityBytes,
+			BackingJobID: p.backing, Agent: a.cfg.AgentID,
+		})
+	}
+	out, err := open()
+	if p.backupType == schemas.TypeIncremental && (errors.Is(err, hub.ErrBaseMissing) || errors.Is(err, hub.ErrBaseInvalid)) {
+		reason := schemas.ReasonBaseMissing
+		if errors.Is(err, hub.ErrBaseInvalid) {
+			reason = schemas.ReasonBaseInvalid
+		}
+		r.log.Warn().Err(err).Int32("disk_key", p.disk.Key).Str("backing", p.backing).Str("reason", reason).
+			Msg("base of the incremental unusable; taking a full")
+		if err := a.planFull(ctx, r, snap, p, reason); err != nil {
+			return nil, err
+		}
+		out, err = open()
+	}
+	if err != nil {
+		reason := schemas.FailRepository
+		if errors.Is(err, hub.ErrRepositoryFull) {
+			reason = schemas.FailRepositoryFull
+		}
+		return nil, fail(reason, true, fmt.Errorf("open target for disk %d of vm %s: %w", p.disk.Key, r.vm.InstanceUUID, err))
+	}
+	return &diskRun{plan: p, target: out, ref: ref}, nil
 }
 
 // copyDisk copies one disk's extents from its snapshot source to its target
@@ -161,8 +192,11 @@ func (a *Agent) copyDisk(ctx context.Context, r *request, snap types.ManagedObje
 	res, err := copier.Copy(ctx, src.URI(), d.target.URI, extents, opts)
 	if err != nil {
 		reason := schemas.FailCopy
-		if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		switch {
+		case errors.Is(err, context.Canceled) && ctx.Err() != nil:
 			return err // shutdown or lease lost: classified by the caller
+		case errors.Is(err, syscall.ENOSPC):
+			reason = schemas.FailRepositoryFull // the target's file system is full
 		}
 		return fail(reason, true, fmt.Errorf("copy disk %d of vm %s: %w", key, r.vm.InstanceUUID, err))
 	}
@@ -175,7 +209,7 @@ func (a *Agent) copyDisk(ctx context.Context, r *request, snap types.ManagedObje
 		BackupType: d.plan.backupType, BytesRead: res.BytesRead, BytesWritten: res.BytesWritten,
 		Target: d.target.Target,
 	}
-	if err := a.publish(ctx, schemas.NameChangeID, ev); err != nil {
+	if err := a.publish(ctx, ev); err != nil {
 		return err
 	}
 	log.Info().Str("change_id", d.plan.disk.ChangeID).Str("backup_type", d.plan.backupType).
@@ -309,7 +343,7 @@ func (p *progress) publish(ctx context.Context) {
 	}
 	p.mu.Unlock()
 	ev.RateBytesPerSec = p.rate(ev)
-	if err := p.a.publish(ctx, bus.ProgressSubject(p.r.jobID), ev); err != nil {
+	if err := p.a.publish(ctx, ev); err != nil {
 		p.r.log.Debug().Err(err).Msg("publish progress")
 	}
 }

@@ -24,6 +24,7 @@ const (
 type metrics struct {
 	jobs         *prometheus.CounterVec
 	running      prometheus.Gauge
+	ready        prometheus.Gauge
 	bytesRead    prometheus.Counter
 	bytesWritten prometheus.Counter
 	duration     prometheus.Histogram
@@ -33,7 +34,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	if reg == nil {
 		return nil
 	}
-	return &metrics{
+	m := &metrics{
 		jobs: promreg.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sendense_agent_jobs_total",
 			Help: "Backup attempts that ended, by outcome (completed, failed, rejected).",
@@ -41,6 +42,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		running: promreg.Register(reg, prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sendense_agent_jobs_running",
 			Help: "Backups running now, holding their VM's lease.",
+		})),
+		ready: promreg.Register(reg, prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sendense_agent_ready",
+			Help: "1 while the agent takes requests, 0 while it waits for JetStream to store again.",
 		})),
 		bytesRead: promreg.Register(reg, prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sendense_agent_read_bytes_total",
@@ -55,6 +60,23 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "Time from taking the VM's lease to backup.completed, for completed backups.",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 16), // 1 s .. 9 h
 		})),
+	}
+	// Every outcome is exported from the start, at 0, so a rate() or an
+	// alert on failures works before the first one.
+	for _, o := range []string{OutcomeCompleted, OutcomeFailed, OutcomeRejected} {
+		m.jobs.WithLabelValues(o)
+	}
+	return m
+}
+
+func (m *metrics) setReady(ok bool) {
+	if m == nil {
+		return
+	}
+	if ok {
+		m.ready.Set(1)
+	} else {
+		m.ready.Set(0)
 	}
 }
 

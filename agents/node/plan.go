@@ -82,15 +82,25 @@ func (a *Agent) plan(ctx context.Context, r *request, snap types.ManagedObjectRe
 			}
 		}
 		if p.backupType == schemas.TypeFull {
-			ext, err := a.deps.VCenter.ChangedAreas(ctx, r.vm, snap, d.Key, "*", d.CapacityBytes)
-			if err != nil {
-				return nil, fail(schemas.FailVCenter, true, fmt.Errorf("allocated areas of disk %d of vm %s: %w", d.Key, r.vm.InstanceUUID, err))
+			if err := a.planFull(ctx, r, snap, p, p.reason); err != nil {
+				return nil, err
 			}
-			p.extents = ext
 		}
 		r.log.Info().Int32("disk_key", d.Key).Str("backup_type", p.backupType).Str("reason", p.reason).
 			Str("base_change_id", p.baseChangeID).Int("extents", len(p.extents)).Msg("disk planned")
 		plans = append(plans, p)
 	}
 	return plans, nil
+}
+
+// planFull makes p a full backup for reason: no base, and every allocated
+// area of the disk to copy.
+func (a *Agent) planFull(ctx context.Context, r *request, snap types.ManagedObjectReference, p *diskPlan, reason string) error {
+	d := p.disk
+	ext, err := a.deps.VCenter.ChangedAreas(ctx, r.vm, snap, d.Key, vmware.FullChangeID, d.CapacityBytes)
+	if err != nil {
+		return fail(schemas.FailVCenter, true, fmt.Errorf("allocated areas of disk %d of vm %s: %w", d.Key, r.vm.InstanceUUID, err))
+	}
+	p.backupType, p.reason, p.baseChangeID, p.backing, p.extents = schemas.TypeFull, reason, "", "", ext
+	return nil
 }

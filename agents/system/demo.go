@@ -111,8 +111,9 @@ func RunDemo(ctx context.Context, nc *nats.Conn, opts DemoOptions, out io.Writer
 	backup := func(typ string) (*schemas.Completed, error) {
 		id := bus.NewJobID()
 		done := make(chan schemas.Event, 1)
-		sub, err := nc.Subscribe("backup.*", func(m *nats.Msg) {
-			if m.Subject == schemas.NameRequested || m.Subject == schemas.NameStarted || m.Subject == schemas.NameChangeID {
+		sub, err := nc.Subscribe(bus.SubjectAll, func(m *nats.Msg) {
+			name, _, err := bus.ParseEventSubject(m.Subject)
+			if err != nil || name == schemas.NameStarted || name == schemas.NameChangeID || name == schemas.NameProgress {
 				return
 			}
 			ev, err := schemas.Decode(m.Subject, m.Data)
@@ -136,28 +137,24 @@ func RunDemo(ctx context.Context, nc *nats.Conn, opts DemoOptions, out io.Writer
 			return nil, err
 		}
 		fmt.Fprintf(out, "requested %s backup of %s: job %s\n", typ, opts.VM, id)
+		var ev schemas.Event
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case ev := <-done:
-			c, ok := ev.(*schemas.Completed)
-			if !ok {
-				return nil, fmt.Errorf("job %s did not complete: %s", id, describe(ev))
-			}
-			fmt.Fprintf(out, "job %s completed in %s\n", id, time.Since(start).Round(time.Millisecond))
-			// Wait until the catalog has it, as the next request needs it.
-			for {
-				j, err := cat.Job(ctx, id)
-				if err == nil && j.Status == store.StatusCompleted {
-					return c, nil
-				}
-				select {
-				case <-ctx.Done():
-					return nil, ctx.Err()
-				case <-time.After(50 * time.Millisecond):
-				}
-			}
+		case ev = <-done:
 		}
+		// The event was seen on the wire; the outcome shown is the one the
+		// catalog stored, which is also what the next request plans from.
+		job, err := cat.Await(ctx, id, store.Job.Ended)
+		if err != nil {
+			return nil, fmt.Errorf("job %s: %s seen, but the catalog does not show its outcome: %w", id, describe(ev), err)
+		}
+		c, ok := ev.(*schemas.Completed)
+		if job.Status != store.StatusCompleted || !ok {
+			return nil, fmt.Errorf("job %s did not complete: %s (catalog: %s)", id, describe(ev), job.Status)
+		}
+		fmt.Fprintf(out, "job %s completed in %s\n", id, time.Since(start).Round(time.Millisecond))
+		return c, nil
 	}
 
 	full, err := backup(schemas.TypeFull)

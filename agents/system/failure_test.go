@@ -39,9 +39,9 @@ func (h *harness) checkClean(vm, vmUUID, jobID string) {
 	if len(matches) != 0 {
 		h.t.Errorf("partial files left: %v", matches)
 	}
-	holder, err := h.sys.Leases.Holder(context.Background(), bus.VMLeaseKey(vmUUID))
-	if err != nil || holder != "" {
-		h.t.Errorf("lease of %s still held by %q (%v)", vm, holder, err)
+	holder, held, err := h.sys.Leases.Holder(context.Background(), bus.VMLeaseKey(vmUUID))
+	if err != nil || held {
+		h.t.Errorf("lease of %s still held by %s (%v)", vm, holder, err)
 	}
 }
 

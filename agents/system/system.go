@@ -38,11 +38,21 @@ type Config struct {
 	// DataDir holds the catalog (catalog.db), the embedded NATS store (nats/)
 	// and the default repository (repo/). Required.
 	DataDir string
-	// NATS connects to an external server when NATS.URLs is set; otherwise
+	// NATS connects to an external server when NATS.URLs is set (its TLS
+	// settings apply to every role's connection; its credentials are
+	// ignored: each role connects with its own from CredsDir); otherwise
 	// an embedded server is started listening on NATSListen
 	// ("127.0.0.1:4222" by default, "none" for in-process only).
 	NATS       bus.Options
 	NATSListen string
+	// CredsDir holds one nkey seed per identity (bus.Creds). Default
+	// DataDir/creds. With an embedded server every missing seed of the
+	// roles and of this process's agent is made at start, and the server
+	// admits exactly the identities found there.
+	CredsDir string
+	// NATSInsecure lets an embedded server listen off loopback without
+	// TLS (see bus.EmbeddedOptions.Insecure).
+	NATSInsecure bool
 	// Replicas of the streams and the lease bucket (1 on a single server).
 	Replicas int
 
@@ -92,19 +102,28 @@ type System struct {
 	cfg Config
 	log zerolog.Logger
 
+	// NC and JS are the admin identity's connection (nil when CredsDir
+	// has no admin seed): the simulated vCenter's control service, the
+	// demo and tests use it. Each role has a connection of its own.
 	NC       *nats.Conn
 	JS       jetstream.JetStream
+	Creds    bus.Creds
 	Embedded *bus.Embedded
 	Catalog  *store.Catalog
 	Testbed  *testbed.Testbed
 	Repos    map[string]*repository.Repo
 	RepoSvc  *hub.RepoService
-	Leases   *bus.Leases
 	APIAddr  string
 	Registry *prometheus.Registry
+	// Leases is the hub's view of the lease bucket (read only; nil
+	// without the hub role).
+	Leases *bus.Leases
 
 	vc       *vmware.Client
 	services []micro.Service
+	conns    []*nats.Conn // every role's connection, closed by Stop
+	// agent is the running node agent, for readiness.
+	agent *node.Agent
 
 	cancel  context.CancelFunc
 	mu      sync.Mutex
@@ -136,6 +155,9 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 	if len(cfg.Repositories) == 0 {
 		cfg.Repositories = map[string]string{"default": filepath.Join(cfg.DataDir, "repo")}
 	}
+	if cfg.CredsDir == "" {
+		cfg.CredsDir = filepath.Join(cfg.DataDir, "creds")
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("create data dir %s: %w", cfg.DataDir, err)
 	}
@@ -144,7 +166,7 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	s := &System{cfg: cfg, log: cfg.Log, failed: make(chan struct{}), Registry: reg}
+	s := &System{cfg: cfg, log: cfg.Log, failed: make(chan struct{}), Registry: reg, Creds: bus.Creds{Dir: cfg.CredsDir}}
 	defer func() {
 		if err != nil {
 			s.Stop()
@@ -153,26 +175,31 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 	if err := s.startNATS(ctx); err != nil {
 		return nil, err
 	}
-	if err := bus.EnsureStreams(ctx, s.JS, bus.StreamOptions{Replicas: cfg.Replicas}); err != nil {
-		return nil, err
-	}
-	if cfg.Catalog {
-		if err := s.startCatalog(); err != nil {
+	if cfg.Hub {
+		// The hub owns the streams and the lease bucket: it makes them, the
+		// other roles wait for them.
+		hnc, hjs, err := s.connect(ctx, bus.Identity{Role: bus.RoleHub})
+		if err != nil {
 			return nil, err
 		}
-	}
-	if cfg.Hub || cfg.Agent {
+		if err := bus.EnsureStreams(ctx, hjs, bus.StreamOptions{Replicas: cfg.Replicas}); err != nil {
+			return nil, err
+		}
 		ttl := cfg.LeaseTTL
 		if ttl <= 0 {
 			ttl = bus.DefaultLeaseTTL
 		}
-		s.Leases, err = bus.NewLeases(ctx, s.JS, bus.LeaseBucket, ttl, bus.LeaseReplicas(cfg.Replicas), bus.LeaseLogger(s.log))
+		leases, err := bus.NewLeases(ctx, hjs, bus.LeaseBucket, ttl, bus.LeaseReplicas(cfg.Replicas), bus.LeaseLogger(s.log))
 		if err != nil {
 			return nil, err
 		}
+		s.Leases = leases
+		if err := s.startHub(hnc, hjs, leases); err != nil {
+			return nil, err
+		}
 	}
-	if cfg.Hub {
-		if err := s.startHub(); err != nil {
+	if cfg.Catalog {
+		if err := s.startCatalog(ctx); err != nil {
 			return nil, err
 		}
 	}
@@ -250,40 +277,96 @@ func (s *System) Err() error {
 	}
 }
 
+// identities are the NATS users this process's roles connect as.
+func (s *System) identities() []bus.Identity {
+	ids := []bus.Identity{{Role: bus.RoleAdmin}}
+	if s.cfg.Hub {
+		ids = append(ids, bus.Identity{Role: bus.RoleHub})
+	}
+	if s.cfg.Catalog {
+		ids = append(ids, bus.Identity{Role: bus.RoleCatalog})
+	}
+	if s.cfg.Agent {
+		ids = append(ids, bus.AgentIdentity(s.cfg.AgentID))
+	}
+	return ids
+}
+
+// startNATS starts the embedded server (unless NATS.URLs is set), which
+// admits the identities of CredsDir, making the missing seeds of every
+// role and of this process's agent first; then it connects as admin when
+// an admin seed is there.
 func (s *System) startNATS(ctx context.Context) error {
-	if len(s.cfg.NATS.URLs) > 0 {
-		opts := s.cfg.NATS
-		if opts.Name == "" {
-			opts.Name = s.cfg.Name
+	if len(s.cfg.NATS.URLs) == 0 {
+		ids := append(s.identities(), bus.Identity{Role: bus.RoleRequester}, bus.Identity{Role: bus.RoleMonitor})
+		if err := s.Creds.Ensure(ids...); err != nil {
+			return err
 		}
-		nc, err := bus.Connect(ctx, opts, s.log)
+		users, err := s.Creds.Users()
 		if err != nil {
 			return err
 		}
-		s.NC = nc
-	} else {
 		listen := s.cfg.NATSListen
 		if listen == "" {
 			listen = "127.0.0.1:4222"
 		}
-		emb, err := bus.StartEmbedded(ctx, bus.EmbeddedOptions{DataDir: filepath.Join(s.cfg.DataDir, "nats"), Listen: listen, Log: s.log})
+		emb, err := bus.StartEmbedded(ctx, bus.EmbeddedOptions{
+			DataDir: filepath.Join(s.cfg.DataDir, "nats"), Listen: listen, Users: users,
+			Insecure: s.cfg.NATSInsecure, Log: s.log,
+		})
 		if err != nil {
 			return err
 		}
 		s.Embedded = emb
-		if s.NC, err = emb.Connect(s.log); err != nil {
+	}
+	if _, err := os.Stat(s.Creds.File(bus.Identity{Role: bus.RoleAdmin})); err == nil {
+		nc, js, err := s.connect(ctx, bus.Identity{Role: bus.RoleAdmin})
+		if err != nil {
 			return err
 		}
+		s.NC, s.JS = nc, js
 	}
-	js, err := jetstream.New(s.NC)
-	if err != nil {
-		return fmt.Errorf("jetstream: %w", err)
-	}
-	s.JS = js
 	return nil
 }
 
-func (s *System) startCatalog() error {
+// connect opens a connection as id with its seed from CredsDir: in
+// process to the embedded server, or to NATS.URLs with NATS's TLS
+// settings. Stop closes it.
+func (s *System) connect(ctx context.Context, id bus.Identity) (*nats.Conn, jetstream.JetStream, error) {
+	opts := s.Creds.Options(id)
+	opts.Name = s.cfg.Name + "-" + id.Name()
+	if _, err := os.Stat(opts.NKeyFile); err != nil {
+		// A server without authentication needs none; one with it refuses
+		// the connection and says so.
+		s.log.Warn().Str("identity", id.Name()).Str("seed", opts.NKeyFile).Msg("no credentials for this role; connecting without")
+		opts.NKeyFile = ""
+	}
+	var nc *nats.Conn
+	var err error
+	if s.Embedded != nil {
+		nc, err = s.Embedded.Connect(s.log, opts)
+	} else {
+		opts.URLs, opts.TLSCA, opts.TLSCert, opts.TLSKey = s.cfg.NATS.URLs, s.cfg.NATS.TLSCA, s.cfg.NATS.TLSCert, s.cfg.NATS.TLSKey
+		nc, err = bus.Connect(ctx, opts, s.log)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect to nats as %s: %w", id, err)
+	}
+	s.mu.Lock()
+	s.conns = append(s.conns, nc)
+	s.mu.Unlock()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, nil, fmt.Errorf("jetstream as %s: %w", id, err)
+	}
+	return nc, js, nil
+}
+
+func (s *System) startCatalog(ctx context.Context) error {
+	nc, js, err := s.connect(ctx, bus.Identity{Role: bus.RoleCatalog})
+	if err != nil {
+		return err
+	}
 	cat, err := store.Open(CatalogPath(s.cfg.DataDir), &store.Options{Logger: s.log})
 	if errors.Is(err, store.ErrLocked) {
 		return fmt.Errorf("%w (is another sendense serve or catalog running on --data %s?)", err, s.cfg.DataDir)
@@ -292,7 +375,7 @@ func (s *System) startCatalog() error {
 		return err
 	}
 	s.Catalog = cat
-	svc, err := catalog.Serve(s.NC, cat, s.log)
+	svc, err := catalog.Serve(nc, cat, s.log)
 	if err != nil {
 		return err
 	}
@@ -300,12 +383,12 @@ func (s *System) startCatalog() error {
 	s.run("catalog", func(ctx context.Context) error {
 		opts := s.cfg.CatalogOptions
 		opts.Log, opts.Registry = s.log, s.Registry
-		return catalog.Run(ctx, s.JS, cat, opts)
+		return catalog.Run(ctx, js, cat, opts)
 	})
 	return nil
 }
 
-func (s *System) startHub() error {
+func (s *System) startHub(nc *nats.Conn, js jetstream.JetStream, leases *bus.Leases) error {
 	s.Repos = map[string]*repository.Repo{}
 	for name, dir := range s.cfg.Repositories {
 		r, err := repository.Open(dir)
@@ -314,14 +397,14 @@ func (s *System) startHub() error {
 		}
 		s.Repos[name] = r
 	}
-	svc, err := hub.NewRepoService(hub.RepoOptions{Repositories: s.Repos, Leases: s.Leases, Log: s.log})
+	svc, err := hub.NewRepoService(hub.RepoOptions{Repositories: s.Repos, Leases: leases, Log: s.log})
 	if err != nil {
 		return err
 	}
 	s.RepoSvc = svc
 	ready := make(chan struct{})
 	s.run("repository", func(ctx context.Context) error {
-		return svc.Serve(ctx, s.NC, ready)
+		return svc.Serve(ctx, nc, ready)
 	})
 	<-ready
 	if s.cfg.APIListen != "" && s.cfg.APIListen != "none" {
@@ -330,7 +413,7 @@ func (s *System) startHub() error {
 			return fmt.Errorf("request api listen %s: %w", s.cfg.APIListen, err)
 		}
 		s.APIAddr = ln.Addr().String()
-		api := &hub.API{Publisher: bus.NewPublisher(s.JS, "sendense-hub", s.log), Jobs: catalog.NewClient(s.NC), Log: s.log}
+		api := &hub.API{Publisher: bus.NewPublisher(js, "sendense-hub", s.log), Jobs: catalog.NewClient(nc), Log: s.log}
 		s.run("api", func(ctx context.Context) error { return api.ServeListener(ctx, ln) })
 	}
 	return nil
@@ -346,6 +429,9 @@ func (s *System) startTestbed(ctx context.Context) error {
 		return fmt.Errorf("start simulated vcenter: %w", err)
 	}
 	s.Testbed = tb
+	if s.NC == nil {
+		return errors.New("simulated vcenter: its control service needs the admin credentials in " + s.cfg.CredsDir)
+	}
 	svc, err := simctl.Serve(s.NC, tb, s.log)
 	if err != nil {
 		return err
@@ -389,7 +475,19 @@ func (s *System) startAgent(ctx context.Context) error {
 		return err
 	}
 	s.vc = vc
-	cons, err := bus.EnsureRequestConsumer(ctx, s.JS, bus.RequestConsumerOptions{})
+	nc, js, err := s.connect(ctx, bus.AgentIdentity(s.cfg.AgentID))
+	if err != nil {
+		return err
+	}
+	leases, err := bus.OpenLeases(ctx, js, bus.LeaseBucket, bus.LeaseLogger(s.log))
+	if err != nil {
+		return err
+	}
+	cons, err := bus.EnsureRequestConsumer(ctx, js, bus.RequestConsumerOptions{})
+	if err != nil {
+		return err
+	}
+	pub, err := bus.NewAgentPublisher(js, s.cfg.AgentID, s.log)
 	if err != nil {
 		return err
 	}
@@ -402,12 +500,19 @@ func (s *System) startAgent(ctx context.Context) error {
 		cfg.Copy = copier.Options{}
 	}
 	ag, err := node.New(cfg, node.Deps{
-		Requests: cons, Publisher: bus.NewPublisher(s.JS, "sendense-agent/"+s.cfg.AgentID, s.log),
-		Leases: s.Leases, VCenter: vc, Sources: sources, Targets: hub.NewClient(s.NC), Catalog: catalog.NewClient(s.NC),
+		Requests: cons, Publisher: pub, Leases: leases, VCenter: vc, Sources: sources,
+		Targets: hub.NewClient(nc), Catalog: catalog.NewClient(nc),
+		Store: node.StoreFunc(func(ctx context.Context) error {
+			if err := bus.StoreReady(ctx, js); err != nil {
+				return err
+			}
+			return leases.Probe(ctx, s.cfg.AgentID)
+		}),
 	})
 	if err != nil {
 		return err
 	}
+	s.agent = ag
 	s.run("agent", ag.Run)
 	return nil
 }
@@ -459,11 +564,15 @@ func (s *System) Stop() {
 		_ = s.Catalog.Close()
 		s.Catalog = nil
 	}
-	if s.NC != nil {
-		_ = s.NC.Drain()
-		s.NC.Close()
-		s.NC = nil
+	s.mu.Lock()
+	conns := s.conns
+	s.conns = nil
+	s.mu.Unlock()
+	for _, nc := range conns {
+		_ = nc.Drain()
+		nc.Close()
 	}
+	s.NC, s.JS = nil, nil
 	if s.Embedded != nil {
 		s.Embedded.Shutdown()
 		s.Embedded = nil

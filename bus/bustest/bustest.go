@@ -89,6 +89,9 @@ func startEmbedded(tb testing.TB, opts bus.EmbeddedOptions) *bus.Embedded {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	opts.Log = opts.Log.Level(zerolog.InfoLevel) // the server's debug log is very chatty
+	if len(opts.Users) == 0 {
+		opts.NoAuth = true // tests of the bus's mechanics; Secured tests the roles
+	}
 	e, err := bus.StartEmbedded(ctx, opts)
 	if err != nil {
 		tb.Fatalf("start embedded nats server: %v", err)

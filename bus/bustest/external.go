@@ -129,13 +129,16 @@ type externalProc struct {
 
 func startExternal(tb testing.TB, bin, dataDir string, port int, log zerolog.Logger) *externalProc {
 	tb.Helper()
-	portsDir := tb.TempDir()
 	// The config file only adds what has no flag: sync every write, like
 	// the embedded server, so a kill after a PubAck loses nothing.
-	conf := filepath.Join(portsDir, "nats-server.conf")
-	if err := os.WriteFile(conf, []byte("jetstream {\n  sync_interval: always\n}\n"), 0o644); err != nil {
-		tb.Fatalf("write nats-server config: %v", err)
-	}
+	return startExternalConf(tb, bin, dataDir, port, "jetstream {\n  sync_interval: always\n}\n", log)
+}
+
+// startExternalConf runs nats-server with the configuration text conf.
+func startExternalConf(tb testing.TB, bin, dataDir string, port int, confText string, log zerolog.Logger) *externalProc {
+	tb.Helper()
+	portsDir := tb.TempDir()
+	conf := writeConf(tb, portsDir, confText)
 	cmd := exec.Command(bin,
 		"-c", conf,
 		"-n", "sendense-external",

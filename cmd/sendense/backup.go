@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/user"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -15,16 +17,20 @@ import (
 	"github.com/vbauerster/mpb/v8/decor"
 	"golang.org/x/term"
 
+	"github.com/sendense/sendense/agents/catalog"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
+	"github.com/sendense/sendense/store"
 )
 
 func init() { extraCommands = append(extraCommands, newBackupCmd) }
 
-// Exit codes of `backup --wait`.
+// Exit codes of `backup`: 2 the backup failed and 3 it was rejected (with
+// --wait), 4 the job id is already used by another job.
 const (
 	exitFailed   = 2
 	exitRejected = 3
+	exitConflict = 4
 )
 
 type backupCmd struct {
@@ -64,7 +70,7 @@ func (c *backupCmd) run(ctx context.Context, a *app) error {
 	if err := schemas.Validate(schemas.NameRequested, data); err != nil {
 		return err
 	}
-	nc, err := a.connect(ctx, "sendense-cli")
+	nc, err := a.connect(ctx, bus.RoleRequester)
 	if err != nil {
 		return err
 	}
@@ -73,14 +79,28 @@ func (c *backupCmd) run(ctx context.Context, a *app) error {
 	if err != nil {
 		return err
 	}
+	cat := catalog.NewClient(nc)
+	if c.jobID != "" {
+		// A job id names one job for good: never queue a second request
+		// under the id of a job the catalog knows.
+		switch j, err := cat.Job(ctx, c.jobID); {
+		case err == nil:
+			return &exitError{code: exitConflict, err: fmt.Errorf("job id %s is taken: job %s of vm %s is %s; use another --job-id", c.jobID, j.ID, vmName(j), j.Status)}
+		case !errors.Is(err, store.ErrNotFound):
+			return fmt.Errorf("check job id %s with the catalog: %w", c.jobID, err)
+		}
+	}
 	var w *waiter
 	if c.wait {
-		if w, err = newWaiter(nc, req.JobID); err != nil {
+		if w, err = newWaiter(nc, cat, req.JobID); err != nil {
 			return err
 		}
 		defer w.close()
 	}
 	if _, err := bus.NewPublisher(js, "sendense-cli", a.log).PublishRequest(ctx, req); err != nil {
+		if errors.Is(err, bus.ErrDuplicateMsgID) {
+			return &exitError{code: exitConflict, err: fmt.Errorf("job id %s is taken: another request with this id is queued; use another --job-id", req.JobID)}
+		}
 		return fmt.Errorf("publish backup request for vm %s: %w", c.vm, err)
 	}
 	fmt.Fprintf(a.stdout, "job %s requested (vm %s, %s)\n", req.JobID, c.vm, c.backupType)
@@ -101,17 +121,24 @@ func requester() string {
 	return name
 }
 
-// waiter follows one job's events. It subscribes before the request is
+// waiter follows one job's events for the progress it shows, and takes
+// the job's outcome from the catalog: what it prints as the outcome was
+// stored, never only seen on the wire. It subscribes before the request is
 // published, so no event can be missed.
 type waiter struct {
 	jobID  string
+	cat    *catalog.Client
 	events chan *nats.Msg
 	subs   []*nats.Subscription
 }
 
-func newWaiter(nc *nats.Conn, jobID string) (*waiter, error) {
-	w := &waiter{jobID: jobID, events: make(chan *nats.Msg, 1024)}
-	for _, subj := range []string{"backup.*", bus.ProgressSubject(jobID)} {
+// outcomePoll is how often the waiter asks the catalog whether the job
+// ended, in case its terminal event passed while the connection was down.
+const outcomePoll = 2 * time.Second
+
+func newWaiter(nc *nats.Conn, cat *catalog.Client, jobID string) (*waiter, error) {
+	w := &waiter{jobID: jobID, cat: cat, events: make(chan *nats.Msg, 1024)}
+	for _, subj := range []string{bus.SubjectAll} {
 		s, err := nc.ChanSubscribe(subj, w.events)
 		if err != nil {
 			w.close()
@@ -143,16 +170,27 @@ func (w *waiter) run(ctx context.Context, a *app) error {
 			p.Wait()
 		}
 	}
+	poll := time.NewTicker(outcomePoll)
+	defer poll.Stop()
 	for {
 		var m *nats.Msg
 		select {
 		case <-ctx.Done():
 			finish()
 			return ctx.Err()
+		case <-poll.C:
+			qctx, cancel := context.WithTimeout(ctx, outcomePoll)
+			j, err := w.cat.Job(qctx, w.jobID)
+			cancel()
+			if err == nil && j.Ended() {
+				finish()
+				return w.outcome(a, j)
+			}
+			continue
 		case m = <-w.events:
 		}
-		if m.Subject == schemas.NameRequested {
-			continue
+		if _, _, err := bus.ParseEventSubject(m.Subject); err != nil {
+			continue // backup.requested
 		}
 		ev, err := schemas.Decode(m.Subject, m.Data)
 		if err != nil || ev.EventHeader().JobID != w.jobID {
@@ -186,22 +224,44 @@ func (w *waiter) run(ctx context.Context, a *app) error {
 			}
 		case *schemas.ChangeID:
 			fmt.Fprintf(a.stdout, "disk %d: change id %s recorded (%d bytes read, %d written)\n", e.Disk.Key, e.ChangeID, e.BytesRead, e.BytesWritten)
-		case *schemas.Completed:
-			finish()
-			fmt.Fprintf(a.stdout, "job %s completed\n", w.jobID)
-			return nil
 		case *schemas.Failed:
 			if e.Retryable {
 				fmt.Fprintf(a.stdout, "attempt %d failed (%s: %s); the agent retries\n", e.Attempt, e.Reason, e.Message)
 				continue
 			}
 			finish()
-			return &exitError{code: exitFailed, err: fmt.Errorf("job %s failed: %s: %s", w.jobID, e.Reason, e.Message)}
-		case *schemas.Rejected:
+			return w.await(ctx, a)
+		case *schemas.Completed, *schemas.Rejected:
 			finish()
-			return &exitError{code: exitRejected, err: fmt.Errorf("job %s rejected: %s: %s", w.jobID, e.Reason, e.Message)}
+			return w.await(ctx, a)
 		}
 	}
+}
+
+// await waits for the catalog to show the job's outcome after its
+// terminal event was seen, and reports that outcome.
+func (w *waiter) await(ctx context.Context, a *app) error {
+	j, err := w.cat.Await(ctx, w.jobID, store.Job.Ended)
+	if err != nil {
+		return fmt.Errorf("job %s: its outcome was published but the catalog does not show it (not stored?): %w", w.jobID, err)
+	}
+	return w.outcome(a, j)
+}
+
+// outcome prints an ended job's outcome and returns its exit error.
+func (w *waiter) outcome(a *app, j store.Job) error {
+	reason, msg := "", ""
+	if j.Failure != nil {
+		reason, msg = j.Failure.Reason, j.Failure.Message
+	}
+	switch j.Status {
+	case store.StatusCompleted:
+		fmt.Fprintf(a.stdout, "job %s completed\n", w.jobID)
+		return nil
+	case store.StatusRejected:
+		return &exitError{code: exitRejected, err: fmt.Errorf("job %s rejected: %s: %s", w.jobID, reason, msg)}
+	}
+	return &exitError{code: exitFailed, err: fmt.Errorf("job %s failed: %s: %s", w.jobID, reason, msg)}
 }
 
 func baseNote(base string) string {

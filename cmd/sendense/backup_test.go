@@ -32,7 +32,7 @@ func TestBackupCommands(t *testing.T) {
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
 	p := startProc(t, "serve", "--data", data, "--nats-listen", fmt.Sprintf("127.0.0.1:%d", port), "--api-listen", "none",
 		"--simulate-vcenter", "--simulate-inventory", "small", "--log-format", "json")
-	nc := connectTest(t, url)
+	nc := connectTest(t, url, data)
 	waitCatalog(t, nc, p)
 	for {
 		if _, err := simctl.NewClient(nc).VMs(context.Background()); err == nil {
@@ -43,7 +43,7 @@ func TestBackupCommands(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	nurl := []string{"--nats-url", url}
+	nurl := []string{"--nats-url", url, "--data", data}
 
 	out := mustCLI(t, append([]string{"backup", "--vm", "pgtest1", "--wait", "--job-id", "cli-full"}, nurl...)...)
 	if !strings.Contains(out, "job cli-full completed") || strings.Count(out, "change id") != 2 {

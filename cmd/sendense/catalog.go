@@ -79,7 +79,7 @@ func (c *catalogRebuildCmd) run(ctx context.Context, a *app) error {
 	if err := catalog.CheckIdle(path); err != nil {
 		return err
 	}
-	rt, err := a.startNATS(ctx, "sendense-catalog-rebuild")
+	rt, err := a.startNATS(ctx, bus.Identity{Role: bus.RoleCatalog})
 	if err != nil {
 		return err
 	}
@@ -125,7 +125,7 @@ func newCatalogPoisonCmd(a *app) *cobra.Command {
 }
 
 func (c *catalogPoisonCmd) run(ctx context.Context, a *app) error {
-	cl, closeConn, err := a.catalogClient(ctx)
+	cl, closeConn, err := a.catalogClient(ctx, bus.RoleAdmin)
 	if err != nil {
 		return err
 	}
@@ -166,7 +166,7 @@ func newCatalogStatsCmd(a *app) *cobra.Command {
 }
 
 func (c *catalogStatsCmd) run(ctx context.Context, a *app) error {
-	cl, closeConn, err := a.catalogClient(ctx)
+	cl, closeConn, err := a.catalogClient(ctx, bus.RoleAdmin)
 	if err != nil {
 		return err
 	}
@@ -191,10 +191,10 @@ func (c *catalogStatsCmd) run(ctx context.Context, a *app) error {
 	return tw.Flush()
 }
 
-// catalogClient connects for a client command and returns a catalog
-// client and the function that closes the connection.
-func (a *app) catalogClient(ctx context.Context) (*catalog.Client, func(), error) {
-	nc, err := a.connect(ctx, "sendense-cli")
+// catalogClient connects as role for a client command and returns a
+// catalog client and the function that closes the connection.
+func (a *app) catalogClient(ctx context.Context, role bus.Role) (*catalog.Client, func(), error) {
+	nc, err := a.connect(ctx, role)
 	if err != nil {
 		return nil, nil, err
 	}

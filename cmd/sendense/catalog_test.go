@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sendense/sendense/agents/catalog"
 	"github.com/sendense/sendense/agents/catalog/catalogtest"
@@ -22,30 +23,46 @@ import (
 // client commands (jobs, job, chain, catalog poison/stats) and
 // `catalog rebuild`: the rebuilt catalog answers exactly as the live one.
 func TestCatalogExternalNATS(t *testing.T) {
-	srv := bustest.External(t)
 	data := t.TempDir()
-	url := srv.URL
+	// What an operator of an external NATS does: make the credentials, and
+	// configure the server with the block sendense prints.
+	mustCLI(t, "creds", "init", "--data", data, "--agent", catalogtest.Agent)
+	url := bustest.ExternalWithConfig(t, mustCLI(t, "creds", "server-config", "--data", data))
+	admin := connectTest(t, url, data)
+	hubJS, err := jetstream.New(connectAs(t, url, data, bus.Identity{Role: bus.RoleHub}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.EnsureStreams(context.Background(), hubJS, bus.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	run := []string{"catalog", "--nats-url", url, "--data", data, "--log-format", "json", "--catalog-ack-wait", "2s"}
 	p := startProc(t, run...)
-	waitCatalog(t, srv.Conn, p)
+	waitCatalog(t, admin, p)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	pub := bus.NewPublisher(srv.JS, "sendense/test", testLog(t))
+	agentJS, err := jetstream.New(connectAs(t, url, data, bus.AgentIdentity(catalogtest.Agent)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := catalogtest.Publisher(agentJS, testLog(t))
 	evs := catalogtest.Mixed("ext", 40, 5)
 	if err := catalogtest.PublishParallel(ctx, pub, 8, evs...); err != nil {
 		t.Fatal(err)
 	}
-	ack, err := srv.JS.PublishMsg(ctx, &nats.Msg{Subject: schemas.NameStarted, Data: []byte(`{"job_id":`)})
+	poisonSubject := bus.AgentSubject(schemas.NameStarted, catalogtest.Agent)
+	ack, err := agentJS.PublishMsg(ctx, &nats.Msg{Subject: poisonSubject, Data: []byte(`{"job_id":`)})
 	if err != nil {
 		t.Fatal(err)
 	}
+	srvConn := admin
 	ref := referenceCatalog(t, evs...)
 	want, _ := ref.Jobs(store.JobFilter{})
-	waitJobs(t, want, "--nats-url", url)
+	waitJobs(t, want, "--nats-url", url, "--data", data)
 
 	t.Run("Jobs", func(t *testing.T) {
-		out := mustCLI(t, "jobs", "--vm", "vm-01", "--status", "completed", "--nats-url", url)
+		out := mustCLI(t, "jobs", "--vm", "vm-01", "--status", "completed", "--nats-url", url, "--data", data)
 		wantJobs, _ := ref.Jobs(store.JobFilter{VM: "vm-01", Status: store.StatusCompleted})
 		lines := strings.Split(strings.TrimSpace(out), "\n")
 		if len(wantJobs) == 0 || len(lines) != len(wantJobs)+1 || !strings.HasPrefix(lines[0], "JOB ") {
@@ -56,20 +73,20 @@ func TestCatalogExternalNATS(t *testing.T) {
 				t.Errorf("row %d = %q, want job %s of vm-01 completed", i+1, lines[i+1], j.ID)
 			}
 		}
-		if _, err := cli(t, "jobs", "--status", "lost", "--nats-url", url); err == nil || !strings.Contains(err.Error(), "400") {
+		if _, err := cli(t, "jobs", "--status", "lost", "--nats-url", url, "--data", data); err == nil || !strings.Contains(err.Error(), "400") {
 			t.Errorf("jobs --status lost: %v, want a 400 error", err)
 		}
 	})
 	t.Run("Job", func(t *testing.T) {
 		wantJobs, _ := ref.Jobs(store.JobFilter{Status: store.StatusCompleted, Limit: 1})
 		j := wantJobs[0]
-		out := mustCLI(t, "job", j.ID, "--nats-url", url)
+		out := mustCLI(t, "job", j.ID, "--nats-url", url, "--data", data)
 		for _, d := range j.Disks {
 			if !strings.Contains(out, d.ChangeID) || !strings.Contains(out, d.Target) {
 				t.Errorf("job %s output lacks disk %d's change id or target:\n%s", j.ID, d.Disk.Key, out)
 			}
 		}
-		_, err := cli(t, "job", "no-such-job", "--nats-url", url)
+		_, err := cli(t, "job", "no-such-job", "--nats-url", url, "--data", data)
 		if exitCode(err) != 1 || !strings.Contains(err.Error(), "job no-such-job: not found") {
 			t.Errorf("job no-such-job: %v, want exit 1 and 'not found'", err)
 		}
@@ -79,41 +96,41 @@ func TestCatalogExternalNATS(t *testing.T) {
 		wantChains, _ := ref.Chains(vm.UUID, "")
 		for _, arg := range []string{vm.Name, vm.UUID, vm.Moref} {
 			var got []store.Chain
-			if err := json.Unmarshal([]byte(mustCLI(t, "chain", "--vm", arg, "--json", "--nats-url", url)), &got); err != nil {
+			if err := json.Unmarshal([]byte(mustCLI(t, "chain", "--vm", arg, "--json", "--nats-url", url, "--data", data)), &got); err != nil {
 				t.Fatal(err)
 			}
 			if len(wantChains) != 3 || jsonOf(t, got) != jsonOf(t, wantChains) {
 				t.Errorf("chain --vm %s: %s", arg, firstDiff(jsonOf(t, got), jsonOf(t, wantChains)))
 			}
 		}
-		out := mustCLI(t, "chain", "--vm", vm.Name, "--disk", "2001", "--nats-url", url)
+		out := mustCLI(t, "chain", "--vm", vm.Name, "--disk", "2001", "--nats-url", url, "--data", data)
 		disk := wantChains[1]
 		if disk.DiskKey != 2001 || strings.Count(out, "\n") != len(disk.Links)+1 || !strings.Contains(out, disk.Links[len(disk.Links)-1].ChangeID) {
 			t.Errorf("chain --disk 2001 (%d links):\n%s", len(disk.Links), out)
 		}
-		if _, err := cli(t, "chain", "--vm", "no-such-vm", "--nats-url", url); err == nil {
+		if _, err := cli(t, "chain", "--vm", "no-such-vm", "--nats-url", url, "--data", data); err == nil {
 			t.Error("chain of an unknown vm succeeded")
 		}
 	})
 	t.Run("PoisonAndStats", func(t *testing.T) {
 		var recs []store.PoisonRecord
-		if err := json.Unmarshal([]byte(mustCLI(t, "catalog", "poison", "--json", "--nats-url", url)), &recs); err != nil {
+		if err := json.Unmarshal([]byte(mustCLI(t, "catalog", "poison", "--json", "--nats-url", url, "--data", data)), &recs); err != nil {
 			t.Fatal(err)
 		}
-		if len(recs) != 1 || recs[0].Seq != ack.Sequence || recs[0].Subject != schemas.NameStarted || !strings.Contains(recs[0].Reason, "invalid json") {
+		if len(recs) != 1 || recs[0].Seq != ack.Sequence || recs[0].Subject != poisonSubject || !strings.Contains(recs[0].Reason, "invalid json") {
 			t.Errorf("poison records %+v, want the malformed message at seq %d", recs, ack.Sequence)
 		}
-		if out := mustCLI(t, "catalog", "poison", "--nats-url", url); !strings.Contains(out, "invalid json") {
+		if out := mustCLI(t, "catalog", "poison", "--nats-url", url, "--data", data); !strings.Contains(out, "invalid json") {
 			t.Errorf("catalog poison table:\n%s", out)
 		}
-		out := mustCLI(t, "catalog", "stats", "--nats-url", url)
+		out := mustCLI(t, "catalog", "stats", "--nats-url", url, "--data", data)
 		if !strings.Contains(out, "poison records  1") || !strings.Contains(out, "layout version  2") {
 			t.Errorf("catalog stats:\n%s", out)
 		}
 	})
 
 	t.Run("Rebuild", func(t *testing.T) {
-		live := dumpVia(t, srv.Conn)
+		live := dumpVia(t, srvConn)
 		if _, err := cli(t, "catalog", "rebuild", "--nats-url", url, "--data", data); err == nil || !strings.Contains(err.Error(), "in use") {
 			t.Fatalf("rebuild while the catalog runs: %v, want 'in use'", err)
 		}
@@ -128,9 +145,9 @@ func TestCatalogExternalNATS(t *testing.T) {
 			t.Errorf("rebuild: %+v; want %d messages, 1 poison, %d jobs, a backup", st, len(evs)+1, len(want))
 		}
 		p2 := startProc(t, run...)
-		waitCatalog(t, srv.Conn, p2)
-		waitJobs(t, want, "--nats-url", url)
-		if got := dumpVia(t, srv.Conn); got != live {
+		waitCatalog(t, srvConn, p2)
+		waitJobs(t, want, "--nats-url", url, "--data", data)
+		if got := dumpVia(t, srvConn); got != live {
 			t.Errorf("after rebuild: %s", firstDiff(got, live))
 		}
 		if code := p2.stop(t); code != 0 {

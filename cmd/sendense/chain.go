@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sendense/sendense/agents/catalog"
+	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/store"
 )
 
@@ -67,7 +68,7 @@ func resolveVM(ctx context.Context, cl *catalog.Client, vm string) (string, erro
 }
 
 func (c *chainCmd) run(ctx context.Context, a *app, diskSet bool) error {
-	cl, closeConn, err := a.catalogClient(ctx)
+	cl, closeConn, err := a.catalogClient(ctx, bus.RoleRequester)
 	if err != nil {
 		return err
 	}

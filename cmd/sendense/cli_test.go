@@ -38,7 +38,15 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	// serve writes nats CLI contexts: keep them out of the user's config.
+	cfg, err := os.MkdirTemp("", "sendense-cli-test-config")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Setenv("XDG_CONFIG_HOME", cfg)
 	code := m.Run()
+	_ = os.RemoveAll(cfg)
 	if binDir != "" {
 		_ = os.RemoveAll(binDir)
 	}
@@ -179,13 +187,31 @@ func testLog(t *testing.T) zerolog.Logger {
 	return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
 }
 
-// connectTest connects to url (waiting up to 30 s for the server), closed
-// in cleanup.
-func connectTest(t *testing.T, url string) *nats.Conn {
+// connectTest connects to url as admin with the seed under data/creds
+// (waiting up to 30 s for the server and the seed), closed in cleanup.
+func connectTest(t *testing.T, url, data string) *nats.Conn {
+	t.Helper()
+	return connectAs(t, url, data, bus.Identity{Role: bus.RoleAdmin})
+}
+
+// connectAs connects to url as id with its seed under data/creds.
+func connectAs(t *testing.T, url, data string, id bus.Identity) *nats.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	nc, err := bus.Connect(ctx, bus.Options{URLs: []string{url}, Name: "cli-test"}, zerolog.Nop())
+	creds := bus.Creds{Dir: filepath.Join(data, "creds")}
+	for {
+		if _, err := os.Stat(creds.File(id)); err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("no seed of %s in %s", id, creds.Dir)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	opts := creds.Options(id)
+	opts.URLs = []string{url}
+	nc, err := bus.Connect(ctx, opts, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/store"
 )
 
@@ -33,7 +34,7 @@ func newJobCmd(a *app) *cobra.Command {
 }
 
 func (c *jobCmd) run(ctx context.Context, a *app, id string) error {
-	cl, closeConn, err := a.catalogClient(ctx)
+	cl, closeConn, err := a.catalogClient(ctx, bus.RoleRequester)
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/store"
 )
 
@@ -39,7 +40,7 @@ func newJobsCmd(a *app) *cobra.Command {
 }
 
 func (c *jobsCmd) run(ctx context.Context, a *app) error {
-	cl, closeConn, err := a.catalogClient(ctx)
+	cl, closeConn, err := a.catalogClient(ctx, bus.RoleRequester)
 	if err != nil {
 		return err
 	}

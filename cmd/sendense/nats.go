@@ -2,8 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -14,7 +18,9 @@ import (
 
 // natsFlags are the global NATS options. With no --nats-url, `serve` (and
 // `catalog`) start an embedded server; client commands connect to
-// nats://127.0.0.1:4222, where `serve` listens by default.
+// nats://127.0.0.1:4222, where `serve` listens by default. NATS_URL,
+// NATS_CREDS and NATS_NKEY give the defaults of --nats-url, --nats-creds
+// and --nats-nkey, as for the nats CLI.
 type natsFlags struct {
 	urls     []string
 	creds    string
@@ -25,21 +31,31 @@ type natsFlags struct {
 	tlsCert  string
 	tlsKey   string
 	listen   string
+	insecure bool
 }
 
 const defaultClientURL = "nats://127.0.0.1:4222"
 
 func (f *natsFlags) register(fs *pflag.FlagSet) {
-	fs.StringSliceVar(&f.urls, "nats-url", nil, "NATS server URL(s), comma-separated for a cluster (default: embedded server for serve/catalog, "+defaultClientURL+" for clients)")
-	fs.StringVar(&f.creds, "nats-creds", "", "NATS credentials file")
-	fs.StringVar(&f.user, "nats-user", "", "NATS user")
+	var urls []string
+	if u := os.Getenv("NATS_URL"); u != "" {
+		urls = strings.Split(u, ",")
+	}
+	fs.StringSliceVar(&f.urls, "nats-url", urls, "NATS server URL(s), comma-separated for a cluster (default $NATS_URL, else the embedded server for serve/catalog and "+defaultClientURL+" for clients)")
+	fs.StringVar(&f.creds, "nats-creds", os.Getenv("NATS_CREDS"), "NATS credentials file, for client commands (default $NATS_CREDS, else the command's role seed under DATA/creds)")
+	fs.StringVar(&f.user, "nats-user", "", "NATS user, for client commands")
 	fs.StringVar(&f.password, "nats-password", "", "NATS password")
-	fs.StringVar(&f.nkey, "nats-nkey", "", "NATS NKey seed file")
+	fs.StringVar(&f.nkey, "nats-nkey", os.Getenv("NATS_NKEY"), "NATS nkey seed file, for client commands (default $NATS_NKEY, else the command's role seed under DATA/creds)")
 	fs.StringVar(&f.tlsCA, "nats-tls-ca", "", "CA certificate for the NATS server")
 	fs.StringVar(&f.tlsCert, "nats-tls-cert", "", "client certificate for NATS")
 	fs.StringVar(&f.tlsKey, "nats-tls-key", "", "client key for NATS")
 	fs.StringVar(&f.listen, "nats-listen", "127.0.0.1:4222", "embedded server listen address, or none for in-process only")
+	fs.BoolVar(&f.insecure, "insecure", false, "let the embedded server listen on a non-loopback address without TLS (clear text on the network)")
 }
+
+// explicitAuth reports whether the user named credentials on the command
+// line or in the environment; they then win over DATA/creds.
+func (f *natsFlags) explicitAuth() bool { return f.creds != "" || f.nkey != "" || f.user != "" }
 
 func (f *natsFlags) options(name string, urls []string) bus.Options {
 	return bus.Options{
@@ -48,12 +64,33 @@ func (f *natsFlags) options(name string, urls []string) bus.Options {
 	}
 }
 
+// creds is the credentials directory of the data directory.
+func (a *app) creds() bus.Creds { return bus.Creds{Dir: filepath.Join(a.dataDir, "creds")} }
+
+// clientOptions are the options of a client command acting as role:
+// explicit credentials (flags, NATS_CREDS, NATS_NKEY) when given, else the
+// role's seed under DATA/creds when it is there (a command on the hub's
+// host), else none.
+func (a *app) clientOptions(role bus.Role, urls []string) bus.Options {
+	name := "sendense-" + string(role)
+	if a.nats.explicitAuth() {
+		return a.nats.options(name, urls)
+	}
+	opts := a.nats.options(name, urls)
+	id := bus.Identity{Role: role}
+	if _, err := os.Stat(a.creds().File(id)); err == nil {
+		c := a.creds().Options(id)
+		opts.NKeyFile, opts.InboxPrefix = c.NKeyFile, c.InboxPrefix
+	}
+	return opts
+}
+
 // clientConnectTimeout bounds connect when ctx has no deadline: a user
 // command should fail, not wait forever, when no server is reachable.
 const clientConnectTimeout = 10 * time.Second
 
-// connect opens a client connection for user commands.
-func (a *app) connect(ctx context.Context, name string) (*nats.Conn, error) {
+// connect opens a client connection acting as role (see clientOptions).
+func (a *app) connect(ctx context.Context, role bus.Role) (*nats.Conn, error) {
 	urls := a.nats.urls
 	if len(urls) == 0 {
 		urls = []string{defaultClientURL}
@@ -63,15 +100,20 @@ func (a *app) connect(ctx context.Context, name string) (*nats.Conn, error) {
 		ctx, cancel = context.WithTimeout(ctx, clientConnectTimeout)
 		defer cancel()
 	}
-	nc, err := bus.Connect(ctx, a.nats.options(name, urls), a.log)
+	opts := a.clientOptions(role, urls)
+	nc, err := bus.Connect(ctx, opts, a.log)
 	if err != nil {
-		return nil, fmt.Errorf("connect to nats %v (is `sendense serve` running?): %w", urls, err)
+		hint := "is `sendense serve` running?"
+		if opts.NKeyFile == "" && opts.Creds == "" && opts.User == "" {
+			hint = fmt.Sprintf("no credentials: run on the hub's host with --data, or give --nats-creds/--nats-nkey (the %s role's seed)", role)
+		}
+		return nil, fmt.Errorf("connect to nats %v as %s (%s): %w", urls, role, hint, err)
 	}
 	return nc, nil
 }
 
-// natsRuntime is what a long-running role gets: a connection and, when no
-// --nats-url was given, the embedded server behind it.
+// natsRuntime is what a long-running command gets: a connection and, when
+// no --nats-url was given, the embedded server behind it.
 type natsRuntime struct {
 	nc       *nats.Conn
 	embedded *bus.Embedded
@@ -87,28 +129,36 @@ func (r *natsRuntime) Close() {
 	}
 }
 
-// startNATS connects to --nats-url, or starts the embedded server under
-// DATA/nats and connects to it in process.
-func (a *app) startNATS(ctx context.Context, name string) (*natsRuntime, error) {
+// startNATS connects as id to --nats-url with id's seed from DATA/creds, or
+// starts the embedded server under DATA/nats (admitting DATA/creds'
+// identities) and connects to it in process.
+func (a *app) startNATS(ctx context.Context, id bus.Identity) (*natsRuntime, error) {
+	opts := a.creds().Options(id)
 	if len(a.nats.urls) > 0 {
-		nc, err := bus.Connect(ctx, a.nats.options(name, a.nats.urls), a.log)
+		opts.URLs, opts.TLSCA, opts.TLSCert, opts.TLSKey = a.nats.urls, a.nats.tlsCA, a.nats.tlsCert, a.nats.tlsKey
+		nc, err := bus.Connect(ctx, opts, a.log)
 		if err != nil {
-			return nil, fmt.Errorf("connect to nats %v: %w", a.nats.urls, err)
+			return nil, fmt.Errorf("connect to nats %v as %s: %w", a.nats.urls, id, err)
 		}
 		return &natsRuntime{nc: nc}, nil
 	}
+	users, err := a.creds().Users()
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("no credentials in %s: has `sendense serve` ever run on --data %s?", a.creds().Dir, a.dataDir)
+	}
+	if err != nil {
+		return nil, err
+	}
 	emb, err := bus.StartEmbedded(ctx, bus.EmbeddedOptions{
-		DataDir: filepath.Join(a.dataDir, "nats"),
-		Listen:  a.nats.listen,
-		Log:     a.log,
+		DataDir: filepath.Join(a.dataDir, "nats"), Listen: a.nats.listen, Users: users, Insecure: a.nats.insecure, Log: a.log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("start embedded nats in %s: %w", a.dataDir, err)
 	}
-	nc, err := emb.Connect(a.log)
+	nc, err := emb.Connect(a.log, opts)
 	if err != nil {
 		emb.Shutdown()
-		return nil, fmt.Errorf("connect to embedded nats: %w", err)
+		return nil, fmt.Errorf("connect to embedded nats as %s: %w", id, err)
 	}
 	return &natsRuntime{nc: nc, embedded: emb}, nil
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sendense/sendense/agents/catalog"
 	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/store"
 )
 
@@ -52,7 +53,7 @@ func (c *restoreCmd) run(ctx context.Context, a *app) error {
 	if c.format != "raw" && c.format != "qcow2" {
 		return fmt.Errorf("--format %q: want raw or qcow2", c.format)
 	}
-	nc, err := a.connect(ctx, "sendense-restore")
+	nc, err := a.connect(ctx, bus.RoleAdmin)
 	if err != nil {
 		return err
 	}

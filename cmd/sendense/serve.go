@@ -213,6 +213,8 @@ func (a *app) systemConfig(name string, p processFlags) system.Config {
 		DataDir:       a.dataDir,
 		NATS:          a.nats.options(name, a.nats.urls),
 		NATSListen:    a.nats.listen,
+		NATSInsecure:  a.nats.insecure,
+		CredsDir:      a.creds().Dir,
 		Replicas:      p.streamReplicas,
 		MetricsListen: p.metricsListen,
 		Name:          name,
@@ -234,6 +236,15 @@ func (a *app) runSystem(ctx context.Context, cfg system.Config) error {
 	}
 	a.log.Info().Str("process", cfg.Name).Str("data", cfg.DataDir).Str("nats_url", sys.NATSURL()).
 		Bool("embedded_nats", sys.Embedded != nil).Str("api", sys.APIAddr).Msg("serving")
+	if sys.Embedded != nil && sys.Embedded.ClientURL() != "" {
+		// So that `nats --context sendense pub backup.requested ...` and
+		// `nats --context sendense-monitor sub 'backup.>'` work at once.
+		if paths, err := writeNATSContexts(a.creds(), sys.Embedded.ClientURL()); err != nil {
+			a.log.Warn().Err(err).Msg("write nats cli contexts")
+		} else {
+			a.log.Info().Strs("paths", paths).Msg("nats cli contexts written")
+		}
+	}
 	select {
 	case <-ctx.Done():
 		a.log.Info().Msg("stopping")

@@ -14,7 +14,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/sendense/sendense/agents/catalog/catalogtest"
-	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
 	"github.com/sendense/sendense/store"
 )
@@ -33,13 +32,13 @@ func TestServeKillRestart(t *testing.T) {
 		"--log-format", "json", "--log-level", "debug", "--catalog-ack-wait", "2s"}
 
 	p1 := startProc(t, serve...)
-	nc := connectTest(t, url)
+	nc := connectTest(t, url, data)
 	waitCatalog(t, nc, p1)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub := bus.NewPublisher(js, "sendense/test", testLog(t))
+	pub := catalogtest.Publisher(js, testLog(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
@@ -56,7 +55,7 @@ func TestServeKillRestart(t *testing.T) {
 		for range 8 {
 			g.Go(func() error {
 				for ev := range work {
-					if _, err := pub.PublishEvent(ctx, schemas.NameOf(ev), ev); err != nil {
+					if _, err := pub.PublishEvent(ctx, ev); err != nil {
 						return err
 					}
 					acked.Add(1)
@@ -93,11 +92,11 @@ func TestServeKillRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitJobs(t, want, "--nats-url", url)
+	waitJobs(t, want, "--nats-url", url, "--data", data)
 
 	// One job in full through `job ID --json`.
 	var got store.Job
-	if err := json.Unmarshal([]byte(mustCLI(t, "job", "before-0003", "--json", "--nats-url", url)), &got); err != nil {
+	if err := json.Unmarshal([]byte(mustCLI(t, "job", "before-0003", "--json", "--nats-url", url, "--data", data)), &got); err != nil {
 		t.Fatal(err)
 	}
 	wantJob, _ := ref.Job("before-0003")
@@ -106,7 +105,7 @@ func TestServeKillRestart(t *testing.T) {
 	}
 	// Every event id once, none more.
 	var st store.Stats
-	if err := json.Unmarshal([]byte(mustCLI(t, "catalog", "stats", "--json", "--nats-url", url)), &st); err != nil {
+	if err := json.Unmarshal([]byte(mustCLI(t, "catalog", "stats", "--json", "--nats-url", url, "--data", data)), &st); err != nil {
 		t.Fatal(err)
 	}
 	ids := map[string]bool{}

@@ -3,13 +3,16 @@ package main
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 
+	"github.com/sendense/sendense/agents/catalog"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
+	"github.com/sendense/sendense/store"
 )
 
 func init() { extraCommands = append(extraCommands, newWatchCmd) }
@@ -18,6 +21,9 @@ type watchCmd struct {
 	jobID    string
 	json     bool
 	progress bool
+
+	cat *catalog.Client
+	mu  sync.Mutex // one line at a time
 }
 
 func newWatchCmd(a *app) *cobra.Command {
@@ -34,29 +40,80 @@ func newWatchCmd(a *app) *cobra.Command {
 	return cmd
 }
 
+// confirmWait bounds how long watch waits for the catalog to show an
+// outcome it saw on the wire before it says the outcome was not stored.
+const confirmWait = 30 * time.Second
+
 func (c *watchCmd) run(ctx context.Context, a *app) error {
-	nc, err := a.connect(ctx, "sendense-watch")
+	nc, err := a.connect(ctx, bus.RoleRequester)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
+	c.cat = catalog.NewClient(nc)
 	ch := make(chan *nats.Msg, 1024)
 	sub, err := nc.ChanSubscribe(bus.SubjectAll, ch)
 	if err != nil {
 		return err
 	}
 	defer sub.Unsubscribe()
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case m := <-ch:
-			c.print(a, m)
+			c.handle(ctx, a, m, &wg)
 		}
 	}
 }
 
-func (c *watchCmd) print(a *app, m *nats.Msg) {
+// handle prints a message at once, except an outcome (completed, a final
+// failure, rejected): that is printed once the catalog shows it, so watch
+// never reports an outcome the stream did not store.
+func (c *watchCmd) handle(ctx context.Context, a *app, m *nats.Msg, wg *sync.WaitGroup) {
+	ev, err := schemas.Decode(m.Subject, m.Data)
+	if err != nil || !isOutcome(ev) {
+		c.print(a, m, "")
+		return
+	}
+	if c.jobID != "" && ev.EventHeader().JobID != c.jobID {
+		return
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		actx, cancel := context.WithTimeout(ctx, confirmWait)
+		defer cancel()
+		if _, err := c.cat.Await(actx, ev.EventHeader().JobID, store.Job.Ended); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			a.log.Warn().Str("subject", m.Subject).Str("job_id", ev.EventHeader().JobID).Err(err).
+				Msg("outcome seen on the wire but not in the catalog: not stored")
+			if !c.json {
+				c.print(a, m, " NOT STORED: the catalog does not show this outcome")
+			}
+			return
+		}
+		c.print(a, m, "")
+	}()
+}
+
+func isOutcome(ev schemas.Event) bool {
+	switch e := ev.(type) {
+	case *schemas.Completed, *schemas.Rejected:
+		return true
+	case *schemas.Failed:
+		return !e.Retryable
+	}
+	return false
+}
+
+func (c *watchCmd) print(a *app, m *nats.Msg, note string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if m.Subject == schemas.NameRequested {
 		if c.json {
 			fmt.Fprintf(a.stdout, "%s %s\n", m.Subject, m.Data)
@@ -100,5 +157,5 @@ func (c *watchCmd) print(a *app, m *nats.Msg) {
 	case *schemas.Rejected:
 		detail = fmt.Sprintf(" reason=%s message=%q", e.Reason, e.Message)
 	}
-	fmt.Fprintf(a.stdout, "%s %-16s job=%s attempt=%d vm=%s%s\n", h.Time.Local().Format("15:04:05"), m.Subject, h.JobID, h.Attempt, h.VM.Name, detail)
+	fmt.Fprintf(a.stdout, "%s %-16s job=%s attempt=%d vm=%s%s%s\n", h.Time.Local().Format("15:04:05"), m.Subject, h.JobID, h.Attempt, h.VM.Name, detail, note)
 }

@@ -12,6 +12,9 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
 )
@@ -285,11 +288,22 @@ func Shuffle(evs []schemas.Event, seed uint64) []schemas.Event {
 	return out
 }
 
-// Publish publishes evs in order through p, each on its schema name's
-// subject.
+// Agent is the agent every builder's events come from.
+const Agent = "test-agent"
+
+// Publisher returns Agent's publisher on js (bus.NewAgentPublisher).
+func Publisher(js jetstream.JetStream, log zerolog.Logger) *bus.Publisher {
+	p, err := bus.NewAgentPublisher(js, Agent, log)
+	if err != nil {
+		panic(err) // Agent is a valid name
+	}
+	return p
+}
+
+// Publish publishes evs in order through p (an agent's publisher).
 func Publish(ctx context.Context, p *bus.Publisher, evs ...schemas.Event) error {
 	for _, ev := range evs {
-		if _, err := p.PublishEvent(ctx, schemas.NameOf(ev), ev); err != nil {
+		if _, err := p.PublishEvent(ctx, ev); err != nil {
 			return err
 		}
 	}
@@ -311,7 +325,7 @@ func PublishParallel(ctx context.Context, p *bus.Publisher, workers int, evs ...
 			var first error
 			for ev := range ch {
 				if first == nil {
-					if _, err := p.PublishEvent(ctx, schemas.NameOf(ev), ev); err != nil {
+					if _, err := p.PublishEvent(ctx, ev); err != nil {
 						first = err
 					}
 				}

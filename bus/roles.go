@@ -1,0 +1,187 @@
+package bus
+
+import (
+	"fmt"
+	"slices"
+	"time"
+)
+
+// Role is what a NATS user of Sendense is allowed to do. Each role is one
+// NATS user (an nkey) with the permissions of PermissionsOf; agents are
+// one user per agent, so the server itself knows which agent sent an event.
+type Role string
+
+// The roles. Every process connects as exactly one of them.
+const (
+	// RoleAdmin may do everything: restores, repository checks, catalog
+	// rebuilds, the simulated vCenter's control service, and any NATS
+	// operation (stream deletes included). Keep its credentials with root.
+	RoleAdmin Role = "admin"
+	// RoleHub runs the repository service and the request API: it creates
+	// the streams and the lease bucket, publishes backup.requested and
+	// reads (never writes) leases.
+	RoleHub Role = "hub"
+	// RoleCatalog consumes BACKUP_EVENTS into the catalog and answers the
+	// catalog service; it publishes nothing on backup.*.
+	RoleCatalog Role = "catalog"
+	// RoleAgent is a node agent: it takes backup.requested from its
+	// consumer, holds VM leases, calls the repository's target endpoints
+	// and publishes events on backup.<type>.<its own name> only.
+	RoleAgent Role = "agent"
+	// RoleRequester asks for backups (backup.requested), reads the catalog
+	// and follows events on backup.>: what `sendense backup`, `jobs`,
+	// `watch` and `nats pub backup.requested` need.
+	RoleRequester Role = "requester"
+	// RoleMonitor may only subscribe to backup.>: `nats sub 'backup.>'`.
+	RoleMonitor Role = "monitor"
+)
+
+// Roles lists every role except RoleAgent, which has one user per agent.
+func Roles() []Role {
+	return []Role{RoleAdmin, RoleHub, RoleCatalog, RoleRequester, RoleMonitor}
+}
+
+// Identity is one NATS user: a role and, for RoleAgent, the agent's name.
+type Identity struct {
+	Role  Role
+	Agent string // RoleAgent only: see ValidAgentID
+}
+
+// AgentIdentity returns the identity of the agent named name.
+func AgentIdentity(name string) Identity { return Identity{Role: RoleAgent, Agent: name} }
+
+// Name is the user's name: the role, or "agent-<name>" for an agent. It
+// names its credentials file and its inbox.
+func (id Identity) Name() string {
+	if id.Role == RoleAgent {
+		return string(RoleAgent) + "-" + id.Agent
+	}
+	return string(id.Role)
+}
+
+func (id Identity) String() string { return id.Name() }
+
+// InboxPrefix is where the identity's replies arrive: "_INBOX.<name>". Its
+// permissions let it subscribe there and nowhere else among inboxes, so no
+// user can read another's replies.
+func (id Identity) InboxPrefix() string { return "_INBOX." + id.Name() }
+
+// Validate reports whether id is a known role, with a valid agent name for
+// an agent and none otherwise.
+func (id Identity) Validate() error {
+	switch {
+	case id.Role == RoleAgent:
+		return ValidAgentID(id.Agent)
+	case slices.Contains(Roles(), id.Role):
+		if id.Agent != "" {
+			return fmt.Errorf("identity %s: an agent name only goes with role agent: %w", id.Role, ErrInvalidIdentity)
+		}
+		return nil
+	}
+	return fmt.Errorf("identity: unknown role %q: %w", id.Role, ErrInvalidIdentity)
+}
+
+// MaxAgentIDLen is the longest agent name ValidAgentID accepts.
+const MaxAgentIDLen = 64
+
+// ValidAgentID reports whether name can name an agent: 1 to MaxAgentIDLen
+// characters of [A-Za-z0-9_-], not starting with '-'. The name is a
+// subject token (backup.completed.<agent>), part of a user name, a file
+// name and an inbox. The error wraps ErrInvalidIdentity.
+func ValidAgentID(name string) error {
+	if name == "" || len(name) > MaxAgentIDLen {
+		return fmt.Errorf("agent name %q: length %d not in 1..%d: %w", name, len(name), MaxAgentIDLen, ErrInvalidIdentity)
+	}
+	if name[0] == '-' {
+		return fmt.Errorf("agent name %q starts with '-': %w", name, ErrInvalidIdentity)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return fmt.Errorf("agent name %q: character %q at %d not allowed: %w", name, c, i, ErrInvalidIdentity)
+		}
+	}
+	return nil
+}
+
+// Permissions is what one identity may publish and subscribe to, as NATS
+// subject patterns (allow lists: everything else is denied).
+type Permissions struct {
+	Publish   []string
+	Subscribe []string
+	// Responses lets a service role answer the requests it received (NATS
+	// allow_responses: one reply per request, within ResponseTTL), without
+	// publish rights on anybody's inbox.
+	Responses bool
+}
+
+// ResponseTTL is how long a service may take to answer a request it
+// received (allow_responses expiry). The repository service's slowest
+// answer (opening a target, which starts qemu-nbd) is bounded by 2 min.
+const ResponseTTL = 5 * time.Minute
+
+// JetStream and KV subject prefixes used in permissions.
+const (
+	jsAPI       = "$JS.API."
+	jsAck       = "$JS.ACK."
+	leaseStream = "KV_" + LeaseBucket
+	leaseKeys   = "$KV." + LeaseBucket + ".>"
+)
+
+// PermissionsOf returns the permissions of id. They are the least each
+// role needs (see the Role constants); in particular only agents publish
+// backup events, each on its own subject token; only agents write leases;
+// only the hub and admin create or change streams; only admin deletes or
+// purges; and nobody but admin reads another user's inbox.
+func PermissionsOf(id Identity) Permissions {
+	inbox := id.InboxPrefix() + ".>"
+	switch id.Role {
+	case RoleAdmin:
+		return Permissions{Publish: []string{">"}, Subscribe: []string{">"}, Responses: true}
+	case RoleHub:
+		pub := []string{SubjectRequested, jsAPI + "INFO", CatalogService + ".>"}
+		for _, s := range []string{StreamRequests, StreamEvents, StreamProgress, leaseStream} {
+			pub = append(pub, jsAPI+"STREAM.CREATE."+s, jsAPI+"STREAM.UPDATE."+s, jsAPI+"STREAM.INFO."+s)
+		}
+		pub = append(pub,
+			jsAPI+"DIRECT.GET."+leaseStream+".>", jsAPI+"STREAM.MSG.GET."+leaseStream,
+			jsAPI+"CONSUMER.INFO."+StreamEvents+".*")
+		return Permissions{Publish: pub, Subscribe: []string{RepoService + ".>", "$SRV.>", inbox}, Responses: true}
+	case RoleCatalog:
+		return Permissions{
+			Publish: []string{
+				jsAPI + "INFO", jsAPI + "STREAM.INFO." + StreamEvents,
+				jsAPI + "CONSUMER.CREATE." + StreamEvents + ".>", jsAPI + "CONSUMER.INFO." + StreamEvents + ".>",
+				jsAPI + "CONSUMER.DELETE." + StreamEvents + ".>", jsAPI + "CONSUMER.MSG.NEXT." + StreamEvents + ".>",
+				jsAck + StreamEvents + ".>",
+			},
+			Subscribe: []string{CatalogService + ".>", "$SRV.>", inbox},
+			Responses: true,
+		}
+	case RoleAgent:
+		pub := make([]string, 0, 32)
+		for _, name := range eventNames {
+			pub = append(pub, AgentSubject(name, id.Agent))
+		}
+		cons := StreamRequests + "." + ConsumerAgents
+		pub = append(pub, SubjectProgressAll,
+			jsAPI+"INFO",
+			jsAPI+"CONSUMER.CREATE."+cons, jsAPI+"CONSUMER.CREATE."+cons+".>", jsAPI+"CONSUMER.INFO."+cons,
+			jsAPI+"CONSUMER.MSG.NEXT."+cons, jsAck+cons+".>",
+			jsAPI+"STREAM.INFO."+StreamRequests, jsAPI+"STREAM.INFO."+StreamEvents, jsAPI+"STREAM.INFO."+StreamProgress,
+			jsAPI+"STREAM.MSG.GET."+StreamEvents,
+			jsAPI+"STREAM.INFO."+leaseStream, jsAPI+"DIRECT.GET."+leaseStream+".>", jsAPI+"STREAM.MSG.GET."+leaseStream,
+			leaseKeys,
+			CatalogService+".>", RepoInfo, RepoTargets+".>",
+		)
+		return Permissions{Publish: pub, Subscribe: []string{inbox}}
+	case RoleRequester:
+		return Permissions{
+			Publish:   []string{SubjectRequested, jsAPI + "INFO", jsAPI + "STREAM.INFO." + StreamRequests, CatalogService + ".>"},
+			Subscribe: []string{SubjectAll, inbox},
+		}
+	case RoleMonitor:
+		return Permissions{Subscribe: []string{SubjectAll}}
+	}
+	return Permissions{}
+}

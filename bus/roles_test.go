@@ -1,0 +1,229 @@
+package bus_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sendense/sendense/bus"
+	"github.com/sendense/sendense/bus/bustest"
+	"github.com/sendense/sendense/schemas"
+)
+
+// shortCtx bounds an operation the server is expected to refuse: a refused
+// JetStream request gets no answer, only a permission violation.
+func shortCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// wantViolation asserts that c's last error is a permission violation
+// naming subject (the server answers a refused publish or subscribe with
+// one; the client records it after the next round trip).
+func wantViolation(t *testing.T, who string, c *bustest.Conn, subject string) {
+	t.Helper()
+	_ = c.Flush()
+	err := c.LastError()
+	if !errors.Is(err, nats.ErrPermissionViolation) || !strings.Contains(err.Error(), subject) {
+		t.Errorf("%s on %s: last error %v, want a permission violation", who, subject, err)
+	}
+}
+
+// TestRolePermissions: only the role allowed to send a message can send
+// it, against the embedded server and against a nats-server process run
+// with the configuration ServerConfig prints.
+func TestRolePermissions(t *testing.T) {
+	bustest.ForEachSecure(t, func(t *testing.T, start bustest.SecureFunc) {
+		s := start(t, "node1", "node2")
+		conn := func(id bus.Identity) *bustest.Conn { return s.Connect(t, id) }
+		hub := conn(bus.Identity{Role: bus.RoleHub})
+		if err := bus.EnsureStreams(testCtx(t), hub.JS, bus.StreamOptions{}); err != nil {
+			t.Fatalf("hub creates the streams: %v", err)
+		}
+		hubLeases, err := bus.NewLeases(testCtx(t), hub.JS, "", time.Minute)
+		if err != nil {
+			t.Fatalf("hub creates the lease bucket: %v", err)
+		}
+
+		if err := s.ConnectAnonymous(t); err == nil || !strings.Contains(strings.ToLower(err.Error()), "authorization") {
+			t.Errorf("anonymous connection: %v, want an authorization violation", err)
+		}
+
+		// node1 reports a job on its own subject; node2 on its own.
+		node1 := conn(bus.AgentIdentity("node1"))
+		pub1, err := bus.NewAgentPublisher(node1.JS, "node1", bustest.Logger(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		job := bus.NewJobID()
+		ev := completedEvent(job)
+		ack, err := pub1.PublishEvent(testCtx(t), ev)
+		if err != nil || ack.Stream != bus.StreamEvents {
+			t.Fatalf("agent node1 publishes its completed event: %+v, %v", ack, err)
+		}
+		node2 := conn(bus.AgentIdentity("node2"))
+		pub2, _ := bus.NewAgentPublisher(node2.JS, "node2", bustest.Logger(t))
+		if _, err := pub2.PublishEvent(testCtx(t), startedEvent(bus.NewJobID())); err != nil {
+			t.Fatalf("agent node2 publishes on its own subject: %v", err)
+		}
+		stored := streamMsgs(t, hub.JS, bus.StreamEvents)
+
+		// Nobody else can publish an event as node1, nor as any agent.
+		data := []byte(`{"forged":true}`)
+		for _, who := range []bus.Identity{
+			{Role: bus.RoleRequester}, {Role: bus.RoleMonitor}, {Role: bus.RoleHub}, {Role: bus.RoleCatalog}, bus.AgentIdentity("node2"),
+		} {
+			c := conn(who)
+			for _, subject := range []string{
+				bus.AgentSubject(schemas.NameCompleted, "node1"), bus.AgentSubject(schemas.NameStarted, "node1"),
+				bus.AgentSubject(schemas.NameFailed, "node1"), bus.ProgressSubject(job),
+			} {
+				if who.Role == bus.RoleAgent && subject == bus.ProgressSubject(job) {
+					continue // agents publish progress of any job
+				}
+				// What `nats pub` does; the stream count below shows nothing landed.
+				if err := c.Publish(subject, data); err != nil {
+					t.Fatal(err)
+				}
+				wantViolation(t, who.String(), c, subject)
+			}
+		}
+		// Through JetStream's publish too.
+		req0 := conn(bus.Identity{Role: bus.RoleRequester})
+		if _, err := req0.JS.Publish(shortCtx(t), bus.AgentSubject(schemas.NameCompleted, "node1"), data); err == nil {
+			t.Error("requester's JetStream publish of node1's completed succeeded")
+		}
+		wantViolation(t, "requester", req0, bus.AgentSubject(schemas.NameCompleted, "node1"))
+		if n := streamMsgs(t, hub.JS, bus.StreamEvents); n != stored {
+			t.Errorf("events stream has %d messages after the forgeries, want %d", n, stored)
+		}
+
+		// Leases: agents write them, the hub only reads, others nothing.
+		leases1, err := bus.OpenLeases(testCtx(t), node1.JS, "")
+		if err != nil {
+			t.Fatalf("agent opens the lease bucket: %v", err)
+		}
+		le, err := leases1.Acquire(testCtx(t), bus.VMLeaseKey("vm-1"), bus.Holder{Agent: "node1", JobID: job, Attempt: 1})
+		if err != nil {
+			t.Fatalf("agent takes a lease: %v", err)
+		}
+		defer le.Release(testCtx(t))
+		if h, ok, err := hubLeases.Holder(testCtx(t), bus.VMLeaseKey("vm-1")); err != nil || !ok || h.JobID != job {
+			t.Errorf("hub reads the lease: %+v %t %v", h, ok, err)
+		}
+		for _, who := range []bus.Identity{{Role: bus.RoleRequester}, {Role: bus.RoleMonitor}, {Role: bus.RoleHub}, {Role: bus.RoleCatalog}} {
+			c := conn(who)
+			key := "$KV." + bus.LeaseBucket + "." + bus.VMLeaseKey("vm-1")
+			msg := nats.NewMsg(key)
+			msg.Header.Set("KV-Operation", "DEL")
+			if err := c.PublishMsg(msg); err != nil {
+				t.Fatal(err)
+			}
+			wantViolation(t, who.String(), c, key)
+		}
+		if h, ok, err := hubLeases.Holder(testCtx(t), bus.VMLeaseKey("vm-1")); err != nil || !ok || h.JobID != job {
+			t.Errorf("lease after the attempts to delete it: %+v %t %v, want still held", h, ok, err)
+		}
+
+		// Only admin deletes or purges streams.
+		for _, who := range []bus.Identity{{Role: bus.RoleRequester}, {Role: bus.RoleHub}, {Role: bus.RoleCatalog}, bus.AgentIdentity("node1")} {
+			c := conn(who)
+			if err := c.JS.DeleteStream(shortCtx(t), bus.StreamEvents); err == nil {
+				t.Errorf("%s deleted stream %s", who, bus.StreamEvents)
+			}
+			if st, err := c.JS.Stream(shortCtx(t), bus.StreamEvents); err == nil {
+				if err := st.Purge(shortCtx(t)); err == nil {
+					t.Errorf("%s purged stream %s", who, bus.StreamEvents)
+				}
+			}
+		}
+		if n := streamMsgs(t, hub.JS, bus.StreamEvents); n != stored {
+			t.Errorf("events stream has %d messages, want %d", n, stored)
+		}
+
+		// Nobody reads another's replies.
+		req := conn(bus.Identity{Role: bus.RoleRequester})
+		other := bus.AgentIdentity("node1").InboxPrefix() + ".>"
+		if _, err := req.SubscribeSync(other); err == nil {
+			wantViolation(t, "requester subscribing", req, other)
+		}
+
+		// The monitor sees everything and sends nothing; the requester asks.
+		mon := conn(bus.Identity{Role: bus.RoleMonitor})
+		sub, err := mon.SubscribeSync(bus.SubjectAll)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = mon.Flush()
+		reqPub := bus.NewPublisher(req.JS, "sendense/test", bustest.Logger(t))
+		if _, err := reqPub.PublishRequest(testCtx(t), schemas.Request{VM: "pgtest1", JobID: bus.NewJobID()}); err != nil {
+			t.Errorf("requester requests a backup: %v", err)
+		}
+		if m, err := sub.NextMsg(5 * time.Second); err != nil || m.Subject != bus.SubjectRequested {
+			t.Errorf("monitor on backup.>: %v %v", m, err)
+		}
+		if err := mon.Publish(bus.SubjectRequested, []byte(`{"vm":"pgtest1"}`)); err == nil {
+			wantViolation(t, "monitor", mon, bus.SubjectRequested)
+		}
+
+		// The catalog consumes events, not requests.
+		cat := conn(bus.Identity{Role: bus.RoleCatalog})
+		if _, err := bus.EnsureCatalogConsumer(testCtx(t), cat.JS, ""); err != nil {
+			t.Errorf("catalog creates its consumer: %v", err)
+		}
+		if _, err := bus.EnsureRequestConsumer(shortCtx(t), cat.JS, bus.RequestConsumerOptions{}); err == nil {
+			t.Error("catalog created the agents' request consumer")
+		}
+		// The agent takes requests.
+		if _, err := bus.EnsureRequestConsumer(testCtx(t), node1.JS, bus.RequestConsumerOptions{}); err != nil {
+			t.Errorf("agent creates its request consumer: %v", err)
+		}
+		if err := bus.StoreReady(testCtx(t), node1.JS); err != nil {
+			t.Errorf("StoreReady as an agent: %v", err)
+		}
+		var _ jetstream.JetStream = admin(t, s).JS
+	})
+}
+
+func admin(t *testing.T, s *bustest.Secure) *bustest.Conn {
+	return s.Connect(t, bus.Identity{Role: bus.RoleAdmin})
+}
+
+// TestServerConfig: the printed configuration names every user with its
+// permissions, quoted.
+func TestServerConfig(t *testing.T) {
+	users := []bus.User{
+		{Identity: bus.Identity{Role: bus.RoleMonitor}, PublicKey: "UMONITOR"},
+		{Identity: bus.AgentIdentity("node1"), PublicKey: "UNODE1"},
+	}
+	conf := bus.ServerConfig(users)
+	for _, want := range []string{
+		`nkey: "UMONITOR"`, `publish: { deny: [">"] }`, `subscribe: { allow: ["backup.>"] }`,
+		`nkey: "UNODE1"`, `"backup.completed.node1"`, `"_INBOX.agent-node1.>"`,
+	} {
+		if !strings.Contains(conf, want) {
+			t.Errorf("server config lacks %s:\n%s", want, conf)
+		}
+	}
+	if strings.Contains(conf, `"backup.completed.*"`) {
+		t.Errorf("an agent may publish any agent's events:\n%s", conf)
+	}
+}
+
+func someUsers(t *testing.T) []bus.User {
+	c := bus.Creds{Dir: t.TempDir()}
+	if err := c.Ensure(bus.Identity{Role: bus.RoleAdmin}); err != nil {
+		t.Fatal(err)
+	}
+	users, err := c.Users()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return users
+}
