@@ -35,6 +35,14 @@
 // answering a bad request maps these to RejectInvalidJSON and RejectSchema
 // (a Problem on "/vm" with rule "pattern" is RejectInvalidVMID).
 //
+// A member name that appears twice in one object, at any depth, is a
+// schema violation: a Problem with Rule RuleDuplicateKey on the object,
+// shown as /disks/0/disk: duplicate key "key". Names are compared as
+// encoding/json reads them ("v\u006d" repeats "vm"). JSON leaves repeated
+// names to the reader, and encoding/json and the schema library keep the
+// last one, so {"vm":"../../etc","vm":"pgtest1"} could otherwise be
+// checked with one value and read with the other by a different decoder.
+//
 // # Caveats
 //
 // Schemas are compiled once, on first use, and are safe for concurrent use.
@@ -49,7 +57,8 @@
 // cannot decode exactly as encoding/json would (repeated member names,
 // deep nesting, integers written as 2.0, keywords it does not implement),
 // goes to the slow path: the library validates its own parse and names
-// every problem, and encoding/json decodes. So errors, and what is
+// every problem, a scan of the bytes names every repeated member name,
+// and encoding/json decodes. So errors, and what is
 // accepted, are the library's; tests compare both paths on thousands of
 // payloads derived from the fixtures, and fuzz targets do so on arbitrary
 // input (go test -fuzz FuzzFastPath, FuzzClassSeq). A payload that breaks

@@ -28,7 +28,8 @@ type Problem struct {
 	Field string `json:"field"`
 	// Rule is the JSON Schema keyword that failed: required, pattern, type,
 	// enum, const, additionalProperties, minItems, format, ... ("subject"
-	// when the payload disagrees with its subject).
+	// when the payload disagrees with its subject, RuleDuplicateKey for a
+	// member name repeated in the object at Field).
 	Rule string `json:"rule"`
 	// Message says what is wrong, e.g. "missing property 'change_id'".
 	Message string `json:"message"`

@@ -102,15 +102,15 @@ func fastVerdict(t testing.TB, name string, data []byte) (accepted bool, out any
 	return true, out
 }
 
-// slowVerdict is the library's verdict on its own parse of data.
+// slowVerdict is the slow path's verdict on data: the library's on its
+// own parse, and no member name repeated in an object.
 func slowVerdict(t testing.TB, name string, data []byte) bool {
 	t.Helper()
 	all, err := compiled()
 	if err != nil {
 		t.Fatal(err)
 	}
-	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(data))
-	return err == nil && all.byName[name].Validate(inst) == nil
+	return checkSlow(all, name, "", data, nil) == nil
 }
 
 // compareFast checks the fast path against the library and encoding/json
@@ -292,34 +292,39 @@ func TestFastJSONSpellings(t *testing.T) {
 	changeid := string(mutate(t, fullEvents()[NameChangeID], nil))
 	tests := []struct {
 		name, subject, data string
+		refused             bool // Decode (and the library alone) refuse it
 	}{
-		{"whitespace everywhere", NameChangeID, " \n\t" + strings.NewReplacer(",", " ,\r\n ", ":", " : ", "{", "{ ", "}", " }").Replace(changeid) + "\n "},
-		{"escaped job id", NameChangeID, strings.Replace(changeid, `"job_id":"job-7"`, `"job_id":"job\u002d7"`, 1)},
-		{"escaped member name", NameChangeID, strings.Replace(changeid, `"job_id"`, `"job\u005fid"`, 1)},
-		{"escaped time", NameChangeID, strings.Replace(changeid, `"2025-01-02`, `"2025\u002d01-02`, 1)},
-		{"escaped slash in target", NameChangeID, strings.Replace(changeid, `/2000/`, `\/2000\/`, 1)},
-		{"integer written as 2.0", NameChangeID, strings.Replace(changeid, `"attempt":2`, `"attempt":2.0`, 1)},
-		{"integer written as 2e0", NameChangeID, strings.Replace(changeid, `"attempt":2`, `"attempt":2e0`, 1)},
-		{"bytes over int64", NameChangeID, strings.Replace(changeid, `"bytes_read":67108864`, `"bytes_read":9223372036854775808`, 1)},
-		{"duplicate member", NameChangeID, strings.Replace(changeid, `"job_id":"job-7"`, `"job_id":"x/y","job_id":"job-7"`, 1)},
-		{"duplicate member, bad last", NameChangeID, strings.Replace(changeid, `"job_id":"job-7"`, `"job_id":"job-7","job_id":"x/y"`, 1)},
-		{"invalid utf-8 in vm name", NameChangeID, strings.Replace(changeid, `pgtest1`, "pg\xfftest1", 1)},
-		{"lone surrogate in vm name", NameChangeID, strings.Replace(changeid, `pgtest1`, `pg\ud800test1`, 1)},
-		{"non-ASCII vm name", NameChangeID, strings.Replace(changeid, `pgtest1`, `pgtest1-é日本`, 1)},
-		{"trailing data", NameChangeID, changeid + "{}"},
-		{"trailing comma", NameChangeID, strings.Replace(changeid, `}}`, `},}`, 1)},
-		{"control character in string", NameChangeID, strings.Replace(changeid, `pgtest1`, "pg\ttest1", 1)},
-		{"leading zero", NameChangeID, strings.Replace(changeid, `"attempt":2`, `"attempt":02`, 1)},
-		{"request with labels", NameRequested, `{"vm":"x","labels":{"a":"1","b.c/d":"2","":"3"}}`},
-		{"request with good labels", NameRequested, `{"vm":"x","labels":{"a":"1","b.c/d":"2"}}`},
-		{"request with empty labels", NameRequested, `{"vm":"x","labels":{}}`},
-		{"request vm with dots", NameRequested, `{"vm":".a.b c."}`},
-		{"request vm with C1 control", NameRequested, `{"vm":"a\u0085b"}`},
-		{"deep nesting", NameRequested, `{"vm":"x","labels":` + strings.Repeat("[", 100) + strings.Repeat("]", 100) + `}`},
-		{"empty", NameRequested, ``},
-		{"only space", NameRequested, `  `},
-		{"bare string", NameRequested, `"x"`},
-		{"null", NameRequested, `null`},
+		{"whitespace everywhere", NameChangeID, " \n\t" + strings.NewReplacer(",", " ,\r\n ", ":", " : ", "{", "{ ", "}", " }").Replace(changeid) + "\n ", true},
+		{"escaped job id", NameChangeID, strings.Replace(changeid, `"job_id":"job-7"`, `"job_id":"job\u002d7"`, 1), false},
+		{"escaped member name", NameChangeID, strings.Replace(changeid, `"job_id"`, `"job\u005fid"`, 1), false},
+		{"escaped time", NameChangeID, strings.Replace(changeid, `"2025-01-02`, `"2025\u002d01-02`, 1), true},
+		{"escaped slash in target", NameChangeID, strings.Replace(changeid, `/2000/`, `\/2000\/`, 1), false},
+		{"integer written as 2.0", NameChangeID, strings.Replace(changeid, `"attempt":2`, `"attempt":2.0`, 1), true},
+		{"integer written as 2e0", NameChangeID, strings.Replace(changeid, `"attempt":2`, `"attempt":2e0`, 1), true},
+		{"bytes over int64", NameChangeID, strings.Replace(changeid, `"bytes_read":67108864`, `"bytes_read":9223372036854775808`, 1), true},
+		{"duplicate member", NameChangeID, strings.Replace(changeid, `"job_id":"job-7"`, `"job_id":"x/y","job_id":"job-7"`, 1), true},
+		{"duplicate member, bad last", NameChangeID, strings.Replace(changeid, `"job_id":"job-7"`, `"job_id":"job-7","job_id":"x/y"`, 1), true},
+		{"duplicate member, same value", NameChangeID, strings.Replace(changeid, `"job_id":"job-7"`, `"job_id":"job-7","job_id":"job-7"`, 1), true},
+		{"duplicate member, escaped", NameChangeID, strings.Replace(changeid, `"job_id":"job-7"`, `"job_id":"x/y","job\u005fid":"job-7"`, 1), true},
+		{"duplicate member in a nested object", NameChangeID, strings.Replace(changeid, `"key":2000`, `"key":1,"key":2000`, 1), true},
+		{"duplicate member too deep for the tree", NameRequested, `{"vm":"x","labels":` + strings.Repeat("[", 100) + `{"a":1,"a":2}` + strings.Repeat("]", 100) + `}`, true},
+		{"invalid utf-8 in vm name", NameChangeID, strings.Replace(changeid, `pgtest1`, "pg\xfftest1", 1), false},
+		{"lone surrogate in vm name", NameChangeID, strings.Replace(changeid, `pgtest1`, `pg\ud800test1`, 1), false},
+		{"non-ASCII vm name", NameChangeID, strings.Replace(changeid, `pgtest1`, `pgtest1-é日本`, 1), false},
+		{"trailing data", NameChangeID, changeid + "{}", true},
+		{"trailing comma", NameChangeID, strings.Replace(changeid, `}}`, `},}`, 1), true},
+		{"control character in string", NameChangeID, strings.Replace(changeid, `pgtest1`, "pg\ttest1", 1), true},
+		{"leading zero", NameChangeID, strings.Replace(changeid, `"attempt":2`, `"attempt":02`, 1), true},
+		{"request with labels", NameRequested, `{"vm":"x","labels":{"a":"1","b.c/d":"2","":"3"}}`, true},
+		{"request with good labels", NameRequested, `{"vm":"x","labels":{"a":"1","b.c/d":"2"}}`, false},
+		{"request with empty labels", NameRequested, `{"vm":"x","labels":{}}`, false},
+		{"request vm with dots", NameRequested, `{"vm":".a.b c."}`, false},
+		{"request vm with C1 control", NameRequested, `{"vm":"a\u0085b"}`, true},
+		{"deep nesting", NameRequested, `{"vm":"x","labels":` + strings.Repeat("[", 100) + strings.Repeat("]", 100) + `}`, true},
+		{"empty", NameRequested, ``, true},
+		{"only space", NameRequested, `  `, true},
+		{"bare string", NameRequested, `"x"`, true},
+		{"null", NameRequested, `null`, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -341,6 +346,9 @@ func TestFastJSONSpellings(t *testing.T) {
 			}
 			if (slowErr == nil) != (fastErr == nil) || slowErr != nil && slowErr.Error() != fastErr.Error() {
 				t.Errorf("Decode = %v, library alone = %v", fastErr, slowErr)
+			}
+			if (fastErr != nil) != tt.refused {
+				t.Errorf("Decode = %v, want refused %v", fastErr, tt.refused)
 			}
 		})
 	}

@@ -17,7 +17,8 @@ import (
 // The parser accepts exactly the JSON that encoding/json accepts, or less:
 // anything it refuses (and any object with a repeated member name or more
 // than maxMembers members) makes the caller take the slow path, which
-// parses with encoding/json and reports the error.
+// parses with encoding/json and reports the error (a repeated name is one:
+// see RuleDuplicateKey).
 type tree struct {
 	data  []byte // the payload, owned by the caller; read only during the call
 	src   string // a copy of data; node strings point into it
@@ -197,7 +198,7 @@ func (t *tree) object(idx int32, depth int) bool {
 		}
 		for c := t.nodes[idx].first; c >= 0; c = t.nodes[c].next {
 			if t.same(t.nodes[c].key, key) {
-				return false // encoding/json keeps the last; leave that to it
+				return false // a schema violation: the slow path names it (duplicateKeys)
 			}
 		}
 		t.skipSpace()

@@ -200,18 +200,24 @@ func checkFast(fs *fastSchema, name, job string, data []byte, out any) (done boo
 	return true, unmarshal(name, data, out)
 }
 
-// checkSlow is check with the library alone.
+// checkSlow is check with the library, plus the one rule the library
+// cannot see: a member name repeated in one object (see RuleDuplicateKey),
+// which its parse, like encoding/json's, silently drops.
 func checkSlow(all *registry, name, job string, data []byte, out any) error {
 	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(data))
 	if err != nil {
 		return fmt.Errorf("%s: %w: %w", name, ErrInvalidJSON, err)
 	}
+	probs := duplicateKeys(data)
 	if err := all.byName[name].Validate(inst); err != nil {
 		var ve *jsonschema.ValidationError
 		if !errors.As(err, &ve) {
 			return fmt.Errorf("validate %s: %w", name, err)
 		}
-		return &ValidationError{Schema: name, Problems: all.problems(ve)}
+		probs = append(probs, all.problems(ve)...)
+	}
+	if len(probs) > 0 {
+		return &ValidationError{Schema: name, Problems: sortProblems(probs)}
 	}
 	if job != "" {
 		// The schema made the payload an object with a string job_id.
@@ -249,8 +255,8 @@ func unmarshal(name string, data []byte, out any) error {
 }
 
 // problems flattens the library's error tree into its leaves: one Problem
-// per broken rule, sorted and without duplicates. A pattern is explained by
-// its schema's description rather than shown as a regular expression.
+// per broken rule (see sortProblems for the order). A pattern is explained
+// by its schema's description rather than shown as a regular expression.
 func (r *registry) problems(root *jsonschema.ValidationError) []Problem {
 	var out []Problem
 	var walk func(e *jsonschema.ValidationError)
@@ -276,10 +282,16 @@ func (r *registry) problems(root *jsonschema.ValidationError) []Problem {
 		out = append(out, p)
 	}
 	walk(root)
-	slices.SortFunc(out, func(a, b Problem) int {
+	return out
+}
+
+// sortProblems sorts problems by Field, Rule and Message, as
+// ValidationError promises, and drops repeats.
+func sortProblems(probs []Problem) []Problem {
+	slices.SortFunc(probs, func(a, b Problem) int {
 		return cmp.Or(cmp.Compare(a.Field, b.Field), cmp.Compare(a.Rule, b.Rule), cmp.Compare(a.Message, b.Message))
 	})
-	return slices.Compact(out)
+	return slices.Compact(probs)
 }
 
 // pointer renders an instance location as a JSON pointer (RFC 6901).
