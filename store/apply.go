@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"time"
 
+	"github.com/rs/zerolog"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/sendense/sendense/schemas"
@@ -19,27 +21,38 @@ import (
 const maxIDLen = 512
 
 // Applied events are stored in job_events under eventKey (job id, event
-// id, type code) with the event's JSON as the value: the payload it was
-// decoded from (WithPayload), or else what json.Marshal gives.
+// id, type code, agent) with the event's JSON as the value: the payload it
+// was decoded from (WithSource), or else what json.Marshal gives.
 
-// WithPayload pairs ev with the JSON payload schemas.Decode decoded it
-// from, for Apply: Apply then stores payload as the event's record instead
-// of encoding ev again (encoding is about a sixth of Apply's work). payload
-// must be exactly those bytes and must not change until Apply returns: a
-// later re-derivation of the job decodes the stored payload and must find
-// the same event. schemas.Decode mirrors encoding/json.Unmarshal, which is
-// what the catalog decodes stored events with, so it does.
-func WithPayload(ev schemas.Event, payload []byte) schemas.Event {
-	if isNil(ev) {
+// WithSource pairs ev with where it came from, for Apply:
+//
+//   - payload is the JSON schemas.Decode decoded ev from. Apply then
+//     stores payload as the event's record instead of encoding ev again
+//     (encoding is about a sixth of Apply's work). payload must be exactly
+//     those bytes and must not change until Apply returns: a later
+//     re-derivation of the job decodes the stored payload and must find the
+//     same event. schemas.Decode mirrors encoding/json.Unmarshal, which is
+//     what the catalog decodes stored events with, so it does. nil: Apply
+//     encodes ev, as for an event passed without WithSource.
+//   - agent is the name of the agent that published ev, which the bus puts
+//     in the subject (backup.completed.<agent>). "" means a legacy event,
+//     published on the subject without that token before agents had
+//     identities; so is an event passed without WithSource. The agent is
+//     part of the event's identity (job id, event id, agent), and a
+//     backup.completed counts only with the backup.started and
+//     backup.changeid events of the same agent (see consistency.go).
+func WithSource(ev schemas.Event, payload []byte, agent string) schemas.Event {
+	if isNil(ev) || (payload == nil && agent == "") {
 		return ev
 	}
-	return &decoded{Event: ev, payload: payload}
+	return &sourced{Event: ev, payload: payload, agent: agent}
 }
 
-// decoded is an event with its payload (WithPayload).
-type decoded struct {
+// sourced is an event with its payload and agent (WithSource).
+type sourced struct {
 	schemas.Event
 	payload []byte
+	agent   string
 }
 
 // Apply files a batch of events in one bbolt transaction, committed and
@@ -48,38 +61,50 @@ type decoded struct {
 // The fatal error is non-nil when the transaction failed (disk full, file
 // closed, ...); then nothing of the batch was applied and the per-event
 // slice is nil. Otherwise the per-event slice has one entry per event: nil
-// when the event was applied or is a duplicate (its id was applied before,
-// in an earlier batch or earlier in this one: a no-op), or an error wrapping
+// when the event was applied or is a duplicate (filed before, in an earlier
+// batch or earlier in this one: a no-op), or an error wrapping
 //
 //   - ErrIncomplete: a backup.completed that breaks "completed means
 //     complete" (see ErrIncomplete). It is kept as a poison record and not
 //     applied; the job keeps the status its other events give it.
-//   - ErrInvalid: a nil or unknown event, or an empty or oversized id or
-//     job id. Kept as a poison record when there is anything to keep.
+//   - ErrInconsistent: an event that does not fit its job's history
+//     (design invariant 10, see consistency.go): a non-canonical id, a
+//     target outside the job's path, a backup.completed without matching
+//     backup.started and backup.changeid events of its attempt from the
+//     same agent, or an event that would rewrite a completed job. Kept as
+//     a poison record and not applied.
+//   - ErrInvalid: a nil or unknown event, or an empty or oversized id,
+//     job id or agent. Kept as a poison record when there is anything to
+//     keep.
 //
 // Events with a per-event error never fail the batch: the others are
-// applied. The id of every event filed (applied or poisoned) is recorded in
-// the same transaction, so redelivery is a no-op. An event's identity is
-// its job id and event id: the publisher's ids (bus.EventID) start with
-// the job id, so this is the event id alone in practice, and two events
-// that share an id but not a job are both applied, whatever their order.
+// applied. Every event with a usable job id is filed (its bytes kept in the
+// job's range, applied or not) in the same transaction, so redelivery is a
+// no-op. An event's identity is its job id, event id and agent (see
+// WithSource): the publisher's ids (bus.EventID) start with the job id, so
+// this is the event id and agent in practice; two events that share an id
+// but not an agent are both filed, whatever their order.
 //
 // Order does not matter: after the events are filed, every job the batch
-// touched is re-derived from its complete event set (see Job). So a
-// backup.completed applied before its backup.started gives the same job as
-// the reverse. One consequence: when a later backup.started of the same
-// attempt shows that an already applied backup.completed lacks one of its
-// disks, that completed event is moved to the poison records then, and the
-// job's status and chain links are derived again without it; the
-// backup.started itself gets a nil error (it was applied). If the completed
-// event is in the same batch it gets the ErrIncomplete; if it was applied
-// by an earlier batch, a warning is logged instead.
+// touched is re-derived from its complete event set (see Job), and which of
+// its events are poison is decided from that set too (consistency.go). So
+// a backup.completed applied before its backup.started gives the same job
+// as the reverse. The per-event errors can differ, though: a completed
+// that arrives first is poison (ErrInconsistent, "no backup.started ...")
+// until its started and changeid events arrive; the batch that brings them
+// applies it, removes its poison record, logs that, and gives nil errors.
+// The other way round, when a later event shows that an already applied
+// event is poison (a backup.started of the same attempt lacks one of the
+// completed event's disks), the job's status and chain links are derived
+// again without it; that later event gets a nil error (it was applied), and
+// the poisoned one gets the error if it is in the same batch, else a
+// warning is logged.
 //
 // backup.progress events are applied differently: the job keeps only the
 // newest one (highest attempt, seq, time, id) as Job.Progress, their ids
 // are not recorded (keeping the newest is idempotent by itself), and they
 // never create a job on their own: a job appears with its first other
-// event.
+// event. A progress event with a non-canonical id is ErrInconsistent.
 func (c *Catalog) Apply(evs ...schemas.Event) ([]error, error) {
 	errs := make([]error, len(evs))
 	if len(evs) == 0 {
@@ -90,7 +115,7 @@ func (c *Catalog) Apply(evs ...schemas.Event) ([]error, error) {
 		for _, name := range [][]byte{bucketApplied, bucketEvents, bucketJobs, bucketJobsByTime, bucketLinks} {
 			tx.Bucket(name).FillPercent = appendFill
 		}
-		a := &applier{c: c, tx: tx, errs: errs, dirty: map[string][]record{}}
+		a := &applier{tx: tx, log: c.log, now: c.now, errs: errs, dirty: map[string][]record{}}
 		for i, ev := range evs {
 			if err := a.apply(i, ev); err != nil {
 				return err
@@ -113,11 +138,13 @@ func (c *Catalog) Apply(evs ...schemas.Event) ([]error, error) {
 // lands in an older page. It applies per transaction: bbolt does not store it.
 const appendFill = 0.9
 
-// applier holds the state of one Apply transaction.
+// applier holds the state of one Apply transaction (or of Open's
+// migration, which re-derives every job).
 type applier struct {
-	c    *Catalog
 	tx   *bolt.Tx
-	errs []error
+	log  zerolog.Logger
+	now  func() time.Time
+	errs []error // per event of the batch; nil in a migration
 	// dirty holds the jobs to re-derive, each with its events of this
 	// batch that flush files (in batch order, one per event id).
 	dirty map[string][]record
@@ -129,8 +156,9 @@ type applier struct {
 // with the event itself go to a.errs[i].
 func (a *applier) apply(i int, ev schemas.Event) error {
 	var payload []byte
-	if d, ok := ev.(*decoded); ok {
-		ev, payload = d.Event, d.payload
+	var agent string
+	if d, ok := ev.(*sourced); ok {
+		ev, payload, agent = d.Event, d.payload, d.agent
 	}
 	if isNil(ev) {
 		a.errs[i] = fmt.Errorf("apply event %d of batch: nil event: %w", i, ErrInvalid)
@@ -148,20 +176,17 @@ func (a *applier) apply(i int, ev schemas.Event) error {
 	if merr != nil {
 		raw = fmt.Appendf(nil, "%+v", ev)
 	}
-	invalid := func(reason string) error {
-		if name == "" {
-			a.errs[i] = fmt.Errorf("apply %T %.64q of job %.64q: %w: %s", ev, h.ID, h.JobID, ErrInvalid, reason)
-		} else {
-			a.errs[i] = fmt.Errorf("apply %s %.64q of job %.64q: %w: %s", name, h.ID, h.JobID, ErrInvalid, reason)
+	refuse := func(sentinel error, reason string) error {
+		what := name
+		if what == "" {
+			what = fmt.Sprintf("%T", ev)
 		}
-		subject := name
-		if subject == "" {
-			subject = fmt.Sprintf("%T", ev)
-		}
+		a.errs[i] = fmt.Errorf("apply %s %.64q of job %.64q from agent %.64s: %w: %s", what, h.ID, h.JobID, agentName(agent), sentinel, reason)
 		return putPoison(a.tx, PoisonRecord{
-			Subject: subject, EventID: h.ID, JobID: h.JobID, Reason: reason, Raw: raw,
-		}, a.c.now)
+			Subject: what, EventID: h.ID, JobID: h.JobID, Agent: agent, Reason: reason, Raw: raw,
+		}, a.now)
 	}
+	invalid := func(reason string) error { return refuse(ErrInvalid, reason) }
 	switch {
 	case name == "":
 		return invalid(fmt.Sprintf("unknown event type %T", ev))
@@ -171,6 +196,8 @@ func (a *applier) apply(i int, ev schemas.Event) error {
 		return invalid("no event id")
 	case len(h.ID) > maxIDLen:
 		return invalid(fmt.Sprintf("event id longer than %d bytes", maxIDLen))
+	case len(agent) > maxIDLen:
+		return invalid(fmt.Sprintf("agent longer than %d bytes", maxIDLen))
 	}
 	if h.JobID == "" || len(h.JobID) > maxIDLen {
 		// Without a usable job id the event's id is recorded in the
@@ -193,29 +220,34 @@ func (a *applier) apply(i int, ev schemas.Event) error {
 	}
 
 	if p, ok := ev.(*schemas.Progress); ok {
+		// Not stored, so judged alone: only its id can be wrong.
+		if reason := checkShape(h.JobID, record{name: name, ev: ev}); reason != "" {
+			return refuse(ErrInconsistent, reason)
+		}
 		return a.progress(p)
 	}
 
 	// Filed by flush, which reads the job's stored ids anyway: an event
 	// already in the job's range is a duplicate. Within the batch the
-	// first of the same (job, id) wins.
+	// first of the same (job, id, agent) wins.
 	pe := a.dirty[h.JobID]
 	for _, r := range pe {
-		if r.ev.EventHeader().ID == h.ID {
+		if r.agent == agent && r.ev.EventHeader().ID == h.ID {
 			return nil
 		}
 	}
 	// Keep the decoded event for rederive, unless json.Marshal replaced
 	// invalid UTF-8 (it writes the escape): then rederive must decode what
 	// is stored, or a later re-derivation would see other strings. A
-	// payload decodes to ev by WithPayload's contract.
-	r := record{name: name, raw: raw, ev: ev, pos: i}
+	// payload decodes to ev by WithSource's contract.
+	r := record{name: name, agent: agent, raw: raw, ev: ev, pos: i}
 	if payload == nil && bytes.Contains(raw, []byte(`\ufffd`)) {
-		d, err := decodeRecord([]byte(h.ID), eventCode(name), raw)
+		d, err := decodeRecord([]byte(h.ID), eventCode(name), agent, raw)
 		if err != nil {
 			return fmt.Errorf("job %s: %w", h.JobID, err)
 		}
-		r.ev, r.raw = d.ev, d.raw
+		d.pos = i
+		r = d
 	}
 	a.dirty[h.JobID] = append(pe, r)
 	return nil
@@ -279,46 +311,55 @@ func (a *applier) flush() error {
 	return nil
 }
 
-// rederive files a job's new events (those whose id is not in the job's
-// range yet), recomputes the job from all its stored events and progress,
-// moves completed events that break invariant 2 to the poison records
-// (leaving an empty value, a tombstone, so the id stays applied), and
-// rewrites the job record, its index entry and its chain links.
+// eventIdent is an event's identity within its job.
+type eventIdent struct{ id, agent string }
+
+// rederive files a job's new events (those whose (id, agent) is not in the
+// job's range yet), recomputes the job from all its stored events and
+// progress, brings the poison records of its events in line with the
+// verdicts (judge), and rewrites the job record, its index entry and its
+// chain links.
 func (a *applier) rederive(jobID string, news []record) error {
 	key := []byte(jobID)
 	events := a.tx.Bucket(bucketEvents)
 	prefix := appendPart(nil, jobID)
 	var recs []record
-	var have map[string]bool
+	var tombs []string // ids of tombstones: poison for good, their bytes are gone
+	var have map[eventIdent]bool
 	if len(news) > 0 {
-		have = map[string]bool{}
+		have = map[eventIdent]bool{}
 	}
 	cur := events.Cursor()
 	for k, v := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Next() {
-		_, id, code, ok := splitEventKey(k)
+		_, id, code, agent, ok := splitEventKey(k)
 		if !ok {
 			return fmt.Errorf("job %s: event key %x is malformed", jobID, k)
 		}
 		if have != nil {
-			have[id] = true
+			have[eventIdent{id, agent}] = true
 		}
 		if len(v) == 0 {
-			continue // tombstone
+			// A tombstone of layout 2 (or 1): the event was moved to
+			// the poison records, which keep it.
+			tombs = append(tombs, id)
+			continue
 		}
-		r, err := decodeRecord([]byte(id), code, v)
+		r, err := decodeRecord([]byte(id), code, agent, v)
 		if err != nil {
 			return fmt.Errorf("job %s: %w", jobID, err)
 		}
 		recs = append(recs, r)
 	}
+	stored := len(recs)
 	for _, r := range news {
-		id := r.ev.EventHeader().ID
+		id := eventIdent{r.ev.EventHeader().ID, r.agent}
 		if have[id] {
 			continue // duplicate: no-op
 		}
-		if err := events.Put(eventKey(jobID, id, eventCode(r.name)), r.raw); err != nil {
-			return fmt.Errorf("put event %s of job %s: %w", id, jobID, err)
+		if err := events.Put(eventKey(jobID, id.id, eventCode(r.name), r.agent), r.raw); err != nil {
+			return fmt.Errorf("put event %s of job %s: %w", id.id, jobID, err)
 		}
+		have[id] = true
 		recs = append(recs, r)
 	}
 	var prog *Progress
@@ -329,111 +370,242 @@ func (a *applier) rederive(jobID string, news []record) error {
 		}
 	}
 
-	job, bad := derive(jobID, recs, prog)
-
-	for _, b := range bad {
-		h := b.rec.ev.EventHeader()
-		if err := events.Put(eventKey(jobID, h.ID, eventCode(b.rec.name)), nil); err != nil {
-			return fmt.Errorf("remove poisoned event %s of job %s: %w", h.ID, jobID, err)
-		}
-		err := putPoison(a.tx, PoisonRecord{
-			Subject: b.rec.name, EventID: h.ID, JobID: jobID, Reason: b.reason, Raw: b.rec.raw,
-		}, a.c.now)
-		if err != nil {
-			return fmt.Errorf("poison event %s of job %s: %w", h.ID, jobID, err)
-		}
-		perr := fmt.Errorf("apply %s %s of job %s: %w: %s", b.rec.name, h.ID, jobID, ErrIncomplete, b.reason)
-		if b.rec.pos >= 0 {
-			a.errs[b.rec.pos] = perr
-		} else {
-			a.c.log.Warn().Str("job_id", jobID).Str("event_id", h.ID).Str("reason", b.reason).
-				Msg("applied completed event moved to poison records")
+	// Which events were poison before this batch: the job record says
+	// (PoisonedEventIDs). Without a record, every event stored before was
+	// poison (or there was none): their records say.
+	raw := a.tx.Bucket(bucketJobs).Get(key)
+	var storedIDs []string
+	if raw == nil {
+		for _, r := range recs[:stored] {
+			storedIDs = append(storedIDs, r.ev.EventHeader().ID)
 		}
 	}
-	return a.writeJob(jobID, job)
+
+	job, bad := derive(jobID, recs, prog)
+	if job != nil && len(tombs) > 0 {
+		job.PoisonedEventIDs = append(job.PoisonedEventIDs, tombs...)
+		slices.Sort(job.PoisonedEventIDs)
+		job.PoisonedEventIDs = slices.Compact(job.PoisonedEventIDs)
+	}
+
+	old, changed, err := a.writeJob(jobID, job, raw)
+	if err != nil {
+		return err
+	}
+	var was []string
+	switch {
+	case raw == nil:
+		if was, err = a.ownPoison(jobID, storedIDs); err != nil {
+			return err
+		}
+	case changed:
+		was = old.PoisonedEventIDs
+	default:
+		was = job.PoisonedEventIDs // the same record
+	}
+	return a.settlePoison(jobID, bad, was, tombs)
 }
 
-// writeJob replaces the stored record of a job (nil: the job has no events
-// left) together with its index entry and chain links.
-func (a *applier) writeJob(jobID string, job *Job) error {
+// settlePoison writes a poison record for each of a job's refused events
+// (one per event id: the first by agent), sets their per-event errors or
+// logs the ones applied by an earlier batch, and removes the records of
+// the job's events that were poison before (was) and are applied now;
+// tombstones (tombs) stay poison.
+func (a *applier) settlePoison(jobID string, bad []badRecord, was, tombs []string) error {
+	if len(bad) == 0 && len(was) == 0 {
+		return nil
+	}
+	wasPoison := make(map[string]bool, len(was))
+	for _, id := range was {
+		wasPoison[id] = true
+	}
+	isPoison := make(map[string]bool, len(bad)+len(tombs))
+	for _, id := range tombs {
+		isPoison[id] = true
+	}
+	for _, b := range bad { // sorted by (id, agent)
+		h := b.rec.ev.EventHeader()
+		if !isPoison[h.ID] {
+			isPoison[h.ID] = true
+			err := a.putJobPoison(PoisonRecord{
+				Subject: b.rec.name, EventID: h.ID, JobID: jobID, Agent: b.rec.agent, Reason: b.reason, Raw: b.rec.raw,
+			})
+			if err != nil {
+				return fmt.Errorf("poison event %s of job %s: %w", h.ID, jobID, err)
+			}
+		}
+		switch {
+		case b.rec.pos >= 0:
+			a.errs[b.rec.pos] = fmt.Errorf("apply %s %s of job %s from agent %s: %w: %s",
+				b.rec.name, h.ID, jobID, agentName(b.rec.agent), b.err, b.reason)
+		case !wasPoison[h.ID]:
+			a.log.Warn().Str("job_id", jobID).Str("event_id", h.ID).Str("agent", b.rec.agent).
+				Str("reason", b.reason).Msg("applied event moved to poison records")
+		}
+	}
+	poison := a.tx.Bucket(bucketPoison)
+	for _, id := range was {
+		if isPoison[id] {
+			continue
+		}
+		k := poisonIDKey(id)
+		p, ok, err := jobPoison(poison, k, jobID)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			continue
+		}
+		if err := poison.Delete(k); err != nil {
+			return fmt.Errorf("remove poison record of event %s of job %s: %w", id, jobID, err)
+		}
+		a.log.Info().Str("job_id", jobID).Str("event_id", id).Str("agent", p.Agent).
+			Msg("poisoned event applied, its poison record removed")
+	}
+	return nil
+}
+
+// putJobPoison writes the poison record of a job's refused event, keyed by
+// its event id, keeping the time of a record already there. A record of
+// the same id kept for another job, or by RecordPoison, is left alone:
+// the first one stays, as with putPoison.
+func (a *applier) putJobPoison(p PoisonRecord) error {
+	if len(p.Raw) > MaxPoisonRaw {
+		p.Raw = p.Raw[:MaxPoisonRaw]
+		p.Truncated = true
+	}
+	b := a.tx.Bucket(bucketPoison)
+	k := poisonIDKey(p.EventID)
+	if raw := b.Get(k); raw != nil {
+		var o PoisonRecord
+		if err := json.Unmarshal(raw, &o); err != nil {
+			return fmt.Errorf("decode poison record %q: %w", k, err)
+		}
+		if o.JobID != p.JobID || o.Seq != 0 {
+			return nil
+		}
+		if o.Subject == p.Subject && o.Agent == p.Agent && o.Reason == p.Reason && o.Truncated == p.Truncated && bytes.Equal(o.Raw, p.Raw) {
+			return nil // unchanged
+		}
+		p.Time = o.Time
+	}
+	if p.Time.IsZero() {
+		p.Time = a.now()
+	}
+	p.Time = p.Time.UTC()
+	v, err := json.Marshal(p)
+	if err != nil {
+		return fmt.Errorf("encode poison record: %w", err)
+	}
+	return b.Put(k, v)
+}
+
+// ownPoison returns those of ids whose poison record belongs to job jobID.
+func (a *applier) ownPoison(jobID string, ids []string) ([]string, error) {
+	poison := a.tx.Bucket(bucketPoison)
+	var own []string
+	for _, id := range ids {
+		if _, ok, err := jobPoison(poison, poisonIDKey(id), jobID); err != nil {
+			return nil, err
+		} else if ok && !slices.Contains(own, id) {
+			own = append(own, id)
+		}
+	}
+	return own, nil
+}
+
+// jobPoison reads the poison record at k if it is one Apply kept for an
+// event of job jobID.
+func jobPoison(b *bolt.Bucket, k []byte, jobID string) (PoisonRecord, bool, error) {
+	raw := b.Get(k)
+	if raw == nil {
+		return PoisonRecord{}, false, nil
+	}
+	var p PoisonRecord
+	if err := json.Unmarshal(raw, &p); err != nil {
+		return PoisonRecord{}, false, fmt.Errorf("decode poison record %q: %w", k, err)
+	}
+	return p, p.JobID == jobID && p.Seq == 0, nil
+}
+
+// writeJob replaces the stored record of a job (raw; nil when there is
+// none) by job (nil: the job has no applied events left), together with
+// its index entry and chain links. It returns whether the record changed
+// and, when it did, the old record decoded (nil if there was none).
+func (a *applier) writeJob(jobID string, job *Job, raw []byte) (old *Job, changed bool, err error) {
 	key := []byte(jobID)
 	jobs := a.tx.Bucket(bucketJobs)
 	idx := a.tx.Bucket(bucketJobsByTime)
 	var v []byte
 	if job != nil {
 		var ok bool
-		size := 512 + 512*len(job.Disks) + 64*len(job.EventIDs) // most records fit: one allocation
+		size := 512 + 512*len(job.Disks) + 64*(len(job.EventIDs)+len(job.PoisonedEventIDs)) // most records fit: one allocation
 		if v, ok = appendJob(make([]byte, 0, size), job); !ok {
-			var err error
 			if v, err = json.Marshal(job); err != nil {
-				return fmt.Errorf("encode job %s: %w", jobID, err)
+				return nil, false, fmt.Errorf("encode job %s: %w", jobID, err)
 			}
 		}
 	}
-	raw := jobs.Get(key)
-	if raw != nil && bytes.Equal(raw, v) {
-		return nil // unchanged: so are its index entry and links
+	if (raw == nil) == (v == nil) && bytes.Equal(raw, v) {
+		return nil, false, nil // unchanged: so are its index entry and links
 	}
-	var old *Job
 	if raw != nil {
 		old = new(Job)
 		if err := json.Unmarshal(raw, old); err != nil {
-			return fmt.Errorf("decode job %s: %w", jobID, err)
+			return nil, false, fmt.Errorf("decode job %s: %w", jobID, err)
 		}
 	}
 	if oldKey, newKey := jobLinkKey(old), jobLinkKey(job); !bytes.Equal(oldKey, newKey) {
 		links := a.tx.Bucket(bucketLinks)
 		if oldKey != nil {
 			if err := links.Delete(oldKey); err != nil {
-				return fmt.Errorf("unlink job %s: %w", jobID, err)
+				return nil, false, fmt.Errorf("unlink job %s: %w", jobID, err)
 			}
 		}
 		if newKey != nil {
 			if err := links.Put(newKey, nil); err != nil {
-				return fmt.Errorf("link job %s: %w", jobID, err)
+				return nil, false, fmt.Errorf("link job %s: %w", jobID, err)
 			}
 		}
 	}
 	if old != nil && (job == nil || !old.CreatedAt.Equal(job.CreatedAt)) {
 		if err := idx.Delete(append(timeKey(old.CreatedAt), jobID...)); err != nil {
-			return fmt.Errorf("unindex job %s: %w", jobID, err)
+			return nil, false, fmt.Errorf("unindex job %s: %w", jobID, err)
 		}
 	}
 	if job == nil {
-		if old == nil {
-			return nil
-		}
 		if err := jobs.Delete(key); err != nil {
-			return fmt.Errorf("delete job %s: %w", jobID, err)
+			return nil, false, fmt.Errorf("delete job %s: %w", jobID, err)
 		}
-		return nil
+		return old, true, nil
 	}
 	if err := jobs.Put(key, v); err != nil {
-		return fmt.Errorf("put job %s: %w", jobID, err)
+		return nil, false, fmt.Errorf("put job %s: %w", jobID, err)
 	}
 	if err := idx.Put(append(timeKey(job.CreatedAt), jobID...), nil); err != nil {
-		return fmt.Errorf("index job %s: %w", jobID, err)
+		return nil, false, fmt.Errorf("index job %s: %w", jobID, err)
 	}
-	return nil
+	return old, true, nil
 }
 
 // eventKey is the key of an event in the job_events bucket: part(job id),
-// part(event id), then the event's type code (eventCode).
-func eventKey(jobID, eventID string, code byte) []byte {
-	k := make([]byte, 0, len(jobID)+len(eventID)+5)
-	return append(appendPart(appendPart(k, jobID), eventID), code)
+// part(event id), the event's type code (eventCode), then the agent's
+// bytes (none for the agent "", and in every key of layout 2).
+func eventKey(jobID, eventID string, code byte, agent string) []byte {
+	k := make([]byte, 0, len(jobID)+len(eventID)+len(agent)+5)
+	return append(append(appendPart(appendPart(k, jobID), eventID), code), agent...)
 }
 
 // splitEventKey reads an eventKey back.
-func splitEventKey(k []byte) (jobID, eventID string, code byte, ok bool) {
+func splitEventKey(k []byte) (jobID, eventID string, code byte, agent string, ok bool) {
 	jobID, rest, ok := cutPart(k)
 	if ok {
 		eventID, rest, ok = cutPart(rest)
 	}
-	if !ok || len(rest) != 1 {
-		return "", "", 0, false
+	if !ok || len(rest) < 1 {
+		return "", "", 0, "", false
 	}
-	return jobID, eventID, rest[0], true
+	return jobID, eventID, rest[0], string(rest[1:]), true
 }
 
 // eventNames are the event types by the code that ends their key; code 0
@@ -455,10 +627,11 @@ func eventCode(name string) byte {
 
 // record is one event of a job, decoded.
 type record struct {
-	name string
-	raw  []byte // the event's JSON, the value filed
-	ev   schemas.Event
-	pos  int // position in the batch; -1 for an event filed earlier
+	name  string
+	agent string // who published it (WithSource); "" for a legacy event
+	raw   []byte // the event's JSON, the value filed
+	ev    schemas.Event
+	pos   int // position in the batch; -1 for an event filed earlier
 }
 
 // encodeRecord returns the JSON json.Marshal gives for ev, for an event
@@ -475,9 +648,9 @@ func (a *applier) encodeRecord(ev schemas.Event) ([]byte, error) {
 	return bytes.Clone(bytes.TrimSuffix(a.buf.Bytes(), []byte{'\n'})), nil
 }
 
-// decodeRecord decodes a stored event of type code; it copies what it
-// keeps, so the record outlives the transaction.
-func decodeRecord(id []byte, code byte, v []byte) (record, error) {
+// decodeRecord decodes a stored event of type code from agent; it copies
+// what it keeps, so the record outlives the transaction.
+func decodeRecord(id []byte, code byte, agent string, v []byte) (record, error) {
 	var name string
 	if int(code) < len(eventNames) {
 		name = eventNames[code]
@@ -490,7 +663,7 @@ func decodeRecord(id []byte, code byte, v []byte) (record, error) {
 	if err := json.Unmarshal(raw, ev); err != nil {
 		return record{}, fmt.Errorf("decode stored event %s: %w", id, err)
 	}
-	return record{name: name, raw: raw, ev: ev, pos: -1}, nil
+	return record{name: name, agent: agent, raw: raw, ev: ev, pos: -1}, nil
 }
 
 func eventName(ev schemas.Event) string {

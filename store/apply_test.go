@@ -154,6 +154,29 @@ func TestApplyShuffled(t *testing.T) {
 			}
 		}
 	})
+	t.Run("all permutations of an attempt with a forged completed and a late failure", func(t *testing.T) {
+		s := spec{job: "j-forged"}
+		late := spec{job: "j-forged", attempt: 2, at: t0.Add(time.Hour)}
+		evs := concat(from("node1", s.run()...), from("node2", forgedCompleted(s, 2)), from("node1", late.failed(false)))
+		ref := newTestCatalog(t)
+		ref.apply(evs...)
+		want := ref.dump()
+		if j := ref.job(s.job); j.Status != StatusCompleted || j.Attempt != 1 || len(want.Poison) != 2 {
+			t.Fatalf("reference: job %+v, poison %+v", j, want.Poison)
+		}
+		for _, perm := range permutations(len(evs)) {
+			shuffled := make([]schemas.Event, 0, len(evs))
+			for _, i := range perm {
+				shuffled = append(shuffled, evs[i])
+			}
+			for _, batch := range []int{0, 1} {
+				c := newTestCatalog(t)
+				c.applyBatches(shuffled, batch)
+				requireSameDump(t, want, c.dump())
+				c.close()
+			}
+		}
+	})
 	t.Run("random permutations of a retried job", func(t *testing.T) {
 		a1 := spec{job: "j-retry", disks: []schemas.DiskRef{diskA, diskB}}
 		a2 := spec{job: "j-retry", disks: []schemas.DiskRef{diskA, diskB}, attempt: 2, at: t0.Add(time.Minute)}
@@ -211,45 +234,46 @@ func TestCompletedIncomplete(t *testing.T) {
 	noVM := two.completed()
 	noVM.VM.UUID = ""
 
+	// at is a (batch, event) position.
+	type at [2]int
 	tests := []struct {
 		name    string
 		batches [][]schemas.Event
-		// poisonAt is the (batch, event) that must get ErrIncomplete;
-		// batch -1: none (the event was applied, and poisoned later).
-		poisonAt   [2]int
-		wantReason string
+		// wantErrs are the per-event errors other than nil; the completed
+		// event is the one at poisoned.
+		wantErrs   map[at]error
+		poisoned   at
+		wantReason string // of the final poison record (and of its ErrIncomplete)
 	}{
-		{"no change id, same batch", [][]schemas.Event{{two.started(), two.changeIDEvent(0), noChangeID}}, [2]int{0, 2}, "disk 2001 has no change id"},
-		{"no change id, alone", [][]schemas.Event{{noChangeID}}, [2]int{0, 0}, "disk 2001 has no change id"},
-		{"missing disk, started first", [][]schemas.Event{{two.started()}, {missingDisk}}, [2]int{1, 0}, "disk 2001 (uuid " + diskB.UUID + ") of backup.started attempt 1 is missing"},
-		{"missing disk, completed first in the batch", [][]schemas.Event{{missingDisk, two.started()}}, [2]int{0, 0}, "of backup.started attempt 1 is missing"},
-		{"missing disk, completed in an earlier batch", [][]schemas.Event{{missingDisk}, {two.started()}}, [2]int{-1, 0}, "of backup.started attempt 1 is missing"},
-		{"no disks", [][]schemas.Event{{two.started(), noDisks}}, [2]int{0, 1}, "no disks"},
-		{"disk uuid differs", [][]schemas.Event{{two.started(), otherUUID}}, [2]int{0, 1}, "disk 2000 has uuid 6000c291-ffff"},
-		{"no vm uuid", [][]schemas.Event{{noVM}}, [2]int{0, 0}, "no vm uuid"},
+		{"no change id, same batch", [][]schemas.Event{{two.started(), two.changeIDEvent(0), noChangeID}}, map[at]error{{0, 2}: ErrIncomplete}, at{0, 2}, "disk 2001 has no change id"},
+		{"no change id, alone", [][]schemas.Event{{noChangeID}}, map[at]error{{0, 0}: ErrIncomplete}, at{0, 0}, "disk 2001 has no change id"},
+		{"missing disk, started first", [][]schemas.Event{{two.started()}, {missingDisk}}, map[at]error{{1, 0}: ErrIncomplete}, at{1, 0}, "disk 2001 (uuid " + diskB.UUID + ") of backup.started attempt 1 is missing"},
+		{"missing disk, completed first in the batch", [][]schemas.Event{{missingDisk, two.started()}}, map[at]error{{0, 0}: ErrIncomplete}, at{0, 0}, "of backup.started attempt 1 is missing"},
+		// Alone, the completed lacks its started (rule 4); the started
+		// shows it lacks a disk: the record's reason follows.
+		{"missing disk, completed in an earlier batch", [][]schemas.Event{{missingDisk}, {two.started()}}, map[at]error{{0, 0}: ErrInconsistent}, at{0, 0}, "of backup.started attempt 1 is missing"},
+		{"no disks", [][]schemas.Event{{two.started(), noDisks}}, map[at]error{{0, 1}: ErrIncomplete}, at{0, 1}, "no disks"},
+		{"disk uuid differs", [][]schemas.Event{{two.started(), otherUUID}}, map[at]error{{0, 1}: ErrIncomplete}, at{0, 1}, "disk 2000 has uuid 6000c291-ffff"},
+		{"no vm uuid", [][]schemas.Event{{noVM}}, map[at]error{{0, 0}: ErrIncomplete}, at{0, 0}, "no vm uuid"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := newTestCatalog(t)
-			var poisoned schemas.Event
 			for bi, b := range tt.batches {
 				errs := c.apply(b...)
 				for ei, err := range errs {
-					if bi == tt.poisonAt[0] && ei == tt.poisonAt[1] {
-						poisoned = b[ei]
-						if !errors.Is(err, ErrIncomplete) || !strings.Contains(err.Error(), tt.wantReason) {
-							t.Errorf("batch %d event %d: error = %v, want ErrIncomplete with %q", bi, ei, err, tt.wantReason)
-						}
-						continue
-					}
-					if err != nil {
+					want := tt.wantErrs[at{bi, ei}]
+					switch {
+					case want == nil && err != nil:
 						t.Errorf("batch %d event %d: unexpected error %v", bi, ei, err)
+					case want != nil && !errors.Is(err, want):
+						t.Errorf("batch %d event %d: error = %v, want %v", bi, ei, err, want)
+					case want == ErrIncomplete && !strings.Contains(err.Error(), tt.wantReason):
+						t.Errorf("batch %d event %d: error = %v, want reason %q", bi, ei, err, tt.wantReason)
 					}
 				}
 			}
-			if poisoned == nil {
-				poisoned = tt.batches[0][0]
-			}
+			poisoned := tt.batches[tt.poisoned[0]][tt.poisoned[1]]
 
 			// Kept as a poison record, with the event's JSON.
 			recs := c.poison()
@@ -334,18 +358,19 @@ func TestStatus(t *testing.T) {
 		wantStatus  string
 		wantAttempt int
 		wantFailure string // failure reason, "" for none
+		wantFailed  int    // Job.FailedAttempts
 	}{
-		{"started only", []schemas.Event{a1.started()}, StatusRunning, 1, ""},
-		{"changeid only", []schemas.Event{a1.changeIDEvent(0)}, StatusRunning, 1, ""},
-		{"failed", a1.failedRun(false), StatusFailed, 1, schemas.FailTargetNBD},
-		{"failed without started", []schemas.Event{a1.failed(true)}, StatusFailed, 1, schemas.FailTargetNBD},
-		{"retry running after retryable failure", concat(a1.failedRun(true), []schemas.Event{a2.started()}), StatusRunning, 2, ""},
-		{"failed, retried, completed", concat(a1.failedRun(true), a2.run()), StatusCompleted, 2, ""},
-		{"failed twice", concat(a1.failedRun(true), a2.failedRun(false)), StatusFailed, 2, schemas.FailTargetNBD},
-		{"completed, then started redelivered", concat(a1.run(), []schemas.Event{a1.started()}), StatusCompleted, 1, ""},
-		{"completed wins over a late failure", concat(a1.run(), []schemas.Event{a1.failed(false)}), StatusCompleted, 1, ""},
-		{"rejected only", []schemas.Event{rej.rejected()}, StatusRejected, 1, schemas.RejectUnknownVM},
-		{"rejected, then started", []schemas.Event{rej.rejected(), a1.started()}, StatusRunning, 1, ""},
+		{"started only", []schemas.Event{a1.started()}, StatusRunning, 1, "", 0},
+		{"changeid only", []schemas.Event{a1.changeIDEvent(0)}, StatusRunning, 1, "", 0},
+		{"failed", a1.failedRun(false), StatusFailed, 1, schemas.FailTargetNBD, 1},
+		{"failed without started", []schemas.Event{a1.failed(true)}, StatusFailed, 1, schemas.FailTargetNBD, 1},
+		{"retry running after retryable failure", concat(a1.failedRun(true), []schemas.Event{a2.started()}), StatusRunning, 2, "", 1},
+		{"failed, retried, completed", concat(a1.failedRun(true), a2.run()), StatusCompleted, 2, "", 1},
+		{"failed twice", concat(a1.failedRun(true), a2.failedRun(false)), StatusFailed, 2, schemas.FailTargetNBD, 2},
+		{"completed, then started redelivered", concat(a1.run(), []schemas.Event{a1.started()}), StatusCompleted, 1, "", 0},
+		{"completed wins over a late failure", concat(a1.run(), []schemas.Event{a1.failed(false)}), StatusCompleted, 1, "", 1},
+		{"rejected only", []schemas.Event{rej.rejected()}, StatusRejected, 1, schemas.RejectUnknownVM, 0},
+		{"rejected, then started", []schemas.Event{rej.rejected(), a1.started()}, StatusRunning, 1, "", 0},
 	}
 	for _, tt := range tests {
 		for _, reverse := range []bool{false, true} {
@@ -370,6 +395,9 @@ func TestStatus(t *testing.T) {
 				}
 				if gotFailure != tt.wantFailure {
 					t.Errorf("failure = %+v, want reason %q", j.Failure, tt.wantFailure)
+				}
+				if j.FailedAttempts != tt.wantFailed {
+					t.Errorf("failed attempts = %d, want %d", j.FailedAttempts, tt.wantFailed)
 				}
 				if (j.Status == StatusRunning) != j.FinishedAt.IsZero() {
 					t.Errorf("status %s with finished_at %s", j.Status, j.FinishedAt)
@@ -507,16 +535,18 @@ func TestInvalidUTF8SameInAnyBatching(t *testing.T) {
 	}
 }
 
-// TestPoisonedCompletedRedelivered: a completed event moved to the poison
-// records by a later started stays applied, so its redelivery is a no-op
-// (nil error, no second effect), not a new ErrIncomplete.
+// TestPoisonedCompletedRedelivered: a poisoned completed event stays filed,
+// so its redelivery is a no-op (nil error, no second effect), not a new
+// ErrIncomplete.
 func TestPoisonedCompletedRedelivered(t *testing.T) {
 	two := spec{job: "j-inc", disks: []schemas.DiskRef{diskA, diskB}}
 	missing := two.completed()
 	missing.Disks = missing.Disks[:1]
 	c := newTestCatalog(t)
-	c.mustApply(missing)
-	c.mustApply(two.started()) // moves missing to the poison records
+	if errs := c.apply(missing); !errors.Is(errs[0], ErrInconsistent) { // no started yet
+		t.Fatalf("completed alone: %v, want ErrInconsistent", errs[0])
+	}
+	c.mustApply(two.started()) // the poison record now says the completed lacks a disk
 	before := c.dump()
 	if len(before.Poison) != 1 || before.Jobs[0].Status != StatusRunning {
 		t.Fatalf("after started: poison %d, jobs %+v", len(before.Poison), before.Jobs)
@@ -530,8 +560,10 @@ func TestPoisonedCompletedRedelivered(t *testing.T) {
 	}
 }
 
-// TestSameIDOtherJob: an event's identity is (job id, event id); two
-// events that share an id but not a job are both applied, in any order.
+// TestSameIDOtherJob: an event's identity is (job id, event id, agent), and
+// its id must name its job (rule 1). Events filed under another job than
+// their ids name are poison there and do not disturb the job the ids name,
+// whatever the order.
 func TestSameIDOtherJob(t *testing.T) {
 	a := spec{job: "j-a"}
 	b := spec{job: "j-b", at: t0.Add(time.Hour)}
@@ -542,10 +574,18 @@ func TestSameIDOtherJob(t *testing.T) {
 	var want Snapshot
 	for i, order := range [][]schemas.Event{concat(ea, eb), concat(eb, ea)} {
 		c := newTestCatalog(t)
-		c.mustApply(order...)
+		errs := c.apply(order...)
+		for k, err := range errs {
+			if fromB := (k >= len(ea)) == (i == 0); fromB != errors.Is(err, ErrInconsistent) {
+				t.Errorf("order %d event %d: error %v", i, k, err)
+			}
+		}
 		got := c.dump()
-		if len(got.Jobs) != 2 || got.Jobs[0].Status != StatusCompleted || got.Jobs[1].Status != StatusCompleted {
-			t.Fatalf("order %d: jobs %+v", i, got.Jobs)
+		if len(got.Jobs) != 1 || got.Jobs[0].ID != a.job || got.Jobs[0].Status != StatusCompleted || len(got.Links) != 1 {
+			t.Fatalf("order %d: jobs %+v, %d links", i, got.Jobs, len(got.Links))
+		}
+		if len(got.Poison) != len(eb) || got.Poison[0].JobID != b.job || !strings.Contains(got.Poison[0].Reason, `is not the canonical "j-b.1.`) {
+			t.Fatalf("order %d: poison %+v", i, got.Poison)
 		}
 		if i == 0 {
 			want = got

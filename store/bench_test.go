@@ -13,8 +13,8 @@ import (
 // on, one bbolt transaction per batch, and reports events/s and bbolt
 // pages written per batch. The events are jobs of two disks (started, two
 // changeids, completed) on 50 VMs, each job new, so the catalog and its
-// chains grow as in production; each carries its payload (WithPayload), as
-// the catalog consumer hands them over. Run it with
+// chains grow as in production; each carries its payload and agent
+// (WithSource), as the catalog consumer hands them over. Run it with
 // `go test ./store -run '^$' -bench Apply -benchmem`.
 func BenchmarkApply(b *testing.B) {
 	for _, size := range []int{4, 1024} {
@@ -38,7 +38,7 @@ func BenchmarkApply(b *testing.B) {
 						if err != nil {
 							b.Fatal(err)
 						}
-						batch = append(batch, WithPayload(ev, data))
+						batch = append(batch, WithSource(ev, data, "bench-agent"))
 					}
 				}
 				return batch[:size]

@@ -1,14 +1,14 @@
 package store
 
-// The catalog file (one bbolt file, DATA/catalog.db), layout version 2:
+// The catalog file (one bbolt file, DATA/catalog.db), layout version 3:
 //
 //	meta/
-//	|--> schema_version -> "2" (decimal ASCII; see schemaVersion)
+//	|--> schema_version -> "3" (decimal ASCII; see schemaVersion)
 //	applied/                              ids of events filed without a usable job id
 //	|--> <event id> -> "-"
-//	job_events/                           the applied events, the source of every derived record
-//	|--> part(<job id>) part(<event id>) <type code: 1 byte> -> <event JSON>
-//	                                 or -> (empty: a tombstone, the event was moved to the poison records)
+//	job_events/                           every filed event, the source of every derived record
+//	|--> part(<job id>) part(<event id>) <type code: 1 byte> <agent bytes> -> <event JSON>
+//	                                 or -> (empty: a tombstone of layout 2, the event was moved to the poison records)
 //	progress/                             newest backup.progress per job, by (attempt, seq, time, id)
 //	|--> <job id> -> Progress (JSON)
 //	jobs/                                 derived from job_events and progress
@@ -26,9 +26,12 @@ package store
 // appendPart): one job's events, or one disk's chain, are one key range.
 // The type code (eventNames) is in the key so that the value is the JSON
 // alone: the payload the event was decoded from, filed without a copy.
-// The keys of a job's range are also its applied event ids (progress
-// excepted): Apply reads the range anyway to re-derive the job, so a
-// duplicate costs no lookup of its own, and a new event one Put.
+// The agent that published the event (WithSource) ends the key, with no
+// bytes for the legacy agent ""; the key of an event is its identity
+// (job id, event id, agent). The keys of a job's range are also its filed
+// event ids (progress excepted): Apply reads the range anyway to re-derive
+// the job, so a duplicate costs no lookup of its own, and a new event one
+// Put.
 // Times in keys are 8 bytes big-endian seconds since 1970 with the sign bit
 // flipped, then 4 bytes big-endian nanoseconds, so byte order is time order.
 //
@@ -39,13 +42,27 @@ package store
 // Everything under jobs/, jobs_by_time/ and links/ is a pure function of
 // job_events/ and progress/: each Apply re-derives the jobs it touched from
 // their whole event set, which is what makes the catalog order-tolerant.
+// So are the poison records of a job's events: job_events keeps every
+// filed event, applied or not, and each re-derivation decides which are
+// poison (consistency.go), writes their id/<event id> records and removes
+// those of events that are now applied. The job record lists its poisoned
+// event ids (Job.PoisonedEventIDs), so that needs no scan of poison/.
+//
+// Version 2 had the same keys without agent bytes (they read as agent ""
+// in version 3) and moved a completed event that broke invariant 2 out of
+// job_events (the tombstones above); it had no consistency rules beyond
+// invariant 2. Open migrates a version 2 file by re-deriving every job
+// under the rules of version 3 (migrate): nothing is rewritten but derived
+// records, and an event version 2 applied that the rules refuse, such as a
+// forged backup.completed, becomes poison and leaves its chain.
 //
 // Version 1 kept the events in one nested bucket per job (events/<job
 // id>/<event id>), every applied id in applied/<event id> -> <job id>, and
 // the links in nested buckets per VM, repository and disk
 // (chains/<vm>/<repository>/<disk key>/<time><job id> -> Link JSON). A
 // commit rewrote at least one page per job and per chain it touched, and
-// each event cost three lookups; Open migrates a version 1 file (migrate).
+// each event cost three lookups; Open migrates a version 1 file to version
+// 2 and then to 3 (migrate).
 
 import (
 	"errors"
@@ -62,7 +79,7 @@ import (
 
 // schemaVersion is the layout version this build writes. Bump it and add a
 // migration in migrate when the layout changes.
-const schemaVersion = 2
+const schemaVersion = 3
 
 // pageSize is the bbolt page size of a new file (an existing file keeps
 // its own). 8 KiB instead of the OS page: a batch spills half the nodes
@@ -161,18 +178,19 @@ func Open(path string, opts *Options) (*Catalog, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open catalog %s: %w", path, err)
 	}
-	if err := db.Update(initBuckets); err != nil {
+	c := &Catalog{db: db, log: o.Logger, now: o.Now}
+	if err := db.Update(c.initBuckets); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("open catalog %s: %w", path, err)
 	}
-	return &Catalog{db: db, log: o.Logger, now: o.Now}, nil
+	return c, nil
 }
 
 // initBuckets creates the top-level buckets, writes the schema version of a
 // new file, migrates a file of an older layout and refuses one from a newer
 // build. All in Open's one transaction: a migration that fails leaves the
 // file as it was.
-func initBuckets(tx *bolt.Tx) error {
+func (c *Catalog) initBuckets(tx *bolt.Tx) error {
 	meta, err := tx.CreateBucketIfNotExists(bucketMeta)
 	if err != nil {
 		return fmt.Errorf("create bucket %s: %w", bucketMeta, err)
@@ -191,7 +209,7 @@ func initBuckets(tx *bolt.Tx) error {
 			return fmt.Errorf("create bucket %s: %w", name, err)
 		}
 	}
-	if err := migrate(tx, v); err != nil {
+	if err := migrate(tx, v, c.log, c.now); err != nil {
 		return err
 	}
 	return meta.Put(keySchemaVersion, []byte(strconv.Itoa(schemaVersion)))

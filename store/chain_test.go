@@ -102,7 +102,7 @@ func TestChain(t *testing.T) {
 
 func TestJobs(t *testing.T) {
 	c := newTestCatalog(t)
-	a := spec{job: "a", at: t0}
+	a := spec{job: "a", at: t0, attempt: 2}
 	b := spec{job: "b", at: t0.Add(time.Minute), vm: vm2}
 	cc := spec{job: "c", at: t0.Add(2 * time.Minute)}
 	d := spec{job: "d", at: t0.Add(3 * time.Minute), vm: schemas.VMRef{Name: "ghost"}}
@@ -146,16 +146,13 @@ func TestJobs(t *testing.T) {
 		t.Errorf("unknown status error = %v, want ErrInvalid", err)
 	}
 
-	// An earlier event arriving late moves the job in the index.
-	late := spec{job: "a", at: t0.Add(-time.Hour)}.rejected()
-	late.ID = "a.late"
-	c.mustApply(late)
+	// An earlier event arriving late (of an earlier attempt: history of
+	// the completed job) moves the job in the index.
+	c.mustApply(spec{job: "a", at: t0.Add(-time.Hour)}.rejected())
 	if got := ids(JobFilter{}); got[len(got)-1] != "a" {
 		t.Errorf("order after late event = %v", got)
 	}
-	late.Time = t0.Add(time.Hour)
-	late.ID = "a.later"
-	c.mustApply(late) // created_at is the earliest event: "a" stays oldest
+	c.mustApply(spec{job: "a", at: t0.Add(time.Hour)}.failed(true)) // created_at is the earliest event: "a" stays oldest
 	if got := ids(JobFilter{}); got[len(got)-1] != "a" {
 		t.Errorf("order after a later event = %v", got)
 	}

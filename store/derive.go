@@ -9,10 +9,12 @@ import (
 	"github.com/sendense/sendense/schemas"
 )
 
-// badRecord is a stored completed event that breaks invariant 2.
+// badRecord is a stored event that judge refused: it takes no part in
+// the job and is kept as a poison record.
 type badRecord struct {
 	rec    record
 	reason string
+	err    error // ErrIncomplete or ErrInconsistent
 }
 
 // rank orders event types within one attempt, so that a fold in canonical
@@ -33,8 +35,9 @@ func rank(name string) int {
 	return 5
 }
 
-// canonical sorts records by (attempt, type rank, time, event id): an order
-// that depends only on the records, never on when they were applied.
+// canonical sorts records by (attempt, type rank, time, event id, agent):
+// an order that depends only on the records, never on when they were
+// applied.
 func canonical(recs []record) {
 	slices.SortFunc(recs, func(a, b record) int {
 		ha, hb := a.ev.EventHeader(), b.ev.EventHeader()
@@ -47,56 +50,53 @@ func canonical(recs []record) {
 		if c := ha.Time.Compare(hb.Time); c != 0 {
 			return c
 		}
-		return cmp.Compare(ha.ID, hb.ID)
+		return cmp.Or(cmp.Compare(ha.ID, hb.ID), cmp.Compare(a.agent, b.agent))
 	})
 }
 
 // derive computes a job from the set of its stored events and its newest
 // progress. It is a pure function of that set: the order the events were
-// applied in cannot change the result. It also returns the completed
-// events that break invariant 2; they take no part in the job. job is nil
-// when no event is left.
+// applied in cannot change the result. It also returns the events judge
+// refuses (consistency.go), by (event id, agent); they take no part in the
+// job. job is nil when no event is left.
 func derive(jobID string, recs []record, prog *Progress) (*Job, []badRecord) {
 	canonical(recs)
+	vs, win := judge(jobID, recs)
 
-	planned := map[int]map[int32]schemas.DiskRef{} // attempt -> disks of backup.started
-	for _, r := range recs {
-		if s, ok := r.ev.(*schemas.Started); ok {
-			m := planned[s.Attempt]
-			if m == nil {
-				m = map[int32]schemas.DiskRef{}
-				planned[s.Attempt] = m
-			}
-			for _, p := range s.Disks {
-				d := m[p.Disk.Key]
-				mergeRef(&d, p.Disk)
-				m[p.Disk.Key] = d
-			}
-		}
-	}
-	var keep []record
 	var bad []badRecord
-	for _, r := range recs {
-		if c, ok := r.ev.(*schemas.Completed); ok {
-			if reason := checkCompleted(c, planned[c.Attempt]); reason != "" {
-				bad = append(bad, badRecord{rec: r, reason: reason})
-				continue
-			}
+	var keep []record
+	for i, r := range recs {
+		if vs[i].reason != "" {
+			bad = append(bad, badRecord{rec: r, reason: vs[i].reason, err: vs[i].err})
+			continue
 		}
 		keep = append(keep, r)
 	}
+	slices.SortFunc(bad, func(a, b badRecord) int {
+		return cmp.Or(cmp.Compare(a.rec.ev.EventHeader().ID, b.rec.ev.EventHeader().ID), cmp.Compare(a.rec.agent, b.rec.agent))
+	})
 	if len(keep) == 0 {
 		return nil, bad
 	}
 
 	j := &Job{ID: jobID, Disks: []Disk{}, EventIDs: make([]string, 0, len(keep))}
+	for i, b := range bad {
+		if id := b.rec.ev.EventHeader().ID; i == 0 || id != j.PoisonedEventIDs[len(j.PoisonedEventIDs)-1] {
+			j.PoisonedEventIDs = append(j.PoisonedEventIDs, id)
+		}
+	}
 	var (
-		completed *schemas.Completed
-		failed    *schemas.Failed
-		rejected  *schemas.Rejected
-		active    int // highest attempt of started/changeid
-		hasActive bool
+		completed     *schemas.Completed
+		completedBy   string
+		failed        *schemas.Failed
+		rejected      *schemas.Rejected
+		active        int // highest attempt of started/changeid
+		hasActive     bool
+		failedAttempt int // attempt of the last failed counted
 	)
+	if win >= 0 {
+		completed, completedBy = recs[win].ev.(*schemas.Completed), recs[win].agent
+	}
 	for i, r := range keep {
 		h := r.ev.EventHeader()
 		t := h.Time.UTC()
@@ -127,14 +127,18 @@ func derive(jobID string, recs []record, prog *Progress) (*Job, []badRecord) {
 		case *schemas.Failed:
 			setStr(&j.Repository, e.Repository)
 			failed = e // canonical order: the last one is the latest
+			if j.FailedAttempts == 0 || e.Attempt != failedAttempt {
+				j.FailedAttempts++
+				failedAttempt = e.Attempt
+			}
 		case *schemas.Completed:
-			setStr(&j.Repository, e.Repository)
-			completed = e
+			setStr(&j.Repository, e.Repository) // judge keeps only the winner
 		case *schemas.Rejected:
 			rejected = e
 		}
 	}
 	slices.Sort(j.EventIDs)
+	j.EventIDs = slices.Compact(j.EventIDs) // one id from two agents
 
 	decisive := 0
 	switch {
@@ -143,6 +147,7 @@ func derive(jobID string, recs []record, prog *Progress) (*Job, []badRecord) {
 		j.FinishedAt = completed.Time.UTC()
 		j.Repository = completed.Repository
 		j.VM.UUID = completed.VM.UUID
+		j.Agent = completedBy
 		decisive = completed.Attempt
 	case failed != nil && (!hasActive || failed.Attempt >= active):
 		j.Status = StatusFailed
@@ -158,6 +163,14 @@ func derive(jobID string, recs []record, prog *Progress) (*Job, []badRecord) {
 		j.Failure = &Failure{Reason: rejected.Reason, Message: rejected.Message, Retryable: rejected.Retryable, Attempt: rejected.Attempt}
 		return withProgress(j, prog), bad
 	}
+	if completed == nil {
+		for _, r := range keep {
+			if _, ok := r.ev.(*schemas.Started); ok && r.ev.EventHeader().Attempt == decisive {
+				j.Agent = r.agent // canonical order: the first started of the attempt
+				break
+			}
+		}
+	}
 
 	disks := map[int32]*Disk{}
 	get := func(ref schemas.DiskRef) *Disk {
@@ -171,6 +184,12 @@ func derive(jobID string, recs []record, prog *Progress) (*Job, []badRecord) {
 	}
 	for _, r := range keep {
 		if r.ev.EventHeader().Attempt != decisive {
+			continue
+		}
+		// A completed job's disks, and so its chain links, come from its
+		// agent's events alone: another agent's started of the same
+		// attempt (history) must not lend them a backing or a capacity.
+		if completed != nil && r.agent != completedBy {
 			continue
 		}
 		switch e := r.ev.(type) {
@@ -191,9 +210,6 @@ func derive(jobID string, recs []record, prog *Progress) (*Job, []badRecord) {
 			setInt(&d.BytesRead, e.BytesRead)
 			setInt(&d.BytesWritten, e.BytesWritten)
 		case *schemas.Completed:
-			if e != completed {
-				continue
-			}
 			for _, res := range e.Disks {
 				d := get(res.Disk)
 				setStr(&d.ChangeID, res.ChangeID)
@@ -230,8 +246,9 @@ func withProgress(j *Job, prog *Progress) *Job {
 	return j
 }
 
-// checkCompleted returns why c may not mark its job completed, or "".
-// planned are the disks of the job's backup.started events of c's attempt.
+// checkCompleted returns why c may not mark its job completed (invariant
+// 2), or "". planned are the disks of the backup.started of c's attempt
+// from c's agent (nil when there is none: rule 4 refuses c then).
 func checkCompleted(c *schemas.Completed, planned map[int32]schemas.DiskRef) string {
 	var problems []string
 	switch {

@@ -3,6 +3,7 @@ package store
 import (
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -218,11 +219,12 @@ func (s spec) withDefaults() spec {
 	return s
 }
 
-func (s spec) header(name, suffix string, at time.Time) schemas.Header {
+// header is an event's header with its canonical id (bus.EventID).
+func (s spec) header(name string, disk int32, seq int64, at time.Time) schemas.Header {
 	s = s.withDefaults()
 	return schemas.Header{
 		Schema:  schemas.SchemaRef{Name: name, Version: schemas.Version},
-		ID:      fmt.Sprintf("%s.%d.%s%s", s.job, s.attempt, name, suffix),
+		ID:      eventID(s.job, s.attempt, name, disk, seq),
 		Time:    at,
 		JobID:   s.job,
 		Attempt: s.attempt,
@@ -250,7 +252,7 @@ func (s spec) reason() string {
 func (s spec) started() *schemas.Started {
 	s = s.withDefaults()
 	ev := &schemas.Started{
-		Header:        s.header(schemas.NameStarted, "", s.at),
+		Header:        s.header(schemas.NameStarted, 0, 0, s.at),
 		Repository:    s.repo,
 		RequestedType: schemas.TypeAuto,
 		RequestedBy:   "test",
@@ -268,7 +270,7 @@ func (s spec) changeIDEvent(i int) *schemas.ChangeID {
 	s = s.withDefaults()
 	d := s.disks[i]
 	return &schemas.ChangeID{
-		Header:       s.header(schemas.NameChangeID, fmt.Sprintf(".%d", d.Key), s.at.Add(time.Duration(i+1)*time.Second)),
+		Header:       s.header(schemas.NameChangeID, d.Key, 0, s.at.Add(time.Duration(i+1)*time.Second)),
 		Repository:   s.repo,
 		Disk:         d,
 		ChangeID:     s.changeID(d),
@@ -287,7 +289,7 @@ func (s spec) completedAt() time.Time {
 func (s spec) completed() *schemas.Completed {
 	s = s.withDefaults()
 	ev := &schemas.Completed{
-		Header:     s.header(schemas.NameCompleted, "", s.completedAt()),
+		Header:     s.header(schemas.NameCompleted, 0, 0, s.completedAt()),
 		Repository: s.repo,
 	}
 	for i, d := range s.disks {
@@ -303,7 +305,7 @@ func (s spec) completed() *schemas.Completed {
 func (s spec) failed(retryable bool) *schemas.Failed {
 	s = s.withDefaults()
 	return &schemas.Failed{
-		Header:     s.header(schemas.NameFailed, "", s.completedAt()),
+		Header:     s.header(schemas.NameFailed, 0, 0, s.completedAt()),
 		Repository: s.repo,
 		Reason:     schemas.FailTargetNBD,
 		Message:    "connect to target: connection refused",
@@ -314,7 +316,7 @@ func (s spec) failed(retryable bool) *schemas.Failed {
 func (s spec) rejected() *schemas.Rejected {
 	s = s.withDefaults()
 	return &schemas.Rejected{
-		Header:  s.header(schemas.NameRejected, "", s.at),
+		Header:  s.header(schemas.NameRejected, 0, 0, s.at),
 		Reason:  schemas.RejectUnknownVM,
 		Message: "no vm named " + s.vm.Name,
 		Request: `{"vm":"` + s.vm.Name + `"}`,
@@ -324,7 +326,7 @@ func (s spec) rejected() *schemas.Rejected {
 func (s spec) progress(seq int64) *schemas.Progress {
 	s = s.withDefaults()
 	return &schemas.Progress{
-		Header:     s.header(schemas.NameProgress, fmt.Sprintf(".%d", seq), s.at.Add(time.Duration(seq)*time.Millisecond)),
+		Header:     s.header(schemas.NameProgress, 0, seq, s.at.Add(time.Duration(seq)*time.Millisecond)),
 		Seq:        seq,
 		BytesDone:  seq << 20,
 		BytesTotal: 100 << 20,
@@ -345,6 +347,36 @@ func (s spec) run() []schemas.Event {
 // failedRun is started, the first disk's changeid, failed.
 func (s spec) failedRun(retryable bool) []schemas.Event {
 	return []schemas.Event{s.started(), s.changeIDEvent(0), s.failed(retryable)}
+}
+
+// eventID is bus.EventID, which store's tests do not import.
+func eventID(job string, attempt int, name string, disk int32, seq int64) string {
+	return fmt.Sprintf("%s.%d.%s.%d.%d", job, attempt, strings.TrimPrefix(name, "backup."), disk, seq)
+}
+
+// from wraps each event with agent as its publisher (WithSource, no
+// payload: Apply encodes the event).
+func from(agent string, evs ...schemas.Event) []schemas.Event {
+	out := make([]schemas.Event, len(evs))
+	for i, ev := range evs {
+		out[i] = WithSource(ev, nil, agent)
+	}
+	return out
+}
+
+// withPayloads wraps each event with its JSON payload and agent, as the
+// catalog consumer hands them over.
+func withPayloads(t testing.TB, agent string, evs ...schemas.Event) []schemas.Event {
+	t.Helper()
+	out := make([]schemas.Event, len(evs))
+	for i, ev := range evs {
+		data, err := schemas.Marshal(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i] = WithSource(ev, data, agent)
+	}
+	return out
 }
 
 func concat(lists ...[]schemas.Event) []schemas.Event {

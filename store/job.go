@@ -25,11 +25,12 @@ const (
 type Job struct {
 	ID string `json:"id"`
 	// Status: completed if a valid backup.completed was applied (it wins
-	// over everything); else failed if the latest backup.failed attempt is
+	// over everything, and a completed job is never rewritten: see
+	// consistency.go); else failed if the latest backup.failed attempt is
 	// >= the latest attempt seen in backup.started / backup.changeid; else
 	// running if any started or changeid event exists (this covers a retry
 	// after a retryable failure); else rejected (only backup.rejected was
-	// seen).
+	// seen). Poisoned events count for nothing.
 	Status string        `json:"status"`
 	VM     schemas.VMRef `json:"vm"`
 	// Repository of the completed event for a completed job, otherwise the
@@ -37,8 +38,17 @@ type Job struct {
 	Repository    string `json:"repository,omitempty"`
 	RequestedType string `json:"requested_type,omitempty"`
 	RequestedBy   string `json:"requested_by,omitempty"`
-	// Attempt is the highest attempt seen in any of the job's events.
+	// Agent published the decisive attempt's events: the completed event's
+	// agent for a completed job, else that of the first backup.started of
+	// the attempt that decided the status (empty when it has none, and for
+	// legacy events published before agents had identities).
+	Agent string `json:"agent,omitempty"`
+	// Attempt is the highest attempt seen in any of the job's applied
+	// events (for a completed job, the completed attempt).
 	Attempt int `json:"attempt"`
+	// FailedAttempts is how many distinct attempts have an applied
+	// backup.failed.
+	FailedAttempts int `json:"failed_attempts"`
 	// CreatedAt is the time of the job's earliest event; Jobs orders by it.
 	CreatedAt time.Time `json:"created_at"`
 	// StartedAt is the time of the earliest backup.started.
@@ -58,6 +68,11 @@ type Job struct {
 	// EventIDs are the ids of the job's applied events, sorted. Progress
 	// events and poisoned events are not among them.
 	EventIDs []string `json:"event_ids"`
+	// PoisonedEventIDs are the ids of the job's stored events that are
+	// poison (see Poison), sorted. It is the catalog's bookkeeping, so that
+	// re-deriving the job removes the poison records that no longer apply
+	// without reading the whole poison bucket; do not depend on it.
+	PoisonedEventIDs []string `json:"poisoned_event_ids,omitempty"`
 }
 
 // Failure is why a job failed or was rejected.

@@ -27,8 +27,11 @@ func appendJob(b []byte, j *Job) (_ []byte, ok bool) {
 	b = appendOmitEmpty(b, `,"repository":`, j.Repository)
 	b = appendOmitEmpty(b, `,"requested_type":`, j.RequestedType)
 	b = appendOmitEmpty(b, `,"requested_by":`, j.RequestedBy)
+	b = appendOmitEmpty(b, `,"agent":`, j.Agent)
 	b = append(b, `,"attempt":`...)
 	b = strconv.AppendInt(b, int64(j.Attempt), 10)
+	b = append(b, `,"failed_attempts":`...)
+	b = strconv.AppendInt(b, int64(j.FailedAttempts), 10)
 	if b, ok = appendTimeField(b, `,"created_at":`, j.CreatedAt, false); !ok {
 		return b, false
 	}
@@ -82,16 +85,25 @@ func appendJob(b []byte, j *Job) (_ []byte, ok bool) {
 	if j.EventIDs == nil {
 		b = append(b, "null"...)
 	} else {
-		b = append(b, '[')
-		for i, id := range j.EventIDs {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = appendString(b, id)
-		}
-		b = append(b, ']')
+		b = appendStrings(b, j.EventIDs)
+	}
+	if len(j.PoisonedEventIDs) > 0 {
+		b = append(b, `,"poisoned_event_ids":`...)
+		b = appendStrings(b, j.PoisonedEventIDs)
 	}
 	return append(b, '}'), true
+}
+
+// appendStrings appends ss as a JSON array of strings.
+func appendStrings(b []byte, ss []string) []byte {
+	b = append(b, '[')
+	for i, s := range ss {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, s)
+	}
+	return append(b, ']')
 }
 
 func appendVM(b []byte, vm *schemas.VMRef) []byte {

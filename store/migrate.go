@@ -3,7 +3,9 @@ package store
 import (
 	"bytes"
 	"fmt"
+	"time"
 
+	"github.com/rs/zerolog"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -15,7 +17,9 @@ var (
 
 // migrate upgrades a file of layout version from to schemaVersion, inside
 // Open's transaction. The top-level buckets of schemaVersion exist already.
-func migrate(tx *bolt.Tx, from int) error {
+// Warnings (events that the consistency rules now refuse) go to log; new
+// poison records are stamped with now.
+func migrate(tx *bolt.Tx, from int, log zerolog.Logger, now func() time.Time) error {
 	switch from {
 	case schemaVersion:
 		return nil
@@ -29,9 +33,42 @@ func migrate(tx *bolt.Tx, from int) error {
 		if err := migrateAppliedV1(tx); err != nil {
 			return fmt.Errorf("migrate from schema version 1: %w", err)
 		}
+		fallthrough
+	case 2:
+		if err := rederiveAll(tx, log, now); err != nil {
+			return fmt.Errorf("migrate from schema version %d: %w", from, err)
+		}
 		return nil
 	}
 	return fmt.Errorf("migrate from schema version %d: %w", from, ErrSchemaVersion)
+}
+
+// rederiveAll re-derives every job that has stored events, which is the
+// migration from layout 2 to 3: the keys stay (a key of layout 2 has no
+// agent bytes, which reads as the legacy agent ""), but the consistency
+// rules of version 3 (consistency.go) may refuse events that version 2
+// applied, such as a forged backup.completed that was a chain head. Such
+// an event stays in job_events, gets a poison record and leaves its chain;
+// the job record gets its PoisonedEventIDs. Tombstones stay tombstones.
+func rederiveAll(tx *bolt.Tx, log zerolog.Logger, now func() time.Time) error {
+	var ids []string
+	cur := tx.Bucket(bucketEvents).Cursor()
+	for k, _ := cur.First(); k != nil; k, _ = cur.Next() {
+		id, _, ok := cutPart(k)
+		if !ok {
+			return fmt.Errorf("event key %x is malformed", k)
+		}
+		if n := len(ids); n == 0 || ids[n-1] != id {
+			ids = append(ids, id)
+		}
+	}
+	a := &applier{tx: tx, log: log, now: now}
+	for _, id := range ids {
+		if err := a.rederive(id, nil); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // migrateEventsV1 moves events/<job id>/<event id> -> <name> 0x00 <JSON>
@@ -49,7 +86,7 @@ func migrateEventsV1(tx *bolt.Tx) error {
 			if !ok || code == 0 {
 				return fmt.Errorf("event %s of job %s has no known type name", id, job)
 			}
-			if err := dst.Put(eventKey(string(job), string(id), code), js); err != nil {
+			if err := dst.Put(eventKey(string(job), string(id), code, ""), js); err != nil {
 				return fmt.Errorf("move event %s of job %s: %w", id, job, err)
 			}
 			return nil
@@ -106,7 +143,7 @@ func migrateAppliedV1(tx *bolt.Tx) error {
 		if string(job) == "-" {
 			return nil
 		}
-		k := eventKey(string(job), string(id), 0)
+		k := eventKey(string(job), string(id), 0, "")
 		if got, _ := events.Cursor().Seek(k[:len(k)-1]); !bytes.HasPrefix(got, k[:len(k)-1]) {
 			if err := events.Put(k, nil); err != nil {
 				return fmt.Errorf("record applied event %s of job %s: %w", id, job, err)

@@ -17,7 +17,10 @@ const MaxPoisonRaw = 1 << 20
 
 // PoisonRecord is an event the catalog did not apply and keeps for
 // inspection: one that failed schema validation upstream (RecordPoison), or
-// one Apply refused (ErrIncomplete, ErrInvalid).
+// one Apply refused (ErrIncomplete, ErrInconsistent, ErrInvalid). The
+// records of a job's events follow the job's event set: one that a later
+// event makes consistent (a completed that arrived before its started) is
+// applied and its record removed.
 type PoisonRecord struct {
 	// Subject is the NATS subject, or the event name for records made by
 	// Apply.
@@ -26,9 +29,12 @@ type PoisonRecord struct {
 	Seq     uint64 `json:"seq,omitempty"`
 	EventID string `json:"event_id,omitempty"`
 	JobID   string `json:"job_id,omitempty"`
-	Reason  string `json:"reason"`
-	// Raw is the payload as received (RecordPoison) or the event as
-	// re-encoded to JSON (Apply). It is base64 in JSON output.
+	// Agent published the event (WithSource); empty for a legacy event.
+	Agent  string `json:"agent,omitempty"`
+	Reason string `json:"reason"`
+	// Raw is the payload as received (RecordPoison), or the event's JSON
+	// as Apply stored it: the payload given to WithSource, else the event
+	// re-encoded. It is base64 in JSON output.
 	Raw       []byte `json:"raw"`
 	Truncated bool   `json:"truncated,omitempty"`
 	// Time is when the record was first written (Options.Now). Dump
@@ -42,7 +48,7 @@ func (p *PoisonRecord) key() []byte {
 	case p.Seq > 0:
 		return fmt.Appendf(nil, "seq/%s/%020d", p.Subject, p.Seq)
 	case p.EventID != "" && len(p.EventID) <= maxIDLen:
-		return []byte("id/" + p.EventID)
+		return poisonIDKey(p.EventID)
 	default:
 		h := sha256.New()
 		h.Write([]byte(p.Subject))
@@ -51,6 +57,9 @@ func (p *PoisonRecord) key() []byte {
 		return []byte("raw/" + hex.EncodeToString(h.Sum(nil)))
 	}
 }
+
+// poisonIDKey is the key of the poison record of an event by its id.
+func poisonIDKey(eventID string) []byte { return []byte("id/" + eventID) }
 
 // RecordPoison keeps p, typically an event that failed schema validation:
 // the catalog consumer passes the subject, stream sequence, raw payload and
