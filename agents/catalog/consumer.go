@@ -62,8 +62,8 @@ type Options struct {
 	// debug level per committed batch. The zero Logger discards.
 	Log zerolog.Logger
 	// OnCommit, if not nil, is called after each committed batch has been
-	// acknowledged, with the ids of the events applied or found to be
-	// duplicates, in delivery order. It runs on the consumer's goroutine:
+	// acknowledged, with the ids of the events it filed (applied, found to
+	// be duplicates, or kept by the store as poison), in delivery order. It runs on the consumer's goroutine:
 	// keep it short.
 	OnCommit func(ids []string)
 
@@ -101,7 +101,8 @@ func (o Options) withDefaults() Options {
 // unknown fields, over schemas.MaxMessageBytes, a completed without a
 // change id, ...) is logged with its subject and stream sequence, kept
 // with cat.RecordPoison, counted and terminated with the reason. An event
-// that Apply refuses (store.ErrIncomplete, store.ErrInvalid; Apply keeps it
+// that Apply refuses (store.ErrIncomplete, store.ErrInconsistent,
+// store.ErrInvalid; Apply keeps it
 // as poison itself) is logged, counted and terminated the same way.
 // Neither stops the consumer. When the transaction itself fails, every
 // event of the batch is negatively acked with opts.NakDelay and the
@@ -266,7 +267,7 @@ func decodeAll(batch []jetstream.Msg) []item {
 		for i := lo; i < hi; i++ {
 			m := batch[i]
 			it := newItem(m)
-			it.ev, it.err = schemas.Decode(m.Subject(), m.Data())
+			it.ev, it.agent, it.err = decodeEvent(m.Subject(), m.Data())
 			items[i] = it
 		}
 	}
@@ -345,7 +346,22 @@ type item struct {
 	seq       uint64 // stream sequence
 	delivered uint64 // delivery count, 1 for the first
 	ev        schemas.Event
-	err       error // from schemas.Decode
+	agent     string // who published it: the subject's agent token
+	err       error  // from decodeEvent
+}
+
+// decodeEvent validates and decodes an event and reads the agent that
+// published it from its subject (backup.<type>.<agent>: only that agent
+// may publish there). A subject that names no agent is an event stored
+// before agents had identities (agent ""); one the bus does not know is
+// refused like a schema violation.
+func decodeEvent(subject string, data []byte) (schemas.Event, string, error) {
+	_, agent, err := bus.ParseEventSubject(subject)
+	if err != nil {
+		return nil, "", err
+	}
+	ev, err := schemas.Decode(subject, data)
+	return ev, agent, err
 }
 
 func newItem(m jetstream.Msg) item {
@@ -368,7 +384,7 @@ func (c *consumer) process(batch []item) bool {
 			continue
 		}
 		items = append(items, it)
-		evs = append(evs, store.WithPayload(it.ev, it.msg.Data()))
+		evs = append(evs, store.WithSource(it.ev, it.msg.Data(), it.agent))
 	}
 	if len(evs) == 0 {
 		return true
@@ -395,7 +411,11 @@ func (c *consumer) process(batch []item) bool {
 	applied, dups := 0, 0
 	for i, it := range items {
 		if errs[i] != nil {
+			// Filed all the same: the store keeps it with the job's events
+			// and a poison record, and applies it if the events it lacks
+			// arrive later (an out-of-order completed).
 			c.storePoison(it, errs[i])
+			ids = append(ids, it.ev.EventHeader().ID)
 			continue
 		}
 		c.ack(it)

@@ -278,7 +278,7 @@ func (e *env) metric(name string, labels ...string) float64 {
 func reference(t *testing.T, evs ...schemas.Event) store.Snapshot {
 	t.Helper()
 	cat := openCatalog(t, filepath.Join(t.TempDir(), "reference.db"), zerolog.Nop())
-	if _, err := cat.Apply(evs...); err != nil {
+	if _, err := cat.Apply(catalogtest.FromAgent(evs...)...); err != nil {
 		t.Fatalf("reference apply: %v", err)
 	}
 	s, err := cat.Dump()

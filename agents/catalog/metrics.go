@@ -12,7 +12,7 @@ const (
 	// types, unknown fields, too large, a completed without a change id).
 	StageSchema = "schema"
 	// StageStore: store.Apply refused the event (ErrIncomplete,
-	// ErrInvalid).
+	// ErrInconsistent, ErrInvalid).
 	StageStore = "store"
 )
 

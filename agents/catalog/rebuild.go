@@ -236,7 +236,7 @@ func replayBatchApply(cat *store.Catalog, log zerolog.Logger, batch []jetstream.
 	evs := make([]schemas.Event, 0, len(batch))
 	for _, m := range batch {
 		st.Messages++
-		ev, err := schemas.Decode(m.Subject(), m.Data())
+		ev, agent, err := decodeEvent(m.Subject(), m.Data())
 		if err != nil {
 			it := newItem(m)
 			if perr := cat.RecordPoison(poisonRecord(m.Subject(), it.seq, m.Data(), err.Error())); perr != nil {
@@ -246,7 +246,7 @@ func replayBatchApply(cat *store.Catalog, log zerolog.Logger, batch []jetstream.
 			st.Poison++
 			continue
 		}
-		evs = append(evs, store.WithPayload(ev, m.Data()))
+		evs = append(evs, store.WithSource(ev, m.Data(), agent))
 	}
 	if len(evs) == 0 {
 		return nil

@@ -22,7 +22,7 @@ func TestService(t *testing.T) {
 		failed := incr.Next("job-failed")
 		rejected := catalogtest.Job{ID: "job-rejected", VM: catalogtest.VM(4), At: catalogtest.T0.Add(-time.Hour)}
 		evs := slices.Concat(full.Run(), incr.Run(), failed.FailedRun(false), []schemas.Event{rejected.Rejected()})
-		if _, err := e.cat.Apply(evs...); err != nil {
+		if _, err := e.cat.Apply(catalogtest.FromAgent(evs...)...); err != nil {
 			t.Fatal(err)
 		}
 		raw := bytes.Repeat([]byte("x"), 10_000)

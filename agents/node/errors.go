@@ -36,15 +36,20 @@ func reject(reason string, format string, a ...any) error {
 	return &rejection{reason: reason, err: fmt.Errorf(format, a...)}
 }
 
-// classify returns the reason code and retryability of err.
+// classify returns the reason code and retryability of err. What stopped a
+// job from outside (shutdown, a lost lease, NATS unable to store) wins
+// over the error of the step it interrupted.
 func classify(err error) (reason string, retryable bool) {
 	var je *jobError
+	isJob := errors.As(err, &je)
 	switch {
+	case isJob && (je.reason == schemas.FailShutdown || je.reason == schemas.FailLeaseLost || je.reason == schemas.FailNATS):
+		return je.reason, je.retryable
 	case errors.Is(err, context.Canceled):
 		// Whatever was under way when the job's context ended (shutdown;
-		// a lost lease is reported by the caller), trying again may work.
+		// a lost lease is classified by the caller), trying again may work.
 		return schemas.FailShutdown, true
-	case errors.As(err, &je):
+	case isJob:
 		return je.reason, je.retryable
 	case errors.Is(err, context.DeadlineExceeded):
 		return schemas.FailInternal, true

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -82,7 +81,7 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 		a.endedJob(ctx, r, stop, md, job)
 		return
 	default:
-		r.failures = failures(job)
+		r.failures = job.FailedAttempts
 		r.attempt = attemptOf(delivered, job)
 	}
 	r.log = r.log.With().Int("attempt", r.attempt).Logger()
@@ -410,16 +409,4 @@ func validName(s string) bool {
 		return false
 	}
 	return schemas.Validate(schemas.NameRequested, []byte(fmt.Sprintf(`{"vm":%q}`, s))) == nil
-}
-
-// failures counts the job's backup.failed events (one per failed attempt)
-// from their ids, <job>.<attempt>.failed.<disk>.<seq> (bus.EventID).
-func failures(job store.Job) int {
-	n := 0
-	for _, id := range job.EventIDs {
-		if strings.HasPrefix(id, job.ID+".") && strings.Contains(id[len(job.ID):], "."+schemas.NameFailed[len("backup."):]+".") {
-			n++
-		}
-	}
-	return n
 }

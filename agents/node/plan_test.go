@@ -113,17 +113,3 @@ func TestPlanNoChangeID(t *testing.T) {
 		t.Errorf("err %v reason %s retryable %t, want %s, not retryable", err, reason, retryable, schemas.FailChangeIDMissing)
 	}
 }
-
-// TestFailures: only failed attempts count toward the retry limit, not
-// redeliveries that waited for a lease (they publish nothing).
-func TestFailures(t *testing.T) {
-	job := store.Job{ID: "job-1", EventIDs: []string{
-		"job-1.1.failed.0.0", "job-1.4.started.0.0", "job-1.4.changeid.2000.0", "job-1.4.failed.0.0", "job-1.6.started.0.0",
-	}}
-	if n := failures(job); n != 2 {
-		t.Errorf("failures = %d, want 2", n)
-	}
-	if n := failures(store.Job{ID: "x"}); n != 0 {
-		t.Errorf("failures of a new job = %d", n)
-	}
-}

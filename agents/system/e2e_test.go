@@ -113,6 +113,8 @@ func TestBadRequests(t *testing.T) {
 		{`{"vm":"pgtest1","backup_type":"sometimes"}`, schemas.RejectSchema},
 		{`{"vm":42}`, schemas.RejectSchema},
 		{`{"vm":"../../etc/passwd"}`, schemas.RejectSchema},
+		// A repeated key must not let one reader see another value.
+		{`{"vm":"../../etc","vm":"pgtest1"}`, schemas.RejectSchema},
 		{`{"vm":"no-such-vm"}`, schemas.RejectUnknownVM},
 		{`{"vm":"pgtest1","repository":"elsewhere"}`, schemas.RejectUnknownRepository},
 	}
@@ -127,6 +129,9 @@ func TestBadRequests(t *testing.T) {
 		}
 		if rj.Reason != c.reason || rj.Message == "" || rj.Retryable {
 			t.Errorf("%s: rejected %q (%s), want reason %s", c.body, rj.Reason, rj.Message, c.reason)
+		}
+		if strings.Count(c.body, `"vm"`) > 1 && !strings.Contains(rj.Message, `duplicate key "vm"`) {
+			t.Errorf("%s: rejection %q does not name the repeated key", c.body, rj.Message)
 		}
 		h.job(rj.JobID, store.StatusRejected)
 	}

@@ -124,7 +124,7 @@ func TestCatalogExternalNATS(t *testing.T) {
 			t.Errorf("catalog poison table:\n%s", out)
 		}
 		out := mustCLI(t, "catalog", "stats", "--nats-url", url, "--data", data)
-		if !strings.Contains(out, "poison records  1") || !strings.Contains(out, "layout version  2") {
+		if !strings.Contains(out, "poison records  1") || !strings.Contains(out, "layout version  3") {
 			t.Errorf("catalog stats:\n%s", out)
 		}
 	})

@@ -21,6 +21,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sendense/sendense/agents/catalog"
+	"github.com/sendense/sendense/agents/catalog/catalogtest"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/internal/testutil"
 	"github.com/sendense/sendense/schemas"
@@ -250,7 +251,7 @@ func referenceCatalog(t *testing.T, evs ...schemas.Event) *store.Catalog {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cat.Close() })
-	if _, err := cat.Apply(evs...); err != nil {
+	if _, err := cat.Apply(catalogtest.FromAgent(evs...)...); err != nil {
 		t.Fatal(err)
 	}
 	return cat

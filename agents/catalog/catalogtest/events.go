@@ -17,6 +17,7 @@ import (
 
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
+	"github.com/sendense/sendense/store"
 )
 
 // T0 is the time of the first event of every builder unless a Job says
@@ -298,6 +299,16 @@ func Publisher(js jetstream.JetStream, log zerolog.Logger) *bus.Publisher {
 		panic(err) // Agent is a valid name
 	}
 	return p
+}
+
+// FromAgent marks evs as published by Agent, for store.Apply: what the
+// catalog consumer files for them.
+func FromAgent(evs ...schemas.Event) []schemas.Event {
+	out := make([]schemas.Event, len(evs))
+	for i, ev := range evs {
+		out[i] = store.WithSource(ev, nil, Agent)
+	}
+	return out
 }
 
 // Publish publishes evs in order through p (an agent's publisher).
