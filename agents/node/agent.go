@@ -106,8 +106,11 @@ type Config struct {
 	// because the repository is full is tried again. Default 5 min.
 	RepositoryFullBackoff time.Duration
 	// StoreProbeInterval is the first wait between checks of JetStream
-	// after it could not store; it doubles up to 1 min while JetStream
-	// still cannot, and is the least pause after a failure. Default 2 s.
+	// after it could not store; it doubles up to 10 s while JetStream
+	// still cannot. It is also the least pause after a failure, doubled
+	// for each failure since the last completed job up to 1 min, so a
+	// check that passes while writes still fail cannot make the agent
+	// take and fail jobs in a loop. Default 2 s.
 	StoreProbeInterval time.Duration
 	// Copy is the template of copier options (Incremental and Progress are
 	// set per disk).
@@ -296,7 +299,7 @@ func (a *Agent) storeUp() {
 
 // waitStore returns at once while JetStream stores. After storeDown it
 // waits until the pause is over and Deps.Store says JetStream can store,
-// checking every StoreProbeInterval (doubling up to 1 min), then takes
+// checking every StoreProbeInterval (doubling up to 10 s), then takes
 // requests again. It returns false when ctx ends first.
 func (a *Agent) waitStore(ctx context.Context) bool {
 	a.storeMu.Lock()
@@ -331,7 +334,7 @@ func (a *Agent) waitStore(ctx context.Context) bool {
 		}
 		a.log.Debug().Err(err).Dur("wait", wait).Msg("jetstream still cannot store")
 		until = time.Now().Add(wait)
-		wait = min(2*wait, time.Minute)
+		wait = min(2*wait, 10*time.Second)
 	}
 }
 

@@ -44,14 +44,11 @@ type client struct {
 
 func (h *harness) connectAs(id bus.Identity) *client {
 	h.t.Helper()
-	nc, err := h.sys.Embedded.Connect(h.sys.log, h.sys.Creds.Options(id))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	nc, js, err := h.sys.connect(ctx, id)
 	if err != nil {
 		h.t.Fatalf("connect as %s: %v", id, err)
-	}
-	h.t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		h.t.Fatal(err)
 	}
 	return &client{nc: nc, js: js}
 }

@@ -121,9 +121,12 @@ func connect(tb testing.TB, log zerolog.Logger, urls ...string) (*nats.Conn, jet
 type ClusterServers struct {
 	Servers []*bus.Embedded
 	URLs    []string
-	// Conn is connected to all URLs; JS is jetstream.New(Conn).
+	// Conn is connected to all URLs; JS is jetstream.New(Conn). Nil for a
+	// SecureCluster (connect with credentials instead).
 	Conn *nats.Conn
 	JS   jetstream.JetStream
+
+	opts []bus.EmbeddedOptions // each server's, with its actual client port
 }
 
 // Cluster starts n embedded servers (names sendense-1..n) that form one
@@ -131,6 +134,20 @@ type ClusterServers struct {
 // port, waits until the meta group has a leader and all n peers, and
 // stops them in cleanup.
 func Cluster(tb testing.TB, n int) *ClusterServers {
+	tb.Helper()
+	c := startCluster(tb, n, nil)
+	c.Conn, c.JS = connect(tb, Logger(tb), c.URLs...)
+	return c
+}
+
+// SecureCluster is Cluster with servers that admit only users, each with
+// its role's permissions, as `sendense serve` runs them.
+func SecureCluster(tb testing.TB, n int, users []bus.User) *ClusterServers {
+	tb.Helper()
+	return startCluster(tb, n, users)
+}
+
+func startCluster(tb testing.TB, n int, users []bus.User) *ClusterServers {
 	tb.Helper()
 	log := Logger(tb)
 	ports := make([]int, n)
@@ -142,18 +159,37 @@ func Cluster(tb testing.TB, n int) *ClusterServers {
 	c := &ClusterServers{}
 	for i := range n {
 		name := fmt.Sprintf("sendense-%d", i+1)
-		e := startEmbedded(tb, bus.EmbeddedOptions{
+		opts := bus.EmbeddedOptions{
 			DataDir:       tb.TempDir(),
-			Listen:        "127.0.0.1:-1",
+			Listen:        fmt.Sprintf("127.0.0.1:%d", freePort(tb)),
 			ServerName:    name,
 			ClusterName:   "sendense-test",
 			ClusterListen: fmt.Sprintf("127.0.0.1:%d", ports[i]),
 			Routes:        routes,
+			Users:         users,
 			Log:           log.With().Str("node", name).Logger(),
-		})
+		}
+		e := startEmbedded(tb, opts)
 		c.Servers = append(c.Servers, e)
 		c.URLs = append(c.URLs, e.ClientURL())
+		c.opts = append(c.opts, opts)
 	}
+	c.waitReady(tb, n)
+	return c
+}
+
+// Stop shuts server i down (its files stay).
+func (c *ClusterServers) Stop(i int) { c.Servers[i].Shutdown() }
+
+// Start starts server i again on its store and ports.
+func (c *ClusterServers) Start(tb testing.TB, i int) {
+	tb.Helper()
+	c.Servers[i] = startEmbedded(tb, c.opts[i])
+}
+
+// waitReady waits until the meta group has a leader and all n peers.
+func (c *ClusterServers) waitReady(tb testing.TB, n int) {
+	tb.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for !c.ready(n) {
 		if time.Now().After(deadline) {
@@ -161,8 +197,6 @@ func Cluster(tb testing.TB, n int) *ClusterServers {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	c.Conn, c.JS = connect(tb, log, c.URLs...)
-	return c
 }
 
 func (c *ClusterServers) ready(n int) bool {
