@@ -49,6 +49,12 @@ func TestBackupCommands(t *testing.T) {
 	if !strings.Contains(out, "job cli-full completed") || strings.Count(out, "change id") != 2 {
 		t.Errorf("backup --wait output:\n%s", out)
 	}
+	// A job id names one job for good (attack 5): asking again under it
+	// fails fast with its own exit code, and nothing waits forever.
+	_, err := cli(t, append([]string{"backup", "--vm", "pgtest1", "--wait", "--job-id", "cli-full"}, nurl...)...)
+	if exitCode(err) != exitConflict || !strings.Contains(err.Error(), "job id cli-full is taken") {
+		t.Errorf("backup with a used job id: %v, want exit %d saying the id is taken", err, exitConflict)
+	}
 	var full store.Job
 	if err := json.Unmarshal([]byte(mustCLI(t, append([]string{"job", "cli-full", "--json"}, nurl...)...)), &full); err != nil {
 		t.Fatal(err)
@@ -92,7 +98,7 @@ func TestBackupCommands(t *testing.T) {
 	}
 
 	// Rejected: exit code 3 with the reason.
-	_, err := cli(t, append([]string{"backup", "--vm", "no-such-vm", "--wait"}, nurl...)...)
+	_, err = cli(t, append([]string{"backup", "--vm", "no-such-vm", "--wait"}, nurl...)...)
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != exitRejected || !strings.Contains(err.Error(), schemas.RejectUnknownVM) {
 		t.Errorf("backup of an unknown vm: %v, want exit %d with %s", err, exitRejected, schemas.RejectUnknownVM)
