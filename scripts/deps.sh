@@ -20,3 +20,10 @@ if ((${#missing[@]})); then
 fi
 command -v go >/dev/null || { echo "deps: Go 1.26 is required (go not found in PATH)" >&2; exit 1; }
 go mod download
+# The nats CLI (the README's `nats pub` / `nats sub`, and the tests of the
+# contexts sendense writes for it), built from the module proxy into bin/.
+natscli=github.com/nats-io/natscli/nats@v0.5.0
+if ! command -v nats >/dev/null && [[ ! -x bin/nats ]]; then
+	echo "deps: installing the nats CLI ($natscli) into bin/" >&2
+	GOBIN="$PWD/bin" go install "$natscli"
+fi

@@ -86,3 +86,29 @@ func StartNbdkit(tb testing.TB, args ...string) string {
 	}
 	return "nbd+unix:///?socket=" + sock
 }
+
+// NATSCLI returns the path of the nats CLI: from PATH, else bin/nats at the
+// module's root, where `make deps` installs it. When it is missing the test
+// is skipped, or failed when CI=true.
+func NATSCLI(tb testing.TB) string {
+	tb.Helper()
+	if p, err := exec.LookPath("nats"); err == nil {
+		return p
+	}
+	dir, err := os.Getwd()
+	for err == nil {
+		if _, serr := os.Stat(filepath.Join(dir, "go.mod")); serr == nil {
+			p := filepath.Join(dir, "bin", "nats")
+			if _, serr := os.Stat(p); serr == nil {
+				return p
+			}
+			break
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			break
+		}
+		dir = parent
+	}
+	return RequireTool(tb, "nats")
+}
