@@ -674,3 +674,37 @@ func TestNakWithDelay(t *testing.T) {
 		}
 	}
 }
+
+// TestStreamsUpgrade: a BACKUP_EVENTS stream of a build before agent
+// identities (subjects without the agent token) is updated in place: the
+// new subjects bind, the events stored before stay (the catalog replays
+// them as agent ""), and nothing can be stored on the old subjects now.
+func TestStreamsUpgrade(t *testing.T) {
+	s := bustest.Embedded(t)
+	ctx := testCtx(t)
+	old := bus.StreamConfigs(bus.StreamOptions{})[1]
+	old.Subjects = []string{"backup.started", "backup.changeid", "backup.completed", "backup.failed", "backup.rejected"}
+	if _, err := s.JS.CreateStream(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.JS.Publish(ctx, schemas.NameCompleted, []byte(`{"old":true}`)); err != nil {
+		t.Fatal(err)
+	}
+	ensureStreams(t, s.JS)
+	st, err := s.JS.Stream(ctx, bus.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := st.CachedInfo().Config.Subjects; !slices.Equal(got, bus.EventSubjects) {
+		t.Errorf("subjects after the update %v, want %v", got, bus.EventSubjects)
+	}
+	m, err := st.GetMsg(ctx, 1)
+	if err != nil || m.Subject != schemas.NameCompleted || string(m.Data) != `{"old":true}` {
+		t.Errorf("event stored before the update: %+v %v", m, err)
+	}
+	short, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	if _, err := s.JS.Publish(short, schemas.NameCompleted, []byte(`{}`)); err == nil {
+		t.Error("an event was stored on the old subject after the update")
+	}
+}
