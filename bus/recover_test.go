@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
@@ -347,4 +348,115 @@ func TestStoreWatchRestartsShutDownJetStream(t *testing.T) {
 	if _, err := pub.Publish(ctx, subjStarted, id, "backup.started", data); err != nil {
 		t.Fatalf("publish after the restart: %v", err)
 	}
+}
+
+// TestClusterNodeRecoversFromFullDisk fills the disk of one server of a
+// three-server cluster: the server shuts its JetStream down itself while
+// the other two keep storing, and its watchdog brings it back once space
+// is back, with every acknowledged message on it.
+func TestClusterNodeRecoversFromFullDisk(t *testing.T) {
+	mnt := bustest.TmpFS(t, 32<<20)
+	const interval = 100 * time.Millisecond
+	begin := time.Now()
+	c := bustest.ClusterWith(t, 3, func(i int, o *bus.EmbeddedOptions) {
+		o.StoreCheckInterval = interval
+		o.StoreMinFree = 4 << 20
+		if i == 0 {
+			o.DataDir = filepath.Join(mnt, "nats")
+		}
+	})
+	full := c.Servers[0]
+	ctx := testCtx(t)
+	if err := bus.EnsureStreams(ctx, c.JS, bus.StreamOptions{Replicas: 3}); err != nil {
+		t.Fatal(err)
+	}
+	pub := newPub(t, c.JS)
+	acked := map[uint64]string{} // seq: id
+	publish := func(i int) {
+		t.Helper()
+		id, data := diskFullMsg(i)
+		ack, err := pub.Publish(ctx, subjStarted, id, "backup.started", data)
+		if err != nil {
+			t.Fatalf("publish %s: %v", id, err)
+		}
+		acked[ack.Sequence] = id
+	}
+	i := 0
+	for ; i < 20; i++ {
+		publish(i)
+	}
+
+	filler := filepath.Join(mnt, "filler")
+	fill(t, filler, 0)
+	// The other two servers keep a quorum: publishing goes on while the
+	// full one shuts its JetStream down.
+	for ; full.Server().JetStreamEnabled(); i++ {
+		if i > 200 {
+			t.Fatalf("server %s still has JetStream after %d messages on a full disk", full.Server().Name(), i)
+		}
+		publish(i)
+	}
+	t.Logf("%v: cluster ready, disk filled, %s shut its JetStream down", time.Since(begin), full.Server().Name())
+	waitFor(t, 5*time.Second, "StoreErr reports JetStream shut down", func() bool { return full.StoreErr() != nil })
+	if err := full.StoreErr(); !errors.Is(err, bus.ErrUnavailable) {
+		t.Fatalf("StoreErr = %v, want ErrUnavailable", err)
+	}
+	publish(i) // still stored by the other two
+	i++
+	time.Sleep(5 * interval)
+	if n := full.StoreRestarts(); n != 0 {
+		t.Fatalf("JetStream restarted %d times without free space", n)
+	}
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	took := waitFor(t, 15*time.Second, "the full server's JetStream current again", func() bool {
+		return full.StoreErr() == nil && full.Server().JetStreamIsCurrent()
+	})
+	t.Logf("%v: JetStream of %s current again %v after the space was freed", time.Since(begin), full.Server().Name(), took)
+	if n := full.StoreRestarts(); n != 1 {
+		t.Errorf("JetStream restarted %d times, want 1", n)
+	}
+	publish(i)
+
+	// The server that was full catches up: it holds every acknowledged
+	// message itself.
+	var last uint64
+	for seq := range acked {
+		last = max(last, seq)
+	}
+	took = waitFor(t, 15*time.Second, "the full server holds every acknowledged message", func() bool {
+		st := localStreamState(t, full, bus.StreamEvents)
+		return st != nil && st.Msgs == uint64(len(acked)) && st.LastSeq == last
+	})
+	t.Logf("%v: %s holds all %d acknowledged messages %v later", time.Since(begin), full.Server().Name(), len(acked), took)
+	st, err := c.JS.Stream(ctx, bus.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for seq, id := range acked {
+		m, err := st.GetMsg(ctx, seq)
+		if err != nil || m.Header.Get(jetstream.MsgIDHeader) != id {
+			t.Errorf("seq %d: %v, want %s", seq, err, id)
+		}
+	}
+}
+
+// localStreamState returns the state of stream name as server e stores
+// it, nil when it has none.
+func localStreamState(t *testing.T, e *bus.Embedded, name string) *server.StreamState {
+	t.Helper()
+	info, err := e.Server().Jsz(&server.JSzOptions{Accounts: true, Streams: true})
+	if err != nil {
+		return nil
+	}
+	for _, a := range info.AccountDetails {
+		for _, s := range a.Streams {
+			if s.Name == name {
+				return &s.State
+			}
+		}
+	}
+	return nil
 }

@@ -132,6 +132,16 @@ type ClusterServers struct {
 // stops them in cleanup.
 func Cluster(tb testing.TB, n int) *ClusterServers {
 	tb.Helper()
+	return ClusterWith(tb, n, nil)
+}
+
+// ClusterWith is Cluster with each server's options passed through
+// adjust (i from 0) before it starts, for example to put one server's
+// DataDir on a TmpFS or to shorten its StoreCheckInterval. adjust may be
+// nil. Listen, ServerName, ClusterName, ClusterListen and Routes make the
+// cluster: leave them.
+func ClusterWith(tb testing.TB, n int, adjust func(i int, opts *bus.EmbeddedOptions)) *ClusterServers {
+	tb.Helper()
 	log := Logger(tb)
 	ports := make([]int, n)
 	var routes []string
@@ -142,7 +152,7 @@ func Cluster(tb testing.TB, n int) *ClusterServers {
 	c := &ClusterServers{}
 	for i := range n {
 		name := fmt.Sprintf("sendense-%d", i+1)
-		e := startEmbedded(tb, bus.EmbeddedOptions{
+		opts := bus.EmbeddedOptions{
 			DataDir:       tb.TempDir(),
 			Listen:        "127.0.0.1:-1",
 			ServerName:    name,
@@ -150,7 +160,11 @@ func Cluster(tb testing.TB, n int) *ClusterServers {
 			ClusterListen: fmt.Sprintf("127.0.0.1:%d", ports[i]),
 			Routes:        routes,
 			Log:           log.With().Str("node", name).Logger(),
-		})
+		}
+		if adjust != nil {
+			adjust(i, &opts)
+		}
+		e := startEmbedded(tb, opts)
 		c.Servers = append(c.Servers, e)
 		c.URLs = append(c.URLs, e.ClientURL())
 	}
