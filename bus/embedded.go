@@ -151,7 +151,7 @@ func StartEmbedded(ctx context.Context, opts EmbeddedOptions) (*Embedded, error)
 	e.watch = startStoreWatch(srv, sopts, opts, log)
 	log.Info().Str("url", e.ClientURL()).Str("store_dir", sopts.StoreDir).Str("server", sopts.ServerName).
 		Int64("max_store", sopts.JetStreamMaxStore).Int64("max_memory", sopts.JetStreamMaxMemory).
-		Dur("store_check_interval", e.watch.interval).Int64("store_min_free", e.watch.minFree).
+		Dur("store_check_interval", e.watch.interval).Int64("store_min_free", e.watch.needNow()).
 		Msg("embedded nats server ready")
 	return e, nil
 }

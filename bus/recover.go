@@ -241,6 +241,15 @@ func (w *storeWatch) space() (free, need int64, err error) {
 	return free, restartNeeds(w.minFree, size), nil
 }
 
+// needNow returns what a restart would wait for now, for the log.
+func (w *storeWatch) needNow() int64 {
+	_, need, err := w.space()
+	if err != nil {
+		return w.minFree
+	}
+	return need
+}
+
 // restartNeeds returns the free bytes a restart waits for on a file system
 // of size bytes: minFree when set, else the default rule.
 func restartNeeds(minFree, size int64) int64 {
