@@ -53,4 +53,40 @@
 //     restart of that server; use its ClientURL with Connect when it must.
 //   - Embedded servers sync every write (SyncAlways). That costs
 //     throughput and buys durability on a single node.
+//   - A full disk stops JetStream until it is restarted. When nats-server
+//     (v2.15) cannot write a stream's file (ENOSPC), a standalone server
+//     logs "Critical write error ... no space left on device" and keeps
+//     the error on the stream: it never answers a publish to that stream
+//     again, even once space is back, so publishers time out (Publish
+//     returns ErrUnavailable), while JetStream stays enabled and answers
+//     everything else: StoreReady, which writes nothing, sees nothing
+//     wrong; Leases.Probe, a real write, fails. A clustered server logs
+//     "JetStream out of File resources, will be DISABLED" and shuts
+//     JetStream down on that node. Messages acknowledged before are kept;
+//     the write that failed is not stored and was never acknowledged.
+//   - An embedded server recovers by itself. Every StoreCheckInterval
+//     (default 5 s) a watchdog looks for a stream's write error (the
+//     server's Healthz) or JetStream shut down. Then it waits until the
+//     store's file system has StoreMinFree bytes free (default 64 MiB, or
+//     1% of the file system up to 1 GiB when that is more), shuts
+//     JetStream down if it is still up and enables it again with the
+//     store and limits it started with, logging each step with
+//     component=jetstream-watchdog. Until then Embedded.StoreErr says what
+//     is wrong. A restart that does not hold is retried after the interval,
+//     then at doubling intervals up to a minute. Streams, consumers and the
+//     duplicate window come back from disk; client connections stay up,
+//     and a message that was not stored is stored once when its publisher
+//     sends it again with the same id. In a cluster only a node whose
+//     JetStream was shut down is restarted: a clustered R1 stream's write
+//     error is not seen. Clients that connect after a restart are told in
+//     the server's INFO that JetStream is off (nats.Conn's
+//     ConnectedServerJetStream); nats-server sets that flag again only on
+//     a configuration reload, and nothing in Sendense reads it.
+//   - An external nats-server does not recover by itself: after freeing
+//     space its operator must restart the nats-server process. Only
+//     shutting JetStream down and enabling it again clears a standalone
+//     server's write error, or brings back a clustered node's JetStream;
+//     that is what the embedded watchdog does in-process
+//     (Server.ShutdownJetStream, Server.EnableJetStream), and a running
+//     nats-server process offers no command for it.
 package bus

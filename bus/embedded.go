@@ -76,6 +76,17 @@ type EmbeddedOptions struct {
 	// server is refused, because credentials and backups' metadata would
 	// cross the network in the clear.
 	Insecure bool
+	// StoreCheckInterval is how often the server checks that JetStream
+	// can still write to its store, and so the shortest time between two
+	// attempts to recover it (see Embedded.StoreErr). Default
+	// DefaultStoreCheckInterval (5 s).
+	StoreCheckInterval time.Duration
+	// StoreMinFree is the free space, in bytes, the store's file system
+	// must have again before JetStream, after it could not write, is
+	// restarted. Default (0): DefaultStoreMinFree (64 MiB) or
+	// StoreMinFreePercent (1%) of the file system up to 1 GiB, whichever
+	// is more. A value set is used as it is.
+	StoreMinFree int64
 	// Log receives the server's log lines. The zero Logger discards them.
 	// Debug and trace lines are enabled when its level allows them.
 	Log zerolog.Logger
@@ -83,12 +94,15 @@ type EmbeddedOptions struct {
 
 // Embedded is a nats-server running inside this process with JetStream.
 // Every write is synced to disk before it is acknowledged (SyncAlways), so
-// a PubAck from a single embedded server survives a power cut.
+// a PubAck from a single embedded server survives a power cut. A watchdog
+// restarts JetStream when it could not write (a full disk) and space is
+// back; see StoreErr.
 type Embedded struct {
 	srv      *server.Server
 	opts     EmbeddedOptions
 	inproc   bool // ListenNone
 	log      zerolog.Logger
+	watch    *storeWatch // nil until JetStream is up
 	shutdown sync.Once
 }
 
@@ -134,8 +148,10 @@ func StartEmbedded(ctx context.Context, opts EmbeddedOptions) (*Embedded, error)
 		e.Shutdown()
 		return nil, fmt.Errorf("start embedded nats server in %s: jetstream did not start", opts.DataDir)
 	}
+	e.watch = startStoreWatch(srv, sopts, opts, log)
 	log.Info().Str("url", e.ClientURL()).Str("store_dir", sopts.StoreDir).Str("server", sopts.ServerName).
 		Int64("max_store", sopts.JetStreamMaxStore).Int64("max_memory", sopts.JetStreamMaxMemory).
+		Dur("store_check_interval", e.watch.interval).Int64("store_min_free", e.watch.needNow()).
 		Msg("embedded nats server ready")
 	return e, nil
 }
@@ -285,10 +301,16 @@ func (e *Embedded) Connect(log zerolog.Logger, opts Options) (*nats.Conn, error)
 	return nc, nil
 }
 
-// Shutdown stops the server and waits until it has stopped and closed its
-// files. Clients see a disconnect. Safe to call more than once.
+// Shutdown stops the store watchdog, then the server, and waits until it
+// has stopped and closed its files. Clients see a disconnect. Safe to call
+// more than once.
 func (e *Embedded) Shutdown() {
 	e.shutdown.Do(func() {
+		// The watchdog first: the server's shutdown turns JetStream off,
+		// which the watchdog would otherwise take for a failure to repair.
+		if e.watch != nil {
+			e.watch.close()
+		}
 		e.srv.Shutdown()
 		e.srv.WaitForShutdown()
 		e.log.Info().Str("server", e.srv.Name()).Msg("embedded nats server stopped")

@@ -19,8 +19,9 @@ const JSErrCodeDuplicateInProcess jetstream.ErrorCode = 10158
 
 // JetStream API error codes (nats-server's errors.json) of a store that
 // cannot take a message: the account's or server's storage is used up, a
-// write failed (a full disk), or JetStream is disabled (nats-server turns
-// it off after a write fails for lack of space).
+// write failed (a full disk), or JetStream is disabled (a clustered
+// nats-server turns it off after a write fails for lack of space; a
+// standalone one does not answer at all, see the package's Caveats).
 const (
 	jsErrAccountResources      jetstream.ErrorCode = 10002 // resource limits exceeded for account
 	jsErrInsufficientResources jetstream.ErrorCode = 10023 // insufficient resources

@@ -72,3 +72,24 @@ func TestCheckSubject(t *testing.T) {
 		}
 	}
 }
+
+func TestRestartNeeds(t *testing.T) {
+	const mib, gib = int64(1) << 20, int64(1) << 30
+	tests := []struct {
+		name          string
+		minFree, size int64
+		want          int64
+	}{
+		{"small disk: 64 MiB", 0, 24 * mib, 64 * mib},
+		{"1% under 64 MiB", 0, 6 * gib, 64 * mib},
+		{"1% of 20 GiB", 0, 20 * gib, 20 * gib / 100},
+		{"1% capped at 1 GiB", 0, 1 << 40, gib},
+		{"set: as it is", 4 * mib, 1 << 40, 4 * mib},
+		{"size unknown", 0, 0, 64 * mib},
+	}
+	for _, tt := range tests {
+		if got := restartNeeds(tt.minFree, tt.size); got != tt.want {
+			t.Errorf("%s: restartNeeds(%d, %d) = %d, want %d", tt.name, tt.minFree, tt.size, got, tt.want)
+		}
+	}
+}

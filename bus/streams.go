@@ -135,11 +135,14 @@ func StreamForSubject(subject string) string {
 }
 
 // StoreReady reports whether JetStream can take the pipeline's writes now:
-// it answers and is enabled (nats-server disables JetStream on a server
-// whose disk filled up), the account's storage is not used up, and each
-// stream of StreamConfigs has a leader (a cluster that lost its quorum
-// has none). It writes nothing. The error wraps ErrUnavailable and says
-// what is missing.
+// it answers and is enabled (a clustered nats-server shuts JetStream down
+// on a node whose disk filled up), the account's storage is not used up,
+// and each stream of StreamConfigs has a leader (a cluster that lost its
+// quorum has none). It writes nothing, so it cannot see a standalone
+// server whose disk filled up: that server keeps answering everything but
+// writes (see the package's Caveats); Leases.Probe, a real write, and
+// Embedded.StoreErr can. The error wraps ErrUnavailable and says what is
+// missing.
 func StoreReady(ctx context.Context, js jetstream.JetStream) error {
 	info, err := js.AccountInfo(ctx)
 	if err != nil {

@@ -135,7 +135,19 @@ type ClusterServers struct {
 // stops them in cleanup.
 func Cluster(tb testing.TB, n int) *ClusterServers {
 	tb.Helper()
-	c := startCluster(tb, n, nil)
+	c := startCluster(tb, n, nil, nil)
+	c.Conn, c.JS = connect(tb, Logger(tb), c.URLs...)
+	return c
+}
+
+// ClusterWith is Cluster with each server's options passed through
+// adjust (i from 0) before it starts, for example to put one server's
+// DataDir on a TmpFS or to shorten its StoreCheckInterval. adjust may be
+// nil. Listen, ServerName, ClusterName, ClusterListen and Routes make the
+// cluster: leave them.
+func ClusterWith(tb testing.TB, n int, adjust func(i int, opts *bus.EmbeddedOptions)) *ClusterServers {
+	tb.Helper()
+	c := startCluster(tb, n, nil, adjust)
 	c.Conn, c.JS = connect(tb, Logger(tb), c.URLs...)
 	return c
 }
@@ -144,10 +156,10 @@ func Cluster(tb testing.TB, n int) *ClusterServers {
 // its role's permissions, as `sendense serve` runs them.
 func SecureCluster(tb testing.TB, n int, users []bus.User) *ClusterServers {
 	tb.Helper()
-	return startCluster(tb, n, users)
+	return startCluster(tb, n, users, nil)
 }
 
-func startCluster(tb testing.TB, n int, users []bus.User) *ClusterServers {
+func startCluster(tb testing.TB, n int, users []bus.User, adjust func(i int, opts *bus.EmbeddedOptions)) *ClusterServers {
 	tb.Helper()
 	log := Logger(tb)
 	ports := make([]int, n)
@@ -168,6 +180,9 @@ func startCluster(tb testing.TB, n int, users []bus.User) *ClusterServers {
 			Routes:        routes,
 			Users:         users,
 			Log:           log.With().Str("node", name).Logger(),
+		}
+		if adjust != nil {
+			adjust(i, &opts)
 		}
 		e := startEmbedded(tb, opts)
 		c.Servers = append(c.Servers, e)

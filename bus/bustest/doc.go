@@ -17,6 +17,9 @@
 //		// use s.Conn, s.JS ...
 //	})
 //
+// TmpFS mounts a small tmpfs for a test that must fill a disk (it needs
+// root; without, the test is skipped, or fails when CI=true).
+//
 // Logger returns a zerolog.Logger that writes through t.Log and goes
 // quiet once the test's cleanups have run, so late callbacks of clients
 // and servers never write to a finished test.
