@@ -53,6 +53,15 @@ type Config struct {
 	// NATSInsecure lets an embedded server listen off loopback without
 	// TLS (see bus.EmbeddedOptions.Insecure).
 	NATSInsecure bool
+	// NATSStoreDir is the embedded server's state directory. Default
+	// DataDir/nats.
+	NATSStoreDir string
+	// NATSStoreCheck tunes how the embedded server notices that JetStream
+	// cannot write and restarts it once its disk has space again
+	// (bus.EmbeddedOptions StoreCheckInterval and StoreMinFree); zero
+	// values take bus's defaults.
+	NATSStoreCheckInterval time.Duration
+	NATSStoreMinFree       int64
 	// Replicas of the streams and the lease bucket (1 on a single server).
 	Replicas int
 
@@ -310,9 +319,13 @@ func (s *System) startNATS(ctx context.Context) error {
 		if listen == "" {
 			listen = "127.0.0.1:4222"
 		}
+		dir := s.cfg.NATSStoreDir
+		if dir == "" {
+			dir = filepath.Join(s.cfg.DataDir, "nats")
+		}
 		emb, err := bus.StartEmbedded(ctx, bus.EmbeddedOptions{
-			DataDir: filepath.Join(s.cfg.DataDir, "nats"), Listen: listen, Users: users,
-			Insecure: s.cfg.NATSInsecure, Log: s.log,
+			DataDir: dir, Listen: listen, Users: users, Insecure: s.cfg.NATSInsecure,
+			StoreCheckInterval: s.cfg.NATSStoreCheckInterval, StoreMinFree: s.cfg.NATSStoreMinFree, Log: s.log,
 		})
 		if err != nil {
 			return err
