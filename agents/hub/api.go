@@ -57,6 +57,16 @@ type TargetRef struct {
 }
 
 // OpenRequest asks for a new target. BackingJobID is empty for a full.
+//
+// Besides CodeBadRequest and CodeUnknownRepository, an open answers
+// CodeBaseMissing when the base's file is missing or unreadable,
+// CodeBaseInvalid when the base's backing chain does not open as qcow2 or
+// qemu-img check finds it corrupt, CodeRepositoryFull when the file system
+// is full, CodeConflict when the catalog shows the job completed (its file
+// stays as it is), and CodeUnavailable when a file of the job exists that
+// this service did not open and the catalog cannot vouch that it is no
+// completed backup (behind the event stream, or not answering), or another
+// open of the same target is running.
 type OpenRequest struct {
 	TargetRef
 	Attempt       int    `json:"attempt"`

@@ -12,6 +12,11 @@
 // on any failure it aborts the target (export stopped, partial file removed).
 // The service also exports chain points read-only for restores.
 //
+// Before an incremental is made, its base is checked (repository.CheckBase):
+// a missing base answers CodeBaseMissing, a base whose backing chain does not
+// open or that qemu-img check finds corrupt CodeBaseInvalid, and the agent
+// takes a full instead. A full file system answers CodeRepositoryFull.
+//
 // # Caveats
 //
 // A failed or partial backup is never a base: the base of an incremental is
@@ -20,4 +25,12 @@
 // The reaper closes exports whose job no longer holds its VM's lease (the
 // agent vanished) and removes their partial files. The service must never
 // decide full vs incremental; that is the agent's job (design invariant 3).
+//
+// The service never removes a completed backup: a file of the job it did
+// not open itself in this process is removed on open only when the
+// catalog, caught up with BACKUP_EVENTS (CatalogProgress), does not show
+// the job completed. Without a catalog it removes no such file. The
+// catalog checked is one consumer (bus.ConsumerCatalog by default): with
+// several catalog replicas, the one answering sendense.catalog.* must be
+// the one whose progress is read.
 package hub
