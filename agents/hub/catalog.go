@@ -12,12 +12,18 @@ import (
 )
 
 // Catalog is what the repository service asks the catalog: whether a job
-// completed. *catalog.Client implements it; it must be safe for concurrent
-// use.
+// completed, the completed backups of a VM, every completed job.
+// *catalog.Client implements it; it must be safe for concurrent use.
 type Catalog interface {
 	// Job returns one job; an unknown job is an error matching
 	// store.ErrNotFound.
 	Job(ctx context.Context, id string) (store.Job, error)
+	// Jobs returns the jobs matching f (the service asks for completed
+	// ones only).
+	Jobs(ctx context.Context, f store.JobFilter) ([]store.Job, error)
+	// Chains returns the completed backups of every disk of a VM in one
+	// repository.
+	Chains(ctx context.Context, vmUUID, repo string) ([]store.Chain, error)
 }
 
 // CatalogProgress tells whether the catalog has applied everything

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/sendense/sendense/agents/hub"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/bus/bustest"
@@ -45,6 +47,7 @@ type svcEnv struct {
 	leases   *bus.Leases
 	catalog  *fakeCatalog
 	progress *fakeProgress
+	reg      *prometheus.Registry
 
 	stopOnce sync.Once
 	cancel   context.CancelFunc
@@ -53,10 +56,22 @@ type svcEnv struct {
 }
 
 // newSvcEnv starts the service. The periodic reaper is effectively off
-// (ReapInterval one hour): tests call Reap themselves. The catalog is a fake (e.catalog, empty)
+// (ReapInterval one hour) and periodic reconciliation is off: tests call
+// Reap and Reconcile themselves. The catalog is a fake (e.catalog, empty)
 // that is caught up (e.progress). tune may change the options before the
 // service is made.
 func newSvcEnv(t *testing.T, tune func(*hub.RepoOptions)) *svcEnv {
+	t.Helper()
+	return newSvcEnvWith(t, func(_ *svcEnv, o *hub.RepoOptions) {
+		if tune != nil {
+			tune(o)
+		}
+	})
+}
+
+// newSvcEnvWith is newSvcEnv with a tune that sees the environment made so
+// far (its NATS server, repository and fakes).
+func newSvcEnvWith(t *testing.T, tune func(*svcEnv, *hub.RepoOptions)) *svcEnv {
 	t.Helper()
 	testutil.RequireTool(t, "qemu-img")
 	testutil.RequireTool(t, "qemu-nbd")
@@ -78,19 +93,21 @@ func newSvcEnv(t *testing.T, tune func(*hub.RepoOptions)) *svcEnv {
 	})
 	e := &svcEnv{
 		nats: ns, repo: repo, sockDir: testutil.SocketDir(t), leases: leases, done: make(chan error, 1),
-		catalog: newFakeCatalog(), progress: &fakeProgress{},
+		catalog: newFakeCatalog(), progress: &fakeProgress{}, reg: prometheus.NewRegistry(),
 	}
 	opts := hub.RepoOptions{
-		Repositories: map[string]*repository.Repo{testRepo: repo},
-		Leases:       leases,
-		ReapInterval: time.Hour,
-		SocketDir:    e.sockDir,
-		Catalog:      e.catalog,
-		Progress:     e.progress,
-		Log:          log,
+		Repositories:      map[string]*repository.Repo{testRepo: repo},
+		Leases:            leases,
+		ReapInterval:      time.Hour,
+		SocketDir:         e.sockDir,
+		Catalog:           e.catalog,
+		Progress:          e.progress,
+		ReconcileInterval: -1,
+		Registry:          e.reg,
+		Log:               log,
 	}
 	if tune != nil {
-		tune(&opts)
+		tune(e, &opts)
 	}
 	e.svc, err = hub.NewRepoService(opts)
 	if err != nil {
@@ -496,4 +513,28 @@ func setMtime(t *testing.T, path string, mtime time.Time) {
 	if err := os.Chtimes(path, mtime, mtime); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// counter reads a counter of the service's registry (0 when absent).
+func (e *svcEnv) counter(t *testing.T, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := e.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	metric:
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if v, ok := labels[lp.GetName()]; ok && v != lp.GetValue() {
+					continue metric
+				}
+			}
+			return m.GetCounter().GetValue()
+		}
+	}
+	return 0
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/nats-io/nuid"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/sendense/sendense/bus"
@@ -47,10 +48,28 @@ type RepoOptions struct {
 	// Catalog tells which jobs completed; *catalog.Client implements it.
 	// Progress tells whether the catalog has applied everything in
 	// BACKUP_EVENTS; NewConsumerProgress implements it. With either nil,
-	// an open never removes a file it did not make itself: it answers
-	// CodeUnavailable while a file of the job exists.
+	// an open never removes a file it did not make itself (it answers
+	// CodeUnavailable while a file of the job exists) and no orphan is
+	// ever removed (reconciliation, and the orphan part of a check, need
+	// both and Leases).
 	Catalog  Catalog
 	Progress CatalogProgress
+	// ReconcileInterval is how often reconciliation removes orphans: the
+	// backup files that are no completed backup, no open target and no
+	// target of a job holding its VM's lease. A round also runs when Serve
+	// starts; a round skipped because the catalog was behind or did not
+	// answer is retried after at most ReconcileRetry. Default 10 minutes;
+	// negative turns periodic rounds off (Reconcile still works).
+	ReconcileInterval time.Duration
+	// ReconcileGrace is how long after its last modification a file is
+	// safe from reconciliation, whatever the catalog says: it covers a
+	// target between its close and its backup.completed being applied.
+	// Default 10 minutes.
+	ReconcileGrace time.Duration
+	// Registry receives the service's metrics
+	// (sendense_repo_reconciled_files_total, ..._bytes_total,
+	// sendense_repo_reconcile_rounds_total). Nil: none.
+	Registry prometheus.Registerer
 	// SocketDir is where export sockets go. Default os.TempDir().
 	SocketDir string
 	// Shared is qemu-nbd's --shared for writable exports. Default 4.
@@ -58,17 +77,27 @@ type RepoOptions struct {
 	Log    zerolog.Logger
 }
 
+// ReconcileRetry bounds the wait before the next reconciliation round
+// after a skipped one (the catalog starts after the hub in `sendense
+// serve`, so the round at start is usually skipped).
+const ReconcileRetry = 30 * time.Second
+
 // RepoService is the sendense.repo service. Its methods are safe for
 // concurrent use.
 type RepoService struct {
-	opts RepoOptions
-	log  zerolog.Logger
+	opts    RepoOptions
+	log     zerolog.Logger
+	metrics *metrics
+
+	// reconcileMu serialises reconciliation rounds (periodic and checks),
+	// so a file is removed and counted once.
+	reconcileMu sync.Mutex
 
 	mu       sync.Mutex
 	targets  map[TargetRef]*target
 	restores map[string]*restoreExport
-	// busy holds the refs an open or the reaper is working on: the file
-	// of a busy ref is removed or made by that one operation only.
+	// busy holds the refs an open or a reconciliation is working on: the
+	// file of a busy ref is removed or made by that one operation only.
 	busy map[TargetRef]struct{}
 }
 
@@ -101,13 +130,24 @@ func NewRepoService(opts RepoOptions) (*RepoService, error) {
 	if opts.Shared <= 0 {
 		opts.Shared = repository.DefaultShared
 	}
-	return &RepoService{
+	if opts.ReconcileInterval == 0 {
+		opts.ReconcileInterval = 10 * time.Minute
+	}
+	if opts.ReconcileGrace <= 0 {
+		opts.ReconcileGrace = 10 * time.Minute
+	}
+	s := &RepoService{
 		opts:     opts,
 		log:      opts.Log.With().Str("role", "repository").Logger(),
+		metrics:  newMetrics(opts.Registry),
 		targets:  map[TargetRef]*target{},
 		restores: map[string]*restoreExport{},
 		busy:     map[TargetRef]struct{}{},
-	}, nil
+	}
+	for name := range opts.Repositories {
+		s.metrics.initRepository(name)
+	}
+	return s, nil
 }
 
 // Serve registers the micro service on nc, closes ready (when not nil) once
@@ -139,6 +179,7 @@ func (s *RepoService) Serve(ctx context.Context, nc *nats.Conn, ready chan<- str
 		{"target-abort", SubjectTargetAbort, s.abortTarget},
 		{"restore-open", SubjectRestoreOpen, s.openRestore},
 		{"restore-close", SubjectRestoreClose, s.closeRestore},
+		{"check", SubjectCheck, s.check},
 	}
 	// Handlers run in their own goroutines; shutdown waits for them before
 	// closing everything, so no export or file is made after closeAll.
@@ -169,6 +210,14 @@ func (s *RepoService) Serve(ctx context.Context, nc *nats.Conn, ready chan<- str
 	s.log.Info().Int("repositories", len(s.opts.Repositories)).Msg("repository service ready")
 	markReady()
 
+	var reconciler sync.WaitGroup
+	switch {
+	case s.opts.ReconcileInterval < 0:
+	case !s.canReconcile():
+		s.log.Warn().Err(errReconcileOff).Msg("orphan files will not be removed")
+	default:
+		reconciler.Go(func() { s.reconcileLoop(ctx) })
+	}
 	t := time.NewTicker(s.opts.ReapInterval)
 	defer t.Stop()
 	for {
@@ -179,10 +228,33 @@ func (s *RepoService) Serve(ctx context.Context, nc *nats.Conn, ready chan<- str
 			stopping = true
 			inflightMu.Unlock()
 			inflight.Wait()
+			reconciler.Wait()
 			s.closeAll()
 			return nil
 		case <-t.C:
 			s.Reap(ctx)
+		}
+	}
+}
+
+// reconcileLoop runs a reconciliation round now and every
+// ReconcileInterval, or after ReconcileRetry when a round was skipped,
+// until ctx ends.
+func (s *RepoService) reconcileLoop(ctx context.Context) {
+	for {
+		next := s.opts.ReconcileInterval
+		if _, err := s.Reconcile(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			next = min(next, ReconcileRetry)
+		}
+		t := time.NewTimer(next)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
 		}
 	}
 }
@@ -335,14 +407,14 @@ func validateOpen(r *repository.Repo, req OpenRequest) error {
 	return nil
 }
 
-// reserve marks ref busy until release is called. A ref already busy (the
-// reaper removing its file, or another open of it) answers
+// reserve marks ref busy until release is called. A ref already busy (a
+// reconciliation removing its file, or another open of it) answers
 // CodeUnavailable: the agent tries again later.
 func (s *RepoService) reserve(ref TargetRef) (release func(), err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.busy[ref]; ok {
-		return nil, coded(CodeUnavailable, fmt.Errorf("target of job %s disk %d of vm %s is being opened or reaped", ref.JobID, ref.DiskKey, ref.VMUUID))
+		return nil, coded(CodeUnavailable, fmt.Errorf("target of job %s disk %d of vm %s is being opened or reconciled", ref.JobID, ref.DiskKey, ref.VMUUID))
 	}
 	s.busy[ref] = struct{}{}
 	return func() {

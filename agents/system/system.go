@@ -403,7 +403,7 @@ func (s *System) startHub(nc *nats.Conn, js jetstream.JetStream, leases *bus.Lea
 	cat := catalog.NewClient(nc)
 	svc, err := hub.NewRepoService(hub.RepoOptions{
 		Repositories: s.Repos, Leases: leases, Log: s.log,
-		Catalog: cat, Progress: hub.NewConsumerProgress(js, bus.ConsumerCatalog),
+		Catalog: cat, Progress: hub.NewConsumerProgress(js, bus.ConsumerCatalog), Registry: s.Registry,
 	})
 	if err != nil {
 		return err
