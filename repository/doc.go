@@ -3,11 +3,14 @@
 // that export them to the copier.
 //
 // It creates fulls and incrementals (an incremental's backing file is the
-// previous backup of the same disk, referenced by relative name), exports a
-// file with qemu-nbd (writable for a backup, read-only for a restore or a
-// verification), closes exports cleanly, reaps exports whose owner is gone,
-// reads chain information, checks, compares and restores images, and removes
-// the partial file of a failed attempt.
+// previous backup of the same disk, referenced by relative name), checks
+// that a file can serve as a base (CheckBase), exports a file with qemu-nbd
+// (writable for a backup, read-only for a restore or a verification),
+// closes exports cleanly, reaps exports whose owner is gone, reads chain
+// information, checks, compares and restores images, lists every disk
+// directory (Disks) and the temporary files of crashed creates (Temps), and
+// removes the partial file of a failed attempt. A full file system makes
+// errors matching ErrNoSpace.
 //
 // It must never know about NATS, the catalog or VMware: callers (the hub's
 // repository service) decide which job is the base and which files are
@@ -64,6 +67,7 @@
 //     directory only (Create never makes any other kind).
 //   - Capacities must be multiples of 512 bytes: qcow2 rounds the virtual
 //     size up, which would make a restore longer than the disk.
-//   - A crash during Create can leave a ".<job-id>.qcow2.*.tmp" file; it is
-//     never listed, and the next Create or Remove of that job deletes it.
+//   - A crash during Create can leave a ".<job-id>.qcow2.*.tmp" file; List
+//     never lists it, Temps does, and the next Create or Remove of that job
+//     or RemoveTemp deletes it.
 package repository

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"syscall"
 )
 
 // Sentinel errors. Match them with errors.Is; the returned errors wrap them
@@ -72,6 +73,17 @@ var (
 	// ErrLeaks: qemu-img check found leaked clusters only: space is wasted
 	// but every guest byte reads correctly (see CheckError).
 	ErrLeaks = errors.New("image has leaked clusters")
+
+	// ErrBrokenChain: CheckBase found a backing chain that does not open
+	// (a backing file is missing, unreadable or damaged, a header is
+	// corrupt) or that holds a file that is not qcow2 or is marked corrupt.
+	ErrBrokenChain = errors.New("backing chain broken")
+
+	// ErrNoSpace: the repository's file system is full (ENOSPC, or EDQUOT
+	// for a quota). Create's errors match it whether a system call said so
+	// or qemu-img did, only as text on its stderr (an *ExecError matches
+	// it then).
+	ErrNoSpace = errors.New("no space left in the repository")
 )
 
 // ExecError is a failed external command. Its message is
@@ -81,6 +93,9 @@ type ExecError struct {
 	ExitCode int      // -1 when the program did not run or was killed by a signal
 	Stderr   string   // trimmed, possibly the last part only
 	Err      error    // from os/exec
+	// NoSpace: the program said its file system was full (see
+	// noSpaceMessages); the error then matches ErrNoSpace.
+	NoSpace bool
 }
 
 func (e *ExecError) Error() string {
@@ -92,6 +107,36 @@ func (e *ExecError) Error() string {
 }
 
 func (e *ExecError) Unwrap() error { return e.Err }
+
+// Is matches ErrNoSpace when the program reported a full file system.
+func (e *ExecError) Is(target error) bool { return target == ErrNoSpace && e.NoSpace }
+
+// noSpaceMessages are how qemu-img reports ENOSPC and EDQUOT on stderr
+// (strerror), for example "qemu-img: x.qcow2: Could not write refcount
+// table: No space left on device". It exits 1 like for any other failure,
+// so the text is all that tells a full repository from a broken one.
+var noSpaceMessages = []string{"No space left on device", "Disk quota exceeded"}
+
+func saysNoSpace(stderr string) bool {
+	for _, m := range noSpaceMessages {
+		if strings.Contains(stderr, m) {
+			return true
+		}
+	}
+	return false
+}
+
+// withNoSpace makes err match ErrNoSpace when a system call failed with
+// ENOSPC or EDQUOT.
+func withNoSpace(err error) error {
+	if err == nil || errors.Is(err, ErrNoSpace) {
+		return err
+	}
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return fmt.Errorf("%w: %w", ErrNoSpace, err)
+	}
+	return err
+}
 
 // CheckError is returned by Check for an image with corruptions, leaked
 // clusters or a check that could not complete. It matches ErrLeaks when

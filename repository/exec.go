@@ -46,7 +46,7 @@ func newExecError(cmd *exec.Cmd, err error, stderr string) *ExecError {
 		code = ee.ExitCode()
 	}
 	args := append([]string{cmd.Args[0]}, cmd.Args[1:]...)
-	return &ExecError{Args: args, ExitCode: code, Stderr: strings.TrimSpace(stderr), Err: err}
+	return &ExecError{Args: args, ExitCode: code, Stderr: strings.TrimSpace(stderr), Err: err, NoSpace: saysNoSpace(stderr)}
 }
 
 // tailBuffer is an io.Writer keeping the last max bytes written, safe for

@@ -134,6 +134,72 @@ func (r *Repo) Check(ctx context.Context, path string) error {
 	return ce
 }
 
+// CheckBase checks that job jobID's backup file of a disk can be the
+// backing file of a new incremental, before one is made on it:
+//
+//   - the file exists, is a regular file and opens for reading
+//     (ErrNoBacking otherwise);
+//   - `qemu-img info --backing-chain -U` opens its whole backing chain and
+//     every file of it is qcow2 and not marked corrupt (ErrBrokenChain
+//     otherwise: a backing file is missing, unreadable or damaged, or a
+//     header is corrupt so the file no longer probes as qcow2);
+//   - `qemu-img check` of the file itself finds no corruption (a
+//     *CheckError matching ErrCorrupt otherwise; leaked clusters only waste
+//     space and pass). The older files of the chain are not checked: each
+//     was checked when it became a base.
+//
+// Both programs read metadata only, so the time does not grow with the
+// data: for a 1 GiB base with every cluster written, 20 ms on an idle
+// 2-CPU host and under 100 ms loaded (BenchmarkCheckBase). Ids are
+// validated (ErrInvalidID). A file exported writable fails with ErrBusy.
+func (r *Repo) CheckBase(ctx context.Context, vmUUID string, diskKey int32, jobID string) error {
+	path, err := r.Path(vmUUID, diskKey, jobID)
+	if err != nil {
+		return err
+	}
+	if err := r.checkBase(ctx, path); err != nil {
+		return fmt.Errorf("check base %s of disk %d of vm %s: %w", jobID, diskKey, vmUUID, err)
+	}
+	return nil
+}
+
+func (r *Repo) checkBase(ctx context.Context, path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrNoBacking, err)
+	}
+	st, err := f.Stat()
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrNoBacking, err)
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file: %w", path, ErrNoBacking)
+	}
+	info, err := r.Info(ctx, path)
+	if err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		return fmt.Errorf("%w: %w", ErrBrokenChain, err)
+	}
+	for _, img := range info.Chain {
+		if img.Format != "qcow2" {
+			return fmt.Errorf("%s in the backing chain has format %q, want qcow2: %w", img.Path, img.Format, ErrBrokenChain)
+		}
+		if img.Corrupt {
+			return fmt.Errorf("%s in the backing chain is marked corrupt: %w", img.Path, ErrBrokenChain)
+		}
+	}
+	if last := info.Chain[len(info.Chain)-1]; last.BackingFile != "" {
+		return fmt.Errorf("%s names backing file %q that qemu-img did not open: %w", last.Path, last.BackingFile, ErrBrokenChain)
+	}
+	if err := r.Check(ctx, path); err != nil && !errors.Is(err, ErrLeaks) {
+		return err
+	}
+	return nil
+}
+
 // Compare reports whether two images have the same guest-visible content,
 // with `qemu-img compare` (formats probed; unallocated areas read as zeros;
 // for images of different sizes the extra part must be zeros). Exit status

@@ -107,10 +107,11 @@ func (r *Repo) diskDir(vmUUID string, diskKey int32) string {
 // linked to its final name only when complete, so a failed Create leaves no
 // file behind, and an existing file is never replaced (ErrExists).
 // capacityBytes must be a positive multiple of 512 (ErrInvalidCapacity).
+// A full file system gives an error matching ErrNoSpace.
 func (r *Repo) Create(ctx context.Context, vmUUID string, diskKey int32, jobID string, capacityBytes int64, backingJobID string) (string, error) {
 	path, err := r.create(ctx, vmUUID, diskKey, jobID, capacityBytes, backingJobID)
 	if err != nil {
-		return "", fmt.Errorf("create backup file of job %s for disk %d of vm %s: %w", jobID, diskKey, vmUUID, err)
+		return "", fmt.Errorf("create backup file of job %s for disk %d of vm %s: %w", jobID, diskKey, vmUUID, withNoSpace(err))
 	}
 	zerolog.Ctx(ctx).Info().Str("job_id", jobID).Str("vm", vmUUID).Int32("disk_key", diskKey).
 		Str("path", path).Int64("capacity", capacityBytes).Str("base_job_id", backingJobID).
@@ -130,8 +131,8 @@ func (r *Repo) create(ctx context.Context, vmUUID string, diskKey int32, jobID s
 			return "", fmt.Errorf("job %s cannot back onto itself: %w", jobID, ErrInvalidID)
 		}
 	}
-	if capacity <= 0 || capacity%512 != 0 {
-		return "", fmt.Errorf("capacity %d bytes, want a positive multiple of 512: %w", capacity, ErrInvalidCapacity)
+	if err := ValidateCapacity(capacity); err != nil {
+		return "", err
 	}
 	dir := r.diskDir(vmUUID, diskKey)
 	final := filepath.Join(dir, fileName(jobID))
@@ -210,6 +211,15 @@ func (r *Repo) create(ctx context.Context, vmUUID string, diskKey int32, jobID s
 	return final, nil
 }
 
+// ValidateCapacity reports whether Create accepts a capacity: a positive
+// multiple of 512 bytes. The error wraps ErrInvalidCapacity.
+func ValidateCapacity(bytes int64) error {
+	if bytes <= 0 || bytes%512 != 0 {
+		return fmt.Errorf("capacity %d bytes, want a positive multiple of 512: %w", bytes, ErrInvalidCapacity)
+	}
+	return nil
+}
+
 // tempPrefix starts the temporary names of a job's file. The leading dot
 // keeps them out of the id space (ids never start with a dot).
 func tempPrefix(jobID string) string { return "." + fileName(jobID) + "." }
@@ -269,29 +279,55 @@ func (r *Repo) list(vmUUID string, diskKey int32) ([]File, error) {
 		if !ok || ValidateID(job) != nil || !e.Type().IsRegular() {
 			continue
 		}
-		path := filepath.Join(dir, name)
-		st, err := os.Stat(path)
+		f, err := fileOf(filepath.Join(dir, name), job)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue // removed meanwhile
 		}
 		if err != nil {
 			return nil, err
 		}
-		backing, err := readBackingName(path)
-		if err != nil {
-			return nil, err
-		}
-		f := File{JobID: job, Path: path, Size: st.Size(), ModTime: st.ModTime(), BackingFile: backing}
-		if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-			f.ActualSize = sys.Blocks * 512
-		}
-		if b, ok := strings.CutSuffix(backing, fileExt); ok && !strings.Contains(backing, "/") && ValidateID(b) == nil {
-			f.BackingJobID = b
-		}
 		files = append(files, f)
 	}
 	sort.Slice(files, func(i, j int) bool { return files[i].JobID < files[j].JobID })
 	return files, nil
+}
+
+// File returns job jobID's backup file of a disk as List describes it. A
+// missing file is an error matching fs.ErrNotExist; a file whose qcow2
+// header cannot be read is an error too. Ids are validated (ErrInvalidID).
+func (r *Repo) File(vmUUID string, diskKey int32, jobID string) (File, error) {
+	path, err := r.Path(vmUUID, diskKey, jobID)
+	if err != nil {
+		return File{}, err
+	}
+	f, err := fileOf(path, jobID)
+	if err != nil {
+		return File{}, fmt.Errorf("backup file of job %s for disk %d of vm %s: %w", jobID, diskKey, vmUUID, err)
+	}
+	return f, nil
+}
+
+// fileOf describes the backup file of job at path.
+func fileOf(path, job string) (File, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return File{}, err
+	}
+	if !st.Mode().IsRegular() {
+		return File{}, fmt.Errorf("%s is not a regular file: %w", path, fs.ErrNotExist)
+	}
+	backing, err := readBackingName(path)
+	if err != nil {
+		return File{}, err
+	}
+	f := File{JobID: job, Path: path, Size: st.Size(), ModTime: st.ModTime(), BackingFile: backing}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		f.ActualSize = sys.Blocks * 512
+	}
+	if b, ok := strings.CutSuffix(backing, fileExt); ok && !strings.Contains(backing, "/") && ValidateID(b) == nil {
+		f.BackingJobID = b
+	}
+	return f, nil
 }
 
 // Remove deletes a job's backup file of a disk, typically the partial file

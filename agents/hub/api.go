@@ -1,6 +1,10 @@
 package hub
 
-import "github.com/sendense/sendense/bus"
+import (
+	"time"
+
+	"github.com/sendense/sendense/bus"
+)
 
 // Subjects of the repository service (NATS micro, request/reply). The
 // groups are bus's (bus.RepoService, bus.RepoTargets, bus.RepoInfo), which
@@ -14,6 +18,16 @@ const (
 	SubjectTargetAbort  = bus.RepoTargets + ".abort"
 	SubjectRestoreOpen  = ServiceGroup + ".restore.open"
 	SubjectRestoreClose = ServiceGroup + ".restore.close"
+	// SubjectCheck checks repositories against the catalog (CheckRequest,
+	// CheckReply): every completed job's disk must have its file, backed
+	// by the file of the job the catalog names as its base; files that are
+	// no completed backup are listed as orphans and removed unless
+	// DryRun. Only admin may call it (bus.PermissionsOf grants
+	// sendense.repo.check to no other role). It answers CodeUnknownRepository
+	// for a repository the hub does not serve and CodeUnavailable when the
+	// catalog does not answer; a catalog behind the event stream does not
+	// fail the check, it only skips the orphan search (OrphansSkipped).
+	SubjectCheck = ServiceGroup + ".check"
 )
 
 // Error codes carried in the Nats-Service-Error-Code header. Callers match
@@ -57,6 +71,16 @@ type TargetRef struct {
 }
 
 // OpenRequest asks for a new target. BackingJobID is empty for a full.
+//
+// Besides CodeBadRequest and CodeUnknownRepository, an open answers
+// CodeBaseMissing when the base's file is missing or unreadable,
+// CodeBaseInvalid when the base's backing chain does not open as qcow2 or
+// qemu-img check finds it corrupt, CodeRepositoryFull when the file system
+// is full, CodeConflict when the catalog shows the job completed (its file
+// stays as it is), and CodeUnavailable when a file of the job exists that
+// this service did not open and the catalog cannot vouch that it is no
+// completed backup (behind the event stream, or not answering), or another
+// open of the same target is running.
 type OpenRequest struct {
 	TargetRef
 	Attempt       int    `json:"attempt"`
@@ -91,4 +115,75 @@ type RestoreOpenReply struct {
 // RestoreCloseRequest releases a restore export.
 type RestoreCloseRequest struct {
 	ExportID string `json:"export_id"`
+}
+
+// CheckRequest asks for a check of one repository, or of every repository
+// the hub serves when Repository is empty. DryRun lists orphans without
+// removing them.
+type CheckRequest struct {
+	Repository string `json:"repository,omitempty"`
+	DryRun     bool   `json:"dry_run,omitempty"`
+}
+
+// Problems a check reports for a completed job's disk.
+const (
+	// ProblemMissing: the backup file does not exist.
+	ProblemMissing = "missing"
+	// ProblemBacking: the file's backing file name (in its qcow2 header)
+	// is not the file of the job the catalog names as its base, or the
+	// file has a backing file where the catalog says it is a full, or
+	// none where the catalog says it is an incremental.
+	ProblemBacking = "backing_mismatch"
+	// ProblemUnreadable: the file, or a file next to it, cannot be read as
+	// qcow2 (its header is damaged or unreadable).
+	ProblemUnreadable = "unreadable"
+)
+
+// CheckReply is the report of a check.
+type CheckReply struct {
+	// Repositories are the names checked, sorted.
+	Repositories []string `json:"repositories"`
+	DryRun       bool     `json:"dry_run"`
+	// Disks is how many disks of completed jobs were checked.
+	Disks int `json:"disks"`
+	// Problems are the completed disks whose file is missing or wrong.
+	Problems []CheckProblem `json:"problems"`
+	// Orphans are the files reconciliation removes: neither a completed
+	// backup, nor an open target, nor the target of a job holding its VM's
+	// lease, and older than the grace. Removed tells which went.
+	Orphans []Orphan `json:"orphans"`
+	// OrphansSkipped says why orphans were not looked for (the catalog is
+	// behind the event stream, or the hub has no catalog, leases or
+	// progress configured); empty when they were.
+	OrphansSkipped string `json:"orphans_skipped,omitempty"`
+}
+
+// CheckProblem is one completed disk whose backup file is not as the
+// catalog says.
+type CheckProblem struct {
+	Repository string `json:"repository"`
+	JobID      string `json:"job_id"`
+	VMUUID     string `json:"vm_uuid"`
+	DiskKey    int32  `json:"disk_key"`
+	Path       string `json:"path"`
+	Problem    string `json:"problem"` // Problem* constant
+	Detail     string `json:"detail"`
+}
+
+// Orphan is a file that is no backup: a partial file of a failed attempt,
+// or a temporary file of a create that crashed (Temp).
+type Orphan struct {
+	Repository string    `json:"repository"`
+	JobID      string    `json:"job_id"`
+	VMUUID     string    `json:"vm_uuid"`
+	DiskKey    int32     `json:"disk_key"`
+	Path       string    `json:"path"`
+	Bytes      int64     `json:"bytes"` // allocated on disk
+	ModTime    time.Time `json:"mod_time"`
+	Temp       bool      `json:"temp,omitempty"`
+	Removed    bool      `json:"removed"`
+	// Kept says why an orphan was not removed although asked to: another
+	// file uses it as its backing file, it is in use, it changed since it
+	// was found, or the removal failed.
+	Kept string `json:"kept,omitempty"`
 }

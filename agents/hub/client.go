@@ -91,3 +91,12 @@ func (c *Client) OpenRestore(ctx context.Context, ref TargetRef) (RestoreOpenRep
 func (c *Client) CloseRestore(ctx context.Context, exportID string) error {
 	return c.call(ctx, SubjectRestoreClose, RestoreCloseRequest{ExportID: exportID}, nil)
 }
+
+// Check checks repositories against the catalog and removes orphans unless
+// req.DryRun (see SubjectCheck). Only admin may call it. The check lists
+// every file, so give it time: the service allows itself 2 minutes.
+func (c *Client) Check(ctx context.Context, req CheckRequest) (CheckReply, error) {
+	var out CheckReply
+	err := c.call(ctx, SubjectCheck, req, &out)
+	return out, err
+}

@@ -12,12 +12,40 @@
 // on any failure it aborts the target (export stopped, partial file removed).
 // The service also exports chain points read-only for restores.
 //
+// Before an incremental is made, its base is checked (repository.CheckBase):
+// a missing base answers CodeBaseMissing, a base whose backing chain does not
+// open or that qemu-img check finds corrupt CodeBaseInvalid, and the agent
+// takes a full instead. A full file system answers CodeRepositoryFull.
+//
+// Reconciliation (Reconcile, at start and every ReconcileInterval) removes
+// the files that are no backup: partial files of attempts that failed
+// without aborting, and temporary files of crashed creates. The admin-only
+// sendense.repo.check compares every completed backup with its file and
+// lists (and removes) the same orphans.
+//
 // # Caveats
 //
 // A failed or partial backup is never a base: the base of an incremental is
 // chosen by the agent from the catalog's chain, which holds completed
-// backups only, and a partial file is removed on abort or by the reaper.
-// The reaper closes exports whose job no longer holds its VM's lease (the
-// agent vanished) and removes their partial files. The service must never
-// decide full vs incremental; that is the agent's job (design invariant 3).
+// backups only, and a partial file is removed on abort, by the reaper or by
+// reconciliation. The reaper closes exports whose job no longer holds its
+// VM's lease (the agent vanished) and removes their partial files. The
+// service must never decide full vs incremental; that is the agent's job
+// (design invariant 3).
+//
+// The service never removes a completed backup: a file it did not make
+// itself in this process is removed only when the catalog, caught up with
+// BACKUP_EVENTS (CatalogProgress), does not show it completed, and, for
+// reconciliation, its job does not hold its VM's lease and the file is
+// older than ReconcileGrace. Without a catalog it removes no such file. The
+// catalog checked is one consumer (bus.ConsumerCatalog by default): with
+// several catalog replicas, the one answering sendense.catalog.* must be
+// the one whose progress is read.
+//
+// A file of a disk whose qcow2 header cannot be read blocks removals in that
+// disk's directory (repository.Remove cannot tell what it backs onto): its
+// orphans stay, and repo check reports the file if it is a completed backup.
+// sendense.repo.check lists every completed job in one catalog reply, so a
+// catalog whose completed jobs exceed the server's max payload answers it
+// with an error (reconciliation asks per VM and is not limited so).
 package hub

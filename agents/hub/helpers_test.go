@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
 	"math/rand"
 	"os"
@@ -15,11 +16,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/sendense/sendense/agents/hub"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/bus/bustest"
 	"github.com/sendense/sendense/internal/testutil"
 	"github.com/sendense/sendense/repository"
+	"github.com/sendense/sendense/schemas"
+	"github.com/sendense/sendense/store"
 )
 
 const (
@@ -34,12 +39,15 @@ const (
 // svcEnv is a repository service served on an embedded NATS server, with
 // a real repository directory and real qemu-nbd exports.
 type svcEnv struct {
-	nats    *bustest.Server
-	repo    *repository.Repo
-	sockDir string
-	svc     *hub.RepoService
-	client  *hub.Client
-	leases  *bus.Leases
+	nats     *bustest.Server
+	repo     *repository.Repo
+	sockDir  string
+	svc      *hub.RepoService
+	client   *hub.Client
+	leases   *bus.Leases
+	catalog  *fakeCatalog
+	progress *fakeProgress
+	reg      *prometheus.Registry
 
 	stopOnce sync.Once
 	cancel   context.CancelFunc
@@ -48,9 +56,22 @@ type svcEnv struct {
 }
 
 // newSvcEnv starts the service. The periodic reaper is effectively off
-// (ReapInterval one hour): tests call Reap themselves. tune may change the
-// options before the service is made.
+// (ReapInterval one hour) and periodic reconciliation is off: tests call
+// Reap and Reconcile themselves. The catalog is a fake (e.catalog, empty)
+// that is caught up (e.progress). tune may change the options before the
+// service is made.
 func newSvcEnv(t *testing.T, tune func(*hub.RepoOptions)) *svcEnv {
+	t.Helper()
+	return newSvcEnvWith(t, func(_ *svcEnv, o *hub.RepoOptions) {
+		if tune != nil {
+			tune(o)
+		}
+	})
+}
+
+// newSvcEnvWith is newSvcEnv with a tune that sees the environment made so
+// far (its NATS server, repository and fakes).
+func newSvcEnvWith(t *testing.T, tune func(*svcEnv, *hub.RepoOptions)) *svcEnv {
 	t.Helper()
 	testutil.RequireTool(t, "qemu-img")
 	testutil.RequireTool(t, "qemu-nbd")
@@ -70,16 +91,23 @@ func newSvcEnv(t *testing.T, tune func(*hub.RepoOptions)) *svcEnv {
 			t.Errorf("close repository: %v", err)
 		}
 	})
-	e := &svcEnv{nats: ns, repo: repo, sockDir: testutil.SocketDir(t), leases: leases, done: make(chan error, 1)}
+	e := &svcEnv{
+		nats: ns, repo: repo, sockDir: testutil.SocketDir(t), leases: leases, done: make(chan error, 1),
+		catalog: newFakeCatalog(), progress: &fakeProgress{}, reg: prometheus.NewRegistry(),
+	}
 	opts := hub.RepoOptions{
-		Repositories: map[string]*repository.Repo{testRepo: repo},
-		Leases:       leases,
-		ReapInterval: time.Hour,
-		SocketDir:    e.sockDir,
-		Log:          log,
+		Repositories:      map[string]*repository.Repo{testRepo: repo},
+		Leases:            leases,
+		ReapInterval:      time.Hour,
+		SocketDir:         e.sockDir,
+		Catalog:           e.catalog,
+		Progress:          e.progress,
+		ReconcileInterval: -1,
+		Registry:          e.reg,
+		Log:               log,
 	}
 	if tune != nil {
-		tune(&opts)
+		tune(e, &opts)
 	}
 	e.svc, err = hub.NewRepoService(opts)
 	if err != nil {
@@ -318,4 +346,195 @@ func (e *svcEnv) fullBackup(t *testing.T, job, raw string) hub.CloseReply {
 		t.Fatalf("close target of job %s: %v", job, err)
 	}
 	return cl
+}
+
+// fakeCatalog is the catalog as a test sets it: jobs by id. Chains are
+// derived from the completed jobs, as the real catalog does.
+type fakeCatalog struct {
+	mu   sync.Mutex
+	jobs map[string]store.Job
+	err  error // answered to every request when set
+}
+
+func newFakeCatalog() *fakeCatalog { return &fakeCatalog{jobs: map[string]store.Job{}} }
+
+// set records jobs, replacing those with the same id.
+func (c *fakeCatalog) set(jobs ...store.Job) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, j := range jobs {
+		c.jobs[j.ID] = j
+	}
+}
+
+func (c *fakeCatalog) fail(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.err = err
+}
+
+func (c *fakeCatalog) Job(_ context.Context, id string) (store.Job, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return store.Job{}, c.err
+	}
+	j, ok := c.jobs[id]
+	if !ok {
+		return store.Job{}, fmt.Errorf("get job %s: %w", id, store.ErrNotFound)
+	}
+	return j, nil
+}
+
+func (c *fakeCatalog) Jobs(_ context.Context, f store.JobFilter) ([]store.Job, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return nil, c.err
+	}
+	jobs := []store.Job{}
+	for _, j := range c.jobs {
+		if f.Status == "" || j.Status == f.Status {
+			jobs = append(jobs, j)
+		}
+	}
+	sort.Slice(jobs, func(i, k int) bool { return jobs[i].ID > jobs[k].ID })
+	return jobs, nil
+}
+
+func (c *fakeCatalog) Chains(_ context.Context, vmUUID, repo string) ([]store.Chain, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return nil, c.err
+	}
+	byDisk := map[int32]*store.Chain{}
+	for _, j := range c.jobs {
+		if j.Status != store.StatusCompleted || j.VM.UUID != vmUUID || (repo != "" && j.Repository != repo) {
+			continue
+		}
+		for _, d := range j.Disks {
+			ch := byDisk[d.Disk.Key]
+			if ch == nil {
+				ch = &store.Chain{VMUUID: vmUUID, Repository: j.Repository, DiskKey: d.Disk.Key}
+				byDisk[d.Disk.Key] = ch
+			}
+			ch.Links = append(ch.Links, store.Link{
+				JobID: j.ID, VMUUID: vmUUID, Repository: j.Repository, DiskKey: d.Disk.Key,
+				Target: d.Target, Backing: d.Backing,
+			})
+		}
+	}
+	chains := []store.Chain{}
+	for _, ch := range byDisk {
+		chains = append(chains, *ch)
+	}
+	return chains, nil
+}
+
+// job is a job of testVM in testRepo with status and one disk per key
+// (each a full, or backed by backing).
+func job(id, status, backing string, keys ...int32) store.Job {
+	j := store.Job{ID: id, Status: status, VM: schemas.VMRef{Name: "vm", UUID: testVM}, Repository: testRepo, Attempt: 1}
+	for _, k := range keys {
+		j.Disks = append(j.Disks, store.Disk{
+			Disk:    schemas.DiskRef{Key: k},
+			Target:  filepath.Join(testVM, fmt.Sprint(k), id+".qcow2"),
+			Backing: backing,
+		})
+	}
+	return j
+}
+
+// fakeProgress answers CaughtUp with err (nil: caught up).
+type fakeProgress struct {
+	mu   sync.Mutex
+	err  error
+	hook func() // run once by the next CaughtUp, before it answers
+}
+
+func (p *fakeProgress) CaughtUp(context.Context) error {
+	p.mu.Lock()
+	hook := p.hook
+	p.hook = nil
+	p.mu.Unlock()
+	if hook != nil {
+		hook()
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.err
+}
+
+// onNext makes the next CaughtUp call run hook first.
+func (p *fakeProgress) onNext(hook func()) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.hook = hook
+}
+
+func (p *fakeProgress) set(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.err = err
+}
+
+// errBehind is what a catalog behind the stream makes CaughtUp answer.
+var errBehind = fmt.Errorf("catalog consumer: 3 events not delivered: %w", hub.ErrCatalogBehind)
+
+// diskPath is the path of job's file of disk key in the test repository.
+func (e *svcEnv) diskPath(key int32, job string) string {
+	return filepath.Join(e.repo.Root(), testVM, fmt.Sprint(key), job+".qcow2")
+}
+
+// makeFile makes job's file of disk testDisk with qemu-img (a full, or
+// backed by backing), data from raw when not "", and its modification time
+// set to mtime when not zero, as an earlier hub process left it.
+func (e *svcEnv) makeFile(t *testing.T, job, backing, raw string, mtime time.Time) string {
+	t.Helper()
+	path, err := e.repo.Create(context.Background(), testVM, testDisk, job, testCapacity, backing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if raw != "" {
+		out, err := exec.Command("qemu-img", "convert", "-n", "-f", "raw", "-O", "qcow2", raw, path).CombinedOutput()
+		if err != nil {
+			t.Fatalf("qemu-img convert %s %s: %v: %s", raw, path, err, out)
+		}
+	}
+	if !mtime.IsZero() {
+		setMtime(t, path, mtime)
+	}
+	return path
+}
+
+func setMtime(t *testing.T, path string, mtime time.Time) {
+	t.Helper()
+	if err := os.Chtimes(path, mtime, mtime); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// counter reads a counter of the service's registry (0 when absent).
+func (e *svcEnv) counter(t *testing.T, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := e.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	metric:
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if v, ok := labels[lp.GetName()]; ok && v != lp.GetValue() {
+					continue metric
+				}
+			}
+			return m.GetCounter().GetValue()
+		}
+	}
+	return 0
 }

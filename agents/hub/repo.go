@@ -5,18 +5,23 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/nats-io/nuid"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/repository"
+	"github.com/sendense/sendense/store"
 )
 
 // LeaseHolders tells who holds a lease key (ok false when nobody);
@@ -40,6 +45,31 @@ type RepoOptions struct {
 	ReapGrace time.Duration
 	// RestoreTTL bounds a restore export's life. Default 1 hour.
 	RestoreTTL time.Duration
+	// Catalog tells which jobs completed; *catalog.Client implements it.
+	// Progress tells whether the catalog has applied everything in
+	// BACKUP_EVENTS; NewConsumerProgress implements it. With either nil,
+	// an open never removes a file it did not make itself (it answers
+	// CodeUnavailable while a file of the job exists) and no orphan is
+	// ever removed (reconciliation, and the orphan part of a check, need
+	// both and Leases).
+	Catalog  Catalog
+	Progress CatalogProgress
+	// ReconcileInterval is how often reconciliation removes orphans: the
+	// backup files that are no completed backup, no open target and no
+	// target of a job holding its VM's lease. A round also runs when Serve
+	// starts; a round skipped because the catalog was behind or did not
+	// answer is retried after at most ReconcileRetry. Default 10 minutes;
+	// negative turns periodic rounds off (Reconcile still works).
+	ReconcileInterval time.Duration
+	// ReconcileGrace is how long after its last modification a file is
+	// safe from reconciliation, whatever the catalog says: it covers a
+	// target between its close and its backup.completed being applied.
+	// Default 10 minutes.
+	ReconcileGrace time.Duration
+	// Registry receives the service's metrics
+	// (sendense_repo_reconciled_files_total, ..._bytes_total,
+	// sendense_repo_reconcile_rounds_total). Nil: none.
+	Registry prometheus.Registerer
 	// SocketDir is where export sockets go. Default os.TempDir().
 	SocketDir string
 	// Shared is qemu-nbd's --shared for writable exports. Default 4.
@@ -47,15 +77,28 @@ type RepoOptions struct {
 	Log    zerolog.Logger
 }
 
+// ReconcileRetry bounds the wait before the next reconciliation round
+// after a skipped one (the catalog starts after the hub in `sendense
+// serve`, so the round at start is usually skipped).
+const ReconcileRetry = 30 * time.Second
+
 // RepoService is the sendense.repo service. Its methods are safe for
 // concurrent use.
 type RepoService struct {
-	opts RepoOptions
-	log  zerolog.Logger
+	opts    RepoOptions
+	log     zerolog.Logger
+	metrics *metrics
+
+	// reconcileMu serialises reconciliation rounds (periodic and checks),
+	// so a file is removed and counted once.
+	reconcileMu sync.Mutex
 
 	mu       sync.Mutex
 	targets  map[TargetRef]*target
 	restores map[string]*restoreExport
+	// busy holds the refs an open or a reconciliation is working on: the
+	// file of a busy ref is removed or made by that one operation only.
+	busy map[TargetRef]struct{}
 }
 
 type target struct {
@@ -87,12 +130,24 @@ func NewRepoService(opts RepoOptions) (*RepoService, error) {
 	if opts.Shared <= 0 {
 		opts.Shared = repository.DefaultShared
 	}
-	return &RepoService{
+	if opts.ReconcileInterval == 0 {
+		opts.ReconcileInterval = 10 * time.Minute
+	}
+	if opts.ReconcileGrace <= 0 {
+		opts.ReconcileGrace = 10 * time.Minute
+	}
+	s := &RepoService{
 		opts:     opts,
 		log:      opts.Log.With().Str("role", "repository").Logger(),
+		metrics:  newMetrics(opts.Registry),
 		targets:  map[TargetRef]*target{},
 		restores: map[string]*restoreExport{},
-	}, nil
+		busy:     map[TargetRef]struct{}{},
+	}
+	for name := range opts.Repositories {
+		s.metrics.initRepository(name)
+	}
+	return s, nil
 }
 
 // Serve registers the micro service on nc, closes ready (when not nil) once
@@ -124,6 +179,7 @@ func (s *RepoService) Serve(ctx context.Context, nc *nats.Conn, ready chan<- str
 		{"target-abort", SubjectTargetAbort, s.abortTarget},
 		{"restore-open", SubjectRestoreOpen, s.openRestore},
 		{"restore-close", SubjectRestoreClose, s.closeRestore},
+		{"check", SubjectCheck, s.check},
 	}
 	// Handlers run in their own goroutines; shutdown waits for them before
 	// closing everything, so no export or file is made after closeAll.
@@ -154,6 +210,14 @@ func (s *RepoService) Serve(ctx context.Context, nc *nats.Conn, ready chan<- str
 	s.log.Info().Int("repositories", len(s.opts.Repositories)).Msg("repository service ready")
 	markReady()
 
+	var reconciler sync.WaitGroup
+	switch {
+	case s.opts.ReconcileInterval < 0:
+	case !s.canReconcile():
+		s.log.Warn().Err(errReconcileOff).Msg("orphan files will not be removed")
+	default:
+		reconciler.Go(func() { s.reconcileLoop(ctx) })
+	}
 	t := time.NewTicker(s.opts.ReapInterval)
 	defer t.Stop()
 	for {
@@ -164,10 +228,33 @@ func (s *RepoService) Serve(ctx context.Context, nc *nats.Conn, ready chan<- str
 			stopping = true
 			inflightMu.Unlock()
 			inflight.Wait()
+			reconciler.Wait()
 			s.closeAll()
 			return nil
 		case <-t.C:
 			s.Reap(ctx)
+		}
+	}
+}
+
+// reconcileLoop runs a reconciliation round now and every
+// ReconcileInterval, or after ReconcileRetry when a round was skipped,
+// until ctx ends.
+func (s *RepoService) reconcileLoop(ctx context.Context) {
+	for {
+		next := s.opts.ReconcileInterval
+		if _, err := s.Reconcile(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			next = min(next, ReconcileRetry)
+		}
+		t := time.NewTimer(next)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
 		}
 	}
 }
@@ -249,20 +336,36 @@ func (s *RepoService) openTarget(ctx context.Context, data []byte) (any, error) 
 	if err != nil {
 		return nil, err
 	}
+	if err := validateOpen(r, req); err != nil {
+		return nil, err
+	}
 	log := s.log.With().Str("job_id", req.JobID).Str("vm_uuid", req.VMUUID).Int32("disk_key", req.DiskKey).Logger()
+	release, err := s.reserve(req.TargetRef)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	s.mu.Lock()
 	old := s.targets[req.TargetRef]
 	delete(s.targets, req.TargetRef)
 	s.mu.Unlock()
 	if old != nil {
-		// An earlier attempt of this job left its target open: it is partial.
+		// An earlier attempt of this job left its target open: it is
+		// partial (a target becomes a backup only after its close).
 		log.Warn().Str("path", old.path).Msg("closing target of an earlier attempt")
 		_ = old.export.Close(ctx)
+		if err := r.Remove(req.VMUUID, req.DiskKey, req.JobID); err != nil {
+			return nil, classify(fmt.Errorf("remove partial target of job %s disk %d: %w", req.JobID, req.DiskKey, err))
+		}
+	} else if err := s.removeEarlierFile(ctx, r, req, log); err != nil {
+		return nil, err
 	}
-	// A file of an earlier attempt of the same job is partial by definition
-	// (a completed job is never run again): remove it.
-	if err := r.Remove(req.VMUUID, req.DiskKey, req.JobID); err != nil {
-		return nil, classify(fmt.Errorf("remove partial target of job %s disk %d: %w", req.JobID, req.DiskKey, err))
+	if req.BackingJobID != "" {
+		// A base that is gone or broken would make an incremental that
+		// cannot be restored: say so, and the agent takes a full.
+		if err := r.CheckBase(ctx, req.VMUUID, req.DiskKey, req.BackingJobID); err != nil {
+			return nil, classify(err)
+		}
 	}
 	path, err := r.Create(ctx, req.VMUUID, req.DiskKey, req.JobID, req.CapacityBytes, req.BackingJobID)
 	if err != nil {
@@ -273,7 +376,7 @@ func (s *RepoService) openTarget(ctx context.Context, data []byte) (any, error) 
 	})
 	if err != nil {
 		_ = r.Remove(req.VMUUID, req.DiskKey, req.JobID)
-		return nil, err
+		return nil, classify(err)
 	}
 	s.mu.Lock()
 	s.targets[req.TargetRef] = &target{ref: req.TargetRef, path: path, export: exp, opened: time.Now()}
@@ -283,11 +386,94 @@ func (s *RepoService) openTarget(ctx context.Context, data []byte) (any, error) 
 	return OpenReply{URI: exp.URI(), Target: rel, Path: path}, nil
 }
 
+// validateOpen refuses a request that could never succeed before anything
+// is touched.
+func validateOpen(r *repository.Repo, req OpenRequest) error {
+	if _, err := r.Path(req.VMUUID, req.DiskKey, req.JobID); err != nil {
+		return coded(CodeBadRequest, err)
+	}
+	if err := repository.ValidateCapacity(req.CapacityBytes); err != nil {
+		return coded(CodeBadRequest, err)
+	}
+	if req.BackingJobID == "" {
+		return nil
+	}
+	if err := repository.ValidateID(req.BackingJobID); err != nil {
+		return coded(CodeBadRequest, fmt.Errorf("backing job id: %w", err))
+	}
+	if req.BackingJobID == req.JobID {
+		return coded(CodeBadRequest, fmt.Errorf("job %s cannot back onto itself: %w", req.JobID, repository.ErrInvalidID))
+	}
+	return nil
+}
+
+// reserve marks ref busy until release is called. A ref already busy (a
+// reconciliation removing its file, or another open of it) answers
+// CodeUnavailable: the agent tries again later.
+func (s *RepoService) reserve(ref TargetRef) (release func(), err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.busy[ref]; ok {
+		return nil, coded(CodeUnavailable, fmt.Errorf("target of job %s disk %d of vm %s is being opened or reconciled", ref.JobID, ref.DiskKey, ref.VMUUID))
+	}
+	s.busy[ref] = struct{}{}
+	return func() {
+		s.mu.Lock()
+		delete(s.busy, ref)
+		s.mu.Unlock()
+	}, nil
+}
+
+// removeEarlierFile removes the file of the job that an earlier attempt
+// left (the target was not open in this service: the hub restarted, or the
+// reaper closed it), but never a completed backup: a job the catalog shows
+// completed answers CodeConflict and its file stays. Any other file is
+// removed only when the catalog has applied everything BACKUP_EVENTS holds,
+// so a backup.completed stored but not yet applied cannot be missed; when
+// it has not, or nothing can tell, CodeUnavailable.
+func (s *RepoService) removeEarlierFile(ctx context.Context, r *repository.Repo, req OpenRequest, log zerolog.Logger) error {
+	path, err := r.Path(req.VMUUID, req.DiskKey, req.JobID)
+	if err != nil {
+		return classify(err)
+	}
+	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("stat earlier file of job %s disk %d: %w", req.JobID, req.DiskKey, err)
+	}
+	if s.opts.Catalog == nil || s.opts.Progress == nil {
+		return coded(CodeUnavailable, fmt.Errorf("file %s of job %s exists and no catalog is configured to tell whether it is a completed backup", path, req.JobID))
+	}
+	// Progress first, the job second: an event stored before the
+	// progress read is then in the job we read.
+	behind := s.opts.Progress.CaughtUp(ctx)
+	job, err := s.opts.Catalog.Job(ctx, req.JobID)
+	switch {
+	case err == nil && job.Status == store.StatusCompleted:
+		return coded(CodeConflict, fmt.Errorf("job %s is completed in the catalog: its file %s is a backup and stays", req.JobID, path))
+	case err != nil && !errors.Is(err, store.ErrNotFound):
+		return coded(CodeUnavailable, fmt.Errorf("ask the catalog whether job %s completed: %w", req.JobID, err))
+	case behind != nil:
+		return coded(CodeUnavailable, fmt.Errorf("file %s of job %s exists and the catalog cannot vouch it is no completed backup: %w", path, req.JobID, behind))
+	}
+	log.Info().Str("path", path).Str("status", job.Status).Msg("removing the file of an earlier attempt")
+	if err := r.Remove(req.VMUUID, req.DiskKey, req.JobID); err != nil {
+		return classify(fmt.Errorf("remove file of an earlier attempt of job %s disk %d: %w", req.JobID, req.DiskKey, err))
+	}
+	return nil
+}
+
 // classify maps repository errors to service codes.
 func classify(err error) error {
 	switch {
+	case errors.Is(err, repository.ErrNoSpace), errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return coded(CodeRepositoryFull, err)
+	case errors.Is(err, repository.ErrNoBacking):
+		return coded(CodeBaseMissing, err)
+	case errors.Is(err, repository.ErrBrokenChain), errors.Is(err, repository.ErrCorrupt):
+		return coded(CodeBaseInvalid, err)
 	case errors.Is(err, repository.ErrInvalidID), errors.Is(err, repository.ErrInvalidCapacity),
-		errors.Is(err, repository.ErrCapacityMismatch), errors.Is(err, repository.ErrNoBacking):
+		errors.Is(err, repository.ErrCapacityMismatch):
 		return coded(CodeBadRequest, err)
 	case errors.Is(err, repository.ErrExists), errors.Is(err, repository.ErrBusy), errors.Is(err, repository.ErrIsBacking):
 		return coded(CodeConflict, err)
@@ -440,16 +626,28 @@ func (s *RepoService) Reap(ctx context.Context) {
 		if held && holder.JobID == t.ref.JobID {
 			continue
 		}
-		s.log.Warn().Str("job_id", t.ref.JobID).Int32("disk_key", t.ref.DiskKey).Str("holder", holder.String()).
-			Msg("reaping target of a job that no longer holds its lease")
-		if !s.takeSame(t) {
-			continue // closed, or replaced by a newer attempt, meanwhile
-		}
-		_ = t.export.Close(ctx)
-		if r, ok := s.opts.Repositories[t.ref.Repository]; ok {
-			if err := r.Remove(t.ref.VMUUID, t.ref.DiskKey, t.ref.JobID); err != nil {
-				s.log.Warn().Err(err).Str("job_id", t.ref.JobID).Msg("reaper: remove partial file")
-			}
+		s.reapTarget(ctx, t, holder)
+	}
+}
+
+// reapTarget closes a target whose job lost its lease and removes its
+// partial file, unless an open of the same ref is running or the target
+// was closed or replaced meanwhile.
+func (s *RepoService) reapTarget(ctx context.Context, t *target, holder bus.Holder) {
+	release, err := s.reserve(t.ref)
+	if err != nil {
+		return // a newer attempt is opening it: leave it to that open
+	}
+	defer release()
+	if !s.takeSame(t) {
+		return // closed, or replaced by a newer attempt, meanwhile
+	}
+	s.log.Warn().Str("job_id", t.ref.JobID).Int32("disk_key", t.ref.DiskKey).Str("holder", holder.String()).
+		Msg("reaping target of a job that no longer holds its lease")
+	_ = t.export.Close(ctx)
+	if r, ok := s.opts.Repositories[t.ref.Repository]; ok {
+		if err := r.Remove(t.ref.VMUUID, t.ref.DiskKey, t.ref.JobID); err != nil {
+			s.log.Warn().Err(err).Str("job_id", t.ref.JobID).Msg("reaper: remove partial file")
 		}
 	}
 }

@@ -116,9 +116,10 @@ func TestIncrementalBacksOntoPrevious(t *testing.T) {
 	assertGone(t, pid)
 	e.assertNoExports(t)
 
-	// A base that does not exist is a bad request; nothing is created.
-	if _, err := e.client.Open(ctx, openReq("job-c", "job-missing")); serviceCode(err) != hub.CodeBadRequest {
-		t.Errorf("open with missing base: error %v, want code %s", err, hub.CodeBadRequest)
+	// A base that does not exist is missing (the agent takes a full);
+	// nothing is created.
+	if _, err := e.client.Open(ctx, openReq("job-c", "job-missing")); serviceCode(err) != hub.CodeBaseMissing || !errors.Is(err, hub.ErrBaseMissing) {
+		t.Errorf("open with missing base: error %v, want code %s", err, hub.CodeBaseMissing)
 	}
 	assertNoFile(t, filepath.Join(e.repo.Root(), testVM, "2000", "job-c.qcow2"))
 	e.assertNoExports(t)

@@ -410,7 +410,14 @@ func (s *System) startHub(nc *nats.Conn, js jetstream.JetStream, leases *bus.Lea
 		}
 		s.Repos[name] = r
 	}
-	svc, err := hub.NewRepoService(hub.RepoOptions{Repositories: s.Repos, Leases: leases, Log: s.log})
+	// The catalog is asked over NATS as the hub, and its progress read
+	// from its durable consumer with the hub's JetStream handle: the hub
+	// may run without the catalog in this process.
+	cat := catalog.NewClient(nc)
+	svc, err := hub.NewRepoService(hub.RepoOptions{
+		Repositories: s.Repos, Leases: leases, Log: s.log,
+		Catalog: cat, Progress: hub.NewConsumerProgress(js, bus.ConsumerCatalog), Registry: s.Registry,
+	})
 	if err != nil {
 		return err
 	}
@@ -426,7 +433,7 @@ func (s *System) startHub(nc *nats.Conn, js jetstream.JetStream, leases *bus.Lea
 			return fmt.Errorf("request api listen %s: %w", s.cfg.APIListen, err)
 		}
 		s.APIAddr = ln.Addr().String()
-		api := &hub.API{Publisher: bus.NewPublisher(js, "sendense-hub", s.log), Jobs: catalog.NewClient(nc), Log: s.log}
+		api := &hub.API{Publisher: bus.NewPublisher(js, "sendense-hub", s.log), Jobs: cat, Log: s.log}
 		s.run("api", func(ctx context.Context) error { return api.ServeListener(ctx, ln) })
 	}
 	return nil

@@ -2,11 +2,13 @@ package testutil
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -25,6 +27,38 @@ func RequireTool(tb testing.TB, name string) string {
 	}
 	tb.Skipf("%s not installed (run make deps): %v", name, err)
 	return ""
+}
+
+// Tmpfs mounts a tmpfs of size bytes on a new directory (what `mount -t
+// tmpfs -o size=N tmpfs DIR` does, without running mount) and returns the
+// directory; cleanup unmounts it. A test that cannot mount (not root, no
+// CAP_SYS_ADMIN in a container) is skipped, or failed when CI=true. Close
+// whatever holds files open in it first: cleanups run last-in first-out,
+// so register those after calling Tmpfs.
+func Tmpfs(tb testing.TB, size int64) string {
+	tb.Helper()
+	dir := filepath.Join(tb.TempDir(), "tmpfs")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV, "size="+strconv.FormatInt(size, 10)); err != nil {
+		if os.Getenv("CI") == "true" {
+			tb.Fatalf("mount a tmpfs on %s is required with CI=true (run the tests as root): %v", dir, err)
+		}
+		tb.Skipf("cannot mount a tmpfs (uid %d): %v", os.Getuid(), err)
+	}
+	tb.Cleanup(func() {
+		err := syscall.Unmount(dir, 0)
+		for i := 0; errors.Is(err, syscall.EBUSY) && i < 50; i++ {
+			time.Sleep(100 * time.Millisecond) // a child closing its files
+			err = syscall.Unmount(dir, 0)
+		}
+		if err != nil {
+			tb.Errorf("unmount tmpfs %s: %v", dir, err)
+			_ = syscall.Unmount(dir, syscall.MNT_DETACH)
+		}
+	})
+	return dir
 }
 
 // SocketDir returns a short private directory for unix sockets. t.TempDir()
