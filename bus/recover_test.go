@@ -18,6 +18,7 @@ import (
 
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/bus/bustest"
+	"github.com/sendense/sendense/internal/testutil"
 )
 
 // startWatched starts an embedded server in dir, in-process only, with
@@ -118,7 +119,7 @@ func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) t
 // server recovers by itself once space is back, with every acknowledged
 // message intact.
 func TestEmbeddedRecoversFromFullDisk(t *testing.T) {
-	mnt := bustest.TmpFS(t, 24<<20)
+	mnt := testutil.Tmpfs(t, 24<<20)
 	const interval = 100 * time.Millisecond
 	e, js := startWatched(t, filepath.Join(mnt, "nats"), interval, 4<<20)
 	ensureStreams(t, js)
@@ -355,7 +356,7 @@ func TestStoreWatchRestartsShutDownJetStream(t *testing.T) {
 // the other two keep storing, and its watchdog brings it back once space
 // is back, with every acknowledged message on it.
 func TestClusterNodeRecoversFromFullDisk(t *testing.T) {
-	mnt := bustest.TmpFS(t, 32<<20)
+	mnt := testutil.Tmpfs(t, 32<<20)
 	const interval = 100 * time.Millisecond
 	begin := time.Now()
 	c := bustest.ClusterWith(t, 3, func(i int, o *bus.EmbeddedOptions) {

@@ -11,7 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sendense/sendense/bus"
-	"github.com/sendense/sendense/bus/bustest"
+	"github.com/sendense/sendense/internal/testutil"
 	"github.com/sendense/sendense/schemas"
 	"github.com/sendense/sendense/store"
 )
@@ -94,7 +94,7 @@ func TestStoreFullStop(t *testing.T) {
 // store. It returns the job, its started event and the filler file.
 func fillDuringBackup(t *testing.T) (h *harness, natsDir, id string, st *schemas.Started, filler string) {
 	t.Helper()
-	natsDir = bustest.TmpFS(t, 96<<20)
+	natsDir = testutil.Tmpfs(t, 96<<20)
 	h = startHarness(t, func(c *Config) {
 		c.LeaseTTL = 3 * time.Second
 		c.NATSStoreDir = natsDir

@@ -73,6 +73,11 @@ type Config struct {
 	Repositories map[string]string
 	// APIListen is the request API's address; "" or "none" disables it.
 	APIListen string
+	// ReconcileInterval and ReconcileGrace tune the hub's reconciliation
+	// of the repository with the catalog (hub.RepoOptions); zero values
+	// take hub's defaults (10 min each).
+	ReconcileInterval time.Duration
+	ReconcileGrace    time.Duration
 	// MetricsListen serves Prometheus metrics; "" or "none" disables it.
 	MetricsListen string
 
@@ -417,6 +422,7 @@ func (s *System) startHub(nc *nats.Conn, js jetstream.JetStream, leases *bus.Lea
 	svc, err := hub.NewRepoService(hub.RepoOptions{
 		Repositories: s.Repos, Leases: leases, Log: s.log,
 		Catalog: cat, Progress: hub.NewConsumerProgress(js, bus.ConsumerCatalog), Registry: s.Registry,
+		ReconcileInterval: s.cfg.ReconcileInterval, ReconcileGrace: s.cfg.ReconcileGrace,
 	})
 	if err != nil {
 		return err

@@ -142,7 +142,7 @@ func Cluster(tb testing.TB, n int) *ClusterServers {
 
 // ClusterWith is Cluster with each server's options passed through
 // adjust (i from 0) before it starts, for example to put one server's
-// DataDir on a TmpFS or to shorten its StoreCheckInterval. adjust may be
+// DataDir on a testutil.Tmpfs or to shorten its StoreCheckInterval. adjust may be
 // nil. Listen, ServerName, ClusterName, ClusterListen and Routes make the
 // cluster: leave them.
 func ClusterWith(tb testing.TB, n int, adjust func(i int, opts *bus.EmbeddedOptions)) *ClusterServers {

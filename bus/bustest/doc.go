@@ -17,8 +17,11 @@
 //		// use s.Conn, s.JS ...
 //	})
 //
-// TmpFS mounts a small tmpfs for a test that must fill a disk (it needs
-// root; without, the test is skipped, or fails when CI=true).
+// Secure, SecureEmbedded, SecureExternal and SecureCluster run servers that
+// admit only the roles' users, as sendense does; ExternalWithConfig runs a
+// nats-server process with a given configuration (what
+// `sendense creds server-config` prints). A test that must fill a disk
+// mounts a small tmpfs with internal/testutil.Tmpfs.
 //
 // Logger returns a zerolog.Logger that writes through t.Log and goes
 // quiet once the test's cleanups have run, so late callbacks of clients

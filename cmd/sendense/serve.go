@@ -135,17 +135,22 @@ func (f *catalogFlags) apply(cfg *system.Config) {
 
 // hubFlags configure the repository service and the request API.
 type hubFlags struct {
-	apiListen    string
-	repositories []string
+	apiListen         string
+	repositories      []string
+	reconcileInterval time.Duration
+	reconcileGrace    time.Duration
 }
 
 func (f *hubFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.apiListen, "api-listen", "127.0.0.1:8080", "request API address (POST /api/v1/backups), or none")
 	fs.StringSliceVar(&f.repositories, "repository", nil, "repository as NAME=DIR, repeatable (default: default=DATA/repo)")
+	fs.DurationVar(&f.reconcileInterval, "reconcile-interval", 0, "how often the hub removes repository files no completed job or running backup owns (default 10m)")
+	fs.DurationVar(&f.reconcileGrace, "reconcile-grace", 0, "how old such a file must be before it is removed (default 10m)")
 }
 
 func (f *hubFlags) apply(cfg *system.Config) {
 	cfg.APIListen = f.apiListen
+	cfg.ReconcileInterval, cfg.ReconcileGrace = f.reconcileInterval, f.reconcileGrace
 	for _, r := range f.repositories {
 		name, dir, ok := strings.Cut(r, "=")
 		if !ok {
