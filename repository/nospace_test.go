@@ -46,7 +46,7 @@ func TestCreateNoSpace(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := testCtx(t)
-	fillFS(t, root, 100<<10)
+	testutil.FillFS(t, root, 100<<10)
 	_, err = r.Create(ctx, testVM, 2000, "job-full", 1<<30, "")
 	if !errors.Is(err, ErrNoSpace) {
 		t.Fatalf("Create on a full file system: %v, want ErrNoSpace", err)
@@ -54,27 +54,5 @@ func TestCreateNoSpace(t *testing.T) {
 	files, _ := os.ReadDir(filepath.Join(r.Root(), testVM, "2000"))
 	for _, f := range files {
 		t.Errorf("left behind: %s", f.Name())
-	}
-}
-
-// fillFS writes a file into dir's file system until only about free bytes
-// are left.
-func fillFS(t *testing.T, dir string, free int64) {
-	t.Helper()
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(dir, &st); err != nil {
-		t.Fatal(err)
-	}
-	avail := int64(st.Bavail) * st.Bsize
-	if avail <= free {
-		return
-	}
-	f, err := os.Create(filepath.Join(dir, "filler"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.Write(make([]byte, avail-free)); err != nil {
-		t.Fatal(err)
 	}
 }

@@ -1,6 +1,8 @@
 package hub
 
 import (
+	"cmp"
+	"strings"
 	"time"
 
 	"github.com/sendense/sendense/bus"
@@ -68,6 +70,13 @@ type TargetRef struct {
 	JobID      string `json:"job_id"`
 	VMUUID     string `json:"vm_uuid"`
 	DiskKey    int32  `json:"disk_key"`
+}
+
+// Compare orders refs by repository, VM, disk and job: the order of the
+// repository's files.
+func (r TargetRef) Compare(o TargetRef) int {
+	return cmp.Or(strings.Compare(r.Repository, o.Repository), strings.Compare(r.VMUUID, o.VMUUID),
+		cmp.Compare(r.DiskKey, o.DiskKey), strings.Compare(r.JobID, o.JobID))
 }
 
 // OpenRequest asks for a new target. BackingJobID is empty for a full.
@@ -161,13 +170,10 @@ type CheckReply struct {
 // CheckProblem is one completed disk whose backup file is not as the
 // catalog says.
 type CheckProblem struct {
-	Repository string `json:"repository"`
-	JobID      string `json:"job_id"`
-	VMUUID     string `json:"vm_uuid"`
-	DiskKey    int32  `json:"disk_key"`
-	Path       string `json:"path"`
-	Problem    string `json:"problem"` // Problem* constant
-	Detail     string `json:"detail"`
+	TargetRef
+	Path    string `json:"path"`
+	Problem string `json:"problem"` // Problem* constant
+	Detail  string `json:"detail"`
 }
 
 // Orphan is a file that is no backup: a partial file of a failed attempt,

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
@@ -187,7 +186,7 @@ func TestOpenRepositoryFull(t *testing.T) {
 	e := newSvcEnv(t, func(o *hub.RepoOptions) { o.Repositories["small"] = repo })
 	// qemu-img create writes about 192 KiB for any virtual size: leave
 	// 100 KiB.
-	fillFS(t, root, 100<<10)
+	testutil.FillFS(t, root, 100<<10)
 	req := openReq("job-big", "")
 	req.Repository = "small"
 	req.CapacityBytes = 1 << 30
@@ -213,23 +212,6 @@ func readFile(t *testing.T, path string) []byte {
 func mustRemove(t *testing.T, path string) {
 	t.Helper()
 	if err := os.Remove(path); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// fillFS writes a file into dir's file system until only about free bytes
-// are left.
-func fillFS(t *testing.T, dir string, free int64) {
-	t.Helper()
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(dir, &st); err != nil {
-		t.Fatal(err)
-	}
-	avail := int64(st.Bavail) * st.Bsize
-	if avail <= free {
-		return
-	}
-	if err := os.WriteFile(filepath.Join(dir, "filler"), make([]byte, avail-free), 0o600); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -216,16 +216,8 @@ func (s *RepoService) findOrphans(ctx context.Context, names []string) ([]orphan
 		return !o.temp && completed[vmRepo{o.ref.VMUUID, o.ref.Repository}][diskJob{o.ref.DiskKey, o.ref.JobID}]
 	})
 	sort.SliceStable(found, func(i, j int) bool {
-		a, b := found[i].ref, found[j].ref
-		switch {
-		case a.Repository != b.Repository:
-			return a.Repository < b.Repository
-		case a.VMUUID != b.VMUUID:
-			return a.VMUUID < b.VMUUID
-		case a.DiskKey != b.DiskKey:
-			return a.DiskKey < b.DiskKey
-		case a.JobID != b.JobID:
-			return a.JobID < b.JobID
+		if c := found[i].ref.Compare(found[j].ref); c != 0 {
+			return c < 0
 		}
 		return !found[i].temp && found[j].temp
 	})
@@ -370,16 +362,7 @@ func (s *RepoService) check(ctx context.Context, data []byte) (any, error) {
 		}
 	}
 	sort.Slice(reply.Problems, func(i, k int) bool {
-		a, b := reply.Problems[i], reply.Problems[k]
-		switch {
-		case a.Repository != b.Repository:
-			return a.Repository < b.Repository
-		case a.VMUUID != b.VMUUID:
-			return a.VMUUID < b.VMUUID
-		case a.DiskKey != b.DiskKey:
-			return a.DiskKey < b.DiskKey
-		}
-		return a.JobID < b.JobID
+		return reply.Problems[i].TargetRef.Compare(reply.Problems[k].TargetRef) < 0
 	})
 	orphans, err := s.reconcile(ctx, names, req.DryRun)
 	if err != nil {
@@ -400,7 +383,7 @@ func (s *RepoService) check(ctx context.Context, data []byte) (any, error) {
 // its backing file must be the file of the job the catalog names as its
 // base (none for a full). It returns nil when they agree.
 func checkDisk(r *repository.Repo, repo string, j store.Job, d store.Disk) *CheckProblem {
-	p := &CheckProblem{Repository: repo, JobID: j.ID, VMUUID: j.VM.UUID, DiskKey: d.Disk.Key}
+	p := &CheckProblem{TargetRef: TargetRef{Repository: repo, JobID: j.ID, VMUUID: j.VM.UUID, DiskKey: d.Disk.Key}}
 	p.Path, _ = r.Path(j.VM.UUID, d.Disk.Key, j.ID)
 	f, err := r.File(j.VM.UUID, d.Disk.Key, j.ID)
 	switch {

@@ -4,41 +4,14 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/internal/testutil"
 	"github.com/sendense/sendense/schemas"
 	"github.com/sendense/sendense/store"
 )
-
-// fill writes a file in dir until its file system has only left bytes
-// free, and returns the file's path.
-func fill(t *testing.T, dir string, left int64) string {
-	t.Helper()
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err != nil {
-		t.Fatal(err)
-	}
-	free := int64(st.Bavail) * st.Bsize
-	path := filepath.Join(dir, "filler")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	buf := make([]byte, 1<<20)
-	for n := free - left; n > 0; n -= int64(len(buf)) {
-		if _, err := f.Write(buf[:min(int64(len(buf)), n)]); err != nil {
-			break // full already
-		}
-	}
-	return path
-}
 
 // TestStoreFull is attack 4: the disk under the NATS store fills up while
 // a backup copies. Before, `backup --wait` printed completed for an event
@@ -108,7 +81,7 @@ func fillDuringBackup(t *testing.T) (h *harness, natsDir, id string, st *schemas
 	}
 	id = h.request("bigvm", schemas.TypeFull, "")
 	st = h.waitStarted(id)
-	filler = fill(t, natsDir, 0)
+	filler = testutil.FillFS(t, natsDir, 0)
 	full := time.Now()
 	// A file system that is full to the byte still takes small appends
 	// into the last page of each stream's block: write keys to the lease

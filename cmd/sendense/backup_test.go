@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/sendense/sendense/agents/simctl"
-	"github.com/sendense/sendense/internal/testutil"
 	"github.com/sendense/sendense/schemas"
 	"github.com/sendense/sendense/store"
 )
@@ -24,26 +23,8 @@ import (
 // the CLI, and `restore --verify` writes each point identical to what the
 // snapshot froze.
 func TestBackupCommands(t *testing.T) {
-	for _, tool := range []string{"qemu-img", "qemu-nbd", "nbdkit"} {
-		testutil.RequireTool(t, tool)
-	}
-	data := t.TempDir()
-	port := freePort(t)
-	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
-	p := startProc(t, "serve", "--data", data, "--nats-listen", fmt.Sprintf("127.0.0.1:%d", port), "--api-listen", "none",
-		"--simulate-vcenter", "--simulate-inventory", "small", "--log-format", "json")
-	nc := connectTest(t, url, data)
-	waitCatalog(t, nc, p)
-	for {
-		if _, err := simctl.NewClient(nc).VMs(context.Background()); err == nil {
-			break
-		}
-		if p.exited() {
-			t.Fatalf("serve exited: %v", p.state)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	nurl := []string{"--nats-url", url, "--data", data}
+	s := startServe(t, "small")
+	p, nc, nurl := s.p, s.nc, s.cli
 
 	out := mustCLI(t, append([]string{"backup", "--vm", "pgtest1", "--wait", "--job-id", "cli-full"}, nurl...)...)
 	if !strings.Contains(out, "job cli-full completed") || strings.Count(out, "change id") != 2 {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/sendense/sendense/agents/catalog"
 	"github.com/sendense/sendense/agents/catalog/catalogtest"
+	"github.com/sendense/sendense/agents/simctl"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/internal/testutil"
 	"github.com/sendense/sendense/schemas"
@@ -303,4 +304,81 @@ func exitCode(err error) int {
 		return ee.ExitCode()
 	}
 	return -1
+}
+
+// served is a `sendense serve --simulate-vcenter` running for a test.
+type served struct {
+	p    *proc
+	url  string
+	data string
+	nc   *nats.Conn // as admin, with the seed serve made
+	// cli are the flags a client command needs to reach it:
+	// --nats-url URL --data DATA.
+	cli  []string
+	args []string // serve's own
+}
+
+// startServe runs serve with the simulated vCenter's inventory ("small"
+// or "sample") on a fresh --data and port, plus extra flags, and waits
+// until the catalog and the simulated vCenter's control service answer.
+func startServe(t *testing.T, inventory string, extra ...string) *served {
+	t.Helper()
+	for _, tool := range []string{"qemu-img", "qemu-nbd", "nbdkit"} {
+		testutil.RequireTool(t, tool)
+	}
+	data := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	args := append([]string{"serve", "--data", data, "--nats-listen", fmt.Sprintf("127.0.0.1:%d", port), "--api-listen", "none",
+		"--simulate-vcenter", "--simulate-inventory", inventory, "--log-format", "json"}, extra...)
+	s := &served{url: url, data: data, cli: []string{"--nats-url", url, "--data", data}, args: args}
+	s.start(t)
+	return s
+}
+
+// start starts serve (again, on the same --data and port) and waits
+// until it answers.
+func (s *served) start(t *testing.T) {
+	t.Helper()
+	s.p = startProc(t, s.args...)
+	s.nc = connectTest(t, s.url, s.data)
+	waitCatalog(t, s.nc, s.p)
+	for {
+		if _, err := simctl.NewClient(s.nc).VMs(context.Background()); err == nil {
+			return
+		}
+		if s.p.exited() {
+			t.Fatalf("serve exited: %v", s.p.state)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// run runs a client command against s (its --nats-url and --data added).
+func (s *served) run(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	return cli(t, append(args, s.cli...)...)
+}
+
+// must is run that fails the test on error.
+func (s *served) must(t *testing.T, args ...string) string {
+	t.Helper()
+	return mustCLI(t, append(args, s.cli...)...)
+}
+
+// awaitJob polls `sendense job ID --json` until done says the job is what
+// the test waits for, and returns it; it fails the test after timeout.
+func (s *served) awaitJob(t *testing.T, id string, timeout time.Duration, done func(store.Job) bool) store.Job {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var j store.Job
+	for {
+		if o, err := s.run(t, "job", id, "--json"); err == nil && json.Unmarshal([]byte(o), &j) == nil && done(j) {
+			return j
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job %s not as awaited after %v: %+v", id, timeout, j)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

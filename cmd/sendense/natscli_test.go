@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,16 +21,9 @@ import (
 // monitor context follows `backup.>`; neither may publish an event or
 // delete a lease.
 func TestNATSCLIContexts(t *testing.T) {
-	for _, tool := range []string{"qemu-img", "qemu-nbd", "nbdkit"} {
-		testutil.RequireTool(t, tool)
-	}
 	natsCLI := testutil.NATSCLI(t)
-	data := t.TempDir()
-	port := freePort(t)
-	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
-	p := startProc(t, "serve", "--data", data, "--nats-listen", fmt.Sprintf("127.0.0.1:%d", port), "--api-listen", "none",
-		"--simulate-vcenter", "--simulate-inventory", "small", "--log-format", "json")
-	waitCatalog(t, connectTest(t, url, data), p)
+	s := startServe(t, "small")
+	url, data := s.url, s.data
 
 	ctxFile := filepath.Join(os.Getenv("XDG_CONFIG_HOME"), "nats", "context", "sendense.json")
 	var nctx map[string]string
@@ -76,19 +68,8 @@ func TestNATSCLIContexts(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Errorf("the monitor saw nothing:\n%s", monOut.String())
 	}
-	deadline := time.Now().Add(time.Minute)
-	for {
-		var j store.Job
-		if o, err := cli(t, "job", "natscli-1", "--json", "--nats-url", url, "--data", data); err == nil && json.Unmarshal([]byte(o), &j) == nil && j.Ended() {
-			if j.Status != store.StatusCompleted {
-				t.Fatalf("job natscli-1: %s %+v", j.Status, j.Failure)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the request published with nats pub did not complete")
-		}
-		time.Sleep(200 * time.Millisecond)
+	if j := s.awaitJob(t, "natscli-1", time.Minute, store.Job.Ended); j.Status != store.StatusCompleted {
+		t.Fatalf("the request published with nats pub: job %s %+v", j.Status, j.Failure)
 	}
 
 	// Forgeries from the nats CLI are refused by the server.

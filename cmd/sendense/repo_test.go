@@ -1,9 +1,7 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,8 +10,6 @@ import (
 	"time"
 
 	"github.com/sendense/sendense/agents/hub"
-	"github.com/sendense/sendense/agents/simctl"
-	"github.com/sendense/sendense/internal/testutil"
 	"github.com/sendense/sendense/store"
 )
 
@@ -22,26 +18,8 @@ import (
 // file is left behind it exits 1 naming the missing file, lists the orphan
 // without removing it under --dry-run, and removes it without.
 func TestRepoCheck(t *testing.T) {
-	for _, tool := range []string{"qemu-img", "qemu-nbd", "nbdkit"} {
-		testutil.RequireTool(t, tool)
-	}
-	data := t.TempDir()
-	port := freePort(t)
-	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
-	p := startProc(t, "serve", "--data", data, "--nats-listen", fmt.Sprintf("127.0.0.1:%d", port), "--api-listen", "none",
-		"--simulate-vcenter", "--simulate-inventory", "small", "--log-format", "json")
-	nc := connectTest(t, url, data)
-	waitCatalog(t, nc, p)
-	for {
-		if _, err := simctl.NewClient(nc).VMs(context.Background()); err == nil {
-			break
-		}
-		if p.exited() {
-			t.Fatalf("serve exited: %v", p.state)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	nurl := []string{"--nats-url", url, "--data", data}
+	s := startServe(t, "small")
+	p, nurl, data := s.p, s.cli, s.data
 	mustCLI(t, append([]string{"backup", "--vm", "pgtest1", "--wait", "--job-id", "chk-full"}, nurl...)...)
 	var full store.Job
 	if err := json.Unmarshal([]byte(mustCLI(t, append([]string{"job", "chk-full", "--json"}, nurl...)...)), &full); err != nil {

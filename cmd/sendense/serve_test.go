@@ -15,7 +15,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/sendense/sendense/agents/catalog/catalogtest"
-	"github.com/sendense/sendense/internal/testutil"
 	"github.com/sendense/sendense/schemas"
 	"github.com/sendense/sendense/store"
 )
@@ -134,60 +133,25 @@ func TestServeKillRestart(t *testing.T) {
 // interrupted job is retryable (agent_shutdown), and the next serve on the
 // same --data completes it.
 func TestServeStopsMidBackup(t *testing.T) {
-	for _, tool := range []string{"qemu-img", "qemu-nbd", "nbdkit"} {
-		testutil.RequireTool(t, tool)
-	}
-	data := t.TempDir()
-	port := freePort(t)
-	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
-	serve := []string{"serve", "--data", data, "--nats-listen", fmt.Sprintf("127.0.0.1:%d", port), "--api-listen", "none",
-		"--simulate-vcenter", "--log-format", "json"}
-	p := startProc(t, serve...)
-	nc := connectTest(t, url, data)
-	waitCatalog(t, nc, p)
-	nurl := []string{"--nats-url", url, "--data", data}
-	mustCLI(t, append([]string{"backup", "--vm", "pgtest1", "--job-id", "long-1", "--type", "full"}, nurl...)...)
-	deadline := time.Now().Add(time.Minute)
-	for {
-		var j store.Job
-		if o, err := cli(t, append([]string{"job", "long-1", "--json"}, nurl...)...); err == nil && json.Unmarshal([]byte(o), &j) == nil &&
-			j.Status == store.StatusRunning && len(j.Disks) > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("job long-1 never ran")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	s := startServe(t, "sample")
+	s.must(t, "backup", "--vm", "pgtest1", "--job-id", "long-1", "--type", "full")
+	s.awaitJob(t, "long-1", time.Minute, func(j store.Job) bool { return j.Status == store.StatusRunning && len(j.Disks) > 0 })
 	began := time.Now()
-	code := p.stop(t)
+	code := s.p.stop(t)
 	took := time.Since(began)
 	t.Logf("serve stopped %v after SIGTERM, mid-copy", took.Round(time.Millisecond))
 	if code != 0 || took > 10*time.Second {
 		t.Errorf("serve exited with %d after %v, want 0 within 10s", code, took)
 	}
-	if out, _ := exec.Command("pgrep", "-f", data).Output(); len(strings.TrimSpace(string(out))) != 0 {
-		t.Errorf("processes left on %s: %s", data, out)
+	if out, _ := exec.Command("pgrep", "-f", s.data).Output(); len(strings.TrimSpace(string(out))) != 0 {
+		t.Errorf("processes left on %s: %s", s.data, out)
 	}
 
-	p2 := startProc(t, serve...)
-	nc2 := connectTest(t, url, data)
-	waitCatalog(t, nc2, p2)
-	deadline = time.Now().Add(2 * time.Minute)
-	for {
-		var j store.Job
-		if o, err := cli(t, append([]string{"job", "long-1", "--json"}, nurl...)...); err == nil && json.Unmarshal([]byte(o), &j) == nil && j.Ended() {
-			if j.Status != store.StatusCompleted {
-				t.Fatalf("job long-1 after restart: %s %+v", j.Status, j.Failure)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("job long-1 did not complete after the restart")
-		}
-		time.Sleep(200 * time.Millisecond)
+	s.start(t)
+	if j := s.awaitJob(t, "long-1", 2*time.Minute, store.Job.Ended); j.Status != store.StatusCompleted {
+		t.Fatalf("job long-1 after restart: %s %+v", j.Status, j.Failure)
 	}
-	if code := p2.stop(t); code != 0 {
+	if code := s.p.stop(t); code != 0 {
 		t.Errorf("second serve exited with %d", code)
 	}
 }

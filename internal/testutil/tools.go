@@ -146,3 +146,30 @@ func NATSCLI(tb testing.TB) string {
 	}
 	return RequireTool(tb, "nats")
 }
+
+// FillFS writes a file into dir's file system until only about free bytes
+// are left (0: until it refuses a write), and returns the file's path:
+// remove it to give the space back.
+func FillFS(tb testing.TB, dir string, free int64) string {
+	tb.Helper()
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		tb.Fatal(err)
+	}
+	path := filepath.Join(dir, "filler")
+	f, err := os.Create(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for n := int64(st.Bavail)*st.Bsize - free; n > 0; n -= int64(len(buf)) {
+		if _, err := f.Write(buf[:min(int64(len(buf)), n)]); err != nil {
+			if errors.Is(err, syscall.ENOSPC) {
+				break // full already
+			}
+			tb.Fatal(err)
+		}
+	}
+	return path
+}
