@@ -81,10 +81,11 @@ func (h *harness) forge(agent string, ev schemas.Event) {
 	}
 }
 
-// poisoned waits until the catalog lists a poison record for event id.
+// poisoned waits until the catalog lists a poison record for event id; a
+// test goes on without one (failed), to show what the event did.
 func (h *harness) poisoned(eventID string) store.PoisonRecord {
 	h.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(15 * time.Second)
 	for {
 		recs, err := h.cat.Poison(context.Background(), 1000)
 		if err == nil {
@@ -95,7 +96,8 @@ func (h *harness) poisoned(eventID string) store.PoisonRecord {
 			}
 		}
 		if time.Now().After(deadline) {
-			h.t.Fatalf("no poison record for event %s (%v)", eventID, err)
+			h.t.Errorf("no poison record for event %s (%v)", eventID, err)
+			return store.PoisonRecord{}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -167,6 +169,7 @@ func TestForgedCompleted(t *testing.T) {
 	h.forge("rogue", &rogue)
 	rec = h.poisoned(rogue.ID)
 	t.Logf("forgery by another agent poisoned: %s", rec.Reason)
+	time.Sleep(500 * time.Millisecond) // the catalog applies what it applies
 	after := h.job(real.JobID, store.StatusCompleted)
 	if after.Attempt != before.Attempt || jsonOf(after.Disks) != jsonOf(before.Disks) {
 		t.Errorf("completed job rewritten by the forgeries:\nbefore %s\nafter  %s", jsonOf(before), jsonOf(after))
