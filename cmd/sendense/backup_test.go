@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sendense/sendense/agents/catalog/catalogtest"
 	"github.com/sendense/sendense/agents/simctl"
 	"github.com/sendense/sendense/schemas"
 	"github.com/sendense/sendense/store"
@@ -106,5 +108,45 @@ func TestBackupCommands(t *testing.T) {
 	}
 	if code := p.stop(t); code != 0 {
 		t.Errorf("serve exited with %d after SIGTERM", code)
+	}
+}
+
+// TestWaitShowsOnlyStoredOutcomes is part of attack 4: `backup --wait`
+// printed "completed" for a backup.completed that the stream never stored.
+// Here a schema-valid completed event for the job goes out on a subject no
+// stream binds (seen on backup.>, never stored): --wait does not report
+// it; the job is still only queued (no agent runs).
+func TestWaitShowsOnlyStoredOutcomes(t *testing.T) {
+	data := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	p := startProc(t, "serve", "--data", data, "--nats-listen", fmt.Sprintf("127.0.0.1:%d", port), "--api-listen", "none", "--log-format", "json")
+	nc := connectTest(t, url, data)
+	waitCatalog(t, nc, p)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+	defer cancel()
+	wait := exec.CommandContext(ctx, sendenseBin(t), "backup", "--vm", "pgtest1", "--wait", "--job-id", "unstored-1",
+		"--nats-url", url, "--data", data)
+	var out bytes.Buffer
+	wait.Stdout, wait.Stderr = &out, &out
+	if err := wait.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for !strings.Contains(out.String(), "job unstored-1 requested") && ctx.Err() == nil {
+		time.Sleep(20 * time.Millisecond)
+	}
+	ev := catalogtest.Job{ID: "unstored-1"}.Completed()
+	data2, _ := json.Marshal(ev)
+	if err := nc.Publish(schemas.NameCompleted, data2); err != nil { // bound to no stream: never stored
+		t.Fatal(err)
+	}
+	_ = nc.Flush()
+	err := wait.Wait()
+	if strings.Contains(out.String(), "completed") {
+		t.Errorf("backup --wait reported an outcome the stream never stored:\n%s", out.String())
+	}
+	if err == nil {
+		t.Errorf("backup --wait exited 0 without an outcome:\n%s", out.String())
 	}
 }
