@@ -153,6 +153,11 @@ func StartEmbedded(ctx context.Context, opts EmbeddedOptions) (*Embedded, error)
 		Int64("max_store", sopts.JetStreamMaxStore).Int64("max_memory", sopts.JetStreamMaxMemory).
 		Dur("store_check_interval", e.watch.interval).Int64("store_min_free", e.watch.needNow()).
 		Msg("embedded nats server ready")
+	if !sopts.DontListen && !isLoopback(sopts.Host) {
+		// Only with Insecure (serverOptions refuses it otherwise).
+		log.Error().Str("listen", net.JoinHostPort(sopts.Host, strconv.Itoa(sopts.Port))).Bool("insecure", true).
+			Msg("INSECURE: nats listens off loopback without TLS; credentials' exchanges and every event cross the network in clear text")
+	}
 	return e, nil
 }
 

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/bus/bustest"
 	"github.com/sendense/sendense/schemas"
@@ -181,3 +184,26 @@ func TestCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestEmbeddedInsecureIsLoud: a server listening off loopback without TLS
+// starts only with Insecure, and says so at error level.
+func TestEmbeddedInsecureIsLoud(t *testing.T) {
+	var logs strings.Builder
+	var mu sync.Mutex
+	w := zerolog.SyncWriter(writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return logs.Write(p) }))
+	e, err := bus.StartEmbedded(testCtx(t), bus.EmbeddedOptions{DataDir: t.TempDir(), Listen: "0.0.0.0:-1", Users: someUsers(t),
+		Insecure: true, Log: zerolog.New(w)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Shutdown()
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(logs.String(), `"level":"error"`) || !strings.Contains(logs.String(), "INSECURE") {
+		t.Errorf("no loud line for an insecure listener:\n%s", logs.String())
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
