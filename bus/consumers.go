@@ -99,6 +99,19 @@ func EnsureRequestConsumer(ctx context.Context, js jetstream.JetStream, opts Req
 	return c, nil
 }
 
+// RequestConsumer binds to ConsumerAgents on StreamRequests without
+// creating or changing it: what an agent does. Only admin may create it
+// (EnsureRequestConsumer), so no agent can change its filter or limits
+// under the others. A consumer that does not exist yet gives an error
+// wrapping jetstream.ErrConsumerNotFound or jetstream.ErrStreamNotFound.
+func RequestConsumer(ctx context.Context, js jetstream.JetStream) (jetstream.Consumer, error) {
+	c, err := js.Consumer(ctx, StreamRequests, ConsumerAgents)
+	if err != nil {
+		return nil, fmt.Errorf("bind consumer %s on %s: %w", ConsumerAgents, StreamRequests, err)
+	}
+	return c, nil
+}
+
 // CatalogConsumerConfig returns the configuration of a catalog's durable
 // consumer: deliver all from the first event, explicit acks,
 // CatalogAckWait, MaxAckPending CatalogMaxAckPending, unlimited deliveries

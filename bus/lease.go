@@ -379,7 +379,8 @@ func (le *Lease) write(ctx context.Context) error {
 		le.markLost(err)
 		return err
 	}
-	return fmt.Errorf("lease %s: renew: %w", le.key, err)
+	// Not written, and nothing says it is lost: NATS did not store it.
+	return fmt.Errorf("lease %s: renew: %w: %w", le.key, ErrUnavailable, err)
 }
 
 // Confirm renews the lease now and returns how long it is certainly held

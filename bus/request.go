@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
+	"github.com/rs/zerolog"
 )
 
 // ServiceError is an error answer of a NATS micro service: the
@@ -60,4 +61,19 @@ func Request(ctx context.Context, nc *nats.Conn, subject string, req, reply any,
 		return fmt.Errorf("decode reply of %s: %w", subject, err)
 	}
 	return nil
+}
+
+// GuardReply wraps a micro service handler so that it never answers on a
+// reply subject other than an inbox (ReplyAllowed): a request whose reply
+// subject names anything else (a stream's delete API, an agent's event
+// subject) is dropped and logged. Every Sendense service wraps its
+// endpoints with it; the server's permissions refuse such answers too.
+func GuardReply(log zerolog.Logger, h micro.Handler) micro.HandlerFunc {
+	return func(r micro.Request) {
+		if !ReplyAllowed(r.Reply()) {
+			log.Warn().Str("subject", r.Subject()).Str("reply", r.Reply()).Msg("service request with a reply subject that is no inbox dropped")
+			return
+		}
+		h.Handle(r)
+	}
 }

@@ -3,7 +3,7 @@ package bus
 import (
 	"fmt"
 	"slices"
-	"time"
+	"strings"
 )
 
 // Role is what a NATS user of Sendense is allowed to do. Each role is one
@@ -106,19 +106,27 @@ func ValidAgentID(name string) error {
 
 // Permissions is what one identity may publish and subscribe to, as NATS
 // subject patterns (allow lists: everything else is denied).
+//
+// No role gets NATS's allow_responses: it lets a service publish once to
+// whatever reply subject a caller chose, so a caller could have the
+// catalog "answer" on $JS.API.STREAM.DELETE.BACKUP_EVENTS or on another
+// agent's event subject. Services answer on inboxes only (InboxSubjects),
+// and their handlers refuse any other reply subject (ReplyAllowed).
 type Permissions struct {
 	Publish   []string
 	Subscribe []string
-	// Responses lets a service role answer the requests it received (NATS
-	// allow_responses: one reply per request, within ResponseTTL), without
-	// publish rights on anybody's inbox.
-	Responses bool
 }
 
-// ResponseTTL is how long a service may take to answer a request it
-// received (allow_responses expiry). The repository service's slowest
-// answer (opening a target, which starts qemu-nbd) is bounded by 2 min.
-const ResponseTTL = 5 * time.Minute
+// InboxSubjects is where services may publish their answers: every
+// identity's inbox, and nothing else.
+const InboxSubjects = "_INBOX.>"
+
+// ReplyAllowed reports whether a service may answer on reply: an inbox.
+// Handlers check it before answering, so a request whose reply subject
+// names anything else gets no answer instead of a publish there.
+func ReplyAllowed(reply string) bool {
+	return strings.HasPrefix(reply, "_INBOX.") && len(reply) > len("_INBOX.")
+}
 
 // JetStream and KV subject prefixes used in permissions.
 const (
@@ -131,32 +139,32 @@ const (
 // PermissionsOf returns the permissions of id. They are the least each
 // role needs (see the Role constants); in particular only agents publish
 // backup events, each on its own subject token; only agents write leases;
-// only the hub and admin create or change streams; only admin deletes or
-// purges; and nobody but admin reads another user's inbox.
+// only admin creates, changes, deletes or purges streams and consumers
+// other than the catalog's own; and nobody but admin reads another user's
+// inbox.
 func PermissionsOf(id Identity) Permissions {
 	inbox := id.InboxPrefix() + ".>"
 	switch id.Role {
 	case RoleAdmin:
-		return Permissions{Publish: []string{">"}, Subscribe: []string{">"}, Responses: true}
+		return Permissions{Publish: []string{">"}, Subscribe: []string{">"}}
 	case RoleHub:
-		pub := []string{SubjectRequested, jsAPI + "INFO", CatalogService + ".>"}
+		pub := []string{SubjectRequested, jsAPI + "INFO", CatalogService + ".>", InboxSubjects}
 		for _, s := range []string{StreamRequests, StreamEvents, StreamProgress, leaseStream} {
-			pub = append(pub, jsAPI+"STREAM.CREATE."+s, jsAPI+"STREAM.UPDATE."+s, jsAPI+"STREAM.INFO."+s)
+			pub = append(pub, jsAPI+"STREAM.INFO."+s)
 		}
 		pub = append(pub,
 			jsAPI+"DIRECT.GET."+leaseStream+".>", jsAPI+"STREAM.MSG.GET."+leaseStream,
 			jsAPI+"CONSUMER.INFO."+StreamEvents+".*")
-		return Permissions{Publish: pub, Subscribe: []string{RepoService + ".>", "$SRV.>", inbox}, Responses: true}
+		return Permissions{Publish: pub, Subscribe: []string{RepoService + ".>", "$SRV.>", inbox}}
 	case RoleCatalog:
 		return Permissions{
 			Publish: []string{
 				jsAPI + "INFO", jsAPI + "STREAM.INFO." + StreamEvents,
 				jsAPI + "CONSUMER.CREATE." + StreamEvents + ".>", jsAPI + "CONSUMER.INFO." + StreamEvents + ".>",
 				jsAPI + "CONSUMER.DELETE." + StreamEvents + ".>", jsAPI + "CONSUMER.MSG.NEXT." + StreamEvents + ".>",
-				jsAck + StreamEvents + ".>",
+				jsAck + StreamEvents + ".>", InboxSubjects,
 			},
 			Subscribe: []string{CatalogService + ".>", "$SRV.>", inbox},
-			Responses: true,
 		}
 	case RoleAgent:
 		pub := make([]string, 0, 32)
@@ -166,7 +174,7 @@ func PermissionsOf(id Identity) Permissions {
 		cons := StreamRequests + "." + ConsumerAgents
 		pub = append(pub, SubjectProgressAll,
 			jsAPI+"INFO",
-			jsAPI+"CONSUMER.CREATE."+cons, jsAPI+"CONSUMER.CREATE."+cons+".>", jsAPI+"CONSUMER.INFO."+cons,
+			jsAPI+"CONSUMER.INFO."+cons,
 			jsAPI+"CONSUMER.MSG.NEXT."+cons, jsAck+cons+".>",
 			jsAPI+"STREAM.INFO."+StreamRequests, jsAPI+"STREAM.INFO."+StreamEvents, jsAPI+"STREAM.INFO."+StreamProgress,
 			jsAPI+"STREAM.MSG.GET."+StreamEvents,

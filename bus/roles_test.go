@@ -42,13 +42,34 @@ func TestRolePermissions(t *testing.T) {
 	bustest.ForEachSecure(t, func(t *testing.T, start bustest.SecureFunc) {
 		s := start(t, "node1", "node2")
 		conn := func(id bus.Identity) *bustest.Conn { return s.Connect(t, id) }
-		hub := conn(bus.Identity{Role: bus.RoleHub})
-		if err := bus.EnsureStreams(testCtx(t), hub.JS, bus.StreamOptions{}); err != nil {
-			t.Fatalf("hub creates the streams: %v", err)
+		adm := admin(t, s)
+		if err := bus.EnsureStreams(testCtx(t), adm.JS, bus.StreamOptions{}); err != nil {
+			t.Fatalf("admin creates the streams: %v", err)
 		}
-		hubLeases, err := bus.NewLeases(testCtx(t), hub.JS, "", time.Minute)
+		if _, err := bus.NewLeases(testCtx(t), adm.JS, "", time.Minute); err != nil {
+			t.Fatalf("admin creates the lease bucket: %v", err)
+		}
+		if _, err := bus.EnsureRequestConsumer(testCtx(t), adm.JS, bus.RequestConsumerOptions{}); err != nil {
+			t.Fatalf("admin creates the agents' consumer: %v", err)
+		}
+		hub := conn(bus.Identity{Role: bus.RoleHub})
+		hubLeases, err := bus.OpenLeases(testCtx(t), hub.JS, "")
 		if err != nil {
-			t.Fatalf("hub creates the lease bucket: %v", err)
+			t.Fatalf("hub opens the lease bucket: %v", err)
+		}
+		// Nobody but admin creates or changes a stream: a change of limits,
+		// subjects or transforms could drop the log, the leases, or store
+		// one role's message on an agent's subject.
+		for _, who := range []bus.Identity{{Role: bus.RoleHub}, {Role: bus.RoleCatalog}, {Role: bus.RoleRequester}, bus.AgentIdentity("node1")} {
+			c := conn(who)
+			cut := bus.StreamConfigs(bus.StreamOptions{})[1]
+			cut.MaxMsgs = 1
+			if _, err := c.JS.UpdateStream(shortCtx(t), cut); err == nil {
+				t.Errorf("%s updated stream %s", who, bus.StreamEvents)
+			}
+			if _, err := c.JS.CreateStream(shortCtx(t), jetstream.StreamConfig{Name: "ROGUE", Subjects: []string{"rogue.>"}}); err == nil {
+				t.Errorf("%s created a stream", who)
+			}
 		}
 
 		if err := s.ConnectAnonymous(t); err == nil || !strings.Contains(strings.ToLower(err.Error()), "authorization") {
@@ -177,12 +198,17 @@ func TestRolePermissions(t *testing.T) {
 		if _, err := bus.EnsureCatalogConsumer(testCtx(t), cat.JS, ""); err != nil {
 			t.Errorf("catalog creates its consumer: %v", err)
 		}
-		if _, err := bus.EnsureRequestConsumer(shortCtx(t), cat.JS, bus.RequestConsumerOptions{}); err == nil {
-			t.Error("catalog created the agents' request consumer")
+		// Agents take requests from the consumer admin made; none may
+		// change it (a filter or a limit would starve the others).
+		if _, err := bus.RequestConsumer(testCtx(t), node1.JS); err != nil {
+			t.Errorf("agent binds the request consumer: %v", err)
 		}
-		// The agent takes requests.
-		if _, err := bus.EnsureRequestConsumer(testCtx(t), node1.JS, bus.RequestConsumerOptions{}); err != nil {
-			t.Errorf("agent creates its request consumer: %v", err)
+		for _, who := range []bus.Identity{bus.AgentIdentity("node1"), {Role: bus.RoleCatalog}, {Role: bus.RoleHub}, {Role: bus.RoleRequester}} {
+			cfg := bus.RequestConsumerConfig(bus.RequestConsumerOptions{})
+			cfg.FilterSubject = "backup.requested.none"
+			if _, err := conn(who).JS.CreateOrUpdateConsumer(shortCtx(t), bus.StreamRequests, cfg); err == nil {
+				t.Errorf("%s changed the agents' request consumer", who)
+			}
 		}
 		if err := bus.StoreReady(testCtx(t), node1.JS); err != nil {
 			t.Errorf("StoreReady as an agent: %v", err)

@@ -21,9 +21,6 @@ func serverPermissions(p Permissions) *server.Permissions {
 	if len(p.Subscribe) == 0 {
 		sp.Subscribe = &server.SubjectPermission{Deny: []string{">"}}
 	}
-	if p.Responses {
-		sp.Response = &server.ResponsePermission{MaxMsgs: 1, Expires: ResponseTTL}
-	}
 	return sp
 }
 

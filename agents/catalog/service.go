@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 	"github.com/rs/zerolog"
 
+	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
 	"github.com/sendense/sendense/store"
 )
@@ -48,7 +49,7 @@ func Serve(nc *nats.Conn, cat *store.Catalog, log zerolog.Logger) (micro.Service
 	}
 	for _, e := range endpoints {
 		sub := e.subject[len(SubjectPrefix)+1:]
-		if err := g.AddEndpoint(e.name, s.handler(e.subject, e.fn), micro.WithEndpointSubject(sub)); err != nil {
+		if err := g.AddEndpoint(e.name, bus.GuardReply(log, s.handler(e.subject, e.fn)), micro.WithEndpointSubject(sub)); err != nil {
 			_ = svc.Stop()
 			return nil, fmt.Errorf("add endpoint %s of %s: %w", e.subject, ServiceName, err)
 		}

@@ -31,10 +31,10 @@ import (
 func TestConsumerProgress(t *testing.T) {
 	s := bustest.SecureEmbedded(t, catalogtest.Agent)
 	ctx := testCtx(t)
-	hubConn := s.Connect(t, bus.Identity{Role: bus.RoleHub})
-	if err := bus.EnsureStreams(ctx, hubConn.JS, bus.StreamOptions{}); err != nil {
+	if err := bus.EnsureStreams(ctx, s.Connect(t, bus.Identity{Role: bus.RoleAdmin}).JS, bus.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	hubConn := s.Connect(t, bus.Identity{Role: bus.RoleHub})
 	p := hub.NewConsumerProgress(hubConn.JS, "")
 
 	if err := p.CaughtUp(ctx); !errors.Is(err, jetstream.ErrConsumerNotFound) {
@@ -125,7 +125,11 @@ func TestCheckOnlyAdmin(t *testing.T) {
 	sctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Go(func() { _ = svc.Serve(sctx, hubConn.Conn, ready) })
+	wg.Go(func() {
+		if err := svc.Serve(sctx, hubConn.Conn, ready); err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	<-ready
 

@@ -190,7 +190,7 @@ func (s *RepoService) Serve(ctx context.Context, nc *nats.Conn, ready chan<- str
 	)
 	for _, e := range endpoints {
 		h := e.h
-		if err := svc.AddEndpoint(e.name, micro.HandlerFunc(func(r micro.Request) {
+		if err := svc.AddEndpoint(e.name, bus.GuardReply(s.log, micro.HandlerFunc(func(r micro.Request) {
 			inflightMu.Lock()
 			defer inflightMu.Unlock()
 			if stopping {
@@ -203,9 +203,14 @@ func (s *RepoService) Serve(ctx context.Context, nc *nats.Conn, ready chan<- str
 				defer inflight.Done()
 				s.handle(ctx, nc, subject, reply, data, h)
 			}()
-		}), micro.WithEndpointSubject(e.subject)); err != nil {
+		})), micro.WithEndpointSubject(e.subject)); err != nil {
 			return fmt.Errorf("add endpoint %s: %w", e.subject, err)
 		}
+	}
+	// The server must have the subscriptions before anyone is told the
+	// service answers: a request sent before would find no responder.
+	if err := nc.Flush(); err != nil {
+		s.log.Warn().Err(err).Msg("flush repository service subscriptions")
 	}
 	s.log.Info().Int("repositories", len(s.opts.Repositories)).Msg("repository service ready")
 	markReady()
@@ -357,7 +362,7 @@ func (s *RepoService) openTarget(ctx context.Context, data []byte) (any, error) 
 		if err := r.Remove(req.VMUUID, req.DiskKey, req.JobID); err != nil {
 			return nil, classify(fmt.Errorf("remove partial target of job %s disk %d: %w", req.JobID, req.DiskKey, err))
 		}
-	} else if err := s.removeEarlierFile(ctx, r, req, log); err != nil {
+	} else if err := s.removeEarlierFile(ctx, r, req.TargetRef, log); err != nil {
 		return nil, err
 	}
 	if req.BackingJobID != "" {
@@ -431,7 +436,7 @@ func (s *RepoService) reserve(ref TargetRef) (release func(), err error) {
 // removed only when the catalog has applied everything BACKUP_EVENTS holds,
 // so a backup.completed stored but not yet applied cannot be missed; when
 // it has not, or nothing can tell, CodeUnavailable.
-func (s *RepoService) removeEarlierFile(ctx context.Context, r *repository.Repo, req OpenRequest, log zerolog.Logger) error {
+func (s *RepoService) removeEarlierFile(ctx context.Context, r *repository.Repo, req TargetRef, log zerolog.Logger) error {
 	path, err := r.Path(req.VMUUID, req.DiskKey, req.JobID)
 	if err != nil {
 		return classify(err)
@@ -539,13 +544,22 @@ func (s *RepoService) abortTarget(ctx context.Context, data []byte) (any, error)
 	if err != nil {
 		return nil, err
 	}
+	log := s.log.With().Str("job_id", ref.JobID).Int32("disk_key", ref.DiskKey).Logger()
 	if t, err := s.take(ref); err == nil {
+		// Open here, never closed: a partial file by definition.
 		_ = t.export.Close(ctx)
+		if err := r.Remove(ref.VMUUID, ref.DiskKey, ref.JobID); err != nil {
+			return nil, classify(err)
+		}
+		log.Info().Msg("target aborted, partial file removed")
+		return struct{}{}, nil
 	}
-	if err := r.Remove(ref.VMUUID, ref.DiskKey, ref.JobID); err != nil {
-		return nil, classify(err)
+	// Closed already (or never open here): it may be a completed backup
+	// whose agent failed afterwards. Only the catalog can say it is not.
+	if err := s.removeEarlierFile(ctx, r, ref, log); err != nil {
+		return nil, err
 	}
-	s.log.Info().Str("job_id", ref.JobID).Int32("disk_key", ref.DiskKey).Msg("target aborted, partial file removed")
+	log.Info().Msg("closed target aborted, its file removed")
 	return struct{}{}, nil
 }
 

@@ -217,12 +217,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	a.log.Info().Int("max_jobs", a.cfg.MaxJobs).Msg("agent taking requests")
 	for {
-		if !a.waitStore(ctx) {
-			return a.shutdown(cancelJobs, &wg)
-		}
 		select {
 		case slots <- struct{}{}:
 		case <-ctx.Done():
+			return a.shutdown(cancelJobs, &wg)
+		}
+		// After a free slot: a job that just ended may have found that
+		// JetStream cannot store.
+		if !a.waitStore(ctx) {
+			<-slots
 			return a.shutdown(cancelJobs, &wg)
 		}
 		fctx, cancel := context.WithTimeout(ctx, 5*time.Second)

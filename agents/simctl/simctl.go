@@ -66,7 +66,7 @@ func Serve(nc *nats.Conn, tb *testbed.Testbed, log zerolog.Logger) (micro.Servic
 		return nil, fmt.Errorf("add testbed service: %w", err)
 	}
 	add := func(name, subject string, h func(data []byte) (any, error)) error {
-		return svc.AddEndpoint(name, micro.HandlerFunc(func(r micro.Request) {
+		return svc.AddEndpoint(name, bus.GuardReply(log, micro.HandlerFunc(func(r micro.Request) {
 			out, err := h(r.Data())
 			if err != nil {
 				log.Warn().Err(err).Str("subject", subject).Msg("testbed control request failed")
@@ -74,7 +74,7 @@ func Serve(nc *nats.Conn, tb *testbed.Testbed, log zerolog.Logger) (micro.Servic
 				return
 			}
 			_ = r.RespondJSON(out)
-		}), micro.WithEndpointSubject(subject))
+		})), micro.WithEndpointSubject(subject))
 	}
 	errs := []error{
 		add("vms", SubjectVMs, func([]byte) (any, error) { return tb.VMs(), nil }),

@@ -190,20 +190,30 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 		return nil, err
 	}
 	if cfg.Hub {
-		// The hub owns the streams and the lease bucket: it makes them, the
-		// other roles wait for them.
-		hnc, hjs, err := s.connect(ctx, bus.Identity{Role: bus.RoleHub})
-		if err != nil {
-			return nil, err
+		// The hub's process makes the streams, the lease bucket and the
+		// agents' consumer, as admin: no other role may create or change
+		// them. The other roles bind to them.
+		if s.JS == nil {
+			return nil, fmt.Errorf("hub: the streams are made with the admin credentials, and %s has none", s.Creds.File(bus.Identity{Role: bus.RoleAdmin}))
 		}
-		if err := bus.EnsureStreams(ctx, hjs, bus.StreamOptions{Replicas: cfg.Replicas}); err != nil {
+		if err := bus.EnsureStreams(ctx, s.JS, bus.StreamOptions{Replicas: cfg.Replicas}); err != nil {
 			return nil, err
 		}
 		ttl := cfg.LeaseTTL
 		if ttl <= 0 {
 			ttl = bus.DefaultLeaseTTL
 		}
-		leases, err := bus.NewLeases(ctx, hjs, bus.LeaseBucket, ttl, bus.LeaseReplicas(cfg.Replicas), bus.LeaseLogger(s.log))
+		if _, err := bus.NewLeases(ctx, s.JS, bus.LeaseBucket, ttl, bus.LeaseReplicas(cfg.Replicas)); err != nil {
+			return nil, err
+		}
+		if _, err := bus.EnsureRequestConsumer(ctx, s.JS, bus.RequestConsumerOptions{}); err != nil {
+			return nil, err
+		}
+		hnc, hjs, err := s.connect(ctx, bus.Identity{Role: bus.RoleHub})
+		if err != nil {
+			return nil, err
+		}
+		leases, err := bus.OpenLeases(ctx, hjs, bus.LeaseBucket, bus.LeaseLogger(s.log))
 		if err != nil {
 			return nil, err
 		}
@@ -509,7 +519,7 @@ func (s *System) startAgent(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	cons, err := bus.EnsureRequestConsumer(ctx, js, bus.RequestConsumerOptions{})
+	cons, err := bus.RequestConsumer(ctx, js)
 	if err != nil {
 		return err
 	}

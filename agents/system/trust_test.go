@@ -271,7 +271,10 @@ func TestForgedJobs(t *testing.T) {
 // target, never reports completed for that attempt, and the job is tried
 // again and completes on the previous head: the chain does not fork.
 func TestLeaseDeleted(t *testing.T) {
-	h := startHarness(t, func(c *Config) { c.LeaseTTL = 3 * time.Second })
+	h := startHarness(t, func(c *Config) {
+		withAgents("rogue")(c)
+		c.LeaseTTL = 3 * time.Second
+	})
 	good := h.completed(h.request("bigvm", schemas.TypeAuto, ""))
 	if _, err := h.sys.Testbed.WriteRandom("bigvm", 2000, 0.6, 51); err != nil {
 		t.Fatal(err)
@@ -281,7 +284,7 @@ func TestLeaseDeleted(t *testing.T) {
 	key := "$KV." + bus.LeaseBucket + "." + bus.VMLeaseKey(st.VM.UUID)
 	del := nats.NewMsg(key)
 	del.Header.Set("KV-Operation", "DEL")
-	for _, role := range []bus.Role{bus.RoleRequester, bus.RoleMonitor, bus.RoleHub} {
+	for _, role := range []bus.Role{bus.RoleRequester, bus.RoleMonitor, bus.RoleHub, bus.RoleCatalog} {
 		c := h.connectAs(bus.Identity{Role: role})
 		if err := c.nc.PublishMsg(del); err != nil {
 			t.Fatal(err)
@@ -295,7 +298,7 @@ func TestLeaseDeleted(t *testing.T) {
 		t.Fatal("lease gone after refused deletes")
 	}
 
-	kv, err := h.connectAs(bus.AgentIdentity("test-agent")).js.KeyValue(context.Background(), bus.LeaseBucket)
+	kv, err := h.connectAs(bus.AgentIdentity("rogue")).js.KeyValue(context.Background(), bus.LeaseBucket)
 	if err != nil {
 		t.Fatal(err)
 	}

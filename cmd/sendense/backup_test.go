@@ -38,6 +38,12 @@ func TestBackupCommands(t *testing.T) {
 	if exitCode(err) != exitConflict || !strings.Contains(err.Error(), "job id cli-full is taken") {
 		t.Errorf("backup with a used job id: %v, want exit %d saying the id is taken", err, exitConflict)
 	}
+	// On a host without DATA/creds, the role's seed given explicitly is
+	// enough: the command still gets its replies (its role's inbox).
+	out = mustCLI(t, "jobs", "--nats-url", s.url, "--data", t.TempDir(), "--nats-nkey", filepath.Join(s.data, "creds", "requester.nk"))
+	if !strings.Contains(out, "cli-full") {
+		t.Errorf("jobs with --nats-nkey:\n%s", out)
+	}
 	var full store.Job
 	if err := json.Unmarshal([]byte(mustCLI(t, append([]string{"job", "cli-full", "--json"}, nurl...)...)), &full); err != nil {
 		t.Fatal(err)

@@ -29,11 +29,11 @@ func TestCatalogExternalNATS(t *testing.T) {
 	mustCLI(t, "creds", "init", "--data", data, "--agent", catalogtest.Agent)
 	url := bustest.ExternalWithConfig(t, mustCLI(t, "creds", "server-config", "--data", data))
 	admin := connectTest(t, url, data)
-	hubJS, err := jetstream.New(connectAs(t, url, data, bus.Identity{Role: bus.RoleHub}))
+	adminJS, err := jetstream.New(admin)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := bus.EnsureStreams(context.Background(), hubJS, bus.StreamOptions{}); err != nil {
+	if err := bus.EnsureStreams(context.Background(), adminJS, bus.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	run := []string{"catalog", "--nats-url", url, "--data", data, "--log-format", "json", "--catalog-ack-wait", "2s"}

@@ -70,17 +70,17 @@ func (a *app) creds() bus.Creds { return bus.Creds{Dir: filepath.Join(a.dataDir,
 // clientOptions are the options of a client command acting as role:
 // explicit credentials (flags, NATS_CREDS, NATS_NKEY) when given, else the
 // role's seed under DATA/creds when it is there (a command on the hub's
-// host), else none.
+// host), else none. Replies come to the role's inbox either way: a server
+// that enforces roles lets the role subscribe there only.
 func (a *app) clientOptions(role bus.Role, urls []string) bus.Options {
-	name := "sendense-" + string(role)
-	if a.nats.explicitAuth() {
-		return a.nats.options(name, urls)
-	}
-	opts := a.nats.options(name, urls)
 	id := bus.Identity{Role: role}
+	opts := a.nats.options("sendense-"+string(role), urls)
+	opts.InboxPrefix = id.InboxPrefix()
+	if a.nats.explicitAuth() {
+		return opts
+	}
 	if _, err := os.Stat(a.creds().File(id)); err == nil {
-		c := a.creds().Options(id)
-		opts.NKeyFile, opts.InboxPrefix = c.NKeyFile, c.InboxPrefix
+		opts.NKeyFile = a.creds().File(id)
 	}
 	return opts
 }

@@ -86,19 +86,37 @@ func (c *watchCmd) handle(ctx context.Context, a *app, m *nats.Msg, wg *sync.Wai
 		defer wg.Done()
 		actx, cancel := context.WithTimeout(ctx, confirmWait)
 		defer cancel()
-		if _, err := c.cat.Await(actx, ev.EventHeader().JobID, store.Job.Ended); err != nil {
+		j, err := c.cat.Await(actx, ev.EventHeader().JobID, store.Job.Ended)
+		if err == nil && !isJobOutcome(ev, j) {
+			err = fmt.Errorf("the catalog shows job %s %s at attempt %d", j.ID, j.Status, j.Attempt)
+		}
+		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
 			a.log.Warn().Str("subject", m.Subject).Str("job_id", ev.EventHeader().JobID).Err(err).
-				Msg("outcome seen on the wire but not in the catalog: not stored")
+				Msg("outcome seen on the wire is not the job's stored outcome")
 			if !c.json {
-				c.print(a, m, " NOT STORED: the catalog does not show this outcome")
+				c.print(a, m, " NOT STORED: not the outcome the catalog holds")
 			}
 			return
 		}
 		c.print(a, m, "")
 	}()
+}
+
+// isJobOutcome reports whether ev is the outcome the catalog holds for its
+// ended job j: the same kind, of the same attempt.
+func isJobOutcome(ev schemas.Event, j store.Job) bool {
+	switch e := ev.(type) {
+	case *schemas.Completed:
+		return j.Status == store.StatusCompleted && j.Attempt == e.Attempt
+	case *schemas.Failed:
+		return j.Status == store.StatusFailed && j.Failure != nil && j.Failure.Attempt == e.Attempt
+	case *schemas.Rejected:
+		return j.Status == store.StatusRejected
+	}
+	return false
 }
 
 func isOutcome(ev schemas.Event) bool {
