@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"reflect"
@@ -21,38 +22,53 @@ import (
 const maxIDLen = 512
 
 // Applied events are stored in job_events under eventKey (job id, event
-// id, type code, agent) with the event's JSON as the value: the payload it
-// was decoded from (WithSource), or else what json.Marshal gives.
+// id, type code, agent, stream sequence) with the event's JSON as the
+// value: the payload it was decoded from (Source.Payload), or else what
+// json.Marshal gives.
 
-// WithSource pairs ev with where it came from, for Apply:
-//
-//   - payload is the JSON schemas.Decode decoded ev from. Apply then
-//     stores payload as the event's record instead of encoding ev again
-//     (encoding is about a sixth of Apply's work). payload must be exactly
-//     those bytes and must not change until Apply returns: a later
-//     re-derivation of the job decodes the stored payload and must find the
-//     same event. schemas.Decode mirrors encoding/json.Unmarshal, which is
-//     what the catalog decodes stored events with, so it does. nil: Apply
-//     encodes ev, as for an event passed without WithSource.
-//   - agent is the name of the agent that published ev, which the bus puts
-//     in the subject (backup.completed.<agent>). "" means a legacy event,
-//     published on the subject without that token before agents had
-//     identities; so is an event passed without WithSource. The agent is
-//     part of the event's identity (job id, event id, agent), and a
-//     backup.completed counts only with the backup.started and
-//     backup.changeid events of the same agent (see consistency.go).
-func WithSource(ev schemas.Event, payload []byte, agent string) schemas.Event {
-	if isNil(ev) || (payload == nil && agent == "") {
-		return ev
-	}
-	return &sourced{Event: ev, payload: payload, agent: agent}
+// Source is where an event came from: what the catalog consumer knows of
+// the message it decoded the event from. The zero Source is an event of
+// unknown origin: the legacy agent "", no payload, no sequence.
+type Source struct {
+	// Payload is the JSON schemas.Decode decoded the event from. Apply
+	// then stores Payload as the event's record instead of encoding the
+	// event again (encoding is about a sixth of Apply's work). It must be
+	// exactly those bytes and must not change until Apply returns: a later
+	// re-derivation of the job decodes the stored payload and must find
+	// the same event. schemas.Decode mirrors encoding/json.Unmarshal,
+	// which is what the catalog decodes stored events with, so it does.
+	// nil: Apply encodes the event.
+	Payload []byte
+	// Agent is the name of the agent that published the event, which the
+	// bus puts in the subject (backup.completed.<agent>). "" means a
+	// legacy event, published on the subject without that token before
+	// agents had identities. The agent is part of the event's identity
+	// (job id, event id, agent), and the consistency rules judge an event
+	// by its agent (consistency.go).
+	Agent string
+	// Seq is the stream sequence the event was stored at (JetStream
+	// message metadata). It is the event's place in the job's history:
+	// which agent an attempt belongs to and which backup.completed makes
+	// the job completed follow it, never the publisher's times
+	// (consistency.go). 0 means unknown: such events (applied without a
+	// Source, or filed by a build of layout 2) come before every event
+	// with a sequence, and among themselves in canonical order.
+	Seq uint64
 }
 
-// sourced is an event with its payload and agent (WithSource).
+// WithSource pairs ev with where it came from, for Apply. An event
+// without a Source is one of the zero Source.
+func WithSource(ev schemas.Event, src Source) schemas.Event {
+	if isNil(ev) || (src.Payload == nil && src.Agent == "" && src.Seq == 0) {
+		return ev
+	}
+	return &sourced{Event: ev, src: src}
+}
+
+// sourced is an event with its Source (WithSource).
 type sourced struct {
 	schemas.Event
-	payload []byte
-	agent   string
+	src Source
 }
 
 // Apply files a batch of events in one bbolt transaction, committed and
@@ -71,8 +87,9 @@ type sourced struct {
 //     (design invariant 10, see consistency.go): a non-canonical id, a
 //     target outside the job's path, a backup.completed without matching
 //     backup.started and backup.changeid events of its attempt from the
-//     same agent, or an event that would rewrite a completed job. Kept as
-//     a poison record and not applied.
+//     same agent, an event of an attempt another agent started first, or
+//     an event that would rewrite a completed job. Kept as a poison record
+//     and not applied.
 //   - ErrInvalid: a nil or unknown event, or an empty or oversized id,
 //     job id or agent. Kept as a poison record when there is anything to
 //     keep.
@@ -81,15 +98,22 @@ type sourced struct {
 // applied. Every event with a usable job id is filed (its bytes kept in the
 // job's range, applied or not) in the same transaction, so redelivery is a
 // no-op. An event's identity is its job id, event id and agent (see
-// WithSource): the publisher's ids (bus.EventID) start with the job id, so
+// Source): the publisher's ids (bus.EventID) start with the job id, so
 // this is the event id and agent in practice; two events that share an id
-// but not an agent are both filed, whatever their order.
+// but not an agent are both filed, whatever their order. Of two events of
+// the same identity the one stored first in the stream (the lower
+// Source.Seq) is kept and the other is a no-op: a re-publish under the
+// same id after the stream's duplicate window, which the stream stores
+// again under a new sequence, changes nothing, and if it is applied
+// before the first one, the first replaces it. With equal sequences (0,
+// unknown, included) the one filed first stays.
 //
-// Order does not matter: after the events are filed, every job the batch
-// touched is re-derived from its complete event set (see Job), and which of
-// its events are poison is decided from that set too (consistency.go). So
-// a backup.completed applied before its backup.started gives the same job
-// as the reverse. The per-event errors can differ, though: a completed
+// Apply order does not matter: after the events are filed, every job the
+// batch touched is re-derived from its complete event set (see Job), and
+// which of its events are poison is decided from that set and the events'
+// stream sequences (consistency.go). So a backup.completed applied before
+// its backup.started gives the same job as the reverse. The per-event
+// errors can differ, though: a completed
 // that arrives first is poison (ErrInconsistent, "no backup.started ...")
 // until its started and changeid events arrive; the batch that brings them
 // applies it, removes its poison record, logs that, and gives nil errors.
@@ -155,11 +179,11 @@ type applier struct {
 // apply files one event. It returns only fatal (storage) errors; problems
 // with the event itself go to a.errs[i].
 func (a *applier) apply(i int, ev schemas.Event) error {
-	var payload []byte
-	var agent string
+	var src Source
 	if d, ok := ev.(*sourced); ok {
-		ev, payload, agent = d.Event, d.payload, d.agent
+		ev, src = d.Event, d.src
 	}
+	payload, agent := src.Payload, src.Agent
 	if isNil(ev) {
 		a.errs[i] = fmt.Errorf("apply event %d of batch: nil event: %w", i, ErrInvalid)
 		return nil
@@ -228,26 +252,35 @@ func (a *applier) apply(i int, ev schemas.Event) error {
 	}
 
 	// Filed by flush, which reads the job's stored ids anyway: an event
-	// already in the job's range is a duplicate. Within the batch the
-	// first of the same (job, id, agent) wins.
+	// already in the job's range is a duplicate. Within the batch, of the
+	// same (job, id, agent) the lowest sequence wins, then the first.
 	pe := a.dirty[h.JobID]
-	for _, r := range pe {
+	dup := -1
+	for k, r := range pe {
 		if r.agent == agent && r.ev.EventHeader().ID == h.ID {
-			return nil
+			if src.Seq >= r.seq {
+				return nil
+			}
+			dup = k
+			break
 		}
 	}
 	// Keep the decoded event for rederive, unless json.Marshal replaced
 	// invalid UTF-8 (it writes the escape): then rederive must decode what
 	// is stored, or a later re-derivation would see other strings. A
 	// payload decodes to ev by WithSource's contract.
-	r := record{name: name, agent: agent, raw: raw, ev: ev, pos: i}
+	r := record{name: name, agent: agent, seq: src.Seq, raw: raw, ev: ev, pos: i}
 	if payload == nil && bytes.Contains(raw, []byte(`\ufffd`)) {
-		d, err := decodeRecord([]byte(h.ID), eventCode(name), agent, raw)
+		d, err := decodeRecord([]byte(h.ID), eventCode(name), agent, src.Seq, raw)
 		if err != nil {
 			return fmt.Errorf("job %s: %w", h.JobID, err)
 		}
 		d.pos = i
 		r = d
+	}
+	if dup >= 0 {
+		pe[dup] = r // stored earlier in the stream: the other is the duplicate
+		return nil
 	}
 	a.dirty[h.JobID] = append(pe, r)
 	return nil
@@ -314,53 +347,77 @@ func (a *applier) flush() error {
 // eventIdent is an event's identity within its job.
 type eventIdent struct{ id, agent string }
 
+// filed is where rederive found a stored event of a job: its index in
+// recs (-1 for a tombstone), type code and sequence, which with its
+// identity make its key.
+type filed struct {
+	idx  int
+	code byte
+	seq  uint64
+}
+
 // rederive files a job's new events (those whose (id, agent) is not in the
-// job's range yet), recomputes the job from all its stored events and
-// progress, brings the poison records of its events in line with the
-// verdicts (judge), and rewrites the job record, its index entry and its
-// chain links.
+// job's range yet, or is there with a higher sequence: see Apply),
+// recomputes the job from all its stored events and progress, brings the
+// poison records of its events in line with the verdicts (judge), and
+// rewrites the job record, its index entry and its chain links.
 func (a *applier) rederive(jobID string, news []record) error {
 	key := []byte(jobID)
 	events := a.tx.Bucket(bucketEvents)
 	prefix := appendPart(nil, jobID)
 	var recs []record
 	var tombs []string // ids of tombstones: poison for good, their bytes are gone
-	var have map[eventIdent]bool
+	var have map[eventIdent]filed
 	if len(news) > 0 {
-		have = map[eventIdent]bool{}
+		have = map[eventIdent]filed{}
 	}
 	cur := events.Cursor()
 	for k, v := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Next() {
-		_, id, code, agent, ok := splitEventKey(k)
+		_, id, code, agent, seq, ok := splitEventKey(k)
 		if !ok {
 			return fmt.Errorf("job %s: event key %x is malformed", jobID, k)
 		}
-		if have != nil {
-			have[eventIdent{id, agent}] = true
-		}
+		f := filed{idx: -1, code: code, seq: seq}
 		if len(v) == 0 {
 			// A tombstone of layout 2 (or 1): the event was moved to
 			// the poison records, which keep it.
 			tombs = append(tombs, id)
-			continue
+		} else {
+			r, err := decodeRecord([]byte(id), code, agent, seq, v)
+			if err != nil {
+				return fmt.Errorf("job %s: %w", jobID, err)
+			}
+			f.idx = len(recs)
+			recs = append(recs, r)
 		}
-		r, err := decodeRecord([]byte(id), code, agent, v)
-		if err != nil {
-			return fmt.Errorf("job %s: %w", jobID, err)
+		if have != nil {
+			have[eventIdent{id, agent}] = f // one key per identity: Apply keeps it so
 		}
-		recs = append(recs, r)
 	}
 	stored := len(recs)
 	for _, r := range news {
 		id := eventIdent{r.ev.EventHeader().ID, r.agent}
-		if have[id] {
+		f, dup := have[id]
+		if dup && (f.idx < 0 || r.seq >= f.seq) {
 			continue // duplicate: no-op
 		}
-		if err := events.Put(eventKey(jobID, id.id, eventCode(r.name), r.agent), r.raw); err != nil {
+		if dup {
+			// The stream stored r before the filed one: r replaces it.
+			if err := events.Delete(eventKey(jobID, id.id, f.code, r.agent, f.seq)); err != nil {
+				return fmt.Errorf("replace event %s of job %s: %w", id.id, jobID, err)
+			}
+		}
+		code := eventCode(r.name)
+		if err := events.Put(eventKey(jobID, id.id, code, r.agent, r.seq), r.raw); err != nil {
 			return fmt.Errorf("put event %s of job %s: %w", id.id, jobID, err)
 		}
-		have[id] = true
-		recs = append(recs, r)
+		if dup {
+			recs[f.idx] = r
+		} else {
+			f.idx = len(recs)
+			recs = append(recs, r)
+		}
+		have[id] = filed{idx: f.idx, code: code, seq: r.seq}
 	}
 	var prog *Progress
 	if raw := a.tx.Bucket(bucketProgress).Get(key); raw != nil {
@@ -370,17 +427,7 @@ func (a *applier) rederive(jobID string, news []record) error {
 		}
 	}
 
-	// Which events were poison before this batch: the job record says
-	// (PoisonedEventIDs). Without a record, every event stored before was
-	// poison (or there was none): their records say.
 	raw := a.tx.Bucket(bucketJobs).Get(key)
-	var storedIDs []string
-	if raw == nil {
-		for _, r := range recs[:stored] {
-			storedIDs = append(storedIDs, r.ev.EventHeader().ID)
-		}
-	}
-
 	job, bad := derive(jobID, recs, prog)
 	if job != nil && len(tombs) > 0 {
 		job.PoisonedEventIDs = append(job.PoisonedEventIDs, tombs...)
@@ -392,45 +439,74 @@ func (a *applier) rederive(jobID string, news []record) error {
 	if err != nil {
 		return err
 	}
-	var was []string
+	// Whether the job had poison records before this batch: its record
+	// says (PoisonedEventIDs); without one, every event stored before was
+	// poison (or there was none).
+	var hadPoison bool
 	switch {
 	case raw == nil:
-		if was, err = a.ownPoison(jobID, storedIDs); err != nil {
-			return err
-		}
+		hadPoison = stored > 0 || len(tombs) > 0
 	case changed:
-		was = old.PoisonedEventIDs
+		hadPoison = len(old.PoisonedEventIDs) > 0
 	default:
-		was = job.PoisonedEventIDs // the same record
+		hadPoison = len(job.PoisonedEventIDs) > 0 // the same record
 	}
-	return a.settlePoison(jobID, bad, was, tombs)
-}
-
-// settlePoison writes a poison record for each of a job's refused events
-// (one per event id: the first by agent), sets their per-event errors or
-// logs the ones applied by an earlier batch, and removes the records of
-// the job's events that were poison before (was) and are applied now;
-// tombstones (tombs) stay poison.
-func (a *applier) settlePoison(jobID string, bad []badRecord, was, tombs []string) error {
-	if len(bad) == 0 && len(was) == 0 {
+	if len(bad) == 0 && !hadPoison {
 		return nil
 	}
-	wasPoison := make(map[string]bool, len(was))
-	for _, id := range was {
-		wasPoison[id] = true
+	return a.settlePoison(jobID, bad, tombs)
+}
+
+// settlePoison makes the job's poison records (poisonJobKey, one per
+// refused event's (id, agent)) those of bad and of the tombstones (tombs,
+// which stay): it writes the new ones, keeping the time of a record that
+// was there, removes those of events that are applied now, sets the
+// per-event errors of this batch's refused events and logs the ones that
+// an earlier batch applied.
+func (a *applier) settlePoison(jobID string, bad []badRecord, tombs []string) error {
+	poison := a.tx.Bucket(bucketPoison)
+	prefix := poisonJobPrefix(jobID)
+	type kept struct {
+		key   []byte
+		p     PoisonRecord
+		still bool // the event is poison still
 	}
-	isPoison := make(map[string]bool, len(bad)+len(tombs))
-	for _, id := range tombs {
-		isPoison[id] = true
+	var was []kept // in key order
+	byID := map[eventIdent]int{}
+	cur := poison.Cursor()
+	for k, v := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Next() {
+		var p PoisonRecord
+		if err := json.Unmarshal(v, &p); err != nil {
+			return fmt.Errorf("decode poison record %q: %w", k, err)
+		}
+		byID[eventIdent{p.EventID, p.Agent}] = len(was)
+		was = append(was, kept{key: bytes.Clone(k), p: p, still: slices.Contains(tombs, p.EventID)})
 	}
-	for _, b := range bad { // sorted by (id, agent)
+	for _, b := range bad {
 		h := b.rec.ev.EventHeader()
-		if !isPoison[h.ID] {
-			isPoison[h.ID] = true
-			err := a.putJobPoison(PoisonRecord{
-				Subject: b.rec.name, EventID: h.ID, JobID: jobID, Agent: b.rec.agent, Reason: b.reason, Raw: b.rec.raw,
-			})
+		var o PoisonRecord
+		i, wasPoison := byID[eventIdent{h.ID, b.rec.agent}]
+		if wasPoison {
+			o, was[i].still = was[i].p, true
+		}
+		p := PoisonRecord{
+			Subject: b.rec.name, EventID: h.ID, JobID: jobID, Agent: b.rec.agent, Reason: b.reason, Raw: b.rec.raw,
+		}
+		if len(p.Raw) > MaxPoisonRaw {
+			p.Raw = p.Raw[:MaxPoisonRaw]
+			p.Truncated = true
+		}
+		if !wasPoison || o.Subject != p.Subject || o.Reason != p.Reason || o.Truncated != p.Truncated || !bytes.Equal(o.Raw, p.Raw) {
+			p.Time = o.Time
+			if p.Time.IsZero() {
+				p.Time = a.now()
+			}
+			p.Time = p.Time.UTC()
+			v, err := json.Marshal(p)
 			if err != nil {
+				return fmt.Errorf("encode poison record of event %s of job %s: %w", h.ID, jobID, err)
+			}
+			if err := poison.Put(poisonJobKey(jobID, h.ID, b.rec.agent), v); err != nil {
 				return fmt.Errorf("poison event %s of job %s: %w", h.ID, jobID, err)
 			}
 		}
@@ -438,94 +514,22 @@ func (a *applier) settlePoison(jobID string, bad []badRecord, was, tombs []strin
 		case b.rec.pos >= 0:
 			a.errs[b.rec.pos] = fmt.Errorf("apply %s %s of job %s from agent %s: %w: %s",
 				b.rec.name, h.ID, jobID, agentName(b.rec.agent), b.err, b.reason)
-		case !wasPoison[h.ID]:
+		case !wasPoison:
 			a.log.Warn().Str("job_id", jobID).Str("event_id", h.ID).Str("agent", b.rec.agent).
 				Str("reason", b.reason).Msg("applied event moved to poison records")
 		}
 	}
-	poison := a.tx.Bucket(bucketPoison)
-	for _, id := range was {
-		if isPoison[id] {
+	for _, w := range was {
+		if w.still { // poison still, or a tombstone's record: its only copy
 			continue
 		}
-		k := poisonIDKey(id)
-		p, ok, err := jobPoison(poison, k, jobID)
-		if err != nil {
-			return err
+		if err := poison.Delete(w.key); err != nil {
+			return fmt.Errorf("remove poison record of event %s of job %s: %w", w.p.EventID, jobID, err)
 		}
-		if !ok {
-			continue
-		}
-		if err := poison.Delete(k); err != nil {
-			return fmt.Errorf("remove poison record of event %s of job %s: %w", id, jobID, err)
-		}
-		a.log.Info().Str("job_id", jobID).Str("event_id", id).Str("agent", p.Agent).
+		a.log.Info().Str("job_id", jobID).Str("event_id", w.p.EventID).Str("agent", w.p.Agent).
 			Msg("poisoned event applied, its poison record removed")
 	}
 	return nil
-}
-
-// putJobPoison writes the poison record of a job's refused event, keyed by
-// its event id, keeping the time of a record already there. A record of
-// the same id kept for another job, or by RecordPoison, is left alone:
-// the first one stays, as with putPoison.
-func (a *applier) putJobPoison(p PoisonRecord) error {
-	if len(p.Raw) > MaxPoisonRaw {
-		p.Raw = p.Raw[:MaxPoisonRaw]
-		p.Truncated = true
-	}
-	b := a.tx.Bucket(bucketPoison)
-	k := poisonIDKey(p.EventID)
-	if raw := b.Get(k); raw != nil {
-		var o PoisonRecord
-		if err := json.Unmarshal(raw, &o); err != nil {
-			return fmt.Errorf("decode poison record %q: %w", k, err)
-		}
-		if o.JobID != p.JobID || o.Seq != 0 {
-			return nil
-		}
-		if o.Subject == p.Subject && o.Agent == p.Agent && o.Reason == p.Reason && o.Truncated == p.Truncated && bytes.Equal(o.Raw, p.Raw) {
-			return nil // unchanged
-		}
-		p.Time = o.Time
-	}
-	if p.Time.IsZero() {
-		p.Time = a.now()
-	}
-	p.Time = p.Time.UTC()
-	v, err := json.Marshal(p)
-	if err != nil {
-		return fmt.Errorf("encode poison record: %w", err)
-	}
-	return b.Put(k, v)
-}
-
-// ownPoison returns those of ids whose poison record belongs to job jobID.
-func (a *applier) ownPoison(jobID string, ids []string) ([]string, error) {
-	poison := a.tx.Bucket(bucketPoison)
-	var own []string
-	for _, id := range ids {
-		if _, ok, err := jobPoison(poison, poisonIDKey(id), jobID); err != nil {
-			return nil, err
-		} else if ok && !slices.Contains(own, id) {
-			own = append(own, id)
-		}
-	}
-	return own, nil
-}
-
-// jobPoison reads the poison record at k if it is one Apply kept for an
-// event of job jobID.
-func jobPoison(b *bolt.Bucket, k []byte, jobID string) (PoisonRecord, bool, error) {
-	raw := b.Get(k)
-	if raw == nil {
-		return PoisonRecord{}, false, nil
-	}
-	var p PoisonRecord
-	if err := json.Unmarshal(raw, &p); err != nil {
-		return PoisonRecord{}, false, fmt.Errorf("decode poison record %q: %w", k, err)
-	}
-	return p, p.JobID == jobID && p.Seq == 0, nil
 }
 
 // writeJob replaces the stored record of a job (raw; nil when there is
@@ -589,23 +593,29 @@ func (a *applier) writeJob(jobID string, job *Job, raw []byte) (old *Job, change
 }
 
 // eventKey is the key of an event in the job_events bucket: part(job id),
-// part(event id), the event's type code (eventCode), then the agent's
-// bytes (none for the agent "", and in every key of layout 2).
-func eventKey(jobID, eventID string, code byte, agent string) []byte {
-	k := make([]byte, 0, len(jobID)+len(eventID)+len(agent)+5)
-	return append(append(appendPart(appendPart(k, jobID), eventID), code), agent...)
+// part(event id), the event's type code (eventCode), part(agent), then the
+// stream sequence (Source.Seq), 8 bytes big-endian.
+func eventKey(jobID, eventID string, code byte, agent string, seq uint64) []byte {
+	k := make([]byte, 0, len(jobID)+len(eventID)+len(agent)+15)
+	k = append(appendPart(appendPart(k, jobID), eventID), code)
+	return binary.BigEndian.AppendUint64(appendPart(k, agent), seq)
 }
 
 // splitEventKey reads an eventKey back.
-func splitEventKey(k []byte) (jobID, eventID string, code byte, agent string, ok bool) {
+func splitEventKey(k []byte) (jobID, eventID string, code byte, agent string, seq uint64, ok bool) {
 	jobID, rest, ok := cutPart(k)
 	if ok {
 		eventID, rest, ok = cutPart(rest)
 	}
 	if !ok || len(rest) < 1 {
-		return "", "", 0, "", false
+		return "", "", 0, "", 0, false
 	}
-	return jobID, eventID, rest[0], string(rest[1:]), true
+	code = rest[0]
+	agent, rest, ok = cutPart(rest[1:])
+	if !ok || len(rest) != 8 {
+		return "", "", 0, "", 0, false
+	}
+	return jobID, eventID, code, agent, binary.BigEndian.Uint64(rest), true
 }
 
 // eventNames are the event types by the code that ends their key; code 0
@@ -628,7 +638,8 @@ func eventCode(name string) byte {
 // record is one event of a job, decoded.
 type record struct {
 	name  string
-	agent string // who published it (WithSource); "" for a legacy event
+	agent string // who published it (Source.Agent); "" for a legacy event
+	seq   uint64 // stream sequence (Source.Seq); 0 when unknown
 	raw   []byte // the event's JSON, the value filed
 	ev    schemas.Event
 	pos   int // position in the batch; -1 for an event filed earlier
@@ -648,9 +659,10 @@ func (a *applier) encodeRecord(ev schemas.Event) ([]byte, error) {
 	return bytes.Clone(bytes.TrimSuffix(a.buf.Bytes(), []byte{'\n'})), nil
 }
 
-// decodeRecord decodes a stored event of type code from agent; it copies
-// what it keeps, so the record outlives the transaction.
-func decodeRecord(id []byte, code byte, agent string, v []byte) (record, error) {
+// decodeRecord decodes a stored event of type code from agent, filed at
+// stream sequence seq; it copies what it keeps, so the record outlives the
+// transaction.
+func decodeRecord(id []byte, code byte, agent string, seq uint64, v []byte) (record, error) {
 	var name string
 	if int(code) < len(eventNames) {
 		name = eventNames[code]
@@ -663,7 +675,7 @@ func decodeRecord(id []byte, code byte, agent string, v []byte) (record, error) 
 	if err := json.Unmarshal(raw, ev); err != nil {
 		return record{}, fmt.Errorf("decode stored event %s: %w", id, err)
 	}
-	return record{name: name, agent: agent, raw: raw, ev: ev, pos: -1}, nil
+	return record{name: name, agent: agent, seq: seq, raw: raw, ev: ev, pos: -1}, nil
 }
 
 func eventName(ev schemas.Event) string {

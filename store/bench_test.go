@@ -13,15 +13,16 @@ import (
 // on, one bbolt transaction per batch, and reports events/s and bbolt
 // pages written per batch. The events are jobs of two disks (started, two
 // changeids, completed) on 50 VMs, each job new, so the catalog and its
-// chains grow as in production; each carries its payload and agent
-// (WithSource), as the catalog consumer hands them over. Run it with
-// `go test ./store -run '^$' -bench Apply -benchmem`.
+// chains grow as in production; each carries its payload, agent and
+// stream sequence (WithSource), as the catalog consumer hands them over.
+// Run it with `go test ./store -run '^$' -bench Apply -benchmem`.
 func BenchmarkApply(b *testing.B) {
 	for _, size := range []int{4, 1024} {
 		b.Run(fmt.Sprintf("batch=%d", size), func(b *testing.B) {
 			c := newTestCatalog(b)
 			b.ReportAllocs()
 			job := 0
+			var seq uint64 // the stream sequence of the events made so far
 			batch := make([]schemas.Event, 0, size)
 			next := func() []schemas.Event {
 				batch = batch[:0]
@@ -38,7 +39,8 @@ func BenchmarkApply(b *testing.B) {
 						if err != nil {
 							b.Fatal(err)
 						}
-						batch = append(batch, WithSource(ev, data, "bench-agent"))
+						seq++
+						batch = append(batch, WithSource(ev, Source{Payload: data, Agent: "bench-agent", Seq: seq}))
 					}
 				}
 				return batch[:size]

@@ -7,7 +7,7 @@ package store
 //	applied/                              ids of events filed without a usable job id
 //	|--> <event id> -> "-"
 //	job_events/                           every filed event, the source of every derived record
-//	|--> part(<job id>) part(<event id>) <type code: 1 byte> <agent bytes> -> <event JSON>
+//	|--> part(<job id>) part(<event id>) <type code: 1 byte> part(<agent>) <stream seq: 8 bytes> -> <event JSON>
 //	                                 or -> (empty: a tombstone of layout 2, the event was moved to the poison records)
 //	progress/                             newest backup.progress per job, by (attempt, seq, time, id)
 //	|--> <job id> -> Progress (JSON)
@@ -18,20 +18,25 @@ package store
 //	links/                                chain index: one key per completed job
 //	|--> part(<vm uuid>) part(<repository>) <completed time: 12 bytes> <job id> -> (empty)
 //	poison/                               events kept for inspection, never applied
-//	|--> id/<event id>             -> PoisonRecord (JSON)  (Apply, or RecordPoison with an event id)
+//	|--> job/part(<job id>) part(<event id>) part(<agent>) -> PoisonRecord (JSON)  (a filed event its job's re-derivation refuses)
+//	|--> event/part(<job id>) part(<event id>) part(<agent>) -> PoisonRecord (JSON)  (an event Apply refused unfiled, or RecordPoison with an event id)
 //	|--> seq/<subject>/<seq: 20 digits> -> PoisonRecord (JSON)  (RecordPoison with a stream sequence)
-//	|--> raw/<sha256 hex>          -> PoisonRecord (JSON)  (neither)
+//	|--> raw/<sha256 hex>          -> PoisonRecord (JSON)  (none of these)
 //
 // part(s) is s with every 0x00 written as 0x00 0xff, then 0x00 0x01 (see
-// appendPart): one job's events, or one disk's chain, are one key range.
+// appendPart): one job's events, one job's poison records, or one disk's
+// chain, are one key range.
 // The type code (eventNames) is in the key so that the value is the JSON
 // alone: the payload the event was decoded from, filed without a copy.
-// The agent that published the event (WithSource) ends the key, with no
-// bytes for the legacy agent ""; the key of an event is its identity
-// (job id, event id, agent). The keys of a job's range are also its filed
-// event ids (progress excepted): Apply reads the range anyway to re-derive
-// the job, so a duplicate costs no lookup of its own, and a new event one
-// Put.
+// The agent that published the event (Source.Agent; "" for a legacy event)
+// and the stream sequence it was stored at (Source.Seq, big-endian; 0 when
+// unknown) end the key. An event's identity is (job id, event id, agent):
+// a job's range holds one key per identity, the one of the lowest sequence
+// (Apply). The keys of a job's range are also its filed event ids
+// (progress excepted) and their sequences, which is all the consistency
+// rules need besides the events: Apply reads the range anyway to
+// re-derive the job, so a duplicate costs no lookup of its own, and a new
+// event one Put.
 // Times in keys are 8 bytes big-endian seconds since 1970 with the sign bit
 // flipped, then 4 bytes big-endian nanoseconds, so byte order is time order.
 //
@@ -42,19 +47,25 @@ package store
 // Everything under jobs/, jobs_by_time/ and links/ is a pure function of
 // job_events/ and progress/: each Apply re-derives the jobs it touched from
 // their whole event set, which is what makes the catalog order-tolerant.
-// So are the poison records of a job's events: job_events keeps every
-// filed event, applied or not, and each re-derivation decides which are
-// poison (consistency.go), writes their id/<event id> records and removes
+// So are the poison records of a job's events (poison/job/): job_events
+// keeps every filed event, applied or not, and each re-derivation decides
+// which are poison (consistency.go), writes their records and removes
 // those of events that are now applied. The job record lists its poisoned
-// event ids (Job.PoisonedEventIDs), so that needs no scan of poison/.
+// event ids (Job.PoisonedEventIDs), so a job without any needs no look at
+// poison/.
 //
-// Version 2 had the same keys without agent bytes (they read as agent ""
-// in version 3) and moved a completed event that broke invariant 2 out of
-// job_events (the tombstones above); it had no consistency rules beyond
-// invariant 2. Open migrates a version 2 file by re-deriving every job
-// under the rules of version 3 (migrate): nothing is rewritten but derived
-// records, and an event version 2 applied that the rules refuse, such as a
-// forged backup.completed, becomes poison and leaves its chain.
+// Version 2 had the keys of job_events without agent and sequence (they
+// read as agent "" and sequence 0, unknown, in version 3), kept poison
+// records by event id alone (id/<event id>), and moved a completed event
+// that broke invariant 2 out of job_events (the tombstones above); it had
+// no consistency rules beyond invariant 2. Open migrates a version 2 file
+// (migrate): it moves every key of job_events to its version 3 key, and
+// every id/ poison record to its version 3 key (a tombstone's to job/,
+// the others to event/), then re-derives every job under the rules of
+// version 3. An event version 2 applied that the rules refuse, such as a
+// forged backup.completed, becomes poison and leaves its chain. Version 3
+// files written before the stream sequence was in the key (never
+// released) are not migrated.
 //
 // Version 1 kept the events in one nested bucket per job (events/<job
 // id>/<event id>), every applied id in applied/<event id> -> <job id>, and

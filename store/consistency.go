@@ -12,9 +12,16 @@ import (
 
 // The catalog keeps only consistent history (design invariant 10). Which of
 // a job's stored events are applied and which are poison is decided by
-// judge, a pure function of the job's whole event set (each event with the
-// agent that published it, see WithSource), so order, batching and
-// duplicates cannot change it:
+// judge, a pure function of the job's whole event set, each event with the
+// agent that published it and the stream sequence it was stored at
+// (Source), so apply order, batching and duplicates cannot change it.
+//
+// Stream order is the order of the sequences: it is the order the stream
+// stored the events in, which no publisher chooses for another. The
+// publisher's times are data, never order. Events without a sequence (0:
+// applied without a Source, or filed by a build of layout 2) come before
+// every event with one, and among themselves in canonical order
+// (attempt, type, time, id, agent; see canonical).
 //
 //  1. Canonical ids. An event's id is
 //     <job_id>.<attempt>.<type>.<disk_key>.<seq> (bus.EventID): type is
@@ -28,26 +35,37 @@ import (
 //     (not empty, "." or "..", no '/', '\' or NUL).
 //  3. Completed means complete (invariant 2, checkCompleted). Its failures
 //     are ErrIncomplete; every other rule's are ErrInconsistent.
-//  4. Same source. A backup.completed of attempt N from agent A needs a
+//  4. One agent per attempt. Attempt N belongs to the agent of its first
+//     backup.started in stream order (of those that pass rules 1 and 2).
+//     Started, changeid, completed and failed events of attempt N from any
+//     other agent are poison ("attempt N belongs to agent X"), wherever
+//     they are in the stream.
+//  5. Same source. A backup.completed of attempt N from agent A needs a
 //     backup.started of attempt N from A with the same VM UUID and
 //     repository whose disks are exactly the completed event's (keys and
 //     UUIDs), and per disk a backup.changeid of attempt N from A whose
 //     change id, backup type, target, disk UUID and repository equal the
-//     completed disk's. A completed that arrives before them is poison
-//     until they arrive; then it is applied and its poison record removed.
-//  5. A completed job is never rewritten. Of the completed events that
-//     pass rules 1-4, the lowest attempt wins (then time, id, agent); the
-//     others, and every started, changeid, failed or rejected event of a
-//     higher attempt, are poison ("job already completed at attempt N").
-//     Events of lower attempts and of the winning attempt stay as history:
-//     a backup.failed of the completed attempt (the agent could not confirm
-//     its completed publish) leaves the job completed.
+//     completed disk's. A completed applied before them is poison until
+//     they are applied; then it is applied and its poison record removed.
+//  6. A completed job is never rewritten. Of the completed events that
+//     pass rules 1-5, the job's is the one the stream completed first:
+//     the lowest by the sequence at which it and the events rule 5 needs
+//     are all stored (the highest of their sequences), then by its own
+//     sequence. When the agent publishes started, changeid and completed
+//     in turn, that is the valid completed with the lowest sequence; and
+//     a completed stored early without its changeid events cannot take a
+//     completed job over when they come later. The other completed
+//     events, and every event of a higher attempt stored after the job's
+//     completed, are poison ("job already completed at attempt N"). Events
+//     stored before it stay history, and so do later ones of its attempt
+//     or a lower one: a backup.failed of the completed attempt (the agent
+//     could not confirm its completed publish) leaves the job completed.
 //
 // Rules 1 and 2 are checked first; an event they refuse does not count for
-// rule 4 (a completed whose started has a foreign target is poison too).
-// The agent "" (a legacy event, published before agents had identities) is
-// an agent like any other: legacy started, changeid and completed events of
-// one attempt still make a completed job.
+// rules 4 and 5 (a completed whose started has a foreign target is poison
+// too). The agent "" (a legacy event, published before agents had
+// identities) is an agent like any other: legacy started, changeid and
+// completed events of one attempt still make a completed job.
 
 // verdict is why judge refuses an event ("" when it is applied) and the
 // sentinel of the per-event error.
@@ -61,36 +79,56 @@ type verdict struct {
 type slot struct {
 	attempt int
 	agent   string
-	kind    byte // 's' started, 'c' changeid; 'a' the first started of any agent (agent "")
+	kind    byte // 's' started, 'c' changeid
 	key     int32
 }
 
-// judge applies the rules above to recs, which are in canonical order. It
-// returns one verdict per record and the index of the completed event that
-// makes the job completed (-1 for none).
+// judge applies the rules above to recs, which are in stream order
+// (inStreamOrder). It returns one verdict per record and the index of the
+// completed event that makes the job completed (-1 for none).
 func judge(jobID string, recs []record) ([]verdict, int) {
 	vs := make([]verdict, len(recs))
-	slots := make(map[slot]int, len(recs))
+	owners := map[int]string{} // attempt -> agent of its first started (rule 4)
 	for i, r := range recs {
 		if r.name == schemas.NameCompleted {
 			continue // its id and targets are checked after checkCompleted
 		}
 		if reason := checkShape(jobID, r); reason != "" {
 			vs[i] = verdict{reason, ErrInconsistent}
+			continue
 		}
+		if s, ok := r.ev.(*schemas.Started); ok {
+			if _, ok := owners[s.Attempt]; !ok {
+				owners[s.Attempt] = r.agent
+			}
+		}
+	}
+	foreign := func(r record) string {
+		n := r.ev.EventHeader().Attempt
+		if owner, ok := owners[n]; ok && owner != r.agent {
+			return fmt.Sprintf("attempt %d belongs to agent %s", n, agentName(owner))
+		}
+		return ""
+	}
+
+	slots := make(map[slot]int, len(recs))
+	for i, r := range recs {
 		var k slot
 		switch e := r.ev.(type) {
 		case *schemas.Started:
 			k = slot{attempt: e.Attempt, agent: r.agent, kind: 's'}
-			// The first applied started of the attempt from any agent.
-			if first := (slot{attempt: e.Attempt, kind: 'a'}); vs[i].reason == "" {
-				if _, ok := slots[first]; !ok {
-					slots[first] = i
-				}
-			}
 		case *schemas.ChangeID:
 			k = slot{attempt: e.Attempt, agent: r.agent, kind: 'c', key: e.Disk.Key}
+		case *schemas.Failed:
 		default:
+			continue
+		}
+		if vs[i].reason == "" {
+			if reason := foreign(r); reason != "" {
+				vs[i] = verdict{reason, ErrInconsistent}
+			}
+		}
+		if k.kind == 0 {
 			continue
 		}
 		// Prefer an applied event to a refused one in the same slot.
@@ -99,7 +137,7 @@ func judge(jobID string, recs []record) ([]verdict, int) {
 		}
 	}
 
-	winner := -1
+	winner, winnerAt := -1, 0
 	for i, r := range recs {
 		c, ok := r.ev.(*schemas.Completed)
 		if !ok {
@@ -114,29 +152,28 @@ func judge(jobID string, recs []record) ([]verdict, int) {
 			vs[i] = verdict{reason, ErrIncomplete}
 			continue
 		}
-		if reason := checkShape(jobID, r); reason != "" {
-			vs[i] = verdict{reason, ErrInconsistent}
-			continue
+		reason := checkShape(jobID, r)
+		if reason == "" {
+			reason = foreign(r)
 		}
-		var reason string
-		switch {
-		case started != nil:
-			reason = checkSource(c, started, func(key int32) (*schemas.ChangeID, string) {
-				ci, ok := slots[slot{attempt: c.Attempt, agent: r.agent, kind: 'c', key: key}]
-				switch {
-				case !ok:
-					return nil, fmt.Sprintf("disk %d: no backup.changeid of attempt %d from agent %s", key, c.Attempt, agentName(r.agent))
-				case vs[ci].reason != "":
-					return nil, fmt.Sprintf("disk %d: backup.changeid of attempt %d from agent %s is poison", key, c.Attempt, agentName(r.agent))
-				}
-				return recs[ci].ev.(*schemas.ChangeID), ""
-			})
-		case hasStarted:
-			reason = fmt.Sprintf("backup.started of attempt %d from agent %s is poison", c.Attempt, agentName(r.agent))
-		default:
-			if oi, ok := slots[slot{attempt: c.Attempt, kind: 'a'}]; ok {
-				reason = fmt.Sprintf("agent %s differs from %s of backup.started of attempt %d", agentName(r.agent), agentName(recs[oi].agent), c.Attempt)
-			} else {
+		at := max(i, si) // where the stream completed it: the last of it and its sources
+		if reason == "" {
+			switch {
+			case started != nil:
+				reason = checkSource(c, started, func(key int32) (*schemas.ChangeID, string) {
+					ci, ok := slots[slot{attempt: c.Attempt, agent: r.agent, kind: 'c', key: key}]
+					switch {
+					case !ok:
+						return nil, fmt.Sprintf("disk %d: no backup.changeid of attempt %d from agent %s", key, c.Attempt, agentName(r.agent))
+					case vs[ci].reason != "":
+						return nil, fmt.Sprintf("disk %d: backup.changeid of attempt %d from agent %s is poison", key, c.Attempt, agentName(r.agent))
+					}
+					at = max(at, ci)
+					return recs[ci].ev.(*schemas.ChangeID), ""
+				})
+			case hasStarted:
+				reason = fmt.Sprintf("backup.started of attempt %d from agent %s is poison", c.Attempt, agentName(r.agent))
+			default:
 				reason = fmt.Sprintf("no backup.started of attempt %d from agent %s", c.Attempt, agentName(r.agent))
 			}
 		}
@@ -144,8 +181,8 @@ func judge(jobID string, recs []record) ([]verdict, int) {
 			vs[i] = verdict{reason, ErrInconsistent}
 			continue
 		}
-		if winner < 0 {
-			winner = i // canonical order: the lowest attempt
+		if winner < 0 || at < winnerAt {
+			winner, winnerAt = i, at // ties: recs are in stream order, the first stays
 		}
 	}
 
@@ -156,7 +193,7 @@ func judge(jobID string, recs []record) ([]verdict, int) {
 			if i == winner || vs[i].reason != "" {
 				continue
 			}
-			if r.name == schemas.NameCompleted || r.ev.EventHeader().Attempt > w {
+			if r.name == schemas.NameCompleted || (i > winner && r.ev.EventHeader().Attempt > w) {
 				if reason == "" {
 					reason = fmt.Sprintf("job already completed at attempt %d", w)
 				}
@@ -185,7 +222,7 @@ func plannedDisks(s *schemas.Started) map[int32]schemas.DiskRef {
 // checkSource returns why c, which passed checkCompleted against s, does
 // not match the backup.started s and the backup.changeid events of its
 // attempt from its agent (changeID looks one up by disk key, or says why
-// there is none), or "" (rule 4).
+// there is none), or "" (rule 5).
 func checkSource(c *schemas.Completed, s *schemas.Started, changeID func(int32) (*schemas.ChangeID, string)) string {
 	var problems []string
 	if c.VM.UUID != s.VM.UUID {

@@ -56,16 +56,24 @@ func requireOrderFree(t *testing.T, evs []schemas.Event, rounds int, seed uint64
 	return ref
 }
 
-// requirePoison requires exactly the poison records of ids (any order),
-// each from its job with a reason containing want[id].
+// requirePoison requires exactly the poison records of want's keys (any
+// order), each with a reason containing want's value. A key is an event id,
+// or "<event id>/<agent>" for the record of one agent's event.
 func requirePoison(t *testing.T, c *testCatalog, want map[string]string) {
 	t.Helper()
 	recs := c.poison()
 	if len(recs) != len(want) {
-		t.Errorf("poison records = %+v, want %d", recs, len(want))
+		var got []string
+		for _, p := range recs {
+			got = append(got, fmt.Sprintf("%s from %q: %s", p.EventID, p.Agent, p.Reason))
+		}
+		t.Errorf("poison records = %q, want %d", got, len(want))
 	}
 	for _, p := range recs {
-		reason, ok := want[p.EventID]
+		reason, ok := want[p.EventID+"/"+p.Agent]
+		if !ok {
+			reason, ok = want[p.EventID]
+		}
 		if !ok || !strings.Contains(p.Reason, reason) || p.Time.IsZero() || len(p.Raw) == 0 {
 			t.Errorf("poison record %s (agent %q): %q, want reason with %q", p.EventID, p.Agent, p.Reason, reason)
 		}
@@ -115,70 +123,70 @@ func TestForgedCompleted(t *testing.T) {
 		{
 			name:       "higher attempt with bumped change ids, from another agent",
 			history:    concat(from("node1", prev.run()...), from("node1", legit.run()...)),
-			forged:     WithSource(forgedCompleted(legit, 2), nil, "node2"),
+			forged:     by("node2", forgedCompleted(legit, 2)),
 			wantReason: "no backup.started of attempt 2 from agent node2",
 			wantHead:   legit, legitDone: true,
 		},
 		{
 			name:       "higher attempt with bumped change ids, from the same agent without a started",
 			history:    concat(from("node1", prev.run()...), from("node1", legit.run()...)),
-			forged:     WithSource(forgedCompleted(legit, 2), nil, "node1"),
+			forged:     by("node1", forgedCompleted(legit, 2)),
 			wantReason: "no backup.started of attempt 2 from agent node1",
 			wantHead:   legit, legitDone: true,
 		},
 		{
 			name:       "a new job of the vm without any started",
 			history:    concat(from("node1", prev.run()...), from("node1", legit.run()...)),
-			forged:     WithSource(later.completed(), nil, "node2"),
+			forged:     by("node2", later.completed()),
 			wantReason: "no backup.started of attempt 1 from agent node2",
 			wantHead:   legit, legitDone: true,
 		},
 		{
 			name:       "change id differs from its changeid event",
 			history:    concat(from("node1", prev.run()...), from("node1", legit.run()[:3]...)),
-			forged:     WithSource(otherChangeID, nil, "node1"),
+			forged:     by("node1", otherChangeID),
 			wantReason: fmt.Sprintf("disk 2000: change id %q differs from %q of backup.changeid", bumped(legit.changeID(diskA)), legit.changeID(diskA)),
 			wantHead:   prev,
 		},
 		{
 			name:       "completed from agent node2 after started from agent node1",
 			history:    concat(from("node1", prev.run()...), from("node1", legit.run()[:3]...)),
-			forged:     WithSource(legit.completed(), nil, "node2"),
-			wantReason: "agent node2 differs from node1 of backup.started of attempt 1",
+			forged:     by("node2", legit.completed()),
+			wantReason: "attempt 1 belongs to agent node1",
 			wantHead:   prev,
 		},
 		{
 			name:       "completed from an agent after legacy started",
 			history:    concat(from("node1", prev.run()...), legit.run()[:3]),
-			forged:     WithSource(legit.completed(), nil, "node1"),
-			wantReason: `agent node1 differs from "" (legacy) of backup.started`,
+			forged:     by("node1", legit.completed()),
+			wantReason: `attempt 1 belongs to agent "" (legacy)`,
 			wantHead:   prev,
 		},
 		{
 			name:       "legacy completed after started from an agent",
 			history:    concat(from("node1", prev.run()...), from("node1", legit.run()[:3]...)),
 			forged:     legit.completed(),
-			wantReason: `agent "" (legacy) differs from node1`,
+			wantReason: "attempt 1 belongs to agent node1",
 			wantHead:   prev,
 		},
 		{
 			name:       "completed with a disk the started does not list",
 			history:    concat(from("node1", prev.run()...), from("node1", extraDisk.run()[:2]...)),
-			forged:     WithSource(legit.completed(), nil, "node1"),
+			forged:     by("node1", legit.completed()),
 			wantReason: "disk 2001 is not in backup.started of attempt 1; disk 2001: no backup.changeid of attempt 1 from agent node1",
 			wantHead:   prev,
 		},
 		{
 			name:       "completed of another vm",
 			history:    concat(from("node1", prev.run()...), from("node1", legit.run()[:3]...)),
-			forged:     WithSource(otherVM, nil, "node1"),
+			forged:     by("node1", otherVM),
 			wantReason: "vm uuid " + vm2.UUID + " differs from " + vm1.UUID + " of backup.started",
 			wantHead:   prev,
 		},
 		{
 			name:       "completed in another repository",
 			history:    concat(from("node1", prev.run()...), from("node1", legit.run()[:3]...)),
-			forged:     WithSource(otherRepo, nil, "node1"),
+			forged:     by("node1", otherRepo),
 			wantReason: "repository offsite differs from default of backup.started",
 			wantHead:   prev,
 		},
@@ -399,7 +407,7 @@ func TestCanonicalIDs(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := newTestCatalog(t)
-			errs := c.apply(WithSource(tt.ev, nil, "node1"))
+			errs := c.apply(by("node1", tt.ev))
 			reason := fmt.Sprintf("is not the canonical %q", tt.want)
 			if !errors.Is(errs[0], ErrInconsistent) || !strings.Contains(errs[0].Error(), reason) {
 				t.Errorf("error %v, want ErrInconsistent with %s", errs[0], reason)
@@ -411,7 +419,7 @@ func TestCanonicalIDs(t *testing.T) {
 			// A filed event's redelivery is a no-op; progress is not
 			// filed, so it is judged again (and kept once).
 			_, progress := tt.ev.(*schemas.Progress)
-			if errs := c.apply(WithSource(tt.ev, nil, "node1")); progress != (errs[0] != nil) {
+			if errs := c.apply(by("node1", tt.ev)); progress != (errs[0] != nil) {
 				t.Errorf("redelivered: %v", errs[0])
 			}
 			if n := len(c.poison()); n != 1 {
@@ -422,24 +430,27 @@ func TestCanonicalIDs(t *testing.T) {
 }
 
 // TestCompletedJobNotRewritten: events of a later attempt than the
-// completed one are poison and change nothing of the job; events of the
-// completed attempt and earlier ones are history (rule 5).
+// completed one stored after it are poison and change nothing of the job;
+// events of the completed attempt and earlier ones are history (rule 6).
+// Another agent's events of an attempt node1 started are poison by rule 4
+// first.
 func TestCompletedJobNotRewritten(t *testing.T) {
 	both := []schemas.DiskRef{diskA, diskB}
 	a1 := spec{job: "j-done", disks: both}
 	a2 := spec{job: "j-done", disks: both, attempt: 2, at: t0.Add(time.Hour)}
 	done := from("node1", a1.run()...)
-	const reason = "job already completed at attempt 1"
+	const done1 = "job already completed at attempt 1"
 	tests := []struct {
-		name string
-		ev   schemas.Event
+		name   string
+		ev     schemas.Event
+		reason string
 	}{
-		{"failed of attempt 2", WithSource(a2.failed(false), nil, "node1")},
-		{"started of attempt 2", WithSource(a2.started(), nil, "node1")},
-		{"changeid of attempt 2", WithSource(a2.changeIDEvent(1), nil, "node1")},
-		{"rejected of attempt 2", WithSource(a2.rejected(), nil, "node1")},
-		{"failed of attempt 2 from another agent", WithSource(a2.failed(true), nil, "node2")},
-		{"legacy started of attempt 2", a2.started()},
+		{"failed of attempt 2", by("node1", a2.failed(false)), done1},
+		{"started of attempt 2", by("node1", a2.started()), done1},
+		{"changeid of attempt 2", by("node1", a2.changeIDEvent(1)), done1},
+		{"rejected of attempt 2", by("node1", a2.rejected()), done1},
+		{"failed of attempt 2 from another agent", by("node2", a2.failed(true)), "attempt 2 belongs to agent node1"},
+		{"legacy started of attempt 2", by("", a2.started()), "attempt 2 belongs to agent node1"},
 	}
 	c := newTestCatalog(t)
 	c.mustApply(done...)
@@ -451,8 +462,8 @@ func TestCompletedJobNotRewritten(t *testing.T) {
 	var all []schemas.Event
 	for _, tt := range tests {
 		errs := c.apply(tt.ev)
-		if !errors.Is(errs[0], ErrInconsistent) || !strings.Contains(errs[0].Error(), reason) {
-			t.Errorf("%s: error %v, want ErrInconsistent with %q", tt.name, errs[0], reason)
+		if !errors.Is(errs[0], ErrInconsistent) || !strings.Contains(errs[0].Error(), tt.reason) {
+			t.Errorf("%s: error %v, want ErrInconsistent with %q", tt.name, errs[0], tt.reason)
 		}
 		j := c.job(a1.job)
 		if j.Status != before.Status || j.Attempt != before.Attempt || !j.FinishedAt.Equal(before.FinishedAt) ||
@@ -460,18 +471,18 @@ func TestCompletedJobNotRewritten(t *testing.T) {
 			j.FailedAttempts != 0 || j.Agent != "node1" {
 			t.Errorf("%s changed the job:\n got  %+v\n want %+v", tt.name, j, before)
 		}
-		want[tt.ev.EventHeader().ID] = reason
+		want[tt.ev.EventHeader().ID+"/"+tt.ev.(*sourced).src.Agent] = tt.reason
 		all = append(all, tt.ev)
 	}
 	requirePoison(t, c, want)
 	requireHead(t, c, a1)
-	if j := c.job(a1.job); len(j.PoisonedEventIDs) != len(want) {
-		t.Errorf("poisoned event ids = %v, want %d", j.PoisonedEventIDs, len(want))
+	if j := c.job(a1.job); len(j.PoisonedEventIDs) != 4 { // two ids come from two agents
+		t.Errorf("poisoned event ids = %v, want 4", j.PoisonedEventIDs)
 	}
 
 	// A failed of the completed attempt (the agent could not confirm its
 	// completed publish) is history: the job stays completed.
-	c.mustApply(WithSource(a1.failed(true), nil, "node1"))
+	c.mustApply(by("node1", a1.failed(true)))
 	j := c.job(a1.job)
 	if j.Status != StatusCompleted || j.FailedAttempts != 1 || !slices.Contains(j.EventIDs, a1.failed(true).ID) || j.Failure != nil {
 		t.Errorf("job after a failed of attempt 1 = %+v", j)
@@ -539,23 +550,29 @@ func TestLegacyEvents(t *testing.T) {
 	}
 
 	// The same ids from an agent after the legacy ones are other events
-	// (identity includes the agent): both filed, the legacy completed
-	// wins (same attempt and time: agent "" sorts first), the other is
-	// poison.
+	// (identity includes the agent): both filed. Events without a
+	// sequence come first in the stream, so attempt 1 belongs to the
+	// legacy agent and node1's events are poison (rule 4).
 	errs := c.apply(from("node1", s.run()...)...)
 	for i, err := range errs {
-		if (i == 3) != errors.Is(err, ErrInconsistent) {
+		if !errors.Is(err, ErrInconsistent) {
 			t.Errorf("event %d from node1: %v", i, err)
 		}
 	}
 	j2 := c.job(s.job)
 	if j2.Status != StatusCompleted || j2.Agent != "" || !slices.Equal(j2.EventIDs, j.EventIDs) ||
-		!slices.Equal(j2.PoisonedEventIDs, []string{s.completed().ID}) {
+		!slices.Equal(j2.PoisonedEventIDs, j.EventIDs) {
 		t.Errorf("after the same events from node1: %+v", j2)
 	}
-	requirePoison(t, c, map[string]string{s.completed().ID: "job already completed at attempt 1"})
-	if recs := c.poison(); len(recs) == 1 && recs[0].Agent != "node1" {
-		t.Errorf("poison record of agent %q, want node1", recs[0].Agent)
+	want := map[string]string{}
+	for _, id := range j.EventIDs {
+		want[id] = `attempt 1 belongs to agent "" (legacy)`
+	}
+	requirePoison(t, c, want)
+	for _, p := range c.poison() {
+		if p.Agent != "node1" {
+			t.Errorf("poison record of %s from agent %q, want node1", p.EventID, p.Agent)
+		}
 	}
 	requireHead(t, c, s)
 }
@@ -596,11 +613,11 @@ func TestAttackedJobShuffled(t *testing.T) {
 	}
 }
 
-// TestOtherAgentsStartedIsHistory: another agent's backup.started of the
-// completed attempt stays as history but lends the completed job nothing:
-// its disks, and so its chain links, come from the completed event's agent
-// alone.
-func TestOtherAgentsStartedIsHistory(t *testing.T) {
+// TestOtherAgentsStartedIsPoison: another agent's backup.started of the
+// completed attempt is poison (the attempt belongs to node1, rule 4) and
+// lends the completed job nothing: its disks, and so its chain links, come
+// from the completed event's agent alone.
+func TestOtherAgentsStartedIsPoison(t *testing.T) {
 	s := spec{job: "j-full"}
 	evil := s.started()
 	evil.Disks[0].Backing = "j-evil"
@@ -613,9 +630,10 @@ func TestOtherAgentsStartedIsHistory(t *testing.T) {
 		t.Errorf("chain head = %+v, %v; want a full of %s", head, err, s.job)
 	}
 	j := c.job(s.job)
-	if j.Agent != "node1" || j.Disks[0].BaseChangeID != "" || len(j.PoisonedEventIDs) != 0 {
+	if j.Agent != "node1" || j.Disks[0].BaseChangeID != "" || !slices.Equal(j.PoisonedEventIDs, []string{evil.ID}) {
 		t.Errorf("job = %+v", j)
 	}
+	requirePoison(t, c, map[string]string{evil.ID: "attempt 1 belongs to agent node1"})
 }
 
 // TestIsEventIDAndTarget: the checks of rules 1 and 2 accept exactly the

@@ -37,30 +37,43 @@ func rank(name string) int {
 
 // canonical sorts records by (attempt, type rank, time, event id, agent):
 // an order that depends only on the records, never on when they were
-// applied.
+// applied or stored. derive folds the applied events in it, so that the
+// plan comes before the results and the results before the verdict.
 func canonical(recs []record) {
+	slices.SortFunc(recs, compareCanonical)
+}
+
+func compareCanonical(a, b record) int {
+	ha, hb := a.ev.EventHeader(), b.ev.EventHeader()
+	if c := cmp.Compare(ha.Attempt, hb.Attempt); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(rank(a.name), rank(b.name)); c != 0 {
+		return c
+	}
+	if c := ha.Time.Compare(hb.Time); c != 0 {
+		return c
+	}
+	return cmp.Or(cmp.Compare(ha.ID, hb.ID), cmp.Compare(a.agent, b.agent))
+}
+
+// inStreamOrder sorts records by stream sequence, then canonically (the
+// events without a sequence first, see consistency.go): the order judge
+// reads a job's history in.
+func inStreamOrder(recs []record) {
 	slices.SortFunc(recs, func(a, b record) int {
-		ha, hb := a.ev.EventHeader(), b.ev.EventHeader()
-		if c := cmp.Compare(ha.Attempt, hb.Attempt); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(rank(a.name), rank(b.name)); c != 0 {
-			return c
-		}
-		if c := ha.Time.Compare(hb.Time); c != 0 {
-			return c
-		}
-		return cmp.Or(cmp.Compare(ha.ID, hb.ID), cmp.Compare(a.agent, b.agent))
+		return cmp.Or(cmp.Compare(a.seq, b.seq), compareCanonical(a, b))
 	})
 }
 
-// derive computes a job from the set of its stored events and its newest
-// progress. It is a pure function of that set: the order the events were
-// applied in cannot change the result. It also returns the events judge
-// refuses (consistency.go), by (event id, agent); they take no part in the
-// job. job is nil when no event is left.
+// derive computes a job from the set of its stored events (with their
+// stream sequences) and its newest progress. It is a pure function of that
+// set: the order the events were applied in cannot change the result. It
+// also returns the events judge refuses (consistency.go), by (event id,
+// agent); they take no part in the job. job is nil when no event is left.
+// It reorders recs.
 func derive(jobID string, recs []record, prog *Progress) (*Job, []badRecord) {
-	canonical(recs)
+	inStreamOrder(recs)
 	vs, win := judge(jobID, recs)
 
 	var bad []badRecord
@@ -78,6 +91,7 @@ func derive(jobID string, recs []record, prog *Progress) (*Job, []badRecord) {
 	if len(keep) == 0 {
 		return nil, bad
 	}
+	canonical(keep)
 
 	j := &Job{ID: jobID, Disks: []Disk{}, EventIDs: make([]string, 0, len(keep))}
 	for i, b := range bad {
@@ -148,6 +162,7 @@ func derive(jobID string, recs []record, prog *Progress) (*Job, []badRecord) {
 		j.Repository = completed.Repository
 		j.VM.UUID = completed.VM.UUID
 		j.Agent = completedBy
+		j.Attempt = completed.Attempt // a higher attempt stored before it is history
 		decisive = completed.Attempt
 	case failed != nil && (!hasActive || failed.Attempt >= active):
 		j.Status = StatusFailed
@@ -187,8 +202,9 @@ func derive(jobID string, recs []record, prog *Progress) (*Job, []badRecord) {
 			continue
 		}
 		// A completed job's disks, and so its chain links, come from its
-		// agent's events alone: another agent's started of the same
-		// attempt (history) must not lend them a backing or a capacity.
+		// agent's events alone: rule 4 leaves no other agent's event of
+		// the attempt but a backup.rejected; this keeps it so should the
+		// rules change.
 		if completed != nil && r.agent != completedBy {
 			continue
 		}
@@ -248,7 +264,7 @@ func withProgress(j *Job, prog *Progress) *Job {
 
 // checkCompleted returns why c may not mark its job completed (invariant
 // 2), or "". planned are the disks of the backup.started of c's attempt
-// from c's agent (nil when there is none: rule 4 refuses c then).
+// from c's agent (nil when there is none: rule 5 refuses c then).
 func checkCompleted(c *schemas.Completed, planned map[int32]schemas.DiskRef) string {
 	var problems []string
 	switch {

@@ -9,11 +9,16 @@
 // backup is never in a chain (invariant 4), and only consistent history is
 // kept (invariant 10): a backup.completed counts only when it matches the
 // backup.started and backup.changeid events of its attempt from the same
-// agent, ids and targets are the job's own, and a completed job is never
-// rewritten (the rules are listed in consistency.go). It must never know
-// about NATS, subjects or acks: the catalog consumer in agents/ decodes
-// and validates messages, takes the publishing agent's name from the
-// subject, calls Apply, and acks after Apply returns.
+// agent, an attempt belongs to the agent that started it first, ids and
+// targets are the job's own, and a completed job is never rewritten (the
+// rules are listed in consistency.go). Precedence follows the stream:
+// which agent started an attempt first and which completed came first is
+// decided by the stream sequence each event was stored at, never by the
+// times publishers write. It must never know about NATS, subjects or
+// acks: the catalog consumer in agents/ decodes and validates messages,
+// takes the publishing agent's name from the subject and the stream
+// sequence from the message's metadata, calls Apply, and acks after Apply
+// returns.
 //
 // # Basics
 //
@@ -25,22 +30,25 @@
 // ErrInconsistent, ErrInvalid) while the rest of the batch is applied.
 // Refused events are poison records; RecordPoison keeps an event that
 // failed schema validation upstream; Poison lists them all. The catalog
-// consumer wraps each event with the payload it was decoded from and the
-// agent that published it (WithSource), so Apply files those bytes instead
-// of encoding the event again and judges the event by its agent; an event
-// without WithSource is a legacy event of agent "". Open upgrades a file of
-// an older layout in the same transaction that opens it (layout version 1,
-// nested buckets, and 2, without agents, to 3: see catalog.go); a file from
-// a newer build is refused (ErrSchemaVersion), and builds of layout 2
-// refuse a file of layout 3 the same way.
+// consumer wraps each event with its Source (WithSource): the payload it
+// was decoded from, the agent that published it and the stream sequence
+// it was stored at, so Apply files those bytes instead of encoding the
+// event again, judges the event by its agent and places it in its job's
+// history by its sequence. An event without a Source is a legacy event of
+// agent "" with no sequence, which comes before every sequenced one. Open
+// upgrades a file of an older layout in the same transaction that opens
+// it (layout version 1, nested buckets, and 2, without agents and
+// sequences, to 3: see catalog.go); a file from a newer build is refused
+// (ErrSchemaVersion), and builds of layout 2 refuse a file of layout 3 the
+// same way.
 //
 // Job records and chains are derived: each Apply stores the raw events of
-// a job and recomputes the job (and its chain links, and which of its
-// events are poison) from the whole set, in a canonical order (attempt,
-// event type, time, id, agent). So the same set of events gives the same
-// catalog whatever the delivery order, duplicates or batching, and Dump
-// gives a canonical Snapshot to compare two catalogs, which is how
-// `catalog rebuild` and the tests check a replay.
+// a job with their agents and sequences and recomputes the job (and its
+// chain links, and which of its events are poison) from the whole set, in
+// stream order. So the same set of events with the same sequences gives
+// the same catalog whatever the delivery order, duplicates or batching,
+// and Dump gives a canonical Snapshot to compare two catalogs, which is
+// how `catalog rebuild` and the tests check a replay.
 //
 // # Caveats
 //
@@ -51,8 +59,11 @@
 // Conversely, if a later backup.started shows that an applied completed
 // lacks one of its disks, the completed becomes poison then and the job
 // falls back to running (no chain link); Apply gives that started event a
-// nil error and logs a warning. The final state is the same as in any other
-// order, but the per-event errors differ.
+// nil error and logs a warning. The same happens when the catalog applies
+// events out of stream order: another agent's applied events of an
+// attempt, its completed included, become poison when the started that
+// the stream stored first arrives. The final state is the same as in any
+// other order, but the per-event errors differ.
 //
 // Progress events only keep the newest progress per job (Job.Progress);
 // their ids are not recorded and they never create a job on their own.
@@ -60,8 +71,11 @@
 // Poison records written by Apply hold the event's JSON as stored: the
 // payload given to WithSource, else the event re-encoded. Their recording
 // time is the only field a replay does not reproduce; Dump clears it. They
-// are keyed by event id: when two events share an id (the same id from two
-// agents, or non-canonical ids of different jobs), one record is kept.
+// are keyed by job id, event id and agent, the event's identity: events
+// that share an id (the same id from two agents, or non-canonical ids of
+// different jobs) each have their own. Two events of one identity are one
+// event: the one stored first in the stream is kept (see Apply), and only
+// among events without a sequence does the first applied win.
 //
 // Event ids, job ids, VM UUIDs and repository names longer than 512 bytes
 // are refused (they become bbolt keys).

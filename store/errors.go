@@ -23,7 +23,8 @@ var (
 	// <job_id>.<attempt>.<type>.<disk_key>.<seq>, a target outside the
 	// job's path in the repository, a backup.completed without the
 	// backup.started and backup.changeid events of its attempt from the same
-	// agent or that differs from them, or an event that would rewrite a
+	// agent or that differs from them, an event of an attempt that another
+	// agent started first in the stream, or an event that would rewrite a
 	// completed job. Such an event is not applied; it is kept as a poison
 	// record, and one that depends on other events (a completed whose
 	// started has not arrived yet) is applied when they make it consistent.

@@ -3,6 +3,8 @@ package store
 import (
 	"bytes"
 	"fmt"
+	"hash/fnv"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -29,24 +31,28 @@ type fuzzEvent struct {
 	ev      schemas.Event
 	payload []byte
 	agent   string
+	seq     uint64 // stream sequence: the record's place among the decoded ones, or 0
 }
 
-func (e fuzzEvent) sourced() schemas.Event { return WithSource(e.ev, e.payload, e.agent) }
+func (e fuzzEvent) sourced() schemas.Event {
+	return WithSource(e.ev, Source{Payload: e.payload, Agent: e.agent, Seq: e.seq})
+}
 
 // decodeFuzzInput splits data into records and decodes those that
-// schemas.Decode accepts. It drops the events whose outcome the catalog
-// documents as depending on order: a second event of the same identity
-// (job id, event id, agent; for progress, job id and event id) with other
-// content, where the first filed wins; and an event whose id another job,
-// or another kind (progress or not), already used, since poison records
-// are kept one per event id (see doc.go).
-func decodeFuzzInput(data []byte) []fuzzEvent {
-	type owner struct {
-		job      string
-		progress bool
+// schemas.Decode accepts. With sequenced, each event's stream sequence is
+// its place among them (1, 2, ...), else 0 (unknown). It drops the events
+// whose outcome the catalog documents as depending on the order they are
+// applied in: a second event of the same identity with other content
+// (where the first applied wins) when the identity is not one Apply files
+// by stream sequence: an event without sequences (sequenced false), a
+// progress event (job id and event id), an event without a usable job id
+// (event id: the applied bucket), or one Apply refuses before filing it
+// (an empty or oversized event id or agent).
+func decodeFuzzInput(data []byte, sequenced bool) []fuzzEvent {
+	type ident struct {
+		kind           byte
+		job, id, agent string
 	}
-	type ident struct{ job, id, agent string }
-	owners := map[string]owner{}
 	seen := map[ident]bool{}
 	var out []fuzzEvent
 	for _, rec := range bytes.Split(data, []byte{recordSep}) {
@@ -66,20 +72,27 @@ func decodeFuzzInput(data []byte) []fuzzEvent {
 			continue
 		}
 		h := ev.EventHeader()
+		k := ident{'f', h.JobID, h.ID, string(agent)}
 		_, progress := ev.(*schemas.Progress)
-		o := owner{h.JobID, progress}
-		if prev, ok := owners[h.ID]; ok && prev != o {
+		switch {
+		case h.JobID == "" || len(h.JobID) > maxIDLen:
+			k = ident{kind: 'a', id: h.ID}
+		case progress:
+			k = ident{kind: 'p', job: h.JobID, id: h.ID}
+		case h.ID == "" || len(h.ID) > maxIDLen || len(agent) > maxIDLen:
+			k.kind = 'r'
+		case sequenced:
+			k.kind = 0 // filed by sequence: no need to drop
+		}
+		if k.kind != 0 && seen[k] {
 			continue
 		}
-		k := ident{h.JobID, h.ID, string(agent)}
-		if progress {
-			k.agent = ""
+		seen[k] = true
+		e := fuzzEvent{ev: ev, payload: bytes.Clone(payload), agent: string(agent)}
+		if sequenced {
+			e.seq = uint64(len(out) + 1)
 		}
-		if seen[k] {
-			continue
-		}
-		owners[h.ID], seen[k] = o, true
-		out = append(out, fuzzEvent{ev: ev, payload: bytes.Clone(payload), agent: string(agent)})
+		out = append(out, e)
 	}
 	return out
 }
@@ -91,7 +104,7 @@ func encodeFuzzInput(t testing.TB, agent string, evs ...schemas.Event) []byte {
 	for _, ev := range evs {
 		a := agent
 		if s, ok := ev.(*sourced); ok {
-			ev, a = s.Event, s.agent
+			ev, a = s.Event, s.src.Agent
 		}
 		subject := schemas.NameOf(ev)
 		if subject == schemas.NameProgress {
@@ -135,23 +148,27 @@ func openFuzzCatalog(t *testing.T) *Catalog {
 	return c
 }
 
-// FuzzApply applies the events of its input to two fresh catalogs, in
-// input order in one batch and in reverse order in small batches, and
-// requires the same catalog from both, and that every completed job (every
-// chain head) has the backup.started of its attempt from its agent and a
-// matching backup.changeid per disk among its applied events.
+// FuzzApply applies the events of its input to fresh catalogs, each event
+// with the stream sequence of its place in the input: in input order in
+// one batch, in reverse order in small batches, and shuffled (a shuffle
+// seeded by the input) in random batches with some events redelivered. It
+// requires the same catalog from all three, and that every completed job
+// (every chain head) has the backup.started of its attempt from its agent
+// and a matching backup.changeid per disk among its applied events. Then
+// it does the same with every sequence 0 (unknown: events applied without
+// a Source).
 func FuzzApply(f *testing.F) {
 	f.Fuzz(checkApply)
 }
 
 // checkApply is FuzzApply's check of one input.
 func checkApply(t *testing.T, data []byte) {
-	{
-		evs := decodeFuzzInput(data)
+	for _, sequenced := range []bool{true, false} {
+		evs := decodeFuzzInput(data, sequenced)
 		if len(evs) == 0 {
 			return
 		}
-		one, many := openFuzzCatalog(t), openFuzzCatalog(t)
+		one := openFuzzCatalog(t)
 		batch := make([]schemas.Event, len(evs))
 		for i, e := range evs {
 			batch[i] = e.sourced()
@@ -159,6 +176,12 @@ func checkApply(t *testing.T, data []byte) {
 		if _, err := one.Apply(batch...); err != nil {
 			t.Fatal(err)
 		}
+		want, err := one.Dump()
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		many := openFuzzCatalog(t)
 		size := 1 + int(data[0])%3
 		for end := len(evs); end > 0; end -= size {
 			var b []schemas.Event
@@ -169,16 +192,35 @@ func checkApply(t *testing.T, data []byte) {
 				t.Fatal(err)
 			}
 		}
-		want, err := one.Dump()
-		if err != nil {
-			t.Fatal(err)
-		}
 		got, err := many.Dump()
 		if err != nil {
 			t.Fatal(err)
 		}
 		if !want.Equal(got) {
-			t.Fatalf("one batch and reversed batches of %d differ:\n%s", size, snapshotDiff(want, got))
+			t.Fatalf("sequenced %v: one batch and reversed batches of %d differ:\n%s", sequenced, size, snapshotDiff(want, got))
+		}
+
+		h := fnv.New64a()
+		h.Write(data)
+		rng := rand.New(rand.NewPCG(h.Sum64(), 3))
+		mixed := slices.Clone(batch)
+		for range rng.IntN(3) {
+			mixed = append(mixed, batch[rng.IntN(len(batch))])
+		}
+		rng.Shuffle(len(mixed), func(i, j int) { mixed[i], mixed[j] = mixed[j], mixed[i] })
+		shuffled := openFuzzCatalog(t)
+		for rest := mixed; len(rest) > 0; {
+			n := 1 + rng.IntN(len(rest))
+			if _, err := shuffled.Apply(rest[:n]...); err != nil {
+				t.Fatal(err)
+			}
+			rest = rest[n:]
+		}
+		if got, err = shuffled.Dump(); err != nil {
+			t.Fatal(err)
+		}
+		if !want.Equal(got) {
+			t.Fatalf("sequenced %v: one batch and a shuffle differ:\n%s", sequenced, snapshotDiff(want, got))
 		}
 
 		for _, j := range want.Jobs {
@@ -238,7 +280,7 @@ func TestWriteFuzzSeeds(t *testing.T) {
 	dir := filepath.Join("testdata", "fuzz", "FuzzApply")
 	write := os.Getenv("SENDENSE_WRITE_FUZZ_SEEDS") != ""
 	for name, data := range seeds {
-		if n := len(decodeFuzzInput(data)); n < 3 {
+		if n := len(decodeFuzzInput(data, true)); n < 3 {
 			t.Errorf("seed %s decodes to %d events", name, n)
 		}
 		if !write {

@@ -354,18 +354,29 @@ func eventID(job string, attempt int, name string, disk int32, seq int64) string
 	return fmt.Sprintf("%s.%d.%s.%d.%d", job, attempt, strings.TrimPrefix(name, "backup."), disk, seq)
 }
 
-// from wraps each event with agent as its publisher (WithSource, no
-// payload: Apply encodes the event).
+// testSeq is the stream the tests' events are stored in: from, by and
+// withPayloads give each event the next sequence, so the order a test
+// builds its events in is their stream order, whatever order it applies
+// them in.
+var testSeq atomic.Uint64
+
+// from wraps each event with agent as its publisher and the next stream
+// sequence (WithSource, no payload: Apply encodes the event).
 func from(agent string, evs ...schemas.Event) []schemas.Event {
 	out := make([]schemas.Event, len(evs))
 	for i, ev := range evs {
-		out[i] = WithSource(ev, nil, agent)
+		out[i] = by(agent, ev)
 	}
 	return out
 }
 
-// withPayloads wraps each event with its JSON payload and agent, as the
-// catalog consumer hands them over.
+// by is from for one event.
+func by(agent string, ev schemas.Event) schemas.Event {
+	return WithSource(ev, Source{Agent: agent, Seq: testSeq.Add(1)})
+}
+
+// withPayloads wraps each event with its JSON payload, agent and the next
+// stream sequence, as the catalog consumer hands them over.
 func withPayloads(t testing.TB, agent string, evs ...schemas.Event) []schemas.Event {
 	t.Helper()
 	out := make([]schemas.Event, len(evs))
@@ -374,7 +385,7 @@ func withPayloads(t testing.TB, agent string, evs ...schemas.Event) []schemas.Ev
 		if err != nil {
 			t.Fatal(err)
 		}
-		out[i] = WithSource(ev, data, agent)
+		out[i] = WithSource(ev, Source{Payload: data, Agent: agent, Seq: testSeq.Add(1)})
 	}
 	return out
 }

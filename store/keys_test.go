@@ -42,3 +42,33 @@ func TestKeyParts(t *testing.T) {
 		t.Errorf("prefixEnd(0xff 0xff) = %q, want nil", end)
 	}
 }
+
+// TestEventKey: an event key reads back whole, for agents holding 0x00 and
+// any sequence, and a job's keys sort by (event id, type, agent,
+// sequence), so one identity's keys are adjacent.
+func TestEventKey(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	for _, agent := range []string{"", "node1", "a\x00b", "\x00", "\xff\xff"} {
+		for _, seq := range []uint64{0, 1, 255, 256, 1 << 40, ^uint64(0), rng.Uint64()} {
+			k := eventKey("j\x001", "j.1.started.0.0", 1, agent, seq)
+			job, id, code, a, s, ok := splitEventKey(k)
+			if !ok || job != "j\x001" || id != "j.1.started.0.0" || code != 1 || a != agent || s != seq {
+				t.Errorf("splitEventKey(eventKey(%q, %d)) = %q %q %d %q %d %v", agent, seq, job, id, code, a, s, ok)
+			}
+			if _, _, _, _, _, ok := splitEventKey(k[:len(k)-1]); ok {
+				t.Errorf("a key cut short reads as whole: %x", k[:len(k)-1])
+			}
+		}
+	}
+	keys := [][]byte{
+		eventKey("j", "j.1.started.0.0", 1, "", 7),
+		eventKey("j", "j.1.started.0.0", 1, "node1", 3),
+		eventKey("j", "j.1.started.0.0", 1, "node1", 1<<40),
+		eventKey("j", "j.1.started.0.0", 1, "node2", 2),
+	}
+	for i := 1; i < len(keys); i++ {
+		if bytes.Compare(keys[i-1], keys[i]) >= 0 {
+			t.Errorf("key %d does not sort before key %d", i-1, i)
+		}
+	}
+}

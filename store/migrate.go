@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -35,6 +36,12 @@ func migrate(tx *bolt.Tx, from int, log zerolog.Logger, now func() time.Time) er
 		}
 		fallthrough
 	case 2:
+		if err := rekeyEventsV2(tx); err != nil {
+			return fmt.Errorf("migrate from schema version %d: %w", from, err)
+		}
+		if err := rekeyPoisonV2(tx); err != nil {
+			return fmt.Errorf("migrate from schema version %d: %w", from, err)
+		}
 		if err := rederiveAll(tx, log, now); err != nil {
 			return fmt.Errorf("migrate from schema version %d: %w", from, err)
 		}
@@ -43,13 +50,12 @@ func migrate(tx *bolt.Tx, from int, log zerolog.Logger, now func() time.Time) er
 	return fmt.Errorf("migrate from schema version %d: %w", from, ErrSchemaVersion)
 }
 
-// rederiveAll re-derives every job that has stored events, which is the
-// migration from layout 2 to 3: the keys stay (a key of layout 2 has no
-// agent bytes, which reads as the legacy agent ""), but the consistency
-// rules of version 3 (consistency.go) may refuse events that version 2
-// applied, such as a forged backup.completed that was a chain head. Such
-// an event stays in job_events, gets a poison record and leaves its chain;
-// the job record gets its PoisonedEventIDs. Tombstones stay tombstones.
+// rederiveAll re-derives every job that has stored events, which ends the
+// migration from layout 2 to 3: the consistency rules of version 3
+// (consistency.go) may refuse events that version 2 applied, such as a
+// forged backup.completed that was a chain head. Such an event stays in
+// job_events, gets a poison record and leaves its chain; the job record
+// gets its PoisonedEventIDs. Tombstones stay tombstones.
 func rederiveAll(tx *bolt.Tx, log zerolog.Logger, now func() time.Time) error {
 	var ids []string
 	cur := tx.Bucket(bucketEvents).Cursor()
@@ -86,7 +92,7 @@ func migrateEventsV1(tx *bolt.Tx) error {
 			if !ok || code == 0 {
 				return fmt.Errorf("event %s of job %s has no known type name", id, job)
 			}
-			if err := dst.Put(eventKey(string(job), string(id), code, ""), js); err != nil {
+			if err := dst.Put(eventKeyV2(string(job), string(id), code), js); err != nil {
 				return fmt.Errorf("move event %s of job %s: %w", id, job, err)
 			}
 			return nil
@@ -143,7 +149,7 @@ func migrateAppliedV1(tx *bolt.Tx) error {
 		if string(job) == "-" {
 			return nil
 		}
-		k := eventKey(string(job), string(id), 0, "")
+		k := eventKeyV2(string(job), string(id), 0)
 		if got, _ := events.Cursor().Seek(k[:len(k)-1]); !bytes.HasPrefix(got, k[:len(k)-1]) {
 			if err := events.Put(k, nil); err != nil {
 				return fmt.Errorf("record applied event %s of job %s: %w", id, job, err)
@@ -158,6 +164,108 @@ func migrateAppliedV1(tx *bolt.Tx) error {
 	for _, id := range moved {
 		if err := applied.Delete(id); err != nil {
 			return fmt.Errorf("move applied event %s: %w", id, err)
+		}
+	}
+	return nil
+}
+
+// eventKeyV2 is the key of an event in job_events of layout 2: part(job
+// id), part(event id), type code; no agent, no sequence.
+func eventKeyV2(jobID, eventID string, code byte) []byte {
+	return append(appendPart(appendPart(nil, jobID), eventID), code)
+}
+
+// rekeyBatch is how many keys rekeyEventsV2 reads before it writes them.
+const rekeyBatch = 1024
+
+// rekeyEventsV2 moves every key of layout 2 in job_events to the key of
+// layout 3 with the agent "" and the sequence 0 (unknown), keeping the
+// value (a tombstone stays empty). A key of layout 2 is a prefix of its
+// new key, so the new keys are skipped as the cursor passes them; it
+// works in batches, so it holds no more than rekeyBatch values at once.
+func rekeyEventsV2(tx *bolt.Tx) error {
+	b := tx.Bucket(bucketEvents)
+	var from []byte
+	for {
+		type kv struct{ k, v []byte }
+		var batch []kv
+		cur := b.Cursor()
+		k, v := cur.First()
+		if from != nil {
+			k, v = cur.Seek(from)
+		}
+		for ; k != nil && len(batch) < rekeyBatch; k, v = cur.Next() {
+			_, rest, ok := cutPart(k)
+			if ok {
+				_, rest, ok = cutPart(rest)
+			}
+			if !ok || len(rest) < 1 {
+				return fmt.Errorf("event key %x is malformed", k)
+			}
+			if len(rest) > 1 {
+				continue // moved already
+			}
+			batch = append(batch, kv{bytes.Clone(k), bytes.Clone(v)})
+		}
+		if len(batch) == 0 {
+			return nil
+		}
+		for _, e := range batch {
+			job, rest, _ := cutPart(e.k)
+			id, rest, _ := cutPart(rest)
+			if err := b.Delete(e.k); err != nil {
+				return fmt.Errorf("move event %s of job %s: %w", id, job, err)
+			}
+			if err := b.Put(eventKey(job, id, rest[0], "", 0), e.v); err != nil {
+				return fmt.Errorf("move event %s of job %s: %w", id, job, err)
+			}
+		}
+		from = batch[len(batch)-1].k
+	}
+}
+
+// rekeyPoisonV2 moves the poison records layouts 1 and 2 kept by event id
+// (id/<event id>), after rekeyEventsV2: the record of a tombstone (an event
+// Apply moved out of job_events) to poisonJobKey, where re-deriving its job
+// finds and keeps it, the others to their key (poisonEventKey). Records by
+// stream sequence or payload stay.
+func rekeyPoisonV2(tx *bolt.Tx) error {
+	b := tx.Bucket(bucketPoison)
+	events := tx.Bucket(bucketEvents)
+	tombstone := func(p PoisonRecord) bool {
+		if p.JobID == "" || p.EventID == "" || p.Seq != 0 {
+			return false
+		}
+		prefix := appendPart(appendPart(nil, p.JobID), p.EventID)
+		c := events.Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			if len(v) == 0 {
+				return true
+			}
+		}
+		return false
+	}
+	type kv struct{ k, v []byte }
+	var moves []kv
+	cur := b.Cursor()
+	prefix := []byte("id/")
+	for k, v := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Next() {
+		moves = append(moves, kv{bytes.Clone(k), bytes.Clone(v)})
+	}
+	for _, m := range moves {
+		var p PoisonRecord
+		if err := json.Unmarshal(m.v, &p); err != nil {
+			return fmt.Errorf("decode poison record %q: %w", m.k, err)
+		}
+		k := p.key()
+		if tombstone(p) {
+			k = poisonJobKey(p.JobID, p.EventID, p.Agent)
+		}
+		if err := b.Delete(m.k); err != nil {
+			return fmt.Errorf("move poison record %q: %w", m.k, err)
+		}
+		if err := b.Put(k, m.v); err != nil {
+			return fmt.Errorf("move poison record %q: %w", m.k, err)
 		}
 	}
 	return nil

@@ -201,7 +201,7 @@ func TestMigrateV2(t *testing.T) {
 		"job-incomplete.1.completed.0.0": "disk 2001 (uuid " + diskB.UUID + ") of backup.started attempt 1 is missing",
 	})
 	err = c.db.View(func(tx *bolt.Tx) error {
-		k := eventKey(v2Incomplete.job, "job-incomplete.1.completed.0.0", eventCode(schemas.NameCompleted), "")
+		k := eventKey(v2Incomplete.job, "job-incomplete.1.completed.0.0", eventCode(schemas.NameCompleted), "", 0)
 		if v := tx.Bucket(bucketEvents).Get(k); v == nil || len(v) != 0 {
 			t.Errorf("tombstone %x = %q, want kept empty", k, v)
 		}

@@ -25,7 +25,9 @@ type PoisonRecord struct {
 	// Subject is the NATS subject, or the event name for records made by
 	// Apply.
 	Subject string `json:"subject"`
-	// Seq is the stream sequence, when the caller knows it.
+	// Seq is the stream sequence, when RecordPoison's caller knows it.
+	// Records made by Apply leave it 0: they are kept by the event's
+	// identity, and its sequence is in job_events.
 	Seq     uint64 `json:"seq,omitempty"`
 	EventID string `json:"event_id,omitempty"`
 	JobID   string `json:"job_id,omitempty"`
@@ -43,12 +45,14 @@ type PoisonRecord struct {
 }
 
 // key is the record's identity: re-recording the same poison is a no-op.
+// Records of a job's filed events are keyed by poisonJobKey instead (see
+// settlePoison).
 func (p *PoisonRecord) key() []byte {
 	switch {
 	case p.Seq > 0:
 		return fmt.Appendf(nil, "seq/%s/%020d", p.Subject, p.Seq)
 	case p.EventID != "" && len(p.EventID) <= maxIDLen:
-		return poisonIDKey(p.EventID)
+		return poisonEventKey(p.JobID, p.EventID, p.Agent)
 	default:
 		h := sha256.New()
 		h.Write([]byte(p.Subject))
@@ -58,13 +62,30 @@ func (p *PoisonRecord) key() []byte {
 	}
 }
 
-// poisonIDKey is the key of the poison record of an event by its id.
-func poisonIDKey(eventID string) []byte { return []byte("id/" + eventID) }
+// poisonEventKey is the key of the poison record of an event that was not
+// filed (Apply refused it before, or RecordPoison got it with an event id
+// and no sequence): event/part(job id) part(event id) part(agent).
+func poisonEventKey(jobID, eventID, agent string) []byte {
+	return appendPart(appendPart(appendPart([]byte("event/"), jobID), eventID), agent)
+}
+
+// poisonJobPrefix starts the keys of the poison records of a job's filed
+// events, which re-deriving the job writes and removes.
+func poisonJobPrefix(jobID string) []byte {
+	return appendPart([]byte("job/"), jobID)
+}
+
+// poisonJobKey is the key of the poison record of a job's filed event:
+// job/part(job id) part(event id) part(agent).
+func poisonJobKey(jobID, eventID, agent string) []byte {
+	return appendPart(appendPart(poisonJobPrefix(jobID), eventID), agent)
+}
 
 // RecordPoison keeps p, typically an event that failed schema validation:
 // the catalog consumer passes the subject, stream sequence, raw payload and
-// reason. A record with the same identity (subject and sequence; else event
-// id; else subject and payload) that is already kept is left as it is, so
+// reason. A record with the same identity (subject and sequence; else job
+// id, event id and agent; else subject and payload) that is already kept
+// is left as it is, so
 // recording a redelivered message again is a no-op. A zero Time is set to
 // Options.Now(). It commits and syncs before returning. Events that Apply
 // refused are already kept by Apply; do not record them again.

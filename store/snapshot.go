@@ -80,7 +80,7 @@ func (c *Catalog) Dump() (Snapshot, error) {
 			return err
 		}
 		err = tx.Bucket(bucketEvents).ForEach(func(k, _ []byte) error {
-			_, id, _, _, ok := splitEventKey(k)
+			_, id, _, _, _, ok := splitEventKey(k)
 			if !ok {
 				return fmt.Errorf("event key %x is malformed", k)
 			}

@@ -384,7 +384,7 @@ func (c *consumer) process(batch []item) bool {
 			continue
 		}
 		items = append(items, it)
-		evs = append(evs, store.WithSource(it.ev, it.msg.Data(), it.agent))
+		evs = append(evs, store.WithSource(it.ev, store.Source{Payload: it.msg.Data(), Agent: it.agent, Seq: it.seq}))
 	}
 	if len(evs) == 0 {
 		return true

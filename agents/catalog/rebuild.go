@@ -236,9 +236,9 @@ func replayBatchApply(cat *store.Catalog, log zerolog.Logger, batch []jetstream.
 	evs := make([]schemas.Event, 0, len(batch))
 	for _, m := range batch {
 		st.Messages++
+		it := newItem(m)
 		ev, agent, err := decodeEvent(m.Subject(), m.Data())
 		if err != nil {
-			it := newItem(m)
 			if perr := cat.RecordPoison(poisonRecord(m.Subject(), it.seq, m.Data(), err.Error())); perr != nil {
 				return fmt.Errorf("replay: %w", perr)
 			}
@@ -246,7 +246,7 @@ func replayBatchApply(cat *store.Catalog, log zerolog.Logger, batch []jetstream.
 			st.Poison++
 			continue
 		}
-		evs = append(evs, store.WithSource(ev, m.Data(), agent))
+		evs = append(evs, store.WithSource(ev, store.Source{Payload: m.Data(), Agent: agent, Seq: it.seq}))
 	}
 	if len(evs) == 0 {
 		return nil

@@ -301,12 +301,15 @@ func Publisher(js jetstream.JetStream, log zerolog.Logger) *bus.Publisher {
 	return p
 }
 
-// FromAgent marks evs as published by Agent, for store.Apply: what the
-// catalog consumer files for them.
+// FromAgent marks evs as published by Agent and stored in a stream in the
+// order given (sequences 1, 2, ...), for store.Apply: what the catalog
+// consumer files for them when they are published in that order (Publish)
+// to an empty stream. Only the order of the sequences counts, so this
+// holds as long as the stream stored them in that order.
 func FromAgent(evs ...schemas.Event) []schemas.Event {
 	out := make([]schemas.Event, len(evs))
 	for i, ev := range evs {
-		out[i] = store.WithSource(ev, nil, Agent)
+		out[i] = store.WithSource(ev, store.Source{Agent: Agent, Seq: uint64(i + 1)})
 	}
 	return out
 }
@@ -323,8 +326,11 @@ func Publish(ctx context.Context, p *bus.Publisher, evs ...schemas.Event) error 
 
 // PublishParallel publishes evs through p from workers goroutines (8 when
 // workers <= 0), so many events are stored quickly on a server that syncs
-// every write. The stream order then differs from evs' order; the catalog
-// does not care.
+// every write. The stream order then differs from evs' order. The catalog
+// does not care as long as no two events compete (two agents' events of
+// one attempt, two completed events of one job): then the stream order
+// decides (store's consistency rules), and a catalog built with FromAgent
+// in evs' order may differ from the consumer's.
 func PublishParallel(ctx context.Context, p *bus.Publisher, workers int, evs ...schemas.Event) error {
 	if workers <= 0 {
 		workers = 8
