@@ -51,6 +51,7 @@ func fullEvents() map[string]Event {
 			Repository:    "default",
 			RequestedType: TypeAuto,
 			RequestedBy:   "scheduler",
+			RequestSeq:    41,
 			Snapshot:      "sendense-job-7",
 			Disks: []DiskPlan{{
 				Disk: testDisk, BackupType: TypeIncremental, Reason: ReasonBaseUsable,

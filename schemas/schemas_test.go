@@ -323,7 +323,7 @@ func matchValue(t *testing.T, path string, typ reflect.Type, s *jsonschema.Schem
 	}
 	want := map[reflect.Kind]string{
 		reflect.String: "string", reflect.Bool: "boolean", reflect.Float64: "number",
-		reflect.Int: "integer", reflect.Int32: "integer", reflect.Int64: "integer",
+		reflect.Int: "integer", reflect.Int32: "integer", reflect.Int64: "integer", reflect.Uint64: "integer",
 		reflect.Struct: "object", reflect.Map: "object", reflect.Slice: "array",
 	}[typ.Kind()]
 	if typ == reflect.TypeFor[time.Time]() {

@@ -134,11 +134,15 @@ type DiskPlan struct {
 // opened its targets.
 type Started struct {
 	Header
-	Repository    string     `json:"repository"`
-	RequestedType string     `json:"requested_type"`
-	RequestedBy   string     `json:"requested_by,omitempty"`
-	Snapshot      string     `json:"snapshot"` // sendense-<job_id>
-	Disks         []DiskPlan `json:"disks"`
+	Repository    string `json:"repository"`
+	RequestedType string `json:"requested_type"`
+	RequestedBy   string `json:"requested_by,omitempty"`
+	// RequestSeq is the stream sequence of the backup.requested message
+	// this attempt runs: the identity of the request, so a second request
+	// that reuses the job id is told apart from a redelivery.
+	RequestSeq uint64     `json:"request_seq,omitempty"`
+	Snapshot   string     `json:"snapshot"` // sendense-<job_id>
+	Disks      []DiskPlan `json:"disks"`
 }
 
 // DiskProgress is one disk's share of a Progress event.

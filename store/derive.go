@@ -127,6 +127,9 @@ func derive(jobID string, recs []record, prog *Progress) (*Job, []badRecord) {
 			setStr(&j.Repository, e.Repository)
 			setStr(&j.RequestedType, e.RequestedType)
 			setStr(&j.RequestedBy, e.RequestedBy)
+			if j.RequestSeq == 0 {
+				j.RequestSeq = e.RequestSeq // canonical order: the lowest attempt's
+			}
 			if j.StartedAt.IsZero() || t.Before(j.StartedAt) {
 				j.StartedAt = t
 			}

@@ -38,6 +38,10 @@ type Job struct {
 	Repository    string `json:"repository,omitempty"`
 	RequestedType string `json:"requested_type,omitempty"`
 	RequestedBy   string `json:"requested_by,omitempty"`
+	// RequestSeq is the stream sequence of the backup.requested message
+	// the job runs (backup.started's request_seq; 0 when no started event
+	// carries one): a second request that reuses the job id has another.
+	RequestSeq uint64 `json:"request_seq,omitempty"`
 	// Agent published the decisive attempt's events: the completed event's
 	// agent for a completed job, else that of the first backup.started of
 	// the attempt that decided the status (empty when it has none, and for

@@ -27,6 +27,10 @@ func appendJob(b []byte, j *Job) (_ []byte, ok bool) {
 	b = appendOmitEmpty(b, `,"repository":`, j.Repository)
 	b = appendOmitEmpty(b, `,"requested_type":`, j.RequestedType)
 	b = appendOmitEmpty(b, `,"requested_by":`, j.RequestedBy)
+	if j.RequestSeq != 0 {
+		b = append(b, `,"request_seq":`...)
+		b = strconv.AppendUint(b, j.RequestSeq, 10)
+	}
 	b = appendOmitEmpty(b, `,"agent":`, j.Agent)
 	b = append(b, `,"attempt":`...)
 	b = strconv.AppendInt(b, int64(j.Attempt), 10)

@@ -91,6 +91,15 @@ func fillRandom(rng *rand.Rand, v reflect.Value, depth int) {
 			n = 0
 		}
 		v.SetInt(n)
+	case reflect.Uint64:
+		switch rng.IntN(3) {
+		case 0:
+			v.SetUint(0)
+		case 1:
+			v.SetUint(rng.Uint64())
+		default:
+			v.SetUint(uint64(rng.Uint32()))
+		}
 	case reflect.Pointer:
 		if rng.IntN(3) == 0 || depth > 3 {
 			return

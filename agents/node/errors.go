@@ -8,6 +8,12 @@ import (
 	"github.com/sendense/sendense/schemas"
 )
 
+// errAttemptTaken: the stream already holds another started event of this
+// job and attempt. The run publishes nothing more under the attempt and its
+// request comes back later: by then the catalog shows whose job it is (a
+// reused job id is rejected) or which attempts it has seen.
+var errAttemptTaken = errors.New("attempt already taken by another run")
+
 // jobError is a failure classified where it was born: a reason code that
 // crosses the bus and whether trying again may help.
 type jobError struct {

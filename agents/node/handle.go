@@ -20,6 +20,7 @@ import (
 // request is one delivery of backup.requested, resolved enough to run.
 type request struct {
 	msg     jetstream.Msg
+	seq     uint64 // the request message's stream sequence: its identity
 	req     schemas.Request
 	jobID   string
 	attempt int // this run's attempt: see attemptOf
@@ -44,7 +45,7 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 	stop := bus.KeepInProgress(ctx, msg, a.cfg.InProgressInterval, log)
 	defer stop()
 
-	r := &request{msg: msg, attempt: delivered}
+	r := &request{msg: msg, seq: md.Sequence.Stream, attempt: delivered}
 	r.req, err = schemas.DecodeRequest(msg.Data())
 	r.jobID = a.jobID(r.req, msg, md)
 	r.log = log.With().Str("job_id", r.jobID).Logger()
@@ -69,6 +70,12 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 		r.log.Warn().Err(err).Dur("delay", a.cfg.RetryBackoff).Msg("catalog unreachable; request waits")
 		stop()
 		_ = msg.NakWithDelay(a.cfg.RetryBackoff)
+		return
+	case job.RequestSeq != 0 && job.RequestSeq != r.seq:
+		// Another request runs, or ran, under this job id: this message is
+		// not a redelivery of it, and must neither run as its attempt nor
+		// be dropped without an answer.
+		a.reusedJobID(ctx, r, stop, md, job)
 		return
 	case job.Status == store.StatusCompleted:
 		// A redelivery of a completed job (its ack was lost) must not run
@@ -117,6 +124,13 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 		err = a.publishCompleted(ctx, r, lease, completed, runs)
 	}
 	done()
+	if errors.Is(err, errAttemptTaken) {
+		r.log.Warn().Err(err).Dur("delay", a.cfg.RetryBackoff).Msg("attempt taken by another run; request waits")
+		a.release(lease, r)
+		stop()
+		_ = msg.NakWithDelay(a.cfg.RetryBackoff)
+		return
+	}
 	if err != nil {
 		a.failAndSettle(ctx, r, lease, stop, a.whyStopped(ctx, lease, err))
 		return
@@ -142,22 +156,29 @@ func attemptOf(delivered int, job store.Job) int {
 }
 
 // endedJob settles a request for a job that already ended. A redelivery
-// (the ack or term of the last attempt was lost) is dropped. A first
-// delivery is a new request that reuses the job id: it is rejected with
-// job_id_reused under a job id of its own (derived from the message), so
-// the ended job's history is never touched and the requester learns why.
+// of the job's own request (the ack or term of the last attempt was lost)
+// is dropped. Another request reusing the job id is rejected
+// (reusedJobID). Jobs recorded before started events carried the request's
+// sequence are told apart by the delivery count only.
 func (a *Agent) endedJob(ctx context.Context, r *request, stop func(), md *jetstream.MsgMetadata, job store.Job) {
-	if r.attempt > 1 {
+	if job.RequestSeq == r.seq || job.RequestSeq == 0 && r.attempt > 1 {
 		r.log.Info().Str("status", job.Status).Msg("job already ended; dropping redelivered request")
 		stop()
 		_ = r.msg.Term()
 		return
 	}
+	a.reusedJobID(ctx, r, stop, md, job)
+}
+
+// reusedJobID answers a request whose job id names another request's job:
+// backup.rejected with job_id_reused, under a job id derived from this
+// message, so the other job's history is never touched.
+func (a *Agent) reusedJobID(ctx context.Context, r *request, stop func(), md *jetstream.MsgMetadata, job store.Job) {
 	reused := r.jobID
 	r.jobID = bus.DeriveJobID(md.Stream, md.Sequence.Stream, md.Timestamp)
 	r.log = r.log.With().Str("job_id", r.jobID).Str("reused_job_id", reused).Logger()
 	a.rejectAndTerm(ctx, r, stop, &rejection{reason: schemas.RejectJobIDReused, err: fmt.Errorf(
-		"job id %s names a job that already ended (%s); a new request needs a new job id", reused, job.Status)})
+		"job id %s names the job of another request (%s, vm %s); a new request needs a new job id", reused, job.Status, job.VM.Name)})
 }
 
 // publishCompleted publishes backup.completed only while the lease is

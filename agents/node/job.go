@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/copier"
 	"github.com/sendense/sendense/schemas"
 	"github.com/sendense/sendense/store"
@@ -78,6 +79,7 @@ func (a *Agent) run(ctx context.Context, r *request) (_ *schemas.Completed, _ []
 		Repository:    r.req.Repository,
 		RequestedType: r.req.BackupType,
 		RequestedBy:   r.req.RequestedBy,
+		RequestSeq:    r.seq,
 		Snapshot:      snapName,
 	}
 	for _, d := range runs {
@@ -87,6 +89,12 @@ func (a *Agent) run(ctx context.Context, r *request) (_ *schemas.Completed, _ []
 		})
 	}
 	if err := a.publish(ctx, started); err != nil {
+		if errors.Is(err, bus.ErrDuplicateMsgID) {
+			// Another request under this job id (or another run of this
+			// attempt) published its started event first: nothing of this
+			// run goes under that attempt, not even its failure.
+			return nil, nil, fmt.Errorf("attempt %d of job %s: %w: %w", r.attempt, r.jobID, errAttemptTaken, err)
+		}
 		return nil, nil, err
 	}
 

@@ -92,7 +92,7 @@ func (c *backupCmd) run(ctx context.Context, a *app) error {
 	}
 	var w *waiter
 	if c.wait {
-		if w, err = newWaiter(nc, cat, req.JobID); err != nil {
+		if w, err = newWaiter(nc, cat, req.JobID, req.VM); err != nil {
 			return err
 		}
 		defer w.close()
@@ -127,6 +127,7 @@ func requester() string {
 // published, so no event can be missed.
 type waiter struct {
 	jobID  string
+	vm     string // as requested: name, instance uuid or moref
 	cat    *catalog.Client
 	events chan *nats.Msg
 	subs   []*nats.Subscription
@@ -136,8 +137,8 @@ type waiter struct {
 // ended, in case its terminal event passed while the connection was down.
 const outcomePoll = 2 * time.Second
 
-func newWaiter(nc *nats.Conn, cat *catalog.Client, jobID string) (*waiter, error) {
-	w := &waiter{jobID: jobID, cat: cat, events: make(chan *nats.Msg, 1024)}
+func newWaiter(nc *nats.Conn, cat *catalog.Client, jobID, vm string) (*waiter, error) {
+	w := &waiter{jobID: jobID, vm: vm, cat: cat, events: make(chan *nats.Msg, 1024)}
 	for _, subj := range []string{bus.SubjectAll} {
 		s, err := nc.ChanSubscribe(subj, w.events)
 		if err != nil {
@@ -248,8 +249,13 @@ func (w *waiter) await(ctx context.Context, a *app) error {
 	return w.outcome(a, j)
 }
 
-// outcome prints an ended job's outcome and returns its exit error.
+// outcome prints an ended job's outcome and returns its exit error. A job
+// of another VM is another request's job that held this job id first (its
+// request was queued longer than the stream remembers ids): a conflict.
 func (w *waiter) outcome(a *app, j store.Job) error {
+	if j.Status != store.StatusRejected && !sameVM(j.VM, w.vm) {
+		return &exitError{code: exitConflict, err: fmt.Errorf("job id %s is taken: it names a backup of vm %s, not %s; use another --job-id", w.jobID, vmName(j), w.vm)}
+	}
 	reason, msg := "", ""
 	if j.Failure != nil {
 		reason, msg = j.Failure.Reason, j.Failure.Message
@@ -269,4 +275,10 @@ func baseNote(base string) string {
 		return ""
 	}
 	return " since change id " + strings.TrimSpace(base)
+}
+
+// sameVM reports whether vm, as a user names it (name, instance uuid or
+// moref), is the VM of ref.
+func sameVM(ref schemas.VMRef, vm string) bool {
+	return vm == ref.Name || strings.EqualFold(vm, ref.UUID) || strings.EqualFold(vm, ref.Moref)
 }
