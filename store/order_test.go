@@ -8,14 +8,14 @@ import (
 	"github.com/sendense/sendense/schemas"
 )
 
-// TestReviewSameIDOtherBytesOrder: two events with the same (job, id,
+// TestSameIDOtherBytesOrder: two events with the same (job, id,
 // agent) but different bytes (the stream drops the second only within its
 // duplicate window, so a re-publish after it is stored again under a new
 // sequence). When the first filed won, the catalog depended on the order
 // they were applied in. Now the one stored first in the stream is kept,
 // whichever is applied first: here the original changeid, so the completed
 // that matches the re-published one is poison in both orders.
-func TestReviewSameIDOtherBytesOrder(t *testing.T) {
+func TestSameIDOtherBytesOrder(t *testing.T) {
 	s := spec{job: "j-order"}
 	run := from("node1", s.run()...) // started, changeid, completed
 	alt := s.changeIDEvent(0)
