@@ -9,7 +9,7 @@ import (
 	"github.com/sendense/sendense/schemas"
 )
 
-// TestOtherAgentRewritesCompletedJob: node1 completed j-done at
+// TestOtherAgentCannotRewriteCompletedJob: node1 completed j-done at
 // attempt 1 and the catalog applied it. node2 (its own credentials,
 // its own subject token) then publishes a self-consistent started,
 // changeid and completed of attempt 1 of the same job, a second earlier,
@@ -20,7 +20,7 @@ import (
 // decides: node2's events come after node1's started of attempt 1, which
 // makes the attempt node1's (rule 4), whatever their times and whatever
 // order the catalog applies them in.
-func TestOtherAgentRewritesCompletedJob(t *testing.T) {
+func TestOtherAgentCannotRewriteCompletedJob(t *testing.T) {
 	both := []schemas.DiskRef{diskA, diskB}
 	legit := spec{job: "j-done", disks: both}
 	c := newTestCatalog(t)
