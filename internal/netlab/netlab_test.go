@@ -1,0 +1,130 @@
+package netlab_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sendense/sendense/internal/netlab"
+)
+
+// The test binary doubles as a tiny server and client inside namespaces.
+func TestMain(m *testing.M) {
+	switch os.Getenv("NETLAB_HELPER") {
+	case "listen":
+		ln, err := net.Listen("tcp", os.Args[len(os.Args)-1])
+		if err != nil {
+			fmt.Println("listen:", err)
+			os.Exit(1)
+		}
+		fmt.Println("listening")
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				os.Exit(1)
+			}
+			_, _ = c.Write([]byte("hello\n"))
+			_ = c.Close()
+		}
+	case "dial":
+		c, err := net.DialTimeout("tcp", os.Args[len(os.Args)-1], 2*time.Second)
+		if err != nil {
+			fmt.Println("dial:", err)
+			os.Exit(1)
+		}
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		fmt.Print(line)
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func TestReachabilityAndIsolation(t *testing.T) {
+	lab := netlab.New(t)
+	lab.Net("core", "10.77.1.0/24")
+	lab.Net("edge", "10.77.2.0/24")
+	a := lab.Host("a", "core")
+	b := lab.Host("b", "core", "edge")
+	c := lab.Host("c", "edge")
+	if a.IP("core") != "10.77.1.1" || b.IP("core") != "10.77.1.2" || b.IP("edge") != "10.77.2.1" || c.IP("edge") != "10.77.2.2" {
+		t.Fatalf("addresses: a %s, b %s/%s, c %s", a.IP("core"), b.IP("core"), b.IP("edge"), c.IP("edge"))
+	}
+
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A server on c's edge address; b (same network) reaches it, a does not.
+	srv := c.Command(false, "env", "NETLAB_HELPER=listen", self, c.IP("edge")+":7000")
+	out, err := srv.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Process.Kill(); _ = srv.Wait() })
+	if line, _ := bufio.NewReader(out).ReadString('\n'); !strings.Contains(line, "listening") {
+		t.Fatalf("server on c: %q", line)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	got, err := b.Run(ctx, "env", "NETLAB_HELPER=dial", self, c.IP("edge")+":7000")
+	if err != nil || strings.TrimSpace(got) != "hello" {
+		t.Fatalf("b dialling c: %q, %v", got, err)
+	}
+	got, err = a.Run(ctx, "env", "NETLAB_HELPER=dial", self, c.IP("edge")+":7000")
+	if err == nil || !strings.Contains(got, "unreachable") {
+		t.Fatalf("a reached c across networks it is not on: %q, %v", got, err)
+	}
+
+	// An isolated process on a sees its own directory, not b's nor /tmp.
+	mine := filepath.Join(a.Dir, "mine")
+	theirs := filepath.Join(b.Dir, "theirs")
+	tmp, err := os.CreateTemp("/tmp", "netlab-visible")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = tmp.Close()
+	t.Cleanup(func() { _ = os.Remove(tmp.Name()) })
+	for _, p := range []string{mine, theirs} {
+		if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	proc := a.Command(true, "sleep", "60")
+	if err := proc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = proc.Process.Kill(); _ = proc.Wait() })
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		// Until the script execs sleep, the process still sees everything.
+		if seen, _ := netlab.Sees(proc.Process.Pid, tmp.Name()); !seen {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("isolated process still sees %s", tmp.Name())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for path, want := range map[string]bool{mine: true, theirs: false, tmp.Name(): false, b.Dir: false} {
+		seen, err := netlab.Sees(proc.Process.Pid, path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen != want {
+			t.Errorf("isolated process on a sees %s: %v, want %v", path, seen, want)
+		}
+	}
+	// The test itself still sees everything.
+	if _, err := os.Stat(theirs); err != nil {
+		t.Fatal(err)
+	}
+}
