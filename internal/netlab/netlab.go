@@ -29,6 +29,8 @@ type Lab struct {
 	root   string // the lab's directory; Host.Dir is under it
 	nets   map[string]*network
 	hosts  []*Host
+	// attached are the veth ends Attach put in the caller's namespace.
+	attached []string
 }
 
 type network struct {
@@ -136,8 +138,43 @@ func (l *Lab) Net(name, cidr string) {
 	l.nets[name] = n
 }
 
-// Host adds a host joined to the named networks.
+// Host adds a host joined to the named networks, with the next free address
+// of each.
 func (l *Lab) Host(name string, nets ...string) *Host {
+	l.tb.Helper()
+	return l.addHost(name, nets, func(n *network) netip.Addr {
+		addr := n.next
+		if !n.prefix.Contains(addr.Next()) {
+			l.tb.Fatalf("netlab: network %s is full", n.name)
+		}
+		n.next = addr.Next()
+		return addr
+	})
+}
+
+// HostAt adds a host joined to the named networks with host number num on
+// each: HostAt("hub", 20, "core") on 10.77.1.0/24 is 10.77.1.20. It lets a
+// lab use the fixed addresses of a deployment file. Do not mix it with Host
+// on one network unless the numbers cannot collide.
+func (l *Lab) HostAt(name string, num int, nets ...string) *Host {
+	l.tb.Helper()
+	return l.addHost(name, nets, func(n *network) netip.Addr { return l.nth(n, num) })
+}
+
+// nth is the num-th address of n's prefix.
+func (l *Lab) nth(n *network, num int) netip.Addr {
+	l.tb.Helper()
+	a := n.prefix.Addr().As4()
+	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
+	v += uint32(num)
+	addr := netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+	if num <= 0 || !n.prefix.Contains(addr) {
+		l.tb.Fatalf("netlab: host number %d is outside network %s (%s)", num, n.name, n.prefix)
+	}
+	return addr
+}
+
+func (l *Lab) addHost(name string, nets []string, pick func(*network) netip.Addr) *Host {
 	l.tb.Helper()
 	h := &Host{lab: l, Name: name, NS: l.prefix + name, Dir: filepath.Join(l.root, name), ips: map[string]string{}}
 	if err := os.MkdirAll(h.Dir, 0o700); err != nil {
@@ -151,21 +188,53 @@ func (l *Lab) Host(name string, nets ...string) *Host {
 		if !ok {
 			l.tb.Fatalf("netlab: host %s: no network %s", h.Name, name)
 		}
-		addr := n.next
-		if !n.prefix.Contains(addr.Next()) {
-			l.tb.Fatalf("netlab: network %s is full", name)
-		}
-		n.next = addr.Next()
+		addr := pick(n)
 		dev := fmt.Sprintf("eth%d", i)
 		peer := fmt.Sprintf("h%dn%d", len(l.hosts)-1, i)
 		l.ip("link", "add", dev, "netns", h.NS, "type", "veth", "peer", "name", peer, "netns", l.sw)
-		l.ip("-n", l.sw, "link", "set", peer, "master", n.bridge)
-		l.ip("-n", l.sw, "link", "set", peer, "up")
+		l.plug(n, peer)
 		l.ip("-n", h.NS, "addr", "add", fmt.Sprintf("%s/%d", addr, n.prefix.Bits()), "dev", dev)
 		l.ip("-n", h.NS, "link", "set", dev, "up")
 		h.ips[name] = addr.String()
 	}
 	return h
+}
+
+// plug attaches the switch-side end of a veth pair to n's bridge.
+func (l *Lab) plug(n *network, peer string) {
+	l.tb.Helper()
+	l.ip("-n", l.sw, "link", "set", peer, "master", n.bridge)
+	l.ip("-n", l.sw, "link", "set", peer, "up")
+}
+
+// Attach joins the calling process's own network namespace (the test's)
+// to the named network with host number num, so the test reaches the lab's
+// services as an operator's workstation would, and returns that address.
+// The link goes away with the lab.
+func (l *Lab) Attach(net string, num int) string {
+	l.tb.Helper()
+	n, ok := l.nets[net]
+	if !ok {
+		l.tb.Fatalf("netlab: attach: no network %s", net)
+	}
+	addr := l.nth(n, num)
+	// Interface names are at most 15 bytes and live in the root
+	// namespace, so they carry the process id and the lab number.
+	dev := fmt.Sprintf("%s%s", strings.TrimPrefix(l.prefix, nsPrefix), net)
+	dev = nsPrefix + strings.NewReplacer("-", "").Replace(dev)
+	if len(dev) > 15 {
+		dev = dev[:15]
+	}
+	peer := fmt.Sprintf("r%dn%s", len(l.attached), net)
+	if len(peer) > 15 {
+		peer = peer[:15]
+	}
+	l.ip("link", "add", dev, "type", "veth", "peer", "name", peer, "netns", l.sw)
+	l.attached = append(l.attached, dev)
+	l.plug(n, peer)
+	l.ip("addr", "add", fmt.Sprintf("%s/%d", addr, n.prefix.Bits()), "dev", dev)
+	l.ip("link", "set", dev, "up")
+	return addr.String()
 }
 
 // IP is the host's address on the named network.
@@ -281,6 +350,11 @@ func (l *Lab) ip(args ...string) {
 // remove deletes the hosts' namespaces and the switch (which takes the
 // bridges and veth pairs with it).
 func (l *Lab) remove() {
+	for _, dev := range l.attached {
+		// Deleting the switch takes the pair too; this only makes it
+		// immediate and covers a switch that failed to go.
+		_ = exec.Command("ip", "link", "del", dev).Run()
+	}
 	for _, ns := range append(l.namespaces(), l.sw) {
 		if _, err := os.Stat(filepath.Join("/run/netns", ns)); os.IsNotExist(err) {
 			continue
