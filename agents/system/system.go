@@ -655,7 +655,9 @@ func (s *System) NATSURL() string {
 // Inventory returns a named set of simulated VMs: "sample" (the demo's:
 // pgtest1 with a 6 GiB and a 1 GiB disk, testbed.SampleVMs) or "small"
 // (pgtest1 with 256 MiB and 128 MiB disks, a quarter filled; for tests of
-// the command line).
+// the command line), or "pair" (pgtest1 and pgtest2, each with a 512 MiB
+// disk three quarters filled and a 128 MiB disk a quarter filled: two
+// agents copy at once for long enough to be interrupted mid-copy).
 func Inventory(name string) ([]testbed.VMSpec, error) {
 	switch name {
 	case "", "sample":
@@ -665,6 +667,15 @@ func Inventory(name string) ([]testbed.VMSpec, error) {
 			{CapacityBytes: 256 << 20, FillBytes: 64 << 20},
 			{CapacityBytes: 128 << 20, FillBytes: 32 << 20},
 		}}}, nil
+	case "pair":
+		var vms []testbed.VMSpec
+		for i := range 2 {
+			vms = append(vms, testbed.VMSpec{Name: fmt.Sprintf("pgtest%d", i+1), Seed: int64(11 + i), Disks: []testbed.DiskSpec{
+				{CapacityBytes: 512 << 20, FillBytes: 384 << 20},
+				{CapacityBytes: 128 << 20, FillBytes: 32 << 20},
+			}})
+		}
+		return vms, nil
 	}
-	return nil, fmt.Errorf("unknown simulated inventory %q (want sample or small)", name)
+	return nil, fmt.Errorf("unknown simulated inventory %q (want sample, small or pair)", name)
 }

@@ -178,7 +178,7 @@ type agentFlags struct {
 
 func (f *agentFlags) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.simulate, "simulate-vcenter", false, "run a simulated vCenter with CBT and sample VMs (pgtest1) in this process")
-	fs.StringVar(&f.inventory, "simulate-inventory", "sample", "simulated VMs: sample or small")
+	fs.StringVar(&f.inventory, "simulate-inventory", "sample", "simulated VMs: sample, small or pair")
 	_ = fs.MarkHidden("simulate-inventory")
 	fs.StringVar(&f.vcenterURL, "vcenter-url", "", "vCenter SDK URL, https://HOST/sdk")
 	fs.StringVar(&f.user, "vcenter-user", "", "vCenter user")
