@@ -139,17 +139,24 @@ func startExternalConf(tb testing.TB, bin, dataDir string, port int, confText st
 	tb.Helper()
 	portsDir := tb.TempDir()
 	conf := writeConf(tb, portsDir, confText)
-	cmd := exec.Command(bin,
+	return runNatsServer(tb, bin, portsDir, "nats-server-external", log,
 		"-c", conf,
 		"-n", "sendense-external",
 		"-a", "127.0.0.1", "-p", strconv.Itoa(port),
-		"-js", "-sd", dataDir,
-		"--ports_file_dir", portsDir)
+		"-js", "-sd", dataDir)
+}
+
+// runNatsServer runs bin with args and --ports_file_dir portsDir (a
+// fresh directory), its output logged with component, and returns once
+// it has written its ports file. Stopped in cleanup.
+func runNatsServer(tb testing.TB, bin, portsDir, component string, log zerolog.Logger, args ...string) *externalProc {
+	tb.Helper()
+	cmd := exec.Command(bin, append(args, "--ports_file_dir", portsDir)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	pr, pw := io.Pipe()
 	cmd.Stderr = pw
 	cmd.Stdout = pw
-	slog := log.With().Str("component", "nats-server-external").Logger()
+	slog := log.With().Str("component", component).Logger()
 	logDone := make(chan struct{})
 	go func() {
 		defer close(logDone)
