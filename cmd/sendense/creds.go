@@ -3,8 +3,8 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"os"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
