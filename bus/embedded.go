@@ -322,12 +322,21 @@ func splitHostPort(hp string) (string, int, error) {
 
 // ClientURL returns the URL clients outside the process use, with the
 // actual port when Listen asked for a random one: tls:// when the server
-// requires TLS, nats:// otherwise; "" with ListenNone.
+// requires TLS, nats:// otherwise; "" with ListenNone. A server on every
+// address (0.0.0.0, ::) gives 127.0.0.1, which its certificate names.
 func (e *Embedded) ClientURL() string {
 	if e.inproc {
 		return ""
 	}
-	return e.srv.ClientURL()
+	u := e.srv.ClientURL()
+	p, err := url.Parse(u)
+	if err != nil {
+		return u
+	}
+	if ip := net.ParseIP(p.Hostname()); ip != nil && ip.IsUnspecified() {
+		p.Host = net.JoinHostPort("127.0.0.1", p.Port())
+	}
+	return p.String()
 }
 
 // TLS reports whether the server requires TLS from clients and routes.

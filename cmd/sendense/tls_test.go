@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/bus/bustest"
+	"github.com/sendense/sendense/internal/testutil"
 )
 
 // TestServeNATSTLS: serve listening off loopback makes DATA/tls and
@@ -83,8 +85,14 @@ func TestServeNATSTLS(t *testing.T) {
 	if err := json.Unmarshal(raw, &nctx); err != nil {
 		t.Fatal(err)
 	}
-	if nctx["ca"] != ca || !strings.HasPrefix(nctx["url"], "tls://") {
-		t.Errorf("nats context %v: want ca %s and a tls:// url", nctx, ca)
+	if nctx["ca"] != ca || nctx["url"] != tlsURL {
+		t.Errorf("nats context %v: want ca %s and url %s", nctx, ca, tlsURL)
+	}
+	natsCLI := testutil.NATSCLI(t)
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel2()
+	if out, err := exec.CommandContext(ctx2, natsCLI, "--context", "sendense", "rtt").CombinedOutput(); err != nil {
+		t.Errorf("nats --context sendense rtt over tls: %v\n%s", err, out)
 	}
 }
 
