@@ -83,6 +83,10 @@ type ServerNode struct {
 	Name string
 	// Listen is the client address, host:port.
 	Listen string
+	// Advertise is the client address the server gives clients of its
+	// cluster (client_advertise), host:port: one its certificate names,
+	// rather than every address of a server listening on 0.0.0.0.
+	Advertise string
 	// Monitor is the HTTP monitoring address (/healthz, /jsz), host:port.
 	Monitor string
 	// TLS makes the server require TLS from clients and, in a cluster, on
@@ -94,6 +98,9 @@ type ServerNode struct {
 	ClusterName   string
 	ClusterListen string
 	Routes        []string
+	// ClusterAdvertise is the route address the server gives the other
+	// members, host:port (cluster advertise).
+	ClusterAdvertise string
 	// StoreDir turns JetStream on with its files there, every write
 	// synced before it is acknowledged, like the embedded server.
 	StoreDir string
@@ -109,6 +116,9 @@ func NodeConfig(users []User, node ServerNode) string {
 	}
 	if node.Listen != "" {
 		fmt.Fprintf(&b, "listen: %q\n", node.Listen)
+	}
+	if node.Advertise != "" {
+		fmt.Fprintf(&b, "client_advertise: %q\n", node.Advertise)
 	}
 	if node.Monitor != "" {
 		fmt.Fprintf(&b, "http: %q\n", node.Monitor)
@@ -127,6 +137,9 @@ func NodeConfig(users []User, node ServerNode) string {
 		}
 		if node.ClusterListen != "" {
 			fmt.Fprintf(&b, "  listen: %q\n", node.ClusterListen)
+		}
+		if node.ClusterAdvertise != "" {
+			fmt.Fprintf(&b, "  advertise: %q\n", node.ClusterAdvertise)
 		}
 		if len(node.Routes) > 0 {
 			fmt.Fprintf(&b, "  routes: %s\n", quoteList(node.Routes))

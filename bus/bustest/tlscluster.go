@@ -109,6 +109,7 @@ func WriteClusterConfig(dir string, nodes []NodeAddr, users []bus.User) (*Cluste
 		node := bus.ServerNode{
 			Name:          n.Name,
 			Listen:        net.JoinHostPort(n.Host, strconv.Itoa(n.ClientPort)),
+			Advertise:     net.JoinHostPort(n.Host, strconv.Itoa(n.ClientPort)),
 			TLS:           &files,
 			ClusterName:   ClusterName,
 			ClusterListen: net.JoinHostPort(n.Host, strconv.Itoa(n.ClusterPort)),

@@ -146,6 +146,8 @@ For each member of a cluster over TLS (its files from sendense creds tls):
 	f.StringVar(&tlsDir, "tls-dir", "/etc/nats/tls", "where the server's server.pem, server-key.pem and ca.pem are (sendense creds tls --out)")
 	f.StringVar(&node.Name, "name", "", "server_name, unique in the cluster")
 	f.StringVar(&node.Listen, "listen", "", "client listen address, host:port (default: the server's, 0.0.0.0:4222)")
+	f.StringVar(&node.Advertise, "advertise", "", "client address given to clients of the cluster, host:port (one the certificate names)")
+	f.StringVar(&node.ClusterAdvertise, "cluster-advertise", "", "route address given to the other members, host:port")
 	f.StringVar(&node.Monitor, "monitor", "", "HTTP monitoring address, host:port (/healthz)")
 	f.StringVar(&node.StoreDir, "store-dir", "", "turn on JetStream with its files there, every write synced")
 	f.StringVar(&node.ClusterName, "cluster-name", "", "cluster name (default sendense with --cluster-listen)")
