@@ -138,6 +138,7 @@ type TLSCluster struct {
 	Creds bus.Creds
 
 	bin   string
+	wrap  func(i int) []string
 	procs []*externalProc
 }
 
@@ -156,7 +157,7 @@ func StartTLSCluster(tb testing.TB, n int, agents ...string) *TLSCluster {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	c := &TLSCluster{Config: cc, Creds: creds, bin: NatsServerBinary(tb), procs: make([]*externalProc, n)}
+	c := NewTLSCluster(tb, cc, creds, nil)
 	for i := range n {
 		c.Start(tb, i)
 	}
@@ -164,6 +165,17 @@ func StartTLSCluster(tb testing.TB, n int, agents ...string) *TLSCluster {
 		c.WaitHealthy(tb, i)
 	}
 	return c
+}
+
+// NewTLSCluster returns the cluster of cc, admitting creds' identities
+// (cc must have been written with their users), without starting it:
+// Start each node, then WaitHealthy. wrap, if not nil, gives the command
+// that runs node i's nats-server in place (for example
+// []string{"ip", "netns", "exec", "ns1"}: it must exec the server, not
+// fork it, so Stop and Kill reach it).
+func NewTLSCluster(tb testing.TB, cc *ClusterConfig, creds bus.Creds, wrap func(i int) []string) *TLSCluster {
+	tb.Helper()
+	return &TLSCluster{Config: cc, Creds: creds, bin: NatsServerBinary(tb), wrap: wrap, procs: make([]*externalProc, len(cc.Nodes))}
 }
 
 // URLs are the nodes' tls:// client URLs.
@@ -174,7 +186,11 @@ func (c *TLSCluster) URLs() []string { return c.Config.URLs() }
 func (c *TLSCluster) Start(tb testing.TB, i int) {
 	tb.Helper()
 	n := c.Config.Nodes[i]
-	c.procs[i] = runNatsServer(tb, c.bin, tb.TempDir(), "nats-server-"+n.Name,
+	var prefix []string
+	if c.wrap != nil {
+		prefix = c.wrap(i)
+	}
+	c.procs[i] = runNatsServer(tb, prefix, c.bin, tb.TempDir(), "nats-server-"+n.Name,
 		Logger(tb).With().Str("node", n.Name).Logger(), "-c", n.Config)
 }
 
