@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -64,9 +66,11 @@ func (f *natsFlags) register(fs *pflag.FlagSet) {
 func (f *natsFlags) explicitAuth() bool { return f.creds != "" || f.nkey != "" || f.user != "" }
 
 // natsOptions are the global NATS flags as client options, with the TLS
-// CA: --nats-ca (TLS required), else DATA/tls/ca.pem when it exists (the
-// hub's host: TLS verified against it whenever the server asks for TLS,
-// which its embedded server does off loopback).
+// CA: --nats-ca (TLS required), else DATA/tls/ca.pem when it exists. With
+// the latter, TLS is required too unless every URL is on loopback (the
+// hub's host, where the embedded server is in clear text unless it
+// listens off loopback): a server elsewhere that does not offer TLS is
+// refused rather than trusted in clear text.
 func (a *app) natsOptions(name string, urls []string) bus.Options {
 	f := &a.nats
 	opts := bus.Options{
@@ -75,7 +79,7 @@ func (a *app) natsOptions(name string, urls []string) bus.Options {
 	}
 	if opts.TLSCA == "" {
 		if ca := a.tlsDir().CAFile(); fileExists(ca) {
-			opts.TLSCA, opts.TLSIfOffered = ca, true
+			opts.TLSCA, opts.TLSIfOffered = ca, loopbackURLs(urls)
 		}
 	}
 	return opts
@@ -95,6 +99,28 @@ func (a *app) serverCA(emb *bus.Embedded) string {
 		return ""
 	}
 	return a.tlsDir().CAFile()
+}
+
+// loopbackURLs reports whether every URL names a loopback host (none:
+// the default, 127.0.0.1).
+func loopbackURLs(urls []string) bool {
+	for _, list := range urls {
+		for _, u := range strings.Split(list, ",") {
+			u = strings.TrimSpace(u)
+			if !strings.Contains(u, "://") {
+				u = "nats://" + u // as nats.go reads it
+			}
+			p, err := url.Parse(u)
+			if err != nil || p.Host == "" {
+				return false
+			}
+			h := p.Hostname()
+			if ip := net.ParseIP(h); h != "localhost" && (ip == nil || !ip.IsLoopback()) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func fileExists(path string) bool {

@@ -150,3 +150,39 @@ func TestCredsServerConfigTLS(t *testing.T) {
 		}
 	}
 }
+
+// TestNATSOptionsCA: the CA under --data is used by itself; TLS is then
+// required unless every URL is on loopback; --nats-ca always requires it.
+func TestNATSOptionsCA(t *testing.T) {
+	a := &app{dataDir: t.TempDir()}
+	if o := a.natsOptions("x", []string{"tls://10.0.0.1:4222"}); o.TLSCA != "" {
+		t.Errorf("no CA under --data: TLSCA %q", o.TLSCA)
+	}
+	ca, err := a.tlsDir().EnsureCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		urls     []string
+		explicit string
+		ifOffer  bool
+	}{
+		{nil, "", true},
+		{[]string{"nats://127.0.0.1:4222"}, "", true},
+		{[]string{"localhost:4222,nats://[::1]:4222"}, "", true},
+		{[]string{"nats://127.0.0.1:4222", "nats://10.0.0.2:4222"}, "", false},
+		{[]string{"hub.example:4222"}, "", false},
+		{[]string{"nats://127.0.0.1:4222"}, "/elsewhere/ca.pem", false},
+	}
+	for _, tt := range tests {
+		a.nats.tlsCA = tt.explicit
+		o := a.natsOptions("x", tt.urls)
+		wantCA := ca
+		if tt.explicit != "" {
+			wantCA = tt.explicit
+		}
+		if o.TLSCA != wantCA || o.TLSIfOffered != tt.ifOffer {
+			t.Errorf("urls %v, --nats-ca %q: TLSCA %q TLSIfOffered %v; want %q %v", tt.urls, tt.explicit, o.TLSCA, o.TLSIfOffered, wantCA, tt.ifOffer)
+		}
+	}
+}
