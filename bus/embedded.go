@@ -73,9 +73,11 @@ type EmbeddedOptions struct {
 	NoAuth bool
 	// TLSDir is the directory of the CA and this server's certificate
 	// (TLSDir.EnsureServer; `sendense serve` uses DATA/tls). A server that
-	// listens off loopback, or with TLS, makes them there at its first
-	// start, reuses them after, and then requires TLS from every client
-	// and on every route of its cluster. Empty: no TLS.
+	// listens off loopback (for clients or routes), or with TLS, makes
+	// them there at its first start, reuses them after, and then requires
+	// TLS from every client and on every route of its cluster (mutual).
+	// Empty: no TLS, and listening off loopback is refused unless
+	// Insecure.
 	TLSDir string
 	// TLS requires TLS also when the server listens on loopback only
 	// (needs TLSDir). Off by default: a single host stays in clear text
@@ -265,11 +267,17 @@ func serverTLS(so *server.Options, opts EmbeddedOptions) error {
 	if opts.TLS && opts.TLSDir == "" {
 		return errors.New("embedded nats server: tls needs a tls directory")
 	}
-	offLoopback := !so.DontListen && !isLoopback(so.Host)
-	if opts.TLSDir == "" || !(opts.TLS || offLoopback && !opts.Insecure) {
+	clientOff := !so.DontListen && !isLoopback(so.Host)
+	routesOff := so.Cluster.Name != "" && !isLoopback(so.Cluster.Host)
+	if routesOff && opts.TLSDir == "" && !opts.Insecure {
+		return fmt.Errorf("embedded nats server: refusing cluster routes on %s, which is not loopback, without TLS; "+
+			"give a TLS directory, or accept clear text on the network with --insecure: %w",
+			net.JoinHostPort(so.Cluster.Host, strconv.Itoa(so.Cluster.Port)), ErrInsecureListen)
+	}
+	if opts.TLSDir == "" || !(opts.TLS || (clientOff || routesOff) && !opts.Insecure) {
 		return nil
 	}
-	if so.DontListen {
+	if so.DontListen && so.Cluster.Name == "" {
 		return errors.New("embedded nats server: tls without a listener (listen none)")
 	}
 	hosts := []string{so.Host}
@@ -285,9 +293,11 @@ func serverTLS(so *server.Options, opts EmbeddedOptions) error {
 	if err != nil {
 		return fmt.Errorf("embedded nats server: tls: %w", err)
 	}
-	so.TLS, so.TLSConfig, so.TLSTimeout = true, tc, tlsHandshakeTimeout
-	if len(opts.Advertise) > 0 {
-		so.ClientAdvertise = opts.Advertise[0]
+	if !so.DontListen {
+		so.TLS, so.TLSConfig, so.TLSTimeout = true, tc, tlsHandshakeTimeout
+		if len(opts.Advertise) > 0 {
+			so.ClientAdvertise = opts.Advertise[0]
+		}
 	}
 	if so.Cluster.Name != "" {
 		rc, err := routeTLSConfig(files)
