@@ -2,6 +2,7 @@ package bus
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -28,8 +29,17 @@ type Options struct {
 	Password string
 	// NKeyFile is a file holding an nkey seed ("SU…").
 	NKeyFile string
-	// TLSCA is a PEM file of the CAs that sign the servers' certificates.
+	// TLSCA is a PEM file of the CAs that sign the servers' certificates
+	// (DATA/tls/ca.pem, given to other hosts as --nats-ca). With it the
+	// connection uses TLS, verifies the server against these CAs only, and
+	// refuses a server that does not offer TLS. A tls:// URL asks for TLS
+	// too (verified against TLSCA, else the system's CAs).
 	TLSCA string
+	// TLSIfOffered relaxes TLSCA: TLS, verified against TLSCA, only when
+	// the server requires it; a server in clear text is accepted. For a
+	// CA found on the hub's host, whose embedded server is in clear text
+	// on loopback unless it listens off it.
+	TLSIfOffered bool
 	// TLSCert and TLSKey are the client certificate and key for mutual TLS;
 	// both or neither.
 	TLSCert string
@@ -198,15 +208,35 @@ func authOptions(opts Options) ([]nats.Option, error) {
 	if n > 1 {
 		return nil, errors.New("nats options: set at most one of creds, nkey file and user")
 	}
-	if opts.TLSCA != "" {
-		out = append(out, nats.RootCAs(opts.TLSCA))
-	}
 	if (opts.TLSCert == "") != (opts.TLSKey == "") {
 		return nil, errors.New("nats options: tls cert and tls key go together")
 	}
-	if opts.TLSCert != "" {
-		out = append(out, nats.ClientCert(opts.TLSCert, opts.TLSKey))
+	if opts.TLSCA == "" && opts.TLSCert == "" {
+		return out, nil
 	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if opts.TLSCA != "" {
+		pool, err := loadPool(opts.TLSCA)
+		if err != nil {
+			return nil, fmt.Errorf("nats options: %w", err)
+		}
+		tc.RootCAs = pool
+	}
+	if opts.TLSCert != "" {
+		pair, err := tls.LoadX509KeyPair(opts.TLSCert, opts.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("nats options: load client certificate %s: %w", opts.TLSCert, err)
+		}
+		tc.Certificates = []tls.Certificate{pair}
+	}
+	// nats.RootCAs would always insist on TLS; set the configuration
+	// directly so TLSIfOffered can leave that to the server.
+	secure := !opts.TLSIfOffered || opts.TLSCert != ""
+	out = append(out, func(o *nats.Options) error {
+		o.TLSConfig = tc
+		o.Secure = o.Secure || secure
+		return nil
+	})
 	return out, nil
 }
 

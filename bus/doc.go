@@ -37,6 +37,16 @@
 // catalog reads BACKUP_EVENTS through EnsureCatalogConsumer, or replays it
 // with an ordered consumer to rebuild.
 //
+// Across hosts NATS runs over TLS with one CA (TLSDir: ca.pem, ca-key.pem
+// and server.pem, server-key.pem, in DATA/tls). An embedded server that
+// listens off loopback with a TLSDir makes them at its first start and
+// requires TLS from clients and on its routes (mutual); TLSDir.IssueServer
+// issues external nats-servers' certificates from the same CA and
+// NodeConfig writes their configuration. A client given Options.TLSCA (or
+// a tls:// URL) uses TLS, verifies the server against that CA only and
+// refuses a server without TLS; with TLSIfOffered it uses TLS only when
+// the server asks for it.
+//
 // # Caveats
 //
 //   - Deduplication holds within a stream's duplicate window (10 min for

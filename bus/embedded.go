@@ -71,10 +71,27 @@ type EmbeddedOptions struct {
 	// anything. For tests of the bus itself; never for a server others
 	// can reach (it is refused off loopback unless Insecure).
 	NoAuth bool
+	// TLSDir is the directory of the CA and this server's certificate
+	// (TLSDir.EnsureServer; `sendense serve` uses DATA/tls). A server that
+	// listens off loopback (for clients or routes), or with TLS, makes
+	// them there at its first start, reuses them after, and then requires
+	// TLS from every client and on every route of its cluster (mutual).
+	// Empty: no TLS, and listening off loopback is refused unless
+	// Insecure.
+	TLSDir string
+	// TLS requires TLS also when the server listens on loopback only
+	// (needs TLSDir). Off by default: a single host stays in clear text
+	// on loopback, which is simple and fast.
+	TLS bool
+	// Advertise are the host names or addresses clients reach the server
+	// by from other hosts. Each goes into the server certificate, and the
+	// first is the address the server gives clients of its cluster
+	// (client_advertise, with the listen port).
+	Advertise []string
 	// Insecure allows Listen on an address other than loopback without
-	// TLS (the server has no TLS listener yet). Off by default: such a
-	// server is refused, because credentials and backups' metadata would
-	// cross the network in the clear.
+	// TLS (TLSDir empty, or Insecure chosen over it). Off by default:
+	// such a server is refused, because credentials and backups'
+	// metadata would cross the network in the clear.
 	Insecure bool
 	// StoreCheckInterval is how often the server checks that JetStream
 	// can still write to its store, and so the shortest time between two
@@ -101,6 +118,7 @@ type Embedded struct {
 	srv      *server.Server
 	opts     EmbeddedOptions
 	inproc   bool // ListenNone
+	tls      bool // clients and routes must use TLS
 	log      zerolog.Logger
 	watch    *storeWatch // nil until JetStream is up
 	shutdown sync.Once
@@ -122,7 +140,7 @@ func StartEmbedded(ctx context.Context, opts EmbeddedOptions) (*Embedded, error)
 	}
 	sl := &serverLogger{log: log}
 	srv.SetLoggerV2(sl, log.GetLevel() <= zerolog.DebugLevel, log.GetLevel() <= zerolog.TraceLevel, false)
-	e := &Embedded{srv: srv, opts: opts, log: log, inproc: sopts.DontListen}
+	e := &Embedded{srv: srv, opts: opts, log: log, inproc: sopts.DontListen, tls: sopts.TLSConfig != nil}
 
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -149,11 +167,11 @@ func StartEmbedded(ctx context.Context, opts EmbeddedOptions) (*Embedded, error)
 		return nil, fmt.Errorf("start embedded nats server in %s: jetstream did not start", opts.DataDir)
 	}
 	e.watch = startStoreWatch(srv, sopts, opts, log)
-	log.Info().Str("url", e.ClientURL()).Str("store_dir", sopts.StoreDir).Str("server", sopts.ServerName).
+	log.Info().Str("url", e.ClientURL()).Bool("tls", e.tls).Str("store_dir", sopts.StoreDir).Str("server", sopts.ServerName).
 		Int64("max_store", sopts.JetStreamMaxStore).Int64("max_memory", sopts.JetStreamMaxMemory).
 		Dur("store_check_interval", e.watch.interval).Int64("store_min_free", e.watch.needNow()).
 		Msg("embedded nats server ready")
-	if !sopts.DontListen && !isLoopback(sopts.Host) {
+	if !sopts.DontListen && !isLoopback(sopts.Host) && sopts.TLSConfig == nil {
 		// Only with Insecure (serverOptions refuses it otherwise).
 		log.Error().Str("listen", net.JoinHostPort(sopts.Host, strconv.Itoa(sopts.Port))).Bool("insecure", true).
 			Msg("INSECURE: nats listens off loopback without TLS; credentials' exchanges and every event cross the network in clear text")
@@ -199,9 +217,9 @@ func serverOptions(opts EmbeddedOptions) (*server.Options, error) {
 		if err != nil {
 			return nil, fmt.Errorf("embedded nats server: listen %q: %w", listen, err)
 		}
-		if !isLoopback(host) && !opts.Insecure {
+		if !isLoopback(host) && !opts.Insecure && opts.TLSDir == "" {
 			return nil, fmt.Errorf("embedded nats server: refusing to listen on %s, which is not loopback, without TLS; "+
-				"listen on 127.0.0.1, or accept clear text on the network with --insecure: %w", listen, ErrInsecureListen)
+				"give a TLS directory, listen on 127.0.0.1, or accept clear text on the network with --insecure: %w", listen, ErrInsecureListen)
 		}
 		if !isLoopback(host) && opts.NoAuth {
 			return nil, fmt.Errorf("embedded nats server: refusing to listen on %s without authentication: %w", listen, ErrInsecureListen)
@@ -232,7 +250,63 @@ func serverOptions(opts EmbeddedOptions) (*server.Options, error) {
 			so.Routes = append(so.Routes, u)
 		}
 	}
+	if err := serverTLS(so, opts); err != nil {
+		return nil, err
+	}
 	return so, nil
+}
+
+// tlsHandshakeTimeout bounds a client's or route's TLS handshake, in
+// seconds (nats-server's default of 2 s is tight on a loaded host).
+const tlsHandshakeTimeout = 5
+
+// serverTLS turns on TLS for clients and routes when the server listens
+// off loopback with a TLSDir (unless Insecure) or when TLS is asked, making
+// the CA and the server certificate on first use.
+func serverTLS(so *server.Options, opts EmbeddedOptions) error {
+	if opts.TLS && opts.TLSDir == "" {
+		return errors.New("embedded nats server: tls needs a tls directory")
+	}
+	clientOff := !so.DontListen && !isLoopback(so.Host)
+	routesOff := so.Cluster.Name != "" && !isLoopback(so.Cluster.Host)
+	if routesOff && opts.TLSDir == "" && !opts.Insecure {
+		return fmt.Errorf("embedded nats server: refusing cluster routes on %s, which is not loopback, without TLS; "+
+			"give a TLS directory, or accept clear text on the network with --insecure: %w",
+			net.JoinHostPort(so.Cluster.Host, strconv.Itoa(so.Cluster.Port)), ErrInsecureListen)
+	}
+	if opts.TLSDir == "" || !(opts.TLS || (clientOff || routesOff) && !opts.Insecure) {
+		return nil
+	}
+	if so.DontListen && so.Cluster.Name == "" {
+		return errors.New("embedded nats server: tls without a listener (listen none)")
+	}
+	hosts := []string{so.Host}
+	if so.Cluster.Host != "" {
+		hosts = append(hosts, so.Cluster.Host)
+	}
+	hosts = append(hosts, opts.Advertise...)
+	files, err := TLSDir{Dir: opts.TLSDir}.EnsureServer(hosts)
+	if err != nil {
+		return fmt.Errorf("embedded nats server: tls: %w", err)
+	}
+	tc, err := serverTLSConfig(files)
+	if err != nil {
+		return fmt.Errorf("embedded nats server: tls: %w", err)
+	}
+	if !so.DontListen {
+		so.TLS, so.TLSConfig, so.TLSTimeout = true, tc, tlsHandshakeTimeout
+		if len(opts.Advertise) > 0 {
+			so.ClientAdvertise = opts.Advertise[0]
+		}
+	}
+	if so.Cluster.Name != "" {
+		rc, err := routeTLSConfig(files)
+		if err != nil {
+			return fmt.Errorf("embedded nats server: route tls: %w", err)
+		}
+		so.Cluster.TLSConfig, so.Cluster.TLSTimeout = rc, tlsHandshakeTimeout
+	}
+	return nil
 }
 
 // isLoopback reports whether a listen host only reaches this machine.
@@ -256,14 +330,27 @@ func splitHostPort(hp string) (string, int, error) {
 	return host, port, nil
 }
 
-// ClientURL returns the nats:// URL clients outside the process use, with
-// the actual port when Listen asked for a random one; "" with ListenNone.
+// ClientURL returns the URL clients outside the process use, with the
+// actual port when Listen asked for a random one: tls:// when the server
+// requires TLS, nats:// otherwise; "" with ListenNone. A server on every
+// address (0.0.0.0, ::) gives 127.0.0.1, which its certificate names.
 func (e *Embedded) ClientURL() string {
 	if e.inproc {
 		return ""
 	}
-	return e.srv.ClientURL()
+	u := e.srv.ClientURL()
+	p, err := url.Parse(u)
+	if err != nil {
+		return u
+	}
+	if ip := net.ParseIP(p.Hostname()); ip != nil && ip.IsUnspecified() {
+		p.Host = net.JoinHostPort("127.0.0.1", p.Port())
+	}
+	return p.String()
 }
+
+// TLS reports whether the server requires TLS from clients and routes.
+func (e *Embedded) TLS() bool { return e.tls }
 
 // ClusterURL returns the nats-route:// URL of the cluster listener, or ""
 // when the server is standalone.

@@ -64,6 +64,8 @@ func TestEmbeddedOptionErrors(t *testing.T) {
 		// Secure by default: users are required, and the network needs TLS.
 		{"no users", bus.EmbeddedOptions{DataDir: t.TempDir(), Listen: "127.0.0.1:-1"}},
 		{"all interfaces without tls", bus.EmbeddedOptions{DataDir: t.TempDir(), Listen: "0.0.0.0:-1", Users: someUsers(t)}},
+		{"cluster routes off loopback without tls", bus.EmbeddedOptions{DataDir: t.TempDir(), Listen: "127.0.0.1:-1", Users: someUsers(t),
+			ClusterName: "c", ClusterListen: "0.0.0.0:-1"}},
 		{"no auth off loopback even if insecure", bus.EmbeddedOptions{DataDir: t.TempDir(), Listen: "0.0.0.0:-1", NoAuth: true, Insecure: true}},
 	}
 	for _, tt := range tests {

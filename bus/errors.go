@@ -76,6 +76,11 @@ var (
 	// EmbeddedOptions.Insecure), or without authentication.
 	ErrInsecureListen = errors.New("insecure listen address")
 
+	// ErrTLSFiles is returned for a TLS directory or files that cannot be
+	// used: a CA certificate without its key or the reverse, a CA file
+	// without a certificate, no host to issue a certificate for.
+	ErrTLSFiles = errors.New("unusable tls files")
+
 	// ErrUnavailable wraps failures that mean JetStream cannot store now:
 	// no quorum or no leader for the stream, JetStream disabled or out of
 	// storage, or no server reachable until the deadline. The operation

@@ -75,3 +75,90 @@ func quoteList(subjects []string) string {
 	}
 	return "[" + strings.Join(q, ", ") + "]"
 }
+
+// ServerNode is one nats-server of an external deployment, for
+// NodeConfig. Every field is optional: an empty one leaves its block out.
+type ServerNode struct {
+	// Name is the server_name, unique within a cluster.
+	Name string
+	// Listen is the client address, host:port.
+	Listen string
+	// Advertise is the client address the server gives clients of its
+	// cluster (client_advertise), host:port: one its certificate names,
+	// rather than every address of a server listening on 0.0.0.0.
+	Advertise string
+	// Monitor is the HTTP monitoring address (/healthz, /jsz), host:port.
+	Monitor string
+	// TLS makes the server require TLS from clients and, in a cluster, on
+	// its routes (mutual: each server presents its certificate, verified
+	// against the CA). The files of TLSDir.IssueServer.
+	TLS *TLSFiles
+	// ClusterName, ClusterListen (host:port) and Routes
+	// (nats-route://host:port of every member) make a cluster.
+	ClusterName   string
+	ClusterListen string
+	Routes        []string
+	// ClusterAdvertise is the route address the server gives the other
+	// members, host:port (cluster advertise).
+	ClusterAdvertise string
+	// StoreDir turns JetStream on with its files there, every write
+	// synced before it is acknowledged, like the embedded server.
+	StoreDir string
+}
+
+// NodeConfig returns a whole nats-server configuration file: node's
+// blocks followed by ServerConfig(users). `sendense creds server-config`
+// prints it; bustest starts real clusters from it.
+func NodeConfig(users []User, node ServerNode) string {
+	var b strings.Builder
+	if node.Name != "" {
+		fmt.Fprintf(&b, "server_name: %q\n", node.Name)
+	}
+	if node.Listen != "" {
+		fmt.Fprintf(&b, "listen: %q\n", node.Listen)
+	}
+	if node.Advertise != "" {
+		fmt.Fprintf(&b, "client_advertise: %q\n", node.Advertise)
+	}
+	if node.Monitor != "" {
+		fmt.Fprintf(&b, "http: %q\n", node.Monitor)
+	}
+	if node.TLS != nil {
+		b.WriteString("# Clients must use TLS; they verify this certificate against the CA (sendense --nats-ca).\n")
+		writeTLSBlock(&b, "", *node.TLS, false)
+	}
+	if node.StoreDir != "" {
+		fmt.Fprintf(&b, "jetstream {\n  store_dir: %q\n  sync_interval: always\n}\n", node.StoreDir)
+	}
+	if node.ClusterName != "" || node.ClusterListen != "" || len(node.Routes) > 0 {
+		b.WriteString("cluster {\n")
+		if node.ClusterName != "" {
+			fmt.Fprintf(&b, "  name: %q\n", node.ClusterName)
+		}
+		if node.ClusterListen != "" {
+			fmt.Fprintf(&b, "  listen: %q\n", node.ClusterListen)
+		}
+		if node.ClusterAdvertise != "" {
+			fmt.Fprintf(&b, "  advertise: %q\n", node.ClusterAdvertise)
+		}
+		if len(node.Routes) > 0 {
+			fmt.Fprintf(&b, "  routes: %s\n", quoteList(node.Routes))
+		}
+		if node.TLS != nil {
+			b.WriteString("  # Routes are mutual TLS: every server's certificate is signed by the same CA.\n")
+			writeTLSBlock(&b, "  ", *node.TLS, true)
+		}
+		b.WriteString("}\n")
+	}
+	b.WriteString(ServerConfig(users))
+	return b.String()
+}
+
+func writeTLSBlock(b *strings.Builder, indent string, f TLSFiles, verify bool) {
+	fmt.Fprintf(b, "%stls {\n", indent)
+	fmt.Fprintf(b, "%s  cert_file: %q\n%s  key_file: %q\n%s  ca_file: %q\n", indent, f.Cert, indent, f.Key, indent, f.CA)
+	if verify {
+		fmt.Fprintf(b, "%s  verify: true\n", indent)
+	}
+	fmt.Fprintf(b, "%s  timeout: %d\n%s}\n", indent, tlsHandshakeTimeout, indent)
+}

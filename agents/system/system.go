@@ -53,6 +53,13 @@ type Config struct {
 	// NATSInsecure lets an embedded server listen off loopback without
 	// TLS (see bus.EmbeddedOptions.Insecure).
 	NATSInsecure bool
+	// NATSTLSDir, NATSTLS and NATSAdvertise are the embedded server's
+	// bus.EmbeddedOptions TLSDir (default DataDir/tls: off loopback it
+	// makes its CA and certificate there and requires TLS), TLS and
+	// Advertise.
+	NATSTLSDir    string
+	NATSTLS       bool
+	NATSAdvertise []string
 	// NATSStoreDir is the embedded server's state directory. Default
 	// DataDir/nats.
 	NATSStoreDir string
@@ -171,6 +178,9 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 	}
 	if cfg.CredsDir == "" {
 		cfg.CredsDir = filepath.Join(cfg.DataDir, "creds")
+	}
+	if cfg.NATSTLSDir == "" {
+		cfg.NATSTLSDir = filepath.Join(cfg.DataDir, "tls")
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("create data dir %s: %w", cfg.DataDir, err)
@@ -340,6 +350,7 @@ func (s *System) startNATS(ctx context.Context) error {
 		}
 		emb, err := bus.StartEmbedded(ctx, bus.EmbeddedOptions{
 			DataDir: dir, Listen: listen, Users: users, Insecure: s.cfg.NATSInsecure,
+			TLSDir: s.cfg.NATSTLSDir, TLS: s.cfg.NATSTLS, Advertise: s.cfg.NATSAdvertise,
 			StoreCheckInterval: s.cfg.NATSStoreCheckInterval, StoreMinFree: s.cfg.NATSStoreMinFree, Log: s.log,
 		})
 		if err != nil {
@@ -374,7 +385,8 @@ func (s *System) connect(ctx context.Context, id bus.Identity) (*nats.Conn, jets
 	if s.Embedded != nil {
 		nc, err = s.Embedded.Connect(s.log, opts)
 	} else {
-		opts.URLs, opts.TLSCA, opts.TLSCert, opts.TLSKey = s.cfg.NATS.URLs, s.cfg.NATS.TLSCA, s.cfg.NATS.TLSCert, s.cfg.NATS.TLSKey
+		n := s.cfg.NATS
+		opts.URLs, opts.TLSCA, opts.TLSIfOffered, opts.TLSCert, opts.TLSKey = n.URLs, n.TLSCA, n.TLSIfOffered, n.TLSCert, n.TLSKey
 		nc, err = bus.Connect(ctx, opts, s.log)
 	}
 	if err != nil {

@@ -159,6 +159,13 @@ func SecureCluster(tb testing.TB, n int, users []bus.User) *ClusterServers {
 	return startCluster(tb, n, users, nil)
 }
 
+// SecureClusterWith is SecureCluster with each server's options passed
+// through adjust (see ClusterWith), for example to give them one TLSDir.
+func SecureClusterWith(tb testing.TB, n int, users []bus.User, adjust func(i int, opts *bus.EmbeddedOptions)) *ClusterServers {
+	tb.Helper()
+	return startCluster(tb, n, users, adjust)
+}
+
 func startCluster(tb testing.TB, n int, users []bus.User, adjust func(i int, opts *bus.EmbeddedOptions)) *ClusterServers {
 	tb.Helper()
 	log := Logger(tb)

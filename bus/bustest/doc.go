@@ -20,7 +20,13 @@
 // Secure, SecureEmbedded, SecureExternal and SecureCluster run servers that
 // admit only the roles' users, as sendense does; ExternalWithConfig runs a
 // nats-server process with a given configuration (what
-// `sendense creds server-config` prints). A test that must fill a disk
+// `sendense creds server-config` prints). StartTLSCluster runs a 3-node
+// (or n-node) cluster of real nats-server processes with TLS on client
+// and route ports and the roles' users, with per-node Stop, Start, Kill
+// and StreamLeader; its configuration comes from WriteClusterConfig,
+// which only writes files (a CA, and per node a config, a certificate for
+// its address and a store directory), so a test can start the same nodes
+// elsewhere, for example in network namespaces. A test that must fill a disk
 // mounts a small tmpfs with internal/testutil.Tmpfs.
 //
 // Logger returns a zerolog.Logger that writes through t.Log and goes

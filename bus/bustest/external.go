@@ -139,17 +139,27 @@ func startExternalConf(tb testing.TB, bin, dataDir string, port int, confText st
 	tb.Helper()
 	portsDir := tb.TempDir()
 	conf := writeConf(tb, portsDir, confText)
-	cmd := exec.Command(bin,
+	return runNatsServer(tb, nil, bin, portsDir, "nats-server-external", log,
 		"-c", conf,
 		"-n", "sendense-external",
 		"-a", "127.0.0.1", "-p", strconv.Itoa(port),
-		"-js", "-sd", dataDir,
-		"--ports_file_dir", portsDir)
+		"-js", "-sd", dataDir)
+}
+
+// runNatsServer runs bin with args and --ports_file_dir portsDir (a
+// fresh directory), its output logged with component, and returns once
+// it has written its ports file. Stopped in cleanup. prefix, if any, is
+// a command that execs bin in place (for example ip netns exec NS), so
+// signals still reach the server.
+func runNatsServer(tb testing.TB, prefix []string, bin, portsDir, component string, log zerolog.Logger, args ...string) *externalProc {
+	tb.Helper()
+	argv := append(append(append([]string{}, prefix...), bin), append(args, "--ports_file_dir", portsDir)...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	pr, pw := io.Pipe()
 	cmd.Stderr = pw
 	cmd.Stdout = pw
-	slog := log.With().Str("component", "nats-server-external").Logger()
+	slog := log.With().Str("component", component).Logger()
 	logDone := make(chan struct{})
 	go func() {
 		defer close(logDone)

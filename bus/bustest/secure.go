@@ -144,3 +144,11 @@ func ExternalWithConfig(tb testing.TB, conf string) string {
 	conf += "\njetstream {\n  sync_interval: always\n}\n"
 	return startExternalConf(tb, NatsServerBinary(tb), tb.TempDir(), -1, conf, Logger(tb)).url
 }
+
+// RoleCreds makes a seed for every role and for each agent in a temp dir
+// and returns them with the users a server admits (for WriteClusterConfig
+// and NewTLSCluster).
+func RoleCreds(tb testing.TB, agents ...string) (bus.Creds, []bus.User) {
+	tb.Helper()
+	return secureCreds(tb, agents)
+}

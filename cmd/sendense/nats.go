@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,19 +21,21 @@ import (
 // natsFlags are the global NATS options. With no --nats-url, `serve` (and
 // `catalog`) start an embedded server; client commands connect to
 // nats://127.0.0.1:4222, where `serve` listens by default. NATS_URL,
-// NATS_CREDS and NATS_NKEY give the defaults of --nats-url, --nats-creds
-// and --nats-nkey, as for the nats CLI.
+// NATS_CREDS, NATS_NKEY and NATS_CA give the defaults of --nats-url,
+// --nats-creds, --nats-nkey and --nats-ca, as for the nats CLI.
 type natsFlags struct {
-	urls     []string
-	creds    string
-	user     string
-	password string
-	nkey     string
-	tlsCA    string
-	tlsCert  string
-	tlsKey   string
-	listen   string
-	insecure bool
+	urls      []string
+	creds     string
+	user      string
+	password  string
+	nkey      string
+	tlsCA     string
+	tlsCert   string
+	tlsKey    string
+	listen    string
+	advertise []string
+	tls       bool
+	insecure  bool
 }
 
 const defaultClientURL = "nats://127.0.0.1:4222"
@@ -46,10 +50,14 @@ func (f *natsFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.user, "nats-user", "", "NATS user, for client commands")
 	fs.StringVar(&f.password, "nats-password", "", "NATS password")
 	fs.StringVar(&f.nkey, "nats-nkey", os.Getenv("NATS_NKEY"), "NATS nkey seed file, for client commands (default $NATS_NKEY, else the command's role seed under DATA/creds)")
-	fs.StringVar(&f.tlsCA, "nats-tls-ca", "", "CA certificate for the NATS server")
-	fs.StringVar(&f.tlsCert, "nats-tls-cert", "", "client certificate for NATS")
+	fs.StringVar(&f.tlsCA, "nats-ca", os.Getenv("NATS_CA"), "CA certificate that signs the NATS servers' certificates (the hub's DATA/tls/ca.pem); connect with TLS only (default $NATS_CA, else DATA/tls/ca.pem when the server asks for TLS)")
+	fs.StringVar(&f.tlsCA, "nats-tls-ca", os.Getenv("NATS_CA"), "same as --nats-ca")
+	_ = fs.MarkHidden("nats-tls-ca")
+	fs.StringVar(&f.tlsCert, "nats-tls-cert", "", "client certificate for NATS (a server that asks for one)")
 	fs.StringVar(&f.tlsKey, "nats-tls-key", "", "client key for NATS")
-	fs.StringVar(&f.listen, "nats-listen", "127.0.0.1:4222", "embedded server listen address, or none for in-process only")
+	fs.StringVar(&f.listen, "nats-listen", "127.0.0.1:4222", "embedded server listen address, or none for in-process only; off loopback it requires TLS (certificates in DATA/tls)")
+	fs.StringSliceVar(&f.advertise, "nats-advertise", nil, "host names or addresses other hosts reach the embedded server by, comma-separated: they go into its TLS certificate, the first is advertised to clients")
+	fs.BoolVar(&f.tls, "nats-tls", false, "the embedded server requires TLS also on loopback")
 	fs.BoolVar(&f.insecure, "insecure", false, "let the embedded server listen on a non-loopback address without TLS (clear text on the network)")
 }
 
@@ -57,15 +65,68 @@ func (f *natsFlags) register(fs *pflag.FlagSet) {
 // line or in the environment; they then win over DATA/creds.
 func (f *natsFlags) explicitAuth() bool { return f.creds != "" || f.nkey != "" || f.user != "" }
 
-func (f *natsFlags) options(name string, urls []string) bus.Options {
-	return bus.Options{
+// natsOptions are the global NATS flags as client options, with the TLS
+// CA: --nats-ca (TLS required), else DATA/tls/ca.pem when it exists. With
+// the latter, TLS is required too unless every URL is on loopback (the
+// hub's host, where the embedded server is in clear text unless it
+// listens off loopback): a server elsewhere that does not offer TLS is
+// refused rather than trusted in clear text.
+func (a *app) natsOptions(name string, urls []string) bus.Options {
+	f := &a.nats
+	opts := bus.Options{
 		URLs: urls, Creds: f.creds, User: f.user, Password: f.password, NKeyFile: f.nkey,
 		TLSCA: f.tlsCA, TLSCert: f.tlsCert, TLSKey: f.tlsKey, Name: name,
 	}
+	if opts.TLSCA == "" {
+		if ca := a.tlsDir().CAFile(); fileExists(ca) {
+			opts.TLSCA, opts.TLSIfOffered = ca, loopbackURLs(urls)
+		}
+	}
+	return opts
 }
 
 // creds is the credentials directory of the data directory.
 func (a *app) creds() bus.Creds { return bus.Creds{Dir: filepath.Join(a.dataDir, "creds")} }
+
+// tlsDir is the data directory's TLS directory: the CA and the embedded
+// server's certificate.
+func (a *app) tlsDir() bus.TLSDir { return bus.TLSDir{Dir: filepath.Join(a.dataDir, "tls")} }
+
+// serverCA is the CA clients of emb need: DATA/tls/ca.pem when it
+// requires TLS, else "".
+func (a *app) serverCA(emb *bus.Embedded) string {
+	if emb == nil || !emb.TLS() {
+		return ""
+	}
+	return a.tlsDir().CAFile()
+}
+
+// loopbackURLs reports whether every URL names a loopback host (none:
+// the default, 127.0.0.1).
+func loopbackURLs(urls []string) bool {
+	for _, list := range urls {
+		for _, u := range strings.Split(list, ",") {
+			u = strings.TrimSpace(u)
+			if !strings.Contains(u, "://") {
+				u = "nats://" + u // as nats.go reads it
+			}
+			p, err := url.Parse(u)
+			if err != nil || p.Host == "" {
+				return false
+			}
+			h := p.Hostname()
+			if ip := net.ParseIP(h); h != "localhost" && (ip == nil || !ip.IsLoopback()) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
 
 // clientOptions are the options of a client command acting as role:
 // explicit credentials (flags, NATS_CREDS, NATS_NKEY) when given, else the
@@ -74,7 +135,7 @@ func (a *app) creds() bus.Creds { return bus.Creds{Dir: filepath.Join(a.dataDir,
 // that enforces roles lets the role subscribe there only.
 func (a *app) clientOptions(role bus.Role, urls []string) bus.Options {
 	id := bus.Identity{Role: role}
-	opts := a.nats.options("sendense-"+string(role), urls)
+	opts := a.natsOptions("sendense-"+string(role), urls)
 	opts.InboxPrefix = id.InboxPrefix()
 	if a.nats.explicitAuth() {
 		return opts
@@ -135,7 +196,8 @@ func (r *natsRuntime) Close() {
 func (a *app) startNATS(ctx context.Context, id bus.Identity) (*natsRuntime, error) {
 	opts := a.creds().Options(id)
 	if len(a.nats.urls) > 0 {
-		opts.URLs, opts.TLSCA, opts.TLSCert, opts.TLSKey = a.nats.urls, a.nats.tlsCA, a.nats.tlsCert, a.nats.tlsKey
+		g := a.natsOptions("", a.nats.urls)
+		opts.URLs, opts.TLSCA, opts.TLSIfOffered, opts.TLSCert, opts.TLSKey = g.URLs, g.TLSCA, g.TLSIfOffered, g.TLSCert, g.TLSKey
 		nc, err := bus.Connect(ctx, opts, a.log)
 		if err != nil {
 			return nil, fmt.Errorf("connect to nats %v as %s: %w", a.nats.urls, id, err)
@@ -150,7 +212,8 @@ func (a *app) startNATS(ctx context.Context, id bus.Identity) (*natsRuntime, err
 		return nil, err
 	}
 	emb, err := bus.StartEmbedded(ctx, bus.EmbeddedOptions{
-		DataDir: filepath.Join(a.dataDir, "nats"), Listen: a.nats.listen, Users: users, Insecure: a.nats.insecure, Log: a.log,
+		DataDir: filepath.Join(a.dataDir, "nats"), Listen: a.nats.listen, Users: users, Insecure: a.nats.insecure,
+		TLSDir: a.tlsDir().Dir, TLS: a.nats.tls, Advertise: a.nats.advertise, Log: a.log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("start embedded nats in %s: %w", a.dataDir, err)

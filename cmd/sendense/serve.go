@@ -216,9 +216,12 @@ func (f *agentFlags) apply(cfg *system.Config) error {
 func (a *app) systemConfig(name string, p processFlags) system.Config {
 	return system.Config{
 		DataDir:       a.dataDir,
-		NATS:          a.nats.options(name, a.nats.urls),
+		NATS:          a.natsOptions(name, a.nats.urls),
 		NATSListen:    a.nats.listen,
 		NATSInsecure:  a.nats.insecure,
+		NATSTLSDir:    a.tlsDir().Dir,
+		NATSTLS:       a.nats.tls,
+		NATSAdvertise: a.nats.advertise,
 		CredsDir:      a.creds().Dir,
 		Replicas:      p.streamReplicas,
 		MetricsListen: p.metricsListen,
@@ -244,7 +247,7 @@ func (a *app) runSystem(ctx context.Context, cfg system.Config) error {
 	if sys.Embedded != nil && sys.Embedded.ClientURL() != "" {
 		// So that `nats --context sendense pub backup.requested ...` and
 		// `nats --context sendense-monitor sub 'backup.>'` work at once.
-		if paths, err := writeNATSContexts(a.creds(), sys.Embedded.ClientURL()); err != nil {
+		if paths, err := writeNATSContexts(a.creds(), sys.Embedded.ClientURL(), a.serverCA(sys.Embedded)); err != nil {
 			a.log.Warn().Err(err).Msg("write nats cli contexts")
 		} else {
 			a.log.Info().Strs("paths", paths).Msg("nats cli contexts written")
