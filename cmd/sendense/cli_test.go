@@ -96,12 +96,19 @@ type proc struct {
 // still runs and, when the test failed, logs its output.
 func startProc(t *testing.T, args ...string) *proc {
 	t.Helper()
-	p := &proc{name: args[0], done: make(chan struct{})}
-	p.cmd = exec.Command(sendenseBin(t), args...)
+	cmd := exec.Command(sendenseBin(t), args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	return startCmd(t, args[0], cmd)
+}
+
+// startCmd starts cmd as the process called name, with startProc's
+// cleanup. cmd's output goes to the proc's buffer.
+func startCmd(t *testing.T, name string, cmd *exec.Cmd) *proc {
+	t.Helper()
+	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.out
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start sendense %v: %v", args, err)
+		t.Fatalf("start %s %v: %v", name, cmd.Args, err)
 	}
 	go func() {
 		_ = p.cmd.Wait()
@@ -111,7 +118,7 @@ func startProc(t *testing.T, args ...string) *proc {
 	t.Cleanup(func() {
 		p.kill()
 		if t.Failed() {
-			t.Logf("output of sendense %s (pid %d):\n%s", p.name, p.cmd.Process.Pid, p.out.String())
+			t.Logf("output of %s (pid %d):\n%s", p.name, p.cmd.Process.Pid, p.out.String())
 		}
 	})
 	return p
