@@ -2,15 +2,12 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -104,7 +101,7 @@ func (c *restoreCmd) restoreDisk(ctx context.Context, a *app, repo *hub.Client, 
 		defer cancel()
 		_ = repo.CloseRestore(cctx, exp.ExportID)
 	}()
-	src, tlsArgs, cleanup, err := restoreSource(exp)
+	src, tlsArgs, cleanup, err := exp.QemuImgSource()
 	if err != nil {
 		return fmt.Errorf("export of disk %d of job %s: %w", d.Disk.Key, job.ID, err)
 	}
@@ -120,40 +117,6 @@ func (c *restoreCmd) restoreDisk(ctx context.Context, a *app, repo *hub.Client, 
 		fmt.Fprintf(a.stdout, "disk %d verified: identical\n", d.Disk.Key)
 	}
 	return nil
-}
-
-// restoreSource is how qemu-img reads a restore export: its URI for a
-// unix socket; over TCP with TLS, a json: image of qemu's nbd driver with
-// a tls-creds-psk object (extra args, before the images) whose key is in a
-// private directory that cleanup removes. qemu-img takes no nbds:// URI,
-// and the key is never in its argv.
-func restoreSource(exp hub.RestoreOpenReply) (src string, args []string, cleanup func(), err error) {
-	if exp.TLS == nil {
-		return exp.URI, nil, func() {}, nil
-	}
-	u, err := url.Parse(exp.URI)
-	if err != nil || u.Scheme != "nbds" || u.Port() == "" {
-		return "", nil, nil, fmt.Errorf("restore export uri %q: want nbds://host:port/ with a tls key", exp.URI)
-	}
-	dir, err := exp.TLS.WriteDir("")
-	if err != nil {
-		return "", nil, nil, err
-	}
-	img, err := json.Marshal(map[string]any{
-		"driver": "raw",
-		"file": map[string]any{
-			"driver":    "nbd",
-			"server":    map[string]string{"type": "inet", "host": u.Hostname(), "port": u.Port()},
-			"export":    strings.TrimPrefix(u.Path, "/"),
-			"tls-creds": "tls0",
-		},
-	})
-	if err != nil {
-		os.RemoveAll(dir)
-		return "", nil, nil, err
-	}
-	args = []string{"--object", "tls-creds-psk,id=tls0,endpoint=client,dir=" + dir + ",username=" + exp.TLS.Identity}
-	return "json:" + string(img), args, func() { os.RemoveAll(dir) }, nil
 }
 
 func qemuImg(ctx context.Context, args ...string) error {
