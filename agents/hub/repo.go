@@ -124,6 +124,26 @@ func (p PortRange) validate() error {
 	return nil
 }
 
+// CheckListen checks the TCP export settings of RepoOptions (Listen,
+// Advertise, Ports) before anything starts: an advertised host needs a
+// listen address, an unspecified listen address (0.0.0.0, ::) needs an
+// advertised host, and the port range must be valid.
+func CheckListen(listen, advertise string, ports PortRange) error {
+	if listen == "" {
+		if advertise != "" {
+			return errors.New("an advertised address without a listen address (exports are on unix sockets)")
+		}
+		return nil
+	}
+	if err := ports.validate(); err != nil {
+		return err
+	}
+	if ip := net.ParseIP(listen); advertise == "" && ip != nil && ip.IsUnspecified() {
+		return fmt.Errorf("listen address %s is no address agents can reach: set the advertised address", listen)
+	}
+	return nil
+}
+
 // ReconcileRetry bounds the wait before the next reconciliation round
 // after a skipped one (the catalog starts after the hub in `sendense
 // serve`, so the round at start is usually skipped).
@@ -186,21 +206,14 @@ func NewRepoService(opts RepoOptions) (*RepoService, error) {
 	if opts.ReconcileGrace <= 0 {
 		opts.ReconcileGrace = 10 * time.Minute
 	}
-	if opts.Listen != "" {
-		if opts.Ports == (PortRange{}) {
-			opts.Ports = DefaultPorts
-		}
-		if err := opts.Ports.validate(); err != nil {
-			return nil, fmt.Errorf("repository service: %w", err)
-		}
-		if opts.Advertise == "" {
-			if ip := net.ParseIP(opts.Listen); ip != nil && ip.IsUnspecified() {
-				return nil, fmt.Errorf("repository service: listen address %s is no address agents can reach: set the advertised address", opts.Listen)
-			}
-			opts.Advertise = opts.Listen
-		}
-	} else if opts.Advertise != "" {
-		return nil, errors.New("repository service: an advertised address without a listen address (exports are on unix sockets)")
+	if opts.Listen != "" && opts.Ports == (PortRange{}) {
+		opts.Ports = DefaultPorts
+	}
+	if err := CheckListen(opts.Listen, opts.Advertise, opts.Ports); err != nil {
+		return nil, fmt.Errorf("repository service: %w", err)
+	}
+	if opts.Advertise == "" {
+		opts.Advertise = opts.Listen
 	}
 	s := &RepoService{
 		opts:     opts,

@@ -164,6 +164,9 @@ func (f *hubFlags) apply(cfg *system.Config) error {
 	if err != nil {
 		return fmt.Errorf("--repo-ports: %w", err)
 	}
+	if err := hub.CheckListen(f.repoListen, f.repoAdvertise, ports); err != nil {
+		return fmt.Errorf("--repo-listen, --repo-advertise, --repo-ports: %w", err)
+	}
 	cfg.RepoListen, cfg.RepoAdvertise, cfg.RepoPorts = f.repoListen, f.repoAdvertise, ports
 	cfg.APIListen = f.apiListen
 	cfg.ReconcileInterval, cfg.ReconcileGrace = f.reconcileInterval, f.reconcileGrace
