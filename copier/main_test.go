@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sendense/sendense/internal/testutil"
+	"github.com/sendense/sendense/repository"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -52,7 +53,7 @@ func startQemuNbdTLS(tb testing.TB, image, pskDir string, args ...string) (uri s
 	port := fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
 	l.Close()
 	full := []string{"--bind=127.0.0.1", "--port=" + port,
-		"--object", "tls-creds-psk,id=tls0,endpoint=server,dir=" + pskDir, "--tls-creds=tls0"}
+		"--object", "tls-creds-psk,id=tls0,endpoint=server,dir=" + pskDir + ",priority=" + repository.TLSPriority, "--tls-creds=tls0"}
 	stopFn = runQemuNbd(tb, "tcp", addr, append(append(full, args...), image))
 	return "nbds://" + addr + "/", stopFn
 }

@@ -29,6 +29,15 @@ const (
 	DefaultStopTimeout  = 10 * time.Second
 )
 
+// TLSPriority is the GnuTLS priority string of TCP exports: GnuTLS's
+// defaults without ChaCha20-Poly1305, so that AES-GCM is negotiated. With
+// the defaults, libnbd and qemu-nbd 7.2 agreed on ChaCha20-Poly1305, which
+// this GnuTLS (3.7.9) runs at about 235 MB/s per core, against 3.5 GB/s for
+// AES-128-GCM with AES-NI (gnutls-cli --benchmark-ciphers): it made copies
+// over TLS 2.5 times slower than over a unix socket. Every client we use
+// (libnbd, qemu-img) offers AES-GCM.
+const TLSPriority = "NORMAL:-CHACHA20-POLY1305"
+
 // maxSocketPath keeps a unix socket path inside sun_path (108 bytes on
 // Linux, 104 on the BSDs) with room to spare.
 const maxSocketPath = 100
@@ -206,7 +215,7 @@ func (r *Repo) export(ctx context.Context, path string, opts ExportOptions) (*Ex
 			}
 		}()
 		args = append(args, "--bind="+host, "--port="+port,
-			"--object", "tls-creds-psk,id=tls0,endpoint=server,dir="+dir, "--tls-creds=tls0")
+			"--object", "tls-creds-psk,id=tls0,endpoint=server,dir="+dir+",priority="+TLSPriority, "--tls-creds=tls0")
 		e.uri = "nbds://" + net.JoinHostPort(cmp.Or(opts.AdvertiseHost, host), port) + "/"
 	} else {
 		dir, err := os.MkdirTemp(opts.SocketDir, "sdnbd-")
