@@ -31,7 +31,8 @@ bench: deps bench-catalog bench-copy
 bench-catalog:
 	$(GO) test ./agents/catalog -run '^$$' -bench 'BenchmarkCatalog' -benchtime 1x -timeout 30m -v
 
-# Copier vs nbdcopy on a 4 GiB source (5 rounds, median); SENDENSE_BENCH_ROUNDS lowers it.
+# Copier vs nbdcopy on a 4 GiB source (5 rounds, median), and the copier to a TCP+TLS-PSK
+# target vs the unix socket (ratio TLS/unix); SENDENSE_BENCH_ROUNDS lowers the rounds.
 bench-copy:
 	$(GO) test ./copier -run '^$$' -bench 'BenchmarkCopyVsNbdcopy' -benchtime 1x -timeout 30m -v
 

@@ -18,6 +18,8 @@ import (
 
 	"github.com/sendense/sendense/copier"
 	"github.com/sendense/sendense/internal/testutil"
+	"github.com/sendense/sendense/nbd"
+	"github.com/sendense/sendense/repository"
 )
 
 const (
@@ -28,9 +30,10 @@ const (
 // BenchmarkCopyVsNbdcopy compares a full copy by Copy with nbdcopy --flush
 // on a deterministic 4 GiB source (about 40% random data in 1 MiB extents,
 // 10% written zeroes, the rest holes) served by nbdkit, into fresh QCOW2
-// targets served by qemu-nbd with the repository's flags; then a 1%
-// incremental into a QCOW2 backed by the full. Rounds alternate the order;
-// medians are reported. SENDENSE_BENCH_ROUNDS sets the rounds (default 5).
+// targets served by qemu-nbd with the repository's flags, on a unix socket
+// (the single-host hub) and on loopback TCP with TLS-PSK (the hub serving
+// agents on other hosts); then a 1% incremental into a QCOW2 backed by the
+// full. Rounds rotate the order; medians are reported. SENDENSE_BENCH_ROUNDS sets the rounds (default 5).
 //
 //	go test ./copier -run '^$' -bench BenchmarkCopyVsNbdcopy -benchtime 1x -timeout 30m -v
 func BenchmarkCopyVsNbdcopy(b *testing.B) {
@@ -61,7 +64,17 @@ func BenchmarkCopyVsNbdcopy(b *testing.B) {
 	// reported as metrics below.
 	b.ReportAllocs()
 
-	var oursT, theirsT []time.Duration
+	psk, err := repository.NewPSK()
+	if err != nil {
+		b.Fatal(err)
+	}
+	pskDir, err := psk.WriteDir(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	tls := &nbd.TLS{PSKFile: filepath.Join(pskDir, repository.PSKFileName), Username: psk.Identity}
+
+	var oursT, theirsT, tlsT []time.Duration
 	var oursSize, theirsSize int64
 	var base string
 	for b.Loop() {
@@ -95,14 +108,24 @@ func BenchmarkCopyVsNbdcopy(b *testing.B) {
 				theirsSize = actualSize(b, img)
 				os.Remove(img)
 			}
-			if r%2 == 0 {
-				ours()
-				theirs()
-			} else {
-				theirs()
-				ours()
+			overTLS := func() {
+				img := newQcow2(b, dir, fmt.Sprintf("tls%d.qcow2", r), benchSize, "")
+				uri, stop := startQemuNbdTLS(b, img, pskDir, targetFlags...)
+				settle()
+				start := time.Now()
+				if _, err := copier.Copy(ctx, srcURI, uri, ext, copier.Options{TargetTLS: tls}); err != nil {
+					b.Fatal(err)
+				}
+				tlsT = append(tlsT, time.Since(start))
+				stop()
+				os.Remove(img)
 			}
-			b.Logf("round %d: ours %s, nbdcopy %s", r+1, oursT[len(oursT)-1].Round(time.Millisecond), theirsT[len(theirsT)-1].Round(time.Millisecond))
+			order := []func(){ours, theirs, overTLS}
+			for i := range order {
+				order[(i+r)%len(order)]()
+			}
+			b.Logf("round %d: ours %s, nbdcopy %s, ours over tcp+tls %s", r+1, oursT[len(oursT)-1].Round(time.Millisecond),
+				theirsT[len(theirsT)-1].Round(time.Millisecond), tlsT[len(tlsT)-1].Round(time.Millisecond))
 		}
 	}
 	b.StopTimer()
@@ -131,7 +154,9 @@ func BenchmarkCopyVsNbdcopy(b *testing.B) {
 	}
 	compare(b, src, inc) // the chain equals the changed source
 
-	ot, tt, it := median(oursT), median(theirsT), median(incT)
+	ot, tt, it, lt := median(oursT), median(theirsT), median(incT), median(tlsT)
+	unixRate, tlsRate := float64(extBytes)/ot.Seconds()/1e6, float64(extBytes)/lt.Seconds()/1e6
+	tlsRatio := tlsRate / unixRate
 	rss := peakRSS(b)
 	ratio := ot.Seconds() / tt.Seconds()
 	incFrac := it.Seconds() / ot.Seconds()
@@ -145,6 +170,7 @@ func BenchmarkCopyVsNbdcopy(b *testing.B) {
 	lines := []string{
 		fmt.Sprintf("source: %d MiB virtual, %d MiB allocated in %d extents; %d rounds (median)", benchSize>>20, extBytes>>20, len(ext), rounds),
 		fmt.Sprintf("full copy time: ours %s, nbdcopy %s, ratio ours/nbdcopy %.3f (goal <= 1.00: %s)", ot.Round(time.Millisecond), tt.Round(time.Millisecond), ratio, goal(ratio <= 1.0)),
+		fmt.Sprintf("full copy throughput: unix socket %.0f MB/s, tcp+tls-psk (loopback) %.0f MB/s, ratio tls/unix %.1f%% (goal >= 80%%: %s)", unixRate, tlsRate, tlsRatio*100, goal(tlsRatio >= 0.8)),
 		fmt.Sprintf("full actual size: ours %d bytes (%.1f MiB), nbdcopy %d bytes (%.1f MiB) (goal ours <= nbdcopy: %s)", oursSize, mib(oursSize), theirsSize, mib(theirsSize), goal(oursSize <= theirsSize)),
 		fmt.Sprintf("incremental 1%%: %d MiB changed, time %s = %.2f%% of full (goal <= 5%%: %s)", changedBytes>>20, it.Round(time.Millisecond), incFrac*100, goal(incFrac <= 0.05)),
 		fmt.Sprintf("incremental actual size: %d bytes (%.1f MiB) for %d changed (%.3fx; goal <= 1.1x + 2 MiB = %.1f MiB: %s)", incSize, mib(incSize), changedBytes, float64(incSize)/float64(changedBytes), mib(incLimit), goal(incSize <= incLimit)),
@@ -153,9 +179,11 @@ func BenchmarkCopyVsNbdcopy(b *testing.B) {
 	for _, l := range lines {
 		fmt.Println("bench-copy:", l)
 	}
-	b.ReportMetric(float64(extBytes)/ot.Seconds()/1e6, "ours-MB/s")
+	b.ReportMetric(unixRate, "ours-MB/s")
 	b.ReportMetric(float64(extBytes)/tt.Seconds()/1e6, "nbdcopy-MB/s")
 	b.ReportMetric(ratio, "ours/nbdcopy")
+	b.ReportMetric(tlsRate, "tls-MB/s")
+	b.ReportMetric(tlsRatio*100, "tls%unix")
 	b.ReportMetric(incFrac*100, "inc%full")
 	b.ReportMetric(mib(rss), "peakRSS-MiB")
 }

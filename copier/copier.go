@@ -70,6 +70,11 @@ type Options struct {
 	// deadline. Default nbd.DefaultConnectTimeout (10 s).
 	ConnectTimeout time.Duration
 
+	// TargetTLS connects to the target with TLS and a pre-shared key
+	// (every connection); dstURI must then be nbds://. The psk file must
+	// exist until Copy returns. Default nil: as dstURI says.
+	TargetTLS *nbd.TLS
+
 	// StallTimeout fails the copy with ErrStalled when requests are in
 	// flight and none completes for this long. Default 2 minutes.
 	StallTimeout time.Duration
@@ -182,7 +187,7 @@ func Copy(ctx context.Context, srcURI, dstURI string, extents []Extent, opts Opt
 	if err != nil {
 		return result(), fmt.Errorf("open source: %w", err)
 	}
-	dst, err := nbd.Open(ctx, dstURI, nopts)
+	dst, err := nbd.Open(ctx, dstURI, nbd.Options{ConnectTimeout: o.ConnectTimeout, TLS: o.TargetTLS})
 	if err != nil {
 		src.Close()
 		return result(), fmt.Errorf("open target: %w", err)
@@ -327,7 +332,7 @@ func openLane(ctx context.Context, id int, srcURI, dstURI string, o *Options, st
 	if err != nil {
 		return nil, fmt.Errorf("open source connection %d: %w", id+1, err)
 	}
-	dst, err := nbd.Open(cctx, dstURI, nbd.Options{})
+	dst, err := nbd.Open(cctx, dstURI, nbd.Options{TLS: o.TargetTLS})
 	if err != nil {
 		src.Close()
 		return nil, fmt.Errorf("open target connection %d: %w", id+1, err)

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sendense/sendense/internal/testutil"
+	"github.com/sendense/sendense/repository"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -34,10 +35,34 @@ var targetFlags = []string{"-f", "qcow2", "-t", "--shared=4", "--cache=writeback
 // exited and released the image.
 func startQemuNbd(tb testing.TB, image string, args ...string) (uri string, stopFn func()) {
 	tb.Helper()
-	bin := testutil.RequireTool(tb, "qemu-nbd")
 	sock := filepath.Join(testutil.SocketDir(tb), "q.sock")
-	full := append(append([]string{"-k", sock}, args...), image)
-	cmd := exec.Command(bin, full...)
+	stopFn = runQemuNbd(tb, "unix", sock, append(append([]string{"-k", sock}, args...), image))
+	return "nbd+unix:///?socket=" + sock, stopFn
+}
+
+// startQemuNbdTLS is startQemuNbd on a free loopback TCP port with TLS and
+// the pre-shared key in pskDir (PSKFileName inside), as the hub serves
+// targets to agents on other hosts. It returns the nbds:// URI.
+func startQemuNbdTLS(tb testing.TB, image, pskDir string, args ...string) (uri string, stopFn func()) {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	addr := l.Addr().String()
+	port := fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
+	l.Close()
+	full := []string{"--bind=127.0.0.1", "--port=" + port,
+		"--object", "tls-creds-psk,id=tls0,endpoint=server,dir=" + pskDir + ",priority=" + repository.TLSPriority, "--tls-creds=tls0"}
+	stopFn = runQemuNbd(tb, "tcp", addr, append(append(full, args...), image))
+	return "nbds://" + addr + "/", stopFn
+}
+
+// runQemuNbd starts qemu-nbd with args and waits until it accepts on addr.
+func runQemuNbd(tb testing.TB, network, addr string, args []string) (stopFn func()) {
+	tb.Helper()
+	bin := testutil.RequireTool(tb, "qemu-nbd")
+	cmd := exec.Command(bin, args...)
 	var errBuf bytes.Buffer
 	cmd.Stderr = io.MultiWriter(os.Stderr, &errBuf)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -52,19 +77,18 @@ func startQemuNbd(tb testing.TB, image string, args ...string) (uri string, stop
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		select {
 		case <-exited:
-			tb.Fatalf("qemu-nbd %v exited: %s", full, errBuf.String())
+			tb.Fatalf("qemu-nbd %v exited: %s", args, errBuf.String())
 		default:
 		}
-		c, err := net.Dial("unix", sock)
+		c, err := net.Dial(network, addr)
 		if err == nil {
 			c.Close()
-			break
+			return stopFn
 		}
 		if time.Now().After(deadline) {
-			tb.Fatalf("qemu-nbd socket %s not ready: %v", sock, err)
+			tb.Fatalf("qemu-nbd on %s not ready: %v", addr, err)
 		}
 	}
-	return "nbd+unix:///?socket=" + sock, stopFn
 }
 
 func stop(cmd *exec.Cmd, exited chan struct{}) {

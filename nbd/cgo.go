@@ -12,6 +12,8 @@ package nbd
 #cgo nocallback sd_create
 #cgo noescape sd_add_meta_context
 #cgo nocallback sd_add_meta_context
+#cgo noescape sd_set_tls_psk
+#cgo nocallback sd_set_tls_psk
 #cgo noescape sd_aio_connect_uri
 #cgo nocallback sd_aio_connect_uri
 #cgo noescape sd_caps_read
@@ -86,6 +88,17 @@ func cAddMetaContext(h cHandle, name string) error {
 	var e C.sd_err
 	if C.sd_add_meta_context(h, cs, &e) == -1 {
 		return takeErr(&e, "nbd_add_meta_context")
+	}
+	return nil
+}
+
+func cSetTLSPSK(h cHandle, username, file string) error {
+	cu, cf := C.CString(username), C.CString(file)
+	defer C.free(unsafe.Pointer(cu))
+	defer C.free(unsafe.Pointer(cf))
+	var e C.sd_err
+	if C.sd_set_tls_psk(h, cu, cf, &e) == -1 {
+		return takeErr(&e, "nbd_set_tls_psk_file")
 	}
 	return nil
 }

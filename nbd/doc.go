@@ -48,6 +48,15 @@
 // Block status requests at most 2 GiB per command (libnbd 1.14 has only
 // 32-bit lengths) and loops, so any range can be asked.
 //
+// # TLS
+//
+// Options.TLS connects with TLS and a pre-shared key (the only TLS the
+// repository's exports serve): the URI is nbds://host:port/, libnbd
+// requires TLS, and reads the key from a psk file during the handshake.
+// The file is the caller's: write it private (0600) and remove it once
+// Open returned. A plain nbd:// URI with Options.TLS is refused
+// (ErrTLSURI) rather than sent in clear; a failed handshake matches ErrTLS.
+//
 // # Caveats
 //
 // A Handle is not safe for concurrent use: use it from one goroutine at a

@@ -32,6 +32,15 @@ var (
 	// new ones cannot be started.
 	ErrDisconnected = errors.New("nbd: connection closed by server")
 
+	// ErrTLS: the TLS handshake of a connection with Options.TLS failed:
+	// the server knows another key for the identity, or serves no TLS-PSK.
+	ErrTLS = errors.New("nbd: tls handshake failed")
+
+	// ErrTLSURI: Options.TLS with a URI that is not nbds:// or
+	// nbds+unix:// (libnbd would connect in clear), or without a psk file
+	// or username.
+	ErrTLSURI = errors.New("nbd: tls psk needs an nbds uri, a psk file and a username")
+
 	// ErrReadOnly: a write was attempted on a read-only export.
 	ErrReadOnly = errors.New("nbd: export is read-only")
 )

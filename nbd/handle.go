@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -24,6 +25,22 @@ type Options struct {
 	// deadline. Default DefaultConnectTimeout (10 s). A deadline on ctx
 	// takes precedence.
 	ConnectTimeout time.Duration
+
+	// TLS connects with TLS and a pre-shared key; the URI must then be
+	// nbds:// or nbds+unix:// (ErrTLSURI otherwise). Default nil: as the
+	// URI says (nbds:// without TLS set uses libnbd's x509 defaults).
+	TLS *TLS
+}
+
+// TLS names a TLS pre-shared key. libnbd reads the key from a file in
+// GnuTLS's psk format ("username:hexkey", one a line) during the
+// handshake: the file must exist until Open returns and may be removed
+// after. Keep it private (0600): whoever reads it can connect.
+type TLS struct {
+	// PSKFile is the path of the key file. Required.
+	PSKFile string
+	// Username is the PSK identity looked up in PSKFile. Required.
+	Username string
 }
 
 // Caps are the export's size and the capabilities the server advertised in
@@ -50,6 +67,10 @@ type Handle struct {
 // nbd+unix:///[export]?socket=PATH, and the other forms libnbd accepts),
 // requests opts.MetaContexts, and waits for the handshake to finish.
 //
+// With opts.TLS, TLS is required: a server that does not offer it, or that
+// knows another key for the identity, fails the handshake with an error
+// matching ErrTLS.
+//
 // Open fails with ErrConnectTimeout (and context.DeadlineExceeded) when the
 // handshake has not finished by the deadline, with ctx.Err() when ctx is
 // cancelled, and with an *Error carrying libnbd's errno and message when the
@@ -74,6 +95,26 @@ func Open(ctx context.Context, uri string, opts Options) (*Handle, error) {
 	fail := func(err error) (*Handle, error) {
 		h.Close()
 		return nil, err
+	}
+	if opts.TLS != nil {
+		if !strings.HasPrefix(uri, "nbds://") && !strings.HasPrefix(uri, "nbds+unix://") {
+			return fail(fmt.Errorf("connect to %s with tls psk: %w", uri, ErrTLSURI))
+		}
+		if opts.TLS.PSKFile == "" || opts.TLS.Username == "" {
+			return fail(fmt.Errorf("connect to %s with tls psk: psk file and username required: %w", uri, ErrTLSURI))
+		}
+		if err := cSetTLSPSK(ch, opts.TLS.Username, opts.TLS.PSKFile); err != nil {
+			return fail(fmt.Errorf("connect to %s with tls psk of %s: %w", uri, opts.TLS.Username, err))
+		}
+		// Failures during the handshake come from libnbd as a closed
+		// connection or a GnuTLS message: say it was TLS.
+		inner := fail
+		fail = func(err error) (*Handle, error) {
+			if errors.Is(err, ErrConnectTimeout) || errors.Is(err, context.Canceled) {
+				return inner(err)
+			}
+			return inner(fmt.Errorf("%w (tls psk identity %s: wrong key, or the server serves no tls-psk): %w", ErrTLS, opts.TLS.Username, err))
+		}
 	}
 	for _, m := range opts.MetaContexts {
 		if err := cAddMetaContext(ch, m); err != nil {

@@ -24,6 +24,16 @@ int sd_add_meta_context(struct nbd_handle *h, const char *name, sd_err *e) {
   return r;
 }
 
+int sd_set_tls_psk(struct nbd_handle *h, const char *username, const char *file, sd_err *e) {
+  if (nbd_set_tls(h, LIBNBD_TLS_REQUIRE) == -1 ||
+      nbd_set_tls_username(h, username) == -1 ||
+      nbd_set_tls_psk_file(h, file) == -1) {
+    capture(e);
+    return -1;
+  }
+  return 0;
+}
+
 int sd_aio_connect_uri(struct nbd_handle *h, const char *uri, sd_err *e) {
   int r = nbd_aio_connect_uri(h, uri);
   if (r == -1) capture(e);

@@ -47,6 +47,9 @@ typedef struct {
 
 struct nbd_handle *sd_create(sd_err *e);
 int sd_add_meta_context(struct nbd_handle *h, const char *name, sd_err *e);
+/* Requires TLS (LIBNBD_TLS_REQUIRE) with the pre-shared key of username
+ * read from file (GnuTLS psk file format, "username:hexkey"). */
+int sd_set_tls_psk(struct nbd_handle *h, const char *username, const char *file, sd_err *e);
 int sd_aio_connect_uri(struct nbd_handle *h, const char *uri, sd_err *e);
 int sd_state(struct nbd_handle *h);
 int sd_caps_read(struct nbd_handle *h, sd_caps *c, sd_err *e);

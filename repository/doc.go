@@ -60,9 +60,13 @@
 //     locked to its thread: do not call Export from such a goroutine. An
 //     export whose owner is alive but whose job is over is only closed by
 //     Close or Reap.
-//   - TCP exports are plain NBD without TLS or authentication: bind them to
-//     a trusted network only. Port 0 picks a port before qemu-nbd binds it,
-//     which can race with another program.
+//   - TCP exports always use TLS with a pre-shared key (ExportOptions.PSK,
+//     NewPSK): Export refuses a TCP address without one (ErrInsecure). The
+//     key is written to a private directory qemu-nbd reads (never argv) and
+//     removed on Close; whoever holds it can read and write the export, so
+//     hand it only to the export's client. The port is checked free before
+//     qemu-nbd binds it; a program taking it in between gives ErrAddrInUse
+//     too, and the caller tries another port.
 //   - Remove checks backing references among the files of the same disk
 //     directory only (Create never makes any other kind).
 //   - Capacities must be multiples of 512 bytes: qcow2 rounds the virtual

@@ -53,6 +53,18 @@ var (
 	// ErrInvalidAddr: ExportOptions.TCPAddr is not host:port.
 	ErrInvalidAddr = errors.New("invalid export address")
 
+	// ErrInsecure: an export over TCP without TLS credentials
+	// (ExportOptions.PSK). Nothing is ever served on the network in clear.
+	ErrInsecure = errors.New("tcp export without tls")
+
+	// ErrInvalidPSK: a TLS pre-shared key whose identity or key is not of
+	// the accepted form (see PSK.Validate).
+	ErrInvalidPSK = errors.New("invalid tls psk")
+
+	// ErrAddrInUse: the TCP port of an export is taken (by another program
+	// or another export); try another port.
+	ErrAddrInUse = errors.New("export address in use")
+
 	// ErrSocketPath: the unix socket path would exceed the sun_path limit;
 	// choose a shorter ExportOptions.SocketDir.
 	ErrSocketPath = errors.New("socket path too long")

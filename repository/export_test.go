@@ -3,9 +3,12 @@ package repository
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -280,7 +283,10 @@ func TestRepoClose(t *testing.T) {
 	}
 }
 
-func TestExportTCP(t *testing.T) {
+// TestExportTLS: a TCP export serves with TLS-PSK only: a client with the
+// key reads it, a plain nbd:// client and a client with another key are
+// refused, the key is in no argv, and Close removes the key's directory.
+func TestExportTLS(t *testing.T) {
 	t.Parallel()
 	r, ctx := newRepo(t)
 	tmp := t.TempDir()
@@ -288,25 +294,120 @@ func TestExportTCP(t *testing.T) {
 	writeRaw(t, a, 21)
 	full := mustCreate(t, r, ctx, "full", "")
 	fill(t, a, full)
-	e := mustExport(t, r, ctx, full, ExportOptions{ReadOnly: true, TCPAddr: "127.0.0.1:0"})
-	if !strings.HasPrefix(e.URI(), "nbd://127.0.0.1:") || strings.HasSuffix(e.URI(), ":0") {
-		t.Errorf("URI %q", e.URI())
+	psk := mustPSK(t)
+	e := mustExport(t, r, ctx, full, ExportOptions{ReadOnly: true, TCPAddr: "127.0.0.1:0", PSK: &psk, AdvertiseHost: "localhost"})
+	if !strings.HasPrefix(e.URI(), "nbds://localhost:") || !strings.HasSuffix(e.URI(), "/") || strings.Contains(e.URI(), ":0/") {
+		t.Errorf("URI %q, want nbds://localhost:PORT/", e.URI())
+	}
+	port := strings.TrimSuffix(strings.TrimPrefix(e.URI(), "nbds://localhost:"), "/")
+
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", e.PID()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(cmdline), psk.Key) {
+		t.Errorf("qemu-nbd's argv holds the key: %q", cmdline)
+	}
+	for path, want := range map[string]os.FileMode{e.pskDir: 0o700, filepath.Join(e.pskDir, PSKFileName): 0o600} {
+		st, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm() != want {
+			t.Errorf("%s mode %v, want %v", path, st.Mode().Perm(), want)
+		}
+	}
+
+	keyFile := func(p PSK) string {
+		dir, err := p.WriteDir(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return filepath.Join(dir, PSKFileName)
+	}
+	uri := func(file string) string {
+		return "nbds://" + PSKIdentity + "@127.0.0.1:" + port + "/?tls-psk-file=" + file
 	}
 	out := filepath.Join(tmp, "out.raw")
-	nbdcopy(t, e.URI(), out)
+	nbdcopy(t, uri(keyFile(psk)), out)
 	mustEqual(t, r, out, a)
+
+	testutil.RequireTool(t, "nbdinfo")
+	other := mustPSK(t)
+	for name, u := range map[string]string{
+		"plain":     "nbd://127.0.0.1:" + port + "/",
+		"wrong key": uri(keyFile(other)),
+	} {
+		if out, err := exec.Command("nbdinfo", "--size", u).CombinedOutput(); err == nil {
+			t.Errorf("%s client: nbdinfo %s read the export: %s", name, u, out)
+		}
+	}
+
+	dir := e.pskDir
 	if err := e.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
 	assertClosed(t, r, e)
+	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("key directory %s after Close: %v", dir, err)
+	}
+}
 
-	for _, addr := range []string{"nohost", ":10809", "127.0.0.1:x", "127.0.0.1:70000"} {
-		if _, err := r.Export(ctx, full, ExportOptions{ReadOnly: true, TCPAddr: addr}); !errors.Is(err, ErrInvalidAddr) {
-			t.Errorf("Export on %q = %v, want ErrInvalidAddr", addr, err)
+// TestExportTCPNeedsTLS: no export is ever served over TCP without TLS,
+// and bad addresses or keys fail before qemu-nbd starts.
+func TestExportTCPNeedsTLS(t *testing.T) {
+	t.Parallel()
+	r, ctx := newRepo(t)
+	full := mustCreate(t, r, ctx, "full", "")
+	psk := mustPSK(t)
+	short := PSK{Identity: PSKIdentity, Key: "abcd"}
+	badID := PSK{Identity: "a:b", Key: psk.Key}
+	for _, tc := range []struct {
+		name string
+		opts ExportOptions
+		want error
+	}{
+		{"tcp without psk", ExportOptions{TCPAddr: "127.0.0.1:0"}, ErrInsecure},
+		{"read-only tcp without psk", ExportOptions{ReadOnly: true, TCPAddr: "0.0.0.0:0"}, ErrInsecure},
+		{"psk without tcp", ExportOptions{PSK: &psk}, ErrInvalidAddr},
+		{"short key", ExportOptions{TCPAddr: "127.0.0.1:0", PSK: &short}, ErrInvalidPSK},
+		{"bad identity", ExportOptions{TCPAddr: "127.0.0.1:0", PSK: &badID}, ErrInvalidPSK},
+		{"no host", ExportOptions{TCPAddr: "nohost", PSK: &psk}, ErrInvalidAddr},
+		{"empty host", ExportOptions{TCPAddr: ":10809", PSK: &psk}, ErrInvalidAddr},
+		{"bad port", ExportOptions{TCPAddr: "127.0.0.1:x", PSK: &psk}, ErrInvalidAddr},
+		{"port too big", ExportOptions{TCPAddr: "127.0.0.1:70000", PSK: &psk}, ErrInvalidAddr},
+	} {
+		_, err := r.Export(ctx, full, exportOpts(t, tc.opts))
+		if !errors.Is(err, tc.want) {
+			t.Errorf("%s: Export = %v, want %v", tc.name, err, tc.want)
+		}
+		if err != nil && strings.Contains(err.Error(), psk.Key) {
+			t.Errorf("%s: error holds the key: %v", tc.name, err)
 		}
 	}
 	if len(r.Exports()) != 0 {
-		t.Errorf("%d exports registered after failed starts", len(r.Exports()))
+		t.Errorf("%d exports registered after refused starts", len(r.Exports()))
+	}
+}
+
+// TestExportAddrInUse: a port taken by another program fails with
+// ErrAddrInUse, so the caller can try another.
+func TestExportAddrInUse(t *testing.T) {
+	t.Parallel()
+	r, ctx := newRepo(t)
+	full := mustCreate(t, r, ctx, "full", "")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	psk := mustPSK(t)
+	_, err = r.Export(ctx, full, exportOpts(t, ExportOptions{TCPAddr: l.Addr().String(), PSK: &psk}))
+	if !errors.Is(err, ErrAddrInUse) {
+		t.Fatalf("Export on a taken port = %v, want ErrAddrInUse", err)
+	}
+	if len(r.Exports()) != 0 {
+		t.Errorf("%d exports registered after a failed start", len(r.Exports()))
 	}
 }
 

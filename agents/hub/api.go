@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/sendense/sendense/bus"
+	"github.com/sendense/sendense/repository"
 )
 
 // Subjects of the repository service (NATS micro, request/reply). The
@@ -103,6 +104,11 @@ type OpenReply struct {
 	URI    string `json:"uri"`    // NBD URI of the writable export
 	Target string `json:"target"` // repository-relative path, <vm>/<disk>/<job>.qcow2
 	Path   string `json:"path"`   // absolute path on the hub
+	// TLS is the pre-shared key of an export over TCP (URI nbds://): fresh
+	// for this export, valid while it lives, sent only in this reply to
+	// the requester's private inbox. Nil for a unix socket (nbd+unix://).
+	// Never log or publish it (it formats redacted).
+	TLS *repository.PSK `json:"tls_psk,omitempty"`
 }
 
 // CloseReply reports the closed target.
@@ -119,6 +125,8 @@ type RestoreOpenReply struct {
 	URI         string `json:"uri"`
 	Path        string `json:"path"`
 	VirtualSize int64  `json:"virtual_size"`
+	// TLS is the export's pre-shared key over TCP, as OpenReply.TLS.
+	TLS *repository.PSK `json:"tls_psk,omitempty"`
 }
 
 // RestoreCloseRequest releases a restore export.

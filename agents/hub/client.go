@@ -2,7 +2,12 @@ package hub
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -99,4 +104,39 @@ func (c *Client) Check(ctx context.Context, req CheckRequest) (CheckReply, error
 	var out CheckReply
 	err := c.call(ctx, SubjectCheck, req, &out)
 	return out, err
+}
+
+// QemuImgSource is how qemu-img reads the restore export: src is the image
+// name and args (put before the images) define what it needs. For a unix
+// socket, the URI and no args. Over TCP with TLS, a json: image of qemu's
+// nbd driver and a tls-creds-psk object (--object) reading the key from a
+// private directory that cleanup removes: qemu-img takes no nbds:// URI,
+// and the key never appears in its argv. Call cleanup once qemu-img is
+// done, also after an error.
+func (r RestoreOpenReply) QemuImgSource() (src string, args []string, cleanup func(), err error) {
+	if r.TLS == nil {
+		return r.URI, nil, func() {}, nil
+	}
+	u, err := url.Parse(r.URI)
+	if err != nil || u.Scheme != "nbds" || u.Hostname() == "" || u.Port() == "" {
+		return "", nil, nil, fmt.Errorf("restore export %s: uri %q: want nbds://host:port/ with a tls key", r.ExportID, r.URI)
+	}
+	img, err := json.Marshal(map[string]any{
+		"driver": "raw",
+		"file": map[string]any{
+			"driver":    "nbd",
+			"server":    map[string]string{"type": "inet", "host": u.Hostname(), "port": u.Port()},
+			"export":    strings.TrimPrefix(u.Path, "/"),
+			"tls-creds": "tls0",
+		},
+	})
+	if err != nil {
+		return "", nil, nil, err
+	}
+	dir, err := r.TLS.WriteDir("")
+	if err != nil {
+		return "", nil, nil, fmt.Errorf("restore export %s: %w", r.ExportID, err)
+	}
+	args = []string{"--object", "tls-creds-psk,id=tls0,endpoint=client,dir=" + dir + ",username=" + r.TLS.Identity}
+	return "json:" + string(img), args, func() { os.RemoveAll(dir) }, nil
 }

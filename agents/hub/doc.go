@@ -12,6 +12,12 @@
 // on any failure it aborts the target (export stopped, partial file removed).
 // The service also exports chain points read-only for restores.
 //
+// Exports are on unix sockets (one host), or with RepoOptions.Listen on TCP
+// with TLS: each export gets a port of RepoOptions.Ports and a fresh
+// pre-shared key, and the reply (OpenReply.TLS, RestoreOpenReply.TLS) is
+// the only place the key goes, to the requester's private inbox. The
+// service logs URIs, never keys.
+//
 // Before an incremental is made, its base is checked (repository.CheckBase):
 // a missing base answers CodeBaseMissing, a base whose backing chain does not
 // open or that qemu-img check finds corrupt CodeBaseInvalid, and the agent

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -72,9 +74,74 @@ type RepoOptions struct {
 	Registry prometheus.Registerer
 	// SocketDir is where export sockets go. Default os.TempDir().
 	SocketDir string
+	// Listen is the host or address exports are served on over TCP with
+	// TLS, for agents and restores on other hosts. Each export gets a port
+	// of Ports and a fresh TLS pre-shared key that travels only in the
+	// reply to the requester (OpenReply.TLS, RestoreOpenReply.TLS). Default
+	// "": unix sockets in SocketDir, for a single host.
+	Listen string
+	// Advertise is the host put in the nbds:// URIs of the replies: the
+	// name or address the agents reach this host by. Default Listen;
+	// required when Listen is an unspecified address (0.0.0.0, ::).
+	Advertise string
+	// Ports is the range TCP exports take their ports from; a port taken
+	// by another program is skipped. Default DefaultPorts (10809-10909).
+	Ports PortRange
 	// Shared is qemu-nbd's --shared for writable exports. Default 4.
 	Shared int
 	Log    zerolog.Logger
+}
+
+// PortRange is an inclusive range of TCP ports.
+type PortRange struct{ Lo, Hi int }
+
+// DefaultPorts is the default range of ports of TCP exports.
+var DefaultPorts = PortRange{Lo: 10809, Hi: 10909}
+
+// String formats the range as LO-HI.
+func (p PortRange) String() string { return fmt.Sprintf("%d-%d", p.Lo, p.Hi) }
+
+// ParsePortRange parses "LO-HI" (or a single port).
+func ParsePortRange(s string) (PortRange, error) {
+	lo, hi, found := strings.Cut(s, "-")
+	if !found {
+		hi = lo
+	}
+	var p PortRange
+	var err1, err2 error
+	p.Lo, err1 = strconv.Atoi(strings.TrimSpace(lo))
+	p.Hi, err2 = strconv.Atoi(strings.TrimSpace(hi))
+	if err1 != nil || err2 != nil {
+		return PortRange{}, fmt.Errorf("port range %q: want LO-HI", s)
+	}
+	return p, p.validate()
+}
+
+func (p PortRange) validate() error {
+	if p.Lo < 1 || p.Hi > 65535 || p.Lo > p.Hi {
+		return fmt.Errorf("port range %s: want 1 <= LO <= HI <= 65535", p)
+	}
+	return nil
+}
+
+// CheckListen checks the TCP export settings of RepoOptions (Listen,
+// Advertise, Ports) before anything starts: an advertised host needs a
+// listen address, an unspecified listen address (0.0.0.0, ::) needs an
+// advertised host, and the port range must be valid.
+func CheckListen(listen, advertise string, ports PortRange) error {
+	if listen == "" {
+		if advertise != "" {
+			return errors.New("an advertised address without a listen address (exports are on unix sockets)")
+		}
+		return nil
+	}
+	if err := ports.validate(); err != nil {
+		return err
+	}
+	if ip := net.ParseIP(listen); advertise == "" && ip != nil && ip.IsUnspecified() {
+		return fmt.Errorf("listen address %s is no address agents can reach: set the advertised address", listen)
+	}
+	return nil
 }
 
 // ReconcileRetry bounds the wait before the next reconciliation round
@@ -99,6 +166,9 @@ type RepoService struct {
 	// busy holds the refs an open or a reconciliation is working on: the
 	// file of a busy ref is removed or made by that one operation only.
 	busy map[TargetRef]struct{}
+	// nextPort is the offset in opts.Ports of the next TCP export's first
+	// try; ports rotate so a closed export's port is reused last.
+	nextPort int
 }
 
 type target struct {
@@ -135,6 +205,15 @@ func NewRepoService(opts RepoOptions) (*RepoService, error) {
 	}
 	if opts.ReconcileGrace <= 0 {
 		opts.ReconcileGrace = 10 * time.Minute
+	}
+	if opts.Listen != "" && opts.Ports == (PortRange{}) {
+		opts.Ports = DefaultPorts
+	}
+	if err := CheckListen(opts.Listen, opts.Advertise, opts.Ports); err != nil {
+		return nil, fmt.Errorf("repository service: %w", err)
+	}
+	if opts.Advertise == "" {
+		opts.Advertise = opts.Listen
 	}
 	s := &RepoService{
 		opts:     opts,
@@ -376,9 +455,7 @@ func (s *RepoService) openTarget(ctx context.Context, data []byte) (any, error) 
 	if err != nil {
 		return nil, classify(err)
 	}
-	exp, err := r.Export(ctx, path, repository.ExportOptions{
-		Shared: s.opts.Shared, SocketDir: s.opts.SocketDir, Owner: req.JobID,
-	})
+	exp, psk, err := s.export(ctx, r, path, repository.ExportOptions{Shared: s.opts.Shared, Owner: req.JobID})
 	if err != nil {
 		_ = r.Remove(req.VMUUID, req.DiskKey, req.JobID)
 		return nil, classify(err)
@@ -388,7 +465,43 @@ func (s *RepoService) openTarget(ctx context.Context, data []byte) (any, error) 
 	s.mu.Unlock()
 	rel, _ := filepath.Rel(r.Root(), path)
 	log.Info().Str("target", rel).Str("backing_job_id", req.BackingJobID).Str("uri", exp.URI()).Msg("target opened")
-	return OpenReply{URI: exp.URI(), Target: rel, Path: path}, nil
+	return OpenReply{URI: exp.URI(), Target: rel, Path: path, TLS: psk}, nil
+}
+
+// export starts an export of path: on a unix socket in SocketDir, or with
+// Listen set on a port of Ports with TLS and a fresh pre-shared key, which
+// is returned for the reply and kept nowhere else (the export's private
+// directory holds it for qemu-nbd until the export closes). Ports taken by
+// another program are skipped; all of them taken answers CodeUnavailable.
+func (s *RepoService) export(ctx context.Context, r *repository.Repo, path string, opts repository.ExportOptions) (*repository.Export, *repository.PSK, error) {
+	opts.SocketDir = s.opts.SocketDir
+	if s.opts.Listen == "" {
+		exp, err := r.Export(ctx, path, opts)
+		return exp, nil, err
+	}
+	psk, err := repository.NewPSK()
+	if err != nil {
+		return nil, nil, err
+	}
+	opts.PSK = &psk
+	opts.AdvertiseHost = s.opts.Advertise
+	n := s.opts.Ports.Hi - s.opts.Ports.Lo + 1
+	for range n {
+		s.mu.Lock()
+		port := s.opts.Ports.Lo + s.nextPort
+		s.nextPort = (s.nextPort + 1) % n
+		s.mu.Unlock()
+		opts.TCPAddr = net.JoinHostPort(s.opts.Listen, strconv.Itoa(port))
+		exp, err := r.Export(ctx, path, opts)
+		if errors.Is(err, repository.ErrAddrInUse) {
+			continue
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		return exp, &psk, nil
+	}
+	return nil, nil, coded(CodeUnavailable, fmt.Errorf("export %s: every port of %s on %s is in use", path, s.opts.Ports, s.opts.Listen))
 }
 
 // validateOpen refuses a request that could never succeed before anything
@@ -578,14 +691,14 @@ func (s *RepoService) openRestore(ctx context.Context, data []byte) (any, error)
 		return nil, coded(CodeNotFound, fmt.Errorf("backup of job %s disk %d: %w", ref.JobID, ref.DiskKey, err))
 	}
 	id := "restore-" + strings.ToLower(nuid.Next())
-	exp, err := r.Export(ctx, path, repository.ExportOptions{ReadOnly: true, Shared: 4, SocketDir: s.opts.SocketDir, Owner: id})
+	exp, psk, err := s.export(ctx, r, path, repository.ExportOptions{ReadOnly: true, Shared: 4, Owner: id})
 	if err != nil {
 		return nil, err
 	}
 	s.mu.Lock()
 	s.restores[id] = &restoreExport{export: exp, expires: time.Now().Add(s.opts.RestoreTTL)}
 	s.mu.Unlock()
-	return RestoreOpenReply{ExportID: id, URI: exp.URI(), Path: path, VirtualSize: info.VirtualSize}, nil
+	return RestoreOpenReply{ExportID: id, URI: exp.URI(), Path: path, VirtualSize: info.VirtualSize, TLS: psk}, nil
 }
 
 func (s *RepoService) closeRestore(ctx context.Context, data []byte) (any, error) {

@@ -48,8 +48,8 @@ func TestFullTargetRoundTrip(t *testing.T) {
 	if out.Target != wantRel || out.Path != filepath.Join(e.repo.Root(), wantRel) {
 		t.Errorf("open reply target %q path %q, want %q under %s", out.Target, out.Path, wantRel, e.repo.Root())
 	}
-	if !strings.HasPrefix(out.URI, "nbd+unix://") {
-		t.Errorf("uri %q, want nbd+unix", out.URI)
+	if !strings.HasPrefix(out.URI, "nbd+unix://") || out.TLS != nil {
+		t.Errorf("uri %q key %v, want nbd+unix and no key (unix sockets need none)", out.URI, out.TLS)
 	}
 	if n := e.svc.OpenTargets(); n != 1 {
 		t.Errorf("OpenTargets = %d, want 1", n)

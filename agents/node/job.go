@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -14,6 +16,8 @@ import (
 	"github.com/sendense/sendense/agents/hub"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/copier"
+	"github.com/sendense/sendense/nbd"
+	"github.com/sendense/sendense/repository"
 	"github.com/sendense/sendense/schemas"
 	"github.com/sendense/sendense/store"
 	"github.com/sendense/sendense/vmware"
@@ -194,6 +198,14 @@ func (a *Agent) copyDisk(ctx context.Context, r *request, snap types.ManagedObje
 		extents[i] = copier.Extent{Offset: e.Offset, Length: e.Length}
 	}
 	opts := a.cfg.Copy
+	if d.target.TLS != nil {
+		tls, remove, err := targetTLS(*d.target.TLS)
+		if err != nil {
+			return fail(schemas.FailRepository, true, fmt.Errorf("target of disk %d of vm %s: %w", key, r.vm.InstanceUUID, err))
+		}
+		defer remove()
+		opts.TargetTLS = tls
+	}
 	opts.Incremental = d.plan.backupType == schemas.TypeIncremental
 	opts.Log = log
 	opts.Progress = func(p copier.Progress) { prog.update(key, p.BytesDone, p.BytesTotal, false) }
@@ -223,6 +235,18 @@ func (a *Agent) copyDisk(ctx context.Context, r *request, snap types.ManagedObje
 	log.Info().Str("change_id", d.plan.disk.ChangeID).Str("backup_type", d.plan.backupType).
 		Int64("bytes_read", res.BytesRead).Int64("bytes_written", res.BytesWritten).Msg("change id stored")
 	return nil
+}
+
+// targetTLS writes the target's pre-shared key (from the hub's reply) to
+// a private file for libnbd, which reads it whenever the copier connects,
+// and returns the copier's TLS option and a func removing the file.
+func targetTLS(psk repository.PSK) (*nbd.TLS, func(), error) {
+	dir, err := psk.WriteDir("")
+	if err != nil {
+		return nil, nil, err
+	}
+	tls := &nbd.TLS{PSKFile: filepath.Join(dir, repository.PSKFileName), Username: psk.Identity}
+	return tls, func() { os.RemoveAll(dir) }, nil
 }
 
 func (a *Agent) removeSnapshot(ctx context.Context, r *request, snap types.ManagedObjectReference) {

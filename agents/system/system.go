@@ -78,6 +78,12 @@ type Config struct {
 
 	// Repositories maps names to directories; default {"default": DataDir/repo}.
 	Repositories map[string]string
+	// RepoListen, RepoAdvertise and RepoPorts serve the hub's exports over
+	// TCP with TLS-PSK for agents on other hosts (hub.RepoOptions Listen,
+	// Advertise, Ports). Default "": unix sockets.
+	RepoListen    string
+	RepoAdvertise string
+	RepoPorts     hub.PortRange
 	// APIListen is the request API's address; "" or "none" disables it.
 	APIListen string
 	// ReconcileInterval and ReconcileGrace tune the hub's reconciliation
@@ -445,6 +451,7 @@ func (s *System) startHub(nc *nats.Conn, js jetstream.JetStream, leases *bus.Lea
 		Repositories: s.Repos, Leases: leases, Log: s.log,
 		Catalog: cat, Progress: hub.NewConsumerProgress(js, bus.ConsumerCatalog), Registry: s.Registry,
 		ReconcileInterval: s.cfg.ReconcileInterval, ReconcileGrace: s.cfg.ReconcileGrace,
+		Listen: s.cfg.RepoListen, Advertise: s.cfg.RepoAdvertise, Ports: s.cfg.RepoPorts,
 	})
 	if err != nil {
 		return err

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/sendense/sendense/agents/hub"
 	"github.com/sendense/sendense/agents/system"
 )
 
@@ -44,7 +45,9 @@ Roles stop in reverse order.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg := a.systemConfig("sendense-serve", c.proc)
 			c.catalog.apply(&cfg)
-			c.hub.apply(&cfg)
+			if err := c.hub.apply(&cfg); err != nil {
+				return err
+			}
 			cfg.Catalog, cfg.Hub = true, true
 			if c.agent.configured() {
 				if err := c.agent.apply(&cfg); err != nil {
@@ -73,7 +76,9 @@ func newHubCmd(a *app) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg := a.systemConfig("sendense-hub", proc)
-			hub.apply(&cfg)
+			if err := hub.apply(&cfg); err != nil {
+				return err
+			}
 			cfg.Hub = true
 			return a.runSystem(cmd.Context(), cfg)
 		},
@@ -139,6 +144,9 @@ type hubFlags struct {
 	repositories      []string
 	reconcileInterval time.Duration
 	reconcileGrace    time.Duration
+	repoListen        string
+	repoAdvertise     string
+	repoPorts         string
 }
 
 func (f *hubFlags) register(fs *pflag.FlagSet) {
@@ -146,9 +154,20 @@ func (f *hubFlags) register(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&f.repositories, "repository", nil, "repository as NAME=DIR, repeatable (default: default=DATA/repo)")
 	fs.DurationVar(&f.reconcileInterval, "reconcile-interval", 0, "how often the hub removes repository files no completed job or running backup owns (default 10m)")
 	fs.DurationVar(&f.reconcileGrace, "reconcile-grace", 0, "how old such a file must be before it is removed (default 10m)")
+	fs.StringVar(&f.repoListen, "repo-listen", "", "host or address to serve backup targets and restores on over TCP with TLS (a fresh key per export), for agents on other hosts (default: unix sockets, single host)")
+	fs.StringVar(&f.repoAdvertise, "repo-advertise", "", "host agents reach the exports by, put in their nbds:// URIs (default: --repo-listen)")
+	fs.StringVar(&f.repoPorts, "repo-ports", hub.DefaultPorts.String(), "TCP port range LO-HI of the exports with --repo-listen")
 }
 
-func (f *hubFlags) apply(cfg *system.Config) {
+func (f *hubFlags) apply(cfg *system.Config) error {
+	ports, err := hub.ParsePortRange(f.repoPorts)
+	if err != nil {
+		return fmt.Errorf("--repo-ports: %w", err)
+	}
+	if err := hub.CheckListen(f.repoListen, f.repoAdvertise, ports); err != nil {
+		return fmt.Errorf("--repo-listen, --repo-advertise, --repo-ports: %w", err)
+	}
+	cfg.RepoListen, cfg.RepoAdvertise, cfg.RepoPorts = f.repoListen, f.repoAdvertise, ports
 	cfg.APIListen = f.apiListen
 	cfg.ReconcileInterval, cfg.ReconcileGrace = f.reconcileInterval, f.reconcileGrace
 	for _, r := range f.repositories {
@@ -161,6 +180,7 @@ func (f *hubFlags) apply(cfg *system.Config) {
 		}
 		cfg.Repositories[name] = dir
 	}
+	return nil
 }
 
 // agentFlags configure the node agent and its vCenter.
