@@ -25,6 +25,17 @@
 // at a snapshot — what a backup of it must contain — and keeps it after the
 // snapshot is removed, until Close.
 //
+// Each frozen image is also the datastore file a real vSphere would expose
+// for that snapshot: the snapshot's disk backing names a layer
+// "[LocalDS_0] <vm>/<disk>-00000n.vmdk" (a flat descriptor, kept in memory)
+// whose extent "<disk>-00000n-flat.vmdk" is the frozen image file itself,
+// served by vCenter's /folder interface with Range reads. Every /folder
+// request needs the session cookie of a logged-in client (401 otherwise).
+// The VM's own disk backing names the latest frozen layer too (vSphere
+// would name a new delta disk there). The SDK certificate is self-signed
+// for the listen host, localhost and Options.TLSHosts; CertificatePEM is
+// what a client trusts.
+//
 // QueryChangedDiskAreas(snapshot, key, startOffset, "*") returns the
 // allocated areas of that snapshot's frozen image. With a change id it
 // returns every area written from that id's snapshot up to this snapshot,
