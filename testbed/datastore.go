@@ -16,12 +16,15 @@ import (
 	"net/http"
 	"os"
 	"path"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/view"
 	"github.com/vmware/govmomi/vim25/methods"
+	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 )
@@ -94,12 +97,45 @@ func descriptorFor(flat string, capacity int64, uuid string) []byte {
 }
 
 // publishLayer makes the frozen image at imagePath readable over /folder
-// as the descriptor layer (and its flat file). Caller holds tb.mu.
-func (tb *Testbed) publishLayer(layer object.DatastorePath, imagePath string, capacity int64, uuid string) {
+// as the descriptor layer (and its flat file). The descriptor is also
+// written to the simulator's datastore directory, where its disk
+// operations (a ReconfigVM that grows the disk) look for it. Caller holds
+// tb.mu.
+func (tb *Testbed) publishLayer(layer object.DatastorePath, imagePath string, capacity int64, uuid string) error {
 	now := time.Now()
 	flat := flatName(path.Base(layer.Path))
-	tb.dsFiles[layer.Datastore+"/"+layer.Path] = dsFile{descriptor: descriptorFor(flat, capacity, uuid), modTime: now}
+	desc := descriptorFor(flat, capacity, uuid)
+	dir, ok := tb.dsDirs[layer.Datastore]
+	if !ok {
+		return fmt.Errorf("publish %s: unknown datastore %q", layer, layer.Datastore)
+	}
+	if err := os.WriteFile(filepath.Join(dir, filepath.FromSlash(layer.Path)), desc, 0o644); err != nil {
+		return fmt.Errorf("publish %s: %w", layer, err)
+	}
+	tb.dsFiles[layer.Datastore+"/"+layer.Path] = dsFile{descriptor: desc, modTime: now}
 	tb.dsFiles[layer.Datastore+"/"+path.Join(path.Dir(layer.Path), flat)] = dsFile{image: imagePath, modTime: now}
+	return nil
+}
+
+// findDatastores learns the directory of every datastore.
+func (tb *Testbed) findDatastores(ctx context.Context) error {
+	m := view.NewManager(tb.client.Client)
+	v, err := m.CreateContainerView(ctx, tb.client.ServiceContent.RootFolder, []string{"Datastore"}, true)
+	if err != nil {
+		return fmt.Errorf("list datastores: %w", err)
+	}
+	defer func() { _ = v.Destroy(context.Background()) }()
+	var dss []mo.Datastore
+	if err := v.Retrieve(ctx, []string{"Datastore"}, []string{"summary"}, &dss); err != nil {
+		return fmt.Errorf("list datastores: %w", err)
+	}
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	tb.dsDirs = map[string]string{}
+	for _, ds := range dss {
+		tb.dsDirs[ds.Summary.Name] = ds.Summary.Url
+	}
+	return nil
 }
 
 // folderHandler wraps the simulator's HTTP handler: /folder requests need

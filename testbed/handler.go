@@ -180,7 +180,11 @@ func (tb *Testbed) freeze(sim *simulator.VirtualMachine, st *vmState, name strin
 			_ = os.Remove(path)
 			return &types.InvalidArgument{InvalidProperty: fmt.Sprintf("device %d backing", d.key)}
 		}
-		tb.publishLayer(layer, path, capacity, d.uuid)
+		if err := tb.publishLayer(layer, path, capacity, d.uuid); err != nil {
+			_ = os.Remove(path)
+			tb.log.Error().Err(err).Str("vm", st.name).Int32("disk_key", d.key).Msg("disk freeze failed")
+			return &types.FileFault{File: d.fileName}
+		}
 		b.FileName = layer.String()
 		d.seq++
 		id := formatChangeID(d.tracking, d.seq)

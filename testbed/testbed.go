@@ -118,6 +118,7 @@ type Testbed struct {
 	// dsFiles are the datastore files published for the frozen layers,
 	// by "<datastore>/<path>" (see datastore.go).
 	dsFiles map[string]dsFile
+	dsDirs  map[string]string // datastore name → the simulator's directory of it
 
 	sess sessions // session cookies recently found active
 
@@ -197,6 +198,9 @@ func New(ctx context.Context, opts Options) (_ *Testbed, err error) {
 	tb.mu.Lock()
 	tb.client = client
 	tb.mu.Unlock()
+	if err := tb.findDatastores(ctx); err != nil {
+		return nil, err
+	}
 	for _, spec := range opts.VMs {
 		if err := tb.createVM(ctx, spec); err != nil {
 			return nil, fmt.Errorf("create testbed vm %s: %w", spec.Name, err)
