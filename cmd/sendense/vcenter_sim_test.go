@@ -159,3 +159,29 @@ func TestVCenterSimRemoteAgent(t *testing.T) {
 		t.Errorf("processes left on %s: %s", simData, out)
 	}
 }
+
+// TestTransportFlags: a wrong transport choice is refused before anything
+// starts, saying what is wrong.
+func TestTransportFlags(t *testing.T) {
+	pw := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(pw, []byte("x\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	vc := []string{"agent", "--data", t.TempDir(), "--vcenter-url", "https://127.0.0.1:1/sdk", "--vcenter-user", "u", "--vcenter-password-file", pw}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{append(vc, "--transport", "nfs"), `unknown --transport "nfs"`},
+		{append(vc, "--transport", "vddk"), "--transport vddk needs --vddk-libdir"},
+		{append(vc, "--vcenter-insecure", "--vcenter-ca", pw), "exclude each other"},
+		{[]string{"agent", "--data", t.TempDir(), "--vcenter-url", "https://127.0.0.1:1/sdk"}, "needs --vcenter-user and --vcenter-password-file"},
+		{[]string{"vcenter-sim", "--data", t.TempDir(), "--inventory", "huge"}, `unknown simulated inventory "huge"`},
+		{[]string{"vcenter-sim", "--data", t.TempDir(), "--password-file", "/nonexistent/pw"}, "read --password-file"},
+	} {
+		_, err := cli(t, tt.args...)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("sendense %s: %v, want an error saying %q", strings.Join(tt.args, " "), err, tt.want)
+		}
+	}
+}
