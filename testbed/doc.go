@@ -59,6 +59,12 @@
 // frozen image. Frozen images are full sparse copies (copy_file_range of
 // the allocated ranges), fast for thin disks but sized like the data.
 //
+// A removed snapshot's layer stays readable over /folder until Close (a
+// real vSphere deletes it when it consolidates), and with several
+// snapshots each names a flat layer of its own where vSphere would name
+// sparse deltas: the testbed never makes a disk the https transport
+// refuses.
+//
 // The simulator extension works by Registry.Handler: for the CBT and
 // snapshot calls it puts a wrapper of the simulator's VirtualMachine into
 // the caller's session registry for the duration of the call (see
