@@ -10,7 +10,9 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/rs/zerolog"
 	"github.com/vmware/govmomi/object"
@@ -68,6 +70,10 @@ func (h *HTTPSSources) Open(ctx context.Context, req SourceRequest) (*Source, er
 	return src, nil
 }
 
+// httpsRequestTimeout bounds one HTTP request of nbdkit's curl plugin (one
+// NBD read).
+const httpsRequestTimeout = 5 * time.Minute
+
 // HTTPSOptions configures nbdkit's curl plugin for one datastore file.
 type HTTPSOptions struct {
 	URL        *url.URL // the flat file's /folder URL; required
@@ -102,7 +108,10 @@ func HTTPSCommand(o HTTPSOptions) ([]string, error) {
 			return bad("option values must not contain NUL or newlines")
 		}
 	}
-	argv := append(baseArgs(o.Socket), "curl", "url="+o.URL.String(), "cookie=+"+o.CookieFile, "protocols="+o.URL.Scheme)
+	// A read that hangs (vCenter gone mid-copy) fails after
+	// httpsRequestTimeout instead of stalling the copy for ever.
+	argv := append(baseArgs(o.Socket), "curl", "url="+o.URL.String(), "cookie=+"+o.CookieFile, "protocols="+o.URL.Scheme,
+		"tcp-keepalive=true", "timeout="+strconv.Itoa(int(httpsRequestTimeout/time.Second)))
 	switch {
 	case o.TLS.Insecure:
 		argv = append(argv, "sslverify=false")
