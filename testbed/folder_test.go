@@ -160,3 +160,23 @@ func TestFolderServesFrozenLayers(t *testing.T) {
 		t.Errorf("GET vm1.vmx with the session cookie: %d, want 200", code)
 	}
 }
+
+// TestCertificateHosts: the SDK certificate verifies, through
+// CertificatePEM as the only trusted CA, for the listen address, the
+// loopback names and each Options.TLSHosts entry, and for nothing else.
+func TestCertificateHosts(t *testing.T) {
+	tb, _ := start(t, testbed.Options{TLSHosts: []string{"vcenter.lab.test", "10.99.0.5"}})
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(tb.CertificatePEM())
+	cert := tb.Certificate()
+	for _, host := range []string{tb.URL().Hostname(), "localhost", "127.0.0.1", "vcenter.lab.test", "10.99.0.5"} {
+		if _, err := cert.Verify(x509.VerifyOptions{DNSName: host, Roots: pool}); err != nil {
+			t.Errorf("certificate for %s: %v", host, err)
+		}
+	}
+	for _, host := range []string{"other.lab.test", "10.99.0.6"} {
+		if _, err := cert.Verify(x509.VerifyOptions{DNSName: host, Roots: pool}); err == nil {
+			t.Errorf("certificate verifies for %s, which it was not made for", host)
+		}
+	}
+}
