@@ -148,6 +148,8 @@ type System struct {
 	conns    []*nats.Conn // every role's connection, closed by Stop
 	// agent is the running node agent, for readiness.
 	agent *node.Agent
+	// simCA is the simulated vCenter's certificate file (SimulateVCenter).
+	simCA string
 
 	cancel  context.CancelFunc
 	mu      sync.Mutex
@@ -475,6 +477,16 @@ func (s *System) startTestbed(ctx context.Context) error {
 		return fmt.Errorf("start simulated vcenter: %w", err)
 	}
 	s.Testbed = tb
+	// The agent trusts the simulated vCenter through its certificate, as
+	// an agent of `sendense vcenter-sim` does with --vcenter-ca.
+	ca, err := filepath.Abs(filepath.Join(s.cfg.DataDir, "vcenter", "sdk.pem"))
+	if err == nil {
+		err = os.WriteFile(ca, tb.CertificatePEM(), 0o644)
+	}
+	if err != nil {
+		return fmt.Errorf("write the simulated vcenter's certificate: %w", err)
+	}
+	s.simCA = ca
 	if s.NC == nil {
 		return errors.New("simulated vcenter: its control service needs the admin credentials in " + s.cfg.CredsDir)
 	}
@@ -500,7 +512,7 @@ func (s *System) startAgent(ctx context.Context) error {
 	tlsCfg := vmware.TLS{CAFile: s.cfg.VCenterCAFile, Insecure: s.cfg.VCenterInsecure}
 	switch {
 	case s.Testbed != nil:
-		u, tlsCfg = s.Testbed.URL(), vmware.TLS{Insecure: true}
+		u, tlsCfg = s.Testbed.URL(), vmware.TLS{CAFile: s.simCA}
 		if transport == "" {
 			sources = &vmware.LocalSources{Image: s.Testbed.SnapshotImage, Log: s.log}
 		}
