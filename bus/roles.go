@@ -34,11 +34,15 @@ const (
 	RoleRequester Role = "requester"
 	// RoleMonitor may only subscribe to backup.>: `nats sub 'backup.>'`.
 	RoleMonitor Role = "monitor"
+	// RoleTestbed runs the simulated vCenter's control service
+	// (`sendense vcenter-sim`): it answers on TestbedService.> and
+	// nothing else; it never sees backup.* nor JetStream.
+	RoleTestbed Role = "testbed"
 )
 
 // Roles lists every role except RoleAgent, which has one user per agent.
 func Roles() []Role {
-	return []Role{RoleAdmin, RoleHub, RoleCatalog, RoleRequester, RoleMonitor}
+	return []Role{RoleAdmin, RoleHub, RoleCatalog, RoleRequester, RoleMonitor, RoleTestbed}
 }
 
 // Identity is one NATS user: a role and, for RoleAgent, the agent's name.
@@ -190,6 +194,8 @@ func PermissionsOf(id Identity) Permissions {
 		}
 	case RoleMonitor:
 		return Permissions{Subscribe: []string{SubjectAll}}
+	case RoleTestbed:
+		return Permissions{Publish: []string{InboxSubjects}, Subscribe: []string{TestbedService + ".>", "$SRV.>", inbox}}
 	}
 	return Permissions{}
 }

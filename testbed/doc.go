@@ -25,6 +25,17 @@
 // at a snapshot — what a backup of it must contain — and keeps it after the
 // snapshot is removed, until Close.
 //
+// Each frozen image is also the datastore file a real vSphere would expose
+// for that snapshot: the snapshot's disk backing names a layer
+// "[LocalDS_0] <vm>/<disk>-00000n.vmdk" (a flat descriptor, kept in memory)
+// whose extent "<disk>-00000n-flat.vmdk" is the frozen image file itself,
+// served by vCenter's /folder interface with Range reads. Every /folder
+// request needs the session cookie of a logged-in client (401 otherwise).
+// The VM's own disk backing names the latest frozen layer too (vSphere
+// would name a new delta disk there). The SDK certificate is self-signed
+// for the listen host, localhost and Options.TLSHosts; CertificatePEM is
+// what a client trusts.
+//
 // QueryChangedDiskAreas(snapshot, key, startOffset, "*") returns the
 // allocated areas of that snapshot's frozen image. With a change id it
 // returns every area written from that id's snapshot up to this snapshot,
@@ -47,6 +58,12 @@
 // atomic with respect to them; a test may write while a backup reads a
 // frozen image. Frozen images are full sparse copies (copy_file_range of
 // the allocated ranges), fast for thin disks but sized like the data.
+//
+// A removed snapshot's layer stays readable over /folder until Close (a
+// real vSphere deletes it when it consolidates), and with several
+// snapshots each names a flat layer of its own where vSphere would name
+// sparse deltas: the testbed never makes a disk the https transport
+// refuses.
 //
 // The simulator extension works by Registry.Handler: for the CBT and
 // snapshot calls it puts a wrapper of the simulator's VirtualMachine into

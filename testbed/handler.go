@@ -2,6 +2,7 @@ package testbed
 
 import (
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/vmware/govmomi/object"
@@ -174,6 +175,17 @@ func (tb *Testbed) freeze(sim *simulator.VirtualMachine, st *vmState, name strin
 			tb.log.Error().Err(err).Str("vm", st.name).Int32("disk_key", d.key).Msg("disk freeze failed")
 			return &types.FileFault{File: d.fileName}
 		}
+		layer, ok := frozenLayer(d.fileName, tb.frozen)
+		if !ok {
+			_ = os.Remove(path)
+			return &types.InvalidArgument{InvalidProperty: fmt.Sprintf("device %d backing", d.key)}
+		}
+		if err := tb.publishLayer(layer, path, capacity, d.uuid); err != nil {
+			_ = os.Remove(path)
+			tb.log.Error().Err(err).Str("vm", st.name).Int32("disk_key", d.key).Msg("disk freeze failed")
+			return &types.FileFault{File: d.fileName}
+		}
+		b.FileName = layer.String()
 		d.seq++
 		id := formatChangeID(d.tracking, d.seq)
 		p := &point{changeID: id, tracking: d.tracking, seq: d.seq, path: path, capacity: capacity, allocated: alloc}
@@ -184,7 +196,7 @@ func (tb *Testbed) freeze(sim *simulator.VirtualMachine, st *vmState, name strin
 		for _, e := range alloc {
 			allocated += e.Length
 		}
-		tb.log.Info().Str("vm", st.name).Str("snapshot", name).Int32("disk_key", d.key).Str("change_id", id).
+		tb.log.Info().Str("vm", st.name).Str("snapshot", name).Int32("disk_key", d.key).Str("change_id", id).Str("file", b.FileName).
 			Int64("capacity_bytes", capacity).Int64("allocated_bytes", allocated).Str("image", path).Msg("disk frozen")
 	}
 	tb.snaps = append(tb.snaps, rec)

@@ -48,6 +48,11 @@ type Options struct {
 	BlockSize int64
 	// Listen is the SDK server's host:port. Default 127.0.0.1 on a random port.
 	Listen string
+	// TLSHosts are extra names or addresses the SDK server's self-signed
+	// certificate is valid for, besides the Listen host, localhost and
+	// the loopback addresses (every local address when Listen's host is
+	// unspecified).
+	TLSHosts []string
 	// User and Password are the only credentials the simulated vCenter
 	// accepts. Defaults DefaultUser / DefaultPassword.
 	User, Password string
@@ -110,6 +115,12 @@ type Testbed struct {
 	snaps  []*snapRecord
 	frozen int // counter for frozen image names
 	closed bool
+	// dsFiles are the datastore files published for the frozen layers,
+	// by "<datastore>/<path>" (see datastore.go).
+	dsFiles map[string]dsFile
+	dsDirs  map[string]string // datastore name → the simulator's directory of it
+
+	sess sessions // session cookies recently found active
 
 	wmu     sync.Mutex // guards wrapped
 	wrapped map[sessionRef]int
@@ -155,7 +166,7 @@ func New(ctx context.Context, opts Options) (_ *Testbed, err error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
-	tb := &Testbed{opts: opts, log: opts.Log, wrapped: map[sessionRef]int{}}
+	tb := &Testbed{opts: opts, log: opts.Log, wrapped: map[sessionRef]int{}, dsFiles: map[string]dsFile{}}
 	defer func() {
 		if err != nil {
 			tb.Close()
@@ -169,14 +180,26 @@ func New(ctx context.Context, opts Options) (_ *Testbed, err error) {
 		return nil, fmt.Errorf("create simulator model: %w", err)
 	}
 	tb.model = m
-	m.Service.TLS = new(tls.Config)
+	cert, err := serverCertificate(opts.Listen, opts.TLSHosts)
+	if err != nil {
+		return nil, err
+	}
+	m.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	m.Service.Listen = &url.URL{Host: opts.Listen, User: url.UserPassword(opts.User, opts.Password)}
 	m.Map().Handler = tb.handle
 	tb.server = m.Service.NewServer()
+	// Before any client connects: /folder needs a session (datastore.go).
+	tb.server.Config.Handler = tb.folderHandler(tb.server.Config.Handler)
 
-	tb.client, err = govmomi.NewClient(ctx, tb.URL(), true)
+	client, err := govmomi.NewClient(ctx, tb.URL(), true)
 	if err != nil {
 		return nil, fmt.Errorf("connect testbed client: %w", err)
+	}
+	tb.mu.Lock()
+	tb.client = client
+	tb.mu.Unlock()
+	if err := tb.findDatastores(ctx); err != nil {
+		return nil, err
 	}
 	for _, spec := range opts.VMs {
 		if err := tb.createVM(ctx, spec); err != nil {
@@ -406,8 +429,8 @@ func (tb *Testbed) fill(d *disk, n int64, seed int64) error {
 }
 
 // URL is the SDK URL with the credentials in its user info
-// (https://user:pass@127.0.0.1:port/sdk). The certificate is self-signed:
-// connect with insecure=true or pin Thumbprint.
+// (https://user:pass@127.0.0.1:port/sdk). The certificate is self-signed
+// (CertificatePEM): trust it, connect with insecure=true or pin Thumbprint.
 func (tb *Testbed) URL() *url.URL {
 	u := *tb.server.URL
 	u.User = url.UserPassword(tb.opts.User, tb.opts.Password)

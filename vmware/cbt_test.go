@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"testing"
 
@@ -62,8 +63,14 @@ func TestSnapshotDisks(t *testing.T) {
 	}
 	for i, want := range info.Disks {
 		d1, d2 := disks1[i], disks2[i]
-		if d1.Key != want.Key || d1.UUID != want.UUID || d1.CapacityBytes != want.CapacityBytes || d1.FileName != want.FileName {
-			t.Errorf("disk %d = %+v, want key %d uuid %s capacity %d file %s", i, d1, want.Key, want.UUID, want.CapacityBytes, want.FileName)
+		// Each snapshot names its own frozen layer of the disk, as
+		// vSphere names delta disks: "[ds] vm/vm-00000n.vmdk".
+		layer := strings.TrimSuffix(want.FileName, ".vmdk") + "-0"
+		if d1.Key != want.Key || d1.UUID != want.UUID || d1.CapacityBytes != want.CapacityBytes || !strings.HasPrefix(d1.FileName, layer) {
+			t.Errorf("disk %d = %+v, want key %d uuid %s capacity %d file %s…", i, d1, want.Key, want.UUID, want.CapacityBytes, layer)
+		}
+		if d1.FileName == d2.FileName {
+			t.Errorf("disk %d: both snapshots name %s", want.Key, d1.FileName)
 		}
 		stamped, err := tb.ChangeIDAt("pgtest1", "sendense-job1", want.Key)
 		if err != nil || d1.ChangeID != stamped {

@@ -36,6 +36,7 @@ const (
 type Client struct {
 	gc   *govmomi.Client
 	host string
+	tls  TLS
 	log  zerolog.Logger
 }
 
@@ -47,6 +48,24 @@ type Client struct {
 // Errors wrap ErrLoginRejected for refused credentials and ErrUnavailable for
 // everything that looks like a network or TLS problem.
 func Connect(ctx context.Context, u *url.URL, insecure bool, log zerolog.Logger) (*Client, error) {
+	return ConnectTLS(ctx, u, TLS{Insecure: insecure}, log)
+}
+
+// TLS says how a Client (and an HTTPSSources reading through it) verifies
+// vCenter's certificate. The zero value trusts the system's CAs.
+type TLS struct {
+	// CAFile is a PEM file of the CAs (or the self-signed certificate,
+	// for example the simulated vCenter's) to trust instead of the
+	// system's.
+	CAFile string
+	// Insecure skips verification: anyone on the path can read the
+	// session and the disks. Only for tests and the simulated vCenter.
+	Insecure bool
+}
+
+// ConnectTLS is Connect with a CA file: see TLS.
+func ConnectTLS(ctx context.Context, u *url.URL, t TLS, log zerolog.Logger) (*Client, error) {
+	insecure := t.Insecure
 	if u == nil {
 		return nil, fmt.Errorf("connect to vcenter: %w: no url", ErrInvalidOptions)
 	}
@@ -61,6 +80,11 @@ func Connect(ctx context.Context, u *url.URL, insecure bool, log zerolog.Logger)
 	defer cancel()
 
 	sc := soap.NewClient(&su, insecure)
+	if t.CAFile != "" && !insecure {
+		if err := sc.SetRootCAs(t.CAFile); err != nil {
+			return nil, fmt.Errorf("connect to vcenter %s: %w: ca file %s: %w", su.Host, ErrInvalidOptions, t.CAFile, err)
+		}
+	}
 	vc, err := vim25.NewClient(ctx, sc)
 	if err != nil {
 		return nil, fmt.Errorf("connect to vcenter %s: %w", su.Host, classify(err))
@@ -72,7 +96,7 @@ func Connect(ctx context.Context, u *url.URL, insecure bool, log zerolog.Logger)
 		vc.CloseIdleConnections()
 		return nil, fmt.Errorf("log in to vcenter %s as %s: %w", su.Host, su.User.Username(), classify(err))
 	}
-	c := &Client{gc: gc, host: su.Host, log: log.With().Str("vcenter", su.Host).Logger()}
+	c := &Client{gc: gc, host: su.Host, tls: t, log: log.With().Str("vcenter", su.Host).Logger()}
 	c.log.Debug().Bool("is_vc", vc.IsVC()).Msg("vcenter session opened")
 	return c, nil
 }

@@ -1,8 +1,9 @@
 // Package vmware is the vCenter side of a backup: a govmomi client that
 // finds VMs, takes and removes snapshots, reads disk backings and change
 // ids, pages QueryChangedDiskAreas, parses change ids, and starts the
-// nbdkit processes that serve a disk of a snapshot over NBD (VDDK in
-// production, a local image in tests and demos).
+// nbdkit processes that serve a disk of a snapshot over NBD (vCenter's
+// /folder over HTTPS or VDDK in production, a local image in tests and
+// demos).
 //
 // It owns nothing but vCenter sessions and nbdkit source processes. It must
 // never know about NATS, the catalog, repositories or the copier, and it
@@ -24,16 +25,24 @@
 // prefix with the job id taken from the name.
 //
 // Sources: LocalSource / LocalSources serve a raw image with
-// `nbdkit --readonly … file`; VDDKSources / VDDKCommand build the VDDK
+// `nbdkit --readonly … file`; HTTPSSources / HTTPSCommand read the
+// snapshot's disk through vCenter's /folder interface with `nbdkit curl`:
+// FlatFileURL GETs the backing's descriptor with the session cookie,
+// ParseDescriptor and FlatExtent find its one flat extent (refusing
+// sparse, delta, RDM and split disks), and the cookie reaches nbdkit only
+// as cookie=+FILE; VDDKSources / VDDKCommand build the VDDK
 // plugin's command line (thumbprint, vm=moref=, snapshot=, file=,
 // transports=, compression=) with the password only as password=+FILE.
+// ConnectTLS verifies vCenter with a CA file (TLS), which the https
+// sources reuse as cainfo=.
 // Each Source lives in a private socket directory; Close stops it (SIGTERM,
 // then SIGKILL after a timeout) and removes the directory.
 //
 // Errors wrap the sentinels of errors.go: ErrVMNotFound, ErrChangeIDRejected
 // (the disk needs a full), ErrBadChangeInfo (a reply that does not advance
 // or leaves the disk), ErrUnavailable (transient: retry), ErrLoginRejected,
-// ErrSnapshotNotFound, ErrInvalidOptions, ErrSourceStart. Classification
+// ErrSnapshotNotFound, ErrInvalidOptions, ErrSourceStart, ErrBadDescriptor,
+// ErrDatastoreAccess. Classification
 // uses the vSphere fault types, never message text.
 //
 // Calls take a context; when it has no deadline a default is added

@@ -44,6 +44,15 @@ var (
 	// describe (not flat, sparse, SE sparse or RDM).
 	ErrUnsupportedDisk = errors.New("unsupported disk backing")
 
+	// ErrBadDescriptor: a file read as a VMDK text descriptor is not one
+	// (binary, too large, no header or extent, a malformed extent line).
+	ErrBadDescriptor = errors.New("bad vmdk descriptor")
+
+	// ErrDatastoreAccess: vCenter's /folder interface refused a datastore
+	// file or answered with an unexpected status (401: the session is not
+	// valid; 404: no such file). The error carries the status.
+	ErrDatastoreAccess = errors.New("datastore file access failed")
+
 	// ErrInvalidOptions: a source or VDDK option is missing or malformed.
 	ErrInvalidOptions = errors.New("invalid source options")
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -47,6 +48,14 @@ func TestSourceCommands(t *testing.T) {
 	sock := "/tmp/sdt123/nbdkit.sock"
 	builders := map[string]func(t *testing.T) []string{
 		"local": func(t *testing.T) []string { return vmware.LocalCommand("/images/disk.img", sock) },
+		"https": func(t *testing.T) []string {
+			u, _ := url.Parse("https://vc/folder/vm/vm-flat.vmdk?dcPath=DC0&dsName=ds")
+			argv, err := vmware.HTTPSCommand(vmware.HTTPSOptions{URL: u, CookieFile: "/tmp/sdt123/cookie", Socket: sock})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return argv
+		},
 		"vddk": func(t *testing.T) []string {
 			argv, err := vmware.VDDKCommand(vddkOptions(t, sock))
 			if err != nil {

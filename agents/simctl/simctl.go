@@ -2,8 +2,12 @@ package simctl
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
+	"os"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -16,7 +20,7 @@ import (
 
 // Subjects of the control service.
 const (
-	Group           = "sendense.testbed"
+	Group           = bus.TestbedService
 	SubjectVMs      = Group + ".vms"
 	SubjectWrite    = Group + ".write"
 	SubjectResetCBT = Group + ".cbt.reset"
@@ -50,12 +54,18 @@ type FrozenRequest struct {
 	VM       string `json:"vm"`
 	Snapshot string `json:"snapshot"` // name, sendense-<job_id>
 	DiskKey  int32  `json:"disk_key"`
+	// Checksum asks for SHA256 and Size of the image (it reads the whole
+	// image), for a caller on another host that cannot open Path.
+	Checksum bool `json:"checksum,omitempty"`
 }
 
-// FrozenReply gives the frozen image and the change id stamped on it.
+// FrozenReply gives the frozen image (a path on the simulated vCenter's
+// host) and the change id stamped on it.
 type FrozenReply struct {
 	Path     string `json:"path"`
 	ChangeID string `json:"change_id"`
+	SHA256   string `json:"sha256,omitempty"` // hex, when asked
+	Size     int64  `json:"size,omitempty"`   // bytes, when asked
 }
 
 // Serve registers the service on nc; stop it with the returned service.
@@ -114,7 +124,13 @@ func Serve(nc *nats.Conn, tb *testbed.Testbed, log zerolog.Logger) (micro.Servic
 			if err != nil {
 				return nil, err
 			}
-			return FrozenReply{Path: p, ChangeID: id}, nil
+			out := FrozenReply{Path: p, ChangeID: id}
+			if req.Checksum {
+				if out.SHA256, out.Size, err = checksum(p); err != nil {
+					return nil, err
+				}
+			}
+			return out, nil
 		}),
 	}
 	for _, err := range errs {
@@ -124,6 +140,21 @@ func Serve(nc *nats.Conn, tb *testbed.Testbed, log zerolog.Logger) (micro.Servic
 		}
 	}
 	return svc, nil
+}
+
+// checksum is the SHA-256 (hex) and size of the file at path.
+func checksum(path string) (string, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, fmt.Errorf("checksum frozen image: %w", err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return "", 0, fmt.Errorf("checksum frozen image %s: %w", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
 }
 
 func write(tb *testbed.Testbed, req WriteRequest) (WriteReply, error) {
@@ -192,4 +223,11 @@ func (c *Client) Resize(ctx context.Context, vm string, key int32, capacity int6
 func (c *Client) Frozen(ctx context.Context, vm, snapshot string, key int32) (FrozenReply, error) {
 	var out FrozenReply
 	return out, c.call(ctx, SubjectFrozen, FrozenRequest{VM: vm, Snapshot: snapshot, DiskKey: key}, &out)
+}
+
+// FrozenChecksum is Frozen with the image's SHA256 and Size, for a caller
+// that cannot read the simulated vCenter's files.
+func (c *Client) FrozenChecksum(ctx context.Context, vm, snapshot string, key int32) (FrozenReply, error) {
+	var out FrozenReply
+	return out, c.call(ctx, SubjectFrozen, FrozenRequest{VM: vm, Snapshot: snapshot, DiskKey: key, Checksum: true}, &out)
 }

@@ -17,9 +17,24 @@ import (
 // change id is in the catalog and logged as stored; the next backup is an
 // incremental from exactly that change id, backed onto the full; with 1% of
 // the disks changed it is ≤ 10% of the full's size; both points restore
-// identical to what the snapshot froze.
+// identical to what the snapshot froze. It runs with both ways the agent
+// reads the simulated vCenter's disks: local files, and https (its /folder
+// interface through nbdkit curl, as an agent on another host reads them).
 func TestFullThenIncremental(t *testing.T) {
-	h := startHarness(t, nil)
+	for _, transport := range []string{"", TransportHTTPS} {
+		name := transport
+		if name == "" {
+			name = "local"
+		}
+		t.Run(name, func(t *testing.T) { fullThenIncremental(t, transport) })
+	}
+}
+
+func fullThenIncremental(t *testing.T, transport string) {
+	h := startHarness(t, func(c *Config) { c.Transport = transport })
+	if want := `"transport":"https /folder (nbdkit curl)"`; transport == TransportHTTPS && !strings.Contains(h.logs.String(), want) {
+		t.Errorf("the agent does not log %s", want)
+	}
 
 	// A raw JetStream publish, no CLI and no hub: the job id is derived.
 	h.publish(`{"vm":"pgtest1"}`)

@@ -107,6 +107,16 @@ type Config struct {
 	VCenterPasswordFile string
 	VCenterInsecure     bool
 	VDDKLibDir          string
+	// VCenterCAFile is a PEM file of the CAs (or the self-signed
+	// certificate) vCenter's certificate is verified with instead of the
+	// system's; `sendense vcenter-sim` writes its own as DATA/vcenter/sdk.pem.
+	VCenterCAFile string
+	// Transport is how the agent reads disks: TransportHTTPS (vCenter's
+	// /folder with nbdkit curl) or TransportVDDK (nbdkit's VDDK plugin).
+	// Default: vddk when VDDKLibDir is set, else https. With
+	// SimulateVCenter the default reads the testbed's frozen images as
+	// local files; TransportHTTPS reads them over its /folder instead.
+	Transport string
 
 	// CatalogOptions tunes the catalog consumer (AckWait, MaxBatch);
 	// Registry and Log are set by Start.
@@ -151,6 +161,8 @@ type System struct {
 	conns    []*nats.Conn // every role's connection, closed by Stop
 	// agent is the running node agent, for readiness.
 	agent *node.Agent
+	// simCA is the simulated vCenter's certificate file (SimulateVCenter).
+	simCA string
 
 	cancel  context.CancelFunc
 	mu      sync.Mutex
@@ -484,6 +496,16 @@ func (s *System) startTestbed(ctx context.Context) error {
 		return fmt.Errorf("start simulated vcenter: %w", err)
 	}
 	s.Testbed = tb
+	// The agent trusts the simulated vCenter through its certificate, as
+	// an agent of `sendense vcenter-sim` does with --vcenter-ca.
+	ca, err := filepath.Abs(filepath.Join(s.cfg.DataDir, "vcenter", "sdk.pem"))
+	if err == nil {
+		err = os.WriteFile(ca, tb.CertificatePEM(), 0o644)
+	}
+	if err != nil {
+		return fmt.Errorf("write the simulated vcenter's certificate: %w", err)
+	}
+	s.simCA = ca
 	if s.NC == nil {
 		return errors.New("simulated vcenter: its control service needs the admin credentials in " + s.cfg.CredsDir)
 	}
@@ -496,14 +518,23 @@ func (s *System) startTestbed(ctx context.Context) error {
 	return nil
 }
 
+// Transports of Config.Transport.
+const (
+	TransportHTTPS = "https"
+	TransportVDDK  = "vddk"
+)
+
 func (s *System) startAgent(ctx context.Context) error {
 	var sources vmware.Sources
 	var u *url.URL
-	insecure := s.cfg.VCenterInsecure
+	transport := s.cfg.Transport
+	tlsCfg := vmware.TLS{CAFile: s.cfg.VCenterCAFile, Insecure: s.cfg.VCenterInsecure}
 	switch {
 	case s.Testbed != nil:
-		u, insecure = s.Testbed.URL(), true
-		sources = &vmware.LocalSources{Image: s.Testbed.SnapshotImage, Log: s.log}
+		u, tlsCfg = s.Testbed.URL(), vmware.TLS{CAFile: s.simCA}
+		if transport == "" {
+			sources = &vmware.LocalSources{Image: s.Testbed.SnapshotImage, Log: s.log}
+		}
 	case s.cfg.VCenterURL != "":
 		var err error
 		if u, err = url.Parse(s.cfg.VCenterURL); err != nil {
@@ -514,6 +545,34 @@ func (s *System) startAgent(ctx context.Context) error {
 			return fmt.Errorf("read vcenter password file: %w", err)
 		}
 		u.User = url.UserPassword(s.cfg.VCenterUser, strings.TrimRight(string(pw), "\r\n"))
+		if transport == "" {
+			transport = TransportHTTPS
+			if s.cfg.VDDKLibDir != "" {
+				transport = TransportVDDK
+			}
+		}
+	default:
+		return errors.New("agent: no vcenter configured (--simulate-vcenter, or --vcenter-url with --vcenter-user and --vcenter-password-file)")
+	}
+	if tlsCfg.Insecure {
+		s.log.Warn().Str("vcenter", u.Host).Msg("vcenter certificate not verified (insecure): anyone on the path can read the session and the disks")
+	}
+	vc, err := vmware.ConnectTLS(ctx, u, tlsCfg, s.log)
+	if err != nil {
+		return err
+	}
+	s.vc = vc
+	kind := "local files"
+	switch {
+	case sources != nil:
+	case transport == TransportHTTPS:
+		kind = "https /folder (nbdkit curl)"
+		sources = &vmware.HTTPSSources{Client: vc, Log: s.log}
+	case transport == TransportVDDK && s.Testbed == nil:
+		kind = "vddk (nbdkit vddk)"
+		if s.cfg.VDDKLibDir == "" {
+			return errors.New("agent: transport vddk needs --vddk-libdir")
+		}
 		thumb, err := vmware.ServerThumbprint(ctx, u.Host)
 		if err != nil {
 			return err
@@ -523,13 +582,9 @@ func (s *System) startAgent(ctx context.Context) error {
 			Thumbprint: thumb, LibDir: s.cfg.VDDKLibDir,
 		}, Log: s.log}
 	default:
-		return errors.New("agent: no vcenter configured (--simulate-vcenter, or --vcenter-url with --vcenter-user and --vcenter-password-file)")
+		return fmt.Errorf("agent: unknown transport %q (want %s or %s; the simulated vcenter has no vddk)", transport, TransportHTTPS, TransportVDDK)
 	}
-	vc, err := vmware.Connect(ctx, u, insecure, s.log)
-	if err != nil {
-		return err
-	}
-	s.vc = vc
+	s.log.Info().Str("vcenter", u.Host).Str("transport", kind).Msg("agent reads disks")
 	nc, js, err := s.connect(ctx, bus.AgentIdentity(s.cfg.AgentID))
 	if err != nil {
 		return err

@@ -21,7 +21,7 @@ func newCredsCmd(a *app) *cobra.Command {
 		Use:   "creds",
 		Short: "NATS credentials of the roles (DATA/creds): make them, list them, print an external server's configuration",
 		Long: `Every process connects to NATS as one role (admin, hub, catalog, agent-NAME,
-requester, monitor), with its own nkey seed under DATA/creds (mode 0600), and
+requester, monitor, testbed), with its own nkey seed under DATA/creds (mode 0600), and
 the server lets each role do only what it needs: only agents publish backup
 events, each on its own subject; only agents write leases; only admin deletes
 streams. sendense serve makes the missing seeds at every start; these

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	stdlog "log"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -191,6 +192,8 @@ type agentFlags struct {
 	user         string
 	passwordFile string
 	insecure     bool
+	caFile       string
+	transport    string
 	vddkLibDir   string
 	agentID      string
 	maxJobs      int
@@ -203,7 +206,9 @@ func (f *agentFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.vcenterURL, "vcenter-url", "", "vCenter SDK URL, https://HOST/sdk")
 	fs.StringVar(&f.user, "vcenter-user", "", "vCenter user")
 	fs.StringVar(&f.passwordFile, "vcenter-password-file", "", "file holding the vCenter password")
-	fs.BoolVar(&f.insecure, "vcenter-insecure", false, "do not verify vCenter's TLS certificate")
+	fs.BoolVar(&f.insecure, "vcenter-insecure", false, "do not verify vCenter's TLS certificate (anyone on the path can read the session and the disks)")
+	fs.StringVar(&f.caFile, "vcenter-ca", "", "PEM file of the CA (or self-signed certificate) to verify vCenter with, instead of the system's CAs")
+	fs.StringVar(&f.transport, "transport", "", "how disks are read: https (vCenter's /folder with nbdkit curl) or vddk (nbdkit's VDDK plugin) (default: vddk with --vddk-libdir, else https)")
 	fs.StringVar(&f.vddkLibDir, "vddk-libdir", "", "VDDK library directory for nbdkit's VDDK plugin")
 	fs.StringVar(&f.agentID, "agent-id", "", "agent name in leases and logs (default: host name)")
 	fs.IntVar(&f.maxJobs, "max-jobs", 2, "concurrent backups of this agent")
@@ -213,10 +218,22 @@ func (f *agentFlags) configured() bool { return f.simulate || f.vcenterURL != ""
 
 func (f *agentFlags) apply(cfg *system.Config) error {
 	if !f.simulate && f.vcenterURL == "" {
-		return fmt.Errorf("no vcenter: give --simulate-vcenter, or --vcenter-url with --vcenter-user, --vcenter-password-file and --vddk-libdir")
+		return fmt.Errorf("no vcenter: give --simulate-vcenter, or --vcenter-url with --vcenter-user and --vcenter-password-file")
 	}
-	if !f.simulate && (f.user == "" || f.passwordFile == "" || f.vddkLibDir == "") {
-		return fmt.Errorf("--vcenter-url needs --vcenter-user, --vcenter-password-file and --vddk-libdir")
+	if !f.simulate && (f.user == "" || f.passwordFile == "") {
+		return fmt.Errorf("--vcenter-url needs --vcenter-user and --vcenter-password-file")
+	}
+	switch f.transport {
+	case "", system.TransportHTTPS:
+	case system.TransportVDDK:
+		if f.vddkLibDir == "" {
+			return fmt.Errorf("--transport vddk needs --vddk-libdir")
+		}
+	default:
+		return fmt.Errorf("unknown --transport %q (want https or vddk)", f.transport)
+	}
+	if f.insecure && f.caFile != "" {
+		return fmt.Errorf("--vcenter-insecure and --vcenter-ca exclude each other")
 	}
 	cfg.SimulateVCenter = f.simulate
 	if f.simulate {
@@ -228,6 +245,14 @@ func (f *agentFlags) apply(cfg *system.Config) error {
 	}
 	cfg.VCenterURL, cfg.VCenterUser, cfg.VCenterPasswordFile = f.vcenterURL, f.user, f.passwordFile
 	cfg.VCenterInsecure, cfg.VDDKLibDir = f.insecure, f.vddkLibDir
+	cfg.VCenterCAFile, cfg.Transport = f.caFile, f.transport
+	if f.caFile != "" {
+		abs, err := filepath.Abs(f.caFile) // nbdkit curl is given it as cainfo=
+		if err != nil {
+			return fmt.Errorf("--vcenter-ca: %w", err)
+		}
+		cfg.VCenterCAFile = abs
+	}
 	cfg.AgentID, cfg.MaxJobs = f.agentID, f.maxJobs
 	return nil
 }
