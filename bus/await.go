@@ -19,11 +19,12 @@ const (
 	// AwaitMaxDelay caps the wait between attempts.
 	AwaitMaxDelay = 5 * time.Second
 	// AwaitAttemptTimeout bounds one attempt when the caller's context
-	// leaves more time. Longer than nats.go's 5 s JetStream API default:
-	// a JetStream cluster electing its meta leader answers nothing for up
-	// to its lost-quorum interval (10 s), and a new replicated stream
-	// answers once its own group has elected a leader.
-	AwaitAttemptTimeout = 10 * time.Second
+	// leaves more time. A JetStream cluster whose meta group has no leader
+	// yet does not answer API requests at all (for its lost-quorum
+	// interval, 10 s, after it started), so a try that got no answer is
+	// better repeated soon than waited on: the calls waited for are
+	// idempotent (create or update, bind).
+	AwaitAttemptTimeout = 5 * time.Second
 )
 
 // AwaitOptions tunes Await. The zero value gives the defaults.

@@ -52,6 +52,10 @@ type Options struct {
 	// NakDelay is the redelivery delay of a batch whose transaction
 	// failed. Default DefaultNakDelay (1 s).
 	NakDelay time.Duration
+	// AttemptTimeout bounds one try to create the consumer while its
+	// stream or the cluster is not there yet (bus.AwaitOptions). Default
+	// bus.AwaitAttemptTimeout.
+	AttemptTimeout time.Duration
 	// Registry receives the consumer's Prometheus metrics
 	// (sendense_catalog_*). Nil: no metrics. Running again with the same
 	// registry reuses the collectors.
@@ -316,7 +320,7 @@ func EnsureConsumer(ctx context.Context, js jetstream.JetStream, opts Options) (
 			return fmt.Errorf("create or update consumer %s on %s: %w", cfg.Durable, bus.StreamEvents, err)
 		}
 		return nil
-	}, bus.AwaitOptions{Log: log})
+	}, bus.AwaitOptions{Log: log, AttemptTimeout: opts.AttemptTimeout})
 	if err != nil {
 		return nil, err
 	}

@@ -89,6 +89,9 @@ type Config struct {
 	// bucket, the consumers, vCenter. Each wait is logged (bus.Await).
 	// Default DefaultStartupTimeout.
 	StartupTimeout time.Duration
+	// StartupAttemptTimeout bounds one try of each such wait. Default
+	// bus.AwaitAttemptTimeout.
+	StartupAttemptTimeout time.Duration
 
 	// SimulateVCenter starts the testbed (govmomi simulator with CBT) with
 	// SimVMs (default testbed.SampleVMs) and its control service, and points the
@@ -299,7 +302,9 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 }
 
 // await is how this system's start-up waits are logged.
-func (s *System) await() bus.AwaitOptions { return bus.AwaitOptions{Log: s.log} }
+func (s *System) await() bus.AwaitOptions {
+	return bus.AwaitOptions{Log: s.log, AttemptTimeout: s.cfg.StartupAttemptTimeout}
+}
 
 func sanitize(s string) string {
 	var b strings.Builder
@@ -477,6 +482,9 @@ func (s *System) startCatalog(ctx context.Context) error {
 	s.services = append(s.services, svc)
 	opts := s.cfg.CatalogOptions
 	opts.Log, opts.Registry = s.log, s.Registry
+	if opts.AttemptTimeout <= 0 {
+		opts.AttemptTimeout = s.cfg.StartupAttemptTimeout
+	}
 	// Bound the wait for BACKUP_EVENTS by the start-up timeout: Run would
 	// wait as long as it runs.
 	cons, err := catalog.EnsureConsumer(ctx, js, opts)

@@ -110,12 +110,15 @@ type processFlags struct {
 	metricsListen  string
 	streamReplicas int
 	startupTimeout time.Duration
+	startupAttempt time.Duration
 }
 
 func (f *processFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.metricsListen, "metrics-listen", "", "serve Prometheus metrics (/metrics) and health (/healthz, /readyz) on this host:port (default: off)")
 	fs.IntVar(&f.streamReplicas, "stream-replicas", 1, "replicas of the streams created or updated at start (3 or 5 in a cluster)")
 	fs.DurationVar(&f.startupTimeout, "startup-timeout", system.DefaultStartupTimeout, "how long to wait at start for NATS, the streams, the lease bucket, the consumers and vCenter before giving up")
+	fs.DurationVar(&f.startupAttempt, "startup-attempt-timeout", 0, "bound of one try of each start-up wait (default 5s)")
+	_ = fs.MarkHidden("startup-attempt-timeout")
 }
 
 // catalogFlags tune the catalog role (hidden: defaults suit production).
@@ -218,16 +221,17 @@ func (f *agentFlags) apply(cfg *system.Config) error {
 // systemConfig maps the global flags onto a system configuration.
 func (a *app) systemConfig(name string, p processFlags) system.Config {
 	return system.Config{
-		DataDir:        a.dataDir,
-		NATS:           a.nats.options(name, a.nats.urls),
-		NATSListen:     a.nats.listen,
-		NATSInsecure:   a.nats.insecure,
-		CredsDir:       a.creds().Dir,
-		Replicas:       p.streamReplicas,
-		MetricsListen:  p.metricsListen,
-		StartupTimeout: p.startupTimeout,
-		Name:           name,
-		Log:            a.log,
+		DataDir:               a.dataDir,
+		NATS:                  a.nats.options(name, a.nats.urls),
+		NATSListen:            a.nats.listen,
+		NATSInsecure:          a.nats.insecure,
+		CredsDir:              a.creds().Dir,
+		Replicas:              p.streamReplicas,
+		MetricsListen:         p.metricsListen,
+		StartupTimeout:        p.startupTimeout,
+		StartupAttemptTimeout: p.startupAttempt,
+		Name:                  name,
+		Log:                   a.log,
 	}
 }
 
