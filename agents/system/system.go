@@ -580,8 +580,11 @@ func (s *System) startAgent(ctx context.Context) error {
 			return fmt.Errorf("read vcenter password file: %w", err)
 		}
 		u.User = url.UserPassword(s.cfg.VCenterUser, strings.TrimRight(string(pw), "\r\n"))
-		thumb, err := vmware.ServerThumbprint(ctx, u.Host)
-		if err != nil {
+		var thumb string
+		if err := bus.Await(ctx, "vcenter "+u.Host+" (tls thumbprint)", func(ctx context.Context) (err error) {
+			thumb, err = vmware.ServerThumbprint(ctx, u.Host)
+			return err
+		}, s.await()); err != nil {
 			return err
 		}
 		sources = &vmware.VDDKSources{Base: vmware.VDDKOptions{
