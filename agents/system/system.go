@@ -442,6 +442,9 @@ func (s *System) connect(ctx context.Context, id bus.Identity) (*nats.Conn, jets
 			nc, err = bus.Connect(ctx, opts, s.log)
 			return err
 		}, s.await())
+		if err != nil {
+			return nil, nil, err // Await's error names the servers and the identity
+		}
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("connect to nats as %s: %w", id, err)
