@@ -53,6 +53,8 @@ type RequestConsumerOptions struct {
 	MaxDeliver int
 	// AckWait overrides RequestAckWait.
 	AckWait time.Duration
+	// Await tunes the wait for the consumer's stream (see Await).
+	Await AwaitOptions
 }
 
 // RequestConsumerConfig returns the configuration of ConsumerAgents:
@@ -89,12 +91,21 @@ func RequestConsumerConfig(opts RequestConsumerOptions) jetstream.ConsumerConfig
 // StreamRequests and returns it. Agents read it with Consume, Messages or
 // Fetch (nats.go jetstream), ack after backup.completed / backup.failed /
 // backup.rejected is published, keep long jobs alive with KeepInProgress,
-// and wait for a busy VM lease with NakWithDelay.
+// and wait for a busy VM lease with NakWithDelay. It waits with Await
+// until ctx ends while the stream is not there or the cluster does not
+// answer yet.
 func EnsureRequestConsumer(ctx context.Context, js jetstream.JetStream, opts RequestConsumerOptions) (jetstream.Consumer, error) {
 	cfg := RequestConsumerConfig(opts)
-	c, err := js.CreateOrUpdateConsumer(ctx, StreamRequests, cfg)
+	var c jetstream.Consumer
+	err := Await(ctx, "consumer "+cfg.Durable+" on "+StreamRequests, func(ctx context.Context) error {
+		var err error
+		if c, err = js.CreateOrUpdateConsumer(ctx, StreamRequests, cfg); err != nil {
+			return fmt.Errorf("create or update consumer %s on %s: %w", cfg.Durable, StreamRequests, err)
+		}
+		return nil
+	}, opts.Await)
 	if err != nil {
-		return nil, fmt.Errorf("create or update consumer %s on %s: %w", cfg.Durable, StreamRequests, err)
+		return nil, err
 	}
 	return c, nil
 }
@@ -134,12 +145,20 @@ func CatalogConsumerConfig(durable string) jetstream.ConsumerConfig {
 // EnsureCatalogConsumer creates or updates a catalog's durable consumer on
 // StreamEvents (durable "" means ConsumerCatalog). A rebuild that replays
 // the stream needs no durable: use js.OrderedConsumer(ctx, StreamEvents,
-// jetstream.OrderedConsumerConfig{}).
+// jetstream.OrderedConsumerConfig{}). It waits with Await (default
+// options) until ctx ends while the stream is not there yet.
 func EnsureCatalogConsumer(ctx context.Context, js jetstream.JetStream, durable string) (jetstream.Consumer, error) {
 	cfg := CatalogConsumerConfig(durable)
-	c, err := js.CreateOrUpdateConsumer(ctx, StreamEvents, cfg)
+	var c jetstream.Consumer
+	err := Await(ctx, "consumer "+cfg.Durable+" on "+StreamEvents, func(ctx context.Context) error {
+		var err error
+		if c, err = js.CreateOrUpdateConsumer(ctx, StreamEvents, cfg); err != nil {
+			return fmt.Errorf("create or update consumer %s on %s: %w", cfg.Durable, StreamEvents, err)
+		}
+		return nil
+	}, AwaitOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("create or update consumer %s on %s: %w", cfg.Durable, StreamEvents, err)
+		return nil, err
 	}
 	return c, nil
 }

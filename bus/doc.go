@@ -47,6 +47,13 @@
 // refuses a server without TLS; with TLSIfOffered it uses TLS only when
 // the server asks for it.
 //
+// At start-up the cluster may not be there yet. EnsureStreams, NewLeases,
+// EnsureRequestConsumer and EnsureCatalogConsumer wait for it with Await
+// (exponential backoff with jitter, each try bounded, one log line per
+// wait) until their context ends: give it the start-up deadline. Binding
+// to what another role makes (OpenLeases, RequestConsumer) does not wait;
+// its caller wraps it in Await.
+//
 // # Caveats
 //
 //   - Deduplication holds within a stream's duplicate window (10 min for

@@ -50,7 +50,12 @@ type LeasesOption func(*leasesConfig)
 type leasesConfig struct {
 	replicas int
 	log      zerolog.Logger
+	await    *AwaitOptions
 }
+
+// LeaseAwait tunes NewLeases' wait for the bucket (see Await); default:
+// Await's defaults, logging to LeaseLogger's logger.
+func LeaseAwait(o AwaitOptions) LeasesOption { return func(c *leasesConfig) { c.await = &o } }
 
 // LeaseReplicas sets the bucket's replicas in a cluster (default 1).
 func LeaseReplicas(n int) LeasesOption { return func(c *leasesConfig) { c.replicas = n } }
@@ -59,7 +64,8 @@ func LeaseReplicas(n int) LeasesOption { return func(c *leasesConfig) { c.replic
 func LeaseLogger(log zerolog.Logger) LeasesOption { return func(c *leasesConfig) { c.log = log } }
 
 // NewLeases creates or updates the KV bucket (file storage, history 1,
-// max age ttl) and returns its Leases. bucket "" means LeaseBucket; ttl 0
+// max age ttl) and returns its Leases, waiting with Await until ctx ends
+// while the cluster does not answer yet. bucket "" means LeaseBucket; ttl 0
 // means DefaultLeaseTTL; a ttl below MinLeaseTTL is an error. Every process
 // using a bucket must use the same ttl: the last NewLeases sets it.
 func NewLeases(ctx context.Context, js jetstream.JetStream, bucket string, ttl time.Duration, opts ...LeasesOption) (*Leases, error) {
@@ -76,16 +82,30 @@ func NewLeases(ctx context.Context, js jetstream.JetStream, bucket string, ttl t
 	for _, o := range opts {
 		o(&c)
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      bucket,
-		Description: "Sendense leases: one backup per VM at a time",
-		History:     1,
-		TTL:         ttl,
-		Storage:     jetstream.FileStorage,
-		Replicas:    max(c.replicas, 1),
-	})
+	aw := AwaitOptions{Log: c.log}
+	if c.await != nil {
+		aw = *c.await
+	}
+	// A cluster that is still forming does not answer yet: wait for it
+	// (Await) until ctx ends.
+	var kv jetstream.KeyValue
+	err := Await(ctx, "lease bucket "+bucket, func(ctx context.Context) error {
+		var err error
+		kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      bucket,
+			Description: "Sendense leases: one backup per VM at a time",
+			History:     1,
+			TTL:         ttl,
+			Storage:     jetstream.FileStorage,
+			Replicas:    max(c.replicas, 1),
+		})
+		if err != nil {
+			return fmt.Errorf("create or update lease bucket %s: %w", bucket, err)
+		}
+		return nil
+	}, aw)
 	if err != nil {
-		return nil, fmt.Errorf("create or update lease bucket %s: %w", bucket, err)
+		return nil, err
 	}
 	return &Leases{kv: kv, ttl: ttl, log: c.log.With().Str("component", "leases").Logger()}, nil
 }

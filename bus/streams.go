@@ -44,6 +44,9 @@ type StreamOptions struct {
 	// Replicas is the number of copies of each stream in a cluster:
 	// 1 (default, also for 0) on a single server, 3 or 5 in a cluster.
 	Replicas int
+	// Await tunes the wait for each stream (see Await): its backoff, the
+	// timeout of one attempt and the log of each wait.
+	Await AwaitOptions
 }
 
 func (o StreamOptions) replicas() int {
@@ -106,10 +109,22 @@ func StreamConfigs(opts StreamOptions) []jetstream.StreamConfig {
 // configurations of StreamConfigs. It is idempotent and safe to run from
 // every process at start. An existing stream whose immutable settings
 // (retention, storage) differ is an error, not silently kept.
+//
+// Each stream is waited for with Await until ctx ends: a JetStream cluster
+// that is still forming (no meta leader yet, not every peer known) does not
+// answer, or answers "temporarily unavailable" or "insufficient
+// resources", and each such attempt is logged and tried again. Give ctx a
+// deadline (the start-up timeout).
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, opts StreamOptions) error {
 	for _, cfg := range StreamConfigs(opts) {
-		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
-			return fmt.Errorf("create or update stream %s: %w", cfg.Name, err)
+		err := Await(ctx, "stream "+cfg.Name, func(ctx context.Context) error {
+			if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+				return fmt.Errorf("create or update stream %s: %w", cfg.Name, err)
+			}
+			return nil
+		}, opts.Await)
+		if err != nil {
+			return err
 		}
 	}
 	return nil

@@ -3,13 +3,11 @@ package catalog
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"runtime"
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -54,6 +52,10 @@ type Options struct {
 	// NakDelay is the redelivery delay of a batch whose transaction
 	// failed. Default DefaultNakDelay (1 s).
 	NakDelay time.Duration
+	// AttemptTimeout bounds one try to create the consumer while its
+	// stream or the cluster is not there yet (bus.AwaitOptions). Default
+	// bus.AwaitAttemptTimeout.
+	AttemptTimeout time.Duration
 	// Registry receives the consumer's Prometheus metrics
 	// (sendense_catalog_*). Nil: no metrics. Running again with the same
 	// registry reuses the collectors.
@@ -117,7 +119,7 @@ func (o Options) withDefaults() Options {
 func Run(ctx context.Context, js jetstream.JetStream, cat *store.Catalog, opts Options) error {
 	opts = opts.withDefaults()
 	log := opts.Log.With().Str("component", "catalog").Str("consumer", opts.Durable).Logger()
-	cons, err := ensureConsumer(ctx, js, opts, log)
+	cons, err := EnsureConsumer(ctx, js, opts)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -299,38 +301,30 @@ func (c *consumer) handBack(items []item) {
 // backoff, until ctx ends) while the stream does not exist yet or
 // JetStream does not answer: a catalog may start before the process that
 // creates the streams.
-func ensureConsumer(ctx context.Context, js jetstream.JetStream, opts Options, log zerolog.Logger) (jetstream.Consumer, error) {
-	wait := 100 * time.Millisecond
-	for {
-		var cons jetstream.Consumer
-		var err error
-		if opts.AckWait == 0 {
-			cons, err = bus.EnsureCatalogConsumer(ctx, js, opts.Durable)
-		} else {
-			cfg := bus.CatalogConsumerConfig(opts.Durable)
-			cfg.AckWait = opts.AckWait
-			cons, err = js.CreateOrUpdateConsumer(ctx, bus.StreamEvents, cfg)
-			if err != nil {
-				err = fmt.Errorf("create or update consumer %s on %s: %w", cfg.Durable, bus.StreamEvents, err)
-			}
-		}
-		if err == nil {
-			return cons, nil
-		}
-		if !errors.Is(err, jetstream.ErrStreamNotFound) && !errors.Is(err, nats.ErrNoResponders) &&
-			!errors.Is(err, jetstream.ErrJetStreamNotEnabled) && !errors.Is(err, context.DeadlineExceeded) {
-			return nil, err
-		}
-		log.Warn().Err(err).Dur("wait", wait).Msg("catalog waiting for stream")
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, fmt.Errorf("create consumer %s: %w (last error: %w)", opts.Durable, ctx.Err(), err)
-		case <-t.C:
-		}
-		wait = min(2*wait, 5*time.Second)
+// EnsureConsumer creates or updates the catalog's durable consumer
+// opts.Durable on BACKUP_EVENTS (bus.CatalogConsumerConfig, with
+// opts.AckWait), waiting with bus.Await while the stream is not there yet
+// or the cluster does not answer, until ctx ends. Run calls it; a process
+// calls it first under its start-up deadline to bound that wait.
+func EnsureConsumer(ctx context.Context, js jetstream.JetStream, opts Options) (jetstream.Consumer, error) {
+	opts = opts.withDefaults()
+	cfg := bus.CatalogConsumerConfig(opts.Durable)
+	if opts.AckWait > 0 {
+		cfg.AckWait = opts.AckWait
 	}
+	log := opts.Log.With().Str("component", "catalog").Str("consumer", opts.Durable).Logger()
+	var cons jetstream.Consumer
+	err := bus.Await(ctx, "consumer "+cfg.Durable+" on "+bus.StreamEvents, func(ctx context.Context) error {
+		var err error
+		if cons, err = js.CreateOrUpdateConsumer(ctx, bus.StreamEvents, cfg); err != nil {
+			return fmt.Errorf("create or update consumer %s on %s: %w", cfg.Durable, bus.StreamEvents, err)
+		}
+		return nil
+	}, bus.AwaitOptions{Log: log, AttemptTimeout: opts.AttemptTimeout})
+	if err != nil {
+		return nil, err
+	}
+	return cons, nil
 }
 
 type consumer struct {

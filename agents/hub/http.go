@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sendense/sendense/bus"
+	"github.com/sendense/sendense/internal/health"
 	"github.com/sendense/sendense/schemas"
 	"github.com/sendense/sendense/store"
 )
@@ -33,10 +34,14 @@ type RequestPublisher interface {
 //	POST /api/v1/backups            {"vm":"pgtest1","backup_type":"incremental"} → 202 {"job_id":…}
 //	                                a job_id already used → 409 {"error":…,"job_id":…,"job":<the job>}
 //	GET  /api/v1/backups/{job_id}   → 200 the catalog's job, 404 when unknown
+//	GET  /healthz                   → 200 while the process runs (with Health)
+//	GET  /readyz                    → 200 when every check of Health passes, else 503 listing them
 type API struct {
 	Publisher RequestPublisher
 	Jobs      Jobs
 	Log       zerolog.Logger
+	// Health, if not nil, serves /healthz and /readyz next to the API.
+	Health *health.Registry
 }
 
 // Handler returns the HTTP handler.
@@ -44,6 +49,9 @@ func (a *API) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /api/v1/backups", a.postBackup)
 	mux.HandleFunc("GET /api/v1/backups/{job_id}", a.getBackup)
+	if a.Health != nil {
+		a.Health.Register(mux)
+	}
 	return mux
 }
 

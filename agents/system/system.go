@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
+	"github.com/vmware/govmomi/vim25/methods"
 
 	"github.com/sendense/sendense/agents/catalog"
 	"github.com/sendense/sendense/agents/hub"
@@ -27,6 +28,8 @@ import (
 	"github.com/sendense/sendense/agents/simctl"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/copier"
+	"github.com/sendense/sendense/internal/datadir"
+	"github.com/sendense/sendense/internal/health"
 	"github.com/sendense/sendense/repository"
 	"github.com/sendense/sendense/store"
 	"github.com/sendense/sendense/testbed"
@@ -91,8 +94,17 @@ type Config struct {
 	// take hub's defaults (10 min each).
 	ReconcileInterval time.Duration
 	ReconcileGrace    time.Duration
-	// MetricsListen serves Prometheus metrics; "" or "none" disables it.
+	// MetricsListen serves Prometheus metrics (/metrics) and the health
+	// endpoints (/healthz, /readyz); "" or "none" disables it.
 	MetricsListen string
+	// StartupTimeout bounds the wait at start for what the roles need and
+	// may not be there yet: the NATS servers, the streams, the lease
+	// bucket, the consumers, vCenter. Each wait is logged (bus.Await).
+	// Default DefaultStartupTimeout.
+	StartupTimeout time.Duration
+	// StartupAttemptTimeout bounds one try of each such wait. Default
+	// bus.AwaitAttemptTimeout.
+	StartupAttemptTimeout time.Duration
 
 	// SimulateVCenter starts the testbed (govmomi simulator with CBT) with
 	// SimVMs (default testbed.SampleVMs) and its control service, and points the
@@ -134,10 +146,20 @@ type Config struct {
 	Log zerolog.Logger
 }
 
+// DefaultStartupTimeout is Config.StartupTimeout's default.
+const DefaultStartupTimeout = 2 * time.Minute
+
 // System is a running pipeline.
 type System struct {
 	cfg Config
 	log zerolog.Logger
+
+	// Health holds the readiness checks of the running roles (served at
+	// /readyz on the metrics listener and the request API).
+	Health *health.Registry
+	// MetricsAddr is the metrics listener's address ("" without one).
+	MetricsAddr string
+	lock        *datadir.Lock
 
 	// NC and JS are the admin identity's connection (nil when CredsDir
 	// has no admin seed): the simulated vCenter's control service, the
@@ -180,9 +202,28 @@ type role struct {
 }
 
 // Start starts the configured roles and returns once they are ready.
+//
+// Its first step locks the data directory (datadir.Acquire): a second
+// process on the same DataDir gets an error wrapping datadir.ErrLocked
+// before any file under it is created or opened. The metrics listener (with
+// /healthz and /readyz) starts next, so that the wait for the cluster can
+// be watched; everything that may not be there yet is then waited for with
+// bus.Await until cfg.StartupTimeout or until ctx ends.
 func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 	if cfg.DataDir == "" {
 		return nil, errors.New("system: DataDir is required")
+	}
+	lock, err := datadir.Acquire(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil && lock != nil {
+			_ = lock.Release()
+		}
+	}()
+	if cfg.StartupTimeout <= 0 {
+		cfg.StartupTimeout = DefaultStartupTimeout
 	}
 	if cfg.Replicas <= 0 {
 		cfg.Replicas = 1
@@ -200,20 +241,30 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 	if cfg.NATSTLSDir == "" {
 		cfg.NATSTLSDir = filepath.Join(cfg.DataDir, "tls")
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
-		return nil, fmt.Errorf("create data dir %s: %w", cfg.DataDir, err)
-	}
 	if cfg.Name == "" {
 		cfg.Name = "sendense"
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	s := &System{cfg: cfg, log: cfg.Log, failed: make(chan struct{}), Registry: reg, Creds: bus.Creds{Dir: cfg.CredsDir}}
+	s := &System{cfg: cfg, log: cfg.Log, failed: make(chan struct{}), Registry: reg, Creds: bus.Creds{Dir: cfg.CredsDir},
+		Health: health.New()}
 	defer func() {
 		if err != nil {
 			s.Stop()
+			lock = nil // Stop released it
 		}
 	}()
+	s.lock = lock
+	// Not ready until Start returns: /readyz says so while it waits.
+	s.Health.Add("startup", func(context.Context) error { return errors.New("starting") })
+	if cfg.MetricsListen != "" && cfg.MetricsListen != "none" {
+		if err := s.startMetrics(); err != nil {
+			return nil, err
+		}
+	}
+	ctx, cancel := context.WithTimeoutCause(ctx, cfg.StartupTimeout,
+		fmt.Errorf("start-up timeout (%s) reached", cfg.StartupTimeout))
+	defer cancel()
 	if err := s.startNATS(ctx); err != nil {
 		return nil, err
 	}
@@ -224,31 +275,40 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 		if s.JS == nil {
 			return nil, fmt.Errorf("hub: the streams are made with the admin credentials, and %s has none", s.Creds.File(bus.Identity{Role: bus.RoleAdmin}))
 		}
-		if err := bus.EnsureStreams(ctx, s.JS, bus.StreamOptions{Replicas: cfg.Replicas}); err != nil {
+		if err := bus.EnsureStreams(ctx, s.JS, bus.StreamOptions{Replicas: cfg.Replicas, Await: s.await()}); err != nil {
 			return nil, err
 		}
 		ttl := cfg.LeaseTTL
 		if ttl <= 0 {
 			ttl = bus.DefaultLeaseTTL
 		}
-		if _, err := bus.NewLeases(ctx, s.JS, bus.LeaseBucket, ttl, bus.LeaseReplicas(cfg.Replicas)); err != nil {
+		if _, err := bus.NewLeases(ctx, s.JS, bus.LeaseBucket, ttl, bus.LeaseReplicas(cfg.Replicas), bus.LeaseAwait(s.await())); err != nil {
 			return nil, err
 		}
-		if _, err := bus.EnsureRequestConsumer(ctx, s.JS, bus.RequestConsumerOptions{}); err != nil {
+		if _, err := bus.EnsureRequestConsumer(ctx, s.JS, bus.RequestConsumerOptions{Await: s.await()}); err != nil {
 			return nil, err
 		}
 		hnc, hjs, err := s.connect(ctx, bus.Identity{Role: bus.RoleHub})
 		if err != nil {
 			return nil, err
 		}
-		leases, err := bus.OpenLeases(ctx, hjs, bus.LeaseBucket, bus.LeaseLogger(s.log))
-		if err != nil {
+		var leases *bus.Leases
+		if err := bus.Await(ctx, "lease bucket "+bus.LeaseBucket+" (as hub)", func(ctx context.Context) (err error) {
+			leases, err = bus.OpenLeases(ctx, hjs, bus.LeaseBucket, bus.LeaseLogger(s.log))
+			return err
+		}, s.await()); err != nil {
 			return nil, err
 		}
 		s.Leases = leases
 		if err := s.startHub(hnc, hjs, leases); err != nil {
 			return nil, err
 		}
+		adminJS := s.JS
+		s.Health.Add("hub/streams", func(ctx context.Context) error { return bus.StoreReady(ctx, adminJS) })
+		s.Health.Add("hub/consumer "+bus.ConsumerAgents, func(ctx context.Context) error {
+			_, err := adminJS.Consumer(ctx, bus.StreamRequests, bus.ConsumerAgents)
+			return err
+		})
 	}
 	if cfg.Catalog {
 		if err := s.startCatalog(ctx); err != nil {
@@ -265,12 +325,13 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 			return nil, err
 		}
 	}
-	if cfg.MetricsListen != "" && cfg.MetricsListen != "none" {
-		if err := s.startMetrics(); err != nil {
-			return nil, err
-		}
-	}
+	s.Health.Remove("startup")
 	return s, nil
+}
+
+// await is how this system's start-up waits are logged.
+func (s *System) await() bus.AwaitOptions {
+	return bus.AwaitOptions{Log: s.log, AttemptTimeout: s.cfg.StartupAttemptTimeout}
 }
 
 func sanitize(s string) string {
@@ -405,7 +466,15 @@ func (s *System) connect(ctx context.Context, id bus.Identity) (*nats.Conn, jets
 	} else {
 		n := s.cfg.NATS
 		opts.URLs, opts.TLSCA, opts.TLSIfOffered, opts.TLSCert, opts.TLSKey = n.URLs, n.TLSCA, n.TLSIfOffered, n.TLSCert, n.TLSKey
-		nc, err = bus.Connect(ctx, opts, s.log)
+		// bus.Connect keeps trying until its context ends; under Await
+		// each try is bounded and logged like every other start-up wait.
+		err = bus.Await(ctx, "nats "+strings.Join(opts.URLs, ",")+" as "+id.Name(), func(ctx context.Context) (err error) {
+			nc, err = bus.Connect(ctx, opts, s.log)
+			return err
+		}, s.await())
+		if err != nil {
+			return nil, nil, err // Await's error names the servers and the identity
+		}
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("connect to nats as %s: %w", id, err)
@@ -413,6 +482,12 @@ func (s *System) connect(ctx context.Context, id bus.Identity) (*nats.Conn, jets
 	s.mu.Lock()
 	s.conns = append(s.conns, nc)
 	s.mu.Unlock()
+	s.Health.Add("nats/"+id.Name(), func(context.Context) error {
+		if !nc.IsConnected() {
+			return fmt.Errorf("not connected to nats (%s)", nc.Status())
+		}
+		return nil
+	})
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, nil, fmt.Errorf("jetstream as %s: %w", id, err)
@@ -438,9 +513,22 @@ func (s *System) startCatalog(ctx context.Context) error {
 		return err
 	}
 	s.services = append(s.services, svc)
+	opts := s.cfg.CatalogOptions
+	opts.Log, opts.Registry = s.log, s.Registry
+	if opts.AttemptTimeout <= 0 {
+		opts.AttemptTimeout = s.cfg.StartupAttemptTimeout
+	}
+	// Bound the wait for BACKUP_EVENTS by the start-up timeout: Run would
+	// wait as long as it runs.
+	cons, err := catalog.EnsureConsumer(ctx, js, opts)
+	if err != nil {
+		return err
+	}
+	s.Health.Add("catalog/consumer", func(ctx context.Context) error {
+		_, err := cons.Info(ctx)
+		return err
+	})
 	s.run("catalog", func(ctx context.Context) error {
-		opts := s.cfg.CatalogOptions
-		opts.Log, opts.Registry = s.log, s.Registry
 		return catalog.Run(ctx, js, cat, opts)
 	})
 	return nil
@@ -480,7 +568,7 @@ func (s *System) startHub(nc *nats.Conn, js jetstream.JetStream, leases *bus.Lea
 			return fmt.Errorf("request api listen %s: %w", s.cfg.APIListen, err)
 		}
 		s.APIAddr = ln.Addr().String()
-		api := &hub.API{Publisher: bus.NewPublisher(js, "sendense-hub", s.log), Jobs: cat, Log: s.log}
+		api := &hub.API{Publisher: bus.NewPublisher(js, "sendense-hub", s.log), Jobs: cat, Log: s.log, Health: s.Health}
 		s.run("api", func(ctx context.Context) error { return api.ServeListener(ctx, ln) })
 	}
 	return nil
@@ -557,8 +645,11 @@ func (s *System) startAgent(ctx context.Context) error {
 	if tlsCfg.Insecure {
 		s.log.Warn().Str("vcenter", u.Host).Msg("vcenter certificate not verified (insecure): anyone on the path can read the session and the disks")
 	}
-	vc, err := vmware.ConnectTLS(ctx, u, tlsCfg, s.log)
-	if err != nil {
+	var vc *vmware.Client
+	if err := bus.Await(ctx, "vcenter "+u.Host, func(ctx context.Context) (err error) {
+		vc, err = vmware.ConnectTLS(ctx, u, tlsCfg, s.log)
+		return err
+	}, s.await()); err != nil {
 		return err
 	}
 	s.vc = vc
@@ -573,8 +664,11 @@ func (s *System) startAgent(ctx context.Context) error {
 		if s.cfg.VDDKLibDir == "" {
 			return errors.New("agent: transport vddk needs --vddk-libdir")
 		}
-		thumb, err := vmware.ServerThumbprint(ctx, u.Host)
-		if err != nil {
+		var thumb string
+		if err := bus.Await(ctx, "vcenter "+u.Host+" (tls thumbprint)", func(ctx context.Context) (err error) {
+			thumb, err = vmware.ServerThumbprint(ctx, u.Host)
+			return err
+		}, s.await()); err != nil {
 			return err
 		}
 		sources = &vmware.VDDKSources{Base: vmware.VDDKOptions{
@@ -589,12 +683,20 @@ func (s *System) startAgent(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	leases, err := bus.OpenLeases(ctx, js, bus.LeaseBucket, bus.LeaseLogger(s.log))
-	if err != nil {
+	// The hub's process makes the lease bucket and the request consumer:
+	// an agent started first waits for them.
+	var leases *bus.Leases
+	if err := bus.Await(ctx, "lease bucket "+bus.LeaseBucket, func(ctx context.Context) (err error) {
+		leases, err = bus.OpenLeases(ctx, js, bus.LeaseBucket, bus.LeaseLogger(s.log))
+		return err
+	}, s.await()); err != nil {
 		return err
 	}
-	cons, err := bus.RequestConsumer(ctx, js)
-	if err != nil {
+	var cons jetstream.Consumer
+	if err := bus.Await(ctx, "consumer "+bus.ConsumerAgents+" on "+bus.StreamRequests, func(ctx context.Context) (err error) {
+		cons, err = bus.RequestConsumer(ctx, js)
+		return err
+	}, s.await()); err != nil {
 		return err
 	}
 	pub, err := bus.NewAgentPublisher(js, s.cfg.AgentID, s.log)
@@ -623,8 +725,36 @@ func (s *System) startAgent(ctx context.Context) error {
 		return err
 	}
 	s.agent = ag
+	s.addAgentChecks(js, cons, vc, hub.NewClient(nc))
 	s.run("agent", ag.Run)
 	return nil
+}
+
+// addAgentChecks adds the agent's readiness: JetStream stores (the agent
+// takes requests), its consumer is there, vCenter answers and the hub's
+// repository service answers.
+func (s *System) addAgentChecks(js jetstream.JetStream, cons jetstream.Consumer, vc *vmware.Client, targets *hub.Client) {
+	ag := s.agent
+	s.Health.Add("agent/streams", func(ctx context.Context) error { return bus.StoreReady(ctx, js) })
+	s.Health.Add("agent/consumer", func(ctx context.Context) error {
+		_, err := cons.Info(ctx)
+		return err
+	})
+	s.Health.Add("agent/taking requests", func(context.Context) error { return ag.Ready() })
+	s.Health.Add("agent/vcenter", func(ctx context.Context) error {
+		if _, err := methods.GetCurrentTime(ctx, vc.Vim25()); err != nil {
+			return fmt.Errorf("vcenter %s: %w", vc.Host(), err)
+		}
+		return nil
+	})
+	s.Health.Add("agent/repository", func(ctx context.Context) error {
+		// Any answer of the service will do: an unknown repository is the
+		// request's problem, not the agent's.
+		if _, err := targets.Info(ctx, "default"); err != nil && !errors.Is(err, hub.ErrUnknownRepository) {
+			return fmt.Errorf("repository service: %w", err)
+		}
+		return nil
+	})
 }
 
 func (s *System) startMetrics() error {
@@ -632,8 +762,10 @@ func (s *System) startMetrics() error {
 	if err != nil {
 		return fmt.Errorf("metrics listen %s: %w", s.cfg.MetricsListen, err)
 	}
+	s.MetricsAddr = ln.Addr().String()
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(s.Registry, promhttp.HandlerOpts{}))
+	s.Health.Register(mux)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	s.log.Info().Str("url", "http://"+ln.Addr().String()+"/metrics").Msg("metrics listening")
 	s.run("metrics", func(ctx context.Context) error {
@@ -691,6 +823,9 @@ func (s *System) Stop() {
 		_ = s.Testbed.Close()
 		s.Testbed = nil
 	}
+	// Last: nothing under DataDir is in use any more.
+	_ = s.lock.Release()
+	s.lock = nil
 }
 
 // StopRole stops one running role (for example "agent") and waits for it,

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sendense/sendense/agents/catalog"
 	"github.com/sendense/sendense/bus"
+	"github.com/sendense/sendense/internal/datadir"
 )
 
 func init() { extraCommands = append(extraCommands, newCatalogCmd) }
@@ -73,9 +74,15 @@ opened (in process only, unless --nats-listen is given).`,
 }
 
 func (c *catalogRebuildCmd) run(ctx context.Context, a *app) error {
+	// Before starting anything: the data dir's lock, then the catalog's
+	// (an embedded server would fail on its own port or store first, with
+	// a less helpful error).
+	lock, err := datadir.Acquire(a.dataDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
 	path := catalogPath(a.dataDir)
-	// Before starting anything: an embedded server would fail on its own
-	// port or store first, with a less helpful error.
 	if err := catalog.CheckIdle(path); err != nil {
 		return err
 	}

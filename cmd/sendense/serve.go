@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	stdlog "log"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -114,11 +115,16 @@ func newAgentCmd(a *app) *cobra.Command {
 type processFlags struct {
 	metricsListen  string
 	streamReplicas int
+	startupTimeout time.Duration
+	startupAttempt time.Duration
 }
 
 func (f *processFlags) register(fs *pflag.FlagSet) {
-	fs.StringVar(&f.metricsListen, "metrics-listen", "", "serve Prometheus metrics on this host:port at /metrics (default: off)")
+	fs.StringVar(&f.metricsListen, "metrics-listen", "", "serve Prometheus metrics (/metrics) and health (/healthz, /readyz) on this host:port (default: off)")
 	fs.IntVar(&f.streamReplicas, "stream-replicas", 1, "replicas of the streams created or updated at start (3 or 5 in a cluster)")
+	fs.DurationVar(&f.startupTimeout, "startup-timeout", system.DefaultStartupTimeout, "how long to wait at start for NATS, the streams, the lease bucket, the consumers and vCenter before giving up")
+	fs.DurationVar(&f.startupAttempt, "startup-attempt-timeout", 0, "bound of one try of each start-up wait (default 5s)")
+	_ = fs.MarkHidden("startup-attempt-timeout")
 }
 
 // catalogFlags tune the catalog role (hidden: defaults suit production).
@@ -260,35 +266,55 @@ func (f *agentFlags) apply(cfg *system.Config) error {
 // systemConfig maps the global flags onto a system configuration.
 func (a *app) systemConfig(name string, p processFlags) system.Config {
 	return system.Config{
-		DataDir:       a.dataDir,
-		NATS:          a.natsOptions(name, a.nats.urls),
-		NATSListen:    a.nats.listen,
-		NATSInsecure:  a.nats.insecure,
-		NATSTLSDir:    a.tlsDir().Dir,
-		NATSTLS:       a.nats.tls,
-		NATSAdvertise: a.nats.advertise,
-		CredsDir:      a.creds().Dir,
-		Replicas:      p.streamReplicas,
-		MetricsListen: p.metricsListen,
-		Name:          name,
-		Log:           a.log,
+		DataDir:               a.dataDir,
+		NATS:                  a.natsOptions(name, a.nats.urls),
+		NATSListen:            a.nats.listen,
+		NATSInsecure:          a.nats.insecure,
+		NATSTLSDir:            a.tlsDir().Dir,
+		NATSTLS:               a.nats.tls,
+		NATSAdvertise:         a.nats.advertise,
+		CredsDir:              a.creds().Dir,
+		Replicas:              p.streamReplicas,
+		MetricsListen:         p.metricsListen,
+		StartupTimeout:        p.startupTimeout,
+		StartupAttemptTimeout: p.startupAttempt,
+		Name:                  name,
+		Log:                   a.log,
 	}
 }
 
+// stopTimeout bounds the time from SIGINT/SIGTERM to the process's exit,
+// whatever it is doing then (waiting for the cluster at start, stopping a
+// backup): past it the process exits with status 1.
+const stopTimeout = 9 * time.Second
+
 // runSystem starts the configured roles and runs them until SIGINT/SIGTERM
-// or until one fails; then it stops them in reverse order.
+// or until one fails; then it stops them in reverse order. From the signal
+// on, the process exits within stopTimeout.
 func (a *app) runSystem(ctx context.Context, cfg system.Config) error {
 	if a.log.GetLevel() > zerolog.DebugLevel {
 		// govmomi's simulator prints faults it answers through the
 		// standard logger; they are expected, not errors.
 		stdlog.SetOutput(io.Discard)
 	}
+	watchdog := context.AfterFunc(ctx, func() {
+		time.AfterFunc(stopTimeout, func() {
+			a.log.Error().Dur("stop_timeout", stopTimeout).Msg("did not stop in time after the signal; exiting")
+			os.Exit(1)
+		})
+	})
+	defer watchdog()
 	sys, err := system.Start(ctx, cfg)
 	if err != nil {
+		if ctx.Err() != nil {
+			// Stopped by a signal while starting: what was asked for.
+			a.log.Info().AnErr("start", err).Msg("stopped while starting")
+			return nil
+		}
 		return err
 	}
 	a.log.Info().Str("process", cfg.Name).Str("data", cfg.DataDir).Str("nats_url", sys.NATSURL()).
-		Bool("embedded_nats", sys.Embedded != nil).Str("api", sys.APIAddr).Msg("serving")
+		Bool("embedded_nats", sys.Embedded != nil).Str("api", sys.APIAddr).Str("metrics", sys.MetricsAddr).Msg("serving")
 	if sys.Embedded != nil && sys.Embedded.ClientURL() != "" {
 		// So that `nats --context sendense pub backup.requested ...` and
 		// `nats --context sendense-monitor sub 'backup.>'` work at once.
