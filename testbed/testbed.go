@@ -53,6 +53,10 @@ type Options struct {
 	// the loopback addresses (every local address when Listen's host is
 	// unspecified).
 	TLSHosts []string
+	// Certificate, when set, is the SDK server's certificate (say, one a
+	// deployment's CA issued) instead of a self-signed one; TLSHosts is
+	// then unused.
+	Certificate *tls.Certificate
 	// User and Password are the only credentials the simulated vCenter
 	// accepts. Defaults DefaultUser / DefaultPassword.
 	User, Password string
@@ -180,8 +184,10 @@ func New(ctx context.Context, opts Options) (_ *Testbed, err error) {
 		return nil, fmt.Errorf("create simulator model: %w", err)
 	}
 	tb.model = m
-	cert, err := serverCertificate(opts.Listen, opts.TLSHosts)
-	if err != nil {
+	var cert tls.Certificate
+	if opts.Certificate != nil {
+		cert = *opts.Certificate
+	} else if cert, err = serverCertificate(opts.Listen, opts.TLSHosts); err != nil {
 		return nil, err
 	}
 	m.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	stdlog "log"
@@ -25,6 +26,8 @@ type vcenterSimCmd struct {
 	listen       string
 	inventory    string
 	tlsHosts     []string
+	tlsCert      string
+	tlsKey       string
 	user         string
 	passwordFile string
 }
@@ -37,7 +40,8 @@ func newVCenterSimCmd(a *app) *cobra.Command {
 		Long: `Run a simulated vCenter with CBT as a process of its own until SIGINT or
 SIGTERM, for agents on other hosts: its SDK listens on --listen over HTTPS
 with a self-signed certificate written to DATA/vcenter/sdk.pem (give it to
-agents with --vcenter-ca), and serves each snapshot's frozen disk through
+agents with --vcenter-ca), or with --tls-cert and --tls-key (agents then
+trust the CA that issued them), and serves each snapshot's frozen disk through
 vCenter's /folder interface to logged-in sessions (the agents' https
 transport). The VMs of --inventory have their images under DATA/vcenter.
 
@@ -57,6 +61,8 @@ password_file= and ca_file= lines on stdout.`,
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:8989", "SDK address, HOST:PORT (0.0.0.0 for every address)")
 	fs.StringVar(&c.inventory, "inventory", "sample", "simulated VMs: any inventory serve's --simulate-inventory takes (sample, small)")
 	fs.StringSliceVar(&c.tlsHosts, "tls-host", nil, "another name or address the SDK certificate is valid for (repeatable); the --listen host, localhost and loopback always are")
+	fs.StringVar(&c.tlsCert, "tls-cert", "", "PEM certificate for the SDK, say one `sendense creds tls` issued (default: a self-signed one); with --tls-key")
+	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM key of --tls-cert")
 	fs.StringVar(&c.user, "user", testbed.DefaultUser, "the user the simulated vCenter accepts")
 	fs.StringVar(&c.passwordFile, "password-file", "", "file holding the password it accepts (default: the testbed's, written to DATA/vcenter/password)")
 	return cmd
@@ -87,6 +93,17 @@ func (c *vcenterSimCmd) run(ctx context.Context, a *app) error {
 			return fmt.Errorf("write %s: %w", pwFile, err)
 		}
 	}
+	var cert *tls.Certificate
+	switch {
+	case (c.tlsCert == "") != (c.tlsKey == ""):
+		return fmt.Errorf("--tls-cert and --tls-key go together")
+	case c.tlsCert != "":
+		kp, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
+		if err != nil {
+			return fmt.Errorf("load --tls-cert %s and --tls-key %s: %w", c.tlsCert, c.tlsKey, err)
+		}
+		cert = &kp
+	}
 	if a.log.GetLevel() > zerolog.DebugLevel { // vcsim's own faults are expected, not news
 		stdlog.SetOutput(io.Discard)
 	}
@@ -99,7 +116,7 @@ func (c *vcenterSimCmd) run(ctx context.Context, a *app) error {
 	defer func() { _ = nc.Drain() }()
 
 	tb, err := testbed.New(ctx, testbed.Options{
-		Dir: dir, VMs: vms, Listen: c.listen, TLSHosts: c.tlsHosts,
+		Dir: dir, VMs: vms, Listen: c.listen, TLSHosts: c.tlsHosts, Certificate: cert,
 		User: c.user, Password: password, Log: a.log,
 	})
 	if err != nil {

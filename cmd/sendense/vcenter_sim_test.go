@@ -178,6 +178,8 @@ func TestTransportFlags(t *testing.T) {
 		{[]string{"agent", "--data", t.TempDir(), "--vcenter-url", "https://127.0.0.1:1/sdk"}, "needs --vcenter-user and --vcenter-password-file"},
 		{[]string{"vcenter-sim", "--data", t.TempDir(), "--inventory", "huge"}, `unknown simulated inventory "huge"`},
 		{[]string{"vcenter-sim", "--data", t.TempDir(), "--password-file", "/nonexistent/pw"}, "read --password-file"},
+		{[]string{"vcenter-sim", "--data", t.TempDir(), "--tls-cert", "/nonexistent/c.pem"}, "--tls-cert and --tls-key go together"},
+		{[]string{"vcenter-sim", "--data", t.TempDir(), "--tls-cert", "/nonexistent/c.pem", "--tls-key", "/nonexistent/k.pem"}, "load --tls-cert"},
 	} {
 		_, err := cli(t, tt.args...)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
