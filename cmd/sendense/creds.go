@@ -124,9 +124,6 @@ For each member of a cluster over TLS (its files from sendense creds tls):
 				return err
 			}
 			if useTLS {
-				if !filepath.IsAbs(tlsDir) {
-					return fmt.Errorf("--tls-dir %s: give an absolute path (nats-server resolves relative ones from its working directory)", tlsDir)
-				}
 				node.TLS = &bus.TLSFiles{
 					CA: filepath.Join(tlsDir, bus.TLSCAFile), Cert: filepath.Join(tlsDir, bus.TLSCertFile), Key: filepath.Join(tlsDir, bus.TLSCertKeyFile),
 				}
@@ -143,13 +140,13 @@ For each member of a cluster over TLS (its files from sendense creds tls):
 	}
 	f := cmd.Flags()
 	f.BoolVar(&useTLS, "tls", false, "require TLS from clients and on cluster routes, with the files of --tls-dir")
-	f.StringVar(&tlsDir, "tls-dir", "/etc/nats/tls", "where the server's server.pem, server-key.pem and ca.pem are (sendense creds tls --out)")
+	f.StringVar(&tlsDir, "tls-dir", "/etc/nats/tls", "where the server's server.pem, server-key.pem and ca.pem are (sendense creds tls --out); a relative path is from nats-server's working directory")
 	f.StringVar(&node.Name, "name", "", "server_name, unique in the cluster")
 	f.StringVar(&node.Listen, "listen", "", "client listen address, host:port (default: the server's, 0.0.0.0:4222)")
 	f.StringVar(&node.Advertise, "advertise", "", "client address given to clients of the cluster, host:port (one the certificate names)")
 	f.StringVar(&node.ClusterAdvertise, "cluster-advertise", "", "route address given to the other members, host:port")
 	f.StringVar(&node.Monitor, "monitor", "", "HTTP monitoring address, host:port (/healthz)")
-	f.StringVar(&node.StoreDir, "store-dir", "", "turn on JetStream with its files there, every write synced")
+	f.StringVar(&node.StoreDir, "store-dir", "", "turn on JetStream with its files there, every write synced (relative: from nats-server's working directory)")
 	f.StringVar(&node.ClusterName, "cluster-name", "", "cluster name (default sendense with --cluster-listen)")
 	f.StringVar(&node.ClusterListen, "cluster-listen", "", "route listen address, host:port")
 	f.StringSliceVar(&node.Routes, "routes", nil, "nats-route://host:port of every member, comma-separated")
