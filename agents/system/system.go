@@ -880,7 +880,7 @@ func Inventory(name string) ([]testbed.VMSpec, error) {
 		var vms []testbed.VMSpec
 		for i := range 2 {
 			vms = append(vms, testbed.VMSpec{Name: fmt.Sprintf("pgtest%d", i+1), Seed: int64(11 + i), Disks: []testbed.DiskSpec{
-				{CapacityBytes: 512 << 20, FillBytes: 384 << 20},
+				{CapacityBytes: 512 << 20, FillBytes: 256 << 20},
 				{CapacityBytes: 128 << 20, FillBytes: 32 << 20},
 			}})
 		}

@@ -20,7 +20,8 @@ var topology = struct {
 	// data directory before every other service starts: the roles' seeds
 	// and the CA (which stay with the hub), each NATS server's certificate
 	// and configuration, each other role's seed and the CA for its host,
-	// and the simulated vCenter's password for it and the agents.
+	// the simulated vCenter's certificate, and its password for it and the
+	// agents.
 	Init []initStep
 }{
 	Nets: map[string]string{"core": "10.77.1.0/24", "vc": "10.77.2.0/24"},
@@ -36,7 +37,8 @@ var topology = struct {
 		{
 			Name: "vcenter", Num: 40, Nets: []string{"core", "vc"},
 			Args: sendenseArgs("vcenter-sim", "--listen", "10.77.2.40:8989", "--inventory", "pair",
-				"--password-file", "{data}/vcenter-password"),
+				"--password-file", "{data}/vcenter-password", "--user", "sendense",
+				"--tls-cert", "{data}/tls/server.pem", "--tls-key", "{data}/tls/server-key.pem"),
 			Ports: []string{"8989"},
 		},
 		agentNode(1), agentNode(2),
@@ -71,6 +73,7 @@ func initSteps() []initStep {
 	}
 	steps = append(steps,
 		initStep{Args: []string{"creds", "export", "--role", "testbed", "--out", "{export:vcenter}"}},
+		initStep{Args: []string{"creds", "tls", "--host", "vcenter", "--ip", "10.77.2.40", "--out", "{export:vcenter}/tls"}},
 		initStep{Args: []string{"creds", "export", "--agent", "agent1", "--out", "{export:agent1}"}},
 		initStep{Args: []string{"creds", "export", "--agent", "agent2", "--out", "{export:agent2}"}},
 		initStep{Secret: []string{"{export:vcenter}/vcenter-password", "{export:agent1}/vcenter-password", "{export:agent2}/vcenter-password"}},
@@ -113,7 +116,7 @@ func agentNode(i int) service {
 	name := fmt.Sprintf("agent%d", i)
 	return service{
 		Name: name, Num: 30 + i, Nets: []string{"core", "vc"},
-		Args: sendenseArgs("agent", "--agent-id", name,
+		Args: sendenseArgs("agent", "--agent-id", name, "--max-jobs", "1",
 			"--vcenter-url", "https://10.77.2.40:8989/sdk", "--vcenter-user", "sendense",
 			"--vcenter-password-file", "{data}/vcenter-password", "--vcenter-ca", "{data}/tls/ca.pem",
 			"--transport", "https", "--metrics-listen", fmt.Sprintf("10.77.1.%d:9090", 30+i)),
