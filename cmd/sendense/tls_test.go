@@ -140,13 +140,20 @@ func TestCredsServerConfigTLS(t *testing.T) {
 		{"creds", "tls", "--data", data, "--ip", "127.0.0.1"},
 		{"creds", "tls", "--data", data, "--out", t.TempDir()},
 		{"creds", "tls", "--data", data, "--ip", "not-an-ip", "--out", t.TempDir()},
-		{"creds", "server-config", "--data", data, "--tls", "--tls-dir", "relative"},
 		{"creds", "server-config", "--data", data, "--routes", "nats-route://a:6222"},
 		{"creds", "export", "--data", data, "--out", t.TempDir()},
 		{"creds", "export", "--data", data, "--agent", "nobody", "--out", t.TempDir()},
 	} {
 		if out, err := cli(t, bad...); err == nil {
 			t.Errorf("%v succeeded: %s", bad, out)
+		}
+	}
+	// A relative --tls-dir is kept relative: nats-server resolves it from
+	// its working directory, where a deployment mounts the node's files.
+	out := mustCLI(t, "creds", "server-config", "--data", data, "--tls", "--tls-dir", "tls", "--store-dir", "js")
+	for _, want := range []string{`"tls/server.pem"`, `"tls/server-key.pem"`, `"tls/ca.pem"`, `"js"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("server-config with relative paths lacks %s:\n%s", want, out)
 		}
 	}
 }

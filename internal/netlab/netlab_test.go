@@ -105,12 +105,15 @@ func TestReachabilityAndIsolation(t *testing.T) {
 	t.Cleanup(func() { _ = proc.Process.Kill(); _ = proc.Wait() })
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		// Until the script execs sleep, the process still sees everything.
-		if seen, _ := netlab.Sees(proc.Process.Pid, tmp.Name()); !seen {
+		// Until the script has made its mounts and exec'd sleep, the
+		// process sees the world as it was.
+		seesTmp, _ := netlab.Sees(proc.Process.Pid, tmp.Name())
+		own, _ := netlab.Sees(proc.Process.Pid, mine)
+		if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", proc.Process.Pid)); strings.TrimSpace(string(comm)) == "sleep" && !seesTmp && own {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("isolated process still sees %s", tmp.Name())
+			t.Fatalf("isolated process not set up after 10s: sees %s %v, sees its own %s %v", tmp.Name(), seesTmp, mine, own)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
