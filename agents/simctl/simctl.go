@@ -68,7 +68,8 @@ type FrozenReply struct {
 	Size     int64  `json:"size,omitempty"`   // bytes, when asked
 }
 
-// Serve registers the service on nc; stop it with the returned service.
+// Serve registers the service on nc and returns once the server has its
+// subscriptions; stop it with the returned service.
 func Serve(nc *nats.Conn, tb *testbed.Testbed, log zerolog.Logger) (micro.Service, error) {
 	svc, err := micro.AddService(nc, micro.Config{Name: "sendense-testbed", Version: "1.0.0",
 		Description: "control of the simulated vCenter"})
@@ -138,6 +139,13 @@ func Serve(nc *nats.Conn, tb *testbed.Testbed, log zerolog.Logger) (micro.Servic
 			_ = svc.Stop()
 			return nil, fmt.Errorf("add testbed endpoint: %w", err)
 		}
+	}
+	// The endpoints' subscriptions reach the server asynchronously: once
+	// the flush's round trip is done, callers on other connections find
+	// them, so a caller that saw Serve return never gets "no responders".
+	if err := nc.Flush(); err != nil {
+		_ = svc.Stop()
+		return nil, fmt.Errorf("testbed service: flush its subscriptions: %w", err)
 	}
 	return svc, nil
 }
