@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sendense/sendense/bus"
+	"github.com/sendense/sendense/nbd"
 	"github.com/sendense/sendense/repository"
 	"github.com/sendense/sendense/vmware"
 )
@@ -112,7 +113,8 @@ func (c *Client) Check(ctx context.Context, req CheckRequest) (CheckReply, error
 // name (raw) for qemu-img convert or compare. For a unix socket, the URI.
 // Over TCP with TLS, the unix socket of a local read-only relay (nbdkit's
 // nbd plugin, vmware.RelaySource) that reads the export with libnbd and the
-// key from a private file: QEMU 7.2's own NBD client stalls on TLS and made
+// key from a private file, after one handshake that checks the export and
+// the key (an error matching nbd.ErrTLS for a wrong key): QEMU 7.2's own NBD client stalls on TLS and made
 // restores ~17x slower than over plain TCP (docs/design.md "Restore over
 // TLS"), and the key never appears in any argv. The relay's socket and the
 // key file live under sockDir (default os.TempDir()). Call cleanup once
@@ -130,7 +132,17 @@ func (r RestoreOpenReply) QemuImgSource(ctx context.Context, sockDir string, log
 	if err != nil {
 		return "", nil, fmt.Errorf("restore export %s: %w", r.ExportID, err)
 	}
-	relay, err := vmware.RelaySource(ctx, r.URI, filepath.Join(dir, repository.PSKFileName), r.TLS.Identity, sockDir, log)
+	pskFile := filepath.Join(dir, repository.PSKFileName)
+	// The relay connects only when qemu-img does, and qemu-img would tell a
+	// wrong key or a dead export as a failed handshake with the relay: one
+	// handshake first says what is wrong.
+	probe, err := nbd.Open(ctx, r.URI, nbd.Options{TLS: &nbd.TLS{PSKFile: pskFile, Username: r.TLS.Identity}})
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", nil, fmt.Errorf("restore export %s: connect %s: %w", r.ExportID, r.URI, err)
+	}
+	probe.Close()
+	relay, err := vmware.RelaySource(ctx, r.URI, pskFile, r.TLS.Identity, sockDir, log)
 	if err != nil {
 		os.RemoveAll(dir)
 		return "", nil, fmt.Errorf("restore export %s: relay %s: %w", r.ExportID, r.URI, err)
