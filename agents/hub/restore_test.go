@@ -3,6 +3,7 @@ package hub_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -20,11 +21,12 @@ import (
 	"github.com/sendense/sendense/repository"
 )
 
-// restoreExports exports one backup file of a 512 MiB disk holding 256 MiB
-// of data read-only twice: on a unix socket and over TCP with TLS-PSK, as
+// restoreExports exports one backup file of a disk of size bytes (a
+// multiple of 4 MiB) holding data in its first and third quarters,
+// read-only twice: on a unix socket and over TCP with TLS-PSK, as
 // the repository service does without and with --repo-listen. It returns
 // the restore replies qemu-img reads them by.
-func restoreExports(tb testing.TB) (unix, tls hub.RestoreOpenReply) {
+func restoreExports(tb testing.TB, size int64) (unix, tls hub.RestoreOpenReply) {
 	tb.Helper()
 	for _, tool := range []string{"qemu-img", "qemu-io", "qemu-nbd", "nbdkit"} {
 		testutil.RequireTool(tb, tool)
@@ -35,11 +37,11 @@ func restoreExports(tb testing.TB) (unix, tls hub.RestoreOpenReply) {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { _ = repo.Close(context.Background()) })
-	path, err := repo.Create(ctx, testVM, 2000, "job-bench", 512<<20, "")
+	path, err := repo.Create(ctx, testVM, 2000, "job-bench", size, "")
 	if err != nil {
 		tb.Fatal(err)
 	}
-	if out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0xab 0 128M", "-c", "write -P 0xcd 256M 128M", path).CombinedOutput(); err != nil {
+	if out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", quarter("write -P 0xab", 0, size), "-c", quarter("write -P 0xcd", 2, size), path).CombinedOutput(); err != nil {
 		tb.Fatalf("qemu-io: %v: %s", err, out)
 	}
 	sockDir := testutil.SocketDir(tb)
@@ -55,8 +57,13 @@ func restoreExports(tb testing.TB) (unix, tls hub.RestoreOpenReply) {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return hub.RestoreOpenReply{ExportID: "unix", URI: ue.URI(), VirtualSize: 512 << 20},
-		hub.RestoreOpenReply{ExportID: "tls", URI: te.URI(), VirtualSize: 512 << 20, TLS: &psk}
+	return hub.RestoreOpenReply{ExportID: "unix", URI: ue.URI(), VirtualSize: size},
+		hub.RestoreOpenReply{ExportID: "tls", URI: te.URI(), VirtualSize: size, TLS: &psk}
+}
+
+// quarter is a qemu-io command on quarter q of a disk of size bytes.
+func quarter(cmd string, q, size int64) string {
+	return fmt.Sprintf("%s %d %d", cmd, q*size/4, size/4)
 }
 
 // restoreRaw restores exp to dst the way `sendense restore` does.
@@ -81,7 +88,8 @@ func restoreRaw(tb testing.TB, exp hub.RestoreOpenReply, sockDir, dst string) ti
 //
 //	go test ./agents/hub -run '^$' -bench RestoreTLS -benchtime 3x
 func BenchmarkRestoreTLS(b *testing.B) {
-	unix, tls := restoreExports(b)
+	const size = 512 << 20
+	unix, tls := restoreExports(b, size)
 	sockDir := testutil.SocketDir(b)
 	dir := b.TempDir()
 	var tu, tt time.Duration
@@ -94,7 +102,7 @@ func BenchmarkRestoreTLS(b *testing.B) {
 			dst := filepath.Join(dir, r.exp.ExportID+".raw")
 			*r.sum += restoreRaw(b, r.exp, sockDir, dst)
 			if i == 0 {
-				assertSparseCopy(b, dst)
+				assertSparseCopy(b, dst, size)
 			}
 			os.Remove(dst)
 		}
@@ -108,18 +116,19 @@ func BenchmarkRestoreTLS(b *testing.B) {
 		tu.Seconds()/n, tt.Seconds()/n, tt.Seconds()/tu.Seconds())
 }
 
-// assertSparseCopy checks a restore of restoreExports' disk: its data and
-// its holes kept as holes.
-func assertSparseCopy(tb testing.TB, dst string) {
+// assertSparseCopy checks a restore of restoreExports' disk of size bytes:
+// its data, and its holes kept as holes.
+func assertSparseCopy(tb testing.TB, dst string, size int64) {
 	tb.Helper()
 	var st syscall.Stat_t
 	if err := syscall.Stat(dst, &st); err != nil {
 		tb.Fatal(err)
 	}
-	if allocated := st.Blocks * 512; st.Size != 512<<20 || allocated > 300<<20 {
-		tb.Errorf("%s: size %d, %d bytes allocated: want 512 MiB holding about 256 MiB", dst, st.Size, allocated)
+	if allocated := st.Blocks * 512; st.Size != size || allocated > size/2+size/8 {
+		tb.Errorf("%s: size %d, %d bytes allocated: want %d holding about %d", dst, st.Size, allocated, size, size/2)
 	}
-	out, err := exec.Command("qemu-io", "-f", "raw", "-r", "-c", "read -P 0xab 0 128M", "-c", "read -P 0 128M 128M", "-c", "read -P 0xcd 256M 128M", dst).CombinedOutput()
+	out, err := exec.Command("qemu-io", "-f", "raw", "-r", "-c", quarter("read -P 0xab", 0, size), "-c", quarter("read -P 0", 1, size),
+		"-c", quarter("read -P 0xcd", 2, size), "-c", quarter("read -P 0", 3, size), dst).CombinedOutput()
 	if err != nil || strings.Contains(string(out), "Pattern verification failed") {
 		tb.Errorf("%s does not hold the backup's data: %v %s", dst, err, out)
 	}
@@ -130,7 +139,7 @@ func assertSparseCopy(tb testing.TB, dst string) {
 // is not nbds://) fails in QemuImgSource with the export named, and leaves
 // no relay and no key file behind.
 func TestQemuImgSourceBadTLS(t *testing.T) {
-	_, tls := restoreExports(t)
+	_, tls := restoreExports(t, 4<<20)
 	other, err := repository.NewPSK()
 	if err != nil {
 		t.Fatal(err)
@@ -161,4 +170,58 @@ func TestQemuImgSourceBadTLS(t *testing.T) {
 			t.Errorf("%s: %d entries left in %s", name, len(left), sockDir)
 		}
 	}
+}
+
+// TestQemuImgSourceTLS: a TLS export restores through the relay to raw and
+// to qcow2, sparse, qemu-img compare reads it the same way (restore
+// --verify), the key is in no command line while it runs, and cleanup
+// leaves nothing in the socket directory.
+func TestQemuImgSourceTLS(t *testing.T) {
+	const size = 64 << 20
+	_, tls := restoreExports(t, size)
+	sockDir := testutil.SocketDir(t)
+	dir := t.TempDir()
+	src, cleanup, err := tls.QemuImgSource(context.Background(), sockDir, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cleanup)
+	if cmdlines := processArgs(t); strings.Contains(cmdlines, tls.TLS.Key) {
+		t.Error("the export's key is in a command line")
+	}
+	for _, format := range []string{"raw", "qcow2"} {
+		dst := filepath.Join(dir, "disk."+format)
+		if out, err := exec.Command("qemu-img", "convert", "-f", "raw", "-O", format, src, dst).CombinedOutput(); err != nil {
+			t.Fatalf("convert to %s: %v: %s", format, err, out)
+		}
+		if out, err := exec.Command("qemu-img", "compare", "-f", "raw", "-F", format, src, dst).CombinedOutput(); err != nil {
+			t.Errorf("compare %s: %v: %s", format, err, out)
+		}
+	}
+	assertSparseCopy(t, filepath.Join(dir, "disk.raw"), size)
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(dir, "disk.qcow2"), &st); err != nil || st.Blocks*512 > size/2+size/8 {
+		t.Errorf("qcow2 restore takes %d bytes (%v), want about %d", st.Blocks*512, err, size/2)
+	}
+	cleanup()
+	if left, _ := os.ReadDir(sockDir); len(left) != 0 {
+		t.Errorf("%d entries left in %s after cleanup", len(left), sockDir)
+	}
+}
+
+// processArgs is the command lines of every process of this user.
+func processArgs(t *testing.T) string {
+	t.Helper()
+	var b strings.Builder
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if c, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline")); err == nil {
+			b.Write(c)
+			b.WriteByte('\n')
+		}
+	}
+	return b.String()
 }
