@@ -5,7 +5,7 @@ BIN       := bin/sendense
 RACE_RE   := /(bus|store|copier|nbd|agents)(/|$$)
 GOFILES    = $(shell find . -name '*.go' -not -path './var/*' -not -path './bin/*')
 
-.PHONY: all deps build lint test test-race bench bench-catalog bench-copy demo clean
+.PHONY: all deps build lint test test-race bench bench-catalog bench-copy bench-restore demo clean
 
 all: build
 
@@ -25,7 +25,7 @@ test: deps lint
 	$(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -Ev '$(RACE_RE)')
 	$(GO) test -race -count=1 -timeout 20m $$($(GO) list ./... | grep -E '$(RACE_RE)')
 
-bench: deps bench-catalog bench-copy
+bench: deps bench-catalog bench-copy bench-restore
 
 # Catalog consumer: events/s committed and publish-to-commit latency vs a raw JetStream loop.
 bench-catalog:
@@ -35,6 +35,11 @@ bench-catalog:
 # target vs the unix socket (ratio TLS/unix); SENDENSE_BENCH_ROUNDS lowers the rounds.
 bench-copy:
 	$(GO) test ./copier -run '^$$' -bench 'BenchmarkCopyVsNbdcopy' -benchtime 1x -timeout 30m -v
+
+# Restore of a 512 MiB backup (256 MiB data) over a unix socket and over TCP+TLS-PSK, as
+# `sendense restore` does it (3 rounds; seconds each and the ratio TLS/unix).
+bench-restore:
+	$(GO) test ./agents/hub -run '^$$' -bench 'BenchmarkRestoreTLS' -benchtime 3x -timeout 10m -v
 
 # The main job: embedded NATS, simulated vCenter with CBT, full + incremental + restore check.
 demo: deps build

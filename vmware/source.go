@@ -115,6 +115,25 @@ func baseArgs(socket string) []string {
 	return []string{"nbdkit", "--readonly", "--foreground", "--exit-with-parent", "--unix", socket}
 }
 
+// RelaySource serves the NBD export at uri read-only on a private unix
+// socket through nbdkit's nbd plugin, which reads it with libnbd: over TLS
+// (nbds://) with the pre-shared key of identity in the private file pskFile,
+// whose path (never the key) is in argv. It is how qemu-img reads a remote
+// restore export: QEMU 7.2's own NBD client stalls on TLS (docs/design.md
+// "Restore over TLS") while libnbd keeps its requests in flight. nbdkit
+// connects to uri when a client opens the socket, so a wrong address or key
+// fails that client's handshake, not RelaySource.
+func RelaySource(ctx context.Context, uri, pskFile, identity, sockDir string, log zerolog.Logger) (*Source, error) {
+	return startSource(ctx, sockDir, log, func(sock string) ([]string, error) {
+		return RelayCommand(uri, pskFile, identity, sock), nil
+	})
+}
+
+// RelayCommand is the nbdkit command line RelaySource runs.
+func RelayCommand(uri, pskFile, identity, socket string) []string {
+	return append(baseArgs(socket), "nbd", "uri="+uri, "tls=require", "tls-username="+identity, "tls-psk="+pskFile)
+}
+
 // LocalSources opens local images, for the testbed and the demo. Image maps
 // a snapshot and a disk key to the frozen image of that disk (the testbed's
 // SnapshotImage).

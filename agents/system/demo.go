@@ -220,12 +220,12 @@ func restoreAndCompare(ctx context.Context, repo *hub.Client, sim *simctl.Client
 	}
 	defer func() { _ = repo.CloseRestore(context.WithoutCancel(ctx), exp.ExportID) }()
 	dst := filepath.Join(opts.Dir, fmt.Sprintf("%s-%d.raw", c.JobID, key))
-	src, args, cleanup, err := exp.QemuImgSource()
+	src, cleanup, err := exp.QemuImgSource(ctx, "", zerolog.Nop())
 	if err != nil {
 		return false, err
 	}
 	defer cleanup()
-	args = append(append([]string{"convert"}, args...), "-f", "raw", "-O", "raw", src, dst)
+	args := []string{"convert", "-f", "raw", "-O", "raw", src, dst}
 	if out, err := exec.CommandContext(ctx, "qemu-img", args...).CombinedOutput(); err != nil {
 		return false, fmt.Errorf("restore disk %d of job %s: %w: %s", key, c.JobID, err, out)
 	}

@@ -101,17 +101,17 @@ func (c *restoreCmd) restoreDisk(ctx context.Context, a *app, repo *hub.Client, 
 		defer cancel()
 		_ = repo.CloseRestore(cctx, exp.ExportID)
 	}()
-	src, tlsArgs, cleanup, err := exp.QemuImgSource()
+	src, cleanup, err := exp.QemuImgSource(ctx, "", a.log)
 	if err != nil {
 		return fmt.Errorf("export of disk %d of job %s: %w", d.Disk.Key, job.ID, err)
 	}
 	defer cleanup()
-	if err := qemuImg(ctx, append(append([]string{"convert"}, tlsArgs...), "-f", "raw", "-O", c.format, src, dst)...); err != nil {
+	if err := qemuImg(ctx, "convert", "-f", "raw", "-O", c.format, src, dst); err != nil {
 		return fmt.Errorf("restore disk %d of job %s to %s: %w", d.Disk.Key, job.ID, dst, err)
 	}
 	fmt.Fprintf(a.stdout, "disk %d of job %s restored to %s (%d bytes)\n", d.Disk.Key, job.ID, dst, exp.VirtualSize)
 	if c.verify {
-		if err := qemuImg(ctx, append(append([]string{"compare"}, tlsArgs...), "-f", "raw", "-F", c.format, src, dst)...); err != nil {
+		if err := qemuImg(ctx, "compare", "-f", "raw", "-F", c.format, src, dst); err != nil {
 			return fmt.Errorf("verify %s against the backup of disk %d: %w", dst, d.Disk.Key, err)
 		}
 		fmt.Fprintf(a.stdout, "disk %d verified: identical\n", d.Disk.Key)
