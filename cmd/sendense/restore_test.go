@@ -1,14 +1,17 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/sendense/sendense/agents/simctl"
+	"github.com/sendense/sendense/internal/testutil"
 )
 
 // TestRestoreOverTLS: `serve --repo-listen` exports over TCP with TLS-PSK,
@@ -56,6 +59,70 @@ func TestRepoFlagsInvalid(t *testing.T) {
 		_, err := cli(t, append([]string{"hub", "--data", t.TempDir(), "--nats-url", "nats://127.0.0.1:1", "--api-listen", "none"}, tc.args...)...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("hub %v: %v, want an error saying %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+// TestRestoreCopyAndVerify: nbdcopy writes an export over a larger older
+// file without leaving its tail, holes stay holes, qcow2 goes through a
+// scratch copy that is removed, and verify names the first sector that
+// differs.
+func TestRestoreCopyAndVerify(t *testing.T) {
+	testutil.RequireTool(t, "nbdcopy")
+	testutil.RequireTool(t, "qemu-img")
+	dir := t.TempDir()
+	srcImg := filepath.Join(dir, "src.img")
+	data := testutil.WriteRawImage(t, srcImg, 8<<20, 5)
+	uri := testutil.StartNbdkit(t, "--readonly", "file", "file="+srcImg)
+	ctx := context.Background()
+
+	dst := filepath.Join(dir, "out.raw")
+	if err := os.WriteFile(dst, bytes.Repeat([]byte{0xff}, 12<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := nbdcopy(ctx, uri, dst); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("restored %d bytes, want the source's %d, identical", len(got), len(data))
+	}
+	if err := verifyCopy(ctx, uri, dst, "raw"); err != nil {
+		t.Fatalf("verify of an identical copy: %v", err)
+	}
+	off := int64(3<<20 + 17)
+	f, err := os.OpenFile(dst, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{data[off] ^ 0x40}, off); err != nil {
+		t.Fatal(err)
+	}
+	_ = f.Close()
+	// qemu-img compare names the sector that differs.
+	if err := verifyCopy(ctx, uri, dst, "raw"); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("offset %d", off&^511)) {
+		t.Fatalf("verify of a copy with byte %d flipped: %v, want an error naming offset %d", off, err, off&^511)
+	}
+
+	q := filepath.Join(dir, "out.qcow2")
+	if err := withScratch(q, func(scratch string) error {
+		if err := nbdcopy(ctx, uri, scratch); err != nil {
+			return err
+		}
+		return qemuImg(ctx, "convert", "-f", "raw", "-O", "qcow2", scratch, q)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := verifyCopy(ctx, uri, q, "qcow2"); err != nil {
+		t.Fatalf("verify of the qcow2 copy: %v", err)
+	}
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if strings.Contains(e.Name(), "scratch") {
+			t.Errorf("scratch file %s left behind", e.Name())
 		}
 	}
 }
