@@ -29,14 +29,15 @@ type compose struct {
 }
 
 type composeService struct {
-	Image      string   `yaml:"image"`
-	Build      any      `yaml:"build"`
-	Entrypoint []string `yaml:"entrypoint"`
-	Command    []string `yaml:"command"`
-	WorkingDir string   `yaml:"working_dir"`
-	Restart    string   `yaml:"restart"`
-	Volumes    []string `yaml:"volumes"`
-	Networks   map[string]struct {
+	Image       string   `yaml:"image"`
+	Build       any      `yaml:"build"`
+	Entrypoint  []string `yaml:"entrypoint"`
+	Command     []string `yaml:"command"`
+	WorkingDir  string   `yaml:"working_dir"`
+	NetworkMode string   `yaml:"network_mode"`
+	Restart     string   `yaml:"restart"`
+	Volumes     []string `yaml:"volumes"`
+	Networks    map[string]struct {
 		IPv4 string `yaml:"ipv4_address"`
 	} `yaml:"networks"`
 	DependsOn map[string]struct {
@@ -116,6 +117,11 @@ func TestComposeMatchesTopology(t *testing.T) {
 		}
 		if !slices.Contains(cs.Volumes, s.Name+":"+data) {
 			t.Errorf("%s: volumes %v lack %s:%s", s.Name, cs.Volumes, s.Name, data)
+		}
+		if s.Host != "" {
+			if cs.NetworkMode != "service:"+s.Host || len(cs.Networks) != 0 {
+				t.Errorf("%s: network_mode %q and networks %v; want network_mode service:%s (it shares that host)", s.Name, cs.NetworkMode, cs.Networks, s.Host)
+			}
 		}
 		for _, net := range s.Nets {
 			ip := hostAddr(t, topology.Nets[net], s.Num)

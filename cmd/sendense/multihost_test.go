@@ -42,7 +42,7 @@ type lab struct {
 
 // TestMultiHost runs the topology across network namespaces: a 3-node
 // nats-server cluster (separate processes, TLS, role credentials), the hub
-// with the catalog, two agents in private mount namespaces next to a
+// and the catalog (two processes on one host), two agents in private mount namespaces next to a
 // simulated vCenter that only they can reach, and restores from a fifth
 // host. Every role starts at once, before the cluster has formed. A full
 // backup of two VMs loses the leader of the events stream and the agent of
@@ -130,7 +130,9 @@ func startLab(t *testing.T) *lab {
 	}
 	l := &lab{t: t, net: nl, hosts: map[string]*netlab.Host{}, procs: map[string]*proc{}, bin: sendenseBin(t)}
 	for _, s := range topology.Services {
-		l.hosts[s.Name] = nl.HostAt(s.Name, s.Num, s.Nets...)
+		if s.Host == "" {
+			l.hosts[s.Name] = nl.HostAt(s.Name, s.Num, s.Nets...)
+		}
 	}
 	l.hosts["restore"] = nl.HostAt("restore", 50, "core")
 	nl.Attach("core", 250)
@@ -156,7 +158,7 @@ func startLab(t *testing.T) *lab {
 		l.start(s.Name)
 	}
 	l.admin = l.connect(t, "restore", bus.Identity{Role: bus.RoleAdmin})
-	waitCatalog(t, l.admin, l.procs["hub"])
+	waitCatalog(t, l.admin, l.procs["catalog"])
 	for {
 		if _, err := simctl.NewClient(l.admin).VMs(context.Background()); err == nil {
 			break
@@ -200,9 +202,25 @@ func (l *lab) initStep(step initStep, hub string) {
 	}
 }
 
-// dataDir is where a host's service keeps its data: in the host's own
-// directory, the only one its isolated processes see.
-func (l *lab) dataDir(host string) string { return filepath.Join(l.hosts[host].Dir, "data") }
+// host is the host service name runs on.
+func (l *lab) host(name string) *netlab.Host {
+	if name != "restore" {
+		if s := byName(name); s.Host != "" {
+			return l.hosts[s.Host]
+		}
+	}
+	return l.hosts[name]
+}
+
+// dataDir is where service name keeps its data: in its host's own
+// directory, the only one the host's isolated processes see ("data", or
+// the service's name for a service sharing another's host).
+func (l *lab) dataDir(name string) string {
+	if name != "restore" && byName(name).Host != "" {
+		return filepath.Join(l.host(name).Dir, name)
+	}
+	return filepath.Join(l.host(name).Dir, "data")
+}
 
 // start starts (or restarts) service name on its host: a nats-server in
 // the host's network namespace, in its data directory; a sendense role
@@ -211,7 +229,7 @@ func (l *lab) dataDir(host string) string { return filepath.Join(l.hosts[host].D
 func (l *lab) start(name string) {
 	l.t.Helper()
 	s := byName(name)
-	h := l.hosts[name]
+	h := l.host(name)
 	data := l.dataDir(name)
 	args := expand(s.Args, data, l.dataDir)
 	var cmd *exec.Cmd
@@ -255,7 +273,7 @@ func (l *lab) checkSeparation(ctx context.Context) {
 	l.t.Cleanup(func() { _ = os.RemoveAll(hubTmp) })
 	for _, agent := range []string{"agent1", "agent2"} {
 		pid := l.procs[agent].cmd.Process.Pid
-		for _, path := range []string{l.dataDir("hub"), filepath.Join(l.dataDir("hub"), "repo"), hubTmp} {
+		for _, path := range []string{l.hosts["hub"].Dir, l.dataDir("hub"), filepath.Join(l.dataDir("hub"), "repo"), l.dataDir("catalog"), hubTmp} {
 			if seen, err := netlab.Sees(pid, path); err != nil || seen {
 				l.t.Errorf("%s sees %s (err %v)", agent, path, err)
 			}

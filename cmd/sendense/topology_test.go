@@ -18,7 +18,7 @@ var topology = struct {
 	Services []service
 	// Init are the steps of the one-shot init service, run in the hub's
 	// data directory before every other service starts: the roles' seeds
-	// and the CA (which stay with the hub), each NATS server's certificate
+	// and the CA (which stay with the hub), the catalog's seed, each NATS server's certificate
 	// and configuration, each other role's seed and the CA for its host,
 	// the simulated vCenter's certificate, and its password for it and the
 	// agents.
@@ -29,10 +29,17 @@ var topology = struct {
 		natsNode(1), natsNode(2), natsNode(3),
 		{
 			Name: "hub", Num: 20, Nets: []string{"core"},
-			Args: sendenseArgs("serve", "--stream-replicas", "3",
+			Args: sendenseArgs("hub", "--stream-replicas", "3",
 				"--api-listen", "10.77.1.20:8080", "--metrics-listen", "10.77.1.20:9090",
 				"--repo-listen", "10.77.1.20", "--repo-ports", "10809-10828"),
 			Ports: []string{"8080", "9090", "10809-10828"}, Ready: "9090",
+		},
+		{
+			// The catalog shares the hub's host (network namespace; in
+			// compose, network_mode service:hub) with a data dir of its own.
+			Name: "catalog", Host: "hub",
+			Args:  sendenseArgs("catalog", "--stream-replicas", "3", "--metrics-listen", "10.77.1.20:9091"),
+			Ports: []string{"9091"}, Ready: "9091",
 		},
 		{
 			Name: "vcenter", Num: 40, Nets: []string{"core", "vc"},
@@ -72,6 +79,7 @@ func initSteps() []initStep {
 		)
 	}
 	steps = append(steps,
+		initStep{Args: []string{"creds", "export", "--role", "catalog", "--out", "{export:catalog}"}},
 		initStep{Args: []string{"creds", "export", "--role", "testbed", "--out", "{export:vcenter}"}},
 		initStep{Args: []string{"creds", "tls", "--host", "vcenter", "--ip", "10.77.2.40", "--out", "{export:vcenter}/tls"}},
 		initStep{Args: []string{"creds", "export", "--agent", "agent1", "--out", "{export:agent1}"}},
@@ -84,6 +92,9 @@ func initSteps() []initStep {
 // service is one process of the topology.
 type service struct {
 	Name string
+	// Host is the service whose host (network namespace) it shares, or ""
+	// for a host of its own with Num and Nets.
+	Host string
 	Num  int      // host number on each of its networks: 10.77.1.Num
 	Nets []string // networks it is on
 	// Image is "nats" for a nats-server, else the sendense image.

@@ -210,7 +210,9 @@ func (l *Lab) plug(n *network, peer string) {
 // Attach joins the calling process's own network namespace (the test's)
 // to the named network with host number num, so the test reaches the lab's
 // services as an operator's workstation would, and returns that address.
-// The link goes away with the lab.
+// The link goes away with the lab. Labs that attach at once (tests of
+// different packages run in parallel) need prefixes of their own: the
+// routes share the test process's namespace.
 func (l *Lab) Attach(net string, num int) string {
 	l.tb.Helper()
 	n, ok := l.nets[net]

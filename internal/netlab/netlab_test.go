@@ -135,14 +135,16 @@ func TestReachabilityAndIsolation(t *testing.T) {
 // HostAt places hosts at fixed numbers and Attach lets the test itself
 // reach them.
 func TestFixedAddressesAndAttach(t *testing.T) {
+	// Networks of their own: Attach routes them in the test process's
+	// namespace, shared with any other package's lab running meanwhile.
 	lab := netlab.New(t)
-	lab.Net("core", "10.77.1.0/24")
-	lab.Net("edge", "10.77.2.0/24")
+	lab.Net("core", "10.79.1.0/24")
+	lab.Net("edge", "10.79.2.0/24")
 	srv := lab.HostAt("srv", 20, "core", "edge")
-	if srv.IP("core") != "10.77.1.20" || srv.IP("edge") != "10.77.2.20" {
+	if srv.IP("core") != "10.79.1.20" || srv.IP("edge") != "10.79.2.20" {
 		t.Fatalf("srv addresses: %s, %s", srv.IP("core"), srv.IP("edge"))
 	}
-	if me := lab.Attach("core", 250); me != "10.77.1.250" {
+	if me := lab.Attach("core", 250); me != "10.79.1.250" {
 		t.Fatalf("attached address %s", me)
 	}
 	self, err := os.Executable()
