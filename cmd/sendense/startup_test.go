@@ -238,6 +238,7 @@ func TestStartupTimeout(t *testing.T) {
 		{"agent, no nats", []string{"admin", "agent-a1"}, append(agent, "--nats-url", down), "wait for nats " + down + " as admin"},
 		{"agent, no hub", []string{"admin", "agent-a1"}, append(agent, "--nats-url", up), "wait for lease bucket sendense_leases"},
 		{"catalog, no hub", []string{"catalog"}, []string{"catalog", "--nats-url", up}, "wait for consumer sendense-catalog on BACKUP_EVENTS"},
+		{"vcenter-sim, no nats", []string{"testbed"}, []string{"vcenter-sim", "--nats-url", down, "--inventory", "small", "--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t))}, "wait for nats " + down + " as testbed"},
 	}
 	var procs []*proc
 	for _, tc := range tests {

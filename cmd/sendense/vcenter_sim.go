@@ -9,7 +9,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 
@@ -28,6 +30,7 @@ type vcenterSimCmd struct {
 	tlsHosts     []string
 	tlsCert      string
 	tlsKey       string
+	startup      time.Duration
 	user         string
 	passwordFile string
 }
@@ -63,6 +66,7 @@ password_file= and ca_file= lines on stdout.`,
 	fs.StringSliceVar(&c.tlsHosts, "tls-host", nil, "another name or address the SDK certificate is valid for (repeatable); the --listen host, localhost and loopback always are")
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "PEM certificate for the SDK, say one `sendense creds tls` issued (default: a self-signed one); with --tls-key")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM key of --tls-cert")
+	fs.DurationVar(&c.startup, "startup-timeout", system.DefaultStartupTimeout, "how long to wait at start for NATS before giving up")
 	fs.StringVar(&c.user, "user", testbed.DefaultUser, "the user the simulated vCenter accepts")
 	fs.StringVar(&c.passwordFile, "password-file", "", "file holding the password it accepts (default: the testbed's, written to DATA/vcenter/password)")
 	return cmd
@@ -108,8 +112,15 @@ func (c *vcenterSimCmd) run(ctx context.Context, a *app) error {
 		stdlog.SetOutput(io.Discard)
 	}
 
-	// NATS first: a sim that cannot be controlled is no use to a test.
-	nc, err := a.connect(ctx, bus.RoleTestbed)
+	// NATS first: a sim that cannot be controlled is no use to a test. Like
+	// every role it waits for the cluster, until --startup-timeout.
+	sctx, cancel := context.WithTimeoutCause(ctx, c.startup, fmt.Errorf("start-up timeout (%s) reached", c.startup))
+	var nc *nats.Conn
+	err = bus.Await(sctx, "nats "+strings.Join(a.nats.urls, ",")+" as testbed", func(ctx context.Context) (err error) {
+		nc, err = a.connect(ctx, bus.RoleTestbed)
+		return err
+	}, bus.AwaitOptions{Log: a.log})
+	cancel()
 	if err != nil {
 		return err
 	}
