@@ -26,6 +26,7 @@ type restoreCmd struct {
 	to     string
 	format string
 	verify bool
+	force  bool
 }
 
 func newRestoreCmd(a *app) *cobra.Command {
@@ -45,6 +46,7 @@ func newRestoreCmd(a *app) *cobra.Command {
 	f.StringVar(&c.to, "to", "", "output file, or directory for several disks (required)")
 	f.StringVar(&c.format, "format", "raw", "raw or qcow2")
 	f.BoolVar(&c.verify, "verify", false, "read the output back and compare it with the backup")
+	f.BoolVar(&c.force, "force", false, "overwrite output files that exist (default: refuse before writing anything)")
 	_ = cmd.MarkFlagRequired("job")
 	_ = cmd.MarkFlagRequired("to")
 	return cmd
@@ -75,16 +77,26 @@ func (c *restoreCmd) run(ctx context.Context, a *app) error {
 	if len(disks) == 0 {
 		return fmt.Errorf("job %s has no disk %d", c.jobID, c.disk)
 	}
+	dsts := make([]string, len(disks))
+	for i, d := range disks {
+		dsts[i] = c.to
+		if len(disks) > 1 {
+			dsts[i] = filepath.Join(c.to, strconv.Itoa(int(d.Disk.Key))+"."+c.format)
+		}
+		// Every output is checked before anything is written: a refused
+		// restore leaves no file touched.
+		if _, err := os.Lstat(dsts[i]); err == nil && !c.force {
+			return fmt.Errorf("restore disk %d of job %s: %s exists; a restore does not overwrite without --force", d.Disk.Key, c.jobID, dsts[i])
+		}
+	}
 	repo := hub.NewClient(nc)
-	for _, d := range disks {
-		dst := c.to
+	for i, d := range disks {
 		if len(disks) > 1 {
 			if err := os.MkdirAll(c.to, 0o750); err != nil {
 				return err
 			}
-			dst = filepath.Join(c.to, strconv.Itoa(int(d.Disk.Key))+"."+c.format)
 		}
-		if err := c.restoreDisk(ctx, a, repo, job, d, dst); err != nil {
+		if err := c.restoreDisk(ctx, a, repo, job, d, dsts[i]); err != nil {
 			return err
 		}
 	}

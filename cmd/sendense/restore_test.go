@@ -36,6 +36,22 @@ func TestRestoreOverTLS(t *testing.T) {
 			t.Errorf("restored %s differs from the frozen image: %v %s", restored, err, o)
 		}
 	}
+	// A second restore to the same place refuses before writing anything;
+	// --force overwrites.
+	first := filepath.Join(dir, "2001.raw")
+	before, err := os.Stat(first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := s.run(t, "restore", "--job", "tls-full", "--to", dir); err == nil || !strings.Contains(err.Error(), "--force") {
+		t.Errorf("restore over existing files: %v\n%s; want a refusal naming --force", err, out)
+	}
+	if after, err := os.Stat(first); err != nil || !after.ModTime().Equal(before.ModTime()) {
+		t.Errorf("a refused restore touched %s: %v", first, err)
+	}
+	if out := s.must(t, "restore", "--job", "tls-full", "--to", dir, "--force", "--verify"); strings.Count(out, "identical") != 2 {
+		t.Errorf("restore --force --verify:\n%s", out)
+	}
 	if logs := s.p.out.String(); !strings.Contains(logs, `"uri":"nbds://127.0.0.1:`) {
 		t.Error("serve's log shows no nbds:// export")
 	}
