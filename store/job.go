@@ -3,6 +3,7 @@ package store
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -18,6 +19,9 @@ const (
 	StatusFailed    = "failed"
 	StatusRejected  = "rejected"
 )
+
+// Statuses are every status a job can have, for filters and their errors.
+var Statuses = []string{StatusRunning, StatusCompleted, StatusFailed, StatusRejected}
 
 // Job is one backup job as the catalog derives it from the job's events.
 // It is what `sendense job ID --json` prints. Every field is a function of
@@ -154,9 +158,7 @@ func (c *Catalog) Job(id string) (Job, error) {
 // Jobs returns the jobs matching f, newest first (by CreatedAt, then job id
 // descending).
 func (c *Catalog) Jobs(f JobFilter) ([]Job, error) {
-	switch f.Status {
-	case "", StatusRunning, StatusCompleted, StatusFailed, StatusRejected:
-	default:
+	if f.Status != "" && !slices.Contains(Statuses, f.Status) {
 		return nil, fmt.Errorf("list jobs with status %q: %w", f.Status, ErrInvalid)
 	}
 	jobs := []Job{}

@@ -73,8 +73,9 @@ func TestCatalogExternalNATS(t *testing.T) {
 				t.Errorf("row %d = %q, want job %s of vm-01 completed", i+1, lines[i+1], j.ID)
 			}
 		}
-		if _, err := cli(t, "jobs", "--status", "lost", "--nats-url", url, "--data", data); err == nil || !strings.Contains(err.Error(), "400") {
-			t.Errorf("jobs --status lost: %v, want a 400 error", err)
+		if _, err := cli(t, "jobs", "--status", "lost", "--nats-url", url, "--data", data); err == nil ||
+			!strings.Contains(err.Error(), `--status "lost": want one of running, completed, failed, rejected`) {
+			t.Errorf("jobs --status lost: %v, want an error naming the statuses", err)
 		}
 	})
 	t.Run("Job", func(t *testing.T) {
@@ -102,6 +103,10 @@ func TestCatalogExternalNATS(t *testing.T) {
 			if len(wantChains) != 3 || jsonOf(t, got) != jsonOf(t, wantChains) {
 				t.Errorf("chain --vm %s: %s", arg, firstDiff(jsonOf(t, got), jsonOf(t, wantChains)))
 			}
+		}
+		if _, err := cli(t, "chain", "--vm", vm.Name, "--disk", "9999", "--nats-url", url, "--data", data); exitCode(err) != 1 ||
+			!strings.Contains(err.Error(), "has no backup of disk 9999 (disks with backups: 2000, 2001, 2002)") {
+			t.Errorf("chain --disk 9999: %v, want exit 1 naming the disks that have backups", err)
 		}
 		out := mustCLI(t, "chain", "--vm", vm.Name, "--disk", "2001", "--nats-url", url, "--data", data)
 		disk := wantChains[1]

@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"regexp"
+	"slices"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -86,6 +89,15 @@ func (c *chainCmd) run(ctx context.Context, a *app, diskSet bool) error {
 		if !diskSet || ch.DiskKey == c.disk {
 			chains = append(chains, ch)
 		}
+	}
+	if diskSet && len(chains) == 0 && len(all) > 0 {
+		var keys []string
+		for _, ch := range all {
+			if k := strconv.Itoa(int(ch.DiskKey)); !slices.Contains(keys, k) {
+				keys = append(keys, k)
+			}
+		}
+		return fmt.Errorf("vm %s has no backup of disk %d (disks with backups: %s): %w", c.vm, c.disk, strings.Join(keys, ", "), store.ErrNotFound)
 	}
 	if c.json {
 		return writeJSON(a, chains)

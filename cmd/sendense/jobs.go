@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -33,13 +35,16 @@ func newJobsCmd(a *app) *cobra.Command {
 	}
 	fs := cmd.Flags()
 	fs.StringVar(&c.vm, "vm", "", "only jobs of this VM (name, instance UUID or moref)")
-	fs.StringVar(&c.status, "status", "", "only jobs with this status: running, completed, failed, rejected")
+	fs.StringVar(&c.status, "status", "", "only jobs with this status: "+strings.Join(store.Statuses, ", "))
 	fs.IntVar(&c.limit, "limit", 100, "at most N jobs (0: all)")
 	fs.BoolVar(&c.json, "json", false, "print the jobs as a JSON array")
 	return cmd
 }
 
 func (c *jobsCmd) run(ctx context.Context, a *app) error {
+	if c.status != "" && !slices.Contains(store.Statuses, c.status) {
+		return fmt.Errorf("--status %q: want one of %s", c.status, strings.Join(store.Statuses, ", "))
+	}
 	cl, closeConn, err := a.catalogClient(ctx, bus.RoleRequester)
 	if err != nil {
 		return err
