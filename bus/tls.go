@@ -326,6 +326,13 @@ func writePEMFile(path, typ string, der []byte, mode os.FileMode) error {
 // writeFileAtomic writes data to path with mode through a synced
 // temporary file and a rename, so a reader never sees half a file.
 func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	return writeSynced(path, data, mode, os.Rename)
+}
+
+// writeSynced writes data with mode to a temporary file beside path,
+// syncs it, and hands it to publish (os.Rename replaces path, os.Link
+// never does); the temporary name is removed either way.
+func writeSynced(path string, data []byte, mode os.FileMode, publish func(tmp, path string) error) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
 	if err != nil {
 		return err
@@ -347,7 +354,7 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp, path)
+	return publish(tmp, path)
 }
 
 // serverTLSConfig is the TLS configuration of a server's client port:

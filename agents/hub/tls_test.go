@@ -7,32 +7,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/rs/zerolog"
 
 	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/internal/testutil"
 	"github.com/sendense/sendense/repository"
 )
-
-// lockedBuffer collects log lines written from several goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // holdPort listens on a free loopback port, as another program would, and
 // returns it; the listener closes in cleanup.
@@ -78,7 +60,7 @@ func portOf(t *testing.T, uri string) int {
 // port taken by another program is skipped; the key is in no log line.
 func TestTCPExports(t *testing.T) {
 	taken := holdPort(t)
-	logs := &lockedBuffer{}
+	logs := &testutil.Buffer{}
 	e := newSvcEnv(t, func(o *hub.RepoOptions) {
 		o.Listen = "127.0.0.1"
 		o.Advertise = "backup-hub.example"

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -283,20 +284,11 @@ func (l *lab) checkSeparation(ctx context.Context) {
 		}
 	}
 	vc := byName("vcenter")
-	sdk := strings.Split(vc.Args[slicesIndex(vc.Args, "--listen")+1], ":")
+	sdk := strings.Split(vc.Args[slices.Index(vc.Args, "--listen")+1], ":")
 	out, err := l.hosts["hub"].Run(ctx, "bash", "-c", fmt.Sprintf("exec 3<>/dev/tcp/%s/%s", sdk[0], sdk[1]))
 	if err == nil {
 		l.t.Errorf("the hub reached the simulated vCenter at %s: %s", strings.Join(sdk, ":"), out)
 	}
-}
-
-func slicesIndex(s []string, v string) int {
-	for i, x := range s {
-		if x == v {
-			return i
-		}
-	}
-	panic(v)
 }
 
 // backup requests a backup as job id from the restore host with the CLI.
