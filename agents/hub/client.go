@@ -109,18 +109,18 @@ func (c *Client) Check(ctx context.Context, req CheckRequest) (CheckReply, error
 	return out, err
 }
 
-// QemuImgSource is how qemu-img reads the restore export: src is the image
-// name (raw) for qemu-img convert or compare. For a unix socket, the URI.
+// LocalURI is an NBD URI this host's tools (nbdcopy, qemu-img) read the
+// restore export by: for a unix socket export, its URI.
 // Over TCP with TLS, the unix socket of a local read-only relay (nbdkit's
 // nbd plugin, vmware.RelaySource) that reads the export with libnbd and the
 // key from a private file, after one handshake that checks the export and
-// the key (an error matching nbd.ErrTLS for a wrong key): QEMU 7.2's own NBD client stalls on TLS and made
-// restores ~17x slower than over plain TCP (docs/design.md "Restore over
-// TLS"), and the key never appears in any argv. The relay's socket and the
+// the key (an error matching nbd.ErrTLS for a wrong key). QEMU 7.2's own
+// NBD client stalls on TLS (docs/design.md "Restore over TLS"), and the
+// key never appears in any argv. The relay's socket and the
 // key file live under sockDir (default os.TempDir()). Call cleanup once
-// qemu-img is done, also after an error: it stops the relay and removes
+// the reader is done, also after an error: it stops the relay and removes
 // the key.
-func (r RestoreOpenReply) QemuImgSource(ctx context.Context, sockDir string, log zerolog.Logger) (src string, cleanup func(), err error) {
+func (r RestoreOpenReply) LocalURI(ctx context.Context, sockDir string, log zerolog.Logger) (src string, cleanup func(), err error) {
 	if r.TLS == nil {
 		return r.URI, func() {}, nil
 	}

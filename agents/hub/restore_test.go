@@ -70,7 +70,7 @@ func quarter(cmd string, q, size int64) string {
 func restoreRaw(tb testing.TB, exp hub.RestoreOpenReply, sockDir, dst string) time.Duration {
 	tb.Helper()
 	start := time.Now()
-	src, cleanup, err := exp.QemuImgSource(context.Background(), sockDir, zerolog.Nop())
+	src, cleanup, err := exp.LocalURI(context.Background(), sockDir, zerolog.Nop())
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -136,11 +136,11 @@ func assertSparseCopy(tb testing.TB, dst string, size int64) {
 	}
 }
 
-// TestQemuImgSourceBadTLS: a restore export over TLS that cannot be read
+// TestLocalURIBadTLS: a restore export over TLS that cannot be read
 // (a key that is not the export's, a port nothing listens on, a URI that
-// is not nbds://) fails in QemuImgSource with the export named, and leaves
+// is not nbds://) fails in LocalURI with the export named, and leaves
 // no relay and no key file behind.
-func TestQemuImgSourceBadTLS(t *testing.T) {
+func TestLocalURIBadTLS(t *testing.T) {
 	_, tls := restoreExports(t, 4<<20)
 	other, err := repository.NewPSK()
 	if err != nil {
@@ -161,7 +161,7 @@ func TestQemuImgSourceBadTLS(t *testing.T) {
 		"not nbds":  plain,
 	} {
 		sockDir := testutil.SocketDir(t)
-		_, _, err := exp.QemuImgSource(context.Background(), sockDir, zerolog.Nop())
+		_, _, err := exp.LocalURI(context.Background(), sockDir, zerolog.Nop())
 		if err == nil || !strings.Contains(err.Error(), "restore export tls") {
 			t.Errorf("%s: %v, want an error naming restore export tls", name, err)
 		}
@@ -174,16 +174,16 @@ func TestQemuImgSourceBadTLS(t *testing.T) {
 	}
 }
 
-// TestQemuImgSourceTLS: a TLS export restores through the relay to raw and
+// TestLocalURITLS: a TLS export restores through the relay to raw and
 // to qcow2, sparse, qemu-img compare reads it the same way (restore
 // --verify), the key is in no command line while it runs, and cleanup
 // leaves nothing in the socket directory.
-func TestQemuImgSourceTLS(t *testing.T) {
+func TestLocalURITLS(t *testing.T) {
 	const size = 64 << 20
 	_, tls := restoreExports(t, size)
 	sockDir := testutil.SocketDir(t)
 	dir := t.TempDir()
-	src, cleanup, err := tls.QemuImgSource(context.Background(), sockDir, zerolog.Nop())
+	src, cleanup, err := tls.LocalURI(context.Background(), sockDir, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}

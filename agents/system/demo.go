@@ -220,7 +220,7 @@ func restoreAndCompare(ctx context.Context, repo *hub.Client, sim *simctl.Client
 	}
 	defer func() { _ = repo.CloseRestore(context.WithoutCancel(ctx), exp.ExportID) }()
 	dst := filepath.Join(opts.Dir, fmt.Sprintf("%s-%d.raw", c.JobID, key))
-	src, cleanup, err := exp.QemuImgSource(ctx, "", zerolog.Nop())
+	src, cleanup, err := exp.LocalURI(ctx, "", zerolog.Nop())
 	if err != nil {
 		return false, err
 	}

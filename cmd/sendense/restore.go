@@ -114,7 +114,7 @@ func (c *restoreCmd) restoreDisk(ctx context.Context, a *app, repo *hub.Client, 
 		defer cancel()
 		_ = repo.CloseRestore(cctx, exp.ExportID)
 	}()
-	src, cleanup, err := exp.QemuImgSource(ctx, "", a.log)
+	src, cleanup, err := exp.LocalURI(ctx, "", a.log)
 	if err != nil {
 		return fmt.Errorf("export of disk %d of job %s: %w", d.Disk.Key, job.ID, err)
 	}
