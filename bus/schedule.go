@@ -218,6 +218,14 @@ func (s Schedule) Next(now time.Time) (time.Time, error) {
 	return NextFiring(s.Cron, s.TimeZone, s.Added, now)
 }
 
+// Validate checks s as AddSchedule does before it publishes: the name,
+// the pattern and zone, and the request against the backup.requested
+// schema. The error wraps ErrInvalidSchedule.
+func (s Schedule) Validate() error {
+	_, err := s.prepare()
+	return err
+}
+
 // AddOptions tunes AddSchedule.
 type AddOptions struct {
 	// Replace stores the schedule even if one of that name exists (its
