@@ -133,7 +133,7 @@ func TestStreams(t *testing.T) {
 			perSubject int64
 			minDupes   time.Duration
 		}{
-			{bus.StreamRequests, []string{"backup.requested"}, jetstream.WorkQueuePolicy, 0, -1, 2 * time.Minute},
+			{bus.StreamRequests, []string{"backup.requested", "backup.schedules.*"}, jetstream.WorkQueuePolicy, 0, -1, 2 * time.Minute},
 			{bus.StreamEvents, []string{"backup.started.*", "backup.changeid.*", "backup.completed.*", "backup.failed.*", "backup.rejected.*"},
 				jetstream.LimitsPolicy, 0, -1, 2 * time.Minute},
 			{bus.StreamProgress, []string{"backup.progress.*"}, jetstream.LimitsPolicy, 24 * time.Hour, 1, time.Minute},
@@ -164,6 +164,9 @@ func TestStreams(t *testing.T) {
 			}
 			if c.Replicas != 1 {
 				t.Errorf("%s replicas = %d, want 1", tt.name, c.Replicas)
+			}
+			if want := tt.name == bus.StreamRequests; c.AllowMsgSchedules != want || c.AllowRollup != want {
+				t.Errorf("%s allows schedules %t, roll-ups %t; want %t", tt.name, c.AllowMsgSchedules, c.AllowRollup, want)
 			}
 		}
 	})
