@@ -18,8 +18,9 @@ const (
 	// operation (stream deletes included). Keep its credentials with root.
 	RoleAdmin Role = "admin"
 	// RoleHub runs the repository service and the request API: it creates
-	// the streams and the lease bucket, publishes backup.requested and
-	// reads (never writes) leases.
+	// the streams and the lease bucket, publishes backup.requested and the
+	// events about completed jobs (backup.<type>.hub, HubSubject), and
+	// takes a VM's lease while it changes that VM's chains (prune).
 	RoleHub Role = "hub"
 	// RoleCatalog consumes BACKUP_EVENTS into the catalog and answers the
 	// catalog service; it publishes nothing on backup.*.
@@ -147,7 +148,9 @@ const (
 
 // PermissionsOf returns the permissions of id. They are the least each
 // role needs (see the Role constants); in particular only agents publish
-// backup events, each on its own subject token; only agents write leases;
+// backup events, each on its own subject token, and only the hub the
+// events about completed jobs, on backup.<type>.hub; only agents and the
+// hub write leases;
 // only admin creates, changes, deletes or purges streams and consumers
 // other than the catalog's own; and nobody but admin reads another user's
 // inbox.
@@ -162,8 +165,11 @@ func PermissionsOf(id Identity) Permissions {
 			pub = append(pub, jsAPI+"STREAM.INFO."+s)
 		}
 		pub = append(pub,
-			jsAPI+"DIRECT.GET."+leaseStream+".>", jsAPI+"STREAM.MSG.GET."+leaseStream,
+			jsAPI+"DIRECT.GET."+leaseStream+".>", jsAPI+"STREAM.MSG.GET."+leaseStream, leaseKeys,
 			jsAPI+"CONSUMER.INFO."+StreamEvents+".*")
+		for _, name := range hubEventNames {
+			pub = append(pub, HubSubject(name))
+		}
 		return Permissions{Publish: pub, Subscribe: []string{RepoService + ".>", "$SRV.>", inbox}}
 	case RoleCatalog:
 		return Permissions{
