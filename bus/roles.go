@@ -31,7 +31,12 @@ const (
 	RoleAgent Role = "agent"
 	// RoleRequester asks for backups (backup.requested), reads the catalog
 	// and follows events on backup.>: what `sendense backup`, `jobs`,
-	// `watch` and `nats pub backup.requested` need.
+	// `watch` and `nats pub backup.requested` need. It lists schedules
+	// (`sendense schedule list`) but only admin adds or removes them: a
+	// schedule asks for backups forever, with nobody at the keyboard, and
+	// removing one is a purge of BACKUP_REQUESTS, which NATS permissions
+	// cannot narrow to the schedule subjects (a requester allowed it could
+	// purge every queued request).
 	RoleRequester Role = "requester"
 	// RoleMonitor may only subscribe to backup.>: `nats sub 'backup.>'`.
 	RoleMonitor Role = "monitor"
@@ -194,8 +199,14 @@ func PermissionsOf(id Identity) Permissions {
 		)
 		return Permissions{Publish: pub, Subscribe: []string{inbox}}
 	case RoleRequester:
+		// The requester lists schedules (stream info and the last message
+		// of each backup.schedules.* subject) but neither adds nor removes
+		// them: see RoleRequester.
 		return Permissions{
-			Publish:   []string{SubjectRequested, jsAPI + "INFO", jsAPI + "STREAM.INFO." + StreamRequests, CatalogService + ".>"},
+			Publish: []string{
+				SubjectRequested, jsAPI + "INFO", jsAPI + "STREAM.INFO." + StreamRequests,
+				jsAPI + "STREAM.MSG.GET." + StreamRequests, CatalogService + ".>",
+			},
 			Subscribe: []string{SubjectAll, inbox},
 		}
 	case RoleMonitor:

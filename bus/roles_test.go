@@ -282,3 +282,42 @@ func someUsers(t *testing.T) []bus.User {
 	}
 	return users
 }
+
+// TestSchedulePermissions: only admin adds or removes schedules; the
+// requester lists them; nobody else touches them.
+func TestSchedulePermissions(t *testing.T) {
+	bustest.ForEachSecure(t, func(t *testing.T, start bustest.SecureFunc) {
+		s := start(t, "node1")
+		adm := admin(t, s)
+		if err := bus.EnsureStreams(testCtx(t), adm.JS, bus.StreamOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		sch := bus.Schedule{Name: "nightly", Cron: "@daily", Request: schemas.Request{VM: "pgtest1"}}
+		if _, err := bus.AddSchedule(testCtx(t), adm.JS, sch, bus.AddOptions{}); err != nil {
+			t.Fatalf("admin adds a schedule: %v", err)
+		}
+		req := s.Connect(t, bus.Identity{Role: bus.RoleRequester})
+		if list, bad, err := bus.ListSchedules(testCtx(t), req.JS); err != nil || len(bad) != 0 || len(list) != 1 || list[0].Name != "nightly" {
+			t.Errorf("requester lists schedules: %+v %v %v", list, bad, err)
+		}
+		for _, who := range []bus.Identity{{Role: bus.RoleRequester}, {Role: bus.RoleHub}, {Role: bus.RoleCatalog}, {Role: bus.RoleMonitor}, bus.AgentIdentity("node1")} {
+			c := s.Connect(t, who)
+			rogue := sch
+			rogue.Name = "rogue"
+			if _, err := bus.AddSchedule(shortCtx(t), c.JS, rogue, bus.AddOptions{}); err == nil {
+				t.Errorf("%s added a schedule", who)
+			}
+			wantViolation(t, who.String(), c, bus.ScheduleSubject("rogue"))
+			if err := bus.RemoveSchedule(shortCtx(t), c.JS, "nightly"); err == nil {
+				t.Errorf("%s removed a schedule", who)
+			}
+		}
+		list, _, err := bus.ListSchedules(testCtx(t), adm.JS)
+		if err != nil || len(list) != 1 || list[0].Name != "nightly" {
+			t.Errorf("schedules after the others tried: %+v %v, want only nightly", list, err)
+		}
+		if err := bus.RemoveSchedule(testCtx(t), adm.JS, "nightly"); err != nil {
+			t.Errorf("admin removes a schedule: %v", err)
+		}
+	})
+}

@@ -116,6 +116,8 @@ func TestStreamForSubject(t *testing.T) {
 		"backup.progress.a.b":                            "",
 		"backup.progress.":                               "",
 		"backup.other":                                   "",
+		bus.ScheduleSubject("nightly"):                   bus.StreamRequests,
+		"backup.schedules.a.b":                           "",
 		"sendense.catalog.jobs.list":                     "",
 		// Events without the agent's token are no longer stored.
 		schemas.NameCompleted:             "",

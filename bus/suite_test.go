@@ -145,7 +145,7 @@ func TestStreams(t *testing.T) {
 			perSubject int64
 			minDupes   time.Duration
 		}{
-			{bus.StreamRequests, []string{"backup.requested"}, jetstream.WorkQueuePolicy, 0, -1, 2 * time.Minute},
+			{bus.StreamRequests, []string{"backup.requested", "backup.schedules.*"}, jetstream.WorkQueuePolicy, 0, -1, 2 * time.Minute},
 			{bus.StreamEvents, []string{"backup.started.*", "backup.changeid.*", "backup.completed.*", "backup.failed.*", "backup.rejected.*",
 				"backup.pruning.hub", "backup.pruned.hub"},
 				jetstream.LimitsPolicy, 0, -1, 2 * time.Minute},
@@ -177,6 +177,9 @@ func TestStreams(t *testing.T) {
 			}
 			if c.Replicas != 1 {
 				t.Errorf("%s replicas = %d, want 1", tt.name, c.Replicas)
+			}
+			if want := tt.name == bus.StreamRequests; c.AllowMsgSchedules != want || c.AllowRollup != want {
+				t.Errorf("%s allows schedules %t, roll-ups %t; want %t", tt.name, c.AllowMsgSchedules, c.AllowRollup, want)
 			}
 		}
 	})
