@@ -376,7 +376,7 @@ func TestForgetRefuses(t *testing.T) {
 	}{
 		{"unknown vm", hub.ForgetRequest{VM: "no-such-vm", Policy: retention.Policy{Last: 1}}, hub.ErrNotFound, "no completed backup"},
 		{"empty policy", hub.ForgetRequest{VM: forgetVM.Name}, hub.ErrBadRequest, "policy"},
-		{"negative keep", hub.ForgetRequest{VM: forgetVM.Name, Policy: retention.Policy{Last: -1}}, hub.ErrBadRequest, "negative"},
+		{"negative keep", hub.ForgetRequest{VM: forgetVM.Name, Policy: retention.Policy{Last: -2}}, hub.ErrBadRequest, "-2"},
 		{"no vm", hub.ForgetRequest{Policy: retention.Policy{Last: 1}}, hub.ErrBadRequest, "give a vm"},
 		{"vm and all", hub.ForgetRequest{VM: forgetVM.Name, All: true, Policy: retention.Policy{Last: 1}}, hub.ErrBadRequest, "not both"},
 		{"unknown repository", hub.ForgetRequest{VM: forgetVM.Name, Repository: "nope", Policy: retention.Policy{Last: 1}}, hub.ErrUnknownRepository, "nope"},

@@ -41,9 +41,10 @@ func newForgetCmd(a *app) *cobra.Command {
 every VM, in one repository, with restic's forget semantics: --keep-last N
 keeps the N newest points; --keep-hourly/daily/weekly/monthly/yearly N keep
 the newest point of each of the N newest hours, days, ISO weeks, months and
-years that have one (in the hub's time zone); --protect JOB always keeps
-that job's point. A point is kept when any rule keeps it; the others are
-removed. The newest point is always kept.
+years that have one (in the hub's time zone), -1 meaning all of them;
+--protect JOB always keeps that job's point. A point is kept when any rule
+keeps it; the others are removed. Give at least one --keep-… count: the
+newest point is then always kept.
 
 Removing a point never changes what a kept point restores: the first full
 is merged into its child (qemu-img commit, then the merged file takes the

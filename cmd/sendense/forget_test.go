@@ -38,7 +38,7 @@ func TestForgetCLI(t *testing.T) {
 		{"forget", "--vm", "pgtest1"},                              // no policy
 		{"forget", "--keep-last", "1"},                             // no vm
 		{"forget", "--vm", "pgtest1", "--all", "--keep-last", "1"}, // both
-		{"forget", "--vm", "pgtest1", "--keep-last", "-1"},         // negative
+		{"forget", "--vm", "pgtest1", "--keep-last", "-2"},         // below -1 (all)
 	} {
 		if _, err := s.run(t, bad...); exitCode(err) != 2 {
 			t.Errorf("%v: %v, want exit 2", bad, err)
