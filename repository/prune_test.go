@@ -339,3 +339,60 @@ func allocated(t *testing.T, path string) int64 {
 	}
 	return st.Blocks * 512
 }
+
+// TestPruneNoSpace: a merge or rebase on a full file system fails with
+// ErrNoSpace, every point still reads as before, and once there is space
+// again the same Prune finishes.
+func TestPruneNoSpace(t *testing.T) {
+	testutil.RequireTool(t, "qemu-img")
+	for _, op := range []string{OpMerge, OpRebase} {
+		t.Run(op, func(t *testing.T) {
+			root := testutil.Tmpfs(t, 96<<20)
+			r, err := Open(filepath.Join(root, "repo"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := testCtx(t)
+			t.Cleanup(func() { _ = r.Close(context.Background()) })
+			const size = 64 << 20
+			c := &pruneChain{r: r, ctx: ctx, refs: map[string]string{}}
+			refs := t.TempDir()
+			writes := map[string]string{"j0": "write -P 0x01 0 1M", "j1": "write -P 0x02 2M 24M", "j2": "write -P 0x03 40M 1M"}
+			for i, job := range []string{"j0", "j1", "j2"} {
+				backing := ""
+				if i > 0 {
+					backing = c.jobs[i-1]
+				}
+				p, err := r.Create(ctx, testVM, 2000, job, size, backing)
+				if err != nil {
+					t.Fatal(err)
+				}
+				qemuIO(t, p, writes[job])
+				c.jobs = append(c.jobs, job)
+				c.refs[job] = filepath.Join(refs, job+".raw")
+				if err := r.Restore(ctx, p, c.refs[job], "raw"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			step := PruneStep{VMUUID: testVM, DiskKey: 2000, JobID: "j0", Op: OpMerge, Child: "j1"}
+			kept := []string{"j1", "j2"}
+			if op == OpRebase {
+				step = PruneStep{VMUUID: testVM, DiskKey: 2000, JobID: "j1", Op: OpRebase, Child: "j2", Parent: "j0"}
+				kept = []string{"j0", "j2"}
+			}
+			filler := testutil.FillFS(t, root, 1<<20)
+			if err := r.Prune(ctx, step); !errors.Is(err, ErrNoSpace) {
+				t.Fatalf("prune on a full file system: %v, want ErrNoSpace", err)
+			}
+			c.requireKept(t, kept...) // nothing lost (the removed point is half-merged)
+			if err := os.Remove(filler); err != nil {
+				t.Fatal(err)
+			}
+			if err := r.Prune(ctx, step); err != nil {
+				t.Fatalf("prune with space again: %v", err)
+			}
+			c.requireGone(t, step.JobID)
+			c.requireKept(t, kept...)
+		})
+	}
+}
