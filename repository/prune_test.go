@@ -223,6 +223,7 @@ func TestPruneRefuses(t *testing.T) {
 		{PruneStep{JobID: "j0", Op: OpMerge, Child: "j2"}, ErrPruneState},                // j2 does not back onto j0
 		{PruneStep{JobID: "j1", Op: OpRebase, Child: "j2", Parent: "j9"}, ErrPruneState}, // no such parent
 		{PruneStep{JobID: "j0", Op: OpMerge, Child: "j7"}, ErrPruneState},                // no such child
+		{PruneStep{JobID: "j1", Op: OpDelete}, ErrIsBacking},                             // j2 backs onto it
 	} {
 		tc.step.VMUUID, tc.step.DiskKey = testVM, 2000
 		if err := c.r.Prune(c.ctx, tc.step); !errors.Is(err, tc.want) {
