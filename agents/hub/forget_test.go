@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -56,6 +57,7 @@ type forgetEnv struct {
 	jobs   []catalogtest.Job
 	refs   map[string]string // job/disk -> raw copy
 	log    zerolog.Logger
+	svc    atomic.Pointer[hub.RepoService]
 
 	stopHub func()
 }
@@ -161,14 +163,23 @@ func qemuIO(t *testing.T, path string, cmds ...string) {
 // catalog over NATS, its progress, the leases and the hub's publisher;
 // hook is its PruneHook. It stops the one running before.
 func (e *forgetEnv) startHub(hook repository.PruneHook) {
+	e.startHubWith(hook, nil)
+}
+
+// startHubWith is startHub with a publisher of the hub's events (nil: the
+// hub's own).
+func (e *forgetEnv) startHubWith(hook repository.PruneHook, pub hub.EventPublisher) {
 	t := e.t
 	t.Helper()
 	if e.stopHub != nil {
 		e.stopHub()
 	}
+	if pub == nil {
+		pub = bus.NewHubPublisher(e.ns.JS, e.log)
+	}
 	svc, err := hub.NewRepoService(hub.RepoOptions{
 		Repositories: map[string]*repository.Repo{testRepo: e.repo},
-		Leases:       e.leases, LeaseTaker: e.leases, Publisher: bus.NewHubPublisher(e.ns.JS, e.log),
+		Leases:       e.leases, LeaseTaker: e.leases, Publisher: pub,
 		Catalog: catalog.NewClient(e.ns.Conn), Progress: hub.NewConsumerProgress(e.ns.JS, bus.ConsumerCatalog),
 		ReapInterval: time.Hour, ReconcileInterval: -1, PruneRetry: 200 * time.Millisecond,
 		SocketDir: testutil.SocketDir(t), PruneHook: hook, Log: e.log,
@@ -180,6 +191,7 @@ func (e *forgetEnv) startHub(hook repository.PruneHook) {
 	ready, done := make(chan struct{}), make(chan error, 1)
 	go func() { done <- svc.Serve(ctx, e.ns.Conn, ready) }()
 	<-ready
+	e.svc.Store(svc)
 	stopped := false
 	e.stopHub = func() {
 		if !stopped {
@@ -550,4 +562,72 @@ func TestForgetKilled(t *testing.T) {
 			e.requireClean()
 		})
 	}
+}
+
+// failingPublisher refuses to publish the events named fail.
+type failingPublisher struct {
+	hub.EventPublisher
+	fail string
+}
+
+func (p failingPublisher) PublishEvent(ctx context.Context, ev schemas.Event) (*jetstream.PubAck, error) {
+	if ev.EventHeader().Schema.Name == p.fail {
+		return nil, fmt.Errorf("publish %s: %w", ev.EventHeader().ID, bus.ErrUnavailable)
+	}
+	return p.EventPublisher.PublishEvent(ctx, ev)
+}
+
+// TestForgetPublishFails: when the intent cannot be published no file is
+// touched and nothing changes; when the done event cannot be, the files
+// are pruned, the catalog shows the prune pending, and the next forget
+// publishes it. Both answer a clear error. A reconciliation round while a
+// prune runs removes nothing.
+func TestForgetPublishFails(t *testing.T) {
+	e := newForgetEnv(t, 3)
+	ctx := testCtx(t)
+	all := ids(e.jobs, 0, 1, 2)
+	e.startHubWith(nil, failingPublisher{bus.NewHubPublisher(e.ns.JS, e.log), schemas.NamePruning})
+	_, err := e.client.Forget(ctx, hub.ForgetRequest{VM: forgetVM.Name, Policy: retention.Policy{Last: 2}})
+	if !errors.Is(err, hub.ErrUnavailable) || !strings.Contains(err.Error(), "no file touched") {
+		t.Errorf("forget with the intent unpublishable: %v, want ErrUnavailable saying no file was touched", err)
+	}
+	e.requireKept(all...)
+	if j, _ := e.cat.Job(all[0]); j.Prune != nil {
+		t.Errorf("prune recorded without its intent: %+v", j.Prune)
+	}
+	for _, d := range forgetDisks {
+		if _, err := os.Stat(e.path(all[0], d.Key)); err != nil {
+			t.Errorf("file of %s disk %d: %v", all[0], d.Key, err)
+		}
+	}
+
+	// The done event fails; a reconciliation round mid-prune (at the
+	// commit) removes nothing.
+	var orphans []hub.Orphan
+	var rerr error
+	e.startHubWith(func(step string) error {
+		if step == "committed" {
+			orphans, rerr = e.svc.Load().Reconcile(ctx)
+		}
+		return nil
+	}, failingPublisher{bus.NewHubPublisher(e.ns.JS, e.log), schemas.NamePruned})
+	_, err = e.client.Forget(ctx, hub.ForgetRequest{VM: forgetVM.Name, Policy: retention.Policy{Last: 2}})
+	if !errors.Is(err, hub.ErrUnavailable) || !strings.Contains(err.Error(), "next forget") {
+		t.Errorf("forget with the done event unpublishable: %v, want ErrUnavailable saying the next forget finishes", err)
+	}
+	if rerr != nil || len(orphans) != 0 {
+		t.Errorf("reconcile mid-prune: %+v, %v; want nothing", orphans, rerr)
+	}
+	if j, _ := e.cat.Job(all[0]); j.Status != store.StatusCompleted || j.Prune == nil || j.Prune.State != store.PrunePending {
+		t.Errorf("job %s after the failed done event: status %s prune %+v, want completed and pending", all[0], j.Status, j.Prune)
+	}
+	if _, err := e.client.OpenRestore(ctx, hub.TargetRef{Repository: testRepo, JobID: all[0], VMUUID: forgetVM.UUID, DiskKey: 2000}); !errors.Is(err, hub.ErrBusy) {
+		t.Errorf("restore of a point being pruned: %v, want ErrBusy", err)
+	}
+	e.requireKept(all[1:]...)
+
+	e.startHub(nil) // resumes at start
+	e.requireRemoved(all[0])
+	e.requireKept(all[1:]...)
+	e.requireClean()
 }
