@@ -63,10 +63,12 @@
 // targets they are poison. Like every event they are part of the job's
 // event set, so a replay gives the same catalog.
 //
-// Chains read each link's Backing as the link it backs onto now: the
-// recorded base while that job is kept, else the previous kept link (none
-// for the first), because every prune operation keeps each link backed
-// onto the previous kept one (see resolveBackings).
+// Chains read each link's Backing as the job it backs onto now: the
+// recorded base while that job is kept; once it is pruned, the pruned
+// job's own base, resolved the same way (none for a pruned full), because
+// that is what every prune operation does to the removed point's child
+// (see resolveBackings). In a chain with no full in the middle that is
+// the previous kept link.
 //
 // To add a hub event (backup.verified, say): its schema and Go type in
 // schemas, listed in schemas.HubEvents (the bus then binds
