@@ -111,41 +111,47 @@ func newForgetEnv(t *testing.T, points int) *forgetEnv {
 // incrementals on the previous point) with its own writes, a raw copy of
 // it, and the agent's events, until the catalog shows the job completed.
 func (e *forgetEnv) addPoints(n int) {
+	e.t.Helper()
+	for range n {
+		e.addPoint(false)
+	}
+}
+
+// addPoint backs up one more point, a full when full is set.
+func (e *forgetEnv) addPoint(full bool) {
 	t := e.t
 	t.Helper()
 	ctx := testCtx(t)
 	pub := catalogtest.Publisher(e.ns.JS, e.log)
 	refs := t.TempDir()
-	for range n {
-		i := len(e.jobs)
-		j := catalogtest.Job{ID: fmt.Sprintf("job-%02d", i), VM: forgetVM, At: catalogtest.T0.Add(time.Duration(i) * time.Hour), Disks: forgetDisks}
-		if i > 0 {
-			prev := e.jobs[i-1]
-			j.Incremental, j.Backing, j.BaseChangeID = true, prev.ID, prev.ChangeIDOf(forgetDisks[0])
-		}
-		for k, d := range forgetDisks {
-			p, err := e.repo.Create(ctx, forgetVM.UUID, d.Key, j.ID, d.CapacityBytes, j.Backing)
-			if err != nil {
-				t.Fatal(err)
-			}
-			qemuIO(t, p,
-				fmt.Sprintf("write -P 0x%02x %d 65536", 0x10+i*7+k, (i%5)*65536),
-				fmt.Sprintf("write -P 0x%02x %d 4096", 0x60+i, 1<<20+i*8192+k*4096),
-				fmt.Sprintf("write -z %d 65536", ((i+2)%5)*65536),
-			)
-			ref := filepath.Join(refs, fmt.Sprintf("%s-%d.raw", j.ID, d.Key))
-			if err := e.repo.Restore(ctx, p, ref, "raw"); err != nil {
-				t.Fatal(err)
-			}
-			e.refs[fmt.Sprintf("%s/%d", j.ID, d.Key)] = ref
-		}
-		evs := j.Run()
-		if err := catalogtest.Publish(ctx, pub, evs...); err != nil {
+	i := len(e.jobs)
+	j := catalogtest.Job{ID: fmt.Sprintf("job-%02d", i), VM: forgetVM, At: catalogtest.T0.Add(time.Duration(i) * time.Hour), Disks: forgetDisks}
+	if i > 0 && !full {
+		prev := e.jobs[i-1]
+		j.Incremental, j.Backing, j.BaseChangeID = true, prev.ID, prev.ChangeIDOf(forgetDisks[0])
+	}
+	for k, d := range forgetDisks {
+		p, err := e.repo.Create(ctx, forgetVM.UUID, d.Key, j.ID, d.CapacityBytes, j.Backing)
+		if err != nil {
 			t.Fatal(err)
 		}
-		e.jobs = append(e.jobs, j)
-		e.waitStatus(j.ID, store.StatusCompleted)
+		qemuIO(t, p,
+			fmt.Sprintf("write -P 0x%02x %d 65536", 0x10+i*7+k, (i%5)*65536),
+			fmt.Sprintf("write -P 0x%02x %d 4096", 0x60+i, 1<<20+i*8192+k*4096),
+			fmt.Sprintf("write -z %d 65536", ((i+2)%5)*65536),
+		)
+		ref := filepath.Join(refs, fmt.Sprintf("%s-%d.raw", j.ID, d.Key))
+		if err := e.repo.Restore(ctx, p, ref, "raw"); err != nil {
+			t.Fatal(err)
+		}
+		e.refs[fmt.Sprintf("%s/%d", j.ID, d.Key)] = ref
 	}
+	evs := j.Run()
+	if err := catalogtest.Publish(ctx, pub, evs...); err != nil {
+		t.Fatal(err)
+	}
+	e.jobs = append(e.jobs, j)
+	e.waitStatus(j.ID, store.StatusCompleted)
 }
 
 func qemuIO(t *testing.T, path string, cmds ...string) {
@@ -370,6 +376,29 @@ func TestForget(t *testing.T) {
 	got, _ := replayed.Dump()
 	if !want.Equal(got) {
 		t.Errorf("replayed catalog differs from the live one")
+	}
+}
+
+// TestForgetMidChainFull: a chain with a full in the middle (a CBT reset):
+// job-00 <- job-01, job-02 <- job-03. Keep-last 1 merges job-00 into
+// job-01, deletes job-01 (nothing backs onto it), merges job-02 into
+// job-03; job-03 is a full then and restores identically.
+func TestForgetMidChainFull(t *testing.T) {
+	e := newForgetEnv(t, 2)
+	e.addPoint(true)
+	e.addPoint(false)
+	rep, err := e.client.Forget(testCtx(t), hub.ForgetRequest{VM: forgetVM.Name, Policy: retention.Policy{Last: 1}})
+	if err != nil || rep.VMs[0].Removed != 3 {
+		t.Fatalf("forget: %+v, %v", rep, err)
+	}
+	e.requireRemoved(ids(e.jobs, 0, 1, 2)...)
+	e.requireKept(e.jobs[3].ID)
+	e.requireClean()
+	for _, d := range forgetDisks {
+		head, err := e.cat.ChainHead(forgetVM.UUID, d.Key, testRepo)
+		if err != nil || head.JobID != e.jobs[3].ID || head.Backing != "" {
+			t.Errorf("head of disk %d: %+v, %v; want %s, a full", d.Key, head, err, e.jobs[3].ID)
+		}
 	}
 }
 
