@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -89,7 +90,21 @@ type RepoOptions struct {
 	Ports PortRange
 	// Shared is qemu-nbd's --shared for writable exports. Default 4.
 	Shared int
-	Log    zerolog.Logger
+	// Publisher publishes the hub's events about completed jobs
+	// (backup.pruning, backup.pruned); bus.NewHubPublisher. LeaseTaker
+	// takes a VM's lease while its chains change; *bus.Leases. Without
+	// both (and Catalog and Progress) forget only plans (dry run) and no
+	// pending prune is resumed.
+	Publisher  EventPublisher
+	LeaseTaker LeaseTaker
+	// PruneRetry is how often pending prunes left at start (their VM's
+	// lease held) are tried again. Default 30 s.
+	PruneRetry time.Duration
+	// PruneHook, for tests, is called at each step of a prune (the
+	// repository's steps and StepIntent, StepDone); an error stops the
+	// prune there. Nil: none.
+	PruneHook repository.PruneHook
+	Log       zerolog.Logger
 }
 
 // PortRange is an inclusive range of TCP ports.
@@ -169,6 +184,11 @@ type RepoService struct {
 	// nextPort is the offset in opts.Ports of the next TCP export's first
 	// try; ports rotate so a closed export's port is reused last.
 	nextPort int
+	// pruning holds the VMs a prune runs on; restoring counts the restore
+	// exports of each VM open or being opened. A prune starts only with
+	// none, and a restore only while no prune runs.
+	pruning   map[string]bool
+	restoring map[string]int
 }
 
 type target struct {
@@ -181,6 +201,7 @@ type target struct {
 type restoreExport struct {
 	export  *repository.Export
 	expires time.Time
+	vm      string
 }
 
 // NewRepoService makes the service; Serve registers it on NATS.
@@ -222,6 +243,12 @@ func NewRepoService(opts RepoOptions) (*RepoService, error) {
 		targets:  map[TargetRef]*target{},
 		restores: map[string]*restoreExport{},
 		busy:     map[TargetRef]struct{}{},
+
+		pruning:   map[string]bool{},
+		restoring: map[string]int{},
+	}
+	if s.opts.PruneRetry <= 0 {
+		s.opts.PruneRetry = 30 * time.Second
 	}
 	for name := range opts.Repositories {
 		s.metrics.initRepository(name)
@@ -251,14 +278,16 @@ func (s *RepoService) Serve(ctx context.Context, nc *nats.Conn, ready chan<- str
 	endpoints := []struct {
 		name, subject string
 		h             func(context.Context, []byte) (any, error)
+		timeout       time.Duration // 0: requestTimeout
 	}{
-		{"info", SubjectInfo, s.info},
-		{"target-open", SubjectTargetOpen, s.openTarget},
-		{"target-close", SubjectTargetClose, s.closeTarget},
-		{"target-abort", SubjectTargetAbort, s.abortTarget},
-		{"restore-open", SubjectRestoreOpen, s.openRestore},
-		{"restore-close", SubjectRestoreClose, s.closeRestore},
-		{"check", SubjectCheck, s.check},
+		{"info", SubjectInfo, s.info, 0},
+		{"target-open", SubjectTargetOpen, s.openTarget, 0},
+		{"target-close", SubjectTargetClose, s.closeTarget, 0},
+		{"target-abort", SubjectTargetAbort, s.abortTarget, 0},
+		{"restore-open", SubjectRestoreOpen, s.openRestore, 0},
+		{"restore-close", SubjectRestoreClose, s.closeRestore, 0},
+		{"check", SubjectCheck, s.check, 0},
+		{"forget", SubjectForget, s.forget, forgetTimeout},
 	}
 	// Handlers run in their own goroutines; shutdown waits for them before
 	// closing everything, so no export or file is made after closeAll.
@@ -268,7 +297,7 @@ func (s *RepoService) Serve(ctx context.Context, nc *nats.Conn, ready chan<- str
 		stopping   bool
 	)
 	for _, e := range endpoints {
-		h := e.h
+		h, timeout := e.h, cmp.Or(e.timeout, requestTimeout)
 		if err := svc.AddEndpoint(e.name, bus.GuardReply(s.log, micro.HandlerFunc(func(r micro.Request) {
 			inflightMu.Lock()
 			defer inflightMu.Unlock()
@@ -280,7 +309,7 @@ func (s *RepoService) Serve(ctx context.Context, nc *nats.Conn, ready chan<- str
 			subject, reply, data := r.Subject(), r.Reply(), r.Data()
 			go func() {
 				defer inflight.Done()
-				s.handle(ctx, nc, subject, reply, data, h)
+				s.handle(ctx, nc, subject, reply, data, timeout, h)
 			}()
 		})), micro.WithEndpointSubject(e.subject)); err != nil {
 			return fmt.Errorf("add endpoint %s: %w", e.subject, err)
@@ -301,6 +330,9 @@ func (s *RepoService) Serve(ctx context.Context, nc *nats.Conn, ready chan<- str
 		s.log.Warn().Err(errReconcileOff).Msg("orphan files will not be removed")
 	default:
 		reconciler.Go(func() { s.reconcileLoop(ctx) })
+	}
+	if s.canPrune(false) == nil {
+		reconciler.Go(func() { s.resumeLoop(ctx) })
 	}
 	t := time.NewTicker(s.opts.ReapInterval)
 	defer t.Stop()
@@ -343,12 +375,19 @@ func (s *RepoService) reconcileLoop(ctx context.Context) {
 	}
 }
 
+// requestTimeout bounds a request's work; forgetTimeout a forget's, which
+// merges and rebases whole images.
+const (
+	requestTimeout = 2 * time.Minute
+	forgetTimeout  = 30 * time.Minute
+)
+
 // handle runs one request; errors become micro errors with a code. It
 // answers through nc, not through the micro.Request: micro reads the
 // request's state when the callback returns, so the request must not be
 // touched from this goroutine.
-func (s *RepoService) handle(ctx context.Context, nc *nats.Conn, subject, reply string, data []byte, h func(context.Context, []byte) (any, error)) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+func (s *RepoService) handle(ctx context.Context, nc *nats.Conn, subject, reply string, data []byte, timeout time.Duration, h func(context.Context, []byte) (any, error)) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	out, err := h(ctx, data)
 	resp := &nats.Msg{Subject: reply}
@@ -686,6 +725,30 @@ func (s *RepoService) openRestore(ctx context.Context, data []byte) (any, error)
 	if err != nil {
 		return nil, classify(err)
 	}
+	// No restore while the VM's chain changes, and none of a point being
+	// pruned or pruned.
+	s.mu.Lock()
+	if s.pruning[ref.VMUUID] {
+		s.mu.Unlock()
+		return nil, coded(CodeBusy, fmt.Errorf("restore of job %s: vm %s is being pruned, try again later", ref.JobID, ref.VMUUID))
+	}
+	s.restoring[ref.VMUUID]++
+	s.mu.Unlock()
+	opened := false
+	defer func() {
+		if !opened {
+			s.restoreDone(ref.VMUUID)
+		}
+	}()
+	if s.opts.Catalog != nil {
+		j, err := s.opts.Catalog.Job(ctx, ref.JobID)
+		switch {
+		case err == nil && j.Status == store.StatusPruned:
+			return nil, coded(CodeNotFound, fmt.Errorf("restore of job %s: the point was pruned", ref.JobID))
+		case err == nil && j.Prune != nil && j.Prune.State == store.PrunePending:
+			return nil, coded(CodeBusy, fmt.Errorf("restore of job %s: the point is being pruned", ref.JobID))
+		}
+	}
 	info, err := r.Info(ctx, path)
 	if err != nil {
 		return nil, coded(CodeNotFound, fmt.Errorf("backup of job %s disk %d: %w", ref.JobID, ref.DiskKey, err))
@@ -695,8 +758,9 @@ func (s *RepoService) openRestore(ctx context.Context, data []byte) (any, error)
 	if err != nil {
 		return nil, err
 	}
+	opened = true
 	s.mu.Lock()
-	s.restores[id] = &restoreExport{export: exp, expires: time.Now().Add(s.opts.RestoreTTL)}
+	s.restores[id] = &restoreExport{export: exp, expires: time.Now().Add(s.opts.RestoreTTL), vm: ref.VMUUID}
 	s.mu.Unlock()
 	return RestoreOpenReply{ExportID: id, URI: exp.URI(), Path: path, VirtualSize: info.VirtualSize, TLS: psk}, nil
 }
@@ -713,7 +777,17 @@ func (s *RepoService) closeRestore(ctx context.Context, data []byte) (any, error
 	if !ok {
 		return nil, coded(CodeNotFound, fmt.Errorf("no restore export %q", req.ExportID))
 	}
+	defer s.restoreDone(re.vm)
 	return struct{}{}, re.export.Close(ctx)
+}
+
+// restoreDone counts one restore export of vm less.
+func (s *RepoService) restoreDone(vm string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.restoring[vm]--; s.restoring[vm] <= 0 {
+		delete(s.restoring, vm)
+	}
 }
 
 // Reap closes targets whose job no longer holds its VM's lease (the agent
@@ -740,6 +814,7 @@ func (s *RepoService) Reap(ctx context.Context) {
 	s.mu.Unlock()
 	for _, re := range expired {
 		_ = re.export.Close(ctx)
+		s.restoreDone(re.vm)
 	}
 	if s.opts.Leases == nil {
 		return
@@ -803,5 +878,6 @@ func (s *RepoService) closeAll() {
 	}
 	for _, re := range restores {
 		_ = re.export.Close(ctx)
+		s.restoreDone(re.vm)
 	}
 }

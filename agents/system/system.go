@@ -548,7 +548,7 @@ func (s *System) startHub(nc *nats.Conn, js jetstream.JetStream, leases *bus.Lea
 	// may run without the catalog in this process.
 	cat := catalog.NewClient(nc)
 	svc, err := hub.NewRepoService(hub.RepoOptions{
-		Repositories: s.Repos, Leases: leases, Log: s.log,
+		Repositories: s.Repos, Leases: leases, LeaseTaker: leases, Publisher: bus.NewHubPublisher(js, s.log), Log: s.log,
 		Catalog: cat, Progress: hub.NewConsumerProgress(js, bus.ConsumerCatalog), Registry: s.Registry,
 		ReconcileInterval: s.cfg.ReconcileInterval, ReconcileGrace: s.cfg.ReconcileGrace,
 		Listen: s.cfg.RepoListen, Advertise: s.cfg.RepoAdvertise, Ports: s.cfg.RepoPorts,
