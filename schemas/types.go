@@ -38,6 +38,7 @@ const (
 	ReasonRequestedFull    = "requested_full"     // the request asked for a full
 	ReasonBaseMissing      = "base_missing"       // the base's image is missing or unreadable in the repository
 	ReasonBaseInvalid      = "base_invalid"       // the base is not a completed backup, or its backing chain does not check
+	ReasonBaseUnverified   = "base_unverified"    // the base has no manifest, another manifest than its completed event names, or failed verification
 )
 
 // Reasons a request was rejected (backup.rejected). Never retryable.
@@ -189,6 +190,10 @@ type DiskResult struct {
 	Target          string  `json:"target"`            // repository path of the QCOW2
 	Backing         string  `json:"backing"`           // job id of the previous backup; empty for a full
 	ActualSizeBytes int64   `json:"actual_size_bytes"` // qemu-img actual size after close
+	// ManifestSHA256 is the SHA-256 (hex) of the disk's manifest file. This
+	// build's agents always set it; events stored before manifests existed
+	// have none, so the schema keeps it optional.
+	ManifestSHA256 string `json:"manifest_sha256,omitempty"`
 }
 
 // Completed is backup.completed: every disk has a change id and its target

@@ -28,6 +28,9 @@ type Link struct {
 	Backing         string    `json:"backing,omitempty"` // job id of the base; empty for a full
 	ActualSizeBytes int64     `json:"actual_size_bytes"`
 	Time            time.Time `json:"time"` // time of the backup.completed event
+	// ManifestSHA256 is the SHA-256 of the disk's manifest; empty for a
+	// backup made before manifests existed, which is never a base.
+	ManifestSHA256 string `json:"manifest_sha256,omitempty"`
 }
 
 // Chain is the ordered links of one disk in one repository.
@@ -237,6 +240,7 @@ func linksOf(j *Job) []Link {
 			Backing:         d.Backing,
 			ActualSizeBytes: d.ActualSizeBytes,
 			Time:            j.FinishedAt,
+			ManifestSHA256:  d.ManifestSHA256,
 		})
 	}
 	return links

@@ -240,6 +240,7 @@ func derive(jobID string, recs []record, prog *Progress) (*Job, []badRecord) {
 				setInt(&d.BytesRead, res.BytesRead)
 				setInt(&d.BytesWritten, res.BytesWritten)
 				setInt(&d.ActualSizeBytes, res.ActualSizeBytes)
+				setStr(&d.ManifestSHA256, res.ManifestSHA256)
 			}
 		}
 	}

@@ -105,6 +105,9 @@ type Disk struct {
 	Target          string          `json:"target,omitempty"`
 	Backing         string          `json:"backing,omitempty"`
 	ActualSizeBytes int64           `json:"actual_size_bytes"`
+	// ManifestSHA256 is the SHA-256 of the disk's manifest file, from
+	// backup.completed; empty for backups made before manifests existed.
+	ManifestSHA256 string `json:"manifest_sha256,omitempty"`
 }
 
 // Progress is the newest backup.progress of a job: the one with the highest

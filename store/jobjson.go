@@ -147,6 +147,7 @@ func appendDisk(b []byte, d *Disk) []byte {
 	b = appendOmitEmpty(b, `,"backing":`, d.Backing)
 	b = append(b, `,"actual_size_bytes":`...)
 	b = strconv.AppendInt(b, d.ActualSizeBytes, 10)
+	b = appendOmitEmpty(b, `,"manifest_sha256":`, d.ManifestSHA256)
 	return append(b, '}')
 }
 
