@@ -117,3 +117,32 @@ func TestCopyDigestsOptions(t *testing.T) {
 		t.Fatalf("copier chunk %d, manifest chunk %d", copier.DefaultChunkSize, manifest.ChunkSize)
 	}
 }
+
+// TestHash: Hash of an export equals the manifest of its bytes, read
+// through a qcow2 chain (qemu-nbd, read-only) and from a raw file (nbdkit).
+func TestHash(t *testing.T) {
+	const size = 9*MiB + 4096
+	dir := t.TempDir()
+	ctx := ctxT(t, 60*time.Second)
+	src := filepath.Join(dir, "src.raw")
+	writeSource(t, src, size, 5, []segment{{0, 1 * MiB, 'd'}, {3*MiB + 5, 100, 'd'}, {size - 10, 10, 'd'}})
+	want := sourceManifest(t, src)
+	got, err := copier.Hash(ctx, testutil.StartNbdkit(t, "file", "file="+src), copier.HashOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if i, differ := got.FirstMismatch(want); differ {
+		t.Fatalf("raw export differs at chunk %d", i)
+	}
+	img := filepath.Join(dir, "img.qcow2")
+	qemuImg(t, "convert", "-f", "raw", "-O", "qcow2", src, img)
+	uri, stop := startQemuNbd(t, img, "-r", "--shared=4")
+	defer stop()
+	got, err = copier.Hash(ctx, uri, copier.HashOptions{Connections: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if i, differ := got.FirstMismatch(want); differ {
+		t.Fatalf("qcow2 export differs at chunk %d", i)
+	}
+}

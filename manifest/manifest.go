@@ -1,6 +1,7 @@
 package manifest
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -282,4 +283,38 @@ func Remove(path string) error {
 		return fmt.Errorf("remove manifest %s: %w", path, err)
 	}
 	return nil
+}
+
+// HashFile returns the manifest of the bytes of the raw file at path (its
+// size is the capacity), read in ChunkSize chunks. A chunk of zeroes gets
+// ZeroDigest without hashing.
+func HashFile(path string) (*Manifest, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("hash %s: %w", path, err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("hash %s: %w", path, err)
+	}
+	m := New(st.Size())
+	buf := make([]byte, ChunkSize)
+	for i := range m.Digests {
+		b := buf[:m.ChunkLen(int64(i))]
+		if _, err := f.ReadAt(b, m.Offset(int64(i))); err != nil {
+			return nil, fmt.Errorf("hash %s at offset %d: %w", path, m.Offset(int64(i)), err)
+		}
+		if isZero(b) {
+			m.Digests[i] = ZeroDigest(int64(len(b)))
+		} else {
+			m.Digests[i] = Sum(b)
+		}
+	}
+	return m, nil
+}
+
+// isZero reports whether every byte of b is zero, reading all of it.
+func isZero(b []byte) bool {
+	return len(b) == 0 || b[0] == 0 && bytes.Equal(b[:len(b)-1], b[1:])
 }

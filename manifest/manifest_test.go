@@ -139,3 +139,25 @@ func TestEntryJSON(t *testing.T) {
 		t.Fatal("bad digest accepted")
 	}
 }
+
+func TestHashFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "disk.raw")
+	b := make([]byte, 3*ChunkSize+1024)
+	copy(b[ChunkSize+7:], "data")
+	b[len(b)-1] = 1
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m, err := HashFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := New(int64(len(b)))
+	for i := range want.Digests {
+		off := want.Offset(int64(i))
+		want.Digests[i] = Sum(b[off : off+want.ChunkLen(int64(i))])
+	}
+	if i, differ := m.FirstMismatch(want); differ {
+		t.Fatalf("differs at chunk %d", i)
+	}
+}

@@ -22,6 +22,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sendense/sendense/bus"
+	"github.com/sendense/sendense/manifest"
 	"github.com/sendense/sendense/repository"
 	"github.com/sendense/sendense/store"
 )
@@ -176,6 +177,10 @@ type target struct {
 	path   string
 	export *repository.Export
 	opened time.Time
+	// man is the manifest the close writes: the base's (incremental) or
+	// all zero chunks (full), with the digests the agent sends. Guarded
+	// by RepoService.mu.
+	man *manifest.Manifest
 }
 
 type restoreExport struct {
@@ -256,6 +261,9 @@ func (s *RepoService) Serve(ctx context.Context, nc *nats.Conn, ready chan<- str
 		{"target-open", SubjectTargetOpen, s.openTarget},
 		{"target-close", SubjectTargetClose, s.closeTarget},
 		{"target-abort", SubjectTargetAbort, s.abortTarget},
+		{"target-digests", SubjectTargetDigests, s.targetDigests},
+		{"verify", SubjectVerify, s.verify},
+		{"manifest", SubjectManifest, s.manifestPage},
 		{"restore-open", SubjectRestoreOpen, s.openRestore},
 		{"restore-close", SubjectRestoreClose, s.closeRestore},
 		{"check", SubjectCheck, s.check},
@@ -280,7 +288,11 @@ func (s *RepoService) Serve(ctx context.Context, nc *nats.Conn, ready chan<- str
 			subject, reply, data := r.Subject(), r.Reply(), r.Data()
 			go func() {
 				defer inflight.Done()
-				s.handle(ctx, nc, subject, reply, data, h)
+				timeout := 2 * time.Minute
+				if subject == SubjectVerify {
+					timeout = VerifyTimeout
+				}
+				s.handle(ctx, nc, subject, reply, data, timeout, h)
 			}()
 		})), micro.WithEndpointSubject(e.subject)); err != nil {
 			return fmt.Errorf("add endpoint %s: %w", e.subject, err)
@@ -343,12 +355,13 @@ func (s *RepoService) reconcileLoop(ctx context.Context) {
 	}
 }
 
-// handle runs one request; errors become micro errors with a code. It
+// handle runs one request within timeout (2 minutes, VerifyTimeout for a
+// verify); errors become micro errors with a code. It
 // answers through nc, not through the micro.Request: micro reads the
 // request's state when the callback returns, so the request must not be
 // touched from this goroutine.
-func (s *RepoService) handle(ctx context.Context, nc *nats.Conn, subject, reply string, data []byte, h func(context.Context, []byte) (any, error)) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+func (s *RepoService) handle(ctx context.Context, nc *nats.Conn, subject, reply string, data []byte, timeout time.Duration, h func(context.Context, []byte) (any, error)) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	out, err := h(ctx, data)
 	resp := &nats.Msg{Subject: reply}
@@ -451,6 +464,10 @@ func (s *RepoService) openTarget(ctx context.Context, data []byte) (any, error) 
 			return nil, classify(err)
 		}
 	}
+	man, err := s.startManifest(r, req)
+	if err != nil {
+		return nil, err
+	}
 	path, err := r.Create(ctx, req.VMUUID, req.DiskKey, req.JobID, req.CapacityBytes, req.BackingJobID)
 	if err != nil {
 		return nil, classify(err)
@@ -461,7 +478,7 @@ func (s *RepoService) openTarget(ctx context.Context, data []byte) (any, error) 
 		return nil, classify(err)
 	}
 	s.mu.Lock()
-	s.targets[req.TargetRef] = &target{ref: req.TargetRef, path: path, export: exp, opened: time.Now()}
+	s.targets[req.TargetRef] = &target{ref: req.TargetRef, path: path, export: exp, opened: time.Now(), man: man}
 	s.mu.Unlock()
 	rel, _ := filepath.Rel(r.Root(), path)
 	log.Info().Str("target", rel).Str("backing_job_id", req.BackingJobID).Str("uri", exp.URI()).Msg("target opened")
@@ -645,10 +662,24 @@ func (s *RepoService) closeTarget(ctx context.Context, data []byte) (any, error)
 	if err != nil {
 		return nil, fmt.Errorf("info of target of job %s disk %d: %w", ref.JobID, ref.DiskKey, err)
 	}
+	mpath, err := r.ManifestPath(ref.VMUUID, ref.DiskKey, ref.JobID)
+	if err != nil {
+		return nil, classify(err)
+	}
+	s.mu.Lock()
+	man := t.man
+	t.man = nil
+	s.mu.Unlock()
+	sum, err := manifest.Write(mpath, man)
+	if err != nil {
+		_ = r.Remove(ref.VMUUID, ref.DiskKey, ref.JobID)
+		return nil, classify(fmt.Errorf("manifest of job %s disk %d: %w", ref.JobID, ref.DiskKey, err))
+	}
 	rel, _ := filepath.Rel(r.Root(), t.path)
 	s.log.Info().Str("job_id", ref.JobID).Int32("disk_key", ref.DiskKey).Str("target", rel).
-		Int64("actual_size_bytes", info.ActualSize).Msg("target closed")
-	return CloseReply{Target: rel, ActualSizeBytes: info.ActualSize, VirtualSize: info.VirtualSize, BackingFile: info.BackingFile}, nil
+		Int64("actual_size_bytes", info.ActualSize).Str("manifest_sha256", sum.String()).Msg("target closed")
+	return CloseReply{Target: rel, ActualSizeBytes: info.ActualSize, VirtualSize: info.VirtualSize, BackingFile: info.BackingFile,
+		ManifestSHA256: sum.String()}, nil
 }
 
 func (s *RepoService) abortTarget(ctx context.Context, data []byte) (any, error) {
