@@ -5,7 +5,7 @@ BIN       := bin/sendense
 RACE_RE   := /(bus|store|copier|nbd|agents)(/|$$)
 GOFILES    = $(shell find . -name '*.go' -not -path './var/*' -not -path './bin/*')
 
-.PHONY: all deps build lint test test-race bench bench-catalog bench-copy bench-restore demo clean
+.PHONY: all deps build lint test test-race bench bench-catalog bench-copy bench-restore bench-restore-depth demo clean
 
 all: build
 
@@ -25,7 +25,7 @@ test: deps lint
 	$(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -Ev '$(RACE_RE)')
 	$(GO) test -race -count=1 -timeout 20m $$($(GO) list ./... | grep -E '$(RACE_RE)')
 
-bench: deps bench-catalog bench-copy bench-restore
+bench: deps bench-catalog bench-copy bench-restore bench-restore-depth
 
 # Catalog consumer: events/s committed and publish-to-commit latency vs a raw JetStream loop.
 bench-catalog:
@@ -40,6 +40,11 @@ bench-copy:
 # `sendense restore` does it (3 rounds; seconds each and the ratio TLS/unix).
 bench-restore:
 	$(GO) test ./agents/hub -run '^$$' -bench 'BenchmarkRestoreTLS' -benchtime 3x -timeout 10m -v
+
+# Restore of the newest point of chains of depth 1, 10 and 100 (2 GiB disk, 1 GiB data) as
+# `sendense restore` reads it, and `qemu-img convert` of the same chain in the same run.
+bench-restore-depth:
+	$(GO) test ./agents/hub -run '^$$' -bench 'BenchmarkRestoreDepth' -benchtime 2x -timeout 20m -v
 
 # The main job: embedded NATS, simulated vCenter with CBT, full + incremental + restore check.
 demo: deps build

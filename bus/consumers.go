@@ -58,7 +58,8 @@ type RequestConsumerOptions struct {
 }
 
 // RequestConsumerConfig returns the configuration of ConsumerAgents:
-// explicit acks, deliver all, ack wait RequestAckWait, MaxDeliver per opts,
+// filtered on backup.requested (never the schedules that share the stream:
+// an agent that took one would delete it with its ack), explicit acks, deliver all, ack wait RequestAckWait, MaxDeliver per opts,
 // replicas as the stream.
 //
 // It deliberately has no BackOff: nats-server 2.15 places a message that is
@@ -79,6 +80,7 @@ func RequestConsumerConfig(opts RequestConsumerOptions) jetstream.ConsumerConfig
 	return jetstream.ConsumerConfig{
 		Durable:       ConsumerAgents,
 		Description:   "Sendense node agents: backup requests",
+		FilterSubject: SubjectRequested,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       aw,
@@ -88,7 +90,8 @@ func RequestConsumerConfig(opts RequestConsumerOptions) jetstream.ConsumerConfig
 }
 
 // EnsureRequestConsumer creates or updates ConsumerAgents on
-// StreamRequests and returns it. Agents read it with Consume, Messages or
+// StreamRequests and returns it (an existing one, made before schedules,
+// gets its filter here). Agents read it with Consume, Messages or
 // Fetch (nats.go jetstream), ack after backup.completed / backup.failed /
 // backup.rejected is published, keep long jobs alive with KeepInProgress,
 // and wait for a busy VM lease with NakWithDelay. It waits with Await

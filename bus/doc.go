@@ -16,6 +16,7 @@
 //
 //	stream           subjects                              kept
 //	BACKUP_REQUESTS  backup.requested                      work queue: until acked or terminated
+//	                 backup.schedules.<name>               one message per schedule, until removed
 //	BACKUP_EVENTS    backup.{started,changeid,completed,   forever (the catalog's log)
 //	                 failed,rejected}
 //	BACKUP_PROGRESS  backup.progress.<job_id>              last message per job, 24 h
@@ -29,6 +30,11 @@
 // against its schema (schemas.Validate) and refuses it with ErrInvalidEvent
 // otherwise, so no producer can put on the bus what the catalog would
 // poison; Publish sends a payload as it is.
+//
+// Schedules are messages too (AddSchedule, ListSchedules, RemoveSchedule):
+// a message on backup.schedules.<name> with a Nats-Schedule header makes
+// nats-server store a copy of its payload on backup.requested at every
+// firing; no Sendense process runs a timer.
 //
 // Agents read requests from the durable pull consumer made by
 // EnsureRequestConsumer (jetstream Consume/Messages/Fetch), keep long jobs
@@ -56,6 +62,15 @@
 //
 // # Caveats
 //
+//   - BACKUP_REQUESTS allows roll-ups, because nats-server's schedules
+//     need them. Anyone who may publish on backup.requested (hub,
+//     requester) can therefore send a Nats-Rollup header and purge the
+//     queued requests (or, with "all", the schedules too); subject
+//     permissions cannot see headers. Give the requester role only to
+//     those you would let cancel queued backups.
+//   - A firing carries the schedule's payload, so it has no job id; each
+//     gets one derived from its stream sequence (DeriveJobID), and
+//     requested_by "schedule:<name>".
 //   - Deduplication holds within a stream's duplicate window (10 min for
 //     requests and events). Consumers must still be idempotent: the catalog
 //     records applied event ids.

@@ -71,6 +71,20 @@ var (
 	// that is not a single subject token (see ValidAgentID).
 	ErrInvalidIdentity = errors.New("invalid identity")
 
+	// ErrInvalidSchedule is returned for a schedule name that is not a
+	// single subject token (ValidScheduleName), a pattern or time zone
+	// nats-server would refuse (CheckSchedule), a request that fails the
+	// backup.requested schema or carries a job id, and a message on
+	// backup.schedules.* that is no schedule.
+	ErrInvalidSchedule = errors.New("invalid schedule")
+
+	// ErrScheduleExists is returned by AddSchedule, without Replace, for a
+	// name that already has a schedule.
+	ErrScheduleExists = errors.New("schedule exists")
+
+	// ErrScheduleNotFound is returned for a name that has no schedule.
+	ErrScheduleNotFound = errors.New("schedule not found")
+
 	// ErrInsecureListen is returned by StartEmbedded for a listener that
 	// would expose the server off this machine without TLS (unless
 	// EmbeddedOptions.Insecure), or without authentication.

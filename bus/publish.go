@@ -35,6 +35,7 @@ type Publisher struct {
 	js     jetstream.JetStream
 	source string
 	agent  string // the agent whose events PublishEvent sends; "" for none
+	hub    bool   // PublishEvent sends the hub's events (NewHubPublisher)
 	log    zerolog.Logger
 }
 
@@ -55,6 +56,17 @@ func NewAgentPublisher(js jetstream.JetStream, agent string, log zerolog.Logger)
 	p := NewPublisher(js, "sendense/agent/"+agent, log)
 	p.agent = agent
 	return p, nil
+}
+
+// NewHubPublisher returns the hub's Publisher: PublishEvent sends the
+// events the hub publishes about completed jobs (schemas.HubEvents) on
+// backup.<type>.hub (HubSubject), with ce-source "sendense/hub", and
+// refuses every other event. The server lets only the hub's credentials
+// publish there.
+func NewHubPublisher(js jetstream.JetStream, log zerolog.Logger) *Publisher {
+	p := NewPublisher(js, "sendense/hub", log)
+	p.hub = true
+	return p
 }
 
 // Publish stores payload on subject with Nats-Msg-Id id and waits for the
@@ -93,9 +105,10 @@ func (p *Publisher) Publish(ctx context.Context, subject, id, ceType string, pay
 
 // PublishEvent marshals ev as JSON and publishes it with id
 // ev.EventHeader().ID and ce-type = its schema name; ce-time is the event's
-// time. Only an agent's Publisher (NewAgentPublisher) publishes events: on
-// AgentSubject(schema name, agent), or ProgressSubject(job_id) for
-// progress. The event must carry an id, a known schema name matching its
+// time. Only an agent's Publisher (NewAgentPublisher) publishes an agent's
+// events: on AgentSubject(schema name, agent), or ProgressSubject(job_id)
+// for progress; only the hub's (NewHubPublisher) the hub's events
+// (schemas.HubEvents), on HubSubject(schema name). The event must carry an id, a known schema name matching its
 // Go type and a valid job id, and the JSON must pass schemas.Validate: an
 // event that does not is refused with ErrInvalidEvent (wrapping the
 // *schemas.ValidationError that names each problem), never published. So
@@ -105,8 +118,11 @@ func (p *Publisher) PublishEvent(ctx context.Context, ev schemas.Event) (*jetstr
 		return nil, fmt.Errorf("publish event: nil event: %w", ErrInvalidEvent)
 	}
 	h := ev.EventHeader()
+	hubEvent := schemas.IsHubEvent(h.Schema.Name)
 	switch {
-	case p.agent == "":
+	case hubEvent && !p.hub:
+		return nil, fmt.Errorf("publish event %s of job %s: only the hub's publisher publishes %s: %w", h.ID, h.JobID, h.Schema.Name, ErrInvalidEvent)
+	case !hubEvent && p.agent == "":
 		return nil, fmt.Errorf("publish event %s of job %s: only an agent's publisher publishes events: %w", h.ID, h.JobID, ErrInvalidEvent)
 	case h.ID == "":
 		return nil, fmt.Errorf("publish event %s of job %s: no id: %w", h.Schema.Name, h.JobID, ErrInvalidEvent)
@@ -119,7 +135,10 @@ func (p *Publisher) PublishEvent(ctx context.Context, ev schemas.Event) (*jetstr
 		return nil, fmt.Errorf("publish event %s: %w: %w", h.ID, ErrInvalidEvent, err)
 	}
 	subject := AgentSubject(h.Schema.Name, p.agent)
-	if h.Schema.Name == schemas.NameProgress {
+	switch {
+	case hubEvent:
+		subject = HubSubject(h.Schema.Name)
+	case h.Schema.Name == schemas.NameProgress:
 		subject = ProgressSubject(h.JobID)
 	}
 	data, err := json.Marshal(ev)

@@ -18,8 +18,9 @@ const (
 	// operation (stream deletes included). Keep its credentials with root.
 	RoleAdmin Role = "admin"
 	// RoleHub runs the repository service and the request API: it creates
-	// the streams and the lease bucket, publishes backup.requested and
-	// reads (never writes) leases.
+	// the streams and the lease bucket, publishes backup.requested and the
+	// events about completed jobs (backup.<type>.hub, HubSubject), and
+	// takes a VM's lease while it changes that VM's chains (prune).
 	RoleHub Role = "hub"
 	// RoleCatalog consumes BACKUP_EVENTS into the catalog and answers the
 	// catalog service; it publishes nothing on backup.*.
@@ -30,7 +31,12 @@ const (
 	RoleAgent Role = "agent"
 	// RoleRequester asks for backups (backup.requested), reads the catalog
 	// and follows events on backup.>: what `sendense backup`, `jobs`,
-	// `watch` and `nats pub backup.requested` need.
+	// `watch` and `nats pub backup.requested` need. It lists schedules
+	// (`sendense schedule list`) but only admin adds or removes them: a
+	// schedule asks for backups forever, with nobody at the keyboard, and
+	// removing one is a purge of BACKUP_REQUESTS, which NATS permissions
+	// cannot narrow to the schedule subjects (a requester allowed it could
+	// purge every queued request).
 	RoleRequester Role = "requester"
 	// RoleMonitor may only subscribe to backup.>: `nats sub 'backup.>'`.
 	RoleMonitor Role = "monitor"
@@ -142,7 +148,9 @@ const (
 
 // PermissionsOf returns the permissions of id. They are the least each
 // role needs (see the Role constants); in particular only agents publish
-// backup events, each on its own subject token; only agents write leases;
+// backup events, each on its own subject token, and only the hub the
+// events about completed jobs, on backup.<type>.hub; only agents and the
+// hub write leases;
 // only admin creates, changes, deletes or purges streams and consumers
 // other than the catalog's own; and nobody but admin reads another user's
 // inbox.
@@ -157,8 +165,11 @@ func PermissionsOf(id Identity) Permissions {
 			pub = append(pub, jsAPI+"STREAM.INFO."+s)
 		}
 		pub = append(pub,
-			jsAPI+"DIRECT.GET."+leaseStream+".>", jsAPI+"STREAM.MSG.GET."+leaseStream,
+			jsAPI+"DIRECT.GET."+leaseStream+".>", jsAPI+"STREAM.MSG.GET."+leaseStream, leaseKeys,
 			jsAPI+"CONSUMER.INFO."+StreamEvents+".*")
+		for _, name := range hubEventNames {
+			pub = append(pub, HubSubject(name))
+		}
 		return Permissions{Publish: pub, Subscribe: []string{RepoService + ".>", "$SRV.>", inbox}}
 	case RoleCatalog:
 		return Permissions{
@@ -188,8 +199,14 @@ func PermissionsOf(id Identity) Permissions {
 		)
 		return Permissions{Publish: pub, Subscribe: []string{inbox}}
 	case RoleRequester:
+		// The requester lists schedules (stream info and the last message
+		// of each backup.schedules.* subject) but neither adds nor removes
+		// them: see RoleRequester.
 		return Permissions{
-			Publish:   []string{SubjectRequested, jsAPI + "INFO", jsAPI + "STREAM.INFO." + StreamRequests, CatalogService + ".>"},
+			Publish: []string{
+				SubjectRequested, jsAPI + "INFO", jsAPI + "STREAM.INFO." + StreamRequests,
+				jsAPI + "STREAM.MSG.GET." + StreamRequests, CatalogService + ".>",
+			},
 			Subscribe: []string{SubjectAll, inbox},
 		}
 	case RoleMonitor:

@@ -93,6 +93,18 @@ func TestRolePermissions(t *testing.T) {
 		if _, err := pub2.PublishEvent(testCtx(t), startedEvent(bus.NewJobID())); err != nil {
 			t.Fatalf("agent node2 publishes on its own subject: %v", err)
 		}
+		// The hub publishes its events about completed jobs; an agent's
+		// publisher refuses them, and the hub's refuses an agent's.
+		hubPub := bus.NewHubPublisher(hub.JS, bustest.Logger(t))
+		if ack, err := hubPub.PublishEvent(testCtx(t), prunedEvent(job)); err != nil || ack.Stream != bus.StreamEvents {
+			t.Fatalf("hub publishes backup.pruned: %+v, %v", ack, err)
+		}
+		if _, err := pub1.PublishEvent(testCtx(t), prunedEvent(job)); !errors.Is(err, bus.ErrInvalidEvent) {
+			t.Errorf("agent's publisher sends backup.pruned: %v, want ErrInvalidEvent", err)
+		}
+		if _, err := hubPub.PublishEvent(testCtx(t), completedEvent(bus.NewJobID())); !errors.Is(err, bus.ErrInvalidEvent) {
+			t.Errorf("hub's publisher sends backup.completed: %v, want ErrInvalidEvent", err)
+		}
 		stored := streamMsgs(t, hub.JS, bus.StreamEvents)
 
 		// Nobody else can publish an event as node1, nor as any agent.
@@ -101,10 +113,17 @@ func TestRolePermissions(t *testing.T) {
 			{Role: bus.RoleRequester}, {Role: bus.RoleMonitor}, {Role: bus.RoleHub}, {Role: bus.RoleCatalog}, bus.AgentIdentity("node2"),
 		} {
 			c := conn(who)
-			for _, subject := range []string{
+			subjects := []string{
 				bus.AgentSubject(schemas.NameCompleted, "node1"), bus.AgentSubject(schemas.NameStarted, "node1"),
 				bus.AgentSubject(schemas.NameFailed, "node1"), bus.ProgressSubject(job),
-			} {
+			}
+			if who.Role != bus.RoleHub {
+				// Nobody but the hub publishes the hub's events.
+				for _, name := range schemas.HubEvents() {
+					subjects = append(subjects, bus.HubSubject(name))
+				}
+			}
+			for _, subject := range subjects {
 				if who.Role == bus.RoleAgent && subject == bus.ProgressSubject(job) {
 					continue // agents publish progress of any job
 				}
@@ -125,7 +144,8 @@ func TestRolePermissions(t *testing.T) {
 			t.Errorf("events stream has %d messages after the forgeries, want %d", n, stored)
 		}
 
-		// Leases: agents write them, the hub only reads, others nothing.
+		// Leases: agents and the hub (while it prunes a VM's chains)
+		// write them, others nothing.
 		leases1, err := bus.OpenLeases(testCtx(t), node1.JS, "")
 		if err != nil {
 			t.Fatalf("agent opens the lease bucket: %v", err)
@@ -138,7 +158,16 @@ func TestRolePermissions(t *testing.T) {
 		if h, ok, err := hubLeases.Holder(testCtx(t), bus.VMLeaseKey("vm-1")); err != nil || !ok || h.JobID != job {
 			t.Errorf("hub reads the lease: %+v %t %v", h, ok, err)
 		}
-		for _, who := range []bus.Identity{{Role: bus.RoleRequester}, {Role: bus.RoleMonitor}, {Role: bus.RoleHub}, {Role: bus.RoleCatalog}} {
+		if _, err := hubLeases.Acquire(testCtx(t), bus.VMLeaseKey("vm-1"), bus.Holder{Agent: bus.HubAgent, JobID: "prune-1", Attempt: 1}); !errors.Is(err, bus.ErrLeaseHeld) {
+			t.Errorf("hub takes a held lease: %v, want ErrLeaseHeld", err)
+		}
+		hle, err := hubLeases.Acquire(testCtx(t), bus.VMLeaseKey("vm-2"), bus.Holder{Agent: bus.HubAgent, JobID: "prune-1", Attempt: 1})
+		if err != nil {
+			t.Errorf("hub takes a free lease: %v", err)
+		} else if err := hle.Release(testCtx(t)); err != nil {
+			t.Errorf("hub releases its lease: %v", err)
+		}
+		for _, who := range []bus.Identity{{Role: bus.RoleRequester}, {Role: bus.RoleMonitor}, {Role: bus.RoleCatalog}} {
 			c := conn(who)
 			key := "$KV." + bus.LeaseBucket + "." + bus.VMLeaseKey("vm-1")
 			msg := nats.NewMsg(key)
@@ -252,4 +281,43 @@ func someUsers(t *testing.T) []bus.User {
 		t.Fatal(err)
 	}
 	return users
+}
+
+// TestSchedulePermissions: only admin adds or removes schedules; the
+// requester lists them; nobody else touches them.
+func TestSchedulePermissions(t *testing.T) {
+	bustest.ForEachSecure(t, func(t *testing.T, start bustest.SecureFunc) {
+		s := start(t, "node1")
+		adm := admin(t, s)
+		if err := bus.EnsureStreams(testCtx(t), adm.JS, bus.StreamOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		sch := bus.Schedule{Name: "nightly", Cron: "@daily", Request: schemas.Request{VM: "pgtest1"}}
+		if _, err := bus.AddSchedule(testCtx(t), adm.JS, sch, bus.AddOptions{}); err != nil {
+			t.Fatalf("admin adds a schedule: %v", err)
+		}
+		req := s.Connect(t, bus.Identity{Role: bus.RoleRequester})
+		if list, bad, err := bus.ListSchedules(testCtx(t), req.JS); err != nil || len(bad) != 0 || len(list) != 1 || list[0].Name != "nightly" {
+			t.Errorf("requester lists schedules: %+v %v %v", list, bad, err)
+		}
+		for _, who := range []bus.Identity{{Role: bus.RoleRequester}, {Role: bus.RoleHub}, {Role: bus.RoleCatalog}, {Role: bus.RoleMonitor}, bus.AgentIdentity("node1")} {
+			c := s.Connect(t, who)
+			rogue := sch
+			rogue.Name = "rogue"
+			if _, err := bus.AddSchedule(shortCtx(t), c.JS, rogue, bus.AddOptions{}); err == nil {
+				t.Errorf("%s added a schedule", who)
+			}
+			wantViolation(t, who.String(), c, bus.ScheduleSubject("rogue"))
+			if err := bus.RemoveSchedule(shortCtx(t), c.JS, "nightly"); err == nil {
+				t.Errorf("%s removed a schedule", who)
+			}
+		}
+		list, _, err := bus.ListSchedules(testCtx(t), adm.JS)
+		if err != nil || len(list) != 1 || list[0].Name != "nightly" {
+			t.Errorf("schedules after the others tried: %+v %v, want only nightly", list, err)
+		}
+		if err := bus.RemoveSchedule(testCtx(t), adm.JS, "nightly"); err != nil {
+			t.Errorf("admin removes a schedule: %v", err)
+		}
+	})
 }

@@ -3,6 +3,7 @@ package bus
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -63,8 +64,8 @@ func StreamConfigs(opts StreamOptions) []jetstream.StreamConfig {
 	return []jetstream.StreamConfig{
 		{
 			Name:        StreamRequests,
-			Description: "Sendense backup requests, consumed by node agents (work queue)",
-			Subjects:    []string{SubjectRequested},
+			Description: "Sendense backup requests, consumed by node agents (work queue), and the schedules that fire them",
+			Subjects:    []string{SubjectRequested, SubjectSchedules},
 			Retention:   jetstream.WorkQueuePolicy,
 			Storage:     jetstream.FileStorage,
 			Replicas:    r,
@@ -73,6 +74,12 @@ func StreamConfigs(opts StreamOptions) []jetstream.StreamConfig {
 			MaxBytes:    -1,
 			MaxAge:      0,
 			Duplicates:  RequestsDuplicateWindow,
+			// The server fires schedules (backup.schedules.<name>) onto
+			// backup.requested itself. Schedules need roll-ups (a schedule
+			// is one message per subject), so AllowRollup is set too; see
+			// the package's Caveats for what that lets a publisher do.
+			AllowMsgSchedules: true,
+			AllowRollup:       true,
 		},
 		{
 			Name:        StreamEvents,
@@ -135,6 +142,9 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, opts StreamOptio
 // events from before agent identities are no longer bound).
 func StreamForSubject(subject string) string {
 	if subject == SubjectRequested {
+		return StreamRequests
+	}
+	if name, ok := strings.CutPrefix(subject, SubjectSchedulePrefix); ok && ValidScheduleName(name) == nil {
 		return StreamRequests
 	}
 	name, agent, err := ParseEventSubject(subject)

@@ -33,15 +33,32 @@ var eventNames = []string{
 	schemas.NameStarted, schemas.NameChangeID, schemas.NameCompleted, schemas.NameFailed, schemas.NameRejected,
 }
 
+// HubAgent is the subject token of the events the hub publishes about a
+// completed job (schemas.HubEvents): backup.<type>.hub (HubSubject). Only
+// the hub role may publish there (PermissionsOf), so the catalog knows an
+// event from "hub" as the hub's (store.HubAgent is the same name).
+const HubAgent = "hub"
+
+// hubEventNames are the events the hub publishes on backup.<type>.hub.
+var hubEventNames = schemas.HubEvents()
+
 // EventSubjects are the subjects kept in StreamEvents, in lifecycle order:
-// backup.started.*, backup.changeid.*, ...
+// backup.started.*, backup.changeid.*, ..., then the hub's events
+// backup.pruning.hub, backup.pruned.hub, ...
 var EventSubjects = func() []string {
-	out := make([]string, len(eventNames))
-	for i, n := range eventNames {
-		out[i] = n + ".*"
+	out := make([]string, 0, len(eventNames)+len(hubEventNames))
+	for _, n := range eventNames {
+		out = append(out, n+".*")
+	}
+	for _, n := range hubEventNames {
+		out = append(out, HubSubject(n))
 	}
 	return out
 }()
+
+// HubSubject returns backup.<type>.hub, where the hub publishes the event
+// named name (one of schemas.HubEvents).
+func HubSubject(name string) string { return name + "." + HubAgent }
 
 // AgentSubject returns backup.<type>.<agent>, where agent publishes the
 // event named name (a schema name such as schemas.NameCompleted).
@@ -56,10 +73,16 @@ func ProgressSubject(jobID string) string { return schemas.NameProgress + "." + 
 // agent that published it: backup.<type>.<agent> gives (backup.<type>,
 // agent); backup.progress.<job_id> gives (backup.progress, ""); the bare
 // backup.<type> of events stored before agents had identities gives
-// (backup.<type>, "") too. Any other subject is ErrInvalidSubject.
+// (backup.<type>, "") too; a hub event's backup.<type>.hub gives
+// (backup.<type>, HubAgent). Any other subject is ErrInvalidSubject.
 func ParseEventSubject(subject string) (name, agent string, err error) {
 	if job, ok := strings.CutPrefix(subject, schemas.NameProgress+"."); ok && ValidJobID(job) == nil {
 		return schemas.NameProgress, "", nil
+	}
+	for _, n := range hubEventNames {
+		if subject == HubSubject(n) {
+			return n, HubAgent, nil
+		}
 	}
 	for _, n := range eventNames {
 		rest, ok := strings.CutPrefix(subject, n)

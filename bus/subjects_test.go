@@ -110,9 +110,14 @@ func TestStreamForSubject(t *testing.T) {
 		bus.AgentSubject(schemas.NameFailed, "node1"):    bus.StreamEvents,
 		bus.AgentSubject(schemas.NameRejected, "node1"):  bus.StreamEvents,
 		bus.ProgressSubject("job-1"):                     bus.StreamProgress,
+		bus.HubSubject(schemas.NamePruning):              bus.StreamEvents,
+		bus.HubSubject(schemas.NamePruned):               bus.StreamEvents,
+		schemas.NamePruned + ".node1":                    "",
 		"backup.progress.a.b":                            "",
 		"backup.progress.":                               "",
 		"backup.other":                                   "",
+		bus.ScheduleSubject("nightly"):                   bus.StreamRequests,
+		"backup.schedules.a.b":                           "",
 		"sendense.catalog.jobs.list":                     "",
 		// Events without the agent's token are no longer stored.
 		schemas.NameCompleted:             "",
@@ -143,6 +148,10 @@ func TestParseEventSubject(t *testing.T) {
 		{schemas.NameRequested, "", "", false},
 		{schemas.NameProgress + ".a.b", "", "", false},
 		{"backup.deleted.node1", "", "", false},
+		{bus.HubSubject(schemas.NamePruning), schemas.NamePruning, bus.HubAgent, true},
+		{bus.HubSubject(schemas.NamePruned), schemas.NamePruned, bus.HubAgent, true},
+		{schemas.NamePruned + ".node1", "", "", false}, // only the hub publishes it
+		{schemas.NamePruned, "", "", false},            // no legacy subject
 	}
 	for _, tt := range tests {
 		name, agent, err := bus.ParseEventSubject(tt.subject)

@@ -90,6 +90,11 @@ func completedEvent(job string) *schemas.Completed {
 			Reason: schemas.ReasonNoBase, BytesRead: 2, BytesWritten: 1, Target: "t", ActualSizeBytes: 1}}}
 }
 
+func prunedEvent(job string) *schemas.Pruned {
+	return &schemas.Pruned{Header: hdr(job, 1, schemas.NamePruned, 0, 0), Repository: "default",
+		Disks: []schemas.PruneDisk{{Disk: disk2000, Operation: schemas.PruneDelete, Target: "t"}}}
+}
+
 func streamMsgs(t *testing.T, js jetstream.JetStream, name string) uint64 {
 	t.Helper()
 	s, err := js.Stream(testCtx(t), name)
@@ -120,6 +125,13 @@ func TestStreams(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
+		// So is a BACKUP_EVENTS of a build without the hub's events.
+		if _, err := s.JS.CreateStream(ctx, jetstream.StreamConfig{
+			Name: bus.StreamEvents, Subjects: []string{"backup.started.*", "backup.changeid.*", "backup.completed.*", "backup.failed.*", "backup.rejected.*"},
+			Storage: jetstream.FileStorage, Duplicates: bus.EventsDuplicateWindow,
+		}); err != nil {
+			t.Fatal(err)
+		}
 		for range 2 {
 			if err := bus.EnsureStreams(ctx, s.JS, bus.StreamOptions{}); err != nil {
 				t.Fatalf("EnsureStreams: %v", err)
@@ -133,8 +145,9 @@ func TestStreams(t *testing.T) {
 			perSubject int64
 			minDupes   time.Duration
 		}{
-			{bus.StreamRequests, []string{"backup.requested"}, jetstream.WorkQueuePolicy, 0, -1, 2 * time.Minute},
-			{bus.StreamEvents, []string{"backup.started.*", "backup.changeid.*", "backup.completed.*", "backup.failed.*", "backup.rejected.*"},
+			{bus.StreamRequests, []string{"backup.requested", "backup.schedules.*"}, jetstream.WorkQueuePolicy, 0, -1, 2 * time.Minute},
+			{bus.StreamEvents, []string{"backup.started.*", "backup.changeid.*", "backup.completed.*", "backup.failed.*", "backup.rejected.*",
+				"backup.pruning.hub", "backup.pruned.hub"},
 				jetstream.LimitsPolicy, 0, -1, 2 * time.Minute},
 			{bus.StreamProgress, []string{"backup.progress.*"}, jetstream.LimitsPolicy, 24 * time.Hour, 1, time.Minute},
 		}
@@ -164,6 +177,9 @@ func TestStreams(t *testing.T) {
 			}
 			if c.Replicas != 1 {
 				t.Errorf("%s replicas = %d, want 1", tt.name, c.Replicas)
+			}
+			if want := tt.name == bus.StreamRequests; c.AllowMsgSchedules != want || c.AllowRollup != want {
+				t.Errorf("%s allows schedules %t, roll-ups %t; want %t", tt.name, c.AllowMsgSchedules, c.AllowRollup, want)
 			}
 		}
 	})

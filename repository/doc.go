@@ -9,8 +9,11 @@
 // closes exports cleanly, reaps exports whose owner is gone, reads chain
 // information, checks, compares and restores images, lists every disk
 // directory (Disks) and the temporary files of crashed creates (Temps), and
-// removes the partial file of a failed attempt. A full file system makes
-// errors matching ErrNoSpace.
+// removes the partial file of a failed attempt. It removes a point from a
+// chain without changing what any other point reads (Prune: merge the
+// first full into its child, rebase a middle point's child onto its
+// parent, or delete a point nothing backs onto), resumable from any crash
+// point. A full file system makes errors matching ErrNoSpace.
 //
 // It must never know about NATS, the catalog or VMware: callers (the hub's
 // repository service) decide which job is the base and which files are

@@ -9,7 +9,7 @@ const DefaultRepository = "default"
 
 // Decode validates an event received on subject (see Validate) and decodes
 // it into its Go type: *Started, *Progress, *ChangeID, *Completed, *Failed
-// or *Rejected. It returns the errors of Validate; backup.requested is not
+// *Rejected, *Pruning or *Pruned. It returns the errors of Validate; backup.requested is not
 // an event and gives ErrUnknownSubject (use DecodeRequest).
 func Decode(subject string, data []byte) (Event, error) {
 	name, job, err := subjectName(subject)
@@ -70,6 +70,10 @@ func NameOf(e Event) string {
 		return NameFailed
 	case *Rejected:
 		return NameRejected
+	case *Pruning:
+		return NamePruning
+	case *Pruned:
+		return NamePruned
 	}
 	return ""
 }
@@ -90,6 +94,10 @@ func newEvent(name string) Event {
 		return new(Failed)
 	case NameRejected:
 		return new(Rejected)
+	case NamePruning:
+		return new(Pruning)
+	case NamePruned:
+		return new(Pruned)
 	}
 	return nil
 }

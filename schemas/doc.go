@@ -8,9 +8,11 @@
 //
 // # Basics
 //
-// The messages are backup.requested (the request) and the events
-// backup.started, backup.progress, backup.changeid, backup.completed,
-// backup.failed and backup.rejected. Names lists them and Schema returns
+// The messages are backup.requested (the request), the events an agent
+// publishes, backup.started, backup.progress, backup.changeid,
+// backup.completed, backup.failed and backup.rejected, and the events the
+// hub publishes about a completed job (HubEvents): backup.pruning (the
+// intent to remove a point) and backup.pruned (it is removed). Names lists them and Schema returns
 // one as a self-contained document (what `sendense schemas NAME` prints).
 // The files live in json/: one per message plus common.json, which holds
 // the shared definitions (header parts, vm, disk, the VMware change id

@@ -26,6 +26,8 @@ var names = []string{
 	NameCompleted,
 	NameFailed,
 	NameRejected,
+	NamePruning,
+	NamePruned,
 }
 
 // Names returns the message names that have a schema, in the order of a

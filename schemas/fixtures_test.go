@@ -99,6 +99,16 @@ func fullEvents() map[string]Event {
 			Message: "vm pgtest1 not found",
 			Request: `{"vm":"pgtest1"}`,
 		},
+		NamePruning: &Pruning{
+			Header:     testHeader(NamePruning, "pruning"),
+			Repository: "default",
+			Disks:      []PruneDisk{{Disk: testDisk, Operation: PruneRebase, Target: testTarget, Child: "job-8", Parent: "job-6"}},
+		},
+		NamePruned: &Pruned{
+			Header:     testHeader(NamePruned, "pruned"),
+			Repository: "default",
+			Disks:      []PruneDisk{{Disk: testDisk, Operation: PruneRebase, Target: testTarget, Child: "job-8", Parent: "job-6"}},
+		},
 	}
 }
 

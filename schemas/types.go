@@ -15,6 +15,35 @@ const (
 	NameCompleted = "backup.completed"
 	NameFailed    = "backup.failed"
 	NameRejected  = "backup.rejected"
+
+	// Events the hub publishes about a completed job (HubEvents): on
+	// <name>.hub, never by an agent.
+	NamePruning = "backup.pruning"
+	NamePruned  = "backup.pruned"
+)
+
+// HubEvents are the events the hub publishes about a completed job, in
+// the order of a job's life after it completed. The bus lets only the hub
+// publish them (on <name>.hub) and the catalog applies them only to a
+// completed job; see store's doc for how to add one.
+func HubEvents() []string { return []string{NamePruning, NamePruned} }
+
+// IsHubEvent reports whether name is one of HubEvents.
+func IsHubEvent(name string) bool { return name == NamePruning || name == NamePruned }
+
+// Prune operations on one disk's image when its point is removed
+// (PruneDisk.Operation).
+const (
+	// PruneMerge: the removed point is its chain's first link (a full)
+	// and its child backs onto it; the child is committed into it and
+	// the merged file is renamed to the child's name.
+	PruneMerge = "merge"
+	// PruneRebase: the child is rebased onto the removed point's parent,
+	// then the removed point's file is deleted.
+	PruneRebase = "rebase"
+	// PruneDelete: nothing backs onto the removed point; its file is
+	// deleted.
+	PruneDelete = "delete"
 )
 
 // Version is the schema version every message of this build carries.
@@ -224,6 +253,32 @@ type Rejected struct {
 	Request   string `json:"request"`   // the raw request, cut to 4 KiB
 }
 
+// PruneDisk is one disk's image operation when a point is removed.
+type PruneDisk struct {
+	Disk      DiskRef `json:"disk"`
+	Operation string  `json:"operation"`        // PruneMerge, PruneRebase or PruneDelete
+	Target    string  `json:"target"`           // repository path of the removed point's QCOW2
+	Child     string  `json:"child,omitempty"`  // job id of the point backing onto it (merge, rebase)
+	Parent    string  `json:"parent,omitempty"` // job id of its own base (rebase)
+}
+
+// Pruning is backup.pruning: the hub's intent to remove a point (a
+// completed job), published before it touches any file. The header's
+// attempt is the job's completed attempt.
+type Pruning struct {
+	Header
+	Repository string      `json:"repository"`
+	Disks      []PruneDisk `json:"disks"`
+}
+
+// Pruned is backup.pruned: the hub removed the point (every disk's
+// operation done, its files gone).
+type Pruned struct {
+	Header
+	Repository string      `json:"repository"`
+	Disks      []PruneDisk `json:"disks"`
+}
+
 // compile-time checks
 var (
 	_ Event = (*Started)(nil)
@@ -232,6 +287,8 @@ var (
 	_ Event = (*Completed)(nil)
 	_ Event = (*Failed)(nil)
 	_ Event = (*Rejected)(nil)
+	_ Event = (*Pruning)(nil)
+	_ Event = (*Pruned)(nil)
 )
 
 // Marshal encodes an event or request as JSON.

@@ -619,10 +619,12 @@ func splitEventKey(k []byte) (jobID, eventID string, code byte, agent string, se
 }
 
 // eventNames are the event types by the code that ends their key; code 0
-// is a tombstone of unknown type (migrated from version 1).
+// is a tombstone of unknown type (migrated from version 1). Codes are
+// stored: a new type takes the next free one.
 var eventNames = [...]string{
 	1: schemas.NameStarted, 2: schemas.NameChangeID, 3: schemas.NameCompleted,
 	4: schemas.NameFailed, 5: schemas.NameRejected,
+	6: schemas.NamePruning, 7: schemas.NamePruned,
 }
 
 // eventCode is the key code of an event type name, 0 for none.
@@ -692,6 +694,10 @@ func eventName(ev schemas.Event) string {
 		return schemas.NameFailed
 	case *schemas.Rejected:
 		return schemas.NameRejected
+	case *schemas.Pruning:
+		return schemas.NamePruning
+	case *schemas.Pruned:
+		return schemas.NamePruned
 	}
 	return ""
 }
@@ -708,6 +714,10 @@ func newEvent(name string) schemas.Event {
 		return new(schemas.Failed)
 	case schemas.NameRejected:
 		return new(schemas.Rejected)
+	case schemas.NamePruning:
+		return new(schemas.Pruning)
+	case schemas.NamePruned:
+		return new(schemas.Pruned)
 	}
 	return nil
 }

@@ -44,16 +44,21 @@ type Chain struct {
 // Chain returns the completed backups of (vmUUID, diskKey, repo), oldest
 // first, ordered by the completed event's time and then job id, so the
 // order does not depend on the order events were applied in. No backup
-// gives an empty slice and no error.
+// gives an empty slice and no error. A pruned job is in no chain, and each
+// link's Backing is the link it backs onto now (resolveBackings).
 func (c *Catalog) Chain(vmUUID string, diskKey int32, repo string) ([]Link, error) {
 	links := []Link{}
 	err := c.db.View(func(tx *bolt.Tx) error {
-		return forEachJobLinks(tx, repoPrefix(vmUUID, repo), false, func(ls []Link) (bool, error) {
+		err := forEachJobLinks(tx, repoPrefix(vmUUID, repo), false, func(ls []Link) (bool, error) {
 			if l, ok := diskLink(ls, diskKey); ok {
 				links = append(links, l)
 			}
 			return true, nil
 		})
+		if err != nil {
+			return err
+		}
+		return resolveBackings(tx, links)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("get chain of disk %d of vm %s in repository %s: %w", diskKey, vmUUID, repo, err)
@@ -62,19 +67,31 @@ func (c *Catalog) Chain(vmUUID string, diskKey int32, repo string) ([]Link, erro
 }
 
 // ChainHead returns the newest completed backup of (vmUUID, diskKey, repo):
-// the base of the next incremental. It returns ErrNotFound when there is none.
+// the base of the next incremental. Its Backing is resolved as in Chain. It returns ErrNotFound when there is none.
 func (c *Catalog) ChainHead(vmUUID string, diskKey int32, repo string) (Link, error) {
 	var head Link
 	err := c.db.View(func(tx *bolt.Tx) error {
-		found := false
+		// The newest link, and the one before it when the head's
+		// recorded base may have been pruned (resolveBackings).
+		var two []Link
 		err := forEachJobLinks(tx, repoPrefix(vmUUID, repo), true, func(ls []Link) (bool, error) {
-			head, found = diskLink(ls, diskKey)
-			return !found, nil
+			if l, ok := diskLink(ls, diskKey); ok {
+				two = append(two, l)
+			}
+			return len(two) == 0 || (len(two) == 1 && two[0].Backing != ""), nil
 		})
-		if err == nil && !found {
-			err = ErrNotFound
+		if err != nil {
+			return err
 		}
-		return err
+		if len(two) == 0 {
+			return ErrNotFound
+		}
+		slices.Reverse(two)
+		if err := resolveBackings(tx, two); err != nil {
+			return err
+		}
+		head = two[len(two)-1]
+		return nil
 	})
 	if err != nil {
 		return Link{}, fmt.Errorf("get chain head of disk %d of vm %s in repository %s: %w", diskKey, vmUUID, repo, err)
@@ -126,13 +143,67 @@ func linksUnder(tx *bolt.Tx, prefix []byte) ([]Link, error) {
 		links = append(links, ls...)
 		return true, nil
 	})
+	if err != nil {
+		return nil, err
+	}
 	// The index is in (vm, repository, time, job) order: a stable sort by
 	// disk within each repository gives chain order.
 	slices.SortStableFunc(links, func(a, b Link) int {
 		return cmp.Or(strings.Compare(a.VMUUID, b.VMUUID), strings.Compare(a.Repository, b.Repository),
 			cmp.Compare(a.DiskKey, b.DiskKey))
 	})
-	return links, err
+	for i := 0; i < len(links); {
+		n := i + 1
+		for n < len(links) && sameChain(links[i], links[n]) {
+			n++
+		}
+		if err := resolveBackings(tx, links[i:n]); err != nil {
+			return nil, err
+		}
+		i = n
+	}
+	return links, nil
+}
+
+func sameChain(a, b Link) bool {
+	return a.VMUUID == b.VMUUID && a.Repository == b.Repository && a.DiskKey == b.DiskKey
+}
+
+// resolveBackings sets each link's Backing, in one chain's links oldest
+// first, to the link it backs onto now: the recorded base (the job id the
+// backup named) while that job is not pruned; once the hub pruned it, the
+// previous kept link of the chain, or none when the link is now the
+// chain's first. Every prune operation keeps "each link backs onto the
+// previous kept link": merging the first full into its child makes the
+// child the first link (a full), and rebasing a middle point's child onto
+// the point's parent makes the parent its base. A full (no recorded base)
+// stays a full.
+func resolveBackings(tx *bolt.Tx, links []Link) error {
+	jobs := tx.Bucket(bucketJobs)
+	for i := range links {
+		b := links[i].Backing
+		prev := ""
+		if i > 0 {
+			prev = links[i-1].JobID
+		}
+		if b == "" || b == prev {
+			continue
+		}
+		raw := jobs.Get([]byte(b))
+		if raw == nil {
+			continue // not in the catalog: left as recorded, for repo check to see
+		}
+		var base struct {
+			Status string `json:"status"`
+		}
+		if err := json.Unmarshal(raw, &base); err != nil {
+			return fmt.Errorf("decode job %s, base of job %s: %w", b, links[i].JobID, err)
+		}
+		if base.Status == StatusPruned {
+			links[i].Backing = prev
+		}
+	}
+	return nil
 }
 
 // forEachJobLinks calls fn with the links of each completed job whose

@@ -61,6 +61,15 @@ import (
 //     or a lower one: a backup.failed of the completed attempt (the agent
 //     could not confirm its completed publish) leaves the job completed.
 //
+//  7. The hub's events about a completed job (backup.pruning,
+//     backup.pruned: schemas.HubEvents) count only from agent HubAgent,
+//     with a canonical id (disk key 0, seq 0) of the completed attempt,
+//     on a completed job, with its VM UUID and repository, naming only
+//     the job's disks with their own targets (judgeHub, in hub.go). They
+//     never make, undo or rewrite a completed job; applied, they add to
+//     it (a backup.pruned makes it pruned). One that arrives before the
+//     job's completed is poison until the completed is applied.
+//
 // Rules 1 and 2 are checked first; an event they refuse does not count for
 // rules 4 and 5 (a completed whose started has a foreign target is poison
 // too). The agent "" (a legacy event, published before agents had
@@ -192,6 +201,9 @@ func judge(jobID string, recs []record) ([]verdict, int) {
 		for i, r := range recs {
 			if i == winner || vs[i].reason != "" {
 				continue
+			}
+			if hubEventOf(r.name) != nil {
+				continue // rule 7 (judgeHub)
 			}
 			if r.name == schemas.NameCompleted || (i > winner && r.ev.EventHeader().Attempt > w) {
 				if reason == "" {

@@ -31,8 +31,12 @@ func rank(name string) int {
 		return 3
 	case schemas.NameCompleted:
 		return 4
+	case schemas.NamePruning:
+		return 5
+	case schemas.NamePruned:
+		return 6
 	}
-	return 5
+	return 7
 }
 
 // canonical sorts records by (attempt, type rank, time, event id, agent):
@@ -77,21 +81,71 @@ func derive(jobID string, recs []record, prog *Progress) (*Job, []badRecord) {
 	vs, win := judge(jobID, recs)
 
 	var bad []badRecord
-	var keep []record
+	var keep, hub []record
 	for i, r := range recs {
-		if vs[i].reason != "" {
+		switch {
+		case vs[i].reason != "":
 			bad = append(bad, badRecord{rec: r, reason: vs[i].reason, err: vs[i].err})
+		case hubEventOf(r.name) != nil:
+			hub = append(hub, r) // judged against the derived job below
+		default:
+			keep = append(keep, r)
+		}
+	}
+	var completedEv *schemas.Completed
+	if win >= 0 {
+		completedEv = recs[win].ev.(*schemas.Completed)
+	}
+	if len(keep) == 0 {
+		return nil, sortBad(append(bad, judgeHubs(hub, nil, nil)...))
+	}
+	canonical(keep)
+	j, bad := deriveJob(jobID, keep, bad, recs, win, prog)
+	bad = append(bad, judgeHubs(hub, completedEv, j)...)
+	return j, sortBad(bad)
+}
+
+// judgeHubs returns the hub events among hub that do not fit the
+// completed job j (rule 7, judgeHub) as bad records, and folds the others
+// into j in canonical order. c is the completed event (nil when the job is
+// not completed: then every hub event is bad); j is nil when the job has
+// no applied agent event.
+func judgeHubs(hub []record, c *schemas.Completed, j *Job) []badRecord {
+	var bad []badRecord
+	canonical(hub)
+	for _, r := range hub {
+		if reason := judgeHub(r, c, j); reason != "" {
+			bad = append(bad, badRecord{rec: r, reason: reason, err: ErrInconsistent})
 			continue
 		}
-		keep = append(keep, r)
+		hubEventOf(r.name).fold(j, r.ev)
+		j.EventIDs = append(j.EventIDs, r.ev.EventHeader().ID)
 	}
+	if j != nil {
+		slices.Sort(j.EventIDs)
+		j.EventIDs = slices.Compact(j.EventIDs)
+		for _, b := range bad {
+			j.PoisonedEventIDs = append(j.PoisonedEventIDs, b.rec.ev.EventHeader().ID)
+		}
+		slices.Sort(j.PoisonedEventIDs)
+		j.PoisonedEventIDs = slices.Compact(j.PoisonedEventIDs)
+	}
+	return bad
+}
+
+// sortBad orders refused records by (event id, agent).
+func sortBad(bad []badRecord) []badRecord {
 	slices.SortFunc(bad, func(a, b badRecord) int {
 		return cmp.Or(cmp.Compare(a.rec.ev.EventHeader().ID, b.rec.ev.EventHeader().ID), cmp.Compare(a.rec.agent, b.rec.agent))
 	})
-	if len(keep) == 0 {
-		return nil, bad
-	}
-	canonical(keep)
+	return bad
+}
+
+// deriveJob computes the job from its applied agent events keep (in
+// canonical order); bad are the refused ones so far, recs and win judge's
+// input and winner.
+func deriveJob(jobID string, keep []record, bad []badRecord, recs []record, win int, prog *Progress) (*Job, []badRecord) {
+	bad = sortBad(bad)
 
 	j := &Job{ID: jobID, Disks: []Disk{}, EventIDs: make([]string, 0, len(keep))}
 	for i, b := range bad {

@@ -50,6 +50,34 @@
 // and Dump gives a canonical Snapshot to compare two catalogs, which is
 // how `catalog rebuild` and the tests check a replay.
 //
+// # Hub events
+//
+// Besides the agents' events the catalog files the events the hub
+// publishes about a completed job (schemas.HubEvents, on
+// backup.<type>.hub, agent HubAgent): backup.pruning, the intent to
+// remove the job's point (Job.Prune pending; the job stays completed and
+// in its chains), and backup.pruned, the point is gone (status pruned, in
+// no chain). They add to a completed job and never make, undo or rewrite
+// one (rule 7 in consistency.go): from anyone but the hub, of another
+// attempt, about a job that is not completed, or naming other disks or
+// targets they are poison. Like every event they are part of the job's
+// event set, so a replay gives the same catalog.
+//
+// Chains read each link's Backing as the link it backs onto now: the
+// recorded base while that job is kept, else the previous kept link (none
+// for the first), because every prune operation keeps each link backed
+// onto the previous kept one (see resolveBackings).
+//
+// To add a hub event (backup.verified, say): its schema and Go type in
+// schemas, listed in schemas.HubEvents (the bus then binds
+// backup.verified.hub to BACKUP_EVENTS, lets only the hub publish it and
+// bus.NewHubPublisher sends it); the next free type code in eventNames
+// (apply.go; codes are stored in keys, never reuse one) and its cases in
+// eventName and newEvent; its rank in derive.go; an entry in hubEvents
+// (hub.go) with its check against the completed job and its fold into it;
+// the Job field it folds into, written by appendJob (jobjson.go). Then a
+// test like TestPruneEvents: applied, refused, and order-free.
+//
 // # Caveats
 //
 // Whether an event is poison can depend on events that have not arrived

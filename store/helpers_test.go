@@ -158,7 +158,12 @@ func snapshotLines(s Snapshot) []string {
 	add := func(kind string, v any) { out = append(out, fmt.Sprintf("%s %+v", kind, v)) }
 	add("schema", s.SchemaVersion)
 	for _, j := range s.Jobs {
+		prune := j.Prune
+		j.Prune = nil
 		add("job", j)
+		if prune != nil {
+			add("job prune", *prune)
+		}
 	}
 	for _, l := range s.Links {
 		add("link", l)

@@ -18,10 +18,13 @@ const (
 	StatusCompleted = "completed"
 	StatusFailed    = "failed"
 	StatusRejected  = "rejected"
+	// StatusPruned: a completed job whose point the hub removed from the
+	// repository (backup.pruned). It is in no chain.
+	StatusPruned = "pruned"
 )
 
 // Statuses are every status a job can have, for filters and their errors.
-var Statuses = []string{StatusRunning, StatusCompleted, StatusFailed, StatusRejected}
+var Statuses = []string{StatusRunning, StatusCompleted, StatusFailed, StatusRejected, StatusPruned}
 
 // Job is one backup job as the catalog derives it from the job's events.
 // It is what `sendense job ID --json` prints. Every field is a function of
@@ -34,7 +37,8 @@ type Job struct {
 	// >= the latest attempt seen in backup.started / backup.changeid; else
 	// running if any started or changeid event exists (this covers a retry
 	// after a retryable failure); else rejected (only backup.rejected was
-	// seen). Poisoned events count for nothing.
+	// seen). A completed job becomes pruned once the hub removed its
+	// point (backup.pruned; see Prune). Poisoned events count for nothing.
 	Status string        `json:"status"`
 	VM     schemas.VMRef `json:"vm"`
 	// Repository of the completed event for a completed job, otherwise the
@@ -73,6 +77,9 @@ type Job struct {
 	Disks []Disk `json:"disks"`
 	// Progress is the newest backup.progress applied for the job, if any.
 	Progress *Progress `json:"progress,omitempty"`
+	// Prune is set once the hub recorded its intent to remove the job's
+	// point (backup.pruning): pending until backup.pruned, then done.
+	Prune *Prune `json:"prune,omitempty"`
 	// EventIDs are the ids of the job's applied events, sorted. Progress
 	// events and poisoned events are not among them.
 	EventIDs []string `json:"event_ids"`

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"encoding/json"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -84,6 +85,15 @@ func appendJob(b []byte, j *Job) (_ []byte, ok bool) {
 			return b, false
 		}
 		b = append(b, '}')
+	}
+	if j.Prune != nil {
+		// Rare (a job the hub prunes): json.Marshal is fast enough.
+		v, err := json.Marshal(j.Prune)
+		if err != nil {
+			return b, false
+		}
+		b = append(b, `,"prune":`...)
+		b = append(b, v...)
 	}
 	b = append(b, `,"event_ids":`...)
 	if j.EventIDs == nil {

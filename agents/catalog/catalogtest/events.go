@@ -203,6 +203,32 @@ func (j Job) Rejected() *schemas.Rejected {
 	}
 }
 
+// PruneDisks are the job's disks as the hub's prune events name them,
+// each with operation op onto child (and parent, for a rebase).
+func (j Job) PruneDisks(op, child, parent string) []schemas.PruneDisk {
+	j = j.withDefaults()
+	out := make([]schemas.PruneDisk, 0, len(j.Disks))
+	for _, d := range j.Disks {
+		out = append(out, schemas.PruneDisk{Disk: d, Operation: op, Target: j.Target(d), Child: child, Parent: parent})
+	}
+	return out
+}
+
+// Pruning is the hub's backup.pruning of the job (an hour after it
+// completed), for publishing through bus.NewHubPublisher.
+func (j Job) Pruning(op, child, parent string) *schemas.Pruning {
+	j = j.withDefaults()
+	return &schemas.Pruning{Header: j.header(schemas.NamePruning, 0, j.CompletedAt().Add(time.Hour)),
+		Repository: j.Repo, Disks: j.PruneDisks(op, child, parent)}
+}
+
+// Pruned is the hub's backup.pruned of the job, a minute after Pruning.
+func (j Job) Pruned(op, child, parent string) *schemas.Pruned {
+	j = j.withDefaults()
+	return &schemas.Pruned{Header: j.header(schemas.NamePruned, 0, j.CompletedAt().Add(time.Hour+time.Minute)),
+		Repository: j.Repo, Disks: j.PruneDisks(op, child, parent)}
+}
+
 // Run is a successful attempt: started, one changeid per disk, completed.
 func (j Job) Run() []schemas.Event {
 	j = j.withDefaults()

@@ -1,0 +1,228 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+
+	"github.com/sendense/sendense/bus"
+	"github.com/sendense/sendense/schemas"
+)
+
+func init() { extraCommands = append(extraCommands, newScheduleCmd) }
+
+// newScheduleCmd groups add, list and rm. Schedules are run by nats-server
+// itself (bus.AddSchedule); these commands only store, read and purge them.
+func newScheduleCmd(a *app) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "schedule",
+		Short: "Add, list and remove backup schedules (fired by the NATS server itself)",
+		Long: `Backup schedules are messages on backup.schedules.<name> in the BACKUP_REQUESTS
+stream; nats-server stores a backup.requested message at every firing, so no
+scheduler process runs. Adding and removing needs the admin role, listing the
+requester role.
+
+Patterns (what nats-server accepts):
+  @every DURATION     e.g. @every 6h (at least 1s; no time zone)
+  @hourly @daily @midnight @weekly @monthly @yearly @annually
+  6-field cron        second minute hour day-of-month month day-of-week,
+                      e.g. '0 30 2 * * *' (02:30:00 daily), '0 0 3 * * sat'`,
+	}
+	cmd.AddCommand(newScheduleAddCmd(a), newScheduleListCmd(a), newScheduleRmCmd(a))
+	return cmd
+}
+
+type scheduleAddCmd struct {
+	vm         string
+	cron       string
+	backupType string
+	repository string
+	timeZone   string
+	force      bool
+}
+
+func newScheduleAddCmd(a *app) *cobra.Command {
+	c := &scheduleAddCmd{}
+	cmd := &cobra.Command{
+		Use:   "add NAME --vm VM --cron PATTERN",
+		Short: "Add a schedule that requests a backup of a VM at every firing",
+		Long: `Add a schedule. NAME is 1 to 64 letters, digits, '-' or '_'. Each firing queues
+a backup.requested with requested_by "schedule:NAME" and a job id of its own.
+A name that already has a schedule is refused (exit 4) unless --force, which
+replaces it. Everything is checked before anything is published.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return c.run(cmd.Context(), a, args[0])
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&c.vm, "vm", "", "VM name, instance UUID or moref (required)")
+	f.StringVar(&c.cron, "cron", "", "when: '@every 6h', '@daily' or a 6-field cron such as '0 30 2 * * *' (required)")
+	f.StringVar(&c.backupType, "type", schemas.TypeAuto, "auto, full or incremental")
+	f.StringVar(&c.repository, "repository", schemas.DefaultRepository, "repository name")
+	f.StringVar(&c.timeZone, "time-zone", "", "IANA time zone the cron pattern is read in, e.g. Europe/Berlin (default UTC; not with @every)")
+	f.BoolVar(&c.force, "force", false, "replace a schedule of the same name")
+	_ = cmd.MarkFlagRequired("vm")
+	_ = cmd.MarkFlagRequired("cron")
+	return cmd
+}
+
+func (c *scheduleAddCmd) run(ctx context.Context, a *app, name string) error {
+	s := bus.Schedule{Name: name, Cron: c.cron, TimeZone: c.timeZone,
+		Request: schemas.Request{VM: c.vm, BackupType: c.backupType, Repository: c.repository}}
+	if err := s.Validate(); err != nil {
+		return err
+	}
+	js, closeConn, err := a.jetStream(ctx, bus.RoleAdmin)
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	s, err = bus.AddSchedule(ctx, js, s, bus.AddOptions{Replace: c.force})
+	if errors.Is(err, bus.ErrScheduleExists) {
+		return &exitError{code: exitConflict, err: fmt.Errorf("schedule %s exists; remove it first or add --force to replace it", name)}
+	}
+	if err != nil {
+		return err
+	}
+	next, _ := s.Next(time.Now())
+	fmt.Fprintf(a.stdout, "schedule %s added (vm %s, %s, %s); next firing %s\n", name, c.vm, c.backupType, cronText(s), fmtTime(next))
+	return nil
+}
+
+type scheduleListCmd struct {
+	json bool
+}
+
+func newScheduleListCmd(a *app) *cobra.Command {
+	c := &scheduleListCmd{}
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List schedules with their next firing (computed from the pattern as the server does)",
+		Long: `List schedules by name. NEXT is computed here with the server's own cron
+parser: exact for cron patterns; for @every it counts whole intervals from
+when the schedule was added, which is off after a server restart (the server
+then fires once and counts from there).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return c.run(cmd.Context(), a)
+		},
+	}
+	cmd.Flags().BoolVar(&c.json, "json", false, "print the schedules as a JSON array")
+	return cmd
+}
+
+// scheduleRow is one schedule as `schedule list --json` prints it.
+type scheduleRow struct {
+	Name        string    `json:"name"`
+	VM          string    `json:"vm"`
+	BackupType  string    `json:"backup_type"`
+	Repository  string    `json:"repository"`
+	Cron        string    `json:"cron"`
+	TimeZone    string    `json:"time_zone"`
+	Next        time.Time `json:"next,omitzero"`
+	Added       time.Time `json:"added"`
+	RequestedBy string    `json:"requested_by"`
+	Seq         uint64    `json:"seq"`
+	Error       string    `json:"error,omitempty"`
+}
+
+func (c *scheduleListCmd) run(ctx context.Context, a *app) error {
+	js, closeConn, err := a.jetStream(ctx, bus.RoleRequester)
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	list, bad, err := bus.ListSchedules(ctx, js)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	rows := make([]scheduleRow, 0, len(list))
+	for _, s := range list {
+		r := scheduleRow{Name: s.Name, VM: s.Request.VM, BackupType: s.Request.BackupType, Repository: s.Request.Repository,
+			Cron: s.Cron, TimeZone: s.TimeZone, Added: s.Added, RequestedBy: s.Request.RequestedBy, Seq: s.Seq}
+		if r.BackupType == "" {
+			r.BackupType = schemas.TypeAuto
+		}
+		if r.Repository == "" {
+			r.Repository = schemas.DefaultRepository
+		}
+		if r.TimeZone == "" {
+			r.TimeZone = "UTC"
+		}
+		if err := bad[s.Name]; err != nil {
+			r.Error = err.Error()
+		} else if next, err := s.Next(now); err != nil {
+			r.Error = err.Error()
+		} else {
+			r.Next = next
+		}
+		rows = append(rows, r)
+	}
+	if c.json {
+		return writeJSON(a, rows)
+	}
+	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tVM\tTYPE\tCRON\tTIME ZONE\tNEXT\tADDED")
+	for _, r := range rows {
+		next := fmtTime(r.Next)
+		if r.Error != "" {
+			next = "error: " + r.Error
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, dash(r.VM), r.BackupType, r.Cron, r.TimeZone, next, fmtTime(r.Added))
+	}
+	return tw.Flush()
+}
+
+func newScheduleRmCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "rm NAME",
+		Short: "Remove a schedule (requests it already queued stay queued)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			if err := bus.ValidScheduleName(name); err != nil {
+				return err
+			}
+			js, closeConn, err := a.jetStream(cmd.Context(), bus.RoleAdmin)
+			if err != nil {
+				return err
+			}
+			defer closeConn()
+			if err := bus.RemoveSchedule(cmd.Context(), js, name); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "schedule %s removed\n", name)
+			return nil
+		},
+	}
+}
+
+// cronText is a schedule's pattern with its zone.
+func cronText(s bus.Schedule) string {
+	if s.TimeZone == "" {
+		return fmt.Sprintf("%q", s.Cron)
+	}
+	return fmt.Sprintf("%q in %s", s.Cron, s.TimeZone)
+}
+
+// jetStream connects as role and returns its JetStream context and a
+// function that closes the connection.
+func (a *app) jetStream(ctx context.Context, role bus.Role) (jetstream.JetStream, func(), error) {
+	nc, err := a.connect(ctx, role)
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("jetstream: %w", err)
+	}
+	return js, nc.Close, nil
+}
