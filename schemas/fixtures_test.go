@@ -109,6 +109,14 @@ func fullEvents() map[string]Event {
 			Repository: "default",
 			Disks:      []PruneDisk{{Disk: testDisk, Operation: PruneRebase, Target: testTarget, Child: "job-8", Parent: "job-6"}},
 		},
+		NameVerified: &Verified{
+			Header:     testHeader(NameVerified, "verified"),
+			Repository: "default",
+			Seq:        1735787045000,
+			Status:     VerifyFailed,
+			Disks: []VerifiedDisk{{Disk: testDisk, Target: testTarget, Status: VerifyFailed, Problem: "data_mismatch",
+				Detail: "chunk 33 differs", ChunkIndex: 33, ChunkOffset: 33 << 20, BytesRead: 1 << 30}},
+		},
 	}
 }
 

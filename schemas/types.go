@@ -18,18 +18,28 @@ const (
 
 	// Events the hub publishes about a completed job (HubEvents): on
 	// <name>.hub, never by an agent.
-	NamePruning = "backup.pruning"
-	NamePruned  = "backup.pruned"
+	NamePruning  = "backup.pruning"
+	NamePruned   = "backup.pruned"
+	NameVerified = "backup.verified"
 )
 
 // HubEvents are the events the hub publishes about a completed job, in
 // the order of a job's life after it completed. The bus lets only the hub
 // publish them (on <name>.hub) and the catalog applies them only to a
 // completed job; see store's doc for how to add one.
-func HubEvents() []string { return []string{NamePruning, NamePruned} }
+func HubEvents() []string { return []string{NamePruning, NamePruned, NameVerified} }
 
 // IsHubEvent reports whether name is one of HubEvents.
-func IsHubEvent(name string) bool { return name == NamePruning || name == NamePruned }
+func IsHubEvent(name string) bool {
+	return name == NamePruning || name == NamePruned || name == NameVerified
+}
+
+// Verification outcomes (Verified.Status, VerifiedDisk.Status).
+const (
+	VerifyOK         = "ok"
+	VerifyFailed     = "failed"
+	VerifyNoManifest = "no_manifest" // made before manifests: only the file was checked
+)
 
 // Prune operations on one disk's image when its point is removed
 // (PruneDisk.Operation).
@@ -279,6 +289,29 @@ type Pruned struct {
 	Disks      []PruneDisk `json:"disks"`
 }
 
+// VerifiedDisk is one disk's verification in backup.verified.
+type VerifiedDisk struct {
+	Disk        DiskRef `json:"disk"`
+	Target      string  `json:"target"`
+	Status      string  `json:"status"`            // Verify* constant
+	Problem     string  `json:"problem,omitempty"` // why it failed
+	Detail      string  `json:"detail,omitempty"`
+	ChunkIndex  int64   `json:"chunk_index,omitempty"`  // first chunk that differs (data_mismatch)
+	ChunkOffset int64   `json:"chunk_offset,omitempty"` // its disk offset
+	BytesRead   int64   `json:"bytes_read"`
+}
+
+// Verified is backup.verified: the hub verified a completed job's point.
+// Seq numbers the job's verifications (its start in Unix milliseconds) and
+// is the last part of the event id, so each run is an event of its own.
+type Verified struct {
+	Header
+	Repository string         `json:"repository"`
+	Seq        int64          `json:"seq"`
+	Status     string         `json:"status"` // Verify* constant
+	Disks      []VerifiedDisk `json:"disks"`
+}
+
 // compile-time checks
 var (
 	_ Event = (*Started)(nil)
@@ -289,6 +322,7 @@ var (
 	_ Event = (*Rejected)(nil)
 	_ Event = (*Pruning)(nil)
 	_ Event = (*Pruned)(nil)
+	_ Event = (*Verified)(nil)
 )
 
 // Marshal encodes an event or request as JSON.

@@ -31,6 +31,10 @@ type Link struct {
 	// ManifestSHA256 is the SHA-256 of the disk's manifest; empty for a
 	// backup made before manifests existed, which is never a base.
 	ManifestSHA256 string `json:"manifest_sha256,omitempty"`
+	// Verified is the disk's status in the job's latest verification
+	// (schemas.Verify*; empty when never verified). A link whose latest
+	// verification failed is never a base.
+	Verified string `json:"verified,omitempty"`
 }
 
 // Chain is the ordered links of one disk in one repository.
@@ -312,6 +316,7 @@ func linksOf(j *Job) []Link {
 			ActualSizeBytes: d.ActualSizeBytes,
 			Time:            j.FinishedAt,
 			ManifestSHA256:  d.ManifestSHA256,
+			Verified:        d.Verified,
 		})
 	}
 	return links
