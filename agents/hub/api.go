@@ -8,6 +8,7 @@ import (
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/manifest"
 	"github.com/sendense/sendense/repository"
+	"github.com/sendense/sendense/schemas"
 )
 
 // Subjects of the repository service (NATS micro, request/reply). The
@@ -254,12 +255,12 @@ type VerifyRequest struct {
 
 // Verification outcomes.
 const (
-	VerifyOK     = "ok"
-	VerifyFailed = "failed"
+	VerifyOK     = schemas.VerifyOK
+	VerifyFailed = schemas.VerifyFailed
 	// VerifyNoManifest: a backup made before manifests existed; its file
 	// checks but there is nothing to compare its data with. Not a failure,
 	// but never a base (reason base_unverified).
-	VerifyNoManifest = "no_manifest"
+	VerifyNoManifest = schemas.VerifyNoManifest
 )
 
 // Problems of a failed verification.
@@ -298,9 +299,14 @@ type VerifyResult struct {
 	VerifiedAt time.Time     `json:"verified_at"`
 }
 
-// VerifyReply lists every disk verified, by job then disk.
+// VerifyReply lists every disk verified, by job then disk. Events are the
+// ids of the backup.verified events the hub published (one per job);
+// PublishErrors say which could not be published (the catalog then does
+// not know that verification).
 type VerifyReply struct {
-	Results []VerifyResult `json:"results"`
+	Results       []VerifyResult `json:"results"`
+	Events        []string       `json:"events,omitempty"`
+	PublishErrors []string       `json:"publish_errors,omitempty"`
 }
 
 // Failed reports whether any result failed.

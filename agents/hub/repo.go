@@ -90,6 +90,11 @@ type RepoOptions struct {
 	Ports PortRange
 	// Shared is qemu-nbd's --shared for writable exports. Default 4.
 	Shared int
+	// Events publishes the hub's events about completed jobs
+	// (backup.verified after each job a verify request verified); the
+	// *bus.Publisher of bus.NewHubPublisher implements it. Nil: verify
+	// publishes nothing and says so in VerifyReply.PublishErrors.
+	Events EventPublisher
 	Log    zerolog.Logger
 }
 

@@ -8,12 +8,16 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 
+	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/copier"
 	"github.com/sendense/sendense/manifest"
 	"github.com/sendense/sendense/repository"
+	"github.com/sendense/sendense/schemas"
 	"github.com/sendense/sendense/store"
 )
 
@@ -58,6 +62,7 @@ func (s *RepoService) verify(ctx context.Context, data []byte) (any, error) {
 			continue
 		}
 		var results []VerifyResult
+		seq := time.Now().UnixMilli()
 		for _, d := range j.Disks {
 			res := s.VerifyDisk(ctx, r, j, d)
 			if ctx.Err() != nil {
@@ -65,8 +70,14 @@ func (s *RepoService) verify(ctx context.Context, data []byte) (any, error) {
 			}
 			results = append(results, res)
 		}
-		s.verified(ctx, j, results)
 		reply.Results = append(reply.Results, results...)
+		id, err := s.publishVerified(ctx, j, seq, results)
+		if err != nil {
+			s.log.Error().Err(err).Str("job_id", j.ID).Msg("publish backup.verified")
+			reply.PublishErrors = append(reply.PublishErrors, err.Error())
+			continue
+		}
+		reply.Events = append(reply.Events, id)
 	}
 	return reply, nil
 }
@@ -176,6 +187,64 @@ func (s *RepoService) VerifyDisk(ctx context.Context, r *repository.Repo, j stor
 	return res
 }
 
-// verified is called with each verified job's results; backup.verified is
-// published from here.
-func (s *RepoService) verified(_ context.Context, _ store.Job, _ []VerifyResult) {}
+// EventPublisher publishes an event; *bus.Publisher implements it.
+type EventPublisher interface {
+	PublishEvent(ctx context.Context, ev schemas.Event) (*jetstream.PubAck, error)
+}
+
+// publishVerified publishes backup.verified for job j's results (seq
+// numbers this verification of j) and returns its id.
+func (s *RepoService) publishVerified(ctx context.Context, j store.Job, seq int64, results []VerifyResult) (string, error) {
+	ev := VerifiedEvent(j, seq, time.Now(), results)
+	if s.opts.Events == nil {
+		return "", fmt.Errorf("backup.verified of job %s not published: the hub has no event publisher", j.ID)
+	}
+	if _, err := s.opts.Events.PublishEvent(ctx, ev); err != nil {
+		return "", fmt.Errorf("publish backup.verified of job %s: %w", j.ID, err)
+	}
+	return ev.ID, nil
+}
+
+// VerifiedEvent is the backup.verified of job j's verification number seq
+// finished at, with its disks' results: failed when a disk failed, else
+// no_manifest when a disk had none, else ok.
+func VerifiedEvent(j store.Job, seq int64, at time.Time, results []VerifyResult) *schemas.Verified {
+	h := schemas.Header{
+		ID: bus.EventID(j.ID, j.Attempt, schemas.NameVerified, 0, seq), Time: at.UTC(),
+		JobID: j.ID, Attempt: j.Attempt, VM: j.VM,
+	}
+	schemas.Stamp(&h, schemas.NameVerified)
+	ev := &schemas.Verified{Header: h, Repository: j.Repository, Seq: seq, Status: schemas.VerifyOK}
+	for _, r := range results {
+		var ref schemas.DiskRef
+		for _, d := range j.Disks {
+			if d.Disk.Key == r.DiskKey {
+				ref = d.Disk
+			}
+		}
+		vd := schemas.VerifiedDisk{Disk: ref, Target: r.Target, Status: r.Status, Problem: r.Problem,
+			Detail: cutText(r.Detail, 4096), BytesRead: r.BytesRead}
+		if r.Problem == VerifyProblemData {
+			vd.ChunkIndex, vd.ChunkOffset = r.ChunkIndex, r.ChunkOffset
+		}
+		ev.Disks = append(ev.Disks, vd)
+		switch {
+		case r.Status == VerifyFailed:
+			ev.Status = schemas.VerifyFailed
+		case r.Status == VerifyNoManifest && ev.Status == schemas.VerifyOK:
+			ev.Status = schemas.VerifyNoManifest
+		}
+	}
+	return ev
+}
+
+// cutText cuts s to at most n bytes on a rune boundary.
+func cutText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}

@@ -27,8 +27,9 @@ type diskPlan struct {
 // Plan decides full or incremental for one disk. It is the one place that
 // decides (design invariant 3), and runs while the VM's lease is held.
 // head is the catalog's chain head for (VM, disk, repository), nil when the
-// chain is empty. A head without a manifest (made before manifests) is
-// never a base: reason base_unverified.
+// chain is empty. A head without a manifest (made before manifests), or
+// whose latest verification failed, is never a base: reason
+// base_unverified.
 func Plan(requested string, disk vmware.Disk, head *store.Link) (backupType, reason string) {
 	switch {
 	case requested == schemas.TypeFull:
@@ -43,9 +44,10 @@ func Plan(requested string, disk vmware.Disk, head *store.Link) (backupType, rea
 	if err1 != nil || err2 != nil || !vmware.SameEpoch(base, cur) {
 		return schemas.TypeFull, schemas.ReasonCBTReset
 	}
-	if head.ManifestSHA256 == "" {
-		// Made before manifests: an incremental on it could have no
-		// manifest either, and nothing could ever verify it.
+	if head.ManifestSHA256 == "" || head.Verified == schemas.VerifyFailed {
+		// Made before manifests (an incremental on it could have no
+		// manifest either, and nothing could ever verify it), or its
+		// latest verification failed: never a base.
 		return schemas.TypeFull, schemas.ReasonBaseUnverified
 	}
 	return schemas.TypeIncremental, schemas.ReasonBaseUsable

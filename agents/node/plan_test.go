@@ -41,6 +41,8 @@ func TestPlan(t *testing.T) {
 		{"cbt reset", schemas.TypeIncremental, with(func(l *store.Link) { l.ChangeID = epochB + "/9" }), disk, schemas.TypeFull, schemas.ReasonCBTReset},
 		{"garbage base change id", schemas.TypeAuto, with(func(l *store.Link) { l.ChangeID = "garbage" }), disk, schemas.TypeFull, schemas.ReasonCBTReset},
 		{"base without a manifest", schemas.TypeAuto, with(func(l *store.Link) { l.ManifestSHA256 = "" }), disk, schemas.TypeFull, schemas.ReasonBaseUnverified},
+		{"base failed verification", schemas.TypeIncremental, with(func(l *store.Link) { l.Verified = schemas.VerifyFailed }), disk, schemas.TypeFull, schemas.ReasonBaseUnverified},
+		{"base verified", schemas.TypeAuto, with(func(l *store.Link) { l.Verified = schemas.VerifyOK }), disk, schemas.TypeIncremental, schemas.ReasonBaseUsable},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -552,6 +552,7 @@ func (s *System) startHub(nc *nats.Conn, js jetstream.JetStream, leases *bus.Lea
 		Catalog: cat, Progress: hub.NewConsumerProgress(js, bus.ConsumerCatalog), Registry: s.Registry,
 		ReconcileInterval: s.cfg.ReconcileInterval, ReconcileGrace: s.cfg.ReconcileGrace,
 		Listen: s.cfg.RepoListen, Advertise: s.cfg.RepoAdvertise, Ports: s.cfg.RepoPorts,
+		Events: bus.NewHubPublisher(js, s.log),
 	})
 	if err != nil {
 		return err

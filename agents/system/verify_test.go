@@ -10,6 +10,7 @@ import (
 	"github.com/sendense/sendense/internal/testutil"
 	"github.com/sendense/sendense/manifest"
 	"github.com/sendense/sendense/schemas"
+	"github.com/sendense/sendense/store"
 )
 
 // manifestOf reads a completed disk's manifest next to its image and checks
@@ -53,9 +54,11 @@ func (h *harness) verify(req hub.VerifyRequest) hub.VerifyReply {
 
 // TestVerify: a full and an incremental carry manifests equal to the
 // frozen source's chunk digests and verify ok; a byte flipped in a data
-// cluster of the incremental's qcow2 is found by verify at its chunk; a
-// refcount broken in the full fails its qemu-img check; an unknown job is a
-// clear error.
+// cluster of the incremental's qcow2 is found by verify at its chunk and
+// published as a failed backup.verified, which the catalog keeps, so that
+// disk's next backup is a full (base_unverified) while the other disk's is
+// an incremental; a refcount broken in the full fails its qemu-img check;
+// an unknown job is a clear error.
 func TestVerify(t *testing.T) {
 	h := startHarness(t, nil)
 	fullID := h.request("pgtest1", schemas.TypeAuto, "")
@@ -103,6 +106,35 @@ func TestVerify(t *testing.T) {
 		t.Errorf("untouched disk: %+v", ok)
 	}
 	t.Logf("flipped guest byte %d, verify says: %s", guest, bad.Detail)
+	if len(rep.Events) != 1 || len(rep.PublishErrors) != 0 {
+		t.Fatalf("verify published %v, errors %v", rep.Events, rep.PublishErrors)
+	}
+
+	// backup.verified says so on the bus, and the catalog keeps it.
+	ev := h.next(30*time.Second, func(ev schemas.Event) bool {
+		v, ok := ev.(*schemas.Verified)
+		return ok && v.JobID == incID && v.Status == schemas.VerifyFailed
+	}).(*schemas.Verified)
+	if ev.ID != rep.Events[0] || len(ev.Disks) != 2 || ev.Disks[0].ChunkOffset != wantChunk*manifest.ChunkSize || ev.Disks[0].Problem != hub.VerifyProblemData {
+		t.Errorf("backup.verified %+v", ev)
+	}
+	h.waitCatalog(incID, func(j store.Job) bool { return j.Verification != nil && j.Verification.Status == schemas.VerifyFailed })
+	head, err := h.cat.ChainHead(context.Background(), inc.VM.UUID, 2000, "default")
+	if err != nil || head.JobID != incID || head.Verified != schemas.VerifyFailed {
+		t.Fatalf("chain head %+v, %v: want the incremental, verified failed", head, err)
+	}
+
+	// The failed point is no base: its disk's next backup is a full.
+	next := h.completed(h.request("pgtest1", schemas.TypeAuto, ""))
+	if d := diskOf(t, next, 2000); d.BackupType != schemas.TypeFull || d.Reason != schemas.ReasonBaseUnverified {
+		t.Errorf("disk 2000 after a failed verification: %s (%s), want a full for base_unverified", d.BackupType, d.Reason)
+	}
+	if d := diskOf(t, next, 2001); d.BackupType != schemas.TypeIncremental {
+		t.Errorf("disk 2001, verified ok: %s (%s), want an incremental", d.BackupType, d.Reason)
+	}
+	for _, d := range next.Disks {
+		h.sameManifest("pgtest1", next.JobID, d)
+	}
 
 	// Broken metadata in the full: qemu-img check fails.
 	testutil.BreakQcow2Refcount(t, h.targetPath(diskOf(t, full, 2001)))
@@ -118,6 +150,22 @@ func TestVerify(t *testing.T) {
 	}
 	if _, err := hub.NewClient(h.sys.NC).Verify(ctx, hub.VerifyRequest{JobID: fullID, All: true}); err == nil {
 		t.Error("verify of a job and all at once accepted")
+	}
+}
+
+// waitCatalog reads the catalog until job id satisfies ok.
+func (h *harness) waitCatalog(id string, ok func(store.Job) bool) store.Job {
+	h.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		j, err := h.cat.Job(context.Background(), id)
+		if err == nil && ok(j) {
+			return j
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("catalog: job %s still %+v (%v)", id, j, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -40,8 +41,13 @@ manifest. A failure names the first chunk that differs (its index and offset).
 Backups made before manifests existed are checked with qemu-img only and shown
 as no_manifest; they are never the base of an incremental.
 
+The hub publishes a backup.verified event per job (ok / failed with the disk
+and the first bad chunk); the catalog keeps each job's latest, and a point
+whose latest verification failed is never the base of an incremental: the
+next backup of that disk is a full (reason base_unverified).
+
 Exits 0 when everything verified (or had no manifest), 2 when any disk failed
-verification, 1 on an error (unknown job, no hub, ...).`,
+verification, 1 on an error (unknown job, no hub, an event not stored, ...).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return c.run(cmd.Context(), a) },
 	}
@@ -82,6 +88,11 @@ func (c *verifyCmd) run(ctx context.Context, a *app) error {
 			}
 		}
 		return &exitError{code: 2, err: fmt.Errorf("%d of %d disks failed verification", n, len(rep.Results))}
+	}
+	if len(rep.PublishErrors) > 0 {
+		// The catalog does not know these verifications: a failed base
+		// would not be refused. Say so.
+		return fmt.Errorf("verified, but backup.verified not stored: %s", strings.Join(rep.PublishErrors, "; "))
 	}
 	return nil
 }
