@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/sendense/sendense/manifest"
 )
 
 // Repo is a directory of QCOW2 chains laid out as
@@ -87,6 +89,16 @@ func (r *Repo) Path(vmUUID string, diskKey int32, jobID string) (string, error) 
 		return "", fmt.Errorf("path of job %q disk %d of vm %q: %w", jobID, diskKey, vmUUID, err)
 	}
 	return filepath.Join(r.diskDir(vmUUID, diskKey), fileName(jobID)), nil
+}
+
+// ManifestPath returns the absolute path of a job's manifest of a disk
+// (<job-id>.manifest beside <job-id>.qcow2; package manifest), whether or
+// not it exists. The ids are validated first (ErrInvalidID).
+func (r *Repo) ManifestPath(vmUUID string, diskKey int32, jobID string) (string, error) {
+	if err := validateIDs(vmUUID, diskKey, jobID); err != nil {
+		return "", fmt.Errorf("manifest path of job %q disk %d of vm %q: %w", jobID, diskKey, vmUUID, err)
+	}
+	return filepath.Join(r.diskDir(vmUUID, diskKey), jobID+manifest.Ext), nil
 }
 
 // diskDir is the directory of a disk's chain; ids must be valid.
@@ -331,8 +343,8 @@ func fileOf(path, job string) (File, error) {
 }
 
 // Remove deletes a job's backup file of a disk, typically the partial file
-// of a failed attempt, with any temporary file a crashed Create of the job
-// left. It refuses a file another file of the disk uses as its backing file
+// of a failed attempt, with its manifest and any temporary file a crashed
+// Create of the job left. It refuses a file another file of the disk uses as its backing file
 // (ErrIsBacking) and a file that is exported (ErrBusy). A missing file is
 // not an error, so Remove can be retried. Remove never touches anything
 // outside the disk's directory.
@@ -373,6 +385,9 @@ func (r *Repo) remove(vmUUID string, diskKey int32, jobID string) error {
 		}
 	}
 	removeTemps(dir, jobID)
+	if err := manifest.Remove(filepath.Join(dir, jobID+manifest.Ext)); err != nil {
+		return err
+	}
 	if err := os.Remove(target); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil

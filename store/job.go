@@ -80,6 +80,9 @@ type Job struct {
 	// Prune is set once the hub recorded its intent to remove the job's
 	// point (backup.pruning): pending until backup.pruned, then done.
 	Prune *Prune `json:"prune,omitempty"`
+	// Verification is the latest backup.verified of a completed job (by
+	// time, then event id); nil until the hub verified it.
+	Verification *Verification `json:"verification,omitempty"`
 	// EventIDs are the ids of the job's applied events, sorted. Progress
 	// events and poisoned events are not among them.
 	EventIDs []string `json:"event_ids"`
@@ -112,6 +115,12 @@ type Disk struct {
 	Target          string          `json:"target,omitempty"`
 	Backing         string          `json:"backing,omitempty"`
 	ActualSizeBytes int64           `json:"actual_size_bytes"`
+	// ManifestSHA256 is the SHA-256 of the disk's manifest file, from
+	// backup.completed; empty for backups made before manifests existed.
+	ManifestSHA256 string `json:"manifest_sha256,omitempty"`
+	// Verified is this disk's status in the job's latest verification
+	// (schemas.Verify*); empty until the hub verified the job.
+	Verified string `json:"verified,omitempty"`
 }
 
 // Progress is the newest backup.progress of a job: the one with the highest
