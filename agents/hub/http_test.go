@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -41,6 +42,25 @@ func (f *fakeJobs) Job(_ context.Context, id string) (store.Job, error) {
 		return store.Job{}, fmt.Errorf("job %s: %w", id, store.ErrNotFound)
 	}
 	return j, nil
+}
+
+// Jobs lists the fake's jobs by id, newest (largest) first, paged by f.
+func (f *fakeJobs) Jobs(_ context.Context, flt store.JobFilter) ([]store.Job, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return nil, f.err
+	}
+	jobs := []store.Job{}
+	for _, j := range f.jobs {
+		jobs = append(jobs, j)
+	}
+	slices.SortFunc(jobs, func(a, b store.Job) int { return strings.Compare(b.ID, a.ID) })
+	jobs = jobs[min(flt.Offset, len(jobs)):]
+	if flt.Limit > 0 {
+		jobs = jobs[:min(flt.Limit, len(jobs))]
+	}
+	return jobs, nil
 }
 
 type apiEnv struct {

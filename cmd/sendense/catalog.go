@@ -215,6 +215,12 @@ func writeJSON(a *app, v any) error {
 	return enc.Encode(v)
 }
 
+// writeJSONLine prints v as one line of JSON: a line of NDJSON, for
+// streams and single results alike.
+func writeJSONLine(a *app, v any) error {
+	return json.NewEncoder(a.stdout).Encode(v)
+}
+
 func fmtTime(t time.Time) string {
 	if t.IsZero() {
 		return "-"

@@ -2,14 +2,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
 	"github.com/sendense/sendense/bus"
-	"github.com/sendense/sendense/store"
 )
 
 func init() { extraCommands = append(extraCommands, newJobCmd) }
@@ -24,7 +22,11 @@ func newJobCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "job ID",
 		Short: "Show one backup job: status, disks, change ids, targets (asks the catalog service)",
-		Args:  cobra.ExactArgs(1),
+		Long: `Show one backup job: status, disks, change ids, targets (asks the catalog
+service). ID is the job id or a unique prefix of it of at least 4 characters
+(a short id, as git and restic take); a prefix of several jobs' ids fails
+naming them.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return c.run(cmd.Context(), a, args[0])
 		},
@@ -39,10 +41,7 @@ func (c *jobCmd) run(ctx context.Context, a *app, id string) error {
 		return err
 	}
 	defer closeConn()
-	j, err := cl.Job(ctx, id)
-	if errors.Is(err, store.ErrNotFound) {
-		return fmt.Errorf("job %s: %w", id, store.ErrNotFound)
-	}
+	j, err := cl.ResolveJob(ctx, id)
 	if err != nil {
 		return err
 	}

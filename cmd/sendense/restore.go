@@ -41,7 +41,7 @@ func newRestoreCmd(a *app) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error { return c.run(cmd.Context(), a) },
 	}
 	f := cmd.Flags()
-	f.StringVar(&c.jobID, "job", "", "job id of the backup (required)")
+	f.StringVar(&c.jobID, "job", "", "job id of the backup, or a unique prefix of at least 4 characters (required)")
 	f.Int32Var(&c.disk, "disk", -1, "device key of the disk (default: every disk)")
 	f.StringVar(&c.to, "to", "", "output file, or directory for several disks (required)")
 	f.StringVar(&c.format, "format", "raw", "raw or qcow2")
@@ -61,10 +61,11 @@ func (c *restoreCmd) run(ctx context.Context, a *app) error {
 		return err
 	}
 	defer nc.Close()
-	job, err := catalog.NewClient(nc).Job(ctx, c.jobID)
+	job, err := catalog.NewClient(nc).ResolveJob(ctx, c.jobID)
 	if err != nil {
-		return fmt.Errorf("job %s: %w", c.jobID, err)
+		return err
 	}
+	c.jobID = job.ID
 	if job.Status != store.StatusCompleted {
 		return fmt.Errorf("job %s is %s: only a completed backup can be restored", c.jobID, job.Status)
 	}
