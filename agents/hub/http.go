@@ -37,6 +37,7 @@ type RequestPublisher interface {
 // API is the hub's HTTP request API:
 //
 //	POST /api/v1/backups            {"vm":"pgtest1","backup_type":"incremental"} → 202 {"job_id":…}
+//	                                or the replaced system's {"vm_name":…,"repository_id":"1",…} (legacy.go)
 //	                                a job_id already used → 409 {"error":…,"job_id":…,"job":<the job>}
 //	GET  /api/v1/backups            ?vm=&status=&limit=&offset= → 200 {"backups":[jobs, newest first],
 //	                                "offset":…,"limit":…,"next_offset":… (only when there are more)}
@@ -49,6 +50,10 @@ type API struct {
 	Log       zerolog.Logger
 	// Health, if not nil, serves /healthz and /readyz next to the API.
 	Health *health.Registry
+	// RepositoryIDs maps the replaced system's repository_id to a
+	// repository name, for its body (see legacy.go); nil means
+	// DefaultRepositoryIDs ("1" is the default repository).
+	RepositoryIDs map[string]string
 }
 
 // Handler returns the HTTP handler.
@@ -83,6 +88,18 @@ func (a *API) postBackup(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		writeJSON(w, http.StatusBadRequest, apiError{Error: err.Error()})
 		return
+	}
+	ids := a.RepositoryIDs
+	if ids == nil {
+		ids = DefaultRepositoryIDs
+	}
+	native, err := legacyRequest(body, ids)
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, apiError{Error: err.Error()})
+		return
+	}
+	if native != nil {
+		body = native
 	}
 	req, err := schemas.DecodeRequest(body)
 	if err != nil {

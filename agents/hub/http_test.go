@@ -429,3 +429,49 @@ func TestAPIReusedJobID(t *testing.T) {
 		t.Errorf("catalog down: %d %s, want 502", rep.status, rep.body)
 	}
 }
+
+// TestAPIPostLegacyBody: the replaced system's body is accepted as the
+// native one (repository_id "1" is the default repository) and answered
+// with the job id; mixing the forms, an unknown repository_id or a field
+// of neither is a 400 that says which, and publishes nothing.
+func TestAPIPostLegacyBody(t *testing.T) {
+	e := newAPIEnv(t)
+	for i, body := range []string{
+		`{"vm_name":"pgtest1","repository_id":"1","backup_type":"full"}`,
+		`{"vm_name":"pgtest1","repository_id":1,"backup_type":"full","job_id":"legacy-2"}`,
+	} {
+		rep := e.do(t, http.MethodPost, "/api/v1/backups", body)
+		var out struct {
+			JobID string `json:"job_id"`
+		}
+		if rep.status != http.StatusAccepted || json.Unmarshal(rep.body, &out) != nil || bus.ValidJobID(out.JobID) != nil {
+			t.Fatalf("POST %s: %d %s, want 202 with a job id", body, rep.status, rep.body)
+		}
+		msgs := e.requests(t)
+		if len(msgs) != i+1 {
+			t.Fatalf("%d requests after %d posts", len(msgs), i+1)
+		}
+		req, err := schemas.DecodeRequest(msgs[i].Data)
+		if err != nil || req.JobID != out.JobID || req.VM != "pgtest1" || req.Repository != schemas.DefaultRepository || req.BackupType != schemas.TypeFull {
+			t.Errorf("published %+v (%v), want job %s of pgtest1, full, to the default repository", req, err, out.JobID)
+		}
+	}
+	for _, tt := range []struct{ body, want string }{
+		{`{"vm_name":"pgtest1","repository_id":"7","backup_type":"full"}`, `repository_id \"7\" names no repository (known: 1)`},
+		{`{"vm_name":"pgtest1","vm":"pgtest1"}`, "mixes"},
+		{`{"vm":"pgtest1","repository_id":"1"}`, "mixes"},
+		{`{"vm_name":"pgtest1","repository":"default","repository_id":"1"}`, "mixes"},
+		{`{"vm_name":"pgtest1","priority":3}`, "field priority not allowed"},
+		{`{"vm_name":"","repository_id":"1"}`, "vm_name is required"},
+		{`{"vm_name":"pgtest1","repository_id":"1","backup_type":"weekly"}`, "backup_type"},
+		{`{"vm_name":"pgtest1","repository_id":[1]}`, "repository_id"},
+	} {
+		rep := e.do(t, http.MethodPost, "/api/v1/backups", tt.body)
+		if rep.status != http.StatusBadRequest || !strings.Contains(string(rep.body), tt.want) {
+			t.Errorf("POST %s: %d %s, want 400 saying %q", tt.body, rep.status, rep.body, tt.want)
+		}
+	}
+	if n := len(e.requests(t)); n != 2 {
+		t.Errorf("%d requests after the refused bodies, want still 2", n)
+	}
+}

@@ -98,3 +98,17 @@ func TestVersionSchemasHelp(t *testing.T) {
 	// They are still accepted, so scripts that always pass them work.
 	mustCLI(t, "version", "--nats-url", "nats://127.0.0.1:1")
 }
+
+// TestServeRepositoryIDFlag: --repository-id is checked before anything
+// starts: ID=NAME, and NAME a repository that exists.
+func TestServeRepositoryIDFlag(t *testing.T) {
+	for _, tt := range []struct{ arg, want string }{
+		{"x", "want ID=NAME"},
+		{"2=nosuch", "no repository nosuch"},
+	} {
+		_, err := cli(t, "serve", "--data", t.TempDir(), "--nats-listen", "none", "--api-listen", "none", "--repository-id", tt.arg)
+		if exitCode(err) != 1 || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("serve --repository-id %s: %v, want %q", tt.arg, err, tt.want)
+		}
+	}
+}
