@@ -99,13 +99,22 @@ const (
 	HeaderType        = "ce-type"
 	HeaderSource      = "ce-source"
 	HeaderTime        = "ce-time"
+	HeaderDataSchema  = "ce-dataschema"
 	HeaderContentType = "content-type"
+
+	// CETypePrefix makes a message name a CloudEvents type in reverse-DNS
+	// form, as the spec recommends: io.sendense.backup.completed (CEType).
+	CETypePrefix = "io.sendense."
 
 	// CloudEventsSpecVersion is the value of HeaderSpecVersion.
 	CloudEventsSpecVersion = "1.0"
 	// ContentTypeJSON is the value of HeaderContentType.
 	ContentTypeJSON = "application/json"
 )
+
+// CEType is the ce-type of the message called name (a schemas.Name*):
+// CETypePrefix + name, e.g. io.sendense.backup.completed.
+func CEType(name string) string { return CETypePrefix + name }
 
 // EventID returns the deterministic id of an event, used both as the
 // event's "id" field and as its Nats-Msg-Id:

@@ -168,8 +168,11 @@ func TestAPIPostBackup(t *testing.T) {
 	if got := m.Header.Get(bus.HeaderMsgID); got != out.JobID {
 		t.Errorf("Nats-Msg-Id %q, want the job id %q", got, out.JobID)
 	}
-	if got := m.Header.Get(bus.HeaderType); got != schemas.NameRequested {
-		t.Errorf("ce-type %q, want %s", got, schemas.NameRequested)
+	if got := m.Header.Get(bus.HeaderType); got != "io.sendense.backup.requested" {
+		t.Errorf("ce-type %q, want io.sendense.backup.requested", got)
+	}
+	if got := m.Header.Get(bus.HeaderDataSchema); got != "https://sendense.dev/schemas/backup.requested/v1.json" {
+		t.Errorf("ce-dataschema %q, want the schema's $id", got)
 	}
 	// What an agent decodes: it validates against the schema.
 	req, err := schemas.DecodeRequest(m.Data)
