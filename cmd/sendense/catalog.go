@@ -193,7 +193,7 @@ func (c *catalogStatsCmd) run(ctx context.Context, a *app) error {
 	fmt.Fprintf(tw, "chain links\t%d\n", st.Links)
 	fmt.Fprintf(tw, "applied events\t%d\n", st.Applied)
 	fmt.Fprintf(tw, "poison records\t%d\n", st.Poison)
-	fmt.Fprintf(tw, "file bytes\t%d\n", st.FileBytes)
+	fmt.Fprintf(tw, "file size\t%s\n", fmtBytes(st.FileBytes))
 	fmt.Fprintf(tw, "layout version\t%d\n", st.SchemaVersion)
 	return tw.Flush()
 }

@@ -27,6 +27,17 @@ type restoreCmd struct {
 	format string
 	verify bool
 	force  bool
+	json   bool
+}
+
+// restoreLine is one line of `restore --json`: a disk written.
+type restoreLine struct {
+	JobID    string `json:"job_id"`
+	Disk     int32  `json:"disk_key"`
+	Path     string `json:"path"`
+	Format   string `json:"format"`
+	Bytes    int64  `json:"bytes"`
+	Verified bool   `json:"verified"`
 }
 
 func newRestoreCmd(a *app) *cobra.Command {
@@ -46,6 +57,7 @@ func newRestoreCmd(a *app) *cobra.Command {
 	f.StringVar(&c.to, "to", "", "output file, or directory for several disks (required)")
 	f.StringVar(&c.format, "format", "raw", "raw or qcow2")
 	f.BoolVar(&c.verify, "verify", false, "read the output back and compare it with the backup")
+	f.BoolVar(&c.json, "json", false, `print NDJSON: {"job_id":…,"disk_key":…,"path":…,"format":…,"bytes":…,"verified":…} per disk written`)
 	f.BoolVar(&c.force, "force", false, "overwrite output files that exist (default: refuse before writing anything)")
 	_ = cmd.MarkFlagRequired("job")
 	_ = cmd.MarkFlagRequired("to")
@@ -137,12 +149,19 @@ func (c *restoreCmd) restoreDisk(ctx context.Context, a *app, repo *hub.Client, 
 	if err != nil {
 		return fmt.Errorf("restore disk %d of job %s to %s: %w", d.Disk.Key, job.ID, dst, err)
 	}
-	fmt.Fprintf(a.stdout, "disk %d of job %s restored to %s (%d bytes)\n", d.Disk.Key, job.ID, dst, exp.VirtualSize)
+	if !c.json {
+		fmt.Fprintf(a.stdout, "disk %d of job %s restored to %s (%s)\n", d.Disk.Key, job.ID, dst, fmtBytes(exp.VirtualSize))
+	}
 	if c.verify {
 		if err := verifyCopy(ctx, src, dst, c.format); err != nil {
 			return fmt.Errorf("verify %s against the backup of disk %d: %w", dst, d.Disk.Key, err)
 		}
-		fmt.Fprintf(a.stdout, "disk %d verified: identical\n", d.Disk.Key)
+		if !c.json {
+			fmt.Fprintf(a.stdout, "disk %d verified: identical\n", d.Disk.Key)
+		}
+	}
+	if c.json {
+		return writeJSONLine(a, restoreLine{JobID: job.ID, Disk: d.Disk.Key, Path: dst, Format: c.format, Bytes: exp.VirtualSize, Verified: c.verify})
 	}
 	return nil
 }
