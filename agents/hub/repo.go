@@ -567,7 +567,7 @@ func validateOpen(r *repository.Repo, req OpenRequest) error {
 	if req.BackingJobID == "" {
 		return nil
 	}
-	if err := repository.ValidateID(req.BackingJobID); err != nil {
+	if err := repository.ValidateJobID(req.BackingJobID); err != nil {
 		return coded(CodeBadRequest, fmt.Errorf("backing job id: %w", err))
 	}
 	if req.BackingJobID == req.JobID {
