@@ -32,7 +32,8 @@ const (
 // 10% written zeroes, the rest holes) served by nbdkit, into fresh QCOW2
 // targets served by qemu-nbd with the repository's flags, on a unix socket
 // (the single-host hub) and on loopback TCP with TLS-PSK (the hub serving
-// agents on other hosts); then a 1% incremental into a QCOW2 backed by the
+// agents on other hosts), and once more with digests (Options.Digests, the cost of
+// a manifest); then a 1% incremental into a QCOW2 backed by the
 // full. Rounds rotate the order; medians are reported. SENDENSE_BENCH_ROUNDS sets the rounds (default 5).
 //
 //	go test ./copier -run '^$' -bench BenchmarkCopyVsNbdcopy -benchtime 1x -timeout 30m -v
@@ -74,7 +75,7 @@ func BenchmarkCopyVsNbdcopy(b *testing.B) {
 	}
 	tls := &nbd.TLS{PSKFile: filepath.Join(pskDir, repository.PSKFileName), Username: psk.Identity}
 
-	var oursT, theirsT, tlsT []time.Duration
+	var oursT, theirsT, tlsT, hashT []time.Duration
 	var oursSize, theirsSize int64
 	var base string
 	for b.Loop() {
@@ -120,12 +121,28 @@ func BenchmarkCopyVsNbdcopy(b *testing.B) {
 				stop()
 				os.Remove(img)
 			}
-			order := []func(){ours, theirs, overTLS}
+			hashed := func() {
+				img := newQcow2(b, dir, fmt.Sprintf("hashed%d.qcow2", r), benchSize, "")
+				uri, stop := startQemuNbd(b, img, targetFlags...)
+				settle()
+				start := time.Now()
+				res, err := copier.Copy(ctx, srcURI, uri, ext, copier.Options{Digests: true})
+				if err != nil {
+					b.Fatal(err)
+				}
+				hashT = append(hashT, time.Since(start))
+				stop()
+				if len(res.Digests) == 0 {
+					b.Fatal("no digests")
+				}
+				os.Remove(img)
+			}
+			order := []func(){ours, theirs, overTLS, hashed}
 			for i := range order {
 				order[(i+r)%len(order)]()
 			}
-			b.Logf("round %d: ours %s, nbdcopy %s, ours over tcp+tls %s", r+1, oursT[len(oursT)-1].Round(time.Millisecond),
-				theirsT[len(theirsT)-1].Round(time.Millisecond), tlsT[len(tlsT)-1].Round(time.Millisecond))
+			b.Logf("round %d: ours %s, nbdcopy %s, ours over tcp+tls %s, ours with digests %s", r+1, oursT[len(oursT)-1].Round(time.Millisecond),
+				theirsT[len(theirsT)-1].Round(time.Millisecond), tlsT[len(tlsT)-1].Round(time.Millisecond), hashT[len(hashT)-1].Round(time.Millisecond))
 		}
 	}
 	b.StopTimer()
@@ -154,7 +171,8 @@ func BenchmarkCopyVsNbdcopy(b *testing.B) {
 	}
 	compare(b, src, inc) // the chain equals the changed source
 
-	ot, tt, it, lt := median(oursT), median(theirsT), median(incT), median(tlsT)
+	ot, tt, it, lt, ht := median(oursT), median(theirsT), median(incT), median(tlsT), median(hashT)
+	hashRatio := ht.Seconds() / ot.Seconds()
 	unixRate, tlsRate := float64(extBytes)/ot.Seconds()/1e6, float64(extBytes)/lt.Seconds()/1e6
 	tlsRatio := tlsRate / unixRate
 	rss := peakRSS(b)
@@ -171,6 +189,7 @@ func BenchmarkCopyVsNbdcopy(b *testing.B) {
 		fmt.Sprintf("source: %d MiB virtual, %d MiB allocated in %d extents; %d rounds (median)", benchSize>>20, extBytes>>20, len(ext), rounds),
 		fmt.Sprintf("full copy time: ours %s, nbdcopy %s, ratio ours/nbdcopy %.3f (goal <= 1.00: %s)", ot.Round(time.Millisecond), tt.Round(time.Millisecond), ratio, goal(ratio <= 1.0)),
 		fmt.Sprintf("full copy throughput: unix socket %.0f MB/s, tcp+tls-psk (loopback) %.0f MB/s, ratio tls/unix %.1f%% (goal >= 80%%: %s)", unixRate, tlsRate, tlsRatio*100, goal(tlsRatio >= 0.8)),
+		fmt.Sprintf("full copy with digests (manifest, SHA-256 per 1 MiB chunk): %s, ratio with/without %.3f", ht.Round(time.Millisecond), hashRatio),
 		fmt.Sprintf("full actual size: ours %d bytes (%.1f MiB), nbdcopy %d bytes (%.1f MiB) (goal ours <= nbdcopy: %s)", oursSize, mib(oursSize), theirsSize, mib(theirsSize), goal(oursSize <= theirsSize)),
 		fmt.Sprintf("incremental 1%%: %d MiB changed, time %s = %.2f%% of full (goal <= 5%%: %s)", changedBytes>>20, it.Round(time.Millisecond), incFrac*100, goal(incFrac <= 0.05)),
 		fmt.Sprintf("incremental actual size: %d bytes (%.1f MiB) for %d changed (%.3fx; goal <= 1.1x + 2 MiB = %.1f MiB: %s)", incSize, mib(incSize), changedBytes, float64(incSize)/float64(changedBytes), mib(incLimit), goal(incSize <= incLimit)),
@@ -183,6 +202,7 @@ func BenchmarkCopyVsNbdcopy(b *testing.B) {
 	b.ReportMetric(float64(extBytes)/tt.Seconds()/1e6, "nbdcopy-MB/s")
 	b.ReportMetric(ratio, "ours/nbdcopy")
 	b.ReportMetric(tlsRate, "tls-MB/s")
+	b.ReportMetric(hashRatio, "digests/plain")
 	b.ReportMetric(tlsRatio*100, "tls%unix")
 	b.ReportMetric(incFrac*100, "inc%full")
 	b.ReportMetric(mib(rss), "peakRSS-MiB")

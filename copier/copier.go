@@ -1,15 +1,18 @@
 package copier
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/sendense/sendense/manifest"
 	"github.com/sendense/sendense/nbd"
 )
 
@@ -88,6 +91,16 @@ type Options struct {
 	// ProgressInterval is the time between Progress calls. Default 1 s.
 	ProgressInterval time.Duration
 
+	// Digests makes the copy hash what it reads for a manifest
+	// (manifest.ChunkSize chunks): every extent is widened to whole chunks
+	// (the last one clipped to the disk), each chunk is read, written and
+	// hashed whole, and Result.Digests holds the SHA-256 of every chunk
+	// read. The hash runs in the lane that proves the chunk's zero blocks,
+	// after its writes are issued. ChunkSize must then be
+	// manifest.ChunkSize (the default), and a server whose largest request
+	// is smaller fails the copy with ErrBadOptions. Default false.
+	Digests bool
+
 	// Log receives the copier's log lines. The zero value logs nothing.
 	Log zerolog.Logger
 }
@@ -104,9 +117,13 @@ type Progress struct {
 // Result sums up a copy. BytesRead were read from the source, BytesWritten
 // were written to the target as data, BytesZero were proven zero (skipped
 // on a full copy, written as zeroes on an incremental).
+//
+// With Options.Digests, Digests holds the digest of every chunk read, by
+// chunk index (ascending); chunks not read are not listed.
 type Result struct {
 	BytesRead, BytesWritten, BytesZero int64
 	Duration                           time.Duration
+	Digests                            []manifest.Entry
 }
 
 func (o Options) withDefaults() (Options, error) {
@@ -144,6 +161,8 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("chunk size %d: %w: at most 32 MiB", o.ChunkSize, ErrBadOptions)
 	case o.InFlight < 1 || o.Connections < 1 || o.Connections > 16:
 		return o, fmt.Errorf("in flight %d, connections %d: %w", o.InFlight, o.Connections, ErrBadOptions)
+	case o.Digests && o.ChunkSize != manifest.ChunkSize:
+		return o, fmt.Errorf("chunk size %d: %w: digests need chunks of %d", o.ChunkSize, ErrBadOptions, manifest.ChunkSize)
 	}
 	return o, nil
 }
@@ -212,6 +231,11 @@ func Copy(ctx context.Context, srcURI, dstURI string, extents []Extent, opts Opt
 	if err != nil {
 		return result(), fmt.Errorf("copy %s to %s: %w", srcURI, dstURI, err)
 	}
+	if o.Digests {
+		// A chunk's digest is of the whole chunk: read it all, even where
+		// the extent covers a part.
+		exts = widen(exts, o.ChunkSize, src.Size())
+	}
 	var total int64
 	for _, e := range exts {
 		total += e.Length
@@ -220,6 +244,9 @@ func Copy(ctx context.Context, srcURI, dstURI string, extents []Extent, opts Opt
 	// Requests never exceed what either server accepts.
 	for _, m := range []int64{src.Caps().BlockMaximum, dst.Caps().BlockMaximum} {
 		if m > 0 && m < o.ChunkSize {
+			if o.Digests {
+				return result(), fmt.Errorf("copy %s to %s: a server's largest request is %d bytes: %w: digests need reads of %d", srcURI, dstURI, m, ErrBadOptions, o.ChunkSize)
+			}
 			o.ChunkSize = max(o.ZeroBlock, m/o.ZeroBlock*o.ZeroBlock)
 		}
 	}
@@ -286,6 +313,9 @@ func Copy(ctx context.Context, srcURI, dstURI string, extents []Extent, opts Opt
 	report()
 	shutdownAll(lanes, log)
 	res := result()
+	if o.Digests {
+		res.Digests = collectDigests(lanes)
+	}
 	log.Debug().Int64("bytes_read", res.BytesRead).Int64("bytes_written", res.BytesWritten).
 		Int64("bytes_zero", res.BytesZero).Dur("duration", res.Duration).Msg("copy finished")
 	return res, nil
@@ -338,4 +368,18 @@ func openLane(ctx context.Context, id int, srcURI, dstURI string, o *Options, st
 		return nil, fmt.Errorf("open target connection %d: %w", id+1, err)
 	}
 	return newLane(id, src, dst, o, st, log), nil
+}
+
+// collectDigests merges the lanes' digests in chunk order.
+func collectDigests(lanes []*lane) []manifest.Entry {
+	var n int
+	for _, l := range lanes {
+		n += len(l.digests)
+	}
+	out := make([]manifest.Entry, 0, n)
+	for _, l := range lanes {
+		out = append(out, l.digests...)
+	}
+	slices.SortFunc(out, func(a, b manifest.Entry) int { return cmp.Compare(a.Index, b.Index) })
+	return out
 }

@@ -31,6 +31,13 @@
 // source and one target connection. Chunk buffers are C memory, allocated
 // once per copy: about InFlight × ChunkSize bytes.
 //
+// With Options.Digests the copy also records a manifest's digests (package
+// manifest): each extent is widened to whole 1 MiB chunks (the last one
+// clipped to the disk), so every chunk it touches is read, proven zero or
+// not, written and hashed whole; Result.Digests holds each chunk's
+// SHA-256. The lane that scans a chunk hashes it after issuing its writes,
+// so hashing runs on every connection's goroutine, never as a serial pass.
+//
 // AllocatedExtents lists an export's allocated extents (base:allocation),
 // the extents of a full copy when no changed-block list exists.
 //

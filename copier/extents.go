@@ -45,6 +45,22 @@ func normalize(in []Extent, size int64) ([]Extent, error) {
 	return merged, nil
 }
 
+// widen extends normalized extents to whole chunks (multiples of chunk,
+// the last one clipped to size) and merges those that then touch.
+func widen(in []Extent, chunk, size int64) []Extent {
+	out := make([]Extent, 0, len(in))
+	for _, e := range in {
+		lo := e.Offset / chunk * chunk
+		hi := min((e.End()+chunk-1)/chunk*chunk, size)
+		if k := len(out) - 1; k >= 0 && lo <= out[k].End() {
+			out[k].Length = max(out[k].End(), hi) - out[k].Offset
+			continue
+		}
+		out = append(out, Extent{lo, hi - lo})
+	}
+	return out
+}
+
 func cmpExtent(a, b Extent) int {
 	switch {
 	case a.Offset < b.Offset:

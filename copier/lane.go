@@ -8,6 +8,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/sendense/sendense/manifest"
 	"github.com/sendense/sendense/nbd"
 )
 
@@ -71,6 +72,8 @@ type lane struct {
 	retry     []req
 	exhausted bool
 	lastDone  time.Time
+	// digests of the chunks this lane read (Options.Digests).
+	digests []manifest.Entry
 }
 
 func newLane(id int, src, dst *nbd.Handle, o *Options, st *stats, log zerolog.Logger) *lane {
@@ -319,6 +322,11 @@ func (l *lane) scan(si int32) error {
 	}
 	if err := l.emit(si, runStart, end, runZero); err != nil {
 		return err
+	}
+	if l.o.Digests {
+		// After the writes are issued, so the target works meanwhile;
+		// the buffer stays the chunk's until chunkDone.
+		l.digests = append(l.digests, manifest.Entry{Index: s.off / l.o.ChunkSize, Digest: manifest.Sum(b[:s.n])})
 	}
 	if s.pending == 0 {
 		l.chunkDone(si)

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/sendense/sendense/manifest"
 )
 
 // Repo is a directory of QCOW2 chains laid out as
@@ -89,6 +91,16 @@ func (r *Repo) Path(vmUUID string, diskKey int32, jobID string) (string, error) 
 	return filepath.Join(r.diskDir(vmUUID, diskKey), fileName(jobID)), nil
 }
 
+// ManifestPath returns the absolute path of a job's manifest of a disk
+// (<job-id>.manifest beside <job-id>.qcow2; package manifest), whether or
+// not it exists. The ids are validated first (ErrInvalidID).
+func (r *Repo) ManifestPath(vmUUID string, diskKey int32, jobID string) (string, error) {
+	if err := validateIDs(vmUUID, diskKey, jobID); err != nil {
+		return "", fmt.Errorf("manifest path of job %q disk %d of vm %q: %w", jobID, diskKey, vmUUID, err)
+	}
+	return filepath.Join(r.diskDir(vmUUID, diskKey), jobID+manifest.Ext), nil
+}
+
 // diskDir is the directory of a disk's chain; ids must be valid.
 func (r *Repo) diskDir(vmUUID string, diskKey int32) string {
 	return filepath.Join(r.root, vmUUID, strconv.FormatInt(int64(diskKey), 10))
@@ -124,7 +136,7 @@ func (r *Repo) create(ctx context.Context, vmUUID string, diskKey int32, jobID s
 		return "", err
 	}
 	if backingJobID != "" {
-		if err := ValidateID(backingJobID); err != nil {
+		if err := ValidateJobID(backingJobID); err != nil {
 			return "", fmt.Errorf("backing job id: %w", err)
 		}
 		if backingJobID == jobID {
@@ -276,7 +288,7 @@ func (r *Repo) list(vmUUID string, diskKey int32) ([]File, error) {
 	for _, e := range entries {
 		name := e.Name()
 		job, ok := strings.CutSuffix(name, fileExt)
-		if !ok || ValidateID(job) != nil || !e.Type().IsRegular() {
+		if !ok || ValidateJobID(job) != nil || !e.Type().IsRegular() {
 			continue
 		}
 		f, err := fileOf(filepath.Join(dir, name), job)
@@ -324,15 +336,15 @@ func fileOf(path, job string) (File, error) {
 	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
 		f.ActualSize = sys.Blocks * 512
 	}
-	if b, ok := strings.CutSuffix(backing, fileExt); ok && !strings.Contains(backing, "/") && ValidateID(b) == nil {
+	if b, ok := strings.CutSuffix(backing, fileExt); ok && !strings.Contains(backing, "/") && ValidateJobID(b) == nil {
 		f.BackingJobID = b
 	}
 	return f, nil
 }
 
 // Remove deletes a job's backup file of a disk, typically the partial file
-// of a failed attempt, with any temporary file a crashed Create of the job
-// left. It refuses a file another file of the disk uses as its backing file
+// of a failed attempt, with its manifest and any temporary file a crashed
+// Create of the job left. It refuses a file another file of the disk uses as its backing file
 // (ErrIsBacking) and a file that is exported (ErrBusy). A missing file is
 // not an error, so Remove can be retried. Remove never touches anything
 // outside the disk's directory.
@@ -373,6 +385,9 @@ func (r *Repo) remove(vmUUID string, diskKey int32, jobID string) error {
 		}
 	}
 	removeTemps(dir, jobID)
+	if err := manifest.Remove(filepath.Join(dir, jobID+manifest.Ext)); err != nil {
+		return err
+	}
 	if err := os.Remove(target); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil

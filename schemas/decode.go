@@ -9,7 +9,7 @@ const DefaultRepository = "default"
 
 // Decode validates an event received on subject (see Validate) and decodes
 // it into its Go type: *Started, *Progress, *ChangeID, *Completed, *Failed
-// *Rejected, *Pruning or *Pruned. It returns the errors of Validate; backup.requested is not
+// *Rejected, *Pruning, *Pruned or *Verified. It returns the errors of Validate; backup.requested is not
 // an event and gives ErrUnknownSubject (use DecodeRequest).
 func Decode(subject string, data []byte) (Event, error) {
 	name, job, err := subjectName(subject)
@@ -74,6 +74,8 @@ func NameOf(e Event) string {
 		return NamePruning
 	case *Pruned:
 		return NamePruned
+	case *Verified:
+		return NameVerified
 	}
 	return ""
 }
@@ -98,6 +100,8 @@ func newEvent(name string) Event {
 		return new(Pruning)
 	case NamePruned:
 		return new(Pruned)
+	case NameVerified:
+		return new(Verified)
 	}
 	return nil
 }

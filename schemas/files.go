@@ -28,6 +28,7 @@ var names = []string{
 	NameRejected,
 	NamePruning,
 	NamePruned,
+	NameVerified,
 }
 
 // Names returns the message names that have a schema, in the order of a

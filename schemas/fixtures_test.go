@@ -82,7 +82,7 @@ func fullEvents() map[string]Event {
 			Disks: []DiskResult{{
 				Disk: testDisk, ChangeID: testCID, BackupType: TypeIncremental, Reason: ReasonBaseUsable,
 				BaseChangeID: testBase, BytesRead: 64 << 20, BytesWritten: 32 << 20, Target: testTarget,
-				Backing: "job-6", ActualSizeBytes: 34013184,
+				Backing: "job-6", ActualSizeBytes: 34013184, ManifestSHA256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
 			}},
 		},
 		NameFailed: &Failed{
@@ -108,6 +108,14 @@ func fullEvents() map[string]Event {
 			Header:     testHeader(NamePruned, "pruned"),
 			Repository: "default",
 			Disks:      []PruneDisk{{Disk: testDisk, Operation: PruneRebase, Target: testTarget, Child: "job-8", Parent: "job-6"}},
+		},
+		NameVerified: &Verified{
+			Header:     testHeader(NameVerified, "verified"),
+			Repository: "default",
+			Seq:        1735787045000,
+			Status:     VerifyFailed,
+			Disks: []VerifiedDisk{{Disk: testDisk, Target: testTarget, Status: VerifyFailed, Problem: "data_mismatch",
+				Detail: "chunk 33 differs", ChunkIndex: 33, ChunkOffset: 33 << 20, BytesRead: 1 << 30}},
 		},
 	}
 }

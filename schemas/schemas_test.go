@@ -168,7 +168,7 @@ func TestSchemaBundleStandsAlone(t *testing.T) {
 }
 
 func TestNames(t *testing.T) {
-	want := []string{NameRequested, NameStarted, NameProgress, NameChangeID, NameCompleted, NameFailed, NameRejected, NamePruning, NamePruned}
+	want := []string{NameRequested, NameStarted, NameProgress, NameChangeID, NameCompleted, NameFailed, NameRejected, NamePruning, NamePruned, NameVerified}
 	if got := Names(); !slices.Equal(got, want) {
 		t.Errorf("Names() = %v, want %v", got, want)
 	}

@@ -18,18 +18,28 @@ const (
 
 	// Events the hub publishes about a completed job (HubEvents): on
 	// <name>.hub, never by an agent.
-	NamePruning = "backup.pruning"
-	NamePruned  = "backup.pruned"
+	NamePruning  = "backup.pruning"
+	NamePruned   = "backup.pruned"
+	NameVerified = "backup.verified"
 )
 
 // HubEvents are the events the hub publishes about a completed job, in
 // the order of a job's life after it completed. The bus lets only the hub
 // publish them (on <name>.hub) and the catalog applies them only to a
 // completed job; see store's doc for how to add one.
-func HubEvents() []string { return []string{NamePruning, NamePruned} }
+func HubEvents() []string { return []string{NamePruning, NamePruned, NameVerified} }
 
 // IsHubEvent reports whether name is one of HubEvents.
-func IsHubEvent(name string) bool { return name == NamePruning || name == NamePruned }
+func IsHubEvent(name string) bool {
+	return name == NamePruning || name == NamePruned || name == NameVerified
+}
+
+// Verification outcomes (Verified.Status, VerifiedDisk.Status).
+const (
+	VerifyOK         = "ok"
+	VerifyFailed     = "failed"
+	VerifyNoManifest = "no_manifest" // made before manifests: only the file was checked
+)
 
 // Prune operations on one disk's image when its point is removed
 // (PruneDisk.Operation).
@@ -67,6 +77,7 @@ const (
 	ReasonRequestedFull    = "requested_full"     // the request asked for a full
 	ReasonBaseMissing      = "base_missing"       // the base's image is missing or unreadable in the repository
 	ReasonBaseInvalid      = "base_invalid"       // the base is not a completed backup, or its backing chain does not check
+	ReasonBaseUnverified   = "base_unverified"    // the base has no manifest, another manifest than its completed event names, or failed verification
 )
 
 // Reasons a request was rejected (backup.rejected). Never retryable.
@@ -218,6 +229,10 @@ type DiskResult struct {
 	Target          string  `json:"target"`            // repository path of the QCOW2
 	Backing         string  `json:"backing"`           // job id of the previous backup; empty for a full
 	ActualSizeBytes int64   `json:"actual_size_bytes"` // qemu-img actual size after close
+	// ManifestSHA256 is the SHA-256 (hex) of the disk's manifest file. This
+	// build's agents always set it; events stored before manifests existed
+	// have none, so the schema keeps it optional.
+	ManifestSHA256 string `json:"manifest_sha256,omitempty"`
 }
 
 // Completed is backup.completed: every disk has a change id and its target
@@ -274,6 +289,29 @@ type Pruned struct {
 	Disks      []PruneDisk `json:"disks"`
 }
 
+// VerifiedDisk is one disk's verification in backup.verified.
+type VerifiedDisk struct {
+	Disk        DiskRef `json:"disk"`
+	Target      string  `json:"target"`
+	Status      string  `json:"status"`            // Verify* constant
+	Problem     string  `json:"problem,omitempty"` // why it failed
+	Detail      string  `json:"detail,omitempty"`
+	ChunkIndex  int64   `json:"chunk_index,omitempty"`  // first chunk that differs (data_mismatch)
+	ChunkOffset int64   `json:"chunk_offset,omitempty"` // its disk offset
+	BytesRead   int64   `json:"bytes_read"`
+}
+
+// Verified is backup.verified: the hub verified a completed job's point.
+// Seq numbers the job's verifications (its start in Unix milliseconds) and
+// is the last part of the event id, so each run is an event of its own.
+type Verified struct {
+	Header
+	Repository string         `json:"repository"`
+	Seq        int64          `json:"seq"`
+	Status     string         `json:"status"` // Verify* constant
+	Disks      []VerifiedDisk `json:"disks"`
+}
+
 // compile-time checks
 var (
 	_ Event = (*Started)(nil)
@@ -284,6 +322,7 @@ var (
 	_ Event = (*Rejected)(nil)
 	_ Event = (*Pruning)(nil)
 	_ Event = (*Pruned)(nil)
+	_ Event = (*Verified)(nil)
 )
 
 // Marshal encodes an event or request as JSON.

@@ -624,7 +624,7 @@ func splitEventKey(k []byte) (jobID, eventID string, code byte, agent string, se
 var eventNames = [...]string{
 	1: schemas.NameStarted, 2: schemas.NameChangeID, 3: schemas.NameCompleted,
 	4: schemas.NameFailed, 5: schemas.NameRejected,
-	6: schemas.NamePruning, 7: schemas.NamePruned,
+	6: schemas.NamePruning, 7: schemas.NamePruned, 8: schemas.NameVerified,
 }
 
 // eventCode is the key code of an event type name, 0 for none.
@@ -698,6 +698,8 @@ func eventName(ev schemas.Event) string {
 		return schemas.NamePruning
 	case *schemas.Pruned:
 		return schemas.NamePruned
+	case *schemas.Verified:
+		return schemas.NameVerified
 	}
 	return ""
 }
@@ -718,6 +720,8 @@ func newEvent(name string) schemas.Event {
 		return new(schemas.Pruning)
 	case schemas.NamePruned:
 		return new(schemas.Pruned)
+	case schemas.NameVerified:
+		return new(schemas.Verified)
 	}
 	return nil
 }

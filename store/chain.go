@@ -28,6 +28,13 @@ type Link struct {
 	Backing         string    `json:"backing,omitempty"` // job id of the base; empty for a full
 	ActualSizeBytes int64     `json:"actual_size_bytes"`
 	Time            time.Time `json:"time"` // time of the backup.completed event
+	// ManifestSHA256 is the SHA-256 of the disk's manifest; empty for a
+	// backup made before manifests existed, which is never a base.
+	ManifestSHA256 string `json:"manifest_sha256,omitempty"`
+	// Verified is the disk's status in the job's latest verification
+	// (schemas.Verify*; empty when never verified). A link whose latest
+	// verification failed is never a base.
+	Verified string `json:"verified,omitempty"`
 }
 
 // Chain is the ordered links of one disk in one repository.
@@ -311,6 +318,8 @@ func linksOf(j *Job) []Link {
 			Backing:         d.Backing,
 			ActualSizeBytes: d.ActualSizeBytes,
 			Time:            j.FinishedAt,
+			ManifestSHA256:  d.ManifestSHA256,
+			Verified:        d.Verified,
 		})
 	}
 	return links

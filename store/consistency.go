@@ -62,8 +62,9 @@ import (
 //     could not confirm its completed publish) leaves the job completed.
 //
 //  7. The hub's events about a completed job (backup.pruning,
-//     backup.pruned: schemas.HubEvents) count only from agent HubAgent,
-//     with a canonical id (disk key 0, seq 0) of the completed attempt,
+//     backup.pruned, backup.verified: schemas.HubEvents) count only from
+//     agent HubAgent, with a canonical id (disk key 0, seq 0; a
+//     backup.verified's seq is its own) of the completed attempt,
 //     on a completed job, with its VM UUID and repository, naming only
 //     the job's disks with their own targets (judgeHub, in hub.go). They
 //     never make, undo or rewrite a completed job; applied, they add to
@@ -291,6 +292,8 @@ func checkShape(jobID string, r record) string {
 	case *schemas.ChangeID:
 		disk = e.Disk.Key
 	case *schemas.Progress:
+		seq = e.Seq
+	case *schemas.Verified:
 		seq = e.Seq
 	}
 	var problems []string

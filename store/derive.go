@@ -35,8 +35,10 @@ func rank(name string) int {
 		return 5
 	case schemas.NamePruned:
 		return 6
+	case schemas.NameVerified:
+		return 7
 	}
-	return 7
+	return 8
 }
 
 // canonical sorts records by (attempt, type rank, time, event id, agent):
@@ -294,6 +296,7 @@ func deriveJob(jobID string, keep []record, bad []badRecord, recs []record, win 
 				setInt(&d.BytesRead, res.BytesRead)
 				setInt(&d.BytesWritten, res.BytesWritten)
 				setInt(&d.ActualSizeBytes, res.ActualSizeBytes)
+				setStr(&d.ManifestSHA256, res.ManifestSHA256)
 			}
 		}
 	}

@@ -78,6 +78,28 @@ var hubEvents = []hubEvent{
 		j.Prune.PrunedAt = e.Time.UTC()
 		j.Status = StatusPruned
 	}},
+	{name: schemas.NameVerified, check: checkPrune, fold: func(j *Job, ev schemas.Event) {
+		e := ev.(*schemas.Verified)
+		// Folded in canonical order (time, then id): the last is the
+		// latest verification.
+		v := &Verification{Status: e.Status, Seq: e.Seq, VerifiedAt: e.Time.UTC(), Disks: e.Disks}
+		j.Verification = v
+		for i := range j.Disks {
+			for _, d := range e.Disks {
+				if d.Disk.Key == j.Disks[i].Disk.Key {
+					j.Disks[i].Verified = d.Status
+				}
+			}
+		}
+	}},
+}
+
+// Verification is the latest backup.verified of a completed job.
+type Verification struct {
+	Status     string                 `json:"status"` // schemas.Verify*
+	Seq        int64                  `json:"seq"`
+	VerifiedAt time.Time              `json:"verified_at"`
+	Disks      []schemas.VerifiedDisk `json:"disks"`
 }
 
 // hubEventOf returns the hub event of name, or nil.
@@ -90,13 +112,21 @@ func hubEventOf(name string) *hubEvent {
 	return nil
 }
 
-// pruneDisks returns the disks of a backup.pruning or backup.pruned event.
+// pruneDisks returns the disks of a backup.pruning, backup.pruned or
+// backup.verified event (for a verification, only the fields checkPrune
+// reads: disk and target).
 func pruneDisks(ev schemas.Event) (string, []schemas.PruneDisk) {
 	switch e := ev.(type) {
 	case *schemas.Pruning:
 		return e.Repository, e.Disks
 	case *schemas.Pruned:
 		return e.Repository, e.Disks
+	case *schemas.Verified:
+		disks := make([]schemas.PruneDisk, len(e.Disks))
+		for i, d := range e.Disks {
+			disks[i] = schemas.PruneDisk{Disk: d.Disk, Target: d.Target}
+		}
+		return e.Repository, disks
 	}
 	return "", nil
 }

@@ -80,6 +80,9 @@ type Job struct {
 	// Prune is set once the hub recorded its intent to remove the job's
 	// point (backup.pruning): pending until backup.pruned, then done.
 	Prune *Prune `json:"prune,omitempty"`
+	// Verification is the latest backup.verified of a completed job (by
+	// time, then event id); nil until the hub verified it.
+	Verification *Verification `json:"verification,omitempty"`
 	// EventIDs are the ids of the job's applied events, sorted. Progress
 	// events and poisoned events are not among them.
 	EventIDs []string `json:"event_ids"`
@@ -112,6 +115,12 @@ type Disk struct {
 	Target          string          `json:"target,omitempty"`
 	Backing         string          `json:"backing,omitempty"`
 	ActualSizeBytes int64           `json:"actual_size_bytes"`
+	// ManifestSHA256 is the SHA-256 of the disk's manifest file, from
+	// backup.completed; empty for backups made before manifests existed.
+	ManifestSHA256 string `json:"manifest_sha256,omitempty"`
+	// Verified is this disk's status in the job's latest verification
+	// (schemas.Verify*); empty until the hub verified the job.
+	Verified string `json:"verified,omitempty"`
 }
 
 // Progress is the newest backup.progress of a job: the one with the highest
@@ -132,6 +141,10 @@ type JobFilter struct {
 	VM string
 	// Status is one of the Status* constants; anything else is ErrInvalid.
 	Status string
+	// IDPrefix matches the jobs whose id starts with it (a short id).
+	IDPrefix string
+	// Offset skips the first Offset matching jobs (paging); <= 0 skips none.
+	Offset int
 	// Limit caps the number of jobs returned; <= 0 means no limit.
 	Limit int
 }
@@ -169,6 +182,7 @@ func (c *Catalog) Jobs(f JobFilter) ([]Job, error) {
 		return nil, fmt.Errorf("list jobs with status %q: %w", f.Status, ErrInvalid)
 	}
 	jobs := []Job{}
+	skip := f.Offset
 	err := c.db.View(func(tx *bolt.Tx) error {
 		jb := tx.Bucket(bucketJobs)
 		cur := tx.Bucket(bucketJobsByTime).Cursor()
@@ -177,6 +191,9 @@ func (c *Catalog) Jobs(f JobFilter) ([]Job, error) {
 				return fmt.Errorf("index key %x too short", k)
 			}
 			id := k[timeKeyLen:]
+			if !strings.HasPrefix(string(id), f.IDPrefix) {
+				continue
+			}
 			raw := jb.Get(id)
 			if raw == nil {
 				return fmt.Errorf("index names job %s that has no record", id)
@@ -186,6 +203,10 @@ func (c *Catalog) Jobs(f JobFilter) ([]Job, error) {
 				return fmt.Errorf("decode job %s: %w", id, err)
 			}
 			if !f.match(&j) {
+				continue
+			}
+			if skip > 0 {
+				skip--
 				continue
 			}
 			jobs = append(jobs, j)

@@ -95,6 +95,14 @@ func appendJob(b []byte, j *Job) (_ []byte, ok bool) {
 		b = append(b, `,"prune":`...)
 		b = append(b, v...)
 	}
+	if j.Verification != nil {
+		v, err := json.Marshal(j.Verification)
+		if err != nil {
+			return b, false
+		}
+		b = append(b, `,"verification":`...)
+		b = append(b, v...)
+	}
 	b = append(b, `,"event_ids":`...)
 	if j.EventIDs == nil {
 		b = append(b, "null"...)
@@ -157,6 +165,8 @@ func appendDisk(b []byte, d *Disk) []byte {
 	b = appendOmitEmpty(b, `,"backing":`, d.Backing)
 	b = append(b, `,"actual_size_bytes":`...)
 	b = strconv.AppendInt(b, d.ActualSizeBytes, 10)
+	b = appendOmitEmpty(b, `,"manifest_sha256":`, d.ManifestSHA256)
+	b = appendOmitEmpty(b, `,"verified":`, d.Verified)
 	return append(b, '}')
 }
 

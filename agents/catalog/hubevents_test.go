@@ -1,8 +1,10 @@
 package catalog
 
 import (
+	"errors"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/sendense/sendense/agents/catalog/catalogtest"
 	"github.com/sendense/sendense/bus"
@@ -43,6 +45,58 @@ func TestHubEvents(t *testing.T) {
 		links, err := e.cat.Chain(vm, catalogtest.Disk(0, 0).Key, schemas.DefaultRepository)
 		if err != nil || len(links) != 1 || links[0].JobID != inc.ID || links[0].Backing != "" {
 			t.Errorf("chain after the merge: %+v, %v; want %s alone, backed by nothing", links, err, inc.ID)
+		}
+		live := e.dump()
+		if len(live.Poison) != 0 {
+			t.Errorf("poison: %+v", live.Poison)
+		}
+		cat := openCatalog(t, filepath.Join(t.TempDir(), "replay.db"), e.log)
+		if _, err := Replay(testCtx(t), e.js, cat, e.log); err != nil {
+			t.Fatal(err)
+		}
+		got, err := cat.Dump()
+		if err != nil {
+			t.Fatal(err)
+		}
+		requireEqual(t, live, got)
+	})
+}
+
+// TestVerifiedEvents: the hub's backup.verified events reach the catalog
+// as the hub's; the job keeps the latest (failed here), its chain link
+// shows it, and a replay of the stream gives the same catalog.
+func TestVerifiedEvents(t *testing.T) {
+	bustest.ForEach(t, func(t *testing.T, start bustest.StartFunc) {
+		e := newEnv(t, start)
+		full := catalogtest.Job{ID: "job-full"}
+		e.publish(full.Run()...)
+		hub := bus.NewHubPublisher(e.js, e.log)
+		for _, ev := range []schemas.Event{full.Verified(time.Hour, schemas.VerifyOK), full.Verified(2*time.Hour, schemas.VerifyFailed)} {
+			if _, err := hub.PublishEvent(testCtx(t), ev); err != nil {
+				t.Fatalf("hub publishes %s: %v", ev.EventHeader().ID, err)
+			}
+		}
+		// An agent cannot publish it.
+		agent, err := bus.NewAgentPublisher(e.js, "node1", e.log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := agent.PublishEvent(testCtx(t), full.Verified(3*time.Hour, schemas.VerifyOK)); !errors.Is(err, bus.ErrInvalidEvent) {
+			t.Errorf("agent publisher sent backup.verified: %v", err)
+		}
+		r := e.start(Options{})
+		j := e.waitJob(full.ID, store.StatusCompleted)
+		for j.Verification == nil || j.Verification.Status != schemas.VerifyFailed {
+			time.Sleep(20 * time.Millisecond)
+			if j, err = e.cat.Job(full.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+		e.waitIdle()
+		r.stop(t)
+		head, err := e.cat.ChainHead(catalogtest.VM(0).UUID, catalogtest.Disk(0, 0).Key, schemas.DefaultRepository)
+		if err != nil || head.Verified != schemas.VerifyFailed {
+			t.Errorf("chain head %+v, %v: want verified failed", head, err)
 		}
 		live := e.dump()
 		if len(live.Poison) != 0 {

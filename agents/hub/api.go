@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/sendense/sendense/bus"
+	"github.com/sendense/sendense/manifest"
 	"github.com/sendense/sendense/repository"
 	"github.com/sendense/sendense/retention"
 	"github.com/sendense/sendense/schemas"
@@ -15,14 +16,18 @@ import (
 // groups are bus's (bus.RepoService, bus.RepoTargets, bus.RepoInfo), which
 // also says who may call them.
 const (
-	ServiceName         = "sendense-repo"
-	ServiceGroup        = bus.RepoService
-	SubjectInfo         = bus.RepoInfo
-	SubjectTargetOpen   = bus.RepoTargets + ".open"
-	SubjectTargetClose  = bus.RepoTargets + ".close"
-	SubjectTargetAbort  = bus.RepoTargets + ".abort"
-	SubjectRestoreOpen  = ServiceGroup + ".restore.open"
-	SubjectRestoreClose = ServiceGroup + ".restore.close"
+	ServiceName        = "sendense-repo"
+	ServiceGroup       = bus.RepoService
+	SubjectInfo        = bus.RepoInfo
+	SubjectTargetOpen  = bus.RepoTargets + ".open"
+	SubjectTargetClose = bus.RepoTargets + ".close"
+	SubjectTargetAbort = bus.RepoTargets + ".abort"
+	// SubjectTargetDigests takes the manifest digests of chunks an agent
+	// read for its open target (DigestsRequest), at most MaxDigests per
+	// request; the close writes the manifest.
+	SubjectTargetDigests = bus.RepoTargets + ".digests"
+	SubjectRestoreOpen   = ServiceGroup + ".restore.open"
+	SubjectRestoreClose  = ServiceGroup + ".restore.close"
 	// SubjectCheck checks repositories against the catalog (CheckRequest,
 	// CheckReply): every completed job's disk must have its file, backed
 	// by the file of the job the catalog names as its base; files that are
@@ -39,7 +44,21 @@ const (
 	// others without changing what any kept point restores (see
 	// RepoService.Forget). Only admin may call it, like check.
 	SubjectForget = ServiceGroup + ".forget"
+	// SubjectVerify verifies completed backups (VerifyRequest,
+	// VerifyReply): qemu-img check of each disk's file, its manifest
+	// against the catalog's manifest_sha256, and the point read through
+	// its chain against the manifest, chunk by chunk. Admin only (no other
+	// role may publish on sendense.repo.verify).
+	SubjectVerify = ServiceGroup + ".verify"
+	// SubjectManifest reads a page of a completed backup's manifest
+	// (ManifestRequest, ManifestReply), for restore --verify. Admin only.
+	SubjectManifest = ServiceGroup + ".manifest"
 )
+
+// MaxDigests is the most digests one DigestsRequest or ManifestReply
+// carries: 4096 digests are about 350 KB of JSON, under NATS's 1 MB
+// default max payload.
+const MaxDigests = 4096
 
 // Error codes carried in the Nats-Service-Error-Code header. Callers match
 // on these, never on message text.
@@ -55,6 +74,10 @@ const (
 	// base_invalid).
 	CodeBaseMissing = "424"
 	CodeBaseInvalid = "422"
+	// CodeBaseUnverified: the base has no manifest, or its manifest is
+	// not the one the agent expects (base_manifest_sha256). The agent
+	// takes a full instead (reason base_unverified).
+	CodeBaseUnverified = "428"
 	// CodeRepositoryFull: the repository's file system has no space left.
 	CodeRepositoryFull = "507"
 	// CodeUnavailable: the hub cannot decide safely now (for example the
@@ -108,7 +131,19 @@ type OpenRequest struct {
 	Attempt       int    `json:"attempt"`
 	CapacityBytes int64  `json:"capacity_bytes"`
 	BackingJobID  string `json:"backing_job_id,omitempty"`
-	Agent         string `json:"agent"`
+	// BaseManifestSHA256 is the catalog's manifest_sha256 of the base
+	// (incremental only): the base's manifest file must have this SHA-256,
+	// else CodeBaseUnverified.
+	BaseManifestSHA256 string `json:"base_manifest_sha256,omitempty"`
+	Agent              string `json:"agent"`
+}
+
+// DigestsRequest hands the digests of chunks an agent read (and wrote) to
+// its open target. Entries' indexes must lie within the disk; a digest
+// sent twice for a chunk replaces the first. At most MaxDigests entries.
+type DigestsRequest struct {
+	TargetRef
+	Entries []manifest.Entry `json:"entries"`
 }
 
 // OpenReply says where to write.
@@ -124,11 +159,16 @@ type OpenReply struct {
 }
 
 // CloseReply reports the closed target.
+//
+// ManifestSHA256 is the SHA-256 of the manifest the close wrote: the base's
+// manifest (for an incremental) or zero chunks (for a full) with the
+// chunks the agent sent replaced.
 type CloseReply struct {
 	Target          string `json:"target"`
 	ActualSizeBytes int64  `json:"actual_size_bytes"`
 	VirtualSize     int64  `json:"virtual_size"`
 	BackingFile     string `json:"backing_file,omitempty"`
+	ManifestSHA256  string `json:"manifest_sha256"`
 }
 
 // RestoreOpenReply is a read-only export of one chain point.
@@ -253,4 +293,98 @@ type Orphan struct {
 	// file uses it as its backing file, it is in use, it changed since it
 	// was found, or the removal failed.
 	Kept string `json:"kept,omitempty"`
+}
+
+// VerifyRequest selects the completed backups to verify: one job, every
+// job of a VM (name, instance UUID or moref), or All; in Repository when
+// set, else in every repository the hub serves.
+type VerifyRequest struct {
+	JobID      string `json:"job_id,omitempty"`
+	VM         string `json:"vm,omitempty"`
+	All        bool   `json:"all,omitempty"`
+	Repository string `json:"repository,omitempty"`
+}
+
+// Verification outcomes.
+const (
+	VerifyOK     = schemas.VerifyOK
+	VerifyFailed = schemas.VerifyFailed
+	// VerifyNoManifest: a backup made before manifests existed; its file
+	// checks but there is nothing to compare its data with. Not a failure,
+	// but never a base (reason base_unverified).
+	VerifyNoManifest = schemas.VerifyNoManifest
+)
+
+// Problems of a failed verification.
+const (
+	// VerifyProblemMissing: the backup file is missing.
+	VerifyProblemMissing = "missing"
+	// VerifyProblemCheck: qemu-img check found corruption or could not
+	// read the file.
+	VerifyProblemCheck = "check_failed"
+	// VerifyProblemManifest: the manifest is missing, unreadable, or not
+	// the one backup.completed named (manifest_sha256).
+	VerifyProblemManifest = "manifest_mismatch"
+	// VerifyProblemData: a chunk read through the chain differs from the
+	// manifest; ChunkIndex and ChunkOffset name the first one.
+	VerifyProblemData = "data_mismatch"
+	// VerifyProblemRead: the point could not be read through its chain.
+	VerifyProblemRead = "read_failed"
+)
+
+// VerifyResult is one disk of one completed backup.
+type VerifyResult struct {
+	TargetRef
+	Target string `json:"target"`
+	Status string `json:"status"` // Verify* constant
+	// Problem and Detail say why a verification failed.
+	Problem string `json:"problem,omitempty"`
+	Detail  string `json:"detail,omitempty"`
+	// ChunkIndex and ChunkOffset name the first chunk that differs
+	// (VerifyProblemData); ChunkSize is the manifest's chunk size.
+	ChunkIndex  int64 `json:"chunk_index,omitempty"`
+	ChunkOffset int64 `json:"chunk_offset,omitempty"`
+	ChunkSize   int64 `json:"chunk_size,omitempty"`
+	// BytesRead through the chain, and how long the disk took.
+	BytesRead  int64         `json:"bytes_read"`
+	Duration   time.Duration `json:"duration_ns"`
+	VerifiedAt time.Time     `json:"verified_at"`
+}
+
+// VerifyReply lists every disk verified, by job then disk. Events are the
+// ids of the backup.verified events the hub published (one per job);
+// PublishErrors say which could not be published (the catalog then does
+// not know that verification).
+type VerifyReply struct {
+	Results       []VerifyResult `json:"results"`
+	Events        []string       `json:"events,omitempty"`
+	PublishErrors []string       `json:"publish_errors,omitempty"`
+}
+
+// Failed reports whether any result failed.
+func (r VerifyReply) Failed() bool {
+	for _, x := range r.Results {
+		if x.Status == VerifyFailed {
+			return true
+		}
+	}
+	return false
+}
+
+// ManifestRequest asks for a page of a completed backup's manifest: up to
+// Limit (at most MaxDigests; 0 means MaxDigests) digests from chunk Offset.
+type ManifestRequest struct {
+	TargetRef
+	Offset int64 `json:"offset"`
+	Limit  int   `json:"limit,omitempty"`
+}
+
+// ManifestReply is a page of a manifest; SHA256 is the whole file's.
+type ManifestReply struct {
+	ChunkSize int64             `json:"chunk_size"`
+	Capacity  int64             `json:"capacity"`
+	Chunks    int64             `json:"chunks"`
+	SHA256    string            `json:"sha256"`
+	Offset    int64             `json:"offset"`
+	Digests   []manifest.Digest `json:"digests"`
 }

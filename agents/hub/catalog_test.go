@@ -19,6 +19,7 @@ import (
 	"github.com/sendense/sendense/agents/hub"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/bus/bustest"
+	"github.com/sendense/sendense/manifest"
 	"github.com/sendense/sendense/repository"
 	"github.com/sendense/sendense/schemas"
 	"github.com/sendense/sendense/store"
@@ -155,10 +156,50 @@ func TestCheckOnlyAdmin(t *testing.T) {
 			t.Errorf("%s calling check: last error %v, want a permission violation on %s", id, le, hub.SubjectCheck)
 		}
 	}
-	// Agents still reach the target endpoints.
-	agent := hub.NewClient(s.Connect(t, bus.AgentIdentity("node1")).Conn)
+	// Verify and manifest reads are admin's too.
+	if _, err := admin.Verify(ctx, hub.VerifyRequest{JobID: "job-unknown"}); !errors.Is(err, hub.ErrNotFound) {
+		t.Errorf("admin's verify of an unknown job: %v, want ErrNotFound", err)
+	}
+	for _, id := range []bus.Identity{bus.AgentIdentity("node1"), {Role: bus.RoleRequester}, {Role: bus.RoleMonitor}, {Role: bus.RoleCatalog}} {
+		for _, call := range []struct {
+			subject string
+			do      func(context.Context, *hub.Client) error
+		}{
+			{hub.SubjectVerify, func(ctx context.Context, c *hub.Client) error {
+				_, err := c.Verify(ctx, hub.VerifyRequest{All: true})
+				return err
+			}},
+			{hub.SubjectManifest, func(ctx context.Context, c *hub.Client) error {
+				_, _, err := c.Manifest(ctx, ref("job-x"))
+				return err
+			}},
+		} {
+			c := s.Connect(t, id)
+			cctx, ccancel := context.WithTimeout(ctx, time.Second)
+			err := call.do(cctx, hub.NewClient(c.Conn))
+			ccancel()
+			if err == nil {
+				t.Errorf("%s called %s", id, call.subject)
+			}
+			_ = c.Flush()
+			if le := c.LastError(); !errors.Is(le, nats.ErrPermissionViolation) || !strings.Contains(le.Error(), call.subject) {
+				t.Errorf("%s calling %s: last error %v, want a permission violation", id, call.subject, le)
+			}
+		}
+	}
+	// Agents still reach the target endpoints, digests included (no
+	// target is open: not found, no permission violation).
+	agentConn := s.Connect(t, bus.AgentIdentity("node1"))
+	agent := hub.NewClient(agentConn.Conn)
 	if _, err := agent.Info(ctx, testRepo); err != nil {
 		t.Errorf("agent's info: %v", err)
+	}
+	if err := agent.Digests(ctx, ref("job-x"), []manifest.Entry{{Index: 0}}); !errors.Is(err, hub.ErrNotFound) {
+		t.Errorf("agent's digests for no open target: %v, want ErrNotFound", err)
+	}
+	_ = agentConn.Flush()
+	if le := agentConn.LastError(); le != nil {
+		t.Errorf("agent's digests: last error %v", le)
 	}
 }
 

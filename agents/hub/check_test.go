@@ -120,7 +120,7 @@ func TestCheckClean(t *testing.T) {
 	if rep.Disks != 2 || len(rep.Problems) != 0 || len(rep.Orphans) != 0 || rep.OrphansSkipped != "" {
 		t.Errorf("report %+v, want 2 disks, nothing wrong", rep)
 	}
-	if got := e.files(t); len(got) != 3 {
-		t.Errorf("files %v, want 3", got)
+	if got := e.files(t); len(got) != 6 {
+		t.Errorf("files %v, want 3 images and their manifests", got)
 	}
 }

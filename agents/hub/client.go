@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sendense/sendense/bus"
+	"github.com/sendense/sendense/manifest"
 	"github.com/sendense/sendense/nbd"
 	"github.com/sendense/sendense/repository"
 	"github.com/sendense/sendense/vmware"
@@ -28,6 +29,12 @@ var (
 	ErrBaseMissing = errors.New("base backup missing")
 	// ErrBaseInvalid: the base's backing chain does not check (CodeBaseInvalid).
 	ErrBaseInvalid = errors.New("base backup invalid")
+	// ErrBaseUnverified: the base has no manifest, or not the expected one
+	// (CodeBaseUnverified).
+	ErrBaseUnverified = errors.New("base backup unverified")
+	// ErrNotFound: no such open target, backup, manifest, point, export or
+	// VM backup (CodeNotFound).
+	ErrNotFound = errors.New("not found")
 	// ErrRepositoryFull: no space left in the repository (CodeRepositoryFull).
 	ErrRepositoryFull = errors.New("repository full")
 	// ErrConflict: the target exists for a completed job, or is in use
@@ -38,8 +45,6 @@ var (
 	// ErrBusy: the VM's chains cannot change now: a backup holds its
 	// lease, a restore of it is open or a prune runs (CodeBusy).
 	ErrBusy = errors.New("vm busy")
-	// ErrNotFound: no such point, export or VM backup (CodeNotFound).
-	ErrNotFound = errors.New("not found")
 	// ErrBadRequest: the request cannot be served as asked (CodeBadRequest).
 	ErrBadRequest = errors.New("bad request")
 )
@@ -49,11 +54,12 @@ var sentinels = map[string]error{
 	CodeUnknownRepository: ErrUnknownRepository,
 	CodeBaseMissing:       ErrBaseMissing,
 	CodeBaseInvalid:       ErrBaseInvalid,
+	CodeBaseUnverified:    ErrBaseUnverified,
+	CodeNotFound:          ErrNotFound,
 	CodeRepositoryFull:    ErrRepositoryFull,
 	CodeConflict:          ErrConflict,
 	CodeUnavailable:       ErrUnavailable,
 	CodeBusy:              ErrBusy,
-	CodeNotFound:          ErrNotFound,
 	CodeBadRequest:        ErrBadRequest,
 }
 
@@ -96,6 +102,62 @@ func (c *Client) Close(ctx context.Context, ref TargetRef) (CloseReply, error) {
 // Abort stops a target's export and removes its partial file.
 func (c *Client) Abort(ctx context.Context, ref TargetRef) error {
 	return c.call(ctx, SubjectTargetAbort, ref, nil)
+}
+
+// Digests hands digests of chunks read to an open target, in requests of
+// at most MaxDigests entries.
+func (c *Client) Digests(ctx context.Context, ref TargetRef, entries []manifest.Entry) error {
+	for len(entries) > 0 {
+		n := min(len(entries), MaxDigests)
+		if err := c.call(ctx, SubjectTargetDigests, DigestsRequest{TargetRef: ref, Entries: entries[:n]}, nil); err != nil {
+			return err
+		}
+		entries = entries[n:]
+	}
+	return nil
+}
+
+// Verify verifies completed backups (SubjectVerify). Reading every point
+// takes time: the service allows itself VerifyTimeout, and so does the
+// client when ctx has no deadline.
+func (c *Client) Verify(ctx context.Context, req VerifyRequest) (VerifyReply, error) {
+	var out VerifyReply
+	err := bus.Request(ctx, c.nc, SubjectVerify, req, &out, VerifyTimeout, sentinels)
+	return out, err
+}
+
+// Manifest reads a completed backup's whole manifest page by page and
+// checks it against the SHA-256 the service reports for the file.
+func (c *Client) Manifest(ctx context.Context, ref TargetRef) (*manifest.Manifest, manifest.Digest, error) {
+	var m *manifest.Manifest
+	var sum string
+	for off := int64(0); ; {
+		var page ManifestReply
+		if err := c.call(ctx, SubjectManifest, ManifestRequest{TargetRef: ref, Offset: off}, &page); err != nil {
+			return nil, manifest.Digest{}, err
+		}
+		if m == nil {
+			m = &manifest.Manifest{ChunkSize: page.ChunkSize, Capacity: page.Capacity, Digests: make([]manifest.Digest, 0, page.Chunks)}
+			sum = page.SHA256
+		}
+		if page.SHA256 != sum || page.Offset != off {
+			return nil, manifest.Digest{}, fmt.Errorf("manifest of job %s disk %d changed while read", ref.JobID, ref.DiskKey)
+		}
+		m.Digests = append(m.Digests, page.Digests...)
+		off += int64(len(page.Digests))
+		if off >= page.Chunks || len(page.Digests) == 0 {
+			break
+		}
+	}
+	b, err := m.MarshalBinary()
+	if err != nil {
+		return nil, manifest.Digest{}, fmt.Errorf("manifest of job %s disk %d: %w", ref.JobID, ref.DiskKey, err)
+	}
+	got := manifest.Sum(b)
+	if got.String() != sum {
+		return nil, manifest.Digest{}, fmt.Errorf("manifest of job %s disk %d: pages hash to %s, the file to %s", ref.JobID, ref.DiskKey, got, sum)
+	}
+	return m, got, nil
 }
 
 // OpenRestore exports one chain point read-only.

@@ -123,7 +123,7 @@ func (s *RepoService) canPrune(dryRun bool) error {
 // the VM named vm ("" for every VM) in repo, by VM UUID, once the catalog
 // has applied everything stored.
 func (s *RepoService) completedByVM(ctx context.Context, vm, repo string) (map[string][]store.Job, error) {
-	if err := s.opts.Progress.CaughtUp(ctx); err != nil {
+	if err := awaitCaughtUp(ctx, s.opts.Progress, catalogWait); err != nil {
 		return nil, coded(CodeUnavailable, fmt.Errorf("forget: catalog not caught up: %w", err))
 	}
 	jobs, err := s.opts.Catalog.Jobs(ctx, store.JobFilter{Status: store.StatusCompleted, VM: vm})

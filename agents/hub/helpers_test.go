@@ -22,6 +22,7 @@ import (
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/bus/bustest"
 	"github.com/sendense/sendense/internal/testutil"
+	"github.com/sendense/sendense/manifest"
 	"github.com/sendense/sendense/repository"
 	"github.com/sendense/sendense/schemas"
 	"github.com/sendense/sendense/store"
@@ -502,10 +503,36 @@ func (e *svcEnv) makeFile(t *testing.T, job, backing, raw string, mtime time.Tim
 			t.Fatalf("qemu-img convert %s %s: %v: %s", raw, path, err, out)
 		}
 	}
+	e.writeManifest(t, job, path)
 	if !mtime.IsZero() {
 		setMtime(t, path, mtime)
 	}
 	return path
+}
+
+// writeManifest writes the manifest of the chain point at path (read with
+// qemu-img convert) as the job's manifest, as a target's close does, and
+// returns its SHA-256.
+func (e *svcEnv) writeManifest(t *testing.T, job, path string) manifest.Digest {
+	t.Helper()
+	raw := filepath.Join(t.TempDir(), job+".raw")
+	if out, err := exec.Command("qemu-img", "convert", "-U", "-O", "raw", path, raw).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img convert %s: %v: %s", path, err, out)
+	}
+	m, err := manifest.HashFile(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mpath, err := e.repo.ManifestPath(testVM, testDisk, job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum, err := manifest.Write(mpath, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(raw)
+	return sum
 }
 
 func setMtime(t *testing.T, path string, mtime time.Time) {

@@ -23,6 +23,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sendense/sendense/bus"
+	"github.com/sendense/sendense/manifest"
 	"github.com/sendense/sendense/repository"
 	"github.com/sendense/sendense/store"
 )
@@ -196,6 +197,10 @@ type target struct {
 	path   string
 	export *repository.Export
 	opened time.Time
+	// man is the manifest the close writes: the base's (incremental) or
+	// all zero chunks (full), with the digests the agent sends. Guarded
+	// by RepoService.mu.
+	man *manifest.Manifest
 }
 
 type restoreExport struct {
@@ -288,6 +293,9 @@ func (s *RepoService) Serve(ctx context.Context, nc *nats.Conn, ready chan<- str
 		{"restore-close", SubjectRestoreClose, s.closeRestore, 0},
 		{"check", SubjectCheck, s.check, 0},
 		{"forget", SubjectForget, s.forget, forgetTimeout},
+		{"target-digests", SubjectTargetDigests, s.targetDigests, 0},
+		{"verify", SubjectVerify, s.verify, VerifyTimeout},
+		{"manifest", SubjectManifest, s.manifestPage, 0},
 	}
 	// Handlers run in their own goroutines; shutdown waits for them before
 	// closing everything, so no export or file is made after closeAll.
@@ -376,7 +384,7 @@ func (s *RepoService) reconcileLoop(ctx context.Context) {
 }
 
 // requestTimeout bounds a request's work; forgetTimeout a forget's, which
-// merges and rebases whole images.
+// merges and rebases whole images (VerifyTimeout a verify's).
 const (
 	requestTimeout = 2 * time.Minute
 	forgetTimeout  = 30 * time.Minute
@@ -490,6 +498,10 @@ func (s *RepoService) openTarget(ctx context.Context, data []byte) (any, error) 
 			return nil, classify(err)
 		}
 	}
+	man, err := s.startManifest(r, req)
+	if err != nil {
+		return nil, err
+	}
 	path, err := r.Create(ctx, req.VMUUID, req.DiskKey, req.JobID, req.CapacityBytes, req.BackingJobID)
 	if err != nil {
 		return nil, classify(err)
@@ -500,7 +512,7 @@ func (s *RepoService) openTarget(ctx context.Context, data []byte) (any, error) 
 		return nil, classify(err)
 	}
 	s.mu.Lock()
-	s.targets[req.TargetRef] = &target{ref: req.TargetRef, path: path, export: exp, opened: time.Now()}
+	s.targets[req.TargetRef] = &target{ref: req.TargetRef, path: path, export: exp, opened: time.Now(), man: man}
 	s.mu.Unlock()
 	rel, _ := filepath.Rel(r.Root(), path)
 	log.Info().Str("target", rel).Str("backing_job_id", req.BackingJobID).Str("uri", exp.URI()).Msg("target opened")
@@ -555,7 +567,7 @@ func validateOpen(r *repository.Repo, req OpenRequest) error {
 	if req.BackingJobID == "" {
 		return nil
 	}
-	if err := repository.ValidateID(req.BackingJobID); err != nil {
+	if err := repository.ValidateJobID(req.BackingJobID); err != nil {
 		return coded(CodeBadRequest, fmt.Errorf("backing job id: %w", err))
 	}
 	if req.BackingJobID == req.JobID {
@@ -684,10 +696,24 @@ func (s *RepoService) closeTarget(ctx context.Context, data []byte) (any, error)
 	if err != nil {
 		return nil, fmt.Errorf("info of target of job %s disk %d: %w", ref.JobID, ref.DiskKey, err)
 	}
+	mpath, err := r.ManifestPath(ref.VMUUID, ref.DiskKey, ref.JobID)
+	if err != nil {
+		return nil, classify(err)
+	}
+	s.mu.Lock()
+	man := t.man
+	t.man = nil
+	s.mu.Unlock()
+	sum, err := manifest.Write(mpath, man)
+	if err != nil {
+		_ = r.Remove(ref.VMUUID, ref.DiskKey, ref.JobID)
+		return nil, classify(fmt.Errorf("manifest of job %s disk %d: %w", ref.JobID, ref.DiskKey, err))
+	}
 	rel, _ := filepath.Rel(r.Root(), t.path)
 	s.log.Info().Str("job_id", ref.JobID).Int32("disk_key", ref.DiskKey).Str("target", rel).
-		Int64("actual_size_bytes", info.ActualSize).Msg("target closed")
-	return CloseReply{Target: rel, ActualSizeBytes: info.ActualSize, VirtualSize: info.VirtualSize, BackingFile: info.BackingFile}, nil
+		Int64("actual_size_bytes", info.ActualSize).Str("manifest_sha256", sum.String()).Msg("target closed")
+	return CloseReply{Target: rel, ActualSizeBytes: info.ActualSize, VirtualSize: info.VirtualSize, BackingFile: info.BackingFile,
+		ManifestSHA256: sum.String()}, nil
 }
 
 func (s *RepoService) abortTarget(ctx context.Context, data []byte) (any, error) {

@@ -51,7 +51,7 @@ func TestServeShutdownClosesEverything(t *testing.T) {
 	if !compareImages(t, raw, done) {
 		t.Errorf("completed backup changed by shutdown")
 	}
-	if got, want := e.files(t), []string{filepath.Join(testVM, "2000", "job-done.qcow2")}; fmt.Sprint(got) != fmt.Sprint(want) {
+	if got, want := e.files(t), []string{filepath.Join(testVM, "2000", "job-done.manifest"), filepath.Join(testVM, "2000", "job-done.qcow2")}; fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("files after shutdown %v, want %v", got, want)
 	}
 	// Nobody answers any more.

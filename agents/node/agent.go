@@ -16,6 +16,7 @@ import (
 	"github.com/sendense/sendense/agents/hub"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/copier"
+	"github.com/sendense/sendense/manifest"
 	"github.com/sendense/sendense/schemas"
 	"github.com/sendense/sendense/store"
 	"github.com/sendense/sendense/vmware"
@@ -43,6 +44,7 @@ type Targets interface {
 	Info(ctx context.Context, repo string) (hub.InfoReply, error)
 	Open(ctx context.Context, req hub.OpenRequest) (hub.OpenReply, error)
 	Close(ctx context.Context, ref hub.TargetRef) (hub.CloseReply, error)
+	Digests(ctx context.Context, ref hub.TargetRef, entries []manifest.Entry) error
 	Abort(ctx context.Context, ref hub.TargetRef) error
 }
 

@@ -130,6 +130,7 @@ func (a *Agent) run(ctx context.Context, r *request) (_ *schemas.Completed, _ []
 			Disk: d.plan.ref, ChangeID: d.plan.disk.ChangeID, BackupType: d.plan.backupType, Reason: d.plan.reason,
 			BaseChangeID: d.plan.baseChangeID, BytesRead: d.copied.BytesRead, BytesWritten: d.copied.BytesWritten,
 			Target: closed.Target, Backing: d.plan.backing, ActualSizeBytes: closed.ActualSizeBytes,
+			ManifestSHA256: closed.ManifestSHA256,
 		})
 	}
 	// Completed means complete (invariant 2): refuse to report success
@@ -138,27 +139,36 @@ func (a *Agent) run(ctx context.Context, r *request) (_ *schemas.Completed, _ []
 		if d.ChangeID == "" {
 			return nil, nil, fail(schemas.FailChangeIDMissing, false, fmt.Errorf("disk %d of vm %s has no change id", d.Disk.Key, r.vm.InstanceUUID))
 		}
+		// Every point this build makes has a manifest, or it could never
+		// be verified nor be a base.
+		if d.ManifestSHA256 == "" {
+			return nil, nil, fail(schemas.FailRepository, true, fmt.Errorf("disk %d of vm %s: the repository wrote no manifest", d.Disk.Key, r.vm.InstanceUUID))
+		}
 	}
 	return completed, runs, nil
 }
 
 // openTarget asks the repository for the disk's target. When the hub
 // finds an incremental's base missing or broken (its file, or its backing
-// chain), the disk becomes a full with that reason: a bad base must never
+// chain) or without the manifest the catalog names, the disk becomes a
+// full with that reason: a bad base must never
 // fail a VM's backups forever.
 func (a *Agent) openTarget(ctx context.Context, r *request, snap types.ManagedObjectReference, p *diskPlan) (*diskRun, error) {
 	ref := hub.TargetRef{Repository: r.req.Repository, JobID: r.jobID, VMUUID: r.vm.InstanceUUID, DiskKey: p.disk.Key}
 	open := func() (hub.OpenReply, error) {
 		return a.deps.Targets.Open(ctx, hub.OpenRequest{
 			TargetRef: ref, Attempt: r.attempt, CapacityBytes: p.disk.CapacityBytes,
-			BackingJobID: p.backing, Agent: a.cfg.AgentID,
+			BackingJobID: p.backing, BaseManifestSHA256: p.baseManifest, Agent: a.cfg.AgentID,
 		})
 	}
 	out, err := open()
-	if p.backupType == schemas.TypeIncremental && (errors.Is(err, hub.ErrBaseMissing) || errors.Is(err, hub.ErrBaseInvalid)) {
+	if p.backupType == schemas.TypeIncremental && (errors.Is(err, hub.ErrBaseMissing) || errors.Is(err, hub.ErrBaseInvalid) || errors.Is(err, hub.ErrBaseUnverified)) {
 		reason := schemas.ReasonBaseMissing
-		if errors.Is(err, hub.ErrBaseInvalid) {
+		switch {
+		case errors.Is(err, hub.ErrBaseInvalid):
 			reason = schemas.ReasonBaseInvalid
+		case errors.Is(err, hub.ErrBaseUnverified):
+			reason = schemas.ReasonBaseUnverified
 		}
 		r.log.Warn().Err(err).Int32("disk_key", p.disk.Key).Str("backing", p.backing).Str("reason", reason).
 			Msg("base of the incremental unusable; taking a full")
@@ -207,6 +217,7 @@ func (a *Agent) copyDisk(ctx context.Context, r *request, snap types.ManagedObje
 		opts.TargetTLS = tls
 	}
 	opts.Incremental = d.plan.backupType == schemas.TypeIncremental
+	opts.Digests = true
 	opts.Log = log
 	opts.Progress = func(p copier.Progress) { prog.update(key, p.BytesDone, p.BytesTotal, false) }
 	res, err := copier.Copy(ctx, src.URI(), d.target.URI, extents, opts)
@@ -221,6 +232,11 @@ func (a *Agent) copyDisk(ctx context.Context, r *request, snap types.ManagedObje
 		return fail(reason, true, fmt.Errorf("copy disk %d of vm %s: %w", key, r.vm.InstanceUUID, err))
 	}
 	d.copied = res
+	// The digests of what was read go to the target before anything says
+	// the disk is copied; its close writes the manifest.
+	if err := a.deps.Targets.Digests(ctx, d.ref, res.Digests); err != nil {
+		return fail(schemas.FailRepository, true, fmt.Errorf("send %d chunk digests of disk %d of vm %s: %w", len(res.Digests), key, r.vm.InstanceUUID, err))
+	}
 	prog.update(key, res.BytesRead, res.BytesRead, true)
 
 	ev := &schemas.ChangeID{

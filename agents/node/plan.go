@@ -20,13 +20,16 @@ type diskPlan struct {
 	reason       string
 	baseChangeID string
 	backing      string // job id of the base backup
+	baseManifest string // manifest_sha256 of the base backup
 	extents      []vmware.Extent
 }
 
 // Plan decides full or incremental for one disk. It is the one place that
 // decides (design invariant 3), and runs while the VM's lease is held.
 // head is the catalog's chain head for (VM, disk, repository), nil when the
-// chain is empty.
+// chain is empty. A head without a manifest (made before manifests), or
+// whose latest verification failed, is never a base: reason
+// base_unverified.
 func Plan(requested string, disk vmware.Disk, head *store.Link) (backupType, reason string) {
 	switch {
 	case requested == schemas.TypeFull:
@@ -40,6 +43,12 @@ func Plan(requested string, disk vmware.Disk, head *store.Link) (backupType, rea
 	cur, err2 := vmware.ParseChangeID(disk.ChangeID)
 	if err1 != nil || err2 != nil || !vmware.SameEpoch(base, cur) {
 		return schemas.TypeFull, schemas.ReasonCBTReset
+	}
+	if head.ManifestSHA256 == "" || head.Verified == schemas.VerifyFailed {
+		// Made before manifests (an incremental on it could have no
+		// manifest either, and nothing could ever verify it), or its
+		// latest verification failed: never a base.
+		return schemas.TypeFull, schemas.ReasonBaseUnverified
 	}
 	return schemas.TypeIncremental, schemas.ReasonBaseUsable
 }
@@ -78,7 +87,7 @@ func (a *Agent) plan(ctx context.Context, r *request, snap types.ManagedObjectRe
 			case err != nil:
 				return nil, fail(schemas.FailVCenter, true, fmt.Errorf("changed areas of disk %d of vm %s since %s: %w", d.Key, r.vm.InstanceUUID, head.ChangeID, err))
 			default:
-				p.extents, p.baseChangeID, p.backing = ext, head.ChangeID, head.JobID
+				p.extents, p.baseChangeID, p.backing, p.baseManifest = ext, head.ChangeID, head.JobID, head.ManifestSHA256
 			}
 		}
 		if p.backupType == schemas.TypeFull {
@@ -101,6 +110,6 @@ func (a *Agent) planFull(ctx context.Context, r *request, snap types.ManagedObje
 	if err != nil {
 		return fail(schemas.FailVCenter, true, fmt.Errorf("allocated areas of disk %d of vm %s: %w", d.Key, r.vm.InstanceUUID, err))
 	}
-	p.backupType, p.reason, p.baseChangeID, p.backing, p.extents = schemas.TypeFull, reason, "", "", ext
+	p.backupType, p.reason, p.baseChangeID, p.backing, p.baseManifest, p.extents = schemas.TypeFull, reason, "", "", "", ext
 	return nil
 }

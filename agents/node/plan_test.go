@@ -20,7 +20,8 @@ func TestPlan(t *testing.T) {
 		epochB = "52 aa 7c 6d 57 a0 9c 14-5c 25 c3 fe 79 c0 43 d4"
 	)
 	disk := vmware.Disk{Key: 2000, UUID: "6000c291-1c2d-4e5f-8a9b-0c1d2e3f4a5b", CapacityBytes: 1 << 30, ChangeID: epochA + "/7"}
-	head := &store.Link{JobID: "j1", DiskKey: 2000, DiskUUID: disk.UUID, CapacityBytes: 1 << 30, ChangeID: epochA + "/3"}
+	head := &store.Link{JobID: "j1", DiskKey: 2000, DiskUUID: disk.UUID, CapacityBytes: 1 << 30, ChangeID: epochA + "/3",
+		ManifestSHA256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}
 	with := func(f func(l *store.Link)) *store.Link { l := *head; f(&l); return &l }
 	cases := []struct {
 		name      string
@@ -39,6 +40,9 @@ func TestPlan(t *testing.T) {
 		{"resized", schemas.TypeAuto, with(func(l *store.Link) { l.CapacityBytes = 1 << 29 }), disk, schemas.TypeFull, schemas.ReasonDiskResized},
 		{"cbt reset", schemas.TypeIncremental, with(func(l *store.Link) { l.ChangeID = epochB + "/9" }), disk, schemas.TypeFull, schemas.ReasonCBTReset},
 		{"garbage base change id", schemas.TypeAuto, with(func(l *store.Link) { l.ChangeID = "garbage" }), disk, schemas.TypeFull, schemas.ReasonCBTReset},
+		{"base without a manifest", schemas.TypeAuto, with(func(l *store.Link) { l.ManifestSHA256 = "" }), disk, schemas.TypeFull, schemas.ReasonBaseUnverified},
+		{"base failed verification", schemas.TypeIncremental, with(func(l *store.Link) { l.Verified = schemas.VerifyFailed }), disk, schemas.TypeFull, schemas.ReasonBaseUnverified},
+		{"base verified", schemas.TypeAuto, with(func(l *store.Link) { l.Verified = schemas.VerifyOK }), disk, schemas.TypeIncremental, schemas.ReasonBaseUsable},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -81,7 +85,8 @@ func TestPlanChangeIDRejected(t *testing.T) {
 	disk := vmware.Disk{Key: 2000, UUID: "6000c291-1c2d-4e5f-8a9b-0c1d2e3f4a5b", CapacityBytes: 1 << 20, ChangeID: epoch + "/7"}
 	vc := &fakeVC{}
 	a := &Agent{deps: Deps{VCenter: vc, Catalog: &fakeCatalog{head: store.Link{
-		JobID: "j1", DiskUUID: disk.UUID, CapacityBytes: disk.CapacityBytes, ChangeID: epoch + "/3"}}}}
+		JobID: "j1", DiskUUID: disk.UUID, CapacityBytes: disk.CapacityBytes, ChangeID: epoch + "/3",
+		ManifestSHA256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}}}}
 	r := &request{req: schemas.Request{VM: "pgtest1", BackupType: schemas.TypeAuto, Repository: "default"},
 		vm: &vmware.VM{InstanceUUID: "4217a1b3-6f0e-4c55-9b1e-2f3c4d5e6f70"}, log: zerolog.Nop()}
 	plans, err := a.plan(context.Background(), r, types.ManagedObjectReference{Value: "snapshot-1"}, []vmware.Disk{disk})

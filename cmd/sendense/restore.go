@@ -15,6 +15,7 @@ import (
 	"github.com/sendense/sendense/agents/catalog"
 	"github.com/sendense/sendense/agents/hub"
 	"github.com/sendense/sendense/bus"
+	"github.com/sendense/sendense/manifest"
 	"github.com/sendense/sendense/store"
 )
 
@@ -27,6 +28,17 @@ type restoreCmd struct {
 	format string
 	verify bool
 	force  bool
+	json   bool
+}
+
+// restoreLine is one line of `restore --json`: a disk written.
+type restoreLine struct {
+	JobID    string `json:"job_id"`
+	Disk     int32  `json:"disk_key"`
+	Path     string `json:"path"`
+	Format   string `json:"format"`
+	Bytes    int64  `json:"bytes"`
+	Verified bool   `json:"verified"`
 }
 
 func newRestoreCmd(a *app) *cobra.Command {
@@ -41,11 +53,12 @@ func newRestoreCmd(a *app) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error { return c.run(cmd.Context(), a) },
 	}
 	f := cmd.Flags()
-	f.StringVar(&c.jobID, "job", "", "job id of the backup (required)")
+	f.StringVar(&c.jobID, "job", "", "job id of the backup, or a unique prefix of at least 4 characters (required)")
 	f.Int32Var(&c.disk, "disk", -1, "device key of the disk (default: every disk)")
 	f.StringVar(&c.to, "to", "", "output file, or directory for several disks (required)")
 	f.StringVar(&c.format, "format", "raw", "raw or qcow2")
-	f.BoolVar(&c.verify, "verify", false, "read the output back and compare it with the backup")
+	f.BoolVar(&c.verify, "verify", false, "read the output back and compare it with the backup and with the manifest taken at backup time")
+	f.BoolVar(&c.json, "json", false, `print NDJSON: {"job_id":…,"disk_key":…,"path":…,"format":…,"bytes":…,"verified":…} per disk written`)
 	f.BoolVar(&c.force, "force", false, "overwrite output files that exist (default: refuse before writing anything)")
 	_ = cmd.MarkFlagRequired("job")
 	_ = cmd.MarkFlagRequired("to")
@@ -61,10 +74,11 @@ func (c *restoreCmd) run(ctx context.Context, a *app) error {
 		return err
 	}
 	defer nc.Close()
-	job, err := catalog.NewClient(nc).Job(ctx, c.jobID)
+	job, err := catalog.NewClient(nc).ResolveJob(ctx, c.jobID)
 	if err != nil {
-		return fmt.Errorf("job %s: %w", c.jobID, err)
+		return err
 	}
+	c.jobID = job.ID
 	if job.Status != store.StatusCompleted {
 		return fmt.Errorf("job %s is %s: only a completed backup can be restored", c.jobID, job.Status)
 	}
@@ -136,12 +150,34 @@ func (c *restoreCmd) restoreDisk(ctx context.Context, a *app, repo *hub.Client, 
 	if err != nil {
 		return fmt.Errorf("restore disk %d of job %s to %s: %w", d.Disk.Key, job.ID, dst, err)
 	}
-	fmt.Fprintf(a.stdout, "disk %d of job %s restored to %s (%d bytes)\n", d.Disk.Key, job.ID, dst, exp.VirtualSize)
+	if !c.json {
+		fmt.Fprintf(a.stdout, "disk %d of job %s restored to %s (%s)\n", d.Disk.Key, job.ID, dst, fmtBytes(exp.VirtualSize))
+	}
 	if c.verify {
-		if err := verifyCopy(ctx, src, dst, c.format); err != nil {
+		var want *manifest.Manifest
+		if d.ManifestSHA256 != "" {
+			m, sum, err := repo.Manifest(ctx, ref)
+			if err != nil {
+				return fmt.Errorf("manifest of disk %d of job %s: %w", d.Disk.Key, job.ID, err)
+			}
+			if sum.String() != d.ManifestSHA256 {
+				return fmt.Errorf("manifest of disk %d of job %s has SHA-256 %s, backup.completed says %s", d.Disk.Key, job.ID, sum, d.ManifestSHA256)
+			}
+			want = m
+		}
+		if err := verifyCopy(ctx, src, dst, c.format, want); err != nil {
 			return fmt.Errorf("verify %s against the backup of disk %d: %w", dst, d.Disk.Key, err)
 		}
-		fmt.Fprintf(a.stdout, "disk %d verified: identical\n", d.Disk.Key)
+		if !c.json {
+			if want != nil {
+				fmt.Fprintf(a.stdout, "disk %d verified: identical to the backup, and to its manifest taken at backup time (%d chunks)\n", d.Disk.Key, len(want.Digests))
+			} else {
+				fmt.Fprintf(a.stdout, "disk %d verified: identical to the backup (made before manifests: no manifest to compare)\n", d.Disk.Key)
+			}
+		}
+	}
+	if c.json {
+		return writeJSONLine(a, restoreLine{JobID: job.ID, Disk: d.Disk.Key, Path: dst, Format: c.format, Bytes: exp.VirtualSize, Verified: c.verify})
 	}
 	return nil
 }
@@ -167,13 +203,30 @@ func nbdcopy(ctx context.Context, src, dst string) error {
 // export again, with nbdcopy, into a sparse scratch file beside dst and
 // has qemu-img compare the two locally, which names the first offset that
 // differs. Streaming the export instead costs one round trip per request
-// (nbdcopy to a pipe is synchronous), 50x slower over TLS.
-func verifyCopy(ctx context.Context, src, dst, format string) error {
+// (nbdcopy to a pipe is synchronous), 50x slower over TLS. With want, the
+// scratch copy (equal to dst by then) is also hashed per chunk and
+// compared with the manifest the backup took, which names the first chunk
+// that differs: bit rot in the repository, or a backup that wrote other
+// bytes than it read, shows there.
+func verifyCopy(ctx context.Context, src, dst, format string, want *manifest.Manifest) error {
 	return withScratch(dst, func(scratch string) error {
 		if err := nbdcopy(ctx, src, scratch); err != nil {
 			return fmt.Errorf("read the backup again: %w", err)
 		}
-		return qemuImg(ctx, "compare", "-f", "raw", "-F", format, scratch, dst)
+		if err := qemuImg(ctx, "compare", "-f", "raw", "-F", format, scratch, dst); err != nil {
+			return err
+		}
+		if want == nil {
+			return nil
+		}
+		got, err := manifest.HashFile(scratch)
+		if err != nil {
+			return err
+		}
+		if i, differ := want.FirstMismatch(got); differ {
+			return fmt.Errorf("chunk %d (offset %d, %d bytes) differs from the manifest taken at backup time", i, want.Offset(i), want.ChunkSize)
+		}
+		return nil
 	})
 }
 

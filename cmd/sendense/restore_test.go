@@ -12,6 +12,7 @@ import (
 
 	"github.com/sendense/sendense/agents/simctl"
 	"github.com/sendense/sendense/internal/testutil"
+	"github.com/sendense/sendense/manifest"
 )
 
 // TestRestoreOverTLS: `serve --repo-listen` exports over TCP with TLS-PSK,
@@ -106,7 +107,7 @@ func TestRestoreCopyAndVerify(t *testing.T) {
 	if !bytes.Equal(got, data) {
 		t.Fatalf("restored %d bytes, want the source's %d, identical", len(got), len(data))
 	}
-	if err := verifyCopy(ctx, uri, dst, "raw"); err != nil {
+	if err := verifyCopy(ctx, uri, dst, "raw", nil); err != nil {
 		t.Fatalf("verify of an identical copy: %v", err)
 	}
 	off := int64(3<<20 + 17)
@@ -119,7 +120,7 @@ func TestRestoreCopyAndVerify(t *testing.T) {
 	}
 	_ = f.Close()
 	// qemu-img compare names the sector that differs.
-	if err := verifyCopy(ctx, uri, dst, "raw"); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("offset %d", off&^511)) {
+	if err := verifyCopy(ctx, uri, dst, "raw", nil); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("offset %d", off&^511)) {
 		t.Fatalf("verify of a copy with byte %d flipped: %v, want an error naming offset %d", off, err, off&^511)
 	}
 
@@ -132,8 +133,19 @@ func TestRestoreCopyAndVerify(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := verifyCopy(ctx, uri, q, "qcow2"); err != nil {
-		t.Fatalf("verify of the qcow2 copy: %v", err)
+	want, err := manifest.HashFile(srcImg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := verifyCopy(ctx, uri, q, "qcow2", want); err != nil {
+		t.Fatalf("verify of the qcow2 copy against its manifest: %v", err)
+	}
+	// The export and the copy agree, but not with what the backup read:
+	// the manifest names the chunk.
+	wrong := want.Clone()
+	wrong.Digests[5] = manifest.Sum([]byte("other"))
+	if err := verifyCopy(ctx, uri, q, "qcow2", wrong); err == nil || !strings.Contains(err.Error(), "chunk 5 (offset 5242880") {
+		t.Fatalf("verify against a manifest that differs at chunk 5: %v", err)
 	}
 	entries, _ := os.ReadDir(dir)
 	for _, e := range entries {

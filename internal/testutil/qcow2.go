@@ -2,7 +2,9 @@ package testutil
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"os"
+	"os/exec"
 	"testing"
 )
 
@@ -102,4 +104,50 @@ func refcountBlock(tb testing.TB, f *os.File) (int64, uint32) {
 		tb.Fatalf("%s: no first refcount block", f.Name())
 	}
 	return block, clusterBits
+}
+
+// FlipQcow2DataByte inverts one byte of guest data stored in the qcow2 file
+// itself (not in its backing chain): the byte skip bytes into the first
+// data extent of the top image of at least skip+1 bytes, found with
+// `qemu-img map --output=json` (depth 0, data true, its host offset). It
+// returns the byte's guest offset. Metadata is untouched, so qemu-img check
+// still passes: only reading the data can notice.
+func FlipQcow2DataByte(tb testing.TB, path string, skip int64) int64 {
+	tb.Helper()
+	out, err := exec.Command("qemu-img", "map", "--output=json", "-U", path).Output()
+	if err != nil {
+		tb.Fatalf("qemu-img map %s: %v", path, err)
+	}
+	var exts []struct {
+		Start  int64  `json:"start"`
+		Length int64  `json:"length"`
+		Depth  int    `json:"depth"`
+		Data   bool   `json:"data"`
+		Offset *int64 `json:"offset"`
+	}
+	if err := json.Unmarshal(out, &exts); err != nil {
+		tb.Fatalf("qemu-img map %s: %v", path, err)
+	}
+	for _, e := range exts {
+		if e.Depth != 0 || !e.Data || e.Offset == nil || e.Length <= skip {
+			continue
+		}
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		defer closeFile(tb, f)
+		b := []byte{0}
+		host := *e.Offset + skip
+		if _, err := f.ReadAt(b, host); err != nil {
+			tb.Fatal(err)
+		}
+		b[0] ^= 0xff
+		if _, err := f.WriteAt(b, host); err != nil {
+			tb.Fatal(err)
+		}
+		return e.Start + skip
+	}
+	tb.Fatalf("%s: no data extent of its own longer than %d bytes", path, skip)
+	return 0
 }

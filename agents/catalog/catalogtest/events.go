@@ -388,3 +388,23 @@ func PublishParallel(ctx context.Context, p *bus.Publisher, workers int, evs ...
 	}
 	return err
 }
+
+// Verified is the hub's backup.verified of the job, after the given time
+// past its completion, with every disk's status st (a failed disk names
+// chunk 3 as the first that differs).
+func (j Job) Verified(after time.Duration, st string) *schemas.Verified {
+	j = j.withDefaults()
+	at := j.CompletedAt().Add(after)
+	seq := at.UnixMilli()
+	h := j.header(schemas.NameVerified, 0, at)
+	h.ID = bus.EventID(j.ID, j.Attempt, schemas.NameVerified, 0, seq)
+	ev := &schemas.Verified{Header: h, Repository: j.Repo, Seq: seq, Status: st}
+	for _, p := range j.PruneDisks(schemas.PruneDelete, "", "") {
+		d := schemas.VerifiedDisk{Disk: p.Disk, Target: p.Target, Status: st, BytesRead: p.Disk.CapacityBytes}
+		if st == schemas.VerifyFailed {
+			d.Problem, d.Detail, d.ChunkIndex, d.ChunkOffset = "data_mismatch", "chunk 3 differs from the manifest", 3, 3<<20
+		}
+		ev.Disks = append(ev.Disks, d)
+	}
+	return ev
+}

@@ -1,0 +1,244 @@
+package hub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/nats-io/nuid"
+
+	"github.com/sendense/sendense/bus"
+	"github.com/sendense/sendense/copier"
+	"github.com/sendense/sendense/manifest"
+	"github.com/sendense/sendense/repository"
+	"github.com/sendense/sendense/schemas"
+	"github.com/sendense/sendense/store"
+)
+
+// VerifyTimeout bounds one verify request: every selected point is read
+// whole through its chain.
+const VerifyTimeout = 30 * time.Minute
+
+// verify answers SubjectVerify.
+func (s *RepoService) verify(ctx context.Context, data []byte) (any, error) {
+	var req VerifyRequest
+	if err := decode(data, &req); err != nil {
+		return nil, err
+	}
+	n := 0
+	for _, set := range []bool{req.JobID != "", req.VM != "", req.All} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return nil, coded(CodeBadRequest, errors.New("verify: name exactly one of job_id, vm or all"))
+	}
+	if req.Repository != "" {
+		if _, err := s.repo(req.Repository); err != nil {
+			return nil, err
+		}
+	}
+	if s.opts.Catalog == nil {
+		return nil, coded(CodeUnavailable, errors.New("verify: no catalog configured to list completed backups"))
+	}
+	jobs, err := s.verifyJobs(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	reply := VerifyReply{Results: []VerifyResult{}}
+	for _, j := range jobs {
+		r, ok := s.opts.Repositories[j.Repository]
+		if !ok {
+			if req.JobID != "" {
+				return nil, coded(CodeUnknownRepository, fmt.Errorf("job %s is in repository %q, which this hub does not serve", j.ID, j.Repository))
+			}
+			continue
+		}
+		var results []VerifyResult
+		seq := time.Now().UnixMilli()
+		for _, d := range j.Disks {
+			res := s.VerifyDisk(ctx, r, j, d)
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("verify job %s: %w", j.ID, ctx.Err())
+			}
+			results = append(results, res)
+		}
+		reply.Results = append(reply.Results, results...)
+		id, err := s.publishVerified(ctx, j, seq, results)
+		if err != nil {
+			s.log.Error().Err(err).Str("job_id", j.ID).Msg("publish backup.verified")
+			reply.PublishErrors = append(reply.PublishErrors, err.Error())
+			continue
+		}
+		reply.Events = append(reply.Events, id)
+	}
+	return reply, nil
+}
+
+// verifyJobs lists the completed jobs a request selects, oldest first.
+func (s *RepoService) verifyJobs(ctx context.Context, req VerifyRequest) ([]store.Job, error) {
+	if req.JobID != "" {
+		j, err := s.opts.Catalog.Job(ctx, req.JobID)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			return nil, coded(CodeNotFound, fmt.Errorf("verify: unknown job %s", req.JobID))
+		case err != nil:
+			return nil, coded(CodeUnavailable, fmt.Errorf("verify: ask the catalog for job %s: %w", req.JobID, err))
+		case j.Status != store.StatusCompleted:
+			return nil, coded(CodeBadRequest, fmt.Errorf("verify: job %s is %s: only completed backups are verified", req.JobID, j.Status))
+		case req.Repository != "" && j.Repository != req.Repository:
+			return nil, coded(CodeNotFound, fmt.Errorf("verify: job %s is in repository %s, not %s", req.JobID, j.Repository, req.Repository))
+		}
+		return []store.Job{j}, nil
+	}
+	jobs, err := s.opts.Catalog.Jobs(ctx, store.JobFilter{VM: req.VM, Status: store.StatusCompleted})
+	if err != nil {
+		return nil, coded(CodeUnavailable, fmt.Errorf("verify: ask the catalog for completed jobs: %w", err))
+	}
+	jobs = slices.DeleteFunc(jobs, func(j store.Job) bool { return req.Repository != "" && j.Repository != req.Repository })
+	if len(jobs) == 0 && req.VM != "" {
+		return nil, coded(CodeNotFound, fmt.Errorf("verify: vm %s has no completed backup", req.VM))
+	}
+	slices.Reverse(jobs) // the catalog lists newest first
+	return jobs, nil
+}
+
+// VerifyDisk verifies one disk of a completed job in r: the file exists
+// and qemu-img check finds no corruption, its manifest is the one
+// backup.completed named, and the point read through its chain (a
+// read-only qemu-nbd export on a unix socket, hashed with copier.Hash)
+// matches the manifest chunk for chunk. A disk completed before manifests
+// existed gets VerifyNoManifest after its check.
+func (s *RepoService) VerifyDisk(ctx context.Context, r *repository.Repo, j store.Job, d store.Disk) VerifyResult {
+	start := time.Now()
+	res := VerifyResult{
+		TargetRef: TargetRef{Repository: j.Repository, JobID: j.ID, VMUUID: j.VM.UUID, DiskKey: d.Disk.Key},
+		Target:    d.Target, Status: VerifyFailed, ChunkSize: manifest.ChunkSize,
+	}
+	log := s.log.With().Str("job_id", j.ID).Str("vm_uuid", j.VM.UUID).Int32("disk_key", d.Disk.Key).Logger()
+	defer func() {
+		res.Duration, res.VerifiedAt = time.Since(start), time.Now().UTC()
+		ev := log.Info()
+		if res.Status == VerifyFailed {
+			ev = log.Warn()
+		}
+		ev.Str("status", res.Status).Str("problem", res.Problem).Str("detail", res.Detail).Int64("chunk_offset", res.ChunkOffset).
+			Int64("bytes_read", res.BytesRead).Dur("duration", res.Duration).Msg("backup verified")
+	}()
+	fail := func(problem string, err error) VerifyResult {
+		res.Problem, res.Detail = problem, err.Error()
+		return res
+	}
+	path, err := r.Path(j.VM.UUID, d.Disk.Key, j.ID)
+	if err != nil {
+		return fail(VerifyProblemMissing, err)
+	}
+	if _, err := os.Stat(path); err != nil {
+		return fail(VerifyProblemMissing, err)
+	}
+	if err := r.Check(ctx, path); err != nil && !errors.Is(err, repository.ErrLeaks) {
+		return fail(VerifyProblemCheck, err)
+	}
+	if d.ManifestSHA256 == "" {
+		res.Status = VerifyNoManifest
+		res.Detail = "backup made before manifests existed: its file checks, its data cannot be compared"
+		return res
+	}
+	mpath, err := r.ManifestPath(j.VM.UUID, d.Disk.Key, j.ID)
+	if err != nil {
+		return fail(VerifyProblemManifest, err)
+	}
+	want, sum, err := manifest.Read(mpath)
+	switch {
+	case err != nil:
+		return fail(VerifyProblemManifest, err)
+	case sum.String() != d.ManifestSHA256:
+		return fail(VerifyProblemManifest, fmt.Errorf("manifest %s has SHA-256 %s, backup.completed says %s", mpath, sum, d.ManifestSHA256))
+	case want.Capacity != d.Disk.CapacityBytes:
+		return fail(VerifyProblemManifest, fmt.Errorf("manifest %s is of %d bytes, the disk has %d", mpath, want.Capacity, d.Disk.CapacityBytes))
+	}
+	// Always a local unix socket: the hub reads its own files.
+	exp, err := r.Export(ctx, path, repository.ExportOptions{ReadOnly: true, Shared: copier.DefaultConnections,
+		Owner: "verify-" + strings.ToLower(nuid.Next()), SocketDir: s.opts.SocketDir})
+	if err != nil {
+		return fail(VerifyProblemRead, err)
+	}
+	got, err := copier.Hash(ctx, exp.URI(), copier.HashOptions{})
+	if cerr := exp.Close(context.WithoutCancel(ctx)); cerr != nil {
+		log.Warn().Err(cerr).Msg("close verify export")
+	}
+	if err != nil {
+		return fail(VerifyProblemRead, err)
+	}
+	res.BytesRead = got.Capacity
+	if i, differ := want.FirstMismatch(got); differ {
+		res.ChunkIndex, res.ChunkOffset = i, want.Offset(i)
+		return fail(VerifyProblemData, fmt.Errorf("chunk %d (bytes %d to %d) read through the chain has SHA-256 %s, the manifest %s",
+			i, want.Offset(i), want.Offset(i)+want.ChunkLen(i), got.Digests[i], want.Digests[i]))
+	}
+	res.Status = VerifyOK
+	return res
+}
+
+// publishVerified publishes backup.verified for job j's results (seq
+// numbers this verification of j) and returns its id.
+func (s *RepoService) publishVerified(ctx context.Context, j store.Job, seq int64, results []VerifyResult) (string, error) {
+	ev := VerifiedEvent(j, seq, time.Now(), results)
+	if s.opts.Publisher == nil {
+		return "", fmt.Errorf("backup.verified of job %s not published: the hub has no event publisher", j.ID)
+	}
+	if _, err := s.opts.Publisher.PublishEvent(ctx, ev); err != nil {
+		return "", fmt.Errorf("publish backup.verified of job %s: %w", j.ID, err)
+	}
+	return ev.ID, nil
+}
+
+// VerifiedEvent is the backup.verified of job j's verification number seq
+// finished at, with its disks' results: failed when a disk failed, else
+// no_manifest when a disk had none, else ok.
+func VerifiedEvent(j store.Job, seq int64, at time.Time, results []VerifyResult) *schemas.Verified {
+	h := schemas.Header{
+		ID: bus.EventID(j.ID, j.Attempt, schemas.NameVerified, 0, seq), Time: at.UTC(),
+		JobID: j.ID, Attempt: j.Attempt, VM: j.VM,
+	}
+	schemas.Stamp(&h, schemas.NameVerified)
+	ev := &schemas.Verified{Header: h, Repository: j.Repository, Seq: seq, Status: schemas.VerifyOK}
+	for _, r := range results {
+		var ref schemas.DiskRef
+		for _, d := range j.Disks {
+			if d.Disk.Key == r.DiskKey {
+				ref = d.Disk
+			}
+		}
+		vd := schemas.VerifiedDisk{Disk: ref, Target: r.Target, Status: r.Status, Problem: r.Problem,
+			Detail: cutText(r.Detail, 4096), BytesRead: r.BytesRead}
+		if r.Problem == VerifyProblemData {
+			vd.ChunkIndex, vd.ChunkOffset = r.ChunkIndex, r.ChunkOffset
+		}
+		ev.Disks = append(ev.Disks, vd)
+		switch {
+		case r.Status == VerifyFailed:
+			ev.Status = schemas.VerifyFailed
+		case r.Status == VerifyNoManifest && ev.Status == schemas.VerifyOK:
+			ev.Status = schemas.VerifyNoManifest
+		}
+	}
+	return ev
+}
+
+// cutText cuts s to at most n bytes on a rune boundary.
+func cutText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
