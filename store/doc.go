@@ -110,7 +110,7 @@
 // Event ids, job ids, VM UUIDs and repository names longer than 512 bytes
 // are refused (they become bbolt keys).
 //
-// Hub events are stored under type codes (6 and 7) that builds from before
+// Hub events are stored under type codes (6, 7 and 8) that builds from before
 // them do not know: such a build fails to re-derive a job that has them.
 // Going back to one, rebuild its catalog from the stream (`catalog
 // rebuild`), which it files as poison it does not understand.
