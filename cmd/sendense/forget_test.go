@@ -79,6 +79,9 @@ func TestForgetCLI(t *testing.T) {
 	if j.Status != store.StatusPruned || j.Prune == nil || j.Prune.State != store.PruneDone {
 		t.Errorf("fg-2 after forget: status %s prune %+v", j.Status, j.Prune)
 	}
+	if out := s.must(t, "job", "fg-2"); !strings.Contains(out, "pruned") {
+		t.Errorf("job fg-2 does not say it is pruned:\n%s", out)
+	}
 	if out := s.must(t, "jobs", "--status", "pruned"); !strings.Contains(out, "fg-2") {
 		t.Errorf("jobs --status pruned:\n%s", out)
 	}
