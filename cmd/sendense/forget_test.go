@@ -70,6 +70,7 @@ func TestForgetCLI(t *testing.T) {
 	}
 
 	out = s.must(t, "forget", "--vm", "pgtest1", "--keep-last", "1", "--protect", "fg-1")
+	t.Logf("sendense forget --vm pgtest1 --keep-last 1 --protect fg-1:\n%s", out)
 	for _, w := range []string{"JOB", "fg-2", "removed", "fg-3", "keep", "protected"} {
 		if !strings.Contains(out, w) {
 			t.Errorf("forget output lacks %q:\n%s", w, out)
