@@ -5,7 +5,7 @@ BIN       := bin/sendense
 RACE_RE   := /(bus|store|copier|nbd|agents)(/|$$)
 GOFILES    = $(shell find . -name '*.go' -not -path './var/*' -not -path './bin/*')
 
-.PHONY: all deps build lint test test-race bench bench-catalog bench-copy bench-restore bench-restore-depth demo clean
+.PHONY: all deps build lint test test-race bench bench-catalog bench-copy bench-restore bench-restore-depth bench-verify demo clean
 
 all: build
 
@@ -25,7 +25,7 @@ test: deps lint
 	$(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -Ev '$(RACE_RE)')
 	$(GO) test -race -count=1 -timeout 20m $$($(GO) list ./... | grep -E '$(RACE_RE)')
 
-bench: deps bench-catalog bench-copy bench-restore bench-restore-depth
+bench: deps bench-catalog bench-copy bench-restore bench-restore-depth bench-verify
 
 # Catalog consumer: events/s committed and publish-to-commit latency vs a raw JetStream loop.
 bench-catalog:
@@ -45,6 +45,11 @@ bench-restore:
 # `sendense restore` reads it, and `qemu-img convert` of the same chain in the same run.
 bench-restore-depth:
 	$(GO) test ./agents/hub -run '^$$' -bench 'BenchmarkRestoreDepth' -benchtime 2x -timeout 20m -v
+
+# Verify of a 1 GiB point (a chain of 2) as sendense.repo.verify does it, against qemu-img
+# compare of the same chain with a raw copy, in the same iterations (ratio verify/compare).
+bench-verify:
+	$(GO) test ./agents/hub -run '^$$' -bench 'BenchmarkVerify' -benchtime 3x -timeout 20m -v
 
 # The main job: embedded NATS, simulated vCenter with CBT, full + incremental + restore check.
 demo: deps build
