@@ -6,7 +6,8 @@ WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-RUN go build -o /out/sendense ./cmd/sendense
+ARG VERSION=
+RUN go build -ldflags "${VERSION:+-X main.version=$VERSION}" -o /out/sendense ./cmd/sendense
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends qemu-utils nbdkit libnbd0 libnbd-bin ca-certificates curl \

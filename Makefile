@@ -1,6 +1,10 @@
 # Sendense: see README.md. Every target that needs Debian packages runs `deps` first.
 GO        ?= go
 BIN       := bin/sendense
+# What `sendense version` prints; without git, the binary falls back to the
+# VCS revision go build stamps, else "dev".
+VERSION   ?= $(shell git describe --always --dirty 2>/dev/null)
+LDFLAGS   := $(if $(VERSION),-X main.version=$(VERSION))
 # Packages with concurrency run under the race detector.
 RACE_RE   := /(bus|store|copier|nbd|agents)(/|$$)
 GOFILES    = $(shell find . -name '*.go' -not -path './var/*' -not -path './bin/*')
@@ -13,7 +17,7 @@ deps:
 	@./scripts/deps.sh
 
 build:
-	$(GO) build -o $(BIN) ./cmd/sendense
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/sendense
 
 lint:
 	@bad=$$(gofmt -l $(GOFILES)); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -51,6 +53,11 @@ type Options struct {
 	// (Identity.InboxPrefix). Default: nats.go's "_INBOX". A server that
 	// enforces roles lets each user subscribe only to its own prefix.
 	InboxPrefix string
+	// FailFast makes Connect try each server once and return the first
+	// failure (for example the dial's "connection refused") at once,
+	// instead of retrying until ctx ends. For commands a person waits on;
+	// daemons leave it false and wait for the server. Default false.
+	FailFast bool
 }
 
 // Connection tuning. The client reconnects forever; see reconnectDelay.
@@ -62,6 +69,8 @@ const (
 	// reconnectBase and reconnectMax bound the exponential reconnect delay.
 	reconnectBase = 250 * time.Millisecond
 	reconnectMax  = 10 * time.Second
+	// dialTimeout bounds one TCP dial, as nats.go's default Timeout does.
+	dialTimeout = 2 * time.Second
 )
 
 // reconnectDelay is the wait after the attempts-th pass over the server list
@@ -164,10 +173,16 @@ func Connect(ctx context.Context, opts Options, log zerolog.Logger) (*nats.Conn,
 		return nil, err
 	}
 	connected := make(chan struct{})
+	dial := &recordingDialer{Dialer: net.Dialer{Timeout: dialTimeout}}
 	nopts = append(nopts, connOptions(opts.Name, opts.InboxPrefix, log, func() { close(connected) }, "")...)
-	nopts = append(nopts, nats.RetryOnFailedConnect(true))
+	nopts = append(nopts, nats.RetryOnFailedConnect(!opts.FailFast), nats.SetCustomDialer(dial))
 	nc, err := nats.Connect(urls, nopts...)
 	if err != nil {
+		// nats.go reports a refused connection as "no servers available";
+		// the dial's own error says why.
+		if last := dial.lastErr(); last != nil && errors.Is(err, nats.ErrNoServers) {
+			err = fmt.Errorf("%w: %w", err, last)
+		}
 		return nil, fmt.Errorf("connect to nats %s: %w", redactURLs(urls), err)
 	}
 	tick := time.NewTicker(10 * time.Second)
@@ -177,13 +192,49 @@ func Connect(ctx context.Context, opts Options, log zerolog.Logger) (*nats.Conn,
 		case <-connected:
 			return nc, nil
 		case <-tick.C:
-			log.Warn().Str("url", redactURLs(urls)).AnErr("last_error", nc.LastError()).Msg("nats not reachable yet")
+			log.Warn().Str("url", redactURLs(urls)).AnErr("last_error", lastConnectErr(nc, dial)).Msg("nats not reachable yet")
 		case <-ctx.Done():
-			last := nc.LastError()
+			last := lastConnectErr(nc, dial)
 			nc.Close()
-			return nil, fmt.Errorf("connect to nats %s: %w (last error: %v)", redactURLs(urls), context.Cause(ctx), last)
+			if last == nil {
+				return nil, fmt.Errorf("connect to nats %s: %w", redactURLs(urls), context.Cause(ctx))
+			}
+			return nil, fmt.Errorf("connect to nats %s: %w (last error: %w)", redactURLs(urls), context.Cause(ctx), last)
 		}
 	}
+}
+
+// lastConnectErr is the connection's last error, else the last dial's:
+// nats.go does not keep a refused dial as the connection's error.
+func lastConnectErr(nc *nats.Conn, d *recordingDialer) error {
+	if err := nc.LastError(); err != nil {
+		return err
+	}
+	return d.lastErr()
+}
+
+// recordingDialer dials as nats.go does by default and keeps the last
+// failure, so a connect that gives up can say why.
+type recordingDialer struct {
+	net.Dialer
+	mu   sync.Mutex
+	last error
+}
+
+func (d *recordingDialer) Dial(network, address string) (net.Conn, error) {
+	c, err := d.Dialer.Dial(network, address)
+	d.mu.Lock()
+	if err != nil {
+		d.last = err
+	}
+	d.mu.Unlock()
+	return c, err
+}
+
+func (d *recordingDialer) lastErr() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.last
 }
 
 func authOptions(opts Options) ([]nats.Option, error) {

@@ -6,9 +6,11 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 	"github.com/sendense/sendense/bus"
@@ -118,9 +120,22 @@ func TestConnectErrors(t *testing.T) {
 	log := bustest.Logger(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
-	if nc, err := bus.Connect(ctx, bus.Options{URLs: []string{"nats://127.0.0.1:1"}}, log); err == nil {
+	// Both the daemon's wait and a client's fail-fast name the refused
+	// dial, not "no servers" or "last error: <nil>".
+	nc, err := bus.Connect(ctx, bus.Options{URLs: []string{"nats://127.0.0.1:1"}}, log)
+	if err == nil {
 		nc.Close()
 		t.Error("Connect to nothing succeeded")
+	} else if !errors.Is(err, syscall.ECONNREFUSED) || !strings.Contains(err.Error(), "127.0.0.1:1") {
+		t.Errorf("Connect to nothing: %v, want the refused dial and the URL", err)
+	}
+	// FailFast returns on its own, long before testCtx ends.
+	nc, err = bus.Connect(testCtx(t), bus.Options{URLs: []string{"nats://127.0.0.1:1"}, FailFast: true}, log)
+	if err == nil {
+		nc.Close()
+		t.Error("Connect with FailFast to nothing succeeded")
+	} else if !errors.Is(err, syscall.ECONNREFUSED) || !errors.Is(err, nats.ErrNoServers) {
+		t.Errorf("Connect with FailFast to nothing: %v, want the refused dial", err)
 	}
 	for _, opts := range []bus.Options{
 		{Creds: "/nonexistent.creds", User: "u"},

@@ -54,8 +54,8 @@ var (
 	// that cannot travel in a header (CR, LF).
 	ErrInvalidMsgID = errors.New("invalid message id")
 
-	// ErrInvalidJobID is returned for a job id that is empty or not a single
-	// subject token of [A-Za-z0-9_-] (see ValidJobID).
+	// ErrInvalidJobID is returned for a job id that is not valid (see
+	// ValidJobID); the error matches schemas.ErrInvalidJobID too.
 	ErrInvalidJobID = errors.New("invalid job id")
 
 	// ErrInvalidEvent is returned by PublishEvent for an event without an

@@ -76,8 +76,9 @@ func NewHubPublisher(js jetstream.JetStream, log zerolog.Logger) *Publisher {
 // (tests of what consumers do with malformed input, relaying tools).
 //
 // Headers: Nats-Msg-Id = id; CloudEvents NATS binding ce-specversion "1.0",
-// ce-id = id, ce-type = ceType, ce-source, ce-time (now, RFC 3339);
-// content-type application/json.
+// ce-id = id, ce-type = ceType as given, ce-source, ce-time (now, RFC
+// 3339); content-type application/json. (PublishEvent and PublishRequest
+// set ce-type to CEType(name) and ce-dataschema to the schema's $id.)
 //
 // On a timeout, "no responders" (no stream bound to the subject yet, or a
 // leader election in a cluster), a disconnect, a 503 from JetStream, or the
@@ -100,15 +101,17 @@ func NewHubPublisher(js jetstream.JetStream, log zerolog.Logger) *Publisher {
 // latter are returned without further attempts once they are not
 // transient (out of storage, disabled).
 func (p *Publisher) Publish(ctx context.Context, subject, id, ceType string, payload []byte) (*jetstream.PubAck, error) {
-	return p.publish(ctx, subject, id, ceType, time.Time{}, payload)
+	return p.publish(ctx, subject, id, ceType, "", time.Time{}, payload)
 }
 
 // PublishEvent marshals ev as JSON and publishes it with id
-// ev.EventHeader().ID and ce-type = its schema name; ce-time is the event's
-// time. Only an agent's Publisher (NewAgentPublisher) publishes an agent's
-// events: on AgentSubject(schema name, agent), or ProgressSubject(job_id)
-// for progress; only the hub's (NewHubPublisher) the hub's events
-// (schemas.HubEvents), on HubSubject(schema name). The event must carry an id, a known schema name matching its
+// ev.EventHeader().ID, ce-type = CEType(its schema name) (e.g.
+// io.sendense.backup.completed) and ce-dataschema = its schema's $id;
+// ce-time is the event's time. Only an agent's Publisher (NewAgentPublisher)
+// publishes an agent's events: on AgentSubject(schema name, agent), or
+// ProgressSubject(job_id) for progress; only the hub's (NewHubPublisher)
+// the hub's events (schemas.HubEvents), on HubSubject(schema name). The
+// event must carry an id, a known schema name matching its
 // Go type and a valid job id, and the JSON must pass schemas.Validate: an
 // event that does not is refused with ErrInvalidEvent (wrapping the
 // *schemas.ValidationError that names each problem), never published. So
@@ -148,7 +151,7 @@ func (p *Publisher) PublishEvent(ctx context.Context, ev schemas.Event) (*jetstr
 	if err := schemas.Validate(h.Schema.Name, data); err != nil {
 		return nil, fmt.Errorf("publish event %s (%s of job %s): %w: %w", h.ID, h.Schema.Name, h.JobID, ErrInvalidEvent, err)
 	}
-	return p.publish(ctx, subject, h.ID, h.Schema.Name, h.Time, data)
+	return p.publish(ctx, subject, h.ID, CEType(h.Schema.Name), schemas.ID(h.Schema.Name), h.Time, data)
 }
 
 // PublishRequest publishes a backup request on backup.requested with its
@@ -166,10 +169,10 @@ func (p *Publisher) PublishRequest(ctx context.Context, req schemas.Request) (*j
 	if err != nil {
 		return nil, fmt.Errorf("marshal request of job %s: %w", req.JobID, err)
 	}
-	return p.publish(ctx, SubjectRequested, req.JobID, schemas.NameRequested, time.Time{}, data)
+	return p.publish(ctx, SubjectRequested, req.JobID, CEType(schemas.NameRequested), schemas.ID(schemas.NameRequested), time.Time{}, data)
 }
 
-func (p *Publisher) publish(ctx context.Context, subject, id, ceType string, at time.Time, payload []byte) (*jetstream.PubAck, error) {
+func (p *Publisher) publish(ctx context.Context, subject, id, ceType, dataSchema string, at time.Time, payload []byte) (*jetstream.PubAck, error) {
 	if err := checkSubject(subject); err != nil {
 		return nil, fmt.Errorf("publish %s: %w", id, err)
 	}
@@ -190,6 +193,9 @@ func (p *Publisher) publish(ctx context.Context, subject, id, ceType string, at 
 	hdr.Set(HeaderType, ceType)
 	hdr.Set(HeaderSource, p.source)
 	hdr.Set(HeaderTime, at.UTC().Format(time.RFC3339Nano))
+	if dataSchema != "" {
+		hdr.Set(HeaderDataSchema, dataSchema)
+	}
 	hdr.Set(HeaderContentType, ContentTypeJSON)
 	opts := []jetstream.PublishOpt{jetstream.WithMsgID(id), jetstream.WithRetryAttempts(0)}
 	if stream := StreamForSubject(subject); stream != "" {

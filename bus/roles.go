@@ -99,16 +99,23 @@ const MaxAgentIDLen = 64
 // subject token (backup.completed.<agent>), part of a user name, a file
 // name and an inbox. The error wraps ErrInvalidIdentity.
 func ValidAgentID(name string) error {
-	if name == "" || len(name) > MaxAgentIDLen {
-		return fmt.Errorf("agent name %q: length %d not in 1..%d: %w", name, len(name), MaxAgentIDLen, ErrInvalidIdentity)
+	return checkToken("agent name", name, MaxAgentIDLen, ErrInvalidIdentity)
+}
+
+// checkToken accepts name as one subject token of 1 to maxLen characters
+// of [A-Za-z0-9_-], not starting with '-'; what names it in the error,
+// which wraps sentinel.
+func checkToken(what, name string, maxLen int, sentinel error) error {
+	if name == "" || len(name) > maxLen {
+		return fmt.Errorf("%s %q: length %d not in 1..%d: %w", what, name, len(name), maxLen, sentinel)
 	}
 	if name[0] == '-' {
-		return fmt.Errorf("agent name %q starts with '-': %w", name, ErrInvalidIdentity)
+		return fmt.Errorf("%s %q starts with '-': %w", what, name, sentinel)
 	}
 	for i := 0; i < len(name); i++ {
 		c := name[i]
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-			return fmt.Errorf("agent name %q: character %q at %d not allowed: %w", name, c, i, ErrInvalidIdentity)
+			return fmt.Errorf("%s %q: character %q at %d not allowed (letters, digits, '-', '_'): %w", what, name, c, i, sentinel)
 		}
 	}
 	return nil

@@ -59,19 +59,7 @@ const MaxScheduleNameLen = 64
 // The name is a subject token (backup.schedules.<name>). The error wraps
 // ErrInvalidSchedule.
 func ValidScheduleName(name string) error {
-	if name == "" || len(name) > MaxScheduleNameLen {
-		return fmt.Errorf("schedule name %q: length %d not in 1..%d: %w", name, len(name), MaxScheduleNameLen, ErrInvalidSchedule)
-	}
-	if name[0] == '-' {
-		return fmt.Errorf("schedule name %q starts with '-': %w", name, ErrInvalidSchedule)
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-			return fmt.Errorf("schedule name %q: character %q at %d not allowed (letters, digits, '-', '_'): %w", name, c, i, ErrInvalidSchedule)
-		}
-	}
-	return nil
+	return checkToken("schedule name", name, MaxScheduleNameLen, ErrInvalidSchedule)
 }
 
 // ScheduleSubject returns backup.schedules.<name>.

@@ -122,13 +122,22 @@ const (
 	HeaderType        = "ce-type"
 	HeaderSource      = "ce-source"
 	HeaderTime        = "ce-time"
+	HeaderDataSchema  = "ce-dataschema"
 	HeaderContentType = "content-type"
+
+	// CETypePrefix makes a message name a CloudEvents type in reverse-DNS
+	// form, as the spec recommends: io.sendense.backup.completed (CEType).
+	CETypePrefix = "io.sendense."
 
 	// CloudEventsSpecVersion is the value of HeaderSpecVersion.
 	CloudEventsSpecVersion = "1.0"
 	// ContentTypeJSON is the value of HeaderContentType.
 	ContentTypeJSON = "application/json"
 )
+
+// CEType is the ce-type of the message called name (a schemas.Name*):
+// CETypePrefix + name, e.g. io.sendense.backup.completed.
+func CEType(name string) string { return CETypePrefix + name }
 
 // EventID returns the deterministic id of an event, used both as the
 // event's "id" field and as its Nats-Msg-Id:
@@ -160,22 +169,17 @@ func EventID(jobID string, attempt int, typ string, diskKey int32, seq int64) st
 }
 
 // MaxJobIDLen is the longest job id ValidJobID accepts.
-const MaxJobIDLen = 128
+const MaxJobIDLen = schemas.MaxJobIDLen
 
-// ValidJobID reports whether id can be a job id: 1 to MaxJobIDLen
-// characters of [A-Za-z0-9_-]. A job id becomes a subject token
+// ValidJobID reports whether id can be a job id: schemas.ValidJobID, the
+// one definition (1 to MaxJobIDLen characters of [A-Za-z0-9_-], not
+// starting with '-'). A job id becomes a subject token
 // (backup.progress.<job_id>), part of event ids and KV keys, and of the
 // snapshot name sendense-<job_id>, so nothing else is allowed. The error
 // wraps ErrInvalidJobID.
 func ValidJobID(id string) error {
-	if id == "" || len(id) > MaxJobIDLen {
-		return fmt.Errorf("job id %q: length %d not in 1..%d: %w", id, len(id), MaxJobIDLen, ErrInvalidJobID)
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-			return fmt.Errorf("job id %q: character %q at %d not allowed: %w", id, c, i, ErrInvalidJobID)
-		}
+	if err := schemas.ValidJobID(id); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidJobID, err)
 	}
 	return nil
 }

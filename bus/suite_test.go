@@ -242,7 +242,8 @@ func TestPublishSeenOnBackupAll(t *testing.T) {
 			}
 			h := m.Header
 			for k, v := range map[string]string{
-				bus.HeaderMsgID: w.id, bus.HeaderID: w.id, bus.HeaderType: w.ceType, bus.HeaderSource: testSource,
+				bus.HeaderMsgID: w.id, bus.HeaderID: w.id, bus.HeaderType: "io.sendense." + w.ceType, bus.HeaderSource: testSource,
+				bus.HeaderDataSchema:  "https://sendense.dev/schemas/" + w.ceType + "/v1.json",
 				bus.HeaderSpecVersion: "1.0", bus.HeaderContentType: "application/json",
 			} {
 				if got := h.Get(k); got != v {

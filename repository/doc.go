@@ -18,7 +18,7 @@
 // It must never know about NATS, the catalog or VMware: callers (the hub's
 // repository service) decide which job is the base and which files are
 // partial. It must never join an unchecked name into a path: every VM id,
-// disk key and job id is validated (ValidateID, ErrInvalidID), and Export
+// disk key and job id is validated (ValidateID, ValidateJobID, ErrInvalidID), and Export
 // accepts only paths that map back to valid ids (ErrNotInRepo). It never runs
 // a shell.
 //

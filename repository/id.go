@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/sendense/sendense/schemas"
 )
 
 // MaxIDLen is the longest VM id or job id accepted. It keeps
@@ -14,7 +16,8 @@ const MaxIDLen = 128
 // fileExt is the extension of every backup file.
 const fileExt = ".qcow2"
 
-// ValidateID reports whether s can be used as a VM id or job id: 1 to
+// ValidateID reports whether s can be used as a VM id (job ids:
+// ValidateJobID, which accepts a subset of these names): 1 to
 // MaxIDLen characters from [A-Za-z0-9._-], not starting with '.' or '-'.
 // Such a name is always one path element inside its parent directory: it
 // cannot be "", "." or "..", hold a separator, or look like an option.
@@ -40,6 +43,17 @@ func ValidateID(s string) error {
 	return nil
 }
 
+// ValidateJobID reports whether s can be a job id: schemas.ValidJobID,
+// the one definition every part shares (a job id is also a valid
+// ValidateID name). The error wraps ErrInvalidID and
+// schemas.ErrInvalidJobID.
+func ValidateJobID(s string) error {
+	if err := schemas.ValidJobID(s); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidID, err)
+	}
+	return nil
+}
+
 func validateDiskKey(key int32) error {
 	if key < 0 {
 		return fmt.Errorf("disk key %d is negative: %w", key, ErrInvalidID)
@@ -54,8 +68,8 @@ func validateIDs(vmUUID string, diskKey int32, jobID string) error {
 	if err := validateDiskKey(diskKey); err != nil {
 		return err
 	}
-	if err := ValidateID(jobID); err != nil {
-		return fmt.Errorf("job id: %w", err)
+	if err := ValidateJobID(jobID); err != nil {
+		return err
 	}
 	return nil
 }

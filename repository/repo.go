@@ -136,7 +136,7 @@ func (r *Repo) create(ctx context.Context, vmUUID string, diskKey int32, jobID s
 		return "", err
 	}
 	if backingJobID != "" {
-		if err := ValidateID(backingJobID); err != nil {
+		if err := ValidateJobID(backingJobID); err != nil {
 			return "", fmt.Errorf("backing job id: %w", err)
 		}
 		if backingJobID == jobID {
@@ -288,7 +288,7 @@ func (r *Repo) list(vmUUID string, diskKey int32) ([]File, error) {
 	for _, e := range entries {
 		name := e.Name()
 		job, ok := strings.CutSuffix(name, fileExt)
-		if !ok || ValidateID(job) != nil || !e.Type().IsRegular() {
+		if !ok || ValidateJobID(job) != nil || !e.Type().IsRegular() {
 			continue
 		}
 		f, err := fileOf(filepath.Join(dir, name), job)
@@ -336,7 +336,7 @@ func fileOf(path, job string) (File, error) {
 	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
 		f.ActualSize = sys.Blocks * 512
 	}
-	if b, ok := strings.CutSuffix(backing, fileExt); ok && !strings.Contains(backing, "/") && ValidateID(b) == nil {
+	if b, ok := strings.CutSuffix(backing, fileExt); ok && !strings.Contains(backing, "/") && ValidateJobID(b) == nil {
 		f.BackingJobID = b
 	}
 	return f, nil

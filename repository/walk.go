@@ -77,7 +77,7 @@ func tempJob(name string) (string, bool) {
 		return "", false
 	}
 	job := rest[:i]
-	if ValidateID(job) != nil {
+	if ValidateJobID(job) != nil {
 		return "", false
 	}
 	return job, true

@@ -47,7 +47,7 @@ func TestTemps(t *testing.T) {
 	r, ctx := newRepo(t)
 	path := mustCreate(t, r, ctx, "job-a", "")
 	dir := filepath.Dir(path)
-	tmp := filepath.Join(dir, tempPrefix("job-b.x")+"123.tmp")
+	tmp := filepath.Join(dir, tempPrefix("job-b")+"123.tmp")
 	if err := os.WriteFile(tmp, make([]byte, 4096), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +56,7 @@ func TestTemps(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Not temporary files of a job.
-	for _, name := range []string{".job-c.qcow2.tmp", ".-x.qcow2.1.tmp", "job-d.qcow2.1.tmp"} {
+	for _, name := range []string{".job-c.qcow2.tmp", ".-x.qcow2.1.tmp", "job-d.qcow2.1.tmp", ".job-e.x.qcow2.1.tmp"} {
 		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -65,8 +65,8 @@ func TestTemps(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(temps) != 1 || temps[0].JobID != "job-b.x" || temps[0].Path != tmp || temps[0].Size != 4096 || !temps[0].ModTime.Equal(old) {
-		t.Fatalf("Temps = %+v, want only %s of job job-b.x", temps, tmp)
+	if len(temps) != 1 || temps[0].JobID != "job-b" || temps[0].Path != tmp || temps[0].Size != 4096 || !temps[0].ModTime.Equal(old) {
+		t.Fatalf("Temps = %+v, want only %s of job job-b", temps, tmp)
 	}
 	if err := r.RemoveTemp(path); !errors.Is(err, ErrNotInRepo) {
 		t.Errorf("RemoveTemp of a backup file: %v, want ErrNotInRepo", err)

@@ -141,6 +141,10 @@ type JobFilter struct {
 	VM string
 	// Status is one of the Status* constants; anything else is ErrInvalid.
 	Status string
+	// IDPrefix matches the jobs whose id starts with it (a short id).
+	IDPrefix string
+	// Offset skips the first Offset matching jobs (paging); <= 0 skips none.
+	Offset int
 	// Limit caps the number of jobs returned; <= 0 means no limit.
 	Limit int
 }
@@ -178,6 +182,7 @@ func (c *Catalog) Jobs(f JobFilter) ([]Job, error) {
 		return nil, fmt.Errorf("list jobs with status %q: %w", f.Status, ErrInvalid)
 	}
 	jobs := []Job{}
+	skip := f.Offset
 	err := c.db.View(func(tx *bolt.Tx) error {
 		jb := tx.Bucket(bucketJobs)
 		cur := tx.Bucket(bucketJobsByTime).Cursor()
@@ -186,6 +191,9 @@ func (c *Catalog) Jobs(f JobFilter) ([]Job, error) {
 				return fmt.Errorf("index key %x too short", k)
 			}
 			id := k[timeKeyLen:]
+			if !strings.HasPrefix(string(id), f.IDPrefix) {
+				continue
+			}
 			raw := jb.Get(id)
 			if raw == nil {
 				return fmt.Errorf("index names job %s that has no record", id)
@@ -195,6 +203,10 @@ func (c *Catalog) Jobs(f JobFilter) ([]Job, error) {
 				return fmt.Errorf("decode job %s: %w", id, err)
 			}
 			if !f.match(&j) {
+				continue
+			}
+			if skip > 0 {
+				skip--
 				continue
 			}
 			jobs = append(jobs, j)

@@ -8,6 +8,7 @@ package catalog
 //	subject                       request        reply
 //	sendense.catalog.job.get      JobRequest     store.Job
 //	sendense.catalog.jobs.list    JobsRequest    []store.Job, newest first
+//	sendense.catalog.vms.list     {}             []store.VM, by name
 //	sendense.catalog.chain.get    ChainRequest   []store.Link, oldest first
 //	sendense.catalog.chain.head   ChainRequest   store.Link (404 when none)
 //	sendense.catalog.chains.list  ChainsRequest  []store.Chain
@@ -28,6 +29,7 @@ const (
 const (
 	SubjectJobGet     = SubjectPrefix + ".job.get"
 	SubjectJobsList   = SubjectPrefix + ".jobs.list"
+	SubjectVMsList    = SubjectPrefix + ".vms.list"
 	SubjectChainGet   = SubjectPrefix + ".chain.get"
 	SubjectChainHead  = SubjectPrefix + ".chain.head"
 	SubjectChainsList = SubjectPrefix + ".chains.list"
@@ -44,9 +46,11 @@ type JobRequest struct {
 // the store.Status* values or empty. Limit <= 0 means all jobs; a reply
 // larger than the server's max payload is a 413 error.
 type JobsRequest struct {
-	VM     string `json:"vm,omitempty"`
-	Status string `json:"status,omitempty"`
-	Limit  int    `json:"limit,omitempty"`
+	VM       string `json:"vm,omitempty"`
+	Status   string `json:"status,omitempty"`
+	IDPrefix string `json:"id_prefix,omitempty"`
+	Offset   int    `json:"offset,omitempty"`
+	Limit    int    `json:"limit,omitempty"`
 }
 
 // ChainRequest names one disk's chain. VMUUID is required; Repository

@@ -42,13 +42,58 @@ func (c *Client) Job(ctx context.Context, id string) (store.Job, error) {
 // an error matching ErrBadRequest.
 func (c *Client) Jobs(ctx context.Context, f store.JobFilter) ([]store.Job, error) {
 	var jobs []store.Job
-	if err := c.call(ctx, SubjectJobsList, JobsRequest{VM: f.VM, Status: f.Status, Limit: f.Limit}, &jobs); err != nil {
+	req := JobsRequest{VM: f.VM, Status: f.Status, IDPrefix: f.IDPrefix, Offset: f.Offset, Limit: f.Limit}
+	if err := c.call(ctx, SubjectJobsList, req, &jobs); err != nil {
 		return nil, fmt.Errorf("list jobs (vm %q, status %q): %w", f.VM, f.Status, err)
 	}
 	if jobs == nil {
 		jobs = []store.Job{}
 	}
 	return jobs, nil
+}
+
+// MinShortID is the shortest job id prefix ResolveJob accepts, as git
+// and restic ask for.
+const MinShortID = 4
+
+// ResolveJob returns the job whose id is idOrPrefix, else the one job
+// whose id starts with it (a short id of at least MinShortID characters).
+// None gives an error matching store.ErrNotFound; several give an
+// *AmbiguousError (matching ErrAmbiguous) naming them.
+func (c *Client) ResolveJob(ctx context.Context, idOrPrefix string) (store.Job, error) {
+	j, err := c.Job(ctx, idOrPrefix)
+	if err == nil || !errors.Is(err, store.ErrNotFound) {
+		return j, err
+	}
+	if len(idOrPrefix) < MinShortID {
+		return store.Job{}, fmt.Errorf("job %s: %w (a short id needs at least %d characters)", idOrPrefix, store.ErrNotFound, MinShortID)
+	}
+	jobs, err := c.Jobs(ctx, store.JobFilter{IDPrefix: idOrPrefix, Limit: maxCandidates + 1})
+	if err != nil {
+		return store.Job{}, fmt.Errorf("resolve job id %s: %w", idOrPrefix, err)
+	}
+	switch len(jobs) {
+	case 0:
+		return store.Job{}, fmt.Errorf("job %s: %w", idOrPrefix, store.ErrNotFound)
+	case 1:
+		return jobs[0], nil
+	}
+	return store.Job{}, &AmbiguousError{Prefix: idOrPrefix, Candidates: jobs[:min(len(jobs), maxCandidates)], More: len(jobs) > maxCandidates}
+}
+
+// maxCandidates bounds the jobs an AmbiguousError lists.
+const maxCandidates = 10
+
+// VMs returns every VM the catalog has a job of, by name.
+func (c *Client) VMs(ctx context.Context) ([]store.VM, error) {
+	var vms []store.VM
+	if err := c.call(ctx, SubjectVMsList, struct{}{}, &vms); err != nil {
+		return nil, fmt.Errorf("list vms: %w", err)
+	}
+	if vms == nil {
+		vms = []store.VM{}
+	}
+	return vms, nil
 }
 
 // Chain returns the completed backups of (vmUUID, diskKey, repo), oldest

@@ -2,6 +2,8 @@ package catalog
 
 import (
 	"errors"
+	"fmt"
+	"strings"
 
 	"github.com/sendense/sendense/store"
 )
@@ -21,7 +23,37 @@ var (
 	// answers on the subject (no `sendense serve` or `sendense catalog`
 	// connected to this NATS).
 	ErrUnavailable = errors.New("catalog service not available")
+
+	// ErrAmbiguous is matched by an *AmbiguousError: a short job id that
+	// starts more than one job's id.
+	ErrAmbiguous = errors.New("ambiguous short job id")
 )
+
+// AmbiguousError is ResolveJob's error for a prefix of several job ids:
+// Candidates are the newest of them (More: there are others).
+type AmbiguousError struct {
+	Prefix     string
+	Candidates []store.Job
+	More       bool
+}
+
+func (e *AmbiguousError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "job id %s is ambiguous: it starts", e.Prefix)
+	for i, j := range e.Candidates {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		fmt.Fprintf(&b, " %s (%s, %s)", j.ID, j.VM.Name, j.Status)
+	}
+	if e.More {
+		b.WriteString(" and more")
+	}
+	b.WriteString("; give more characters")
+	return b.String()
+}
+
+func (e *AmbiguousError) Is(target error) bool { return target == ErrAmbiguous }
 
 // Service error codes, as in the Nats-Service-Error-Code header.
 const (

@@ -32,7 +32,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	if reg == nil {
 		return nil
 	}
-	return &metrics{
+	m := &metrics{
 		applied: promreg.Register(reg, prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sendense_catalog_events_applied_total",
 			Help: "Events applied to the catalog and acknowledged.",
@@ -64,6 +64,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16), // 100 µs .. 3.3 s
 		})),
 	}
+	// Every stage is exported from the start, at 0, so an alert on poison
+	// works before the first one.
+	for _, s := range []string{StageSchema, StageStore} {
+		m.poison.WithLabelValues(s)
+	}
+	return m
 }
 
 func (m *metrics) batch(n int, seconds float64) {

@@ -41,6 +41,7 @@ func Serve(nc *nats.Conn, cat *store.Catalog, log zerolog.Logger) (micro.Service
 	}{
 		{"job_get", SubjectJobGet, s.job},
 		{"jobs_list", SubjectJobsList, s.jobs},
+		{"vms_list", SubjectVMsList, s.vms},
 		{"chain_get", SubjectChainGet, s.chain},
 		{"chain_head", SubjectChainHead, s.chainHead},
 		{"chains_list", SubjectChainsList, s.chains},
@@ -131,8 +132,10 @@ func (s *service) jobs(data []byte) (any, error) {
 	if err := decode(data, &r); err != nil {
 		return nil, err
 	}
-	return s.cat.Jobs(store.JobFilter{VM: r.VM, Status: r.Status, Limit: r.Limit})
+	return s.cat.Jobs(store.JobFilter{VM: r.VM, Status: r.Status, IDPrefix: r.IDPrefix, Offset: r.Offset, Limit: r.Limit})
 }
+
+func (s *service) vms([]byte) (any, error) { return s.cat.VMs() }
 
 func (r *ChainRequest) check() error {
 	if r.VMUUID == "" {

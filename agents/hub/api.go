@@ -8,6 +8,7 @@ import (
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/manifest"
 	"github.com/sendense/sendense/repository"
+	"github.com/sendense/sendense/retention"
 	"github.com/sendense/sendense/schemas"
 )
 
@@ -37,6 +38,12 @@ const (
 	// catalog does not answer; a catalog behind the event stream does not
 	// fail the check, it only skips the orphan search (OrphansSkipped).
 	SubjectCheck = ServiceGroup + ".check"
+	// SubjectForget applies a retention policy (ForgetRequest,
+	// ForgetReply): it lists each completed point of a VM (or of every
+	// VM) as kept or removed and why, and unless DryRun removes the
+	// others without changing what any kept point restores (see
+	// RepoService.Forget). Only admin may call it, like check.
+	SubjectForget = ServiceGroup + ".forget"
 	// SubjectVerify verifies completed backups (VerifyRequest,
 	// VerifyReply): qemu-img check of each disk's file, its manifest
 	// against the catalog's manifest_sha256, and the point read through
@@ -76,6 +83,10 @@ const (
 	// CodeUnavailable: the hub cannot decide safely now (for example the
 	// catalog is behind the event stream); try again later.
 	CodeUnavailable = "503"
+	// CodeBusy: the VM's chains cannot change now: a backup holds its
+	// lease, a restore of it is open, or a prune of it runs; try again
+	// later.
+	CodeBusy = "423"
 )
 
 // InfoRequest asks whether a repository exists.
@@ -183,6 +194,43 @@ type CheckRequest struct {
 	DryRun     bool   `json:"dry_run,omitempty"`
 }
 
+// ForgetRequest applies a retention policy to the completed points of one
+// VM (VM: its name or instance UUID) or of every VM (All) in Repository
+// (default "default"). DryRun only plans.
+type ForgetRequest struct {
+	VM         string           `json:"vm,omitempty"`
+	All        bool             `json:"all,omitempty"`
+	Repository string           `json:"repository,omitempty"`
+	Policy     retention.Policy `json:"policy"`
+	DryRun     bool             `json:"dry_run,omitempty"`
+}
+
+// ForgetReply is the plan, and what was removed.
+type ForgetReply struct {
+	Repository string     `json:"repository"`
+	DryRun     bool       `json:"dry_run"`
+	VMs        []ForgetVM `json:"vms"`
+}
+
+// ForgetVM is one VM's points, newest first.
+type ForgetVM struct {
+	VM      schemas.VMRef `json:"vm"`
+	Points  []ForgetPoint `json:"points"`
+	Removed int           `json:"removed"`
+	// Error says why this VM's points were not (all) removed, with All.
+	Error string `json:"error,omitempty"`
+}
+
+// ForgetPoint is one completed point (a job, all its disks): kept or not,
+// why, and whether it is removed now (the catalog shows it pruned).
+type ForgetPoint struct {
+	JobID   string    `json:"job_id"`
+	Time    time.Time `json:"time"`
+	Keep    bool      `json:"keep"`
+	Reasons []string  `json:"reasons"`
+	Removed bool      `json:"removed,omitempty"`
+}
+
 // Problems a check reports for a completed job's disk.
 const (
 	// ProblemMissing: the backup file does not exist.
@@ -195,6 +243,10 @@ const (
 	// ProblemUnreadable: the file, or a file next to it, cannot be read as
 	// qcow2 (its header is damaged or unreadable).
 	ProblemUnreadable = "unreadable"
+	// ProblemPrunePending: a prune of the point is recorded and not done
+	// (the hub stopped mid-way); the hub finishes it at start, or the next
+	// forget does. Its chain is not checked until then.
+	ProblemPrunePending = "prune_pending"
 )
 
 // CheckReply is the report of a check.

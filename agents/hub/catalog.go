@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -92,4 +93,30 @@ func (p *ConsumerProgress) CaughtUp(ctx context.Context) error {
 			p.durable, bus.StreamEvents, info.NumPending, info.NumAckPending, info.AckFloor.Stream, last, ErrCatalogBehind)
 	}
 	return nil
+}
+
+// catalogWait bounds how long a request that needs the whole catalog
+// (forget) waits for it to apply what the stream holds: a backup that just
+// completed is acknowledged by the catalog within milliseconds, and a user
+// who runs forget right after it should not get "try again".
+const catalogWait = 15 * time.Second
+
+// awaitCaughtUp calls p.CaughtUp until it succeeds, fails with anything but
+// ErrCatalogBehind, or wait (or ctx) ends; then it returns the last error.
+func awaitCaughtUp(ctx context.Context, p CatalogProgress, wait time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		err := p.CaughtUp(ctx)
+		if err == nil || !errors.Is(err, ErrCatalogBehind) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-t.C:
+		}
+	}
 }

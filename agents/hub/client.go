@@ -32,7 +32,8 @@ var (
 	// ErrBaseUnverified: the base has no manifest, or not the expected one
 	// (CodeBaseUnverified).
 	ErrBaseUnverified = errors.New("base backup unverified")
-	// ErrNotFound: no such open target, backup or manifest (CodeNotFound).
+	// ErrNotFound: no such open target, backup, manifest, point, export or
+	// VM backup (CodeNotFound).
 	ErrNotFound = errors.New("not found")
 	// ErrRepositoryFull: no space left in the repository (CodeRepositoryFull).
 	ErrRepositoryFull = errors.New("repository full")
@@ -41,6 +42,11 @@ var (
 	ErrConflict = errors.New("conflict")
 	// ErrUnavailable: the hub cannot decide safely now (CodeUnavailable).
 	ErrUnavailable = errors.New("repository service unavailable")
+	// ErrBusy: the VM's chains cannot change now: a backup holds its
+	// lease, a restore of it is open or a prune runs (CodeBusy).
+	ErrBusy = errors.New("vm busy")
+	// ErrBadRequest: the request cannot be served as asked (CodeBadRequest).
+	ErrBadRequest = errors.New("bad request")
 )
 
 // sentinels maps the service's codes to the errors above.
@@ -53,6 +59,8 @@ var sentinels = map[string]error{
 	CodeRepositoryFull:    ErrRepositoryFull,
 	CodeConflict:          ErrConflict,
 	CodeUnavailable:       ErrUnavailable,
+	CodeBusy:              ErrBusy,
+	CodeBadRequest:        ErrBadRequest,
 }
 
 // Client calls the repository service. Safe for concurrent use.
@@ -162,6 +170,15 @@ func (c *Client) OpenRestore(ctx context.Context, ref TargetRef) (RestoreOpenRep
 // CloseRestore releases a restore export.
 func (c *Client) CloseRestore(ctx context.Context, exportID string) error {
 	return c.call(ctx, SubjectRestoreClose, RestoreCloseRequest{ExportID: exportID}, nil)
+}
+
+// Forget applies a retention policy (see SubjectForget). Only admin may
+// call it. Merging and rebasing read and write whole images, so give it
+// time: the service allows itself 30 minutes.
+func (c *Client) Forget(ctx context.Context, req ForgetRequest) (ForgetReply, error) {
+	var out ForgetReply
+	err := c.call(ctx, SubjectForget, req, &out)
+	return out, err
 }
 
 // Check checks repositories against the catalog and removes orphans unless

@@ -6,8 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -22,6 +26,7 @@ import (
 // Jobs reads jobs from the catalog; the catalog service client implements it.
 type Jobs interface {
 	Job(ctx context.Context, id string) (store.Job, error)
+	Jobs(ctx context.Context, f store.JobFilter) ([]store.Job, error)
 }
 
 // RequestPublisher publishes backup requests; *bus.Publisher implements it.
@@ -32,7 +37,10 @@ type RequestPublisher interface {
 // API is the hub's HTTP request API:
 //
 //	POST /api/v1/backups            {"vm":"pgtest1","backup_type":"incremental"} → 202 {"job_id":…}
+//	                                or the replaced system's {"vm_name":…,"repository_id":"1",…} (legacy.go)
 //	                                a job_id already used → 409 {"error":…,"job_id":…,"job":<the job>}
+//	GET  /api/v1/backups            ?vm=&status=&limit=&offset= → 200 {"backups":[jobs, newest first],
+//	                                "offset":…,"limit":…,"next_offset":… (only when there are more)}
 //	GET  /api/v1/backups/{job_id}   → 200 the catalog's job, 404 when unknown
 //	GET  /healthz                   → 200 while the process runs (with Health)
 //	GET  /readyz                    → 200 when every check of Health passes, else 503 listing them
@@ -42,12 +50,17 @@ type API struct {
 	Log       zerolog.Logger
 	// Health, if not nil, serves /healthz and /readyz next to the API.
 	Health *health.Registry
+	// RepositoryIDs maps the replaced system's repository_id to a
+	// repository name, for its body (see legacy.go); nil means
+	// DefaultRepositoryIDs ("1" is the default repository).
+	RepositoryIDs map[string]string
 }
 
 // Handler returns the HTTP handler.
 func (a *API) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /api/v1/backups", a.postBackup)
+	mux.HandleFunc("GET /api/v1/backups", a.listBackups)
 	mux.HandleFunc("GET /api/v1/backups/{job_id}", a.getBackup)
 	if a.Health != nil {
 		a.Health.Register(mux)
@@ -75,6 +88,18 @@ func (a *API) postBackup(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		writeJSON(w, http.StatusBadRequest, apiError{Error: err.Error()})
 		return
+	}
+	ids := a.RepositoryIDs
+	if ids == nil {
+		ids = DefaultRepositoryIDs
+	}
+	native, err := legacyRequest(body, ids)
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, apiError{Error: err.Error()})
+		return
+	}
+	if native != nil {
+		body = native
 	}
 	req, err := schemas.DecodeRequest(body)
 	if err != nil {
@@ -114,6 +139,57 @@ func (a *API) postBackup(w http.ResponseWriter, r *http.Request) {
 	}
 	a.Log.Info().Str("job_id", req.JobID).Str("vm", req.VM).Str("backup_type", req.BackupType).Msg("backup requested")
 	writeJSON(w, http.StatusAccepted, map[string]string{"job_id": req.JobID})
+}
+
+// List paging: the default and the largest page.
+const (
+	DefaultListLimit = 100
+	MaxListLimit     = 1000
+)
+
+// backupList is the body of GET /api/v1/backups.
+type backupList struct {
+	Backups    []store.Job `json:"backups"`
+	Offset     int         `json:"offset"`
+	Limit      int         `json:"limit"`
+	NextOffset int         `json:"next_offset,omitempty"`
+}
+
+func (a *API) listBackups(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := store.JobFilter{VM: q.Get("vm"), Status: q.Get("status"), Limit: DefaultListLimit}
+	if f.Status != "" && !slices.Contains(store.Statuses, f.Status) {
+		writeJSON(w, http.StatusBadRequest, apiError{Error: fmt.Sprintf("status %q: want one of %s", f.Status, strings.Join(store.Statuses, ", "))})
+		return
+	}
+	for _, p := range []struct {
+		name     string
+		dst      *int
+		min, max int
+	}{{"limit", &f.Limit, 1, MaxListLimit}, {"offset", &f.Offset, 0, math.MaxInt32}} {
+		v := q.Get(p.name)
+		if v == "" {
+			continue
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < p.min || n > p.max {
+			writeJSON(w, http.StatusBadRequest, apiError{Error: fmt.Sprintf("%s %q: want an integer from %d to %d", p.name, v, p.min, p.max)})
+			return
+		}
+		*p.dst = n
+	}
+	limit := f.Limit
+	f.Limit++ // one more says whether there is a next page
+	jobs, err := a.Jobs.Jobs(r.Context(), f)
+	if err != nil {
+		writeJSON(w, http.StatusBadGateway, apiError{Error: err.Error()})
+		return
+	}
+	out := backupList{Backups: jobs, Offset: f.Offset, Limit: limit}
+	if len(jobs) > limit {
+		out.Backups, out.NextOffset = jobs[:limit], f.Offset+limit
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (a *API) getBackup(w http.ResponseWriter, r *http.Request) {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -41,6 +42,25 @@ func (f *fakeJobs) Job(_ context.Context, id string) (store.Job, error) {
 		return store.Job{}, fmt.Errorf("job %s: %w", id, store.ErrNotFound)
 	}
 	return j, nil
+}
+
+// Jobs lists the fake's jobs by id, newest (largest) first, paged by f.
+func (f *fakeJobs) Jobs(_ context.Context, flt store.JobFilter) ([]store.Job, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return nil, f.err
+	}
+	jobs := []store.Job{}
+	for _, j := range f.jobs {
+		jobs = append(jobs, j)
+	}
+	slices.SortFunc(jobs, func(a, b store.Job) int { return strings.Compare(b.ID, a.ID) })
+	jobs = jobs[min(flt.Offset, len(jobs)):]
+	if flt.Limit > 0 {
+		jobs = jobs[:min(flt.Limit, len(jobs))]
+	}
+	return jobs, nil
 }
 
 type apiEnv struct {
@@ -148,8 +168,11 @@ func TestAPIPostBackup(t *testing.T) {
 	if got := m.Header.Get(bus.HeaderMsgID); got != out.JobID {
 		t.Errorf("Nats-Msg-Id %q, want the job id %q", got, out.JobID)
 	}
-	if got := m.Header.Get(bus.HeaderType); got != schemas.NameRequested {
-		t.Errorf("ce-type %q, want %s", got, schemas.NameRequested)
+	if got := m.Header.Get(bus.HeaderType); got != "io.sendense.backup.requested" {
+		t.Errorf("ce-type %q, want io.sendense.backup.requested", got)
+	}
+	if got := m.Header.Get(bus.HeaderDataSchema); got != "https://sendense.dev/schemas/backup.requested/v1.json" {
+		t.Errorf("ce-dataschema %q, want the schema's $id", got)
 	}
 	// What an agent decodes: it validates against the schema.
 	req, err := schemas.DecodeRequest(m.Data)
@@ -407,5 +430,51 @@ func TestAPIReusedJobID(t *testing.T) {
 	e.jobs.mu.Unlock()
 	if rep := e.do(t, http.MethodPost, "/api/v1/backups", `{"vm":"pgtest1","job_id":"new-2"}`); rep.status != http.StatusBadGateway {
 		t.Errorf("catalog down: %d %s, want 502", rep.status, rep.body)
+	}
+}
+
+// TestAPIPostLegacyBody: the replaced system's body is accepted as the
+// native one (repository_id "1" is the default repository) and answered
+// with the job id; mixing the forms, an unknown repository_id or a field
+// of neither is a 400 that says which, and publishes nothing.
+func TestAPIPostLegacyBody(t *testing.T) {
+	e := newAPIEnv(t)
+	for i, body := range []string{
+		`{"vm_name":"pgtest1","repository_id":"1","backup_type":"full"}`,
+		`{"vm_name":"pgtest1","repository_id":1,"backup_type":"full","job_id":"legacy-2"}`,
+	} {
+		rep := e.do(t, http.MethodPost, "/api/v1/backups", body)
+		var out struct {
+			JobID string `json:"job_id"`
+		}
+		if rep.status != http.StatusAccepted || json.Unmarshal(rep.body, &out) != nil || bus.ValidJobID(out.JobID) != nil {
+			t.Fatalf("POST %s: %d %s, want 202 with a job id", body, rep.status, rep.body)
+		}
+		msgs := e.requests(t)
+		if len(msgs) != i+1 {
+			t.Fatalf("%d requests after %d posts", len(msgs), i+1)
+		}
+		req, err := schemas.DecodeRequest(msgs[i].Data)
+		if err != nil || req.JobID != out.JobID || req.VM != "pgtest1" || req.Repository != schemas.DefaultRepository || req.BackupType != schemas.TypeFull {
+			t.Errorf("published %+v (%v), want job %s of pgtest1, full, to the default repository", req, err, out.JobID)
+		}
+	}
+	for _, tt := range []struct{ body, want string }{
+		{`{"vm_name":"pgtest1","repository_id":"7","backup_type":"full"}`, `repository_id \"7\" names no repository (known: 1)`},
+		{`{"vm_name":"pgtest1","vm":"pgtest1"}`, "mixes"},
+		{`{"vm":"pgtest1","repository_id":"1"}`, "mixes"},
+		{`{"vm_name":"pgtest1","repository":"default","repository_id":"1"}`, "mixes"},
+		{`{"vm_name":"pgtest1","priority":3}`, "field priority not allowed"},
+		{`{"vm_name":"","repository_id":"1"}`, "vm_name is required"},
+		{`{"vm_name":"pgtest1","repository_id":"1","backup_type":"weekly"}`, "backup_type"},
+		{`{"vm_name":"pgtest1","repository_id":[1]}`, "repository_id"},
+	} {
+		rep := e.do(t, http.MethodPost, "/api/v1/backups", tt.body)
+		if rep.status != http.StatusBadRequest || !strings.Contains(string(rep.body), tt.want) {
+			t.Errorf("POST %s: %d %s, want 400 saying %q", tt.body, rep.status, rep.body, tt.want)
+		}
+	}
+	if n := len(e.requests(t)); n != 2 {
+		t.Errorf("%d requests after the refused bodies, want still 2", n)
 	}
 }

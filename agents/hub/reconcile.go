@@ -141,6 +141,9 @@ func (s *RepoService) findOrphans(ctx context.Context, names []string) ([]orphan
 					Msg("reconciliation: cannot list disk, keeping its files")
 				continue
 			}
+			if s.isPruning(d.VMUUID) {
+				continue // its files change under a prune: next round
+			}
 			for _, f := range files {
 				ref := TargetRef{Repository: name, JobID: f.JobID, VMUUID: d.VMUUID, DiskKey: d.Key}
 				if f.ModTime.Before(cutoff) && !s.inUse(ref) {
@@ -348,14 +351,57 @@ func (s *RepoService) check(ctx context.Context, data []byte) (any, error) {
 		return nil, coded(CodeUnavailable, fmt.Errorf("check: list completed jobs: %w", err))
 	}
 	reply := CheckReply{Repositories: names, DryRun: req.DryRun, Problems: []CheckProblem{}, Orphans: []Orphan{}}
+	// Each disk's base is the link it backs onto now (store.Chain): after
+	// a prune, not always the job its backup named.
+	type vmRepo struct{ vm, repo string }
+	type diskJob struct {
+		key int32
+		job string
+	}
+	bases := map[vmRepo]map[diskJob]string{}
+	pending := map[vmRepo]bool{}
+	for _, j := range jobs {
+		if j.Prune != nil && j.Prune.State == store.PrunePending {
+			pending[vmRepo{j.VM.UUID, repoName(j.Repository)}] = true
+		}
+	}
 	for _, j := range jobs {
 		name := repoName(j.Repository)
 		if j.Status != store.StatusCompleted || !slices.Contains(names, name) {
 			continue
 		}
+		k := vmRepo{j.VM.UUID, name}
+		if pending[k] {
+			reply.Disks += len(j.Disks)
+			if j.Prune != nil && j.Prune.State == store.PrunePending {
+				for _, d := range j.Disks {
+					p := CheckProblem{TargetRef: TargetRef{Repository: name, JobID: j.ID, VMUUID: j.VM.UUID, DiskKey: d.Disk.Key},
+						Problem: ProblemPrunePending, Detail: "a prune of this point is recorded and not done; the hub finishes it"}
+					p.Path, _ = s.opts.Repositories[name].Path(j.VM.UUID, d.Disk.Key, j.ID)
+					reply.Problems = append(reply.Problems, p)
+				}
+			}
+			continue
+		}
+		if _, ok := bases[k]; !ok {
+			chains, err := s.opts.Catalog.Chains(ctx, k.vm, k.repo)
+			if err != nil {
+				return nil, coded(CodeUnavailable, fmt.Errorf("check: get the chains of vm %s: %w", k.vm, err))
+			}
+			m := map[diskJob]string{}
+			for _, c := range chains {
+				for _, l := range c.Links {
+					m[diskJob{l.DiskKey, l.JobID}] = l.Backing
+				}
+			}
+			bases[k] = m
+		}
 		r := s.opts.Repositories[name]
 		for _, d := range j.Disks {
 			reply.Disks++
+			if b, ok := bases[k][diskJob{d.Disk.Key, j.ID}]; ok {
+				d.Backing = b
+			}
 			if p := checkDisk(r, name, j, d); p != nil {
 				reply.Problems = append(reply.Problems, *p)
 			}
@@ -380,8 +426,8 @@ func (s *RepoService) check(ctx context.Context, data []byte) (any, error) {
 }
 
 // checkDisk compares one completed disk with its file: it must exist and
-// its backing file must be the file of the job the catalog names as its
-// base (none for a full). It returns nil when they agree.
+// its backing file must be the file of the job d.Backing names (the link
+// it backs onto now; none for a full). It returns nil when they agree.
 func checkDisk(r *repository.Repo, repo string, j store.Job, d store.Disk) *CheckProblem {
 	p := &CheckProblem{TargetRef: TargetRef{Repository: repo, JobID: j.ID, VMUUID: j.VM.UUID, DiskKey: d.Disk.Key}}
 	p.Path, _ = r.Path(j.VM.UUID, d.Disk.Key, j.ID)

@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -90,12 +91,21 @@ type RepoOptions struct {
 	Ports PortRange
 	// Shared is qemu-nbd's --shared for writable exports. Default 4.
 	Shared int
-	// Events publishes the hub's events about completed jobs
-	// (backup.verified after each job a verify request verified); the
-	// *bus.Publisher of bus.NewHubPublisher implements it. Nil: verify
-	// publishes nothing and says so in VerifyReply.PublishErrors.
-	Events EventPublisher
-	Log    zerolog.Logger
+	// Publisher publishes the hub's events about completed jobs
+	// (backup.pruning, backup.pruned); bus.NewHubPublisher. LeaseTaker
+	// takes a VM's lease while its chains change; *bus.Leases. Without
+	// both (and Catalog and Progress) forget only plans (dry run) and no
+	// pending prune is resumed.
+	Publisher  EventPublisher
+	LeaseTaker LeaseTaker
+	// PruneRetry is how often pending prunes left at start (their VM's
+	// lease held) are tried again. Default 30 s.
+	PruneRetry time.Duration
+	// PruneHook, for tests, is called at each step of a prune (the
+	// repository's steps and StepIntent, StepDone); an error stops the
+	// prune there. Nil: none.
+	PruneHook repository.PruneHook
+	Log       zerolog.Logger
 }
 
 // PortRange is an inclusive range of TCP ports.
@@ -175,6 +185,11 @@ type RepoService struct {
 	// nextPort is the offset in opts.Ports of the next TCP export's first
 	// try; ports rotate so a closed export's port is reused last.
 	nextPort int
+	// pruning holds the VMs a prune runs on; restoring counts the restore
+	// exports of each VM open or being opened. A prune starts only with
+	// none, and a restore only while no prune runs.
+	pruning   map[string]bool
+	restoring map[string]int
 }
 
 type target struct {
@@ -191,6 +206,7 @@ type target struct {
 type restoreExport struct {
 	export  *repository.Export
 	expires time.Time
+	vm      string
 }
 
 // NewRepoService makes the service; Serve registers it on NATS.
@@ -232,6 +248,12 @@ func NewRepoService(opts RepoOptions) (*RepoService, error) {
 		targets:  map[TargetRef]*target{},
 		restores: map[string]*restoreExport{},
 		busy:     map[TargetRef]struct{}{},
+
+		pruning:   map[string]bool{},
+		restoring: map[string]int{},
+	}
+	if s.opts.PruneRetry <= 0 {
+		s.opts.PruneRetry = 30 * time.Second
 	}
 	for name := range opts.Repositories {
 		s.metrics.initRepository(name)
@@ -261,17 +283,19 @@ func (s *RepoService) Serve(ctx context.Context, nc *nats.Conn, ready chan<- str
 	endpoints := []struct {
 		name, subject string
 		h             func(context.Context, []byte) (any, error)
+		timeout       time.Duration // 0: requestTimeout
 	}{
-		{"info", SubjectInfo, s.info},
-		{"target-open", SubjectTargetOpen, s.openTarget},
-		{"target-close", SubjectTargetClose, s.closeTarget},
-		{"target-abort", SubjectTargetAbort, s.abortTarget},
-		{"target-digests", SubjectTargetDigests, s.targetDigests},
-		{"verify", SubjectVerify, s.verify},
-		{"manifest", SubjectManifest, s.manifestPage},
-		{"restore-open", SubjectRestoreOpen, s.openRestore},
-		{"restore-close", SubjectRestoreClose, s.closeRestore},
-		{"check", SubjectCheck, s.check},
+		{"info", SubjectInfo, s.info, 0},
+		{"target-open", SubjectTargetOpen, s.openTarget, 0},
+		{"target-close", SubjectTargetClose, s.closeTarget, 0},
+		{"target-abort", SubjectTargetAbort, s.abortTarget, 0},
+		{"restore-open", SubjectRestoreOpen, s.openRestore, 0},
+		{"restore-close", SubjectRestoreClose, s.closeRestore, 0},
+		{"check", SubjectCheck, s.check, 0},
+		{"forget", SubjectForget, s.forget, forgetTimeout},
+		{"target-digests", SubjectTargetDigests, s.targetDigests, 0},
+		{"verify", SubjectVerify, s.verify, VerifyTimeout},
+		{"manifest", SubjectManifest, s.manifestPage, 0},
 	}
 	// Handlers run in their own goroutines; shutdown waits for them before
 	// closing everything, so no export or file is made after closeAll.
@@ -281,7 +305,7 @@ func (s *RepoService) Serve(ctx context.Context, nc *nats.Conn, ready chan<- str
 		stopping   bool
 	)
 	for _, e := range endpoints {
-		h := e.h
+		h, timeout := e.h, cmp.Or(e.timeout, requestTimeout)
 		if err := svc.AddEndpoint(e.name, bus.GuardReply(s.log, micro.HandlerFunc(func(r micro.Request) {
 			inflightMu.Lock()
 			defer inflightMu.Unlock()
@@ -293,10 +317,6 @@ func (s *RepoService) Serve(ctx context.Context, nc *nats.Conn, ready chan<- str
 			subject, reply, data := r.Subject(), r.Reply(), r.Data()
 			go func() {
 				defer inflight.Done()
-				timeout := 2 * time.Minute
-				if subject == SubjectVerify {
-					timeout = VerifyTimeout
-				}
 				s.handle(ctx, nc, subject, reply, data, timeout, h)
 			}()
 		})), micro.WithEndpointSubject(e.subject)); err != nil {
@@ -318,6 +338,9 @@ func (s *RepoService) Serve(ctx context.Context, nc *nats.Conn, ready chan<- str
 		s.log.Warn().Err(errReconcileOff).Msg("orphan files will not be removed")
 	default:
 		reconciler.Go(func() { s.reconcileLoop(ctx) })
+	}
+	if s.canPrune(false) == nil {
+		reconciler.Go(func() { s.resumeLoop(ctx) })
 	}
 	t := time.NewTicker(s.opts.ReapInterval)
 	defer t.Stop()
@@ -360,8 +383,14 @@ func (s *RepoService) reconcileLoop(ctx context.Context) {
 	}
 }
 
-// handle runs one request within timeout (2 minutes, VerifyTimeout for a
-// verify); errors become micro errors with a code. It
+// requestTimeout bounds a request's work; forgetTimeout a forget's, which
+// merges and rebases whole images (VerifyTimeout a verify's).
+const (
+	requestTimeout = 2 * time.Minute
+	forgetTimeout  = 30 * time.Minute
+)
+
+// handle runs one request; errors become micro errors with a code. It
 // answers through nc, not through the micro.Request: micro reads the
 // request's state when the callback returns, so the request must not be
 // touched from this goroutine.
@@ -538,7 +567,7 @@ func validateOpen(r *repository.Repo, req OpenRequest) error {
 	if req.BackingJobID == "" {
 		return nil
 	}
-	if err := repository.ValidateID(req.BackingJobID); err != nil {
+	if err := repository.ValidateJobID(req.BackingJobID); err != nil {
 		return coded(CodeBadRequest, fmt.Errorf("backing job id: %w", err))
 	}
 	if req.BackingJobID == req.JobID {
@@ -722,6 +751,30 @@ func (s *RepoService) openRestore(ctx context.Context, data []byte) (any, error)
 	if err != nil {
 		return nil, classify(err)
 	}
+	// No restore while the VM's chain changes, and none of a point being
+	// pruned or pruned.
+	s.mu.Lock()
+	if s.pruning[ref.VMUUID] {
+		s.mu.Unlock()
+		return nil, coded(CodeBusy, fmt.Errorf("restore of job %s: vm %s is being pruned, try again later", ref.JobID, ref.VMUUID))
+	}
+	s.restoring[ref.VMUUID]++
+	s.mu.Unlock()
+	opened := false
+	defer func() {
+		if !opened {
+			s.restoreDone(ref.VMUUID)
+		}
+	}()
+	if s.opts.Catalog != nil {
+		j, err := s.opts.Catalog.Job(ctx, ref.JobID)
+		switch {
+		case err == nil && j.Status == store.StatusPruned:
+			return nil, coded(CodeNotFound, fmt.Errorf("restore of job %s: the point was pruned", ref.JobID))
+		case err == nil && j.Prune != nil && j.Prune.State == store.PrunePending:
+			return nil, coded(CodeBusy, fmt.Errorf("restore of job %s: the point is being pruned", ref.JobID))
+		}
+	}
 	info, err := r.Info(ctx, path)
 	if err != nil {
 		return nil, coded(CodeNotFound, fmt.Errorf("backup of job %s disk %d: %w", ref.JobID, ref.DiskKey, err))
@@ -731,8 +784,9 @@ func (s *RepoService) openRestore(ctx context.Context, data []byte) (any, error)
 	if err != nil {
 		return nil, err
 	}
+	opened = true
 	s.mu.Lock()
-	s.restores[id] = &restoreExport{export: exp, expires: time.Now().Add(s.opts.RestoreTTL)}
+	s.restores[id] = &restoreExport{export: exp, expires: time.Now().Add(s.opts.RestoreTTL), vm: ref.VMUUID}
 	s.mu.Unlock()
 	return RestoreOpenReply{ExportID: id, URI: exp.URI(), Path: path, VirtualSize: info.VirtualSize, TLS: psk}, nil
 }
@@ -749,7 +803,17 @@ func (s *RepoService) closeRestore(ctx context.Context, data []byte) (any, error
 	if !ok {
 		return nil, coded(CodeNotFound, fmt.Errorf("no restore export %q", req.ExportID))
 	}
+	defer s.restoreDone(re.vm)
 	return struct{}{}, re.export.Close(ctx)
+}
+
+// restoreDone counts one restore export of vm less.
+func (s *RepoService) restoreDone(vm string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.restoring[vm]--; s.restoring[vm] <= 0 {
+		delete(s.restoring, vm)
+	}
 }
 
 // Reap closes targets whose job no longer holds its VM's lease (the agent
@@ -776,6 +840,7 @@ func (s *RepoService) Reap(ctx context.Context) {
 	s.mu.Unlock()
 	for _, re := range expired {
 		_ = re.export.Close(ctx)
+		s.restoreDone(re.vm)
 	}
 	if s.opts.Leases == nil {
 		return
@@ -839,5 +904,6 @@ func (s *RepoService) closeAll() {
 	}
 	for _, re := range restores {
 		_ = re.export.Close(ctx)
+		s.restoreDone(re.vm)
 	}
 }

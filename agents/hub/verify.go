@@ -10,7 +10,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 	"github.com/rs/zerolog"
 
@@ -271,19 +270,14 @@ func (s *RepoService) VerifyDisk(ctx context.Context, r *repository.Repo, j stor
 	return res
 }
 
-// EventPublisher publishes an event; *bus.Publisher implements it.
-type EventPublisher interface {
-	PublishEvent(ctx context.Context, ev schemas.Event) (*jetstream.PubAck, error)
-}
-
 // publishVerified publishes backup.verified for job j's results (seq
 // numbers this verification of j) and returns its id.
 func (s *RepoService) publishVerified(ctx context.Context, j store.Job, seq int64, results []VerifyResult) (string, error) {
 	ev := VerifiedEvent(j, seq, time.Now(), results)
-	if s.opts.Events == nil {
+	if s.opts.Publisher == nil {
 		return "", fmt.Errorf("backup.verified of job %s not published: the hub has no event publisher", j.ID)
 	}
-	if _, err := s.opts.Events.PublishEvent(ctx, ev); err != nil {
+	if _, err := s.opts.Publisher.PublishEvent(ctx, ev); err != nil {
 		return "", fmt.Errorf("publish backup.verified of job %s: %w", j.ID, err)
 	}
 	return ev.ID, nil

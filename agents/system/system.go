@@ -89,6 +89,9 @@ type Config struct {
 	RepoPorts     hub.PortRange
 	// APIListen is the request API's address; "" or "none" disables it.
 	APIListen string
+	// RepositoryIDs maps the replaced system's repository_id to a
+	// repository name (hub.API.RepositoryIDs); nil: hub's default.
+	RepositoryIDs map[string]string
 	// ReconcileInterval and ReconcileGrace tune the hub's reconciliation
 	// of the repository with the catalog (hub.RepoOptions); zero values
 	// take hub's defaults (10 min each).
@@ -551,11 +554,10 @@ func (s *System) startHub(nc *nats.Conn, js jetstream.JetStream, leases *bus.Lea
 	// may run without the catalog in this process.
 	cat := catalog.NewClient(nc)
 	svc, err := hub.NewRepoService(hub.RepoOptions{
-		Repositories: s.Repos, Leases: leases, Log: s.log,
+		Repositories: s.Repos, Leases: leases, LeaseTaker: leases, Publisher: bus.NewHubPublisher(js, s.log), Log: s.log,
 		Catalog: cat, Progress: hub.NewConsumerProgress(js, bus.ConsumerCatalog), Registry: s.Registry,
 		ReconcileInterval: s.cfg.ReconcileInterval, ReconcileGrace: s.cfg.ReconcileGrace,
 		Listen: s.cfg.RepoListen, Advertise: s.cfg.RepoAdvertise, Ports: s.cfg.RepoPorts,
-		Events: bus.NewHubPublisher(js, s.log),
 	})
 	if err != nil {
 		return err
@@ -581,7 +583,7 @@ func (s *System) startHub(nc *nats.Conn, js jetstream.JetStream, leases *bus.Lea
 			return fmt.Errorf("request api listen %s: %w", s.cfg.APIListen, err)
 		}
 		s.APIAddr = ln.Addr().String()
-		api := &hub.API{Publisher: bus.NewPublisher(js, "sendense-hub", s.log), Jobs: cat, Log: s.log, Health: s.Health}
+		api := &hub.API{Publisher: bus.NewPublisher(js, "sendense-hub", s.log), Jobs: cat, Log: s.log, Health: s.Health, RepositoryIDs: s.cfg.RepositoryIDs}
 		s.run("api", func(ctx context.Context) error { return api.ServeListener(ctx, ln) })
 	}
 	return nil

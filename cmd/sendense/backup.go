@@ -39,6 +39,7 @@ type backupCmd struct {
 	repository string
 	jobID      string
 	wait       bool
+	json       bool
 }
 
 func newBackupCmd(a *app) *cobra.Command {
@@ -57,6 +58,7 @@ func newBackupCmd(a *app) *cobra.Command {
 	f.StringVar(&c.repository, "repository", schemas.DefaultRepository, "repository name")
 	f.StringVar(&c.jobID, "job-id", "", "job id (default: a new one)")
 	f.BoolVar(&c.wait, "wait", false, "show progress per disk and exit 0 only when the backup completed")
+	f.BoolVar(&c.json, "json", false, `print NDJSON: the request as {"subject":"backup.requested","event":{…}}; with --wait each of the job's events likewise, then {"job":{…}}, the stored outcome`)
 	_ = cmd.MarkFlagRequired("vm")
 	return cmd
 }
@@ -95,6 +97,7 @@ func (c *backupCmd) run(ctx context.Context, a *app) error {
 		if w, err = newWaiter(nc, cat, req.JobID, req.VM); err != nil {
 			return err
 		}
+		w.json = c.json
 		defer w.close()
 	}
 	if _, err := bus.NewPublisher(js, "sendense-cli", a.log).PublishRequest(ctx, req); err != nil {
@@ -103,7 +106,13 @@ func (c *backupCmd) run(ctx context.Context, a *app) error {
 		}
 		return fmt.Errorf("publish backup request for vm %s: %w", c.vm, err)
 	}
-	fmt.Fprintf(a.stdout, "job %s requested (vm %s, %s)\n", req.JobID, c.vm, c.backupType)
+	if c.json {
+		if err := writeBusLine(a.stdout, &nats.Msg{Subject: bus.SubjectRequested, Data: data}, ""); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(a.stdout, "job %s requested (vm %s, %s)\n", req.JobID, c.vm, c.backupType)
+	}
 	if !c.wait {
 		return nil
 	}
@@ -131,6 +140,7 @@ type waiter struct {
 	cat    *catalog.Client
 	events chan *nats.Msg
 	subs   []*nats.Subscription
+	json   bool // NDJSON on stdout instead of text and bars
 }
 
 // outcomePoll is how often the waiter asks the catalog whether the job
@@ -157,7 +167,7 @@ func (w *waiter) close() {
 }
 
 func (w *waiter) run(ctx context.Context, a *app) error {
-	tty := term.IsTerminal(int(os.Stderr.Fd()))
+	tty := term.IsTerminal(int(os.Stderr.Fd())) && !w.json
 	var p *mpb.Progress
 	bars := map[int32]*mpb.Bar{}
 	if tty {
@@ -197,6 +207,20 @@ func (w *waiter) run(ctx context.Context, a *app) error {
 		if err != nil || ev.EventHeader().JobID != w.jobID {
 			continue
 		}
+		if w.json {
+			if err := writeBusLine(a.stdout, m, ""); err != nil {
+				return err
+			}
+			switch e := ev.(type) {
+			case *schemas.Failed:
+				if !e.Retryable {
+					return w.await(ctx, a)
+				}
+			case *schemas.Completed, *schemas.Rejected:
+				return w.await(ctx, a)
+			}
+			continue
+		}
 		switch e := ev.(type) {
 		case *schemas.Started:
 			for _, d := range e.Disks {
@@ -221,10 +245,10 @@ func (w *waiter) run(ctx context.Context, a *app) error {
 				}
 			}
 			if p == nil {
-				fmt.Fprintf(os.Stderr, "progress %d/%d bytes\n", e.BytesDone, e.BytesTotal)
+				fmt.Fprintf(os.Stderr, "progress %s of %s\n", fmtBytes(e.BytesDone), fmtBytes(e.BytesTotal))
 			}
 		case *schemas.ChangeID:
-			fmt.Fprintf(a.stdout, "disk %d: change id %s recorded (%d bytes read, %d written)\n", e.Disk.Key, e.ChangeID, e.BytesRead, e.BytesWritten)
+			fmt.Fprintf(a.stdout, "disk %d: change id %s recorded (%s read, %s written)\n", e.Disk.Key, e.ChangeID, fmtBytes(e.BytesRead), fmtBytes(e.BytesWritten))
 		case *schemas.Failed:
 			if e.Retryable {
 				fmt.Fprintf(a.stdout, "attempt %d failed (%s: %s); the agent retries\n", e.Attempt, e.Reason, e.Message)
@@ -260,9 +284,18 @@ func (w *waiter) outcome(a *app, j store.Job) error {
 	if j.Failure != nil {
 		reason, msg = j.Failure.Reason, j.Failure.Message
 	}
+	if w.json {
+		if err := writeJSONLine(a, struct {
+			Job store.Job `json:"job"`
+		}{j}); err != nil {
+			return err
+		}
+	}
 	switch j.Status {
 	case store.StatusCompleted:
-		fmt.Fprintf(a.stdout, "job %s completed\n", w.jobID)
+		if !w.json {
+			fmt.Fprintf(a.stdout, "job %s completed\n", w.jobID)
+		}
 		return nil
 	case store.StatusRejected:
 		return &exitError{code: exitRejected, err: fmt.Errorf("job %s rejected: %s: %s", w.jobID, reason, msg)}

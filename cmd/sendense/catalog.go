@@ -193,7 +193,7 @@ func (c *catalogStatsCmd) run(ctx context.Context, a *app) error {
 	fmt.Fprintf(tw, "chain links\t%d\n", st.Links)
 	fmt.Fprintf(tw, "applied events\t%d\n", st.Applied)
 	fmt.Fprintf(tw, "poison records\t%d\n", st.Poison)
-	fmt.Fprintf(tw, "file bytes\t%d\n", st.FileBytes)
+	fmt.Fprintf(tw, "file size\t%s\n", fmtBytes(st.FileBytes))
 	fmt.Fprintf(tw, "layout version\t%d\n", st.SchemaVersion)
 	return tw.Flush()
 }
@@ -213,6 +213,12 @@ func writeJSON(a *app, v any) error {
 	enc := json.NewEncoder(a.stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// writeJSONLine prints v as one line of JSON: a line of NDJSON, for
+// streams and single results alike.
+func writeJSONLine(a *app, v any) error {
+	return json.NewEncoder(a.stdout).Encode(v)
 }
 
 func fmtTime(t time.Time) string {

@@ -110,8 +110,8 @@ func (c *chainCmd) run(ctx context.Context, a *app, diskSet bool) error {
 	fmt.Fprintln(tw, "REPOSITORY\tDISK\t#\tJOB\tTYPE\tCHANGE ID\tSIZE\tCOMPLETED\tBACKING\tTARGET")
 	for _, ch := range chains {
 		for i, l := range ch.Links {
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", ch.Repository, ch.DiskKey, i+1, l.JobID,
-				l.BackupType, l.ChangeID, l.ActualSizeBytes, fmtTime(l.Time), dash(l.Backing), l.Target)
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", ch.Repository, ch.DiskKey, i+1, l.JobID,
+				l.BackupType, l.ChangeID, fmtBytes(l.ActualSizeBytes), fmtTime(l.Time), dash(l.Backing), l.Target)
 		}
 	}
 	return tw.Flush()

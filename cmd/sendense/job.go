@@ -2,14 +2,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
 	"github.com/sendense/sendense/bus"
-	"github.com/sendense/sendense/store"
 )
 
 func init() { extraCommands = append(extraCommands, newJobCmd) }
@@ -24,7 +22,11 @@ func newJobCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "job ID",
 		Short: "Show one backup job: status, disks, change ids, targets (asks the catalog service)",
-		Args:  cobra.ExactArgs(1),
+		Long: `Show one backup job: status, disks, change ids, targets (asks the catalog
+service). ID is the job id or a unique prefix of it of at least 4 characters
+(a short id, as git and restic take); a prefix of several jobs' ids fails
+naming them.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return c.run(cmd.Context(), a, args[0])
 		},
@@ -39,10 +41,7 @@ func (c *jobCmd) run(ctx context.Context, a *app, id string) error {
 		return err
 	}
 	defer closeConn()
-	j, err := cl.Job(ctx, id)
-	if errors.Is(err, store.ErrNotFound) {
-		return fmt.Errorf("job %s: %w", id, store.ErrNotFound)
-	}
+	j, err := cl.ResolveJob(ctx, id)
 	if err != nil {
 		return err
 	}
@@ -64,7 +63,7 @@ func (c *jobCmd) run(ctx context.Context, a *app, id string) error {
 		fmt.Fprintf(tw, "message\t%s\n", f.Message)
 	}
 	if p := j.Progress; p != nil {
-		fmt.Fprintf(tw, "progress\t%d of %d bytes at %s\n", p.BytesDone, p.BytesTotal, fmtTime(p.Time))
+		fmt.Fprintf(tw, "progress\t%s of %s at %s\n", fmtBytes(p.BytesDone), fmtBytes(p.BytesTotal), fmtTime(p.Time))
 	}
 	fmt.Fprintf(tw, "events\t%d\n", len(j.EventIDs))
 	if err := tw.Flush(); err != nil {
@@ -73,12 +72,31 @@ func (c *jobCmd) run(ctx context.Context, a *app, id string) error {
 	if len(j.Disks) == 0 {
 		return nil
 	}
+	// The table holds the short columns (it fits 100 columns); the long
+	// values of each disk (uuid, change id, paths) follow it, one per line.
 	fmt.Fprintln(a.stdout)
 	tw = tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "DISK\tUUID\tCAPACITY\tTYPE\tREASON\tCHANGE ID\tREAD\tWRITTEN\tTARGET\tBACKING")
+	fmt.Fprintln(tw, "DISK\tTYPE\tREASON\tCAPACITY\tREAD\tWRITTEN\tSIZE")
 	for _, d := range j.Disks {
-		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", d.Disk.Key, d.Disk.UUID, d.Disk.CapacityBytes,
-			dash(d.BackupType), dash(d.Reason), dash(d.ChangeID), d.BytesRead, d.BytesWritten, dash(d.Target), dash(d.Backing))
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", d.Disk.Key, dash(d.BackupType), cut(dash(d.Reason), 24),
+			fmtBytes(d.Disk.CapacityBytes), fmtBytes(d.BytesRead), fmtBytes(d.BytesWritten), fmtBytes(d.ActualSizeBytes))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, d := range j.Disks {
+		fmt.Fprintf(a.stdout, "\ndisk %d\n", d.Disk.Key)
+		tw = tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintf(tw, "  uuid\t%s\n", dash(d.Disk.UUID))
+		if d.BaseChangeID != "" {
+			fmt.Fprintf(tw, "  base change id\t%s\n", d.BaseChangeID)
+		}
+		fmt.Fprintf(tw, "  change id\t%s\n", dash(d.ChangeID))
+		fmt.Fprintf(tw, "  target\t%s\n", dash(d.Target))
+		fmt.Fprintf(tw, "  backing\t%s\n", dash(d.Backing))
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -10,9 +10,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
 	"github.com/spf13/pflag"
 
 	"github.com/sendense/sendense/bus"
@@ -21,9 +23,12 @@ import (
 // natsFlags are the global NATS options. With no --nats-url, `serve` (and
 // `catalog`) start an embedded server; client commands connect to
 // nats://127.0.0.1:4222, where `serve` listens by default. NATS_URL,
-// NATS_CREDS, NATS_NKEY and NATS_CA give the defaults of --nats-url,
-// --nats-creds, --nats-nkey and --nats-ca, as for the nats CLI.
+// NATS_CREDS, NATS_NKEY, NATS_CA and NATS_CONTEXT give the defaults of
+// --nats-url, --nats-creds, --nats-nkey, --nats-ca and --context, as for
+// the nats CLI. Client commands also read a nats CLI context (see
+// clientOptions for the order).
 type natsFlags struct {
+	context   string
 	urls      []string
 	creds     string
 	user      string
@@ -45,7 +50,8 @@ func (f *natsFlags) register(fs *pflag.FlagSet) {
 	if u := os.Getenv("NATS_URL"); u != "" {
 		urls = strings.Split(u, ",")
 	}
-	fs.StringSliceVar(&f.urls, "nats-url", urls, "NATS server URL(s), comma-separated for a cluster (default $NATS_URL, else the embedded server for serve/catalog and "+defaultClientURL+" for clients)")
+	fs.StringSliceVar(&f.urls, "nats-url", urls, "NATS server URL(s), comma-separated for a cluster (default $NATS_URL, else for clients the nats context's URL, else the embedded server for serve/catalog and "+defaultClientURL+" for clients)")
+	fs.StringVar(&f.context, "context", os.Getenv("NATS_CONTEXT"), "nats CLI context whose URL, credentials and CA client commands use where no flag or NATS_* variable gives them (default $NATS_CONTEXT, else the one `nats context select` chose)")
 	fs.StringVar(&f.creds, "nats-creds", os.Getenv("NATS_CREDS"), "NATS credentials file, for client commands (default $NATS_CREDS, else the command's role seed under DATA/creds)")
 	fs.StringVar(&f.user, "nats-user", "", "NATS user, for client commands")
 	fs.StringVar(&f.password, "nats-password", "", "NATS password")
@@ -128,47 +134,88 @@ func fileExists(path string) bool {
 	return err == nil
 }
 
-// clientOptions are the options of a client command acting as role:
-// explicit credentials (flags, NATS_CREDS, NATS_NKEY) when given, else the
-// role's seed under DATA/creds when it is there (a command on the hub's
-// host), else none. Replies come to the role's inbox either way: a server
-// that enforces roles lets the role subscribe there only.
-func (a *app) clientOptions(role bus.Role, urls []string) bus.Options {
+// clientOptions are the options of a client command acting as role.
+// Each setting comes from the first of: its flag, its environment variable
+// (NATS_URL, NATS_CREDS, NATS_NKEY, NATS_CA), the nats CLI context
+// (--context, else $NATS_CONTEXT, else the one `nats context select`
+// chose), the default. The defaults: URL nats://127.0.0.1:4222;
+// credentials the role's seed under DATA/creds when it is there (a
+// command on the hub's host); CA DATA/tls/ca.pem when it is there.
+// Replies come to the role's inbox (or the context's inbox_prefix with
+// the context's credentials): a server that enforces roles lets each user
+// subscribe only there. source says where the URL came from.
+func (a *app) clientOptions(role bus.Role) (opts bus.Options, source string, err error) {
+	nctx, err := loadNATSContext(a.nats.context)
+	if err != nil {
+		return bus.Options{}, "", err
+	}
+	urls, source := a.nats.urls, "--nats-url or $NATS_URL"
+	switch {
+	case len(urls) > 0:
+	case nctx != nil && nctx.URL != "":
+		urls, source = strings.Split(nctx.URL, ","), fmt.Sprintf("nats context %q", nctx.Name)
+	default:
+		urls, source = []string{defaultClientURL}, "the default"
+	}
 	id := bus.Identity{Role: role}
-	opts := a.natsOptions("sendense-"+string(role), urls)
+	opts = a.natsOptions("sendense-"+string(role), urls)
 	opts.InboxPrefix = id.InboxPrefix()
+	if nctx != nil {
+		if a.nats.tlsCA == "" && nctx.CA != "" {
+			opts.TLSCA, opts.TLSIfOffered = nctx.CA, false
+		}
+		if a.nats.tlsCert == "" && a.nats.tlsKey == "" {
+			opts.TLSCert, opts.TLSKey = nctx.Cert, nctx.Key
+		}
+	}
 	if a.nats.explicitAuth() {
-		return opts
+		return opts, source, nil
+	}
+	if nctx != nil && nctx.hasAuth() {
+		opts.Creds, opts.NKeyFile, opts.User, opts.Password = nctx.Creds, nctx.NKey, nctx.User, nctx.Password
+		if nctx.InboxPrefix != "" {
+			opts.InboxPrefix = nctx.InboxPrefix
+		}
+		return opts, source, nil
 	}
 	if _, err := os.Stat(a.creds().File(id)); err == nil {
 		opts.NKeyFile = a.creds().File(id)
 	}
-	return opts
+	return opts, source, nil
 }
 
-// clientConnectTimeout bounds connect when ctx has no deadline: a user
-// command should fail, not wait forever, when no server is reachable.
+// clientConnectTimeout bounds connect when ctx has no deadline. Client
+// connections fail fast anyway (a refused dial returns at once); this
+// bounds a server that accepts but never answers.
 const clientConnectTimeout = 10 * time.Second
 
 // connect opens a client connection acting as role (see clientOptions).
+// It tries each server once: a command a person waits on fails at once,
+// naming the URL and the dial's error, rather than retrying. The
+// connection's lifecycle lines (connected, closed) are not logged at the
+// default level, only problems.
 func (a *app) connect(ctx context.Context, role bus.Role) (*nats.Conn, error) {
-	urls := a.nats.urls
-	if len(urls) == 0 {
-		urls = []string{defaultClientURL}
+	opts, source, err := a.clientOptions(role)
+	if err != nil {
+		return nil, err
 	}
+	opts.FailFast = true
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, clientConnectTimeout)
 		defer cancel()
 	}
-	opts := a.clientOptions(role, urls)
-	nc, err := bus.Connect(ctx, opts, a.log)
+	log := a.log
+	if log.GetLevel() == zerolog.InfoLevel {
+		log = log.Level(zerolog.WarnLevel)
+	}
+	nc, err := bus.Connect(ctx, opts, log)
 	if err != nil {
 		hint := "is `sendense serve` running?"
-		if opts.NKeyFile == "" && opts.Creds == "" && opts.User == "" {
-			hint = fmt.Sprintf("no credentials: run on the hub's host with --data, or give --nats-creds/--nats-nkey (the %s role's seed)", role)
+		if !errors.Is(err, syscall.ECONNREFUSED) && opts.NKeyFile == "" && opts.Creds == "" && opts.User == "" {
+			hint = fmt.Sprintf("no credentials: run on the hub's host with --data, or give --nats-creds/--nats-nkey (the %s role's seed) or --context", role)
 		}
-		return nil, fmt.Errorf("connect to nats %v as %s (%s): %w", urls, role, hint, err)
+		return nil, fmt.Errorf("%w (url from %s, as %s; %s)", err, source, role, hint)
 	}
 	return nc, nil
 }

@@ -127,7 +127,7 @@ func printCheck(w io.Writer, rep hub.CheckReply) error {
 	if len(rep.Orphans) == 0 {
 		return nil
 	}
-	fmt.Fprintln(tw, "REPOSITORY\tJOB\tVM\tDISK\tBYTES\tMODIFIED\tSTATE\tPATH")
+	fmt.Fprintln(tw, "REPOSITORY\tJOB\tVM\tDISK\tSIZE\tMODIFIED\tSTATE\tPATH")
 	for _, o := range rep.Orphans {
 		state := "removed"
 		switch {
@@ -140,7 +140,7 @@ func printCheck(w io.Writer, rep hub.CheckReply) error {
 		if o.Temp {
 			job += " (temp)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", o.Repository, job, o.VMUUID, o.DiskKey, o.Bytes,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", o.Repository, job, o.VMUUID, o.DiskKey, fmtBytes(o.Bytes),
 			fmtTime(o.ModTime), cut(state, 60), o.Path)
 	}
 	return tw.Flush()

@@ -28,6 +28,17 @@ type restoreCmd struct {
 	format string
 	verify bool
 	force  bool
+	json   bool
+}
+
+// restoreLine is one line of `restore --json`: a disk written.
+type restoreLine struct {
+	JobID    string `json:"job_id"`
+	Disk     int32  `json:"disk_key"`
+	Path     string `json:"path"`
+	Format   string `json:"format"`
+	Bytes    int64  `json:"bytes"`
+	Verified bool   `json:"verified"`
 }
 
 func newRestoreCmd(a *app) *cobra.Command {
@@ -42,11 +53,12 @@ func newRestoreCmd(a *app) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error { return c.run(cmd.Context(), a) },
 	}
 	f := cmd.Flags()
-	f.StringVar(&c.jobID, "job", "", "job id of the backup (required)")
+	f.StringVar(&c.jobID, "job", "", "job id of the backup, or a unique prefix of at least 4 characters (required)")
 	f.Int32Var(&c.disk, "disk", -1, "device key of the disk (default: every disk)")
 	f.StringVar(&c.to, "to", "", "output file, or directory for several disks (required)")
 	f.StringVar(&c.format, "format", "raw", "raw or qcow2")
 	f.BoolVar(&c.verify, "verify", false, "read the output back and compare it with the backup and with the manifest taken at backup time")
+	f.BoolVar(&c.json, "json", false, `print NDJSON: {"job_id":…,"disk_key":…,"path":…,"format":…,"bytes":…,"verified":…} per disk written`)
 	f.BoolVar(&c.force, "force", false, "overwrite output files that exist (default: refuse before writing anything)")
 	_ = cmd.MarkFlagRequired("job")
 	_ = cmd.MarkFlagRequired("to")
@@ -62,10 +74,11 @@ func (c *restoreCmd) run(ctx context.Context, a *app) error {
 		return err
 	}
 	defer nc.Close()
-	job, err := catalog.NewClient(nc).Job(ctx, c.jobID)
+	job, err := catalog.NewClient(nc).ResolveJob(ctx, c.jobID)
 	if err != nil {
-		return fmt.Errorf("job %s: %w", c.jobID, err)
+		return err
 	}
+	c.jobID = job.ID
 	if job.Status != store.StatusCompleted {
 		return fmt.Errorf("job %s is %s: only a completed backup can be restored", c.jobID, job.Status)
 	}
@@ -137,7 +150,9 @@ func (c *restoreCmd) restoreDisk(ctx context.Context, a *app, repo *hub.Client, 
 	if err != nil {
 		return fmt.Errorf("restore disk %d of job %s to %s: %w", d.Disk.Key, job.ID, dst, err)
 	}
-	fmt.Fprintf(a.stdout, "disk %d of job %s restored to %s (%d bytes)\n", d.Disk.Key, job.ID, dst, exp.VirtualSize)
+	if !c.json {
+		fmt.Fprintf(a.stdout, "disk %d of job %s restored to %s (%s)\n", d.Disk.Key, job.ID, dst, fmtBytes(exp.VirtualSize))
+	}
 	if c.verify {
 		var want *manifest.Manifest
 		if d.ManifestSHA256 != "" {
@@ -153,11 +168,16 @@ func (c *restoreCmd) restoreDisk(ctx context.Context, a *app, repo *hub.Client, 
 		if err := verifyCopy(ctx, src, dst, c.format, want); err != nil {
 			return fmt.Errorf("verify %s against the backup of disk %d: %w", dst, d.Disk.Key, err)
 		}
-		if want != nil {
-			fmt.Fprintf(a.stdout, "disk %d verified: identical to the backup, and to its manifest taken at backup time (%d chunks)\n", d.Disk.Key, len(want.Digests))
-		} else {
-			fmt.Fprintf(a.stdout, "disk %d verified: identical to the backup (made before manifests: no manifest to compare)\n", d.Disk.Key)
+		if !c.json {
+			if want != nil {
+				fmt.Fprintf(a.stdout, "disk %d verified: identical to the backup, and to its manifest taken at backup time (%d chunks)\n", d.Disk.Key, len(want.Digests))
+			} else {
+				fmt.Fprintf(a.stdout, "disk %d verified: identical to the backup (made before manifests: no manifest to compare)\n", d.Disk.Key)
+			}
 		}
+	}
+	if c.json {
+		return writeJSONLine(a, restoreLine{JobID: job.ID, Disk: d.Disk.Key, Path: dst, Format: c.format, Bytes: exp.VirtualSize, Verified: c.verify})
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/term"
 )
 
@@ -49,8 +50,42 @@ func newRootCmd() *cobra.Command {
 	for _, add := range extraCommands {
 		root.AddCommand(add(a))
 	}
+	hideNATSFlags(root)
 	return root
 }
+
+// noNATSAnnotation marks a command that never connects to NATS: its help
+// does not list the global NATS flags (help and completion are such
+// commands too).
+var noNATSAnnotation = map[string]string{noNATSKey: "true"}
+
+// hideNATSFlags hides the global NATS flags from the help of the commands
+// that never connect: version, schemas, help, completion (they still
+// accept the flags, so a script that always passes them works).
+func hideNATSFlags(root *cobra.Command) {
+	help := root.HelpFunc()
+	root.SetHelpFunc(func(c *cobra.Command, args []string) {
+		if noNATS(c) {
+			c.Root().PersistentFlags().VisitAll(func(f *pflag.Flag) {
+				if f.Name == "context" || f.Name == "insecure" || strings.HasPrefix(f.Name, "nats-") {
+					f.Hidden = true
+				}
+			})
+		}
+		help(c, args)
+	})
+}
+
+func noNATS(c *cobra.Command) bool {
+	for ; c != nil && c.HasParent(); c = c.Parent() {
+		if c.Annotations[noNATSKey] == "true" || c.Name() == "help" || c.Name() == "completion" {
+			return true
+		}
+	}
+	return false
+}
+
+const noNATSKey = "sendense/no-nats"
 
 // extraCommands lets each command file register itself, so root.go does not
 // change whenever a command is added.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/sendense/sendense/agents/hub"
 	"github.com/sendense/sendense/agents/system"
+	"github.com/sendense/sendense/schemas"
 )
 
 func init() { extraCommands = append(extraCommands, newServeCmd, newHubCmd, newAgentCmd) }
@@ -149,6 +150,7 @@ func (f *catalogFlags) apply(cfg *system.Config) {
 type hubFlags struct {
 	apiListen         string
 	repositories      []string
+	repositoryIDs     []string
 	reconcileInterval time.Duration
 	reconcileGrace    time.Duration
 	repoListen        string
@@ -159,6 +161,7 @@ type hubFlags struct {
 func (f *hubFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.apiListen, "api-listen", "127.0.0.1:8080", "request API address (POST /api/v1/backups), or none")
 	fs.StringSliceVar(&f.repositories, "repository", nil, "repository as NAME=DIR, repeatable (default: default=DATA/repo)")
+	fs.StringSliceVar(&f.repositoryIDs, "repository-id", nil, "the replaced system's repository_id as ID=NAME, repeatable: POST /api/v1/backups with {\"vm_name\":…,\"repository_id\":ID} writes to repository NAME (default: 1=default)")
 	fs.DurationVar(&f.reconcileInterval, "reconcile-interval", 0, "how often the hub removes repository files no completed job or running backup owns (default 10m)")
 	fs.DurationVar(&f.reconcileGrace, "reconcile-grace", 0, "how old such a file must be before it is removed (default 10m)")
 	fs.StringVar(&f.repoListen, "repo-listen", "", "host or address to serve backup targets and restores on over TCP with TLS (a fresh key per export), for agents on other hosts (default: unix sockets, single host)")
@@ -186,6 +189,19 @@ func (f *hubFlags) apply(cfg *system.Config) error {
 			cfg.Repositories = map[string]string{}
 		}
 		cfg.Repositories[name] = dir
+	}
+	for _, r := range f.repositoryIDs {
+		id, name, ok := strings.Cut(r, "=")
+		if !ok || id == "" || name == "" {
+			return fmt.Errorf("--repository-id %q: want ID=NAME, e.g. 1=default", r)
+		}
+		if _, known := cfg.Repositories[name]; !known && !(len(cfg.Repositories) == 0 && name == schemas.DefaultRepository) {
+			return fmt.Errorf("--repository-id %q: no repository %s (--repository NAME=DIR names them)", r, name)
+		}
+		if cfg.RepositoryIDs == nil {
+			cfg.RepositoryIDs = map[string]string{}
+		}
+		cfg.RepositoryIDs[id] = name
 	}
 	return nil
 }

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -35,7 +37,7 @@ func newWatchCmd(a *app) *cobra.Command {
 		RunE:  func(cmd *cobra.Command, _ []string) error { return c.run(cmd.Context(), a) },
 	}
 	cmd.Flags().StringVar(&c.jobID, "job", "", "only this job")
-	cmd.Flags().BoolVar(&c.json, "json", false, "print each message's JSON")
+	cmd.Flags().BoolVar(&c.json, "json", false, `print NDJSON: one {"subject":…,"event":{…}} per message`)
 	cmd.Flags().BoolVar(&c.progress, "progress", false, "include progress events")
 	return cmd
 }
@@ -57,6 +59,10 @@ func (c *watchCmd) run(ctx context.Context, a *app) error {
 		return err
 	}
 	defer sub.Unsubscribe()
+	if err := nc.Flush(); err != nil {
+		return fmt.Errorf("subscribe %s: %w", bus.SubjectAll, err)
+	}
+	a.log.Debug().Str("subject", bus.SubjectAll).Msg("watching")
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
@@ -96,9 +102,7 @@ func (c *watchCmd) handle(ctx context.Context, a *app, m *nats.Msg, wg *sync.Wai
 			}
 			a.log.Warn().Str("subject", m.Subject).Str("job_id", ev.EventHeader().JobID).Err(err).
 				Msg("outcome seen on the wire is not the job's stored outcome")
-			if !c.json {
-				c.print(a, m, " NOT STORED: not the outcome the catalog holds")
-			}
+			c.print(a, m, " NOT STORED: not the outcome the catalog holds")
 			return
 		}
 		c.print(a, m, "")
@@ -133,15 +137,28 @@ func (c *watchCmd) print(a *app, m *nats.Msg, note string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if m.Subject == schemas.NameRequested {
-		if c.json {
-			fmt.Fprintf(a.stdout, "%s %s\n", m.Subject, m.Data)
-		} else if c.jobID == "" {
+		var req struct {
+			JobID string `json:"job_id"`
+		}
+		_ = json.Unmarshal(m.Data, &req)
+		switch {
+		case c.jobID != "" && req.JobID != c.jobID:
+		case c.json:
+			_ = writeBusLine(a.stdout, m, "")
+		default:
 			fmt.Fprintf(a.stdout, "%s %-16s %s\n", time.Now().Format("15:04:05"), m.Subject, m.Data)
 		}
 		return
 	}
 	ev, err := schemas.Decode(m.Subject, m.Data)
 	if err != nil {
+		if c.jobID != "" {
+			return // an invalid event names no job that can be trusted
+		}
+		if c.json {
+			_ = writeBusLine(a.stdout, m, "invalid: "+err.Error())
+			return
+		}
 		fmt.Fprintf(a.stdout, "%s %-16s INVALID: %v\n", time.Now().Format("15:04:05"), m.Subject, err)
 		return
 	}
@@ -153,7 +170,11 @@ func (c *watchCmd) print(a *app, m *nats.Msg, note string) {
 		return
 	}
 	if c.json {
-		fmt.Fprintf(a.stdout, "%s %s\n", m.Subject, m.Data)
+		problem := ""
+		if note != "" {
+			problem = "not stored: the catalog holds another outcome for the job"
+		}
+		_ = writeBusLine(a.stdout, m, problem)
 		return
 	}
 	detail := ""
@@ -163,12 +184,12 @@ func (c *watchCmd) print(a *app, m *nats.Msg, note string) {
 			detail += fmt.Sprintf(" disk=%d:%s(%s)", d.Disk.Key, d.BackupType, d.Reason)
 		}
 	case *schemas.Progress:
-		detail = fmt.Sprintf(" %d/%d bytes", e.BytesDone, e.BytesTotal)
+		detail = fmt.Sprintf(" %s of %s", fmtBytes(e.BytesDone), fmtBytes(e.BytesTotal))
 	case *schemas.ChangeID:
 		detail = fmt.Sprintf(" disk=%d change_id=%q", e.Disk.Key, e.ChangeID)
 	case *schemas.Completed:
 		for _, d := range e.Disks {
-			detail += fmt.Sprintf(" disk=%d:%s size=%d", d.Disk.Key, d.BackupType, d.ActualSizeBytes)
+			detail += fmt.Sprintf(" disk=%d:%s size=%s", d.Disk.Key, d.BackupType, strings.ReplaceAll(fmtBytes(d.ActualSizeBytes), " ", ""))
 		}
 	case *schemas.Failed:
 		detail = fmt.Sprintf(" reason=%s retryable=%t message=%q", e.Reason, e.Retryable, e.Message)

@@ -1,0 +1,117 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/agents/simctl"
+	"github.com/sendense/sendense/store"
+)
+
+// TestForgetCLI runs `sendense forget` against `sendense serve`: three
+// backups of pgtest1 with guest writes in between; a dry run prints each
+// point and removes nothing; --keep-last 1 --protect the first removes the
+// middle point (its child rebased onto the full); every kept point
+// restores identically to the frozen image of its snapshot, `jobs` shows
+// the removed job pruned and repo check is clean. Bad flags exit 2.
+func TestForgetCLI(t *testing.T) {
+	s := startServe(t, "small")
+	sim := simctl.NewClient(s.nc)
+	jobs := []string{"fg-1", "fg-2", "fg-3"}
+	for i, job := range jobs {
+		if i > 0 {
+			if _, err := sim.Write(context.Background(), simctl.WriteRequest{VM: "pgtest1", Percent: 1, Seed: int64(i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		s.must(t, "backup", "--vm", "pgtest1", "--wait", "--job-id", job)
+	}
+
+	for _, bad := range [][]string{
+		{"forget", "--vm", "pgtest1"},                              // no policy
+		{"forget", "--keep-last", "1"},                             // no vm
+		{"forget", "--vm", "pgtest1", "--all", "--keep-last", "1"}, // both
+		{"forget", "--vm", "pgtest1", "--keep-last", "-2"},         // below -1 (all)
+	} {
+		if _, err := s.run(t, bad...); exitCode(err) != 2 {
+			t.Errorf("%v: %v, want exit 2", bad, err)
+		}
+	}
+	if _, err := s.run(t, "forget", "--vm", "no-such-vm", "--keep-last", "1"); err == nil || !strings.Contains(err.Error(), "no completed backup") {
+		t.Errorf("forget of an unknown vm: %v", err)
+	}
+
+	out := s.must(t, "forget", "--vm", "pgtest1", "--keep-last", "1", "--protect", "fg-1", "--dry-run", "--json")
+	var rep hub.ForgetReply
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("forget --json: %v\n%s", err, out)
+	}
+	if len(rep.VMs) != 1 || len(rep.VMs[0].Points) != 3 || !rep.DryRun {
+		t.Fatalf("dry run: %+v", rep)
+	}
+	want := []struct {
+		job  string
+		keep bool
+	}{{"fg-3", true}, {"fg-2", false}, {"fg-1", true}}
+	for i, p := range rep.VMs[0].Points {
+		if p.JobID != want[i].job || p.Keep != want[i].keep || p.Removed {
+			t.Errorf("point %d: %+v, want %s keep=%t", i, p, want[i].job, want[i].keep)
+		}
+	}
+	if !strings.Contains(strings.Join(rep.VMs[0].Points[2].Reasons, ","), "protected") {
+		t.Errorf("fg-1's reasons %v do not say it is protected", rep.VMs[0].Points[2].Reasons)
+	}
+
+	out = s.must(t, "forget", "--vm", "pgtest1", "--keep-last", "1", "--protect", "fg-1")
+	for _, w := range []string{"JOB", "fg-2", "removed", "fg-3", "keep", "protected"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("forget output lacks %q:\n%s", w, out)
+		}
+	}
+	j := s.awaitJob(t, "fg-2", 10*time.Second, func(j store.Job) bool { return true })
+	if j.Status != store.StatusPruned || j.Prune == nil || j.Prune.State != store.PruneDone {
+		t.Errorf("fg-2 after forget: status %s prune %+v", j.Status, j.Prune)
+	}
+	if out := s.must(t, "jobs", "--status", "pruned"); !strings.Contains(out, "fg-2") {
+		t.Errorf("jobs --status pruned:\n%s", out)
+	}
+	if out := s.must(t, "chain", "--vm", "pgtest1"); strings.Contains(out, "fg-2") {
+		t.Errorf("chain still shows fg-2:\n%s", out)
+	}
+	var check hub.CheckReply
+	if err := json.Unmarshal([]byte(s.must(t, "repo", "check", "--json")), &check); err != nil || len(check.Problems) != 0 {
+		t.Errorf("repo check after forget: %+v, %v", check.Problems, err)
+	}
+	for _, job := range []string{"fg-1", "fg-3"} {
+		dir := filepath.Join(t.TempDir(), job)
+		s.must(t, "restore", "--job", job, "--to", dir)
+		for _, key := range []int32{2000, 2001} {
+			fr, err := sim.Frozen(context.Background(), "pgtest1", "sendense-"+job, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			restored := filepath.Join(dir, fmt.Sprintf("%d.raw", key))
+			if o, err := exec.Command("qemu-img", "compare", "-f", "raw", "-F", "raw", fr.Path, restored).CombinedOutput(); err != nil {
+				t.Errorf("restored %s differs from the frozen image of job %s: %v %s", restored, job, err, o)
+			}
+		}
+	}
+	if _, err := s.run(t, "restore", "--job", "fg-2", "--to", t.TempDir()+"/x"); err == nil {
+		t.Errorf("restore of the pruned fg-2 succeeded")
+	}
+	// The next backup is an incremental on the kept head.
+	s.must(t, "backup", "--vm", "pgtest1", "--wait", "--job-id", "fg-4")
+	next := s.awaitJob(t, "fg-4", 10*time.Second, func(j store.Job) bool { return true })
+	for _, d := range next.Disks {
+		if d.BackupType != "incremental" || d.Backing != "fg-3" {
+			t.Errorf("fg-4 disk %d: %s on %q, want an incremental on fg-3", d.Disk.Key, d.BackupType, d.Backing)
+		}
+	}
+}
