@@ -173,7 +173,11 @@ func PermissionsOf(id Identity) Permissions {
 		}
 		pub = append(pub,
 			jsAPI+"DIRECT.GET."+leaseStream+".>", jsAPI+"STREAM.MSG.GET."+leaseStream, leaseKeys,
-			jsAPI+"CONSUMER.INFO."+StreamEvents+".*")
+			jsAPI+"CONSUMER.INFO."+StreamEvents+".*",
+			// Its verification requests (verify schedules).
+			jsAPI+"CONSUMER.INFO."+StreamRequests+"."+ConsumerHubVerify,
+			jsAPI+"CONSUMER.MSG.NEXT."+StreamRequests+"."+ConsumerHubVerify,
+			jsAck+StreamRequests+"."+ConsumerHubVerify+".>")
 		for _, name := range hubEventNames {
 			pub = append(pub, HubSubject(name))
 		}

@@ -192,8 +192,14 @@ type Schedule struct {
 	TimeZone string `json:"time_zone,omitempty"`
 	// Request is the backup.requested payload every firing carries. It
 	// has no job id (each firing gets its own, derived from its stream
-	// sequence); RequestedBy is "schedule:<name>".
+	// sequence); RequestedBy is "schedule:<name>". Empty for a verify
+	// schedule.
 	Request schemas.Request `json:"request"`
+	// Verify, when set, makes this a verify schedule: every firing
+	// stores this request on backup.verify.requested, which the hub
+	// takes (ConsumerHubVerify). Exactly one of its JobID, VM and All;
+	// RequestedBy defaults to "schedule:<name>".
+	Verify *schemas.VerifyRequest `json:"verify,omitempty"`
 
 	// Seq and Added are the stored message's stream sequence and time;
 	// set by ListSchedules and GetSchedule.
@@ -232,6 +238,9 @@ func (s *Schedule) prepare() ([]byte, error) {
 	if _, err := parseSchedule(s.Cron, s.TimeZone); err != nil {
 		return nil, fmt.Errorf("schedule %s: %w", s.Name, err)
 	}
+	if s.Verify != nil {
+		return s.prepareVerify()
+	}
 	if s.Request.JobID != "" {
 		return nil, fmt.Errorf("schedule %s: the request has job id %q, but every firing needs its own: %w", s.Name, s.Request.JobID, ErrInvalidSchedule)
 	}
@@ -251,6 +260,45 @@ func (s *Schedule) prepare() ([]byte, error) {
 	return data, nil
 }
 
+// prepareVerify checks a verify schedule's request and returns its payload.
+func (s *Schedule) prepareVerify() ([]byte, error) {
+	v := s.Verify
+	if s.Request.VM != "" || s.Request.JobID != "" || s.Request.BackupType != "" || len(s.Request.Labels) > 0 {
+		return nil, fmt.Errorf("schedule %s: both a backup request and a verification: %w", s.Name, ErrInvalidSchedule)
+	}
+	n := 0
+	for _, set := range []bool{v.JobID != "", v.VM != "", v.All} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return nil, fmt.Errorf("schedule %s: a verification names exactly one of a job, a vm or all: %w", s.Name, ErrInvalidSchedule)
+	}
+	if v.RequestedBy == "" {
+		v.RequestedBy = RequestedByPrefix + s.Name
+	}
+	if v.Schema == nil {
+		v.Schema = &schemas.SchemaRef{Name: schemas.NameVerifyRequested, Version: schemas.Version}
+	}
+	data, err := json.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("marshal verification of schedule %s: %w", s.Name, err)
+	}
+	if err := schemas.Validate(schemas.NameVerifyRequested, data); err != nil {
+		return nil, fmt.Errorf("verification of schedule %s: %w: %w", s.Name, ErrInvalidSchedule, err)
+	}
+	return data, nil
+}
+
+// target is the subject the schedule's firings are stored on.
+func (s Schedule) target() string {
+	if s.Verify != nil {
+		return SubjectVerifyRequested
+	}
+	return SubjectRequested
+}
+
 // AddSchedule checks s (name, pattern, zone, and the request against the
 // backup.requested schema) and stores it on backup.schedules.<name> in
 // StreamRequests; from then on the server fires it. Nothing is stored
@@ -266,7 +314,7 @@ func AddSchedule(ctx context.Context, js jetstream.JetStream, s Schedule, opts A
 	msg := nats.NewMsg(ScheduleSubject(s.Name))
 	msg.Data = data
 	msg.Header.Set(HeaderSchedule, s.Cron)
-	msg.Header.Set(HeaderScheduleTarget, SubjectRequested)
+	msg.Header.Set(HeaderScheduleTarget, s.target())
 	if s.TimeZone != "" {
 		msg.Header.Set(HeaderScheduleTimeZone, s.TimeZone)
 	}
@@ -330,6 +378,14 @@ func scheduleOf(raw *jetstream.RawStreamMsg) (Schedule, error) {
 	}
 	if s.Cron == "" {
 		return s, fmt.Errorf("message %d on %s has no %s header: %w", raw.Sequence, raw.Subject, HeaderSchedule, ErrInvalidSchedule)
+	}
+	if raw.Header.Get(HeaderScheduleTarget) == SubjectVerifyRequested {
+		v, err := schemas.DecodeVerifyRequest(raw.Data)
+		if err != nil {
+			return s, fmt.Errorf("schedule %s: verification: %w: %w", name, ErrInvalidSchedule, err)
+		}
+		s.Verify = &v
+		return s, nil
 	}
 	req, err := schemas.DecodeRequest(raw.Data)
 	if err != nil {

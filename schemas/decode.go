@@ -37,6 +37,16 @@ func DecodeRequest(data []byte) (Request, error) {
 	return r, nil
 }
 
+// DecodeVerifyRequest validates a backup.verify.requested payload and
+// decodes it.
+func DecodeVerifyRequest(data []byte) (VerifyRequest, error) {
+	var r VerifyRequest
+	if err := check(NameVerifyRequested, "", data, &r); err != nil {
+		return VerifyRequest{}, err
+	}
+	return r, nil
+}
+
 // SetDefaults fills what a request may leave out: BackupType auto and
 // Repository DefaultRepository.
 func (r *Request) SetDefaults() {

@@ -8,18 +8,21 @@
 //
 // # Basics
 //
-// The messages are backup.requested (the request), the events an agent
-// publishes, backup.started, backup.progress, backup.changeid,
-// backup.completed, backup.failed and backup.rejected, and the events the
-// hub publishes about a completed job (HubEvents): backup.pruning (the
-// intent to remove a point) and backup.pruned (it is removed). Names lists them and Schema returns
+// The messages are backup.requested (the request) and
+// backup.verify.requested (a verification request the hub takes), the
+// events an agent publishes, backup.started, backup.progress,
+// backup.changeid, backup.completed, backup.failed and backup.rejected,
+// and the events the hub publishes about a completed job (HubEvents):
+// backup.pruning (the intent to remove a point), backup.pruned (it is
+// removed) and backup.verified (a verification's outcome). Names lists them and Schema returns
 // one as a self-contained document (what `sendense schemas NAME` prints).
 // The files live in json/: one per message plus common.json, which holds
 // the shared definitions (header parts, vm, disk, the VMware change id
 // format) that the message files reference by $id.
 //
-// A consumer calls Decode(subject, data) for events or DecodeRequest(data)
-// for requests: both validate first, then unmarshal; DecodeRequest also
+// A consumer calls Decode(subject, data) for events, DecodeRequest(data)
+// for backup requests or DecodeVerifyRequest(data) for verification
+// requests: all validate first, then unmarshal; DecodeRequest also
 // fills the defaults (backup_type auto, repository "default"). Validate
 // checks without decoding. backup.progress travels on
 // backup.progress.<job_id>; that subject validates as backup.progress and

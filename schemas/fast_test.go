@@ -78,6 +78,9 @@ func newValue(name string) any {
 	if name == NameRequested {
 		return new(Request)
 	}
+	if name == NameVerifyRequested {
+		return new(VerifyRequest)
+	}
 	return newEvent(name)
 }
 

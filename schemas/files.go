@@ -29,6 +29,7 @@ var names = []string{
 	NamePruning,
 	NamePruned,
 	NameVerified,
+	NameVerifyRequested,
 }
 
 // Names returns the message names that have a schema, in the order of a
@@ -99,7 +100,7 @@ func subjectName(subject string) (name, job string, err error) {
 		return NameProgress, job, nil
 	}
 	if i := strings.LastIndexByte(subject, '.'); i > 0 && i < len(subject)-1 {
-		if name := subject[:i]; isName(name) && name != NameRequested && name != NameProgress {
+		if name := subject[:i]; isName(name) && name != NameRequested && name != NameVerifyRequested && name != NameProgress {
 			return name, "", nil
 		}
 	}

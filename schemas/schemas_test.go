@@ -109,6 +109,10 @@ func TestSchemaExamples(t *testing.T) {
 					if err != nil {
 						t.Errorf("example %d: %v", i, err)
 					}
+				} else if name == NameVerifyRequested {
+					if _, err := DecodeVerifyRequest(ex); err != nil {
+						t.Errorf("example %d: %v", i, err)
+					}
 				} else if _, err := Decode(subject, ex); err != nil {
 					t.Errorf("example %d: %v", i, err)
 				}
@@ -142,9 +146,12 @@ func TestSchemaBundleStandsAlone(t *testing.T) {
 				t.Fatalf("compile bundle alone: %v", err)
 			}
 			var good, bad []byte
-			if name == NameRequested {
+			switch name {
+			case NameRequested:
 				good, bad = []byte(`{"vm":"pgtest1"}`), []byte(`{"vm":"../x"}`)
-			} else {
+			case NameVerifyRequested:
+				good, bad = []byte(`{"all":true}`), []byte(`{"vm":"../x"}`)
+			default:
 				good = mutate(t, ev[name], nil)
 				bad = mutate(t, ev[name], set("/vm/extra", 1))
 			}
@@ -168,7 +175,7 @@ func TestSchemaBundleStandsAlone(t *testing.T) {
 }
 
 func TestNames(t *testing.T) {
-	want := []string{NameRequested, NameStarted, NameProgress, NameChangeID, NameCompleted, NameFailed, NameRejected, NamePruning, NamePruned, NameVerified}
+	want := []string{NameRequested, NameStarted, NameProgress, NameChangeID, NameCompleted, NameFailed, NameRejected, NamePruning, NamePruned, NameVerified, NameVerifyRequested}
 	if got := Names(); !slices.Equal(got, want) {
 		t.Errorf("Names() = %v, want %v", got, want)
 	}
@@ -223,7 +230,7 @@ func TestGoTypesMatchSchemas(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	types := map[string]reflect.Type{NameRequested: reflect.TypeFor[Request]()}
+	types := map[string]reflect.Type{NameRequested: reflect.TypeFor[Request](), NameVerifyRequested: reflect.TypeFor[VerifyRequest]()}
 	for name, ev := range fullEvents() {
 		types[name] = reflect.TypeOf(ev).Elem()
 	}

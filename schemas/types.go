@@ -9,12 +9,15 @@ import (
 // except backup.progress, which is published on backup.progress.<job_id>.
 const (
 	NameRequested = "backup.requested"
-	NameStarted   = "backup.started"
-	NameProgress  = "backup.progress"
-	NameChangeID  = "backup.changeid"
-	NameCompleted = "backup.completed"
-	NameFailed    = "backup.failed"
-	NameRejected  = "backup.rejected"
+	// NameVerifyRequested asks the hub to verify completed backups (a
+	// request like backup.requested, not an event).
+	NameVerifyRequested = "backup.verify.requested"
+	NameStarted         = "backup.started"
+	NameProgress        = "backup.progress"
+	NameChangeID        = "backup.changeid"
+	NameCompleted       = "backup.completed"
+	NameFailed          = "backup.failed"
+	NameRejected        = "backup.rejected"
 
 	// Events the hub publishes about a completed job (HubEvents): on
 	// <name>.hub, never by an agent.
@@ -123,6 +126,17 @@ type Request struct {
 	JobID       string            `json:"job_id,omitempty"`       // filled by the hub; derived by the agent when absent
 	RequestedBy string            `json:"requested_by,omitempty"` // free text: user, scheduler
 	Labels      map[string]string `json:"labels,omitempty"`
+}
+
+// VerifyRequest is the payload of backup.verify.requested: exactly one of
+// JobID, VM and All (the hub refuses anything else).
+type VerifyRequest struct {
+	Schema      *SchemaRef `json:"schema,omitempty"`
+	JobID       string     `json:"job_id,omitempty"`
+	VM          string     `json:"vm,omitempty"`
+	All         bool       `json:"all,omitempty"`
+	Repository  string     `json:"repository,omitempty"`
+	RequestedBy string     `json:"requested_by,omitempty"`
 }
 
 // VMRef identifies a VM. UUID is the instance UUID and is the identity;

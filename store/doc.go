@@ -70,9 +70,14 @@
 // (see resolveBackings). In a chain with no full in the middle that is
 // the previous kept link.
 //
-// To add a hub event (backup.verified, say): its schema and Go type in
+// backup.verified (a verification of the job's point) is the third: the
+// job keeps its latest by time (Job.Verification), each disk and chain
+// link its status (Disk.Verified, Link.Verified), and the agent never
+// bases an incremental on a link whose latest verification failed.
+//
+// To add a hub event: its schema and Go type in
 // schemas, listed in schemas.HubEvents (the bus then binds
-// backup.verified.hub to BACKUP_EVENTS, lets only the hub publish it and
+// backup.<type>.hub to BACKUP_EVENTS, lets only the hub publish it and
 // bus.NewHubPublisher sends it); the next free type code in eventNames
 // (apply.go; codes are stored in keys, never reuse one) and its cases in
 // eventName and newEvent; its rank in derive.go; an entry in hubEvents

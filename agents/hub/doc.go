@@ -29,6 +29,16 @@
 // sendense.repo.check compares every completed backup with its file and
 // lists (and removes) the same orphans.
 //
+// Every target keeps the point's manifest (package manifest): all zero
+// chunks for a full, the base's for an incremental, with the digests the
+// agent sends (sendense.repo.target.digests); the close writes it as
+// <job-id>.manifest and answers its SHA-256. The admin-only
+// sendense.repo.verify checks completed points (qemu-img check, the
+// manifest against the catalog, the point read through its chain and
+// hashed per chunk) and publishes backup.verified per job; verify
+// schedules reach it as backup.verify.requested (ServeVerifyRequests).
+// sendense.repo.manifest reads a manifest page by page.
+//
 // # Caveats
 //
 // A failed or partial backup is never a base: the base of an incremental is

@@ -10,7 +10,9 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
+	"github.com/rs/zerolog"
 
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/copier"
@@ -30,6 +32,16 @@ func (s *RepoService) verify(ctx context.Context, data []byte) (any, error) {
 	if err := decode(data, &req); err != nil {
 		return nil, err
 	}
+	return s.Verify(ctx, req)
+}
+
+// Verify verifies the completed backups req selects (VerifyDisk for each
+// disk, oldest job first) and publishes backup.verified per job. Errors
+// carry the service's codes: CodeBadRequest (not exactly one selector, a
+// job that did not complete), CodeNotFound (unknown job, a VM without
+// completed backups), CodeUnknownRepository, CodeUnavailable (no
+// catalog, or it does not answer).
+func (s *RepoService) Verify(ctx context.Context, req VerifyRequest) (VerifyReply, error) {
 	n := 0
 	for _, set := range []bool{req.JobID != "", req.VM != "", req.All} {
 		if set {
@@ -37,26 +49,26 @@ func (s *RepoService) verify(ctx context.Context, data []byte) (any, error) {
 		}
 	}
 	if n != 1 {
-		return nil, coded(CodeBadRequest, errors.New("verify: name exactly one of job_id, vm or all"))
+		return VerifyReply{}, coded(CodeBadRequest, errors.New("verify: name exactly one of job_id, vm or all"))
 	}
 	if req.Repository != "" {
 		if _, err := s.repo(req.Repository); err != nil {
-			return nil, err
+			return VerifyReply{}, err
 		}
 	}
 	if s.opts.Catalog == nil {
-		return nil, coded(CodeUnavailable, errors.New("verify: no catalog configured to list completed backups"))
+		return VerifyReply{}, coded(CodeUnavailable, errors.New("verify: no catalog configured to list completed backups"))
 	}
 	jobs, err := s.verifyJobs(ctx, req)
 	if err != nil {
-		return nil, err
+		return VerifyReply{}, err
 	}
 	reply := VerifyReply{Results: []VerifyResult{}}
 	for _, j := range jobs {
 		r, ok := s.opts.Repositories[j.Repository]
 		if !ok {
 			if req.JobID != "" {
-				return nil, coded(CodeUnknownRepository, fmt.Errorf("job %s is in repository %q, which this hub does not serve", j.ID, j.Repository))
+				return VerifyReply{}, coded(CodeUnknownRepository, fmt.Errorf("job %s is in repository %q, which this hub does not serve", j.ID, j.Repository))
 			}
 			continue
 		}
@@ -65,7 +77,7 @@ func (s *RepoService) verify(ctx context.Context, data []byte) (any, error) {
 		for _, d := range j.Disks {
 			res := s.VerifyDisk(ctx, r, j, d)
 			if ctx.Err() != nil {
-				return nil, fmt.Errorf("verify job %s: %w", j.ID, ctx.Err())
+				return VerifyReply{}, fmt.Errorf("verify job %s: %w", j.ID, ctx.Err())
 			}
 			results = append(results, res)
 		}
@@ -79,6 +91,79 @@ func (s *RepoService) verify(ctx context.Context, data []byte) (any, error) {
 		reply.Events = append(reply.Events, id)
 	}
 	return reply, nil
+}
+
+// ServeVerifyRequests takes backup.verify.requested messages (verify
+// schedules) from c, the hub's consumer bus.ConsumerHubVerify, until ctx
+// ends: each runs as Verify (within VerifyTimeout; the results are logged
+// and backup.verified published per job) and is acked when done. A
+// message that does not decode, or that Verify refuses (an unknown job, a
+// VM without backups, no selector), is terminated with a log line: asking
+// again would not help. One request at a time.
+func (s *RepoService) ServeVerifyRequests(ctx context.Context, c jetstream.Consumer) error {
+	log := s.log.With().Str("consumer", bus.ConsumerHubVerify).Logger()
+	for ctx.Err() == nil {
+		batch, err := c.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			if ctx.Err() == nil {
+				log.Warn().Err(err).Msg("fetch verification request")
+				_ = sleepCtx(ctx, time.Second)
+			}
+			continue
+		}
+		for m := range batch.Messages() {
+			s.verifyRequest(ctx, m, log)
+		}
+	}
+	return nil
+}
+
+func (s *RepoService) verifyRequest(ctx context.Context, m jetstream.Msg, log zerolog.Logger) {
+	req, err := schemas.DecodeVerifyRequest(m.Data())
+	if err != nil {
+		log.Error().Err(err).Msg("verification request refused")
+		_ = m.Term()
+		return
+	}
+	log = log.With().Str("requested_by", req.RequestedBy).Str("vm", req.VM).Str("job_id", req.JobID).Bool("all", req.All).Logger()
+	vctx, cancel := context.WithTimeout(ctx, VerifyTimeout)
+	defer cancel()
+	rep, err := s.Verify(vctx, VerifyRequest{JobID: req.JobID, VM: req.VM, All: req.All, Repository: req.Repository})
+	var ce *codedError
+	switch {
+	case err != nil && ctx.Err() != nil:
+		return // redelivered to the next hub after the ack wait
+	case errors.As(err, &ce) && ce.code != CodeUnavailable:
+		log.Error().Err(err).Msg("verification request refused")
+		_ = m.Term()
+		return
+	case err != nil:
+		log.Warn().Err(err).Msg("verification request failed; it is delivered again")
+		_ = m.NakWithDelay(time.Minute)
+		return
+	}
+	failed := 0
+	for _, r := range rep.Results {
+		if r.Status == VerifyFailed {
+			failed++
+		}
+	}
+	log.Info().Int("disks", len(rep.Results)).Int("failed", failed).Int("events", len(rep.Events)).
+		Strs("publish_errors", rep.PublishErrors).Msg("verification request done")
+	if err := m.DoubleAck(ctx); err != nil {
+		log.Warn().Err(err).Msg("ack verification request")
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 // verifyJobs lists the completed jobs a request selects, oldest first.

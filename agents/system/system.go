@@ -291,6 +291,9 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 		if _, err := bus.EnsureRequestConsumer(ctx, s.JS, bus.RequestConsumerOptions{Await: s.await()}); err != nil {
 			return nil, err
 		}
+		if _, err := bus.EnsureVerifyConsumer(ctx, s.JS, s.await()); err != nil {
+			return nil, err
+		}
 		hnc, hjs, err := s.connect(ctx, bus.Identity{Role: bus.RoleHub})
 		if err != nil {
 			return nil, err
@@ -565,6 +568,15 @@ func (s *System) startHub(nc *nats.Conn, js jetstream.JetStream, leases *bus.Lea
 		return svc.Serve(ctx, nc, ready)
 	})
 	<-ready
+	// Verify schedules fire backup.verify.requested; the hub takes them
+	// with its own consumer (made as admin with the streams).
+	bctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	vcons, err := js.Consumer(bctx, bus.StreamRequests, bus.ConsumerHubVerify)
+	if err != nil {
+		return fmt.Errorf("bind consumer %s: %w", bus.ConsumerHubVerify, err)
+	}
+	s.run("verify-requests", func(ctx context.Context) error { return svc.ServeVerifyRequests(ctx, vcons) })
 	if s.cfg.APIListen != "" && s.cfg.APIListen != "none" {
 		ln, err := net.Listen("tcp", s.cfg.APIListen)
 		if err != nil {

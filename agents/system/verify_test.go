@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/internal/testutil"
 	"github.com/sendense/sendense/manifest"
 	"github.com/sendense/sendense/schemas"
@@ -187,4 +188,32 @@ func resultOf(t *testing.T, rep hub.VerifyReply, key int32) hub.VerifyResult {
 	}
 	t.Fatalf("no result for disk %d in %+v", key, rep)
 	return hub.VerifyResult{}
+}
+
+// TestVerifyScheduled: a verify schedule (fired by nats-server onto
+// backup.verify.requested) makes the hub verify the VM's backups and
+// publish backup.verified, with no request from anyone.
+func TestVerifyScheduled(t *testing.T) {
+	h := startHarness(t, nil)
+	full := h.completed(h.request("pgtest1", schemas.TypeAuto, ""))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sched := bus.Schedule{Name: "verify-pgtest1", Cron: "@every 1s", Verify: &schemas.VerifyRequest{VM: "pgtest1"}}
+	if _, err := bus.AddSchedule(ctx, h.sys.JS, sched, bus.AddOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ev := h.next(30*time.Second, func(ev schemas.Event) bool {
+		v, ok := ev.(*schemas.Verified)
+		return ok && v.JobID == full.JobID
+	}).(*schemas.Verified)
+	if err := bus.RemoveSchedule(ctx, h.sys.JS, "verify-pgtest1"); err != nil {
+		t.Fatal(err)
+	}
+	if ev.Status != schemas.VerifyOK || len(ev.Disks) != 2 {
+		t.Errorf("scheduled verification: %+v", ev)
+	}
+	h.waitCatalog(full.JobID, func(j store.Job) bool { return j.Verification != nil && j.Verification.Status == schemas.VerifyOK })
+	if !strings.Contains(h.logs.String(), `"requested_by":"schedule:verify-pgtest1"`) {
+		t.Error("the hub did not log the scheduled verification")
+	}
 }

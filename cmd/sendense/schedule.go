@@ -38,6 +38,8 @@ Patterns (what nats-server accepts):
 }
 
 type scheduleAddCmd struct {
+	verify     bool
+	all        bool
 	vm         string
 	cron       string
 	backupType string
@@ -49,10 +51,13 @@ type scheduleAddCmd struct {
 func newScheduleAddCmd(a *app) *cobra.Command {
 	c := &scheduleAddCmd{}
 	cmd := &cobra.Command{
-		Use:   "add NAME --vm VM --cron PATTERN",
-		Short: "Add a schedule that requests a backup of a VM at every firing",
+		Use:   "add NAME --vm VM --cron PATTERN | add NAME --verify --vm VM|--all --cron PATTERN",
+		Short: "Add a schedule that requests a backup of a VM (or, with --verify, a verification) at every firing",
 		Long: `Add a schedule. NAME is 1 to 64 letters, digits, '-' or '_'. Each firing queues
 a backup.requested with requested_by "schedule:NAME" and a job id of its own.
+With --verify each firing queues a backup.verify.requested instead, which the hub
+takes: it verifies every completed backup of --vm (or of every VM with --all),
+as 'sendense verify' does, and publishes backup.verified per backup.
 A name that already has a schedule is refused (exit 4) unless --force, which
 replaces it. Everything is checked before anything is published.`,
 		Args: cobra.ExactArgs(1),
@@ -61,20 +66,43 @@ replaces it. Everything is checked before anything is published.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&c.vm, "vm", "", "VM name, instance UUID or moref (required)")
+	f.StringVar(&c.vm, "vm", "", "VM name, instance UUID or moref (required, except with --verify --all)")
+	f.BoolVar(&c.verify, "verify", false, "schedule a verification of completed backups instead of a backup")
+	f.BoolVar(&c.all, "all", false, "with --verify: verify every completed backup")
 	f.StringVar(&c.cron, "cron", "", "when: '@every 6h', '@daily' or a 6-field cron such as '0 30 2 * * *' (required)")
 	f.StringVar(&c.backupType, "type", schemas.TypeAuto, "auto, full or incremental")
 	f.StringVar(&c.repository, "repository", schemas.DefaultRepository, "repository name")
 	f.StringVar(&c.timeZone, "time-zone", "", "IANA time zone the cron pattern is read in, e.g. Europe/Berlin (default UTC; not with @every)")
 	f.BoolVar(&c.force, "force", false, "replace a schedule of the same name")
-	_ = cmd.MarkFlagRequired("vm")
 	_ = cmd.MarkFlagRequired("cron")
+	cmd.MarkFlagsMutuallyExclusive("vm", "all")
 	return cmd
 }
 
 func (c *scheduleAddCmd) run(ctx context.Context, a *app, name string) error {
 	s := bus.Schedule{Name: name, Cron: c.cron, TimeZone: c.timeZone,
 		Request: schemas.Request{VM: c.vm, BackupType: c.backupType, Repository: c.repository}}
+	what := fmt.Sprintf("vm %s, %s", c.vm, c.backupType)
+	switch {
+	case c.verify:
+		if c.vm == "" && !c.all {
+			return errors.New("--verify needs --vm VM or --all")
+		}
+		repo := c.repository
+		if repo == schemas.DefaultRepository {
+			repo = "" // every repository of the hub, unless named
+		}
+		s.Request = schemas.Request{}
+		s.Verify = &schemas.VerifyRequest{VM: c.vm, All: c.all, Repository: repo}
+		what = "verify vm " + c.vm
+		if c.all {
+			what = "verify every backup"
+		}
+	case c.all:
+		return errors.New("--all goes with --verify; a backup schedule names one --vm")
+	case c.vm == "":
+		return errors.New("required flag \"vm\" not set")
+	}
 	if err := s.Validate(); err != nil {
 		return err
 	}
@@ -91,7 +119,7 @@ func (c *scheduleAddCmd) run(ctx context.Context, a *app, name string) error {
 		return err
 	}
 	next, _ := s.Next(time.Now())
-	fmt.Fprintf(a.stdout, "schedule %s added (vm %s, %s, %s); next firing %s\n", name, c.vm, c.backupType, cronText(s), fmtTime(next))
+	fmt.Fprintf(a.stdout, "schedule %s added (%s, %s); next firing %s\n", name, what, cronText(s), fmtTime(next))
 	return nil
 }
 
@@ -147,6 +175,12 @@ func (c *scheduleListCmd) run(ctx context.Context, a *app) error {
 	for _, s := range list {
 		r := scheduleRow{Name: s.Name, VM: s.Request.VM, BackupType: s.Request.BackupType, Repository: s.Request.Repository,
 			Cron: s.Cron, TimeZone: s.TimeZone, Added: s.Added, RequestedBy: s.Request.RequestedBy, Seq: s.Seq}
+		if s.Verify != nil {
+			r.BackupType, r.VM, r.Repository, r.RequestedBy = "verify", s.Verify.VM, s.Verify.Repository, s.Verify.RequestedBy
+			if s.Verify.All {
+				r.VM = "(all)"
+			}
+		}
 		if r.BackupType == "" {
 			r.BackupType = schemas.TypeAuto
 		}

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sendense/sendense/agents/hub"
 	"github.com/sendense/sendense/internal/testutil"
@@ -26,9 +27,31 @@ func TestVerifyCommand(t *testing.T) {
 		t.Errorf("restore --verify does not check the manifests:\n%s", out)
 	}
 
+	// A verify schedule: the hub verifies at every firing, and the
+	// catalog shows the job's verification.
+	if _, err := s.run(t, "schedule", "add", "vbad", "--verify", "--cron", "@daily"); err == nil || !strings.Contains(err.Error(), "--vm VM or --all") {
+		t.Errorf("verify schedule without a selection: %v", err)
+	}
+	if out := s.must(t, "schedule", "add", "vsched", "--verify", "--vm", "pgtest1", "--cron", "@every 1s"); !strings.Contains(out, "verify vm pgtest1") {
+		t.Errorf("schedule add --verify: %s", out)
+	}
+	if out := s.must(t, "schedule", "list"); !strings.Contains(out, "verify") {
+		t.Errorf("schedule list:\n%s", out)
+	}
 	var job store.Job
-	if err := json.Unmarshal([]byte(s.must(t, "job", "v-full", "--json")), &job); err != nil {
-		t.Fatal(err)
+	deadline := time.Now().Add(time.Minute)
+	for job.Verification == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("no scheduled verification of v-full within a minute: %+v", job)
+		}
+		time.Sleep(200 * time.Millisecond)
+		if err := json.Unmarshal([]byte(s.must(t, "job", "v-full", "--json")), &job); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.must(t, "schedule", "rm", "vsched")
+	if job.Verification.Status != "ok" || job.Disks[0].Verified != "ok" {
+		t.Errorf("scheduled verification: %+v", job.Verification)
 	}
 	guest := testutil.FlipQcow2DataByte(t, filepath.Join(s.data, "repo", job.Disks[0].Target), 4096)
 	out, err := s.run(t, "verify", "--vm", "pgtest1", "--json")
