@@ -16,6 +16,16 @@ import (
 // hex); nothing else the pipeline logs or publishes looks like one.
 var hexKey = regexp.MustCompile(`[0-9a-f]{64}`)
 
+// manifestDigest is a manifest's SHA-256 where events and logs carry one:
+// 64 hex digits too, but public (backup.completed), so the key search
+// leaves it out.
+var manifestDigest = regexp.MustCompile(`"manifest_sha256":"[0-9a-f]{64}"`)
+
+// keyIn returns a 64-hex-digit string in s other than a manifest digest.
+func keyIn(s []byte) string {
+	return string(hexKey.Find(manifestDigest.ReplaceAll(s, nil)))
+}
+
 // TestRepoOverTLS is the data path across hosts in one process: with
 // RepoListen the hub exports every target and restore over TCP with
 // TLS-PSK only. The demo's full, incremental and restores of both points
@@ -70,13 +80,13 @@ func TestRepoOverTLS(t *testing.T) {
 	if opened != 4 || overTLS != opened {
 		t.Errorf("%d targets opened, %d of them on nbds://127.0.0.1; want 4, all", opened, overTLS)
 	}
-	if strings.Contains(logs, exp.TLS.Key) || hexKey.MatchString(logs) {
-		t.Errorf("a key is in the logs: %q", hexKey.FindString(logs))
+	if k := keyIn([]byte(logs)); strings.Contains(logs, exp.TLS.Key) || k != "" {
+		t.Errorf("a key is in the logs: %q", k)
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, m := range h.all {
-		if hexKey.Match(m.Data) || bytes.Contains(m.Data, []byte(exp.TLS.Key)) {
+		if keyIn(m.Data) != "" || bytes.Contains(m.Data, []byte(exp.TLS.Key)) {
 			t.Errorf("a key is in an event on %s: %s", m.Subject, m.Data)
 		}
 	}

@@ -265,7 +265,9 @@ func TestForgedJobs(t *testing.T) {
 	}
 }
 
-// TestLeaseDeleted is attack 3: only agents write the lease bucket; and an
+// TestLeaseDeleted is attack 3: only agents and the hub (which takes a VM's
+// lease while it prunes the VM's chains; design "Retention") write the
+// lease bucket; and an
 // agent whose lease is deleted mid-copy (by another agent's credentials)
 // notices within one renewal interval, stops, removes its snapshot and
 // target, never reports completed for that attempt, and the job is tried
@@ -284,7 +286,7 @@ func TestLeaseDeleted(t *testing.T) {
 	key := "$KV." + bus.LeaseBucket + "." + bus.VMLeaseKey(st.VM.UUID)
 	del := nats.NewMsg(key)
 	del.Header.Set("KV-Operation", "DEL")
-	for _, role := range []bus.Role{bus.RoleRequester, bus.RoleMonitor, bus.RoleHub, bus.RoleCatalog} {
+	for _, role := range []bus.Role{bus.RoleRequester, bus.RoleMonitor, bus.RoleCatalog} {
 		c := h.connectAs(bus.Identity{Role: role})
 		if err := c.nc.PublishMsg(del); err != nil {
 			t.Fatal(err)
