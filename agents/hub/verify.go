@@ -10,6 +10,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 	"github.com/rs/zerolog"
@@ -103,16 +104,13 @@ func (s *RepoService) Verify(ctx context.Context, req VerifyRequest) (VerifyRepl
 func (s *RepoService) ServeVerifyRequests(ctx context.Context, c jetstream.Consumer) error {
 	log := s.log.With().Str("consumer", bus.ConsumerHubVerify).Logger()
 	for ctx.Err() == nil {
-		batch, err := c.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			if ctx.Err() == nil {
-				log.Warn().Err(err).Msg("fetch verification request")
-				_ = sleepCtx(ctx, time.Second)
-			}
-			continue
-		}
-		for m := range batch.Messages() {
+		m, err := nextMsg(ctx, c)
+		switch {
+		case err == nil:
 			s.verifyRequest(ctx, m, log)
+		case ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, nats.ErrTimeout):
+			log.Warn().Err(err).Msg("fetch verification request")
+			_ = sleepCtx(ctx, time.Second)
 		}
 	}
 	return nil
@@ -153,6 +151,14 @@ func (s *RepoService) verifyRequest(ctx context.Context, m jetstream.Msg, log ze
 	if err := m.DoubleAck(ctx); err != nil {
 		log.Warn().Err(err).Msg("ack verification request")
 	}
+}
+
+// nextMsg waits up to 5 s for c's next message, and no longer than ctx:
+// a stopping hub does not wait for a fetch to time out.
+func nextMsg(ctx context.Context, c jetstream.Consumer) (jetstream.Msg, error) {
+	fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return c.Next(jetstream.FetchContext(fctx))
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {
