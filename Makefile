@@ -9,7 +9,7 @@ LDFLAGS   := $(if $(VERSION),-X main.version=$(VERSION))
 RACE_RE   := /(bus|store|copier|nbd|agents)(/|$$)
 GOFILES    = $(shell find . -name '*.go' -not -path './var/*' -not -path './bin/*')
 
-.PHONY: all deps build lint test test-race bench bench-catalog bench-copy bench-restore bench-restore-depth bench-verify demo clean
+.PHONY: all deps build lint test test-race bench bench-catalog bench-copy bench-restore bench-restore-depth bench-prune bench-verify demo clean
 
 all: build
 
@@ -29,7 +29,7 @@ test: deps lint
 	$(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -Ev '$(RACE_RE)')
 	$(GO) test -race -count=1 -timeout 20m $$($(GO) list ./... | grep -E '$(RACE_RE)')
 
-bench: deps bench-catalog bench-copy bench-restore bench-restore-depth bench-verify
+bench: deps bench-catalog bench-copy bench-restore bench-restore-depth bench-prune bench-verify
 
 # Catalog consumer: events/s committed and publish-to-commit latency vs a raw JetStream loop.
 bench-catalog:
@@ -49,6 +49,11 @@ bench-restore:
 # `sendense restore` reads it, and `qemu-img convert` of the same chain in the same run.
 bench-restore-depth:
 	$(GO) test ./agents/hub -run '^$$' -bench 'BenchmarkRestoreDepth' -benchtime 2x -timeout 20m -v
+
+# Prune (merge) of the first full under a 1 GiB incremental, and qemu-img commit -d of the same
+# chain alone (seconds each and the ratio prune/commit).
+bench-prune:
+	$(GO) test ./repository -run '^$$' -bench 'BenchmarkPruneMerge' -benchtime 2x -timeout 20m -v
 
 # Verify of a 1 GiB point (a chain of 2) as sendense.repo.verify does it, against qemu-img
 # compare of the same chain with a raw copy, in the same iterations (ratio verify/compare).

@@ -321,3 +321,31 @@ func TestSchedulePermissions(t *testing.T) {
 		}
 	})
 }
+
+// TestRequesterRollupCaveat records the cost of schedules the package's
+// Caveats name: BACKUP_REQUESTS allows roll-ups (schedules need them), so
+// a requester, who may publish on backup.requested, can send Nats-Rollup
+// and drop the requests queued before it. Should nats-server stop
+// allowing it, this fails: update the Caveats and docs/design.md.
+func TestRequesterRollupCaveat(t *testing.T) {
+	s := bustest.SecureEmbedded(t)
+	adm := admin(t, s)
+	if err := bus.EnsureStreams(testCtx(t), adm.JS, bus.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	req := s.Connect(t, bus.Identity{Role: bus.RoleRequester})
+	for range 3 {
+		if _, err := req.JS.Publish(testCtx(t), bus.SubjectRequested, []byte(`{"vm":"pgtest1"}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	msg := nats.NewMsg(bus.SubjectRequested)
+	msg.Data = []byte(`{"vm":"pgtest1"}`)
+	msg.Header.Set("Nats-Rollup", "sub")
+	if _, err := req.JS.PublishMsg(testCtx(t), msg); err != nil {
+		t.Fatalf("requester's roll-up refused (then the caveat is gone): %v", err)
+	}
+	if n := streamMsgs(t, adm.JS, bus.StreamRequests); n != 1 {
+		t.Errorf("%d requests queued after the roll-up, want 1 (the roll-up dropped the 3 before it)", n)
+	}
+}

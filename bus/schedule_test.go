@@ -308,10 +308,19 @@ func TestScheduleSurvivesRestart(t *testing.T) {
 // missed while it was down (docs/design.md, "Schedules"): it fires once
 // on return, not once per missed firing, then keeps the interval.
 func TestScheduleAfterDowntime(t *testing.T) {
+	// An interval, and a cron pattern that fires every second.
+	for _, cron := range []string{"@every 1s", "* * * * * *"} {
+		t.Run(cron, func(t *testing.T) { scheduleAfterDowntime(t, cron) })
+	}
+}
+
+func scheduleAfterDowntime(t *testing.T, cron string) {
 	s := bustest.Embedded(t)
 	ctx := testCtx(t)
 	ensureStreams(t, s.JS)
-	if _, err := bus.AddSchedule(ctx, s.JS, everySecond("downtime"), bus.AddOptions{}); err != nil {
+	sch := everySecond("downtime")
+	sch.Cron = cron
+	if _, err := bus.AddSchedule(ctx, s.JS, sch, bus.AddOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	// No consumer: the firings stay in the stream, with their times.

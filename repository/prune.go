@@ -33,7 +33,8 @@ const (
 	// interrupted rebase leaves the child reading as before over the
 	// removed point), then the removed file is deleted.
 	OpRebase = "rebase"
-	// OpDelete removes a point nothing backs onto: its file is deleted.
+	// OpDelete removes a point nothing backs onto: its file is deleted
+	// (refused with ErrIsBacking when a file backs onto it).
 	OpDelete = "delete"
 )
 
@@ -129,9 +130,9 @@ func (r *Repo) prune(ctx context.Context, s PruneStep) error {
 	case OpMerge:
 		err = r.merge(ctx, dir, removed, filepath.Join(dir, fileName(s.Child)), log)
 	case OpRebase:
-		err = r.rebase(ctx, dir, removed, filepath.Join(dir, fileName(s.Child)), fileName(s.Parent), log)
+		err = r.rebase(ctx, s.VMUUID, s.DiskKey, dir, removed, filepath.Join(dir, fileName(s.Child)), fileName(s.Parent), log)
 	case OpDelete:
-		err = deleteFile(ctx, dir, removed, log)
+		err = r.deleteUnused(ctx, s.VMUUID, s.DiskKey, dir, removed, log)
 	default:
 		return fmt.Errorf("unknown prune operation %q: %w", s.Op, ErrInvalidID)
 	}
@@ -196,7 +197,7 @@ func (r *Repo) merge(ctx context.Context, dir, removed, child string, log zerolo
 
 // rebase rebases child from removed onto parent, then deletes removed.
 // Resumes: child's backing name says whether the rebase happened.
-func (r *Repo) rebase(ctx context.Context, dir, removed, child, parent string, log zerolog.Logger) error {
+func (r *Repo) rebase(ctx context.Context, vmUUID string, diskKey int32, dir, removed, child, parent string, log zerolog.Logger) error {
 	cb, err := readBackingName(child)
 	if errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("child %s is missing: %w", child, ErrPruneState)
@@ -229,7 +230,22 @@ func (r *Repo) rebase(ctx context.Context, dir, removed, child, parent string, l
 	default:
 		return fmt.Errorf("child %s backs onto %q, neither %s nor %s: %w", child, cb, filepath.Base(removed), parent, ErrPruneState)
 	}
-	return deleteFile(ctx, dir, removed, log)
+	return r.deleteUnused(ctx, vmUUID, diskKey, dir, removed, log)
+}
+
+// deleteUnused deletes path unless a file of the disk backs onto it
+// (ErrIsBacking: deleting it would break that file's chain).
+func (r *Repo) deleteUnused(ctx context.Context, vmUUID string, diskKey int32, dir, path string, log zerolog.Logger) error {
+	files, err := r.list(vmUUID, diskKey)
+	if err != nil {
+		return err
+	}
+	for _, f := range files {
+		if f.Path != path && f.BackingFile != "" && filepath.Clean(filepath.Join(dir, f.BackingFile)) == path {
+			return fmt.Errorf("%s backs onto %s: %w", f.Path, filepath.Base(path), ErrIsBacking)
+		}
+	}
+	return deleteFile(ctx, dir, path, log)
 }
 
 // deleteFile deletes path (a missing file is done) and syncs dir.

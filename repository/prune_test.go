@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -223,6 +224,7 @@ func TestPruneRefuses(t *testing.T) {
 		{PruneStep{JobID: "j0", Op: OpMerge, Child: "j2"}, ErrPruneState},                // j2 does not back onto j0
 		{PruneStep{JobID: "j1", Op: OpRebase, Child: "j2", Parent: "j9"}, ErrPruneState}, // no such parent
 		{PruneStep{JobID: "j0", Op: OpMerge, Child: "j7"}, ErrPruneState},                // no such child
+		{PruneStep{JobID: "j1", Op: OpDelete}, ErrIsBacking},                             // j2 backs onto it
 	} {
 		tc.step.VMUUID, tc.step.DiskKey = testVM, 2000
 		if err := c.r.Prune(c.ctx, tc.step); !errors.Is(err, tc.want) {
@@ -338,4 +340,118 @@ func allocated(t *testing.T, path string) int64 {
 		t.Fatal(err)
 	}
 	return st.Blocks * 512
+}
+
+// TestPruneNoSpace: a merge or rebase on a full file system fails with
+// ErrNoSpace, every point still reads as before, and once there is space
+// again the same Prune finishes.
+func TestPruneNoSpace(t *testing.T) {
+	testutil.RequireTool(t, "qemu-img")
+	for _, op := range []string{OpMerge, OpRebase} {
+		t.Run(op, func(t *testing.T) {
+			root := testutil.Tmpfs(t, 96<<20)
+			r, err := Open(filepath.Join(root, "repo"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := testCtx(t)
+			t.Cleanup(func() { _ = r.Close(context.Background()) })
+			const size = 64 << 20
+			c := &pruneChain{r: r, ctx: ctx, refs: map[string]string{}}
+			refs := t.TempDir()
+			writes := map[string]string{"j0": "write -P 0x01 0 1M", "j1": "write -P 0x02 2M 24M", "j2": "write -P 0x03 40M 1M"}
+			for i, job := range []string{"j0", "j1", "j2"} {
+				backing := ""
+				if i > 0 {
+					backing = c.jobs[i-1]
+				}
+				p, err := r.Create(ctx, testVM, 2000, job, size, backing)
+				if err != nil {
+					t.Fatal(err)
+				}
+				qemuIO(t, p, writes[job])
+				c.jobs = append(c.jobs, job)
+				c.refs[job] = filepath.Join(refs, job+".raw")
+				if err := r.Restore(ctx, p, c.refs[job], "raw"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			step := PruneStep{VMUUID: testVM, DiskKey: 2000, JobID: "j0", Op: OpMerge, Child: "j1"}
+			kept := []string{"j1", "j2"}
+			if op == OpRebase {
+				step = PruneStep{VMUUID: testVM, DiskKey: 2000, JobID: "j1", Op: OpRebase, Child: "j2", Parent: "j0"}
+				kept = []string{"j0", "j2"}
+			}
+			filler := testutil.FillFS(t, root, 1<<20)
+			if err := r.Prune(ctx, step); !errors.Is(err, ErrNoSpace) {
+				t.Fatalf("prune on a full file system: %v, want ErrNoSpace", err)
+			}
+			c.requireKept(t, kept...) // nothing lost (the removed point is half-merged)
+			if err := os.Remove(filler); err != nil {
+				t.Fatal(err)
+			}
+			if err := r.Prune(ctx, step); err != nil {
+				t.Fatalf("prune with space again: %v", err)
+			}
+			c.requireGone(t, step.JobID)
+			c.requireKept(t, kept...)
+		})
+	}
+}
+
+// TestPruneWhileQemuImgRuns: a qemu-img commit left running by a hub that
+// died (it is not the hub's child any more) holds qemu's image lock, so a
+// resumed Prune fails instead of renaming under it, and finishes once that
+// qemu-img is done.
+func TestPruneWhileQemuImgRuns(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes hundreds of MiB")
+	}
+	r, ctx := newRepo(t)
+	const size = 512 << 20
+	refs := t.TempDir()
+	c := &pruneChain{r: r, ctx: ctx, refs: map[string]string{}}
+	writes := map[string]string{"j0": "write -P 0x01 0 1M", "j1": fmt.Sprintf("write -P 0x5a 0 %d", 384<<20), "j2": "write -P 0x03 500M 1M"}
+	for i, job := range []string{"j0", "j1", "j2"} {
+		backing := ""
+		if i > 0 {
+			backing = c.jobs[i-1]
+		}
+		p, err := r.Create(ctx, testVM, 2000, job, size, backing)
+		if err != nil {
+			t.Fatal(err)
+		}
+		qemuIO(t, p, writes[job])
+		c.jobs = append(c.jobs, job)
+		c.refs[job] = filepath.Join(refs, job+".raw")
+		if err := r.Restore(ctx, p, c.refs[job], "raw"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := allocated(t, c.path(t, "j0"))
+	cmd := exec.Command("qemu-img", "commit", "-d", "-f", "qcow2", c.path(t, "j1"))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for allocated(t, c.path(t, "j0")) < start+16<<20 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	step := PruneStep{VMUUID: testVM, DiskKey: 2000, JobID: "j0", Op: OpMerge, Child: "j1"}
+	err := r.Prune(ctx, step)
+	running := cmd.ProcessState == nil
+	if werr := cmd.Wait(); werr != nil {
+		t.Fatalf("the other qemu-img commit: %v", werr)
+	}
+	if err == nil || !strings.Contains(err.Error(), "lock") {
+		t.Fatalf("prune while another qemu-img commit runs (running %t): %v, want a lock error", running, err)
+	}
+	if _, err := os.Stat(c.path(t, "j0")); err != nil {
+		t.Fatalf("j0 renamed or gone under a running qemu-img: %v", err)
+	}
+	if err := r.Prune(ctx, step); err != nil {
+		t.Fatalf("prune once it is done: %v", err)
+	}
+	c.requireGone(t, "j0")
+	c.requireKept(t, "j1", "j2")
 }

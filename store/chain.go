@@ -75,26 +75,22 @@ func (c *Catalog) Chain(vmUUID string, diskKey int32, repo string) ([]Link, erro
 func (c *Catalog) ChainHead(vmUUID string, diskKey int32, repo string) (Link, error) {
 	var head Link
 	err := c.db.View(func(tx *bolt.Tx) error {
-		// The newest link, and the one before it when the head's
-		// recorded base may have been pruned (resolveBackings).
-		var two []Link
+		found := false
 		err := forEachJobLinks(tx, repoPrefix(vmUUID, repo), true, func(ls []Link) (bool, error) {
-			if l, ok := diskLink(ls, diskKey); ok {
-				two = append(two, l)
-			}
-			return len(two) == 0 || (len(two) == 1 && two[0].Backing != ""), nil
+			head, found = diskLink(ls, diskKey)
+			return !found, nil
 		})
+		if err == nil && !found {
+			err = ErrNotFound
+		}
 		if err != nil {
 			return err
 		}
-		if len(two) == 0 {
-			return ErrNotFound
-		}
-		slices.Reverse(two)
-		if err := resolveBackings(tx, two); err != nil {
+		one := []Link{head}
+		if err := resolveBackings(tx, one); err != nil {
 			return err
 		}
-		head = two[len(two)-1]
+		head = one[0]
 		return nil
 	})
 	if err != nil {
@@ -173,42 +169,49 @@ func sameChain(a, b Link) bool {
 	return a.VMUUID == b.VMUUID && a.Repository == b.Repository && a.DiskKey == b.DiskKey
 }
 
-// resolveBackings sets each link's Backing, in one chain's links oldest
-// first, to the link it backs onto now: the recorded base (the job id the
-// backup named) while that job is not pruned; once the hub pruned it, the
-// previous kept link of the chain, or none when the link is now the
-// chain's first. Every prune operation keeps "each link backs onto the
-// previous kept link": merging the first full into its child makes the
-// child the first link (a full), and rebasing a middle point's child onto
-// the point's parent makes the parent its base. A full (no recorded base)
-// stays a full.
+// resolveBackings sets each link's Backing, in one chain's links, to the
+// job whose file its file backs onto now: the recorded base while that job
+// is not pruned; once the hub pruned it, the pruned job's own base,
+// resolved the same way ("" when that is none). That is what every prune
+// operation does to the child of a removed point X: a merge (X has no
+// base) makes the child a full, a rebase makes it back onto X's base. A
+// full (no recorded base) stays a full. In a chain of one line (no full
+// in the middle) this is the previous kept link.
 func resolveBackings(tx *bolt.Tx, links []Link) error {
 	jobs := tx.Bucket(bucketJobs)
 	for i := range links {
 		b := links[i].Backing
-		prev := ""
-		if i > 0 {
-			prev = links[i-1].JobID
+		for hops := 0; b != "" && hops < maxResolveHops; hops++ {
+			raw := jobs.Get([]byte(b))
+			if raw == nil {
+				break // not in the catalog: left as recorded, for repo check to see
+			}
+			var base struct {
+				Status string `json:"status"`
+				Disks  []Disk `json:"disks"`
+			}
+			if err := json.Unmarshal(raw, &base); err != nil {
+				return fmt.Errorf("decode job %s, base of job %s: %w", b, links[i].JobID, err)
+			}
+			if base.Status != StatusPruned {
+				break
+			}
+			next := ""
+			for _, d := range base.Disks {
+				if d.Disk.Key == links[i].DiskKey {
+					next = d.Backing
+				}
+			}
+			b = next
 		}
-		if b == "" || b == prev {
-			continue
-		}
-		raw := jobs.Get([]byte(b))
-		if raw == nil {
-			continue // not in the catalog: left as recorded, for repo check to see
-		}
-		var base struct {
-			Status string `json:"status"`
-		}
-		if err := json.Unmarshal(raw, &base); err != nil {
-			return fmt.Errorf("decode job %s, base of job %s: %w", b, links[i].JobID, err)
-		}
-		if base.Status == StatusPruned {
-			links[i].Backing = prev
-		}
+		links[i].Backing = b
 	}
 	return nil
 }
+
+// maxResolveHops bounds resolveBackings' walk through pruned bases (a
+// cycle can only come from forged history).
+const maxResolveHops = 1 << 16
 
 // forEachJobLinks calls fn with the links of each completed job whose
 // index key starts with prefix, oldest first (newest first with reverse),

@@ -63,10 +63,12 @@
 // targets they are poison. Like every event they are part of the job's
 // event set, so a replay gives the same catalog.
 //
-// Chains read each link's Backing as the link it backs onto now: the
-// recorded base while that job is kept, else the previous kept link (none
-// for the first), because every prune operation keeps each link backed
-// onto the previous kept one (see resolveBackings).
+// Chains read each link's Backing as the job it backs onto now: the
+// recorded base while that job is kept; once it is pruned, the pruned
+// job's own base, resolved the same way (none for a pruned full), because
+// that is what every prune operation does to the removed point's child
+// (see resolveBackings). In a chain with no full in the middle that is
+// the previous kept link.
 //
 // backup.verified (a verification of the job's point) is the third: the
 // job keeps its latest by time (Job.Verification), each disk and chain
@@ -112,4 +114,9 @@
 //
 // Event ids, job ids, VM UUIDs and repository names longer than 512 bytes
 // are refused (they become bbolt keys).
+//
+// Hub events are stored under type codes (6, 7 and 8) that builds from before
+// them do not know: such a build fails to re-derive a job that has them.
+// Going back to one, rebuild its catalog from the stream (`catalog
+// rebuild`), which it files as poison it does not understand.
 package store

@@ -143,6 +143,33 @@ func TestPruneEvents(t *testing.T) {
 	requireOrderFree(t, all, 10, 21)
 }
 
+// TestPruneMidChainFull: a full in the middle of a chain (a CBT reset)
+// pruned by a merge makes its child a full, not an incremental on the
+// link before: a link's base resolves through pruned bases to their own.
+func TestPruneMidChainFull(t *testing.T) {
+	specs := chainOf(4) // pa <- pb, pc (a full) <- pd
+	specs[2].typ, specs[2].backing = schemas.TypeFull, ""
+	c := newTestCatalog(t)
+	for _, s := range specs {
+		c.mustApply(from("node1", s.run()...)...)
+	}
+	if got, want := chainJobs(t, c), []string{"pa<", "pb<pa", "pc<", "pd<pc"}; !slices.Equal(got, want) {
+		t.Fatalf("chain = %v, want %v", got, want)
+	}
+	c.mustApply(by(HubAgent, specs[2].pruning(schemas.PruneMerge, "pd", "")), by(HubAgent, specs[2].pruned(schemas.PruneMerge, "pd", "")))
+	if got, want := chainJobs(t, c), []string{"pa<", "pb<pa", "pd<"}; !slices.Equal(got, want) {
+		t.Errorf("chain after merging pc into pd = %v, want %v", got, want)
+	}
+	if head, err := c.ChainHead(vm1.UUID, diskA.Key, "default"); err != nil || head.Backing != "" {
+		t.Errorf("head = %+v, %v; want pd, a full now", head, err)
+	}
+	// Then pb (the newest of the first line, nothing backs onto it) and pa.
+	c.mustApply(by(HubAgent, specs[1].pruning(schemas.PruneDelete, "", "")), by(HubAgent, specs[1].pruned(schemas.PruneDelete, "", "")))
+	if got, want := chainJobs(t, c), []string{"pa<", "pd<"}; !slices.Equal(got, want) {
+		t.Errorf("chain after deleting pb = %v, want %v", got, want)
+	}
+}
+
 // TestPruneEventsRefused: rule 7. A hub event from anyone but the hub, of
 // another attempt, about a job that did not complete, another VM,
 // repository or target, or a disk the job does not have is poison and

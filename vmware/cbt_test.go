@@ -207,7 +207,7 @@ func TestChangedAreasAfterGuestWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, e := range random {
-		writes = append(writes, vmware.Extent{Offset: e.Offset, Length: e.Length})
+		writes = append(writes, vmware.Extent(e))
 	}
 	write("zeros over data", data.Offset+4096, 64*kib, func() error { return tb.WriteZeros("big", key, data.Offset+4096, 64*kib) })
 	write("hole in data", data.Offset+512*kib, 128*kib, func() error { return tb.PunchHole("big", key, data.Offset+512*kib, 128*kib) })

@@ -64,15 +64,6 @@ func smallVM(name string) testbed.VMSpec {
 	}}
 }
 
-// extentsOf converts (offset, length) pairs.
-func extentsOf(pairs ...int64) []vmware.Extent {
-	var out []vmware.Extent
-	for i := 0; i+1 < len(pairs); i += 2 {
-		out = append(out, vmware.Extent{Offset: pairs[i], Length: pairs[i+1]})
-	}
-	return out
-}
-
 // covers reports whether the sorted extents cover [off, off+n) entirely.
 func covers(ext []vmware.Extent, off, n int64) bool {
 	end := off + n

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -341,5 +340,3 @@ func (s *logSink) lines(msg string) []map[string]any {
 	}
 	return out
 }
-
-func isNotFound(err error) bool { return errors.Is(err, store.ErrNotFound) }

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -56,6 +57,7 @@ type forgetEnv struct {
 	jobs   []catalogtest.Job
 	refs   map[string]string // job/disk -> raw copy
 	log    zerolog.Logger
+	svc    atomic.Pointer[hub.RepoService]
 
 	stopHub func()
 }
@@ -109,41 +111,47 @@ func newForgetEnv(t *testing.T, points int) *forgetEnv {
 // incrementals on the previous point) with its own writes, a raw copy of
 // it, and the agent's events, until the catalog shows the job completed.
 func (e *forgetEnv) addPoints(n int) {
+	e.t.Helper()
+	for range n {
+		e.addPoint(false)
+	}
+}
+
+// addPoint backs up one more point, a full when full is set.
+func (e *forgetEnv) addPoint(full bool) {
 	t := e.t
 	t.Helper()
 	ctx := testCtx(t)
 	pub := catalogtest.Publisher(e.ns.JS, e.log)
 	refs := t.TempDir()
-	for range n {
-		i := len(e.jobs)
-		j := catalogtest.Job{ID: fmt.Sprintf("job-%02d", i), VM: forgetVM, At: catalogtest.T0.Add(time.Duration(i) * time.Hour), Disks: forgetDisks}
-		if i > 0 {
-			prev := e.jobs[i-1]
-			j.Incremental, j.Backing, j.BaseChangeID = true, prev.ID, prev.ChangeIDOf(forgetDisks[0])
-		}
-		for k, d := range forgetDisks {
-			p, err := e.repo.Create(ctx, forgetVM.UUID, d.Key, j.ID, d.CapacityBytes, j.Backing)
-			if err != nil {
-				t.Fatal(err)
-			}
-			qemuIO(t, p,
-				fmt.Sprintf("write -P 0x%02x %d 65536", 0x10+i*7+k, (i%5)*65536),
-				fmt.Sprintf("write -P 0x%02x %d 4096", 0x60+i, 1<<20+i*8192+k*4096),
-				fmt.Sprintf("write -z %d 65536", ((i+2)%5)*65536),
-			)
-			ref := filepath.Join(refs, fmt.Sprintf("%s-%d.raw", j.ID, d.Key))
-			if err := e.repo.Restore(ctx, p, ref, "raw"); err != nil {
-				t.Fatal(err)
-			}
-			e.refs[fmt.Sprintf("%s/%d", j.ID, d.Key)] = ref
-		}
-		evs := j.Run()
-		if err := catalogtest.Publish(ctx, pub, evs...); err != nil {
+	i := len(e.jobs)
+	j := catalogtest.Job{ID: fmt.Sprintf("job-%02d", i), VM: forgetVM, At: catalogtest.T0.Add(time.Duration(i) * time.Hour), Disks: forgetDisks}
+	if i > 0 && !full {
+		prev := e.jobs[i-1]
+		j.Incremental, j.Backing, j.BaseChangeID = true, prev.ID, prev.ChangeIDOf(forgetDisks[0])
+	}
+	for k, d := range forgetDisks {
+		p, err := e.repo.Create(ctx, forgetVM.UUID, d.Key, j.ID, d.CapacityBytes, j.Backing)
+		if err != nil {
 			t.Fatal(err)
 		}
-		e.jobs = append(e.jobs, j)
-		e.waitStatus(j.ID, store.StatusCompleted)
+		qemuIO(t, p,
+			fmt.Sprintf("write -P 0x%02x %d 65536", 0x10+i*7+k, (i%5)*65536),
+			fmt.Sprintf("write -P 0x%02x %d 4096", 0x60+i, 1<<20+i*8192+k*4096),
+			fmt.Sprintf("write -z %d 65536", ((i+2)%5)*65536),
+		)
+		ref := filepath.Join(refs, fmt.Sprintf("%s-%d.raw", j.ID, d.Key))
+		if err := e.repo.Restore(ctx, p, ref, "raw"); err != nil {
+			t.Fatal(err)
+		}
+		e.refs[fmt.Sprintf("%s/%d", j.ID, d.Key)] = ref
 	}
+	evs := j.Run()
+	if err := catalogtest.Publish(ctx, pub, evs...); err != nil {
+		t.Fatal(err)
+	}
+	e.jobs = append(e.jobs, j)
+	e.waitStatus(j.ID, store.StatusCompleted)
 }
 
 func qemuIO(t *testing.T, path string, cmds ...string) {
@@ -161,14 +169,23 @@ func qemuIO(t *testing.T, path string, cmds ...string) {
 // catalog over NATS, its progress, the leases and the hub's publisher;
 // hook is its PruneHook. It stops the one running before.
 func (e *forgetEnv) startHub(hook repository.PruneHook) {
+	e.startHubWith(hook, nil)
+}
+
+// startHubWith is startHub with a publisher of the hub's events (nil: the
+// hub's own).
+func (e *forgetEnv) startHubWith(hook repository.PruneHook, pub hub.EventPublisher) {
 	t := e.t
 	t.Helper()
 	if e.stopHub != nil {
 		e.stopHub()
 	}
+	if pub == nil {
+		pub = bus.NewHubPublisher(e.ns.JS, e.log)
+	}
 	svc, err := hub.NewRepoService(hub.RepoOptions{
 		Repositories: map[string]*repository.Repo{testRepo: e.repo},
-		Leases:       e.leases, LeaseTaker: e.leases, Publisher: bus.NewHubPublisher(e.ns.JS, e.log),
+		Leases:       e.leases, LeaseTaker: e.leases, Publisher: pub,
 		Catalog: catalog.NewClient(e.ns.Conn), Progress: hub.NewConsumerProgress(e.ns.JS, bus.ConsumerCatalog),
 		ReapInterval: time.Hour, ReconcileInterval: -1, PruneRetry: 200 * time.Millisecond,
 		SocketDir: testutil.SocketDir(t), PruneHook: hook, Log: e.log,
@@ -180,6 +197,7 @@ func (e *forgetEnv) startHub(hook repository.PruneHook) {
 	ready, done := make(chan struct{}), make(chan error, 1)
 	go func() { done <- svc.Serve(ctx, e.ns.Conn, ready) }()
 	<-ready
+	e.svc.Store(svc)
 	stopped := false
 	e.stopHub = func() {
 		if !stopped {
@@ -358,6 +376,29 @@ func TestForget(t *testing.T) {
 	got, _ := replayed.Dump()
 	if !want.Equal(got) {
 		t.Errorf("replayed catalog differs from the live one")
+	}
+}
+
+// TestForgetMidChainFull: a chain with a full in the middle (a CBT reset):
+// job-00 <- job-01, job-02 <- job-03. Keep-last 1 merges job-00 into
+// job-01, deletes job-01 (nothing backs onto it), merges job-02 into
+// job-03; job-03 is a full then and restores identically.
+func TestForgetMidChainFull(t *testing.T) {
+	e := newForgetEnv(t, 2)
+	e.addPoint(true)
+	e.addPoint(false)
+	rep, err := e.client.Forget(testCtx(t), hub.ForgetRequest{VM: forgetVM.Name, Policy: retention.Policy{Last: 1}})
+	if err != nil || rep.VMs[0].Removed != 3 {
+		t.Fatalf("forget: %+v, %v", rep, err)
+	}
+	e.requireRemoved(ids(e.jobs, 0, 1, 2)...)
+	e.requireKept(e.jobs[3].ID)
+	e.requireClean()
+	for _, d := range forgetDisks {
+		head, err := e.cat.ChainHead(forgetVM.UUID, d.Key, testRepo)
+		if err != nil || head.JobID != e.jobs[3].ID || head.Backing != "" {
+			t.Errorf("head of disk %d: %+v, %v; want %s, a full", d.Key, head, err, e.jobs[3].ID)
+		}
 	}
 }
 
@@ -550,4 +591,72 @@ func TestForgetKilled(t *testing.T) {
 			e.requireClean()
 		})
 	}
+}
+
+// failingPublisher refuses to publish the events named fail.
+type failingPublisher struct {
+	hub.EventPublisher
+	fail string
+}
+
+func (p failingPublisher) PublishEvent(ctx context.Context, ev schemas.Event) (*jetstream.PubAck, error) {
+	if ev.EventHeader().Schema.Name == p.fail {
+		return nil, fmt.Errorf("publish %s: %w", ev.EventHeader().ID, bus.ErrUnavailable)
+	}
+	return p.EventPublisher.PublishEvent(ctx, ev)
+}
+
+// TestForgetPublishFails: when the intent cannot be published no file is
+// touched and nothing changes; when the done event cannot be, the files
+// are pruned, the catalog shows the prune pending, and the next forget
+// publishes it. Both answer a clear error. A reconciliation round while a
+// prune runs removes nothing.
+func TestForgetPublishFails(t *testing.T) {
+	e := newForgetEnv(t, 3)
+	ctx := testCtx(t)
+	all := ids(e.jobs, 0, 1, 2)
+	e.startHubWith(nil, failingPublisher{bus.NewHubPublisher(e.ns.JS, e.log), schemas.NamePruning})
+	_, err := e.client.Forget(ctx, hub.ForgetRequest{VM: forgetVM.Name, Policy: retention.Policy{Last: 2}})
+	if !errors.Is(err, hub.ErrUnavailable) || !strings.Contains(err.Error(), "no file touched") {
+		t.Errorf("forget with the intent unpublishable: %v, want ErrUnavailable saying no file was touched", err)
+	}
+	e.requireKept(all...)
+	if j, _ := e.cat.Job(all[0]); j.Prune != nil {
+		t.Errorf("prune recorded without its intent: %+v", j.Prune)
+	}
+	for _, d := range forgetDisks {
+		if _, err := os.Stat(e.path(all[0], d.Key)); err != nil {
+			t.Errorf("file of %s disk %d: %v", all[0], d.Key, err)
+		}
+	}
+
+	// The done event fails; a reconciliation round mid-prune (at the
+	// commit) removes nothing.
+	var orphans []hub.Orphan
+	var rerr error
+	e.startHubWith(func(step string) error {
+		if step == "committed" {
+			orphans, rerr = e.svc.Load().Reconcile(ctx)
+		}
+		return nil
+	}, failingPublisher{bus.NewHubPublisher(e.ns.JS, e.log), schemas.NamePruned})
+	_, err = e.client.Forget(ctx, hub.ForgetRequest{VM: forgetVM.Name, Policy: retention.Policy{Last: 2}})
+	if !errors.Is(err, hub.ErrUnavailable) || !strings.Contains(err.Error(), "next forget") {
+		t.Errorf("forget with the done event unpublishable: %v, want ErrUnavailable saying the next forget finishes", err)
+	}
+	if rerr != nil || len(orphans) != 0 {
+		t.Errorf("reconcile mid-prune: %+v, %v; want nothing", orphans, rerr)
+	}
+	if j, _ := e.cat.Job(all[0]); j.Status != store.StatusCompleted || j.Prune == nil || j.Prune.State != store.PrunePending {
+		t.Errorf("job %s after the failed done event: status %s prune %+v, want completed and pending", all[0], j.Status, j.Prune)
+	}
+	if _, err := e.client.OpenRestore(ctx, hub.TargetRef{Repository: testRepo, JobID: all[0], VMUUID: forgetVM.UUID, DiskKey: 2000}); !errors.Is(err, hub.ErrBusy) {
+		t.Errorf("restore of a point being pruned: %v, want ErrBusy", err)
+	}
+	e.requireKept(all[1:]...)
+
+	e.startHub(nil) // resumes at start
+	e.requireRemoved(all[0])
+	e.requireKept(all[1:]...)
+	e.requireClean()
 }

@@ -189,7 +189,6 @@ type System struct {
 	// simCA is the simulated vCenter's certificate file (SimulateVCenter).
 	simCA string
 
-	cancel  context.CancelFunc
 	mu      sync.Mutex
 	roles   []*role
 	errOnce sync.Once

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -66,8 +65,11 @@ func sendenseBin(t *testing.T) string {
 		}
 		binPath = filepath.Join(binDir, "sendense")
 		goCmd, err := exec.LookPath("go")
-		if err != nil {
-			goCmd = filepath.Join(runtime.GOROOT(), "bin", "go")
+		if err != nil && os.Getenv("GOROOT") != "" {
+			goCmd = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
+		} else if err != nil {
+			binErr = fmt.Errorf("go build: no go on PATH and no GOROOT: %w", err)
+			return
 		}
 		out, err := exec.Command(goCmd, "build", "-o", binPath, ".").CombinedOutput()
 		if err != nil {

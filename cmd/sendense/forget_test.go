@@ -70,6 +70,7 @@ func TestForgetCLI(t *testing.T) {
 	}
 
 	out = s.must(t, "forget", "--vm", "pgtest1", "--keep-last", "1", "--protect", "fg-1")
+	t.Logf("sendense forget --vm pgtest1 --keep-last 1 --protect fg-1:\n%s", out)
 	for _, w := range []string{"JOB", "fg-2", "removed", "fg-3", "keep", "protected"} {
 		if !strings.Contains(out, w) {
 			t.Errorf("forget output lacks %q:\n%s", w, out)
@@ -78,6 +79,9 @@ func TestForgetCLI(t *testing.T) {
 	j := s.awaitJob(t, "fg-2", 10*time.Second, func(j store.Job) bool { return true })
 	if j.Status != store.StatusPruned || j.Prune == nil || j.Prune.State != store.PruneDone {
 		t.Errorf("fg-2 after forget: status %s prune %+v", j.Status, j.Prune)
+	}
+	if out := s.must(t, "job", "fg-2"); !strings.Contains(out, "pruned") {
+		t.Errorf("job fg-2 does not say it is pruned:\n%s", out)
 	}
 	if out := s.must(t, "jobs", "--status", "pruned"); !strings.Contains(out, "fg-2") {
 		t.Errorf("jobs --status pruned:\n%s", out)

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sendense/sendense/bus"
+	"github.com/sendense/sendense/store"
 )
 
 func init() { extraCommands = append(extraCommands, newJobCmd) }
@@ -64,6 +65,14 @@ func (c *jobCmd) run(ctx context.Context, a *app, id string) error {
 	}
 	if p := j.Progress; p != nil {
 		fmt.Fprintf(tw, "progress\t%s of %s at %s\n", fmtBytes(p.BytesDone), fmtBytes(p.BytesTotal), fmtTime(p.Time))
+	}
+	if p := j.Prune; p != nil {
+		switch p.State {
+		case store.PruneDone:
+			fmt.Fprintf(tw, "pruned\t%s (asked %s)\n", fmtTime(p.PrunedAt), fmtTime(p.RequestedAt))
+		default:
+			fmt.Fprintf(tw, "prune\t%s since %s: the hub finishes it\n", p.State, fmtTime(p.RequestedAt))
+		}
 	}
 	fmt.Fprintf(tw, "events\t%d\n", len(j.EventIDs))
 	if err := tw.Flush(); err != nil {

@@ -195,6 +195,16 @@ const clientConnectTimeout = 10 * time.Second
 // connection's lifecycle lines (connected, closed) are not logged at the
 // default level, only problems.
 func (a *app) connect(ctx context.Context, role bus.Role) (*nats.Conn, error) {
+	return a.dial(ctx, role, true)
+}
+
+// connectDaemon is connect for a long-running command that retries
+// connect itself (vcenter-sim): the connection's lifecycle is logged.
+func (a *app) connectDaemon(ctx context.Context, role bus.Role) (*nats.Conn, error) {
+	return a.dial(ctx, role, false)
+}
+
+func (a *app) dial(ctx context.Context, role bus.Role, quiet bool) (*nats.Conn, error) {
 	opts, source, err := a.clientOptions(role)
 	if err != nil {
 		return nil, err
@@ -206,7 +216,7 @@ func (a *app) connect(ctx context.Context, role bus.Role) (*nats.Conn, error) {
 		defer cancel()
 	}
 	log := a.log
-	if log.GetLevel() == zerolog.InfoLevel {
+	if quiet && log.GetLevel() == zerolog.InfoLevel {
 		log = log.Level(zerolog.WarnLevel)
 	}
 	nc, err := bus.Connect(ctx, opts, log)

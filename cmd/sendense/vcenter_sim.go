@@ -117,7 +117,7 @@ func (c *vcenterSimCmd) run(ctx context.Context, a *app) error {
 	sctx, cancel := context.WithTimeoutCause(ctx, c.startup, fmt.Errorf("start-up timeout (%s) reached", c.startup))
 	var nc *nats.Conn
 	err = bus.Await(sctx, "nats "+strings.Join(a.nats.urls, ",")+" as testbed", func(ctx context.Context) (err error) {
-		nc, err = a.connect(ctx, bus.RoleTestbed)
+		nc, err = a.connectDaemon(ctx, bus.RoleTestbed)
 		return err
 	}, bus.AwaitOptions{Log: a.log})
 	cancel()

@@ -1,0 +1,138 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/sendense/sendense/bus"
+	"github.com/sendense/sendense/schemas"
+	"github.com/sendense/sendense/store"
+)
+
+// settleMsg is a request message that records how it was settled.
+type settleMsg struct {
+	jetstream.Msg
+	mu    sync.Mutex
+	acked bool
+	naks  []time.Duration
+}
+
+func (m *settleMsg) Ack() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.acked = true
+	return nil
+}
+
+func (m *settleMsg) NakWithDelay(d time.Duration) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.naks = append(m.naks, d)
+	return nil
+}
+
+func (m *settleMsg) Data() []byte { return []byte(`{"vm":"pgtest1"}`) }
+
+// failPublisher records events, or fails every publish with err.
+type failPublisher struct {
+	recPublisher
+	err error
+}
+
+func (p *failPublisher) PublishEvent(ctx context.Context, ev schemas.Event) (*jetstream.PubAck, error) {
+	if p.err != nil {
+		return nil, p.err
+	}
+	return p.recPublisher.PublishEvent(ctx, ev)
+}
+
+// failedCatalog shows every job as failed, as the catalog does once it
+// stored the agent's backup.failed.
+type failedCatalog struct{}
+
+func (failedCatalog) Job(_ context.Context, id string) (store.Job, error) {
+	return store.Job{ID: id, Status: store.StatusFailed}, nil
+}
+
+func (failedCatalog) ChainHead(context.Context, string, int32, string) (store.Link, error) {
+	return store.Link{}, store.ErrNotFound
+}
+
+// TestFailAndSettle: a failed attempt is published as backup.failed with
+// the reason where the error was born; a retryable one before the last
+// attempt is redelivered later (naked with the backoff; 1 s after a
+// shutdown, at least RepositoryFullBackoff when the repository is full),
+// the last or a permanent one is acked; a failure that could not be
+// published is never acked; NATS unable to store pauses the agent.
+func TestFailAndSettle(t *testing.T) {
+	const backoff, fullBackoff = 3 * time.Second, time.Minute
+	unavailable := fmt.Errorf("publish backup.failed: %w", bus.ErrUnavailable)
+	tests := []struct {
+		name       string
+		err        error
+		failures   int // attempts that failed before this one
+		publishErr error
+		reason     string
+		retryable  bool          // of the published event
+		nak        time.Duration // 0: acked
+		storeDown  bool
+	}{
+		{"retryable, first attempt", fail(schemas.FailCopy, true, errors.New("read: EIO")), 0, nil, schemas.FailCopy, true, backoff, false},
+		{"retryable, third attempt backs off", fail(schemas.FailCopy, true, errors.New("read: EIO")), 2, nil, schemas.FailCopy, true, 4 * backoff, false},
+		{"retryable, last attempt", fail(schemas.FailCopy, true, errors.New("read: EIO")), 4, nil, schemas.FailCopy, false, 0, false},
+		{"permanent", fail(schemas.FailChangeIDMissing, false, errors.New("no change id")), 0, nil, schemas.FailChangeIDMissing, false, 0, false},
+		{"shutdown", fmt.Errorf("copy: %w", context.Canceled), 0, nil, schemas.FailShutdown, true, time.Second, false},
+		{"repository full", fail(schemas.FailRepositoryFull, true, errors.New("ENOSPC")), 0, nil, schemas.FailRepositoryFull, true, fullBackoff, false},
+		{"nats", fail(schemas.FailNATS, true, errors.New("no responders")), 0, nil, schemas.FailNATS, true, backoff, true},
+		{"permanent, not published", fail(schemas.FailChangeIDMissing, false, errors.New("no change id")), 0, unavailable, "", false, backoff, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pub := &failPublisher{err: tt.publishErr}
+			a := &Agent{
+				cfg: Config{AgentID: "a1", MaxAttempts: 5, RetryBackoff: backoff, RepositoryFullBackoff: fullBackoff,
+					CatalogWait: time.Second, ShutdownTimeout: 5 * time.Second, StoreProbeInterval: time.Second},
+				deps: Deps{Publisher: pub, Catalog: failedCatalog{}},
+				log:  zerolog.New(zerolog.NewTestWriter(t)),
+			}
+			msg := &settleMsg{}
+			r := &request{msg: msg, jobID: "job-1", attempt: tt.failures + 1, failures: tt.failures,
+				req: schemas.Request{VM: "pgtest1", Repository: "default"}, log: zerolog.New(zerolog.NewTestWriter(t))}
+			stops := 0
+			a.failAndSettle(context.Background(), r, nil, func() { stops++ }, tt.err)
+
+			if stops != 1 {
+				t.Errorf("stop called %d times, want once", stops)
+			}
+			if tt.publishErr == nil {
+				if len(pub.evs) != 1 {
+					t.Fatalf("published %d events, want one backup.failed", len(pub.evs))
+				}
+				f, ok := pub.evs[0].(*schemas.Failed)
+				if !ok || f.Reason != tt.reason || f.Retryable != tt.retryable || f.Attempt != tt.failures+1 || f.VM.Name != "pgtest1" || f.Repository != "default" {
+					t.Errorf("published %+v, want reason %s, retryable %t, attempt %d of vm pgtest1", pub.evs[0], tt.reason, tt.retryable, tt.failures+1)
+				}
+				if b, err := json.Marshal(f); err != nil || schemas.Validate(schemas.NameFailed, b) != nil {
+					t.Errorf("backup.failed does not validate: %v %v", err, schemas.Validate(schemas.NameFailed, b))
+				}
+			}
+			switch {
+			case tt.nak == 0 && (!msg.acked || len(msg.naks) != 0):
+				t.Errorf("acked %t, naks %v; want acked only", msg.acked, msg.naks)
+			case tt.nak != 0 && (msg.acked || len(msg.naks) != 1 || msg.naks[0] != tt.nak):
+				t.Errorf("acked %t, naks %v; want one nak after %s", msg.acked, msg.naks, tt.nak)
+			}
+			if down := a.Ready() != nil; down != tt.storeDown {
+				t.Errorf("agent paused (store down) = %t, want %t", down, tt.storeDown)
+			}
+		})
+	}
+}
