@@ -37,7 +37,12 @@
 // manifest against the catalog, the point read through its chain and
 // hashed per chunk) and publishes backup.verified per job; verify
 // schedules reach it as backup.verify.requested (ServeVerifyRequests).
-// sendense.repo.manifest reads a manifest page by page.
+// sendense.repo.manifest reads a manifest page by page. An open target's
+// manifest lives in the hub's memory until its close: 32 bytes per MiB of
+// disk (32 MiB for a 1 TiB disk). A verification does not take the VM's
+// lease: one that overlaps a prune of the same chain can fail on a file
+// being merged, and a failed verification makes that disk's next backup
+// a full.
 //
 // # Caveats
 //

@@ -704,6 +704,10 @@ func (s *RepoService) closeTarget(ctx context.Context, data []byte) (any, error)
 	man := t.man
 	t.man = nil
 	s.mu.Unlock()
+	if man == nil {
+		_ = r.Remove(ref.VMUUID, ref.DiskKey, ref.JobID)
+		return nil, fmt.Errorf("target of job %s disk %d has no manifest", ref.JobID, ref.DiskKey)
+	}
 	sum, err := manifest.Write(mpath, man)
 	if err != nil {
 		_ = r.Remove(ref.VMUUID, ref.DiskKey, ref.JobID)
