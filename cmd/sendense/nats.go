@@ -51,7 +51,7 @@ func (f *natsFlags) register(fs *pflag.FlagSet) {
 		urls = strings.Split(u, ",")
 	}
 	fs.StringSliceVar(&f.urls, "nats-url", urls, "NATS server URL(s), comma-separated for a cluster (default $NATS_URL, else for clients the nats context's URL, else the embedded server for serve/catalog and "+defaultClientURL+" for clients)")
-	fs.StringVar(&f.context, "context", os.Getenv("NATS_CONTEXT"), "nats CLI context whose URL, credentials and CA client commands use where no flag or NATS_* variable gives them (default $NATS_CONTEXT, else the one `nats context select` chose)")
+	fs.StringVar(&f.context, "context", os.Getenv("NATS_CONTEXT"), "nats CLI context `NAME` whose URL, credentials and CA client commands use where no flag or NATS_* variable gives them (default $NATS_CONTEXT, else the one 'nats context select' chose)")
 	fs.StringVar(&f.creds, "nats-creds", os.Getenv("NATS_CREDS"), "NATS credentials file, for client commands (default $NATS_CREDS, else the command's role seed under DATA/creds)")
 	fs.StringVar(&f.user, "nats-user", "", "NATS user, for client commands")
 	fs.StringVar(&f.password, "nats-password", "", "NATS password")

@@ -44,6 +44,10 @@ func TestShortIDsAndVMs(t *testing.T) {
 		t.Errorf("restore --job abcd: %v, want ambiguous", err)
 	}
 
+	if _, err := s.run(t, "watch", "--job", "abcd"); exitCode(err) != 1 || !strings.Contains(err.Error(), "ambiguous") {
+		t.Errorf("watch --job abcd: %v, want ambiguous", err)
+	}
+
 	var vms []store.VM
 	if err := json.Unmarshal([]byte(s.must(t, "vms", "--json")), &vms); err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -36,7 +37,7 @@ func newWatchCmd(a *app) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE:  func(cmd *cobra.Command, _ []string) error { return c.run(cmd.Context(), a) },
 	}
-	cmd.Flags().StringVar(&c.jobID, "job", "", "only this job")
+	cmd.Flags().StringVar(&c.jobID, "job", "", "only this job: its id, or a unique prefix of at least 4 characters of a job the catalog knows")
 	cmd.Flags().BoolVar(&c.json, "json", false, `print NDJSON: one {"subject":…,"event":{…}} per message`)
 	cmd.Flags().BoolVar(&c.progress, "progress", false, "include progress events")
 	return cmd
@@ -53,6 +54,16 @@ func (c *watchCmd) run(ctx context.Context, a *app) error {
 	}
 	defer nc.Close()
 	c.cat = catalog.NewClient(nc)
+	if c.jobID != "" {
+		// A short id of a job the catalog knows names it; an id it does
+		// not know yet is watched as given (the job may start later).
+		switch j, err := c.cat.ResolveJob(ctx, c.jobID); {
+		case err == nil:
+			c.jobID = j.ID
+		case !errors.Is(err, store.ErrNotFound):
+			return err
+		}
+	}
 	ch := make(chan *nats.Msg, 1024)
 	sub, err := nc.ChanSubscribe(bus.SubjectAll, ch)
 	if err != nil {
