@@ -39,6 +39,8 @@ func TestForgetCLI(t *testing.T) {
 		{"forget", "--keep-last", "1"},                             // no vm
 		{"forget", "--vm", "pgtest1", "--all", "--keep-last", "1"}, // both
 		{"forget", "--vm", "pgtest1", "--keep-last", "-2"},         // below -1 (all)
+		{"forget", "--vm", "pgtest1", "--keep-daily", "many"},      // no count
+		{"forget", "--vm", "pgtest1", "--protect", "fg-1"},         // protect alone keeps nothing else
 	} {
 		if _, err := s.run(t, bad...); exitCode(err) != 2 {
 			t.Errorf("%v: %v, want exit 2", bad, err)
@@ -48,7 +50,7 @@ func TestForgetCLI(t *testing.T) {
 		t.Errorf("forget of an unknown vm: %v", err)
 	}
 
-	out := s.must(t, "forget", "--vm", "pgtest1", "--keep-last", "1", "--protect", "fg-1", "--dry-run", "--json")
+	out := s.must(t, "forget", "--vm", "pgtest1", "--keep-last", "1", "--keep-yearly", "0", "--protect", "fg-1", "--dry-run", "--json")
 	var rep hub.ForgetReply
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatalf("forget --json: %v\n%s", err, out)
