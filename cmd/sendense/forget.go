@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sendense/sendense/agents/catalog"
 	"github.com/sendense/sendense/agents/hub"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/retention"
@@ -43,7 +44,8 @@ keeps the N newest points; --keep-hourly/daily/weekly/monthly/yearly N keep
 the newest point of each of the N newest hours, days, ISO weeks, months and
 years that have one (in the hub's time zone), "unlimited" (or -1) meaning
 all of them;
---protect JOB always keeps that job's point. A point is kept when any rule
+--protect JOB always keeps that job's point (a job id, or a unique prefix of
+at least 4 characters; an unknown or ambiguous one is an error). A point is kept when any rule
 keeps it; the others are removed. Give at least one --keep-… count: the
 newest point is then always kept.
 
@@ -90,6 +92,9 @@ func (c *forgetCmd) run(ctx context.Context, a *app) error {
 		return err
 	}
 	defer nc.Close()
+	if policy.Protect, err = resolveJobIDs(ctx, catalog.NewClient(nc), "--protect", policy.Protect); err != nil {
+		return fmt.Errorf("forget: %w", err)
+	}
 	cl := hub.NewClient(nc)
 	cl.Timeout = forgetTimeout
 	rep, err := cl.Forget(ctx, hub.ForgetRequest{VM: c.vm, All: c.all, Repository: c.repository, Policy: policy, DryRun: c.dryRun})

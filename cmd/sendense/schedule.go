@@ -143,6 +143,18 @@ func (c *scheduleAddCmd) run(ctx context.Context, a *app, name string, flags *pf
 	if err := s.Validate(); err != nil {
 		return err
 	}
+	if s.Forget != nil && len(s.Forget.Policy.Protect) > 0 {
+		// Short ids become the jobs' full ids before they are stored.
+		cl, closeCat, err := a.catalogClient(ctx, bus.RoleAdmin)
+		if err != nil {
+			return err
+		}
+		s.Forget.Policy.Protect, err = resolveJobIDs(ctx, cl, "--protect", s.Forget.Policy.Protect)
+		closeCat()
+		if err != nil {
+			return err
+		}
+	}
 	js, closeConn, err := a.jetStream(ctx, bus.RoleAdmin)
 	if err != nil {
 		return err
