@@ -37,6 +37,9 @@
 // manifest against the catalog, the point read through its chain and
 // hashed per chunk) and publishes backup.verified per job; verify
 // schedules reach it as backup.verify.requested (ServeVerifyRequests).
+// Forget schedules reach Forget as backup.forget.requested
+// (ServeForgetRequests): a busy VM is asked for again after ForgetRetry,
+// a request that cannot succeed is terminated with a log line.
 // sendense.repo.manifest reads a manifest page by page.
 //
 // # Caveats
