@@ -23,10 +23,11 @@ func init() { extraCommands = append(extraCommands, newScheduleCmd) }
 func newScheduleCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "schedule",
-		Short: "Add, list and remove backup schedules (fired by the NATS server itself)",
-		Long: `Backup schedules are messages on backup.schedules.<name> in the BACKUP_REQUESTS
-stream; nats-server stores a backup.requested message at every firing, so no
-scheduler process runs. Adding and removing needs the admin role, listing the
+		Short: "Add, list and remove backup, verify and forget schedules (fired by the NATS server itself)",
+		Long: `Schedules are messages on backup.schedules.<name> in the BACKUP_REQUESTS
+stream; nats-server stores a backup.requested message at every firing (a
+backup.verify.requested for a verify schedule, a backup.forget.requested for a
+forget schedule), so no scheduler process runs. Adding and removing needs the admin role, listing the
 requester role.
 
 Patterns (what nats-server accepts):
