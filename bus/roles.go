@@ -177,7 +177,11 @@ func PermissionsOf(id Identity) Permissions {
 			// Its verification requests (verify schedules).
 			jsAPI+"CONSUMER.INFO."+StreamRequests+"."+ConsumerHubVerify,
 			jsAPI+"CONSUMER.MSG.NEXT."+StreamRequests+"."+ConsumerHubVerify,
-			jsAck+StreamRequests+"."+ConsumerHubVerify+".>")
+			jsAck+StreamRequests+"."+ConsumerHubVerify+".>",
+			// Its retention requests (forget schedules).
+			jsAPI+"CONSUMER.INFO."+StreamRequests+"."+ConsumerHubForget,
+			jsAPI+"CONSUMER.MSG.NEXT."+StreamRequests+"."+ConsumerHubForget,
+			jsAck+StreamRequests+"."+ConsumerHubForget+".>")
 		for _, name := range hubEventNames {
 			pub = append(pub, HubSubject(name))
 		}

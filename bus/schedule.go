@@ -192,14 +192,20 @@ type Schedule struct {
 	TimeZone string `json:"time_zone,omitempty"`
 	// Request is the backup.requested payload every firing carries. It
 	// has no job id (each firing gets its own, derived from its stream
-	// sequence); RequestedBy is "schedule:<name>". Empty for a verify
-	// schedule.
+	// sequence); RequestedBy is "schedule:<name>". Empty for a verify or
+	// forget schedule.
 	Request schemas.Request `json:"request"`
 	// Verify, when set, makes this a verify schedule: every firing
 	// stores this request on backup.verify.requested, which the hub
 	// takes (ConsumerHubVerify). Exactly one of its JobID, VM and All;
 	// RequestedBy defaults to "schedule:<name>".
 	Verify *schemas.VerifyRequest `json:"verify,omitempty"`
+	// Forget, when set, makes this a forget (retention) schedule: every
+	// firing stores this request on backup.forget.requested, which the
+	// hub takes (ConsumerHubForget) and applies as `sendense forget`
+	// would. Exactly one of its VM and All, and a policy; RequestedBy
+	// defaults to "schedule:<name>". At most one of Verify and Forget.
+	Forget *schemas.ForgetRequest `json:"forget,omitempty"`
 
 	// Seq and Added are the stored message's stream sequence and time;
 	// set by ListSchedules and GetSchedule.
@@ -238,8 +244,14 @@ func (s *Schedule) prepare() ([]byte, error) {
 	if _, err := parseSchedule(s.Cron, s.TimeZone); err != nil {
 		return nil, fmt.Errorf("schedule %s: %w", s.Name, err)
 	}
+	if s.Verify != nil && s.Forget != nil {
+		return nil, fmt.Errorf("schedule %s: both a verification and a forget: %w", s.Name, ErrInvalidSchedule)
+	}
 	if s.Verify != nil {
 		return s.prepareVerify()
+	}
+	if s.Forget != nil {
+		return s.prepareForget()
 	}
 	if s.Request.JobID != "" {
 		return nil, fmt.Errorf("schedule %s: the request has job id %q, but every firing needs its own: %w", s.Name, s.Request.JobID, ErrInvalidSchedule)
@@ -291,10 +303,56 @@ func (s *Schedule) prepareVerify() ([]byte, error) {
 	return data, nil
 }
 
+// prepareForget checks a forget schedule's request and returns its
+// payload. The policy is checked as the hub checks it, so a schedule that
+// every firing would be refused for (no count) is never stored.
+func (s *Schedule) prepareForget() ([]byte, error) {
+	f := s.Forget
+	if s.Request.VM != "" || s.Request.JobID != "" || s.Request.BackupType != "" || len(s.Request.Labels) > 0 {
+		return nil, fmt.Errorf("schedule %s: both a backup request and a forget: %w", s.Name, ErrInvalidSchedule)
+	}
+	if (f.VM != "") == f.All {
+		return nil, fmt.Errorf("schedule %s: a forget names exactly one of a vm or all: %w", s.Name, ErrInvalidSchedule)
+	}
+	p := f.Policy
+	if p.Last == 0 && p.Hourly == 0 && p.Daily == 0 && p.Weekly == 0 && p.Monthly == 0 && p.Yearly == 0 {
+		return nil, fmt.Errorf("schedule %s: a forget needs at least one keep count: %w", s.Name, ErrInvalidSchedule)
+	}
+	if f.RequestedBy == "" {
+		f.RequestedBy = RequestedByPrefix + s.Name
+	}
+	if f.Schema == nil {
+		f.Schema = &schemas.SchemaRef{Name: schemas.NameForgetRequested, Version: schemas.Version}
+	}
+	data, err := json.Marshal(f)
+	if err != nil {
+		return nil, fmt.Errorf("marshal forget of schedule %s: %w", s.Name, err)
+	}
+	if err := schemas.Validate(schemas.NameForgetRequested, data); err != nil {
+		return nil, fmt.Errorf("forget of schedule %s: %w: %w", s.Name, ErrInvalidSchedule, err)
+	}
+	return data, nil
+}
+
+// Kind says what the schedule's firings ask for: "backup", "verify" or
+// "forget".
+func (s Schedule) Kind() string {
+	switch {
+	case s.Verify != nil:
+		return "verify"
+	case s.Forget != nil:
+		return "forget"
+	}
+	return "backup"
+}
+
 // target is the subject the schedule's firings are stored on.
 func (s Schedule) target() string {
-	if s.Verify != nil {
+	switch {
+	case s.Verify != nil:
 		return SubjectVerifyRequested
+	case s.Forget != nil:
+		return SubjectForgetRequested
 	}
 	return SubjectRequested
 }
@@ -378,6 +436,14 @@ func scheduleOf(raw *jetstream.RawStreamMsg) (Schedule, error) {
 	}
 	if s.Cron == "" {
 		return s, fmt.Errorf("message %d on %s has no %s header: %w", raw.Sequence, raw.Subject, HeaderSchedule, ErrInvalidSchedule)
+	}
+	if raw.Header.Get(HeaderScheduleTarget) == SubjectForgetRequested {
+		f, err := schemas.DecodeForgetRequest(raw.Data)
+		if err != nil {
+			return s, fmt.Errorf("schedule %s: forget: %w: %w", name, ErrInvalidSchedule, err)
+		}
+		s.Forget = &f
+		return s, nil
 	}
 	if raw.Header.Get(HeaderScheduleTarget) == SubjectVerifyRequested {
 		v, err := schemas.DecodeVerifyRequest(raw.Data)

@@ -64,8 +64,8 @@ func StreamConfigs(opts StreamOptions) []jetstream.StreamConfig {
 	return []jetstream.StreamConfig{
 		{
 			Name:        StreamRequests,
-			Description: "Sendense backup requests, consumed by node agents (work queue), verification requests, consumed by the hub, and the schedules that fire them",
-			Subjects:    []string{SubjectRequested, SubjectVerifyRequested, SubjectSchedules},
+			Description: "Sendense backup requests, consumed by node agents (work queue), verification and retention requests, consumed by the hub, and the schedules that fire them",
+			Subjects:    []string{SubjectRequested, SubjectVerifyRequested, SubjectForgetRequested, SubjectSchedules},
 			Retention:   jetstream.WorkQueuePolicy,
 			Storage:     jetstream.FileStorage,
 			Replicas:    r,
@@ -141,7 +141,7 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, opts StreamOptio
 // for a subject none of them binds (the bare backup.<type> subjects of
 // events from before agent identities are no longer bound).
 func StreamForSubject(subject string) string {
-	if subject == SubjectRequested || subject == SubjectVerifyRequested {
+	if subject == SubjectRequested || subject == SubjectVerifyRequested || subject == SubjectForgetRequested {
 		return StreamRequests
 	}
 	if name, ok := strings.CutPrefix(subject, SubjectSchedulePrefix); ok && ValidScheduleName(name) == nil {

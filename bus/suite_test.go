@@ -145,7 +145,7 @@ func TestStreams(t *testing.T) {
 			perSubject int64
 			minDupes   time.Duration
 		}{
-			{bus.StreamRequests, []string{"backup.requested", "backup.verify.requested", "backup.schedules.*"}, jetstream.WorkQueuePolicy, 0, -1, 2 * time.Minute},
+			{bus.StreamRequests, []string{"backup.requested", "backup.verify.requested", "backup.forget.requested", "backup.schedules.*"}, jetstream.WorkQueuePolicy, 0, -1, 2 * time.Minute},
 			{bus.StreamEvents, []string{"backup.started.*", "backup.changeid.*", "backup.completed.*", "backup.failed.*", "backup.rejected.*",
 				"backup.pruning.hub", "backup.pruned.hub", "backup.verified.hub"},
 				jetstream.LimitsPolicy, 0, -1, 2 * time.Minute},

@@ -47,6 +47,16 @@ func DecodeVerifyRequest(data []byte) (VerifyRequest, error) {
 	return r, nil
 }
 
+// DecodeForgetRequest validates a backup.forget.requested payload and
+// decodes it.
+func DecodeForgetRequest(data []byte) (ForgetRequest, error) {
+	var r ForgetRequest
+	if err := check(NameForgetRequested, "", data, &r); err != nil {
+		return ForgetRequest{}, err
+	}
+	return r, nil
+}
+
 // SetDefaults fills what a request may leave out: BackupType auto and
 // Repository DefaultRepository.
 func (r *Request) SetDefaults() {

@@ -9,7 +9,8 @@
 // # Basics
 //
 // The messages are backup.requested (the request) and
-// backup.verify.requested (a verification request the hub takes), the
+// backup.verify.requested (a verification request the hub takes),
+// backup.forget.requested (a retention request the hub takes), the
 // events an agent publishes, backup.started, backup.progress,
 // backup.changeid, backup.completed, backup.failed and backup.rejected,
 // and the events the hub publishes about a completed job (HubEvents):
@@ -21,8 +22,8 @@
 // format) that the message files reference by $id.
 //
 // A consumer calls Decode(subject, data) for events, DecodeRequest(data)
-// for backup requests or DecodeVerifyRequest(data) for verification
-// requests: all validate first, then unmarshal; DecodeRequest also
+// for backup requests, DecodeVerifyRequest(data) for verification
+// requests or DecodeForgetRequest(data) for retention requests: all validate first, then unmarshal; DecodeRequest also
 // fills the defaults (backup_type auto, repository "default"). Validate
 // checks without decoding. backup.progress travels on
 // backup.progress.<job_id>; that subject validates as backup.progress and

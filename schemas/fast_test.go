@@ -81,6 +81,9 @@ func newValue(name string) any {
 	if name == NameVerifyRequested {
 		return new(VerifyRequest)
 	}
+	if name == NameForgetRequested {
+		return new(ForgetRequest)
+	}
 	return newEvent(name)
 }
 

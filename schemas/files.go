@@ -30,6 +30,7 @@ var names = []string{
 	NamePruned,
 	NameVerified,
 	NameVerifyRequested,
+	NameForgetRequested,
 }
 
 // Names returns the message names that have a schema, in the order of a
@@ -100,7 +101,7 @@ func subjectName(subject string) (name, job string, err error) {
 		return NameProgress, job, nil
 	}
 	if i := strings.LastIndexByte(subject, '.'); i > 0 && i < len(subject)-1 {
-		if name := subject[:i]; isName(name) && name != NameRequested && name != NameVerifyRequested && name != NameProgress {
+		if name := subject[:i]; isName(name) && name != NameRequested && name != NameVerifyRequested && name != NameForgetRequested && name != NameProgress {
 			return name, "", nil
 		}
 	}

@@ -113,6 +113,10 @@ func TestSchemaExamples(t *testing.T) {
 					if _, err := DecodeVerifyRequest(ex); err != nil {
 						t.Errorf("example %d: %v", i, err)
 					}
+				} else if name == NameForgetRequested {
+					if _, err := DecodeForgetRequest(ex); err != nil {
+						t.Errorf("example %d: %v", i, err)
+					}
 				} else if _, err := Decode(subject, ex); err != nil {
 					t.Errorf("example %d: %v", i, err)
 				}
@@ -151,6 +155,8 @@ func TestSchemaBundleStandsAlone(t *testing.T) {
 				good, bad = []byte(`{"vm":"pgtest1"}`), []byte(`{"vm":"../x"}`)
 			case NameVerifyRequested:
 				good, bad = []byte(`{"all":true}`), []byte(`{"vm":"../x"}`)
+			case NameForgetRequested:
+				good, bad = []byte(`{"all":true,"policy":{"keep_last":1}}`), []byte(`{"vm":"../x","policy":{"keep_last":1}}`)
 			default:
 				good = mutate(t, ev[name], nil)
 				bad = mutate(t, ev[name], set("/vm/extra", 1))
@@ -175,7 +181,7 @@ func TestSchemaBundleStandsAlone(t *testing.T) {
 }
 
 func TestNames(t *testing.T) {
-	want := []string{NameRequested, NameStarted, NameProgress, NameChangeID, NameCompleted, NameFailed, NameRejected, NamePruning, NamePruned, NameVerified, NameVerifyRequested}
+	want := []string{NameRequested, NameStarted, NameProgress, NameChangeID, NameCompleted, NameFailed, NameRejected, NamePruning, NamePruned, NameVerified, NameVerifyRequested, NameForgetRequested}
 	if got := Names(); !slices.Equal(got, want) {
 		t.Errorf("Names() = %v, want %v", got, want)
 	}
@@ -230,7 +236,7 @@ func TestGoTypesMatchSchemas(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	types := map[string]reflect.Type{NameRequested: reflect.TypeFor[Request](), NameVerifyRequested: reflect.TypeFor[VerifyRequest]()}
+	types := map[string]reflect.Type{NameRequested: reflect.TypeFor[Request](), NameVerifyRequested: reflect.TypeFor[VerifyRequest](), NameForgetRequested: reflect.TypeFor[ForgetRequest]()}
 	for name, ev := range fullEvents() {
 		types[name] = reflect.TypeOf(ev).Elem()
 	}

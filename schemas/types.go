@@ -12,6 +12,9 @@ const (
 	// NameVerifyRequested asks the hub to verify completed backups (a
 	// request like backup.requested, not an event).
 	NameVerifyRequested = "backup.verify.requested"
+	// NameForgetRequested asks the hub to apply a retention policy (a
+	// request, not an event).
+	NameForgetRequested = "backup.forget.requested"
 	NameStarted         = "backup.started"
 	NameProgress        = "backup.progress"
 	NameChangeID        = "backup.changeid"
@@ -137,6 +140,29 @@ type VerifyRequest struct {
 	All         bool       `json:"all,omitempty"`
 	Repository  string     `json:"repository,omitempty"`
 	RequestedBy string     `json:"requested_by,omitempty"`
+}
+
+// ForgetRequest is the payload of backup.forget.requested: exactly one of
+// VM and All (the hub refuses anything else), and the policy.
+type ForgetRequest struct {
+	Schema      *SchemaRef `json:"schema,omitempty"`
+	VM          string     `json:"vm,omitempty"`
+	All         bool       `json:"all,omitempty"`
+	Repository  string     `json:"repository,omitempty"`
+	Policy      Retention  `json:"policy"`
+	RequestedBy string     `json:"requested_by,omitempty"`
+}
+
+// Retention is a retention policy as it travels (package retention's
+// Policy has the same JSON): counts of 0 are unset, -1 is unlimited.
+type Retention struct {
+	Last    int      `json:"keep_last,omitempty"`
+	Hourly  int      `json:"keep_hourly,omitempty"`
+	Daily   int      `json:"keep_daily,omitempty"`
+	Weekly  int      `json:"keep_weekly,omitempty"`
+	Monthly int      `json:"keep_monthly,omitempty"`
+	Yearly  int      `json:"keep_yearly,omitempty"`
+	Protect []string `json:"protect,omitempty"`
 }
 
 // VMRef identifies a VM. UUID is the instance UUID and is the identity;

@@ -217,8 +217,10 @@ type ForgetVM struct {
 	VM      schemas.VMRef `json:"vm"`
 	Points  []ForgetPoint `json:"points"`
 	Removed int           `json:"removed"`
-	// Error says why this VM's points were not (all) removed, with All.
+	// Error says why this VM's points were not (all) removed, with All;
+	// Code is that error's code (CodeBusy: try again later).
 	Error string `json:"error,omitempty"`
+	Code  string `json:"code,omitempty"`
 }
 
 // ForgetPoint is one completed point (a job, all its disks): kept or not,

@@ -37,6 +37,9 @@
 // manifest against the catalog, the point read through its chain and
 // hashed per chunk) and publishes backup.verified per job; verify
 // schedules reach it as backup.verify.requested (ServeVerifyRequests).
+// Forget schedules reach Forget as backup.forget.requested
+// (ServeForgetRequests): a busy VM is asked for again after ForgetRetry,
+// a request that cannot succeed is terminated with a log line.
 // sendense.repo.manifest reads a manifest page by page. An open target's
 // manifest lives in the hub's memory until its close: 32 bytes per MiB of
 // disk (32 MiB for a 1 TiB disk). A verification does not take the VM's

@@ -100,6 +100,9 @@ func (s *RepoService) Forget(ctx context.Context, req ForgetRequest) (ForgetRepl
 				return reply, err
 			}
 			fv.Error = err.Error()
+			if ce := (*codedError)(nil); errors.As(err, &ce) {
+				fv.Code = ce.code
+			}
 		}
 		reply.VMs = append(reply.VMs, fv)
 	}

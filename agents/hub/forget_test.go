@@ -58,6 +58,8 @@ type forgetEnv struct {
 	refs   map[string]string // job/disk -> raw copy
 	log    zerolog.Logger
 	svc    atomic.Pointer[hub.RepoService]
+	// forgetRetry is the started hub's ForgetRetry (0: its default).
+	forgetRetry time.Duration
 
 	stopHub func()
 }
@@ -188,7 +190,7 @@ func (e *forgetEnv) startHubWith(hook repository.PruneHook, pub hub.EventPublish
 		Leases:       e.leases, LeaseTaker: e.leases, Publisher: pub,
 		Catalog: catalog.NewClient(e.ns.Conn), Progress: hub.NewConsumerProgress(e.ns.JS, bus.ConsumerCatalog),
 		ReapInterval: time.Hour, ReconcileInterval: -1, PruneRetry: 200 * time.Millisecond,
-		SocketDir: testutil.SocketDir(t), PruneHook: hook, Log: e.log,
+		SocketDir: testutil.SocketDir(t), PruneHook: hook, ForgetRetry: e.forgetRetry, Log: e.log,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -101,6 +101,11 @@ type RepoOptions struct {
 	// PruneRetry is how often pending prunes left at start (their VM's
 	// lease held) are tried again. Default 30 s.
 	PruneRetry time.Duration
+	// ForgetRetry is how long a forget request (a forget schedule's
+	// firing, ServeForgetRequests) whose VM was busy, or whose catalog
+	// did not answer, waits before it is taken again. Default
+	// bus.ForgetBusyDelay (2 minutes).
+	ForgetRetry time.Duration
 	// PruneHook, for tests, is called at each step of a prune (the
 	// repository's steps and StepIntent, StepDone); an error stops the
 	// prune there. Nil: none.
@@ -251,6 +256,9 @@ func NewRepoService(opts RepoOptions) (*RepoService, error) {
 
 		pruning:   map[string]bool{},
 		restoring: map[string]int{},
+	}
+	if s.opts.ForgetRetry <= 0 {
+		s.opts.ForgetRetry = bus.ForgetBusyDelay
 	}
 	if s.opts.PruneRetry <= 0 {
 		s.opts.PruneRetry = 30 * time.Second

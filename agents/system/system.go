@@ -293,6 +293,9 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 		if _, err := bus.EnsureVerifyConsumer(ctx, s.JS, s.await()); err != nil {
 			return nil, err
 		}
+		if _, err := bus.EnsureForgetConsumer(ctx, s.JS, s.await()); err != nil {
+			return nil, err
+		}
 		hnc, hjs, err := s.connect(ctx, bus.Identity{Role: bus.RoleHub})
 		if err != nil {
 			return nil, err
@@ -576,6 +579,12 @@ func (s *System) startHub(nc *nats.Conn, js jetstream.JetStream, leases *bus.Lea
 		return fmt.Errorf("bind consumer %s: %w", bus.ConsumerHubVerify, err)
 	}
 	s.run("verify-requests", func(ctx context.Context) error { return svc.ServeVerifyRequests(ctx, vcons) })
+	// Forget schedules fire backup.forget.requested, taken the same way.
+	fcons, err := js.Consumer(bctx, bus.StreamRequests, bus.ConsumerHubForget)
+	if err != nil {
+		return fmt.Errorf("bind consumer %s: %w", bus.ConsumerHubForget, err)
+	}
+	s.run("forget-requests", func(ctx context.Context) error { return svc.ServeForgetRequests(ctx, fcons) })
 	if s.cfg.APIListen != "" && s.cfg.APIListen != "none" {
 		ln, err := net.Listen("tcp", s.cfg.APIListen)
 		if err != nil {

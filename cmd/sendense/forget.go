@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sendense/sendense/agents/catalog"
 	"github.com/sendense/sendense/agents/hub"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/retention"
@@ -27,7 +28,7 @@ type forgetCmd struct {
 	vm         string
 	all        bool
 	repository string
-	policy     retention.Policy
+	policy     func() (retention.Policy, error)
 	dryRun     bool
 	json       bool
 }
@@ -41,8 +42,10 @@ func newForgetCmd(a *app) *cobra.Command {
 every VM, in one repository, with restic's forget semantics: --keep-last N
 keeps the N newest points; --keep-hourly/daily/weekly/monthly/yearly N keep
 the newest point of each of the N newest hours, days, ISO weeks, months and
-years that have one (in the hub's time zone), -1 meaning all of them;
---protect JOB always keeps that job's point. A point is kept when any rule
+years that have one (in the hub's time zone), "unlimited" (or -1) meaning
+all of them;
+--protect JOB always keeps that job's point (a job id, or a unique prefix of
+at least 4 characters; an unknown or ambiguous one is an error). A point is kept when any rule
 keeps it; the others are removed. Give at least one --keep-… count: the
 newest point is then always kept.
 
@@ -61,17 +64,16 @@ Prints each point, newest first: job id, time, keep or remove, and why.`,
 			return c.run(cmd.Context(), a)
 		},
 	}
+	// A count that is no count (--keep-last -2, --keep-daily many) is a
+	// usage error like a missing policy: exit 2.
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
+		return &exitError{code: 2, err: fmt.Errorf("forget: %w", err)}
+	})
 	fs := cmd.Flags()
 	fs.StringVar(&c.vm, "vm", "", "the VM: its name or instance UUID")
 	fs.BoolVar(&c.all, "all", false, "every VM with backups in the repository")
 	fs.StringVarP(&c.repository, "repository", "r", "default", "the repository")
-	fs.IntVar(&c.policy.Last, "keep-last", 0, "keep the N newest points")
-	fs.IntVar(&c.policy.Hourly, "keep-hourly", 0, "keep the newest point of each of the N newest hours")
-	fs.IntVar(&c.policy.Daily, "keep-daily", 0, "keep the newest point of each of the N newest days")
-	fs.IntVar(&c.policy.Weekly, "keep-weekly", 0, "keep the newest point of each of the N newest ISO weeks")
-	fs.IntVar(&c.policy.Monthly, "keep-monthly", 0, "keep the newest point of each of the N newest months")
-	fs.IntVar(&c.policy.Yearly, "keep-yearly", 0, "keep the newest point of each of the N newest years")
-	fs.StringArrayVar(&c.policy.Protect, "protect", nil, "always keep this job's point (repeatable)")
+	c.policy = retentionFlags(cmd)
 	fs.BoolVar(&c.dryRun, "dry-run", false, "only print what would be kept and removed")
 	fs.BoolVar(&c.json, "json", false, "print the reply as JSON")
 	return cmd
@@ -81,17 +83,21 @@ func (c *forgetCmd) run(ctx context.Context, a *app) error {
 	if (c.vm == "") == !c.all {
 		return &exitError{code: 2, err: errors.New("forget: give --vm VM or --all")}
 	}
-	if err := c.policy.Validate(); err != nil {
-		return &exitError{code: 2, err: fmt.Errorf("forget: %w (give at least one --keep-… N or --protect JOB)", err)}
+	policy, err := c.policy()
+	if err != nil {
+		return &exitError{code: 2, err: fmt.Errorf("forget: %w", err)}
 	}
 	nc, err := a.connect(ctx, bus.RoleAdmin)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
+	if policy.Protect, err = resolveJobIDs(ctx, catalog.NewClient(nc), "--protect", policy.Protect); err != nil {
+		return fmt.Errorf("forget: %w", err)
+	}
 	cl := hub.NewClient(nc)
 	cl.Timeout = forgetTimeout
-	rep, err := cl.Forget(ctx, hub.ForgetRequest{VM: c.vm, All: c.all, Repository: c.repository, Policy: c.policy, DryRun: c.dryRun})
+	rep, err := cl.Forget(ctx, hub.ForgetRequest{VM: c.vm, All: c.all, Repository: c.repository, Policy: policy, DryRun: c.dryRun})
 	if err != nil {
 		return fmt.Errorf("forget: %w", err)
 	}

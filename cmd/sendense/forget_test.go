@@ -39,6 +39,8 @@ func TestForgetCLI(t *testing.T) {
 		{"forget", "--keep-last", "1"},                             // no vm
 		{"forget", "--vm", "pgtest1", "--all", "--keep-last", "1"}, // both
 		{"forget", "--vm", "pgtest1", "--keep-last", "-2"},         // below -1 (all)
+		{"forget", "--vm", "pgtest1", "--keep-daily", "many"},      // no count
+		{"forget", "--vm", "pgtest1", "--protect", "fg-1"},         // protect alone keeps nothing else
 	} {
 		if _, err := s.run(t, bad...); exitCode(err) != 2 {
 			t.Errorf("%v: %v, want exit 2", bad, err)
@@ -48,7 +50,7 @@ func TestForgetCLI(t *testing.T) {
 		t.Errorf("forget of an unknown vm: %v", err)
 	}
 
-	out := s.must(t, "forget", "--vm", "pgtest1", "--keep-last", "1", "--protect", "fg-1", "--dry-run", "--json")
+	out := s.must(t, "forget", "--vm", "pgtest1", "--keep-last", "1", "--keep-yearly", "0", "--protect", "fg-1", "--dry-run", "--json")
 	var rep hub.ForgetReply
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatalf("forget --json: %v\n%s", err, out)
@@ -117,5 +119,64 @@ func TestForgetCLI(t *testing.T) {
 		if d.BackupType != "incremental" || d.Backing != "fg-3" {
 			t.Errorf("fg-4 disk %d: %s on %q, want an incremental on fg-3", d.Disk.Key, d.BackupType, d.Backing)
 		}
+	}
+
+	// A forget schedule: bad ones are refused before anything is stored;
+	// a good one keeps the newest 2 points at every firing, so fg-1 and
+	// fg-3 go (fg-1 merged into fg-3, then fg-3 into fg-4), and fg-4 and
+	// fg-5 restore identically.
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"schedule", "add", "fs", "--forget", "--keep-last", "2", "--cron", "@daily"}, "--vm VM or --all"},
+		{[]string{"schedule", "add", "fs", "--forget", "--vm", "pgtest1", "--cron", "@daily"}, "no retention policy"},
+		{[]string{"schedule", "add", "fs", "--forget", "--vm", "pgtest1", "--keep-daily", "many", "--cron", "@daily"}, "not a count"},
+		{[]string{"schedule", "add", "fs", "--vm", "pgtest1", "--keep-last", "7", "--cron", "@daily"}, "--keep-last goes with --forget"},
+		{[]string{"schedule", "add", "fs", "--forget", "--verify", "--all", "--keep-last", "7", "--cron", "@daily"}, "none of the others"},
+	} {
+		if _, err := s.run(t, tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v, want an error saying %q", tc.args, err, tc.want)
+		}
+	}
+	if out := s.must(t, "schedule", "list", "--json"); strings.TrimSpace(out) != "[]" {
+		t.Errorf("schedules after only bad adds: %s", out)
+	}
+	if _, err := sim.Write(context.Background(), simctl.WriteRequest{VM: "pgtest1", Percent: 1, Seed: 5}); err != nil {
+		t.Fatal(err)
+	}
+	s.must(t, "backup", "--vm", "pgtest1", "--wait", "--job-id", "fg-5")
+	out = s.must(t, "schedule", "add", "fs", "--forget", "--vm", "pgtest1", "--keep-last", "2", "--cron", "@every 1s")
+	if !strings.Contains(out, "forget vm pgtest1: keep 2 latest snapshots") {
+		t.Errorf("schedule add --forget: %s", out)
+	}
+	var rows []scheduleRow
+	if err := json.Unmarshal([]byte(s.must(t, "schedule", "list", "--json")), &rows); err != nil ||
+		len(rows) != 1 || rows[0].Kind != "forget" || rows[0].Policy == nil || rows[0].Policy.Last != 2 || rows[0].VM != "pgtest1" {
+		t.Errorf("schedule list --json: %+v, %v", rows, err)
+	}
+	if table := s.must(t, "schedule", "list"); !strings.Contains(table, "forget") || !strings.Contains(table, "keep 2 latest snapshots") {
+		t.Errorf("schedule list:\n%s", table)
+	}
+	for _, job := range []string{"fg-1", "fg-3"} {
+		s.awaitJob(t, job, time.Minute, func(j store.Job) bool { return j.Status == store.StatusPruned })
+	}
+	s.must(t, "schedule", "rm", "fs")
+	for _, job := range []string{"fg-4", "fg-5"} {
+		dir := filepath.Join(t.TempDir(), job)
+		s.must(t, "restore", "--job", job, "--to", dir)
+		for _, key := range []int32{2000, 2001} {
+			fr, err := sim.Frozen(context.Background(), "pgtest1", "sendense-"+job, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			restored := filepath.Join(dir, fmt.Sprintf("%d.raw", key))
+			if o, err := exec.Command("qemu-img", "compare", "-f", "raw", "-F", "raw", fr.Path, restored).CombinedOutput(); err != nil {
+				t.Errorf("restored %s differs from the frozen image of job %s: %v %s", restored, job, err, o)
+			}
+		}
+	}
+	if strings.Count(s.p.out.String(), "forget request done") == 0 {
+		t.Error("serve did not log a scheduled forget")
 	}
 }

@@ -9,8 +9,10 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/sendense/sendense/bus"
+	"github.com/sendense/sendense/retention"
 	"github.com/sendense/sendense/schemas"
 )
 
@@ -21,10 +23,11 @@ func init() { extraCommands = append(extraCommands, newScheduleCmd) }
 func newScheduleCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "schedule",
-		Short: "Add, list and remove backup schedules (fired by the NATS server itself)",
-		Long: `Backup schedules are messages on backup.schedules.<name> in the BACKUP_REQUESTS
-stream; nats-server stores a backup.requested message at every firing, so no
-scheduler process runs. Adding and removing needs the admin role, listing the
+		Short: "Add, list and remove backup, verify and forget schedules (fired by the NATS server itself)",
+		Long: `Schedules are messages on backup.schedules.<name> in the BACKUP_REQUESTS
+stream; nats-server stores a backup.requested message at every firing (a
+backup.verify.requested for a verify schedule, a backup.forget.requested for a
+forget schedule), so no scheduler process runs. Adding and removing needs the admin role, listing the
 requester role.
 
 Patterns (what nats-server accepts):
@@ -39,6 +42,8 @@ Patterns (what nats-server accepts):
 
 type scheduleAddCmd struct {
 	verify     bool
+	forget     bool
+	policy     func() (retention.Policy, error)
 	all        bool
 	vm         string
 	cron       string
@@ -51,35 +56,47 @@ type scheduleAddCmd struct {
 func newScheduleAddCmd(a *app) *cobra.Command {
 	c := &scheduleAddCmd{}
 	cmd := &cobra.Command{
-		Use:   "add NAME --vm VM --cron PATTERN | add NAME --verify --vm VM|--all --cron PATTERN",
-		Short: "Add a schedule that requests a backup of a VM (or, with --verify, a verification) at every firing",
+		Use:   "add NAME --vm VM --cron PATTERN | add NAME --verify --vm VM|--all --cron PATTERN | add NAME --forget --vm VM|--all --keep-… N --cron PATTERN",
+		Short: "Add a schedule that requests a backup of a VM (or, with --verify, a verification; with --forget, a retention run) at every firing",
 		Long: `Add a schedule. NAME is 1 to 64 letters, digits, '-' or '_'. Each firing queues
 a backup.requested with requested_by "schedule:NAME" and a job id of its own.
 With --verify each firing queues a backup.verify.requested instead, which the hub
 takes: it verifies every completed backup of --vm (or of every VM with --all),
 as 'sendense verify' does, and publishes backup.verified per backup.
+With --forget each firing queues a backup.forget.requested with the policy of
+the --keep-… and --protect flags, which the hub takes: it applies the policy to
+the completed backups of --vm (or of each VM with --all) in --repository, as
+'sendense forget' does; a VM whose backup runs is tried again every 2 minutes.
+To keep a backup schedule's chain short, add a forget schedule for the same VM
+a few hours after it (backup at 01:00, forget at 05:00).
 A name that already has a schedule is refused (exit 4) unless --force, which
 replaces it. Everything is checked before anything is published.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return c.run(cmd.Context(), a, args[0])
+			return c.run(cmd.Context(), a, args[0], cmd.Flags())
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&c.vm, "vm", "", "VM name, instance UUID or moref (required, except with --verify --all)")
 	f.BoolVar(&c.verify, "verify", false, "schedule a verification of completed backups instead of a backup")
-	f.BoolVar(&c.all, "all", false, "with --verify: verify every completed backup")
+	f.BoolVar(&c.forget, "forget", false, "schedule a retention run (the --keep-… flags) instead of a backup")
+	f.BoolVar(&c.all, "all", false, "with --verify or --forget: every VM's completed backups")
 	f.StringVar(&c.cron, "cron", "", "when: '@every 6h', '@daily' or a 6-field cron such as '0 30 2 * * *' (required)")
 	f.StringVar(&c.backupType, "type", schemas.TypeAuto, "auto, full or incremental")
 	f.StringVar(&c.repository, "repository", schemas.DefaultRepository, "repository name")
 	f.StringVar(&c.timeZone, "time-zone", "", "IANA time zone the cron pattern is read in, e.g. Europe/Berlin (default UTC; not with @every)")
 	f.BoolVar(&c.force, "force", false, "replace a schedule of the same name")
+	c.policy = retentionFlags(cmd)
 	_ = cmd.MarkFlagRequired("cron")
 	cmd.MarkFlagsMutuallyExclusive("vm", "all")
+	cmd.MarkFlagsMutuallyExclusive("verify", "forget")
 	return cmd
 }
 
-func (c *scheduleAddCmd) run(ctx context.Context, a *app, name string) error {
+// keepFlags are the flags of a retention policy (retentionFlags).
+var keepFlags = []string{"keep-last", "keep-hourly", "keep-daily", "keep-weekly", "keep-monthly", "keep-yearly", "protect"}
+
+func (c *scheduleAddCmd) run(ctx context.Context, a *app, name string, flags *pflag.FlagSet) error {
 	s := bus.Schedule{Name: name, Cron: c.cron, TimeZone: c.timeZone,
 		Request: schemas.Request{VM: c.vm, BackupType: c.backupType, Repository: c.repository}}
 	what := fmt.Sprintf("vm %s, %s", c.vm, c.backupType)
@@ -98,13 +115,46 @@ func (c *scheduleAddCmd) run(ctx context.Context, a *app, name string) error {
 		if c.all {
 			what = "verify every backup"
 		}
+	case c.forget:
+		if c.vm == "" && !c.all {
+			return errors.New("--forget needs --vm VM or --all")
+		}
+		policy, err := c.policy()
+		if err != nil {
+			return err
+		}
+		s.Request = schemas.Request{}
+		s.Forget = &schemas.ForgetRequest{VM: c.vm, All: c.all, Repository: c.repository, Policy: schemas.Retention(policy)}
+		what = fmt.Sprintf("forget vm %s: %s", c.vm, policy)
+		if c.all {
+			what = "forget every vm: " + policy.String()
+		}
 	case c.all:
-		return errors.New("--all goes with --verify; a backup schedule names one --vm")
+		return errors.New("--all goes with --verify or --forget; a backup schedule names one --vm")
 	case c.vm == "":
 		return errors.New("required flag \"vm\" not set")
 	}
+	if !c.forget {
+		for _, k := range keepFlags {
+			if flags.Changed(k) {
+				return fmt.Errorf("--%s goes with --forget: to apply a policy after backups, add a forget schedule for the VM next to its backup schedule", k)
+			}
+		}
+	}
 	if err := s.Validate(); err != nil {
 		return err
+	}
+	if s.Forget != nil && len(s.Forget.Policy.Protect) > 0 {
+		// Short ids become the jobs' full ids before they are stored.
+		cl, closeCat, err := a.catalogClient(ctx, bus.RoleAdmin)
+		if err != nil {
+			return err
+		}
+		s.Forget.Policy.Protect, err = resolveJobIDs(ctx, cl, "--protect", s.Forget.Policy.Protect)
+		closeCat()
+		if err != nil {
+			return err
+		}
 	}
 	js, closeConn, err := a.jetStream(ctx, bus.RoleAdmin)
 	if err != nil {
@@ -147,7 +197,9 @@ then fires once and counts from there).`,
 
 // scheduleRow is one schedule as `schedule list --json` prints it.
 type scheduleRow struct {
-	Name        string    `json:"name"`
+	Name string `json:"name"`
+	// Kind is backup, verify or forget.
+	Kind        string    `json:"kind"`
 	VM          string    `json:"vm"`
 	BackupType  string    `json:"backup_type"`
 	Repository  string    `json:"repository"`
@@ -157,7 +209,9 @@ type scheduleRow struct {
 	Added       time.Time `json:"added"`
 	RequestedBy string    `json:"requested_by"`
 	Seq         uint64    `json:"seq"`
-	Error       string    `json:"error,omitempty"`
+	// Policy is a forget schedule's retention policy.
+	Policy *retention.Policy `json:"policy,omitempty"`
+	Error  string            `json:"error,omitempty"`
 }
 
 func (c *scheduleListCmd) run(ctx context.Context, a *app) error {
@@ -173,11 +227,18 @@ func (c *scheduleListCmd) run(ctx context.Context, a *app) error {
 	now := time.Now()
 	rows := make([]scheduleRow, 0, len(list))
 	for _, s := range list {
-		r := scheduleRow{Name: s.Name, VM: s.Request.VM, BackupType: s.Request.BackupType, Repository: s.Request.Repository,
+		r := scheduleRow{Name: s.Name, Kind: s.Kind(), VM: s.Request.VM, BackupType: s.Request.BackupType, Repository: s.Request.Repository,
 			Cron: s.Cron, TimeZone: s.TimeZone, Added: s.Added, RequestedBy: s.Request.RequestedBy, Seq: s.Seq}
 		if s.Verify != nil {
 			r.BackupType, r.VM, r.Repository, r.RequestedBy = "verify", s.Verify.VM, s.Verify.Repository, s.Verify.RequestedBy
 			if s.Verify.All {
+				r.VM = "(all)"
+			}
+		}
+		if f := s.Forget; f != nil {
+			p := retention.Policy(f.Policy)
+			r.BackupType, r.VM, r.Repository, r.RequestedBy, r.Policy = "forget", f.VM, f.Repository, f.RequestedBy, &p
+			if f.All {
 				r.VM = "(all)"
 			}
 		}
@@ -203,13 +264,20 @@ func (c *scheduleListCmd) run(ctx context.Context, a *app) error {
 		return writeJSON(a, rows)
 	}
 	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tVM\tTYPE\tCRON\tTIME ZONE\tNEXT\tADDED")
+	fmt.Fprintln(tw, "NAME\tKIND\tVM\tTYPE/POLICY\tCRON\tTIME ZONE\tNEXT\tADDED")
 	for _, r := range rows {
 		next := fmtTime(r.Next)
 		if r.Error != "" {
 			next = "error: " + r.Error
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, dash(r.VM), r.BackupType, r.Cron, r.TimeZone, next, fmtTime(r.Added))
+		what := r.BackupType
+		switch {
+		case r.Policy != nil:
+			what = r.Policy.String()
+		case r.Kind == "verify":
+			what = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Kind, dash(r.VM), what, r.Cron, r.TimeZone, next, fmtTime(r.Added))
 	}
 	return tw.Flush()
 }

@@ -4,14 +4,17 @@ import (
 	"encoding/json"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/sendense/sendense/agents/hub"
 	"github.com/sendense/sendense/store"
 )
 
-// TestShortIDsAndVMs: `job` and `restore --job` take a unique prefix of at
-// least 4 characters; an ambiguous one fails naming the candidates; `vms`
+// TestShortIDsAndVMs: `job`, `restore --job`, `verify --job`, `forget
+// --protect` and `schedule add --forget --protect` take a unique prefix of
+// at least 4 characters; an ambiguous one fails naming the candidates; `vms`
 // lists the VM with its last backup and restore points.
 func TestShortIDsAndVMs(t *testing.T) {
 	s := startServe(t, "small")
@@ -46,6 +49,37 @@ func TestShortIDsAndVMs(t *testing.T) {
 
 	if _, err := s.run(t, "watch", "--job", "abcd"); exitCode(err) != 1 || !strings.Contains(err.Error(), "ambiguous") {
 		t.Errorf("watch --job abcd: %v, want ambiguous", err)
+	}
+
+	// verify --job and forget --protect take short ids too; a forget
+	// schedule stores the full id.
+	var vrep hub.VerifyReply
+	if err := json.Unmarshal([]byte(s.must(t, "verify", "--job", "abcd-o", "--json")), &vrep); err != nil || len(vrep.Results) == 0 || vrep.Results[0].JobID != "abcd-one" {
+		t.Errorf("verify --job abcd-o: %+v %v, want abcd-one's disks", vrep, err)
+	}
+	if _, err := s.run(t, "verify", "--job", "abcd"); exitCode(err) != 1 || !strings.Contains(err.Error(), "ambiguous") {
+		t.Errorf("verify --job abcd: %v, want ambiguous", err)
+	}
+	var frep hub.ForgetReply
+	if err := json.Unmarshal([]byte(s.must(t, "forget", "--vm", "pgtest1", "--keep-last", "1", "--protect", "abcd-o", "--dry-run", "--json")), &frep); err != nil ||
+		len(frep.VMs) != 1 || len(frep.VMs[0].Points) != 2 || !frep.VMs[0].Points[1].Keep || frep.VMs[0].Points[1].JobID != "abcd-one" ||
+		!slices.Contains(frep.VMs[0].Points[1].Reasons, "protected") {
+		t.Errorf("forget --protect abcd-o: %+v %v, want abcd-one kept as protected", frep, err)
+	}
+	for _, id := range []string{"abcd", "zzzz"} {
+		if _, err := s.run(t, "forget", "--vm", "pgtest1", "--keep-last", "1", "--protect", id, "--dry-run"); exitCode(err) != 1 || !strings.Contains(err.Error(), "--protect "+id) {
+			t.Errorf("forget --protect %s: %v, want an error naming it", id, err)
+		}
+	}
+	s.must(t, "schedule", "add", "keep", "--forget", "--vm", "pgtest1", "--keep-daily", "7", "--protect", "abcd-t", "--cron", "@yearly")
+	var rows []scheduleRow
+	if err := json.Unmarshal([]byte(s.must(t, "schedule", "list", "--json")), &rows); err != nil || len(rows) != 1 || rows[0].Policy == nil ||
+		!slices.Equal(rows[0].Policy.Protect, []string{"abcd-two"}) {
+		t.Errorf("forget schedule with --protect abcd-t: %+v %v, want abcd-two stored", rows, err)
+	}
+	s.must(t, "schedule", "rm", "keep")
+	if _, err := s.run(t, "schedule", "add", "keep", "--forget", "--vm", "pgtest1", "--keep-daily", "7", "--protect", "abcd", "--cron", "@yearly"); err == nil || !strings.Contains(err.Error(), "ambiguous") {
+		t.Errorf("forget schedule with --protect abcd: %v, want ambiguous", err)
 	}
 
 	var vms []store.VM

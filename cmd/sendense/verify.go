@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sendense/sendense/agents/catalog"
 	"github.com/sendense/sendense/agents/hub"
 	"github.com/sendense/sendense/bus"
 )
@@ -52,7 +53,7 @@ verification, 1 on an error (unknown job, no hub, an event not stored, ...).`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return c.run(cmd.Context(), a) },
 	}
 	f := cmd.Flags()
-	f.StringVar(&c.jobID, "job", "", "verify this job's backup")
+	f.StringVar(&c.jobID, "job", "", "verify this job's backup (its id, or a unique prefix of at least 4 characters)")
 	f.StringVar(&c.vm, "vm", "", "verify every completed backup of this VM (name, instance UUID or moref)")
 	f.BoolVar(&c.all, "all", false, "verify every completed backup")
 	f.StringVarP(&c.repository, "repository", "r", "", "only this repository (default: every repository of the hub)")
@@ -68,6 +69,13 @@ func (c *verifyCmd) run(ctx context.Context, a *app) error {
 		return err
 	}
 	defer nc.Close()
+	if c.jobID != "" {
+		j, err := catalog.NewClient(nc).ResolveJob(ctx, c.jobID)
+		if err != nil {
+			return fmt.Errorf("verify: %w", err)
+		}
+		c.jobID = j.ID
+	}
 	rep, err := hub.NewClient(nc).Verify(ctx, hub.VerifyRequest{JobID: c.jobID, VM: c.vm, All: c.all, Repository: c.repository})
 	if err != nil {
 		return fmt.Errorf("verify: %w", err)
