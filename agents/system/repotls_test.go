@@ -16,6 +16,9 @@ import (
 // hex); nothing else the pipeline logs or publishes looks like one.
 var hexKey = regexp.MustCompile(`[0-9a-f]{64}`)
 
+// manifestDigest is a manifest's SHA-256 where logs and events name it.
+var manifestDigest = regexp.MustCompile(`"manifest_sha256":"[0-9a-f]{64}"`)
+
 // TestRepoOverTLS is the data path across hosts in one process: with
 // RepoListen the hub exports every target and restore over TCP with
 // TLS-PSK only. The demo's full, incremental and restores of both points
@@ -70,13 +73,16 @@ func TestRepoOverTLS(t *testing.T) {
 	if opened != 4 || overTLS != opened {
 		t.Errorf("%d targets opened, %d of them on nbds://127.0.0.1; want 4, all", opened, overTLS)
 	}
+	// Manifest digests (SHA-256, named as such) look like keys: not them.
+	logs = manifestDigest.ReplaceAllString(logs, "")
 	if strings.Contains(logs, exp.TLS.Key) || hexKey.MatchString(logs) {
 		t.Errorf("a key is in the logs: %q", hexKey.FindString(logs))
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, m := range h.all {
-		if hexKey.Match(m.Data) || bytes.Contains(m.Data, []byte(exp.TLS.Key)) {
+		data := manifestDigest.ReplaceAll(m.Data, nil)
+		if hexKey.Match(data) || bytes.Contains(m.Data, []byte(exp.TLS.Key)) {
 			t.Errorf("a key is in an event on %s: %s", m.Subject, m.Data)
 		}
 	}
