@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 )
@@ -16,7 +17,22 @@ import (
 // metrics` runs.
 func TestMetricsExposition(t *testing.T) {
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	startServe(t, "small", "--metrics-listen", addr)
+	s := startServe(t, "small", "--metrics-listen", addr)
+	// Every role registers its collectors as it starts: wait until all
+	// are ready (the agent last).
+	for deadline := time.Now().Add(time.Minute); ; {
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if s.p.exited() || time.Now().After(deadline) {
+			t.Fatalf("serve not ready after a minute (exited %t): %v", s.p.exited(), err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
