@@ -3,7 +3,6 @@ package hub
 import (
 	"context"
 	"errors"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
@@ -28,19 +27,7 @@ import (
 // firing is given up with a log line. One request at a time.
 func (s *RepoService) ServeForgetRequests(ctx context.Context, c jetstream.Consumer) error {
 	log := s.log.With().Str("consumer", bus.ConsumerHubForget).Logger()
-	for ctx.Err() == nil {
-		batch, err := c.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			if ctx.Err() == nil {
-				log.Warn().Err(err).Msg("fetch forget request")
-				_ = sleepCtx(ctx, time.Second)
-			}
-			continue
-		}
-		for m := range batch.Messages() {
-			s.forgetRequest(ctx, m, log)
-		}
-	}
+	serveRequests(ctx, c, log, func(m jetstream.Msg) { s.forgetRequest(ctx, m, log) })
 	return nil
 }
 

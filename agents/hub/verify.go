@@ -103,17 +103,27 @@ func (s *RepoService) Verify(ctx context.Context, req VerifyRequest) (VerifyRepl
 // again would not help. One request at a time.
 func (s *RepoService) ServeVerifyRequests(ctx context.Context, c jetstream.Consumer) error {
 	log := s.log.With().Str("consumer", bus.ConsumerHubVerify).Logger()
+	serveRequests(ctx, c, log, func(m jetstream.Msg) { s.verifyRequest(ctx, m, log) })
+	return nil
+}
+
+// serveRequests hands c's messages to handle one at a time until ctx ends.
+// A fetch waits up to 5 s and no longer than ctx, so a stopping hub does
+// not wait for one to time out; a fetch that fails is logged and tried
+// again a second later.
+func serveRequests(ctx context.Context, c jetstream.Consumer, log zerolog.Logger, handle func(jetstream.Msg)) {
 	for ctx.Err() == nil {
-		m, err := nextMsg(ctx, c)
+		fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		m, err := c.Next(jetstream.FetchContext(fctx))
+		cancel()
 		switch {
 		case err == nil:
-			s.verifyRequest(ctx, m, log)
+			handle(m)
 		case ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, nats.ErrTimeout):
-			log.Warn().Err(err).Msg("fetch verification request")
+			log.Warn().Err(err).Msg("fetch request")
 			_ = sleepCtx(ctx, time.Second)
 		}
 	}
-	return nil
 }
 
 func (s *RepoService) verifyRequest(ctx context.Context, m jetstream.Msg, log zerolog.Logger) {
@@ -151,14 +161,6 @@ func (s *RepoService) verifyRequest(ctx context.Context, m jetstream.Msg, log ze
 	if err := m.DoubleAck(ctx); err != nil {
 		log.Warn().Err(err).Msg("ack verification request")
 	}
-}
-
-// nextMsg waits up to 5 s for c's next message, and no longer than ctx:
-// a stopping hub does not wait for a fetch to time out.
-func nextMsg(ctx context.Context, c jetstream.Consumer) (jetstream.Msg, error) {
-	fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	return c.Next(jetstream.FetchContext(fctx))
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {
