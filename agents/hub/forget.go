@@ -226,7 +226,7 @@ func (s *RepoService) beginPrune(vmUUID string) (release func(), err error) {
 		return nil, coded(CodeBusy, fmt.Errorf("vm %s is being pruned already", vmUUID))
 	}
 	if n := s.restoring[vmUUID]; n > 0 {
-		return nil, coded(CodeBusy, fmt.Errorf("vm %s has %d restore export(s) open: close them first", vmUUID, n))
+		return nil, coded(CodeBusy, fmt.Errorf("vm %s has %d restore export(s) open or verification(s) running: let them end first", vmUUID, n))
 	}
 	s.pruning[vmUUID] = true
 	return func() {
@@ -234,6 +234,28 @@ func (s *RepoService) beginPrune(vmUUID string) (release func(), err error) {
 		delete(s.pruning, vmUUID)
 		s.mu.Unlock()
 	}, nil
+}
+
+// beginRead waits until no prune of vmUUID runs in this service, then
+// counts one reader of its chains, as an open restore export does, so no
+// prune of it starts until release (a verification reads whole chains).
+func (s *RepoService) beginRead(ctx context.Context, vmUUID string) (release func(), err error) {
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		s.mu.Lock()
+		if !s.pruning[vmUUID] {
+			s.restoring[vmUUID]++
+			s.mu.Unlock()
+			return func() { s.restoreDone(vmUUID) }, nil
+		}
+		s.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("wait for the prune of vm %s to end: %w", vmUUID, ctx.Err())
+		case <-t.C:
+		}
+	}
 }
 
 // isPruning reports whether a prune of vmUUID runs in this service.

@@ -73,15 +73,28 @@ func (s *RepoService) Verify(ctx context.Context, req VerifyRequest) (VerifyRepl
 			}
 			continue
 		}
+		// No prune changes the VM's chains while its point is read (a
+		// merge rewrites the files under it), and a point pruned since
+		// the list was taken is no longer there to verify.
+		release, err := s.beginRead(ctx, j.VM.UUID)
+		if err != nil {
+			return VerifyReply{}, fmt.Errorf("verify job %s: %w", j.ID, err)
+		}
+		if cur, err := s.opts.Catalog.Job(ctx, j.ID); err == nil && cur.Status != store.StatusCompleted {
+			release()
+			continue
+		}
 		var results []VerifyResult
 		seq := time.Now().UnixMilli()
 		for _, d := range j.Disks {
 			res := s.VerifyDisk(ctx, r, j, d)
 			if ctx.Err() != nil {
+				release()
 				return VerifyReply{}, fmt.Errorf("verify job %s: %w", j.ID, ctx.Err())
 			}
 			results = append(results, res)
 		}
+		release()
 		reply.Results = append(reply.Results, results...)
 		id, err := s.publishVerified(ctx, j, seq, results)
 		if err != nil {
