@@ -29,6 +29,7 @@ func (tb *Testbed) Write(vm string, key int32, off int64, data []byte) error {
 		return fmt.Errorf("write %d bytes at %d of disk %d of vm %s: %w", len(data), off, key, vm, err)
 	}
 	d.recordWrite(off, int64(len(data)))
+	tb.persistLocked()
 	return nil
 }
 
@@ -53,6 +54,7 @@ func (tb *Testbed) WriteZeros(vm string, key int32, off, n int64) error {
 		done += l
 	}
 	d.recordWrite(off, n)
+	tb.persistLocked()
 	return nil
 }
 
@@ -72,6 +74,7 @@ func (tb *Testbed) PunchHole(vm string, key int32, off, n int64) error {
 		return fmt.Errorf("punch hole [%d, +%d) in disk %d of vm %s: %w", off, n, key, vm, err)
 	}
 	d.recordWrite(off, n)
+	tb.persistLocked()
 	return nil
 }
 
@@ -114,6 +117,7 @@ func (tb *Testbed) WriteRandom(vm string, key int32, fraction float64, seed int6
 		written = append(written, Extent{Offset: off, Length: n})
 		done += n
 	}
+	tb.persistLocked()
 	tb.log.Info().Str("vm", vm).Int32("disk_key", key).Float64("fraction", fraction).Int("extents", len(written)).Msg("guest random writes")
 	return written, nil
 }
@@ -132,6 +136,7 @@ func (tb *Testbed) ResetCBT(vm string, key int32) error {
 	d.tracking = newTrackingUUID()
 	d.seq = 0
 	d.writes = map[int64]*rangeSet{}
+	tb.persistLocked()
 	tb.log.Info().Str("vm", vm).Int32("disk_key", key).Str("old_tracking_uuid", old).Str("tracking_uuid", d.tracking).Msg("cbt reset")
 	return nil
 }
@@ -189,6 +194,7 @@ func (tb *Testbed) Resize(ctx context.Context, vm string, key int32, newCapacity
 	}
 	tb.mu.Lock()
 	d.capacity = newCapacity
+	tb.persistLocked()
 	tb.mu.Unlock()
 	tb.log.Info().Str("vm", vm).Int32("disk_key", key).Int64("old_capacity_bytes", old).Int64("capacity_bytes", newCapacity).Msg("disk resized")
 	return nil
