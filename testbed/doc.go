@@ -49,6 +49,13 @@
 // foreign, from the future or from before ResetCBT, ManagedObjectNotFound
 // for a snapshot that does not exist.
 //
+// With KeepImages, the testbed's state (VMs, UUIDs, CBT epochs, sequences
+// and recorded writes, snapshots, frozen layers, the layer counter) is
+// written to Dir/StateFile on every change, and New on a Dir holding one
+// restores it instead of creating Options.VMs afresh (only the VMs it lacks
+// are created): see state.go. CreateVM and DeleteVM change the inventory
+// while the testbed runs.
+//
 // ResetCBT starts a new tracking epoch (new UUID, sequence restarts; old ids
 // are refused). Resize grows a disk through ReconfigVM, like a disk extend.
 //
