@@ -25,6 +25,9 @@ func (tb *Testbed) Write(vm string, key int32, off int64, data []byte) error {
 	if err := checkRange(d, off, int64(len(data))); err != nil {
 		return err
 	}
+	if err := tb.split(d); err != nil {
+		return err
+	}
 	if _, err := d.f.WriteAt(data, off); err != nil {
 		return fmt.Errorf("write %d bytes at %d of disk %d of vm %s: %w", len(data), off, key, vm, err)
 	}
@@ -43,6 +46,9 @@ func (tb *Testbed) WriteZeros(vm string, key int32, off, n int64) error {
 		return err
 	}
 	if err := checkRange(d, off, n); err != nil {
+		return err
+	}
+	if err := tb.split(d); err != nil {
 		return err
 	}
 	zero := make([]byte, min(n, 1<<20))
@@ -70,6 +76,9 @@ func (tb *Testbed) PunchHole(vm string, key int32, off, n int64) error {
 	if err := checkRange(d, off, n); err != nil {
 		return err
 	}
+	if err := tb.split(d); err != nil {
+		return err
+	}
 	if err := punchHole(d.f, off, n); err != nil {
 		return fmt.Errorf("punch hole [%d, +%d) in disk %d of vm %s: %w", off, n, key, vm, err)
 	}
@@ -89,6 +98,9 @@ func (tb *Testbed) WriteRandom(vm string, key int32, fraction float64, seed int6
 	defer tb.mu.Unlock()
 	_, d, err := tb.lookupDisk(vm, key)
 	if err != nil {
+		return nil, err
+	}
+	if err := tb.split(d); err != nil {
 		return nil, err
 	}
 	const page = 4096
@@ -149,6 +161,9 @@ func (tb *Testbed) Resize(ctx context.Context, vm string, key int32, newCapacity
 	st, d, err := tb.lookupDisk(vm, key)
 	if err == nil && (newCapacity <= d.capacity || newCapacity%1024 != 0) {
 		err = fmt.Errorf("resize disk %d of vm %s to %d: %w: must grow, in whole KiB", key, vm, newCapacity, ErrOutOfRange)
+	}
+	if err == nil {
+		err = tb.split(d)
 	}
 	if err == nil {
 		if terr := d.f.Truncate(newCapacity); terr != nil {

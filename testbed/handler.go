@@ -151,7 +151,7 @@ func faultMessage(f types.BaseMethodFault) string {
 }
 
 // freeze is the instant of the snapshot: each disk's sequence grows, its live
-// image is copied (holes kept) to a frozen image, and the new change id is
+// image gets a frozen name (a hard link: see cow.go), and the new change id is
 // stamped on the VM's disk backing. It runs under the VM's simulator lock,
 // so the snapshot the task then creates copies exactly this configuration.
 func (tb *Testbed) freeze(sim *simulator.VirtualMachine, st *vmState, name string) types.BaseMethodFault {
@@ -177,7 +177,7 @@ func (tb *Testbed) freeze(sim *simulator.VirtualMachine, st *vmState, name strin
 		}
 		tb.frozen++
 		path := fmt.Sprintf("%s.frozen-%d.img", d.path[:len(d.path)-len(".img")], tb.frozen)
-		alloc, err := freezeImage(d.f, path, capacity)
+		alloc, err := freezeLink(d, path, capacity)
 		if err != nil {
 			tb.log.Error().Err(err).Str("vm", st.name).Int32("disk_key", d.key).Msg("disk freeze failed")
 			return &types.FileFault{File: d.fileName}
