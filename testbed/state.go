@@ -100,6 +100,25 @@ func (tb *Testbed) persistLocked() {
 		return
 	}
 	st := savedState{Version: stateVersion, Frozen: tb.frozen}
+	for _, rec := range tb.snaps {
+		ss := savedSnap{VM: rec.vm.name, Name: rec.name, Points: map[int32]string{}, Created: rec.created}
+		ss.Exists = !rec.gone && (rec.ref.Value == "" || tb.model.Map().Get(rec.ref) != nil)
+		for key, p := range rec.points {
+			ss.Points[key] = p.changeID
+		}
+		st.Snaps = append(st.Snaps, ss)
+	}
+	// A point's allocated ranges answer QueryChangedDiskAreas "*" on its
+	// snapshot only: they are kept while the snapshot exists, so the file
+	// does not grow with every snapshot ever taken.
+	live := map[*point]bool{}
+	for i, rec := range tb.snaps {
+		if st.Snaps[i].Exists {
+			for _, p := range rec.points {
+				live[p] = true
+			}
+		}
+	}
 	for _, vm := range tb.vms {
 		sv := savedVM{Name: vm.name, UUID: vm.uuid}
 		for _, d := range vm.disks {
@@ -109,19 +128,15 @@ func (tb *Testbed) persistLocked() {
 				sd.Writes[seq] = slices.Clone(set.ext)
 			}
 			for id, p := range d.points {
-				sd.Points[id] = savedPoint{Tracking: p.tracking, Seq: p.seq, Path: p.path, Layer: p.layer, Capacity: p.capacity, Allocated: p.allocated}
+				sp := savedPoint{Tracking: p.tracking, Seq: p.seq, Path: p.path, Layer: p.layer, Capacity: p.capacity}
+				if live[p] {
+					sp.Allocated = p.allocated
+				}
+				sd.Points[id] = sp
 			}
 			sv.Disks = append(sv.Disks, sd)
 		}
 		st.VMs = append(st.VMs, sv)
-	}
-	for _, rec := range tb.snaps {
-		ss := savedSnap{VM: rec.vm.name, Name: rec.name, Points: map[int32]string{}, Created: rec.created}
-		ss.Exists = !rec.gone && (rec.ref.Value == "" || tb.model.Map().Get(rec.ref) != nil)
-		for key, p := range rec.points {
-			ss.Points[key] = p.changeID
-		}
-		st.Snaps = append(st.Snaps, ss)
 	}
 	if err := writeStateFile(filepath.Join(tb.opts.Dir, StateFile), st); err != nil {
 		tb.log.Error().Err(err).Msg("write testbed state")

@@ -104,6 +104,9 @@ func TestRestartKeepsState(t *testing.T) {
 	if keptRef.Value == "" {
 		t.Fatal("snapshot sendense-kept did not come back")
 	}
+	if info, err := query(t, c, vm, keptRef, 2000, 0, "*"); err != nil || len(info.ChangedArea) == 0 {
+		t.Errorf("allocated areas of sendense-kept after restart: %+v, %v", info, err)
+	}
 	if img, err := tb.SnapshotImage(keptRef, 2000); err != nil || img != keptImg {
 		t.Fatalf("frozen image of sendense-kept after restart: %q, %v; want %q", img, err, keptImg)
 	}
