@@ -73,6 +73,7 @@ type point struct {
 	tracking  string
 	seq       int64
 	path      string
+	layer     string // datastore path of the layer ("[ds] vm/disk-00000n.vmdk")
 	capacity  int64
 	allocated []Extent
 }

@@ -19,7 +19,8 @@
 //
 // CreateSnapshot (CreateSnapshot_Task or CreateSnapshotEx_Task, via any
 // client) is the instant the disks freeze: under the testbed lock each live
-// image is copied, holes kept, to a frozen image; each disk's sequence grows
+// image gets a frozen image in O(1) — a hard link to it, split from the
+// live image by the next guest write (cow.go); each disk's sequence grows
 // and "<uuid>/<seq>" is stamped as changeId on the disk backings of the VM
 // and of the new snapshot. SnapshotImage returns the frozen image of a disk
 // at a snapshot — what a backup of it must contain — and keeps it after the
@@ -49,6 +50,13 @@
 // foreign, from the future or from before ResetCBT, ManagedObjectNotFound
 // for a snapshot that does not exist.
 //
+// With KeepImages, the testbed's state (VMs, UUIDs, CBT epochs, sequences
+// and recorded writes, snapshots, frozen layers, the layer counter) is
+// written to Dir/StateFile on every change, and New on a Dir holding one
+// restores it instead of creating Options.VMs afresh (only the VMs it lacks
+// are created): see state.go. CreateVM and DeleteVM change the inventory
+// while the testbed runs.
+//
 // ResetCBT starts a new tracking epoch (new UUID, sequence restarts; old ids
 // are refused). Resize grows a disk through ReconfigVM, like a disk extend.
 //
@@ -56,8 +64,26 @@
 //
 // Guest writes are serialised with snapshots by one mutex, so a snapshot is
 // atomic with respect to them; a test may write while a backup reads a
-// frozen image. Frozen images are full sparse copies (copy_file_range of
-// the allocated ranges), fast for thin disks but sized like the data.
+// frozen image.
+//
+// Snapshots are O(1) whatever the disk's size (BenchmarkSnapshot, `make
+// bench-snapshot`): a frozen image is a hard link to the live image plus a
+// walk of its extent map, and removing a snapshot merges nothing. The
+// copy moved to the first guest write after a snapshot, which splits the
+// live image from its frozen names: a reflink clone (FICLONE, O(1)) where
+// the filesystem has them (btrfs, XFS), else a sparse copy of the data
+// (ext4 here: about a second per GiB). Why this design: every reader
+// needs a frozen image to be one plain raw file — nbdkit's file plugin
+// (the local transport), /folder with Range reads (the https transport),
+// and the tests that compare restores with it — and the guest API only
+// writes, never reads. Copy-on-write layers at block granularity (an
+// LVM-like preserved-blocks file, or qcow2 overlays served by qemu-nbd)
+// would make the first write cheap too, but need a view server for every
+// reader and qcow2 writes for the guest API; reflinks alone are O(1) only
+// where the filesystem has them (not on ext4, where the tests run). With
+// hard links, backups that run with no guest writes in between — the
+// scale tests, the empty incremental — never copy a byte, and the copy a
+// guest write pays is outside any backup job.
 //
 // A removed snapshot's layer stays readable over /folder until Close (a
 // real vSphere deletes it when it consolidates), and with several

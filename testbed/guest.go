@@ -25,10 +25,14 @@ func (tb *Testbed) Write(vm string, key int32, off int64, data []byte) error {
 	if err := checkRange(d, off, int64(len(data))); err != nil {
 		return err
 	}
+	if err := tb.split(d); err != nil {
+		return err
+	}
 	if _, err := d.f.WriteAt(data, off); err != nil {
 		return fmt.Errorf("write %d bytes at %d of disk %d of vm %s: %w", len(data), off, key, vm, err)
 	}
 	d.recordWrite(off, int64(len(data)))
+	tb.persistLocked()
 	return nil
 }
 
@@ -44,6 +48,9 @@ func (tb *Testbed) WriteZeros(vm string, key int32, off, n int64) error {
 	if err := checkRange(d, off, n); err != nil {
 		return err
 	}
+	if err := tb.split(d); err != nil {
+		return err
+	}
 	zero := make([]byte, min(n, 1<<20))
 	for done := int64(0); done < n; {
 		l := min(n-done, int64(len(zero)))
@@ -53,6 +60,7 @@ func (tb *Testbed) WriteZeros(vm string, key int32, off, n int64) error {
 		done += l
 	}
 	d.recordWrite(off, n)
+	tb.persistLocked()
 	return nil
 }
 
@@ -68,10 +76,14 @@ func (tb *Testbed) PunchHole(vm string, key int32, off, n int64) error {
 	if err := checkRange(d, off, n); err != nil {
 		return err
 	}
+	if err := tb.split(d); err != nil {
+		return err
+	}
 	if err := punchHole(d.f, off, n); err != nil {
 		return fmt.Errorf("punch hole [%d, +%d) in disk %d of vm %s: %w", off, n, key, vm, err)
 	}
 	d.recordWrite(off, n)
+	tb.persistLocked()
 	return nil
 }
 
@@ -86,6 +98,9 @@ func (tb *Testbed) WriteRandom(vm string, key int32, fraction float64, seed int6
 	defer tb.mu.Unlock()
 	_, d, err := tb.lookupDisk(vm, key)
 	if err != nil {
+		return nil, err
+	}
+	if err := tb.split(d); err != nil {
 		return nil, err
 	}
 	const page = 4096
@@ -114,6 +129,7 @@ func (tb *Testbed) WriteRandom(vm string, key int32, fraction float64, seed int6
 		written = append(written, Extent{Offset: off, Length: n})
 		done += n
 	}
+	tb.persistLocked()
 	tb.log.Info().Str("vm", vm).Int32("disk_key", key).Float64("fraction", fraction).Int("extents", len(written)).Msg("guest random writes")
 	return written, nil
 }
@@ -132,6 +148,7 @@ func (tb *Testbed) ResetCBT(vm string, key int32) error {
 	d.tracking = newTrackingUUID()
 	d.seq = 0
 	d.writes = map[int64]*rangeSet{}
+	tb.persistLocked()
 	tb.log.Info().Str("vm", vm).Int32("disk_key", key).Str("old_tracking_uuid", old).Str("tracking_uuid", d.tracking).Msg("cbt reset")
 	return nil
 }
@@ -144,6 +161,9 @@ func (tb *Testbed) Resize(ctx context.Context, vm string, key int32, newCapacity
 	st, d, err := tb.lookupDisk(vm, key)
 	if err == nil && (newCapacity <= d.capacity || newCapacity%1024 != 0) {
 		err = fmt.Errorf("resize disk %d of vm %s to %d: %w: must grow, in whole KiB", key, vm, newCapacity, ErrOutOfRange)
+	}
+	if err == nil {
+		err = tb.split(d)
 	}
 	if err == nil {
 		if terr := d.f.Truncate(newCapacity); terr != nil {
@@ -189,6 +209,7 @@ func (tb *Testbed) Resize(ctx context.Context, vm string, key int32, newCapacity
 	}
 	tb.mu.Lock()
 	d.capacity = newCapacity
+	tb.persistLocked()
 	tb.mu.Unlock()
 	tb.log.Info().Str("vm", vm).Int32("disk_key", key).Int64("old_capacity_bytes", old).Int64("capacity_bytes", newCapacity).Msg("disk resized")
 	return nil

@@ -38,9 +38,10 @@ func (tb *Testbed) handle(ctx *simulator.Context, m *simulator.Method) (mo.Refer
 		// Learn the snapshot's moref while it still exists, so SnapshotImage
 		// keeps working after the removal.
 		tb.resolveSnapshot(ctx.Map, m.This)
+		tb.persistAfterRemoval(ctx.Map, []types.ManagedObjectReference{m.This})
 		return nil, nil
 	case "RemoveAllSnapshots_Task":
-		tb.resolveAllSnapshots(ctx, m.This)
+		tb.persistAfterRemoval(ctx.Map, tb.resolveAllSnapshots(ctx, m.This))
 		return nil, nil
 	default:
 		return nil, nil
@@ -50,6 +51,12 @@ func (tb *Testbed) handle(ctx *simulator.Context, m *simulator.Method) (mo.Refer
 	}
 	st := tb.vmByRef(m.This)
 	if st == nil {
+		return nil, nil
+	}
+	tb.mu.Lock()
+	restoring := st.restoring
+	tb.mu.Unlock()
+	if restoring {
 		return nil, nil
 	}
 	sim, ok := ctx.Map.Get(m.This).(*simulator.VirtualMachine)
@@ -144,7 +151,7 @@ func faultMessage(f types.BaseMethodFault) string {
 }
 
 // freeze is the instant of the snapshot: each disk's sequence grows, its live
-// image is copied (holes kept) to a frozen image, and the new change id is
+// image gets a frozen name (a hard link: see cow.go), and the new change id is
 // stamped on the VM's disk backing. It runs under the VM's simulator lock,
 // so the snapshot the task then creates copies exactly this configuration.
 func (tb *Testbed) freeze(sim *simulator.VirtualMachine, st *vmState, name string) types.BaseMethodFault {
@@ -170,7 +177,7 @@ func (tb *Testbed) freeze(sim *simulator.VirtualMachine, st *vmState, name strin
 		}
 		tb.frozen++
 		path := fmt.Sprintf("%s.frozen-%d.img", d.path[:len(d.path)-len(".img")], tb.frozen)
-		alloc, err := freezeImage(d.f, path, capacity)
+		alloc, err := freezeLink(d, path, capacity)
 		if err != nil {
 			tb.log.Error().Err(err).Str("vm", st.name).Int32("disk_key", d.key).Msg("disk freeze failed")
 			return &types.FileFault{File: d.fileName}
@@ -188,7 +195,8 @@ func (tb *Testbed) freeze(sim *simulator.VirtualMachine, st *vmState, name strin
 		b.FileName = layer.String()
 		d.seq++
 		id := formatChangeID(d.tracking, d.seq)
-		p := &point{changeID: id, tracking: d.tracking, seq: d.seq, path: path, capacity: capacity, allocated: alloc}
+		p := &point{changeID: id, tracking: d.tracking, seq: d.seq, path: path, layer: layer.String(), capacity: capacity, allocated: alloc}
+		d.backing = layer.String()
 		d.points[id] = p
 		rec.points[d.key] = p
 		b.ChangeId = id
@@ -200,6 +208,7 @@ func (tb *Testbed) freeze(sim *simulator.VirtualMachine, st *vmState, name strin
 			Int64("capacity_bytes", capacity).Int64("allocated_bytes", allocated).Str("image", path).Msg("disk frozen")
 	}
 	tb.snaps = append(tb.snaps, rec)
+	tb.persistLocked()
 	return nil
 }
 
@@ -303,10 +312,10 @@ func (tb *Testbed) resolveSnapshot(reg *simulator.Registry, ref types.ManagedObj
 	return nil
 }
 
-func (tb *Testbed) resolveAllSnapshots(ctx *simulator.Context, vmRef types.ManagedObjectReference) {
+func (tb *Testbed) resolveAllSnapshots(ctx *simulator.Context, vmRef types.ManagedObjectReference) []types.ManagedObjectReference {
 	sim, ok := ctx.Map.Get(vmRef).(*simulator.VirtualMachine)
 	if !ok {
-		return
+		return nil
 	}
 	var refs []types.ManagedObjectReference
 	ctx.WithLock(sim, func() {
@@ -325,4 +334,41 @@ func (tb *Testbed) resolveAllSnapshots(ctx *simulator.Context, vmRef types.Manag
 	for _, r := range refs {
 		tb.resolveSnapshot(ctx.Map, r)
 	}
+	return refs
+}
+
+// persistAfterRemoval writes the state once the simulator's removal task
+// has taken the snapshots refs out of the inventory (the handler runs
+// before the task), or after a minute at the latest.
+func (tb *Testbed) persistAfterRemoval(reg *simulator.Registry, refs []types.ManagedObjectReference) {
+	if len(refs) == 0 {
+		return
+	}
+	tb.bg.Add(1)
+	go func() {
+		defer tb.bg.Done()
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		deadline := time.After(time.Minute)
+		for {
+			select {
+			case <-tb.done:
+				return
+			case <-deadline:
+				tb.persist()
+				return
+			case <-tick.C:
+			}
+			gone := true
+			for _, r := range refs {
+				if reg.Get(r) != nil {
+					gone = false
+				}
+			}
+			if gone {
+				tb.persist()
+				return
+			}
+		}
+	}()
 }

@@ -126,11 +126,23 @@ type Testbed struct {
 
 	sess sessions // session cookies recently found active
 
+	invMu sync.Mutex // serialises CreateVM and DeleteVM
+
+	restoring bool          // New is restoring from the state file: nothing is persisted
+	restored  bool          // New found a state file
+	ready     bool          // New succeeded: the state may be written
+	done      chan struct{} // closed by Close: background persisting stops
+	bg        sync.WaitGroup
+
 	wmu     sync.Mutex // guards wrapped
 	wrapped map[sessionRef]int
 }
 
 type vmState struct {
+	// restoring: the VM is being created again from the state file, and
+	// its snapshots with it; the handler leaves its calls to the simulator.
+	restoring bool
+
 	name  string
 	uuid  string
 	ref   types.ManagedObjectReference
@@ -146,6 +158,7 @@ type disk struct {
 	path     string
 	f        *os.File
 
+	backing  string              // the datastore layer the VM's backing names ("": fileName)
 	tracking string              // CBT tracking UUID
 	seq      int64               // sequence of the last snapshot (0: none yet)
 	writes   map[int64]*rangeSet // guest writes by the sequence current when written
@@ -159,6 +172,7 @@ type snapRecord struct {
 	ref     types.ManagedObjectReference // filled in once known (the task creates it)
 	points  map[int32]*point
 	created time.Time
+	gone    bool // removed from the inventory (known since a restart)
 }
 
 var vmNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$`)
@@ -170,7 +184,11 @@ func New(ctx context.Context, opts Options) (_ *Testbed, err error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
-	tb := &Testbed{opts: opts, log: opts.Log, wrapped: map[sessionRef]int{}, dsFiles: map[string]dsFile{}}
+	saved, restore, err := loadState(opts.Dir)
+	if err != nil {
+		return nil, err
+	}
+	tb := &Testbed{opts: opts, log: opts.Log, wrapped: map[sessionRef]int{}, dsFiles: map[string]dsFile{}, done: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			tb.Close()
@@ -207,12 +225,40 @@ func New(ctx context.Context, opts Options) (_ *Testbed, err error) {
 	if err := tb.findDatastores(ctx); err != nil {
 		return nil, err
 	}
+	known := map[string]bool{}
+	if restore {
+		tb.mu.Lock()
+		tb.restoring, tb.restored, tb.frozen = true, true, saved.Frozen
+		tb.mu.Unlock()
+		for _, sv := range saved.VMs {
+			var snaps []savedSnap
+			for _, ss := range saved.Snaps {
+				if ss.VM == sv.Name {
+					snaps = append(snaps, ss)
+				}
+			}
+			if err := tb.restoreVM(ctx, sv, snaps); err != nil {
+				return nil, fmt.Errorf("restore testbed vm %s from %s: %w", sv.Name, filepath.Join(opts.Dir, StateFile), err)
+			}
+			known[sv.Name] = true
+		}
+		tb.mu.Lock()
+		tb.restoring = false
+		tb.mu.Unlock()
+	}
 	for _, spec := range opts.VMs {
+		if known[spec.Name] {
+			continue
+		}
 		if err := tb.createVM(ctx, spec); err != nil {
 			return nil, fmt.Errorf("create testbed vm %s: %w", spec.Name, err)
 		}
 	}
-	tb.log.Info().Str("url", tb.server.URL.Redacted()).Int("vms", len(tb.vms)).Msg("testbed vcenter started")
+	tb.mu.Lock()
+	tb.ready = true
+	tb.persistLocked()
+	tb.mu.Unlock()
+	tb.log.Info().Str("url", tb.server.URL.Redacted()).Int("vms", len(tb.vms)).Bool("restored", restore).Msg("testbed vcenter started")
 	return tb, nil
 }
 
@@ -246,123 +292,52 @@ func (o *Options) validate() error {
 	}
 	seen := map[string]bool{}
 	for _, vm := range o.VMs {
-		if !vmNameRE.MatchString(vm.Name) {
-			return bad("vm name %q: use letters, digits, '.', '_', '-'", vm.Name)
+		if err := vm.Validate(); err != nil {
+			return err
 		}
 		if seen[vm.Name] {
 			return bad("vm name %q used twice", vm.Name)
 		}
 		seen[vm.Name] = true
-		if len(vm.Disks) == 0 || len(vm.Disks) > 15 {
-			return bad("vm %s: want 1 to 15 disks, got %d", vm.Name, len(vm.Disks))
+	}
+	return nil
+}
+
+// Validate checks one VM's spec (errors wrap ErrInvalidSpec).
+func (vm VMSpec) Validate() error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: %s", ErrInvalidSpec, fmt.Sprintf(format, a...))
+	}
+	if !vmNameRE.MatchString(vm.Name) {
+		return bad("vm name %q: use letters, digits, '.', '_', '-'", vm.Name)
+	}
+	if len(vm.Disks) == 0 || len(vm.Disks) > 15 {
+		return bad("vm %s: want 1 to 15 disks, got %d", vm.Name, len(vm.Disks))
+	}
+	for i, d := range vm.Disks {
+		if d.CapacityBytes <= 0 || d.CapacityBytes%1024 != 0 {
+			return bad("vm %s disk %d: capacity %d is not a positive multiple of 1 KiB", vm.Name, i, d.CapacityBytes)
 		}
-		for i, d := range vm.Disks {
-			if d.CapacityBytes <= 0 || d.CapacityBytes%1024 != 0 {
-				return bad("vm %s disk %d: capacity %d is not a positive multiple of 1 KiB", vm.Name, i, d.CapacityBytes)
-			}
-			if d.FillBytes < 0 || d.FillBytes > d.CapacityBytes {
-				return bad("vm %s disk %d: fill %d outside [0, capacity]", vm.Name, i, d.FillBytes)
-			}
+		if d.FillBytes < 0 || d.FillBytes > d.CapacityBytes {
+			return bad("vm %s disk %d: fill %d outside [0, capacity]", vm.Name, i, d.FillBytes)
 		}
 	}
 	return nil
 }
 
 func (tb *Testbed) createVM(ctx context.Context, spec VMSpec) error {
-	c := tb.client.Client
-	finder := find.NewFinder(c, true)
-	dc, err := finder.DefaultDatacenter(ctx)
+	st, err := tb.createSimVM(ctx, spec, nil)
 	if err != nil {
-		return err
-	}
-	finder.SetDatacenter(dc)
-	folders, err := dc.Folders(ctx)
-	if err != nil {
-		return err
-	}
-	pool, err := finder.DefaultResourcePool(ctx)
-	if err != nil {
-		return err
-	}
-	ds, err := finder.DefaultDatastore(ctx)
-	if err != nil {
-		return err
-	}
-	dsRef := ds.Reference()
-	dsPath := "[" + ds.Name() + "]"
-
-	const ctrlKey = 1000
-	changes := []types.BaseVirtualDeviceConfigSpec{&types.VirtualDeviceConfigSpec{
-		Operation: types.VirtualDeviceConfigSpecOperationAdd,
-		Device: &types.ParaVirtualSCSIController{VirtualSCSIController: types.VirtualSCSIController{
-			SharedBus: types.VirtualSCSISharingNoSharing,
-			VirtualController: types.VirtualController{
-				BusNumber:     0,
-				VirtualDevice: types.VirtualDevice{Key: ctrlKey},
-			},
-		}},
-	}}
-	for i, d := range spec.Disks {
-		unit := int32(i)
-		if unit >= 7 { // unit 7 is the controller's own
-			unit++
-		}
-		changes = append(changes, &types.VirtualDeviceConfigSpec{
-			Operation:     types.VirtualDeviceConfigSpecOperationAdd,
-			FileOperation: types.VirtualDeviceConfigSpecFileOperationCreate,
-			Device: &types.VirtualDisk{
-				VirtualDevice: types.VirtualDevice{
-					Key:           int32(2000 + i),
-					ControllerKey: ctrlKey,
-					UnitNumber:    &unit,
-					Backing: &types.VirtualDiskFlatVer2BackingInfo{
-						VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: dsPath, Datastore: &dsRef},
-						DiskMode:                     string(types.VirtualDiskModePersistent),
-						ThinProvisioned:              types.NewBool(true),
-					},
-				},
-				CapacityInBytes: d.CapacityBytes,
-				CapacityInKB:    d.CapacityBytes / 1024,
-			},
-		})
-	}
-	config := types.VirtualMachineConfigSpec{
-		Name:                  spec.Name,
-		GuestId:               string(types.VirtualMachineGuestOsIdentifierOtherLinux64Guest),
-		NumCPUs:               1,
-		MemoryMB:              256,
-		Files:                 &types.VirtualMachineFileInfo{VmPathName: dsPath},
-		ChangeTrackingEnabled: types.NewBool(true),
-		DeviceChange:          changes,
-	}
-	task, err := folders.VmFolder.CreateVM(ctx, config, pool, nil)
-	if err != nil {
-		return err
-	}
-	info, err := task.WaitForResult(ctx)
-	if err != nil {
-		return err
-	}
-	vmRef := info.Result.(types.ManagedObjectReference)
-	vmObj := object.NewVirtualMachine(c, vmRef)
-	if task, err = vmObj.PowerOn(ctx); err != nil {
-		return err
-	}
-	if err := task.Wait(ctx); err != nil {
-		return err
-	}
-	var mvm mo.VirtualMachine
-	if err := vmObj.Properties(ctx, vmRef, []string{"config"}, &mvm); err != nil {
-		return err
-	}
-
-	st := &vmState{name: spec.Name, uuid: mvm.Config.InstanceUuid, ref: vmRef, dir: filepath.Join(tb.opts.Dir, spec.Name)}
-	if err := os.MkdirAll(st.dir, 0o755); err != nil {
 		return err
 	}
 	tb.mu.Lock()
 	tb.vms = append(tb.vms, st) // now, so Close removes its files on a later error
 	tb.mu.Unlock()
+	vmObj := object.NewVirtualMachine(tb.client.Client, st.ref)
+	var mvm mo.VirtualMachine
+	if err := vmObj.Properties(ctx, st.ref, []string{"config"}, &mvm); err != nil {
+		return err
+	}
 	for i, ds := range spec.Disks {
 		key := int32(2000 + i)
 		vd, ok := object.VirtualDeviceList(mvm.Config.Hardware.Device).FindByKey(key).(*types.VirtualDisk)
@@ -393,10 +368,114 @@ func (tb *Testbed) createVM(ctx context.Context, spec VMSpec) error {
 		if err := tb.fill(d, ds.FillBytes, spec.Seed+int64(i)); err != nil {
 			return err
 		}
-		tb.log.Info().Str("vm", spec.Name).Str("moref", vmRef.Value).Int32("disk_key", key).
+		tb.log.Info().Str("vm", spec.Name).Str("moref", st.ref.Value).Int32("disk_key", key).
 			Int64("capacity_bytes", d.capacity).Int64("fill_bytes", ds.FillBytes).Str("image", d.path).Msg("testbed disk created")
 	}
 	return nil
+}
+
+// createSimVM creates spec's VM in the simulator, powered on, and its
+// directory; with saved, with the instance UUID and disk UUIDs saved.
+func (tb *Testbed) createSimVM(ctx context.Context, spec VMSpec, saved *savedVM) (*vmState, error) {
+	c := tb.client.Client
+	finder := find.NewFinder(c, true)
+	dc, err := finder.DefaultDatacenter(ctx)
+	if err != nil {
+		return nil, err
+	}
+	finder.SetDatacenter(dc)
+	folders, err := dc.Folders(ctx)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := finder.DefaultResourcePool(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ds, err := finder.DefaultDatastore(ctx)
+	if err != nil {
+		return nil, err
+	}
+	dsRef := ds.Reference()
+	dsPath := "[" + ds.Name() + "]"
+
+	const ctrlKey = 1000
+	changes := []types.BaseVirtualDeviceConfigSpec{&types.VirtualDeviceConfigSpec{
+		Operation: types.VirtualDeviceConfigSpecOperationAdd,
+		Device: &types.ParaVirtualSCSIController{VirtualSCSIController: types.VirtualSCSIController{
+			SharedBus: types.VirtualSCSISharingNoSharing,
+			VirtualController: types.VirtualController{
+				BusNumber:     0,
+				VirtualDevice: types.VirtualDevice{Key: ctrlKey},
+			},
+		}},
+	}}
+	for i, d := range spec.Disks {
+		var diskUUID string
+		if saved != nil && i < len(saved.Disks) {
+			diskUUID = saved.Disks[i].UUID
+		}
+		unit := int32(i)
+		if unit >= 7 { // unit 7 is the controller's own
+			unit++
+		}
+		changes = append(changes, &types.VirtualDeviceConfigSpec{
+			Operation:     types.VirtualDeviceConfigSpecOperationAdd,
+			FileOperation: types.VirtualDeviceConfigSpecFileOperationCreate,
+			Device: &types.VirtualDisk{
+				VirtualDevice: types.VirtualDevice{
+					Key:           int32(2000 + i),
+					ControllerKey: ctrlKey,
+					UnitNumber:    &unit,
+					Backing: &types.VirtualDiskFlatVer2BackingInfo{
+						VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: dsPath, Datastore: &dsRef},
+						DiskMode:                     string(types.VirtualDiskModePersistent),
+						Uuid:                         diskUUID,
+						ThinProvisioned:              types.NewBool(true),
+					},
+				},
+				CapacityInBytes: d.CapacityBytes,
+				CapacityInKB:    d.CapacityBytes / 1024,
+			},
+		})
+	}
+	config := types.VirtualMachineConfigSpec{
+		Name:                  spec.Name,
+		GuestId:               string(types.VirtualMachineGuestOsIdentifierOtherLinux64Guest),
+		NumCPUs:               1,
+		MemoryMB:              256,
+		Files:                 &types.VirtualMachineFileInfo{VmPathName: dsPath},
+		ChangeTrackingEnabled: types.NewBool(true),
+		DeviceChange:          changes,
+	}
+	if saved != nil {
+		config.InstanceUuid = saved.UUID
+	}
+	task, err := folders.VmFolder.CreateVM(ctx, config, pool, nil)
+	if err != nil {
+		return nil, err
+	}
+	info, err := task.WaitForResult(ctx)
+	if err != nil {
+		return nil, err
+	}
+	vmRef := info.Result.(types.ManagedObjectReference)
+	vmObj := object.NewVirtualMachine(c, vmRef)
+	if task, err = vmObj.PowerOn(ctx); err != nil {
+		return nil, err
+	}
+	if err := task.Wait(ctx); err != nil {
+		return nil, err
+	}
+	var mvm mo.VirtualMachine
+	if err := vmObj.Properties(ctx, vmRef, []string{"config"}, &mvm); err != nil {
+		return nil, err
+	}
+	st := &vmState{name: spec.Name, uuid: mvm.Config.InstanceUuid, ref: vmRef, dir: filepath.Join(tb.opts.Dir, spec.Name)}
+	if err := os.MkdirAll(st.dir, 0o755); err != nil {
+		return nil, err
+	}
+	return st, nil
 }
 
 // fill writes n bytes of seeded random data in 1 MiB extents at distinct
@@ -472,8 +551,13 @@ func (tb *Testbed) Close() error {
 		tb.mu.Unlock()
 		return nil
 	}
+	tb.persistLocked()
 	tb.closed = true
 	tb.mu.Unlock()
+	if tb.done != nil {
+		close(tb.done)
+	}
+	tb.bg.Wait()
 
 	var errs []error
 	if tb.client != nil {
@@ -489,6 +573,8 @@ func (tb *Testbed) Close() error {
 	}
 	tb.mu.Lock()
 	defer tb.mu.Unlock()
+	// A restore that failed leaves the images and the state file as they were.
+	keep := tb.opts.KeepImages || (tb.restored && !tb.ready)
 	for _, vm := range tb.vms {
 		for _, d := range vm.disks {
 			if d.f != nil {
@@ -497,10 +583,15 @@ func (tb *Testbed) Close() error {
 				}
 			}
 		}
-		if !tb.opts.KeepImages {
+		if !keep {
 			if err := os.RemoveAll(vm.dir); err != nil {
 				errs = append(errs, err)
 			}
+		}
+	}
+	if !keep {
+		if err := os.Remove(filepath.Join(tb.opts.Dir, StateFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
 		}
 	}
 	tb.log.Info().Msg("testbed vcenter stopped")

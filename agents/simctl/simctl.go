@@ -26,7 +26,30 @@ const (
 	SubjectResetCBT = Group + ".cbt.reset"
 	SubjectResize   = Group + ".resize"
 	SubjectFrozen   = Group + ".frozen"
+	SubjectVMCreate = Group + ".vm.create"
+	SubjectVMDelete = Group + ".vm.delete"
 )
+
+// CreateVMRequest asks for new VMs: one VM (VM), or the VMs of an
+// inventory spec such as "scale:vms=10,disks=2,size=1GiB,fill=16MiB"
+// (Inventory; the system package's Inventory parses it, passed to Serve).
+type CreateVMRequest struct {
+	VM        *testbed.VMSpec `json:"vm,omitempty"`
+	Inventory string          `json:"inventory,omitempty"`
+}
+
+// CreateVMReply describes the VMs created.
+type CreateVMReply struct {
+	VMs []testbed.VMInfo `json:"vms"`
+}
+
+// DeleteVMRequest names a VM to delete (name, instance UUID or moref).
+type DeleteVMRequest struct {
+	VM string `json:"vm"`
+}
+
+// InventoryFunc turns an inventory spec into VM specs.
+type InventoryFunc func(spec string) ([]testbed.VMSpec, error)
 
 // WriteRequest asks for random guest writes over Percent of each disk's
 // capacity (or only DiskKey's when set).
@@ -70,7 +93,9 @@ type FrozenReply struct {
 
 // Serve registers the service on nc and returns once the server has its
 // subscriptions; stop it with the returned service.
-func Serve(nc *nats.Conn, tb *testbed.Testbed, log zerolog.Logger) (micro.Service, error) {
+//
+// inventory, when not nil, parses CreateVMRequest.Inventory.
+func Serve(nc *nats.Conn, tb *testbed.Testbed, log zerolog.Logger, inventory InventoryFunc) (micro.Service, error) {
 	svc, err := micro.AddService(nc, micro.Config{Name: "sendense-testbed", Version: "1.0.0",
 		Description: "control of the simulated vCenter"})
 	if err != nil {
@@ -133,6 +158,25 @@ func Serve(nc *nats.Conn, tb *testbed.Testbed, log zerolog.Logger) (micro.Servic
 			}
 			return out, nil
 		}),
+		add("vm-create", SubjectVMCreate, func(data []byte) (any, error) {
+			var req CreateVMRequest
+			if err := json.Unmarshal(data, &req); err != nil {
+				return nil, err
+			}
+			return createVMs(tb, inventory, req)
+		}),
+		add("vm-delete", SubjectVMDelete, func(data []byte) (any, error) {
+			var req DeleteVMRequest
+			if err := json.Unmarshal(data, &req); err != nil {
+				return nil, err
+			}
+			if req.VM == "" {
+				return nil, fmt.Errorf("delete vm: no vm named")
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			return struct{}{}, tb.DeleteVM(ctx, req.VM)
+		}),
 	}
 	for _, err := range errs {
 		if err != nil {
@@ -163,6 +207,41 @@ func checksum(path string) (string, int64, error) {
 		return "", 0, fmt.Errorf("checksum frozen image %s: %w", path, err)
 	}
 	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// createVMs creates the request's VMs in order, stopping at the first
+// failure (the VMs made before it stay and are in the reply).
+func createVMs(tb *testbed.Testbed, inventory InventoryFunc, req CreateVMRequest) (CreateVMReply, error) {
+	var specs []testbed.VMSpec
+	switch {
+	case (req.VM == nil) == (req.Inventory == ""):
+		return CreateVMReply{}, fmt.Errorf("create vms: give vm or inventory, one of them")
+	case req.VM != nil:
+		specs = []testbed.VMSpec{*req.VM}
+	case inventory == nil:
+		return CreateVMReply{}, fmt.Errorf("create vms: this service takes no inventory specs")
+	default:
+		var err error
+		if specs, err = inventory(req.Inventory); err != nil {
+			return CreateVMReply{}, err
+		}
+	}
+	for _, s := range specs { // all or nothing for bad specs
+		if err := s.Validate(); err != nil {
+			return CreateVMReply{}, err
+		}
+	}
+	out := CreateVMReply{VMs: []testbed.VMInfo{}}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	for _, s := range specs {
+		vm, err := tb.CreateVM(ctx, s)
+		if err != nil {
+			return out, fmt.Errorf("create vm %s (after %d created): %w", s.Name, len(out.VMs), err)
+		}
+		out.VMs = append(out.VMs, vm)
+	}
+	return out, nil
 }
 
 func write(tb *testbed.Testbed, req WriteRequest) (WriteReply, error) {
@@ -231,6 +310,29 @@ func (c *Client) Resize(ctx context.Context, vm string, key int32, capacity int6
 func (c *Client) Frozen(ctx context.Context, vm, snapshot string, key int32) (FrozenReply, error) {
 	var out FrozenReply
 	return out, c.call(ctx, SubjectFrozen, FrozenRequest{VM: vm, Snapshot: snapshot, DiskKey: key}, &out)
+}
+
+// CreateVM creates one VM.
+func (c *Client) CreateVM(ctx context.Context, spec testbed.VMSpec) (testbed.VMInfo, error) {
+	var out CreateVMReply
+	if err := c.call(ctx, SubjectVMCreate, CreateVMRequest{VM: &spec}, &out); err != nil {
+		return testbed.VMInfo{}, err
+	}
+	if len(out.VMs) != 1 {
+		return testbed.VMInfo{}, fmt.Errorf("create vm %s: %d vms in the reply", spec.Name, len(out.VMs))
+	}
+	return out.VMs[0], nil
+}
+
+// CreateInventory creates the VMs of an inventory spec.
+func (c *Client) CreateInventory(ctx context.Context, spec string) ([]testbed.VMInfo, error) {
+	var out CreateVMReply
+	return out.VMs, c.call(ctx, SubjectVMCreate, CreateVMRequest{Inventory: spec}, &out)
+}
+
+// DeleteVM deletes a VM and its images.
+func (c *Client) DeleteVM(ctx context.Context, vm string) error {
+	return c.call(ctx, SubjectVMDelete, DeleteVMRequest{VM: vm}, nil)
 }
 
 // FrozenChecksum is Frozen with the image's SHA256 and Size, for a caller

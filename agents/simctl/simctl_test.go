@@ -41,7 +41,16 @@ func TestServeAsTestbedIdentity(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tb.Close()
-	svc, err := simctl.Serve(tbc.Conn, tb, log)
+	inventory := func(spec string) ([]testbed.VMSpec, error) {
+		if spec != "two" {
+			return nil, errors.New("unknown inventory " + spec)
+		}
+		return []testbed.VMSpec{
+			{Name: "inv1", Disks: []testbed.DiskSpec{{CapacityBytes: 1 << 20}}},
+			{Name: "inv2", Disks: []testbed.DiskSpec{{CapacityBytes: 1 << 20}}},
+		}, nil
+	}
+	svc, err := simctl.Serve(tbc.Conn, tb, log, inventory)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,6 +93,37 @@ func TestServeAsTestbedIdentity(t *testing.T) {
 	}
 	if _, err := cl.Frozen(ctx, "vm1", "sendense-none", 2000); err == nil || !strings.Contains(err.Error(), "unknown testbed snapshot") {
 		t.Errorf("Frozen of an unknown snapshot: %v", err)
+	}
+
+	// VMs come and go.
+	created, err := cl.CreateVM(ctx, testbed.VMSpec{Name: "vm2", Disks: []testbed.DiskSpec{{CapacityBytes: 2 << 20, FillBytes: 1 << 20}}})
+	if err != nil || created.Name != "vm2" || len(created.Disks) != 1 {
+		t.Fatalf("CreateVM: %+v %v", created, err)
+	}
+	if _, err := cl.CreateVM(ctx, testbed.VMSpec{Name: "vm2", Disks: []testbed.DiskSpec{{CapacityBytes: 1 << 20}}}); err == nil || !strings.Contains(err.Error(), "testbed vm exists") {
+		t.Errorf("CreateVM of an existing name: %v", err)
+	}
+	if _, err := cl.CreateVM(ctx, testbed.VMSpec{Name: "vm3"}); err == nil || !strings.Contains(err.Error(), "invalid testbed spec") {
+		t.Errorf("CreateVM without disks: %v", err)
+	}
+	if _, err := cl.CreateInventory(ctx, "nine"); err == nil || !strings.Contains(err.Error(), "unknown inventory nine") {
+		t.Errorf("CreateInventory of a bad spec: %v", err)
+	}
+	inv, err := cl.CreateInventory(ctx, "two")
+	if err != nil || len(inv) != 2 || inv[1].Name != "inv2" {
+		t.Fatalf("CreateInventory: %+v %v", inv, err)
+	}
+	if err := cl.DeleteVM(ctx, "vm2"); err != nil {
+		t.Fatalf("DeleteVM: %v", err)
+	}
+	if err := cl.DeleteVM(ctx, "vm2"); err == nil || !strings.Contains(err.Error(), "unknown testbed vm") {
+		t.Errorf("DeleteVM twice: %v", err)
+	}
+	if vms, err := cl.VMs(ctx); err != nil || len(vms) != 3 {
+		t.Errorf("VMs after create and delete: %+v %v, want vm1, inv1, inv2", vms, err)
+	}
+	if _, err := os.Stat(created.Disks[0].ImagePath); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("image of the deleted vm: %v", err)
 	}
 
 	// The testbed identity cannot request backups nor watch them.

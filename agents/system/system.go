@@ -110,7 +110,9 @@ type Config struct {
 	StartupAttemptTimeout time.Duration
 
 	// SimulateVCenter starts the testbed (govmomi simulator with CBT) with
-	// SimVMs (default testbed.SampleVMs) and its control service, and points the
+	// SimVMs (default testbed.SampleVMs; at the first start on DataDir, later
+	// starts restore the state kept under DataDir/vcenter) and its control
+	// service, and points the
 	// agent at it with local nbdkit sources.
 	SimulateVCenter bool
 	SimVMs          []testbed.VMSpec
@@ -602,7 +604,9 @@ func (s *System) startTestbed(ctx context.Context) error {
 	if len(vms) == 0 {
 		vms = testbed.SampleVMs()
 	}
-	tb, err := testbed.New(ctx, testbed.Options{Dir: filepath.Join(s.cfg.DataDir, "vcenter"), VMs: vms, Log: s.log})
+	// KeepImages: the testbed keeps its state in the data dir, so a
+	// restart (or a crash) on it finds the same VMs, CBT and snapshots.
+	tb, err := testbed.New(ctx, testbed.Options{Dir: filepath.Join(s.cfg.DataDir, "vcenter"), VMs: vms, KeepImages: true, Log: s.log})
 	if err != nil {
 		return fmt.Errorf("start simulated vcenter: %w", err)
 	}
@@ -620,7 +624,7 @@ func (s *System) startTestbed(ctx context.Context) error {
 	if s.NC == nil {
 		return errors.New("simulated vcenter: its control service needs the admin credentials in " + s.cfg.CredsDir)
 	}
-	svc, err := simctl.Serve(s.NC, tb, s.log)
+	svc, err := simctl.Serve(s.NC, tb, s.log, Inventory)
 	if err != nil {
 		return err
 	}
@@ -882,32 +886,4 @@ func (s *System) NATSURL() string {
 		return "in-process"
 	}
 	return strings.Join(s.cfg.NATS.URLs, ",")
-}
-
-// Inventory returns a named set of simulated VMs: "sample" (the demo's:
-// pgtest1 with a 6 GiB and a 1 GiB disk, testbed.SampleVMs) or "small"
-// (pgtest1 with 256 MiB and 128 MiB disks, a quarter filled; for tests of
-// the command line), or "pair" (pgtest1 and pgtest2, each with a 512 MiB
-// disk three quarters filled and a 128 MiB disk a quarter filled: two
-// agents copy at once for long enough to be interrupted mid-copy).
-func Inventory(name string) ([]testbed.VMSpec, error) {
-	switch name {
-	case "", "sample":
-		return testbed.SampleVMs(), nil
-	case "small":
-		return []testbed.VMSpec{{Name: "pgtest1", Seed: 7, Disks: []testbed.DiskSpec{
-			{CapacityBytes: 256 << 20, FillBytes: 64 << 20},
-			{CapacityBytes: 128 << 20, FillBytes: 32 << 20},
-		}}}, nil
-	case "pair":
-		var vms []testbed.VMSpec
-		for i := range 2 {
-			vms = append(vms, testbed.VMSpec{Name: fmt.Sprintf("pgtest%d", i+1), Seed: int64(11 + i), Disks: []testbed.DiskSpec{
-				{CapacityBytes: 512 << 20, FillBytes: 256 << 20},
-				{CapacityBytes: 128 << 20, FillBytes: 32 << 20},
-			}})
-		}
-		return vms, nil
-	}
-	return nil, fmt.Errorf("unknown simulated inventory %q (want sample, small or pair)", name)
 }

@@ -223,8 +223,7 @@ type agentFlags struct {
 
 func (f *agentFlags) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.simulate, "simulate-vcenter", false, "run a simulated vCenter with CBT and sample VMs (pgtest1) in this process")
-	fs.StringVar(&f.inventory, "simulate-inventory", "sample", "simulated VMs: sample, small or pair")
-	_ = fs.MarkHidden("simulate-inventory")
+	fs.StringVar(&f.inventory, "simulate-inventory", "sample", "simulated VMs at the first start on a data dir: "+system.InventorySyntax+" (later starts restore the VMs, images, CBT state and snapshots kept under DATA/vcenter)")
 	fs.StringVar(&f.vcenterURL, "vcenter-url", "", "vCenter SDK URL, https://HOST/sdk")
 	fs.StringVar(&f.user, "vcenter-user", "", "vCenter user")
 	fs.StringVar(&f.passwordFile, "vcenter-password-file", "", "file holding the vCenter password")

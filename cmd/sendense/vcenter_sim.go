@@ -46,7 +46,11 @@ with a self-signed certificate written to DATA/vcenter/sdk.pem (give it to
 agents with --vcenter-ca), or with --tls-cert and --tls-key (agents then
 trust the CA that issued them), and serves each snapshot's frozen disk through
 vCenter's /folder interface to logged-in sessions (the agents' https
-transport). The VMs of --inventory have their images under DATA/vcenter.
+transport). The VMs of --inventory have their images under DATA/vcenter,
+with the simulator's state (VMs, CBT epochs and sequences, snapshots,
+frozen layers) in DATA/vcenter/testbed-state.json: a restart on the same
+data dir, after a clean stop or a kill -9, comes back with the same VMs,
+change ids and snapshots, and creates only the --inventory VMs it lacks.
 
 The control service (sendense.testbed: guest writes, CBT resets, frozen
 images) connects to --nats-url as the testbed identity, with
@@ -62,7 +66,7 @@ password_file= and ca_file= lines on stdout.`,
 	}
 	fs := cmd.Flags()
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:8989", "SDK address, HOST:PORT (0.0.0.0 for every address)")
-	fs.StringVar(&c.inventory, "inventory", "sample", "simulated VMs: any inventory serve's --simulate-inventory takes (sample, small)")
+	fs.StringVar(&c.inventory, "inventory", "sample", "simulated VMs at the first start on a data dir: "+system.InventorySyntax+" (later starts restore the state kept under DATA/vcenter)")
 	fs.StringSliceVar(&c.tlsHosts, "tls-host", nil, "another name or address the SDK certificate is valid for (repeatable); the --listen host, localhost and loopback always are")
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "PEM certificate for the SDK, say one `sendense creds tls` issued (default: a self-signed one); with --tls-key")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM key of --tls-cert")
@@ -127,7 +131,7 @@ func (c *vcenterSimCmd) run(ctx context.Context, a *app) error {
 	defer func() { _ = nc.Drain() }()
 
 	tb, err := testbed.New(ctx, testbed.Options{
-		Dir: dir, VMs: vms, Listen: c.listen, TLSHosts: c.tlsHosts, Certificate: cert,
+		Dir: dir, VMs: vms, KeepImages: true, Listen: c.listen, TLSHosts: c.tlsHosts, Certificate: cert,
 		User: c.user, Password: password, Log: a.log,
 	})
 	if err != nil {
@@ -138,7 +142,7 @@ func (c *vcenterSimCmd) run(ctx context.Context, a *app) error {
 	if err := os.WriteFile(caFile, tb.CertificatePEM(), 0o644); err != nil {
 		return fmt.Errorf("write %s: %w", caFile, err)
 	}
-	svc, err := simctl.Serve(nc, tb, a.log)
+	svc, err := simctl.Serve(nc, tb, a.log, system.Inventory)
 	if err != nil {
 		return err
 	}

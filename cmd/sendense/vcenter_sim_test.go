@@ -177,6 +177,8 @@ func TestTransportFlags(t *testing.T) {
 		{append(vc, "--vcenter-insecure", "--vcenter-ca", pw), "exclude each other"},
 		{[]string{"agent", "--data", t.TempDir(), "--vcenter-url", "https://127.0.0.1:1/sdk"}, "needs --vcenter-user and --vcenter-password-file"},
 		{[]string{"vcenter-sim", "--data", t.TempDir(), "--inventory", "huge"}, `unknown simulated inventory "huge"`},
+		{[]string{"vcenter-sim", "--data", t.TempDir(), "--inventory", "scale:vms=0,disks=1,size=1MiB"}, `simulated inventory "scale:vms=0,disks=1,size=1MiB": vms=0 is not a number in [1, 10000]`},
+		{[]string{"serve", "--data", t.TempDir(), "--simulate-vcenter", "--simulate-inventory", "scale:vms=2,disks=1"}, "size= is required"},
 		{[]string{"vcenter-sim", "--data", t.TempDir(), "--password-file", "/nonexistent/pw"}, "read --password-file"},
 		{[]string{"vcenter-sim", "--data", t.TempDir(), "--tls-cert", "/nonexistent/c.pem"}, "--tls-cert and --tls-key go together"},
 		{[]string{"vcenter-sim", "--data", t.TempDir(), "--tls-cert", "/nonexistent/c.pem", "--tls-key", "/nonexistent/k.pem"}, "load --tls-cert"},
