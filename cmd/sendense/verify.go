@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"github.com/sendense/sendense/agents/catalog"
 	"github.com/sendense/sendense/agents/hub"
 	"github.com/sendense/sendense/bus"
+	"github.com/sendense/sendense/store"
 )
 
 func init() { extraCommands = append(extraCommands, newVerifyCmd) }
@@ -70,11 +72,15 @@ func (c *verifyCmd) run(ctx context.Context, a *app) error {
 	}
 	defer nc.Close()
 	if c.jobID != "" {
+		// A short id becomes the job's id; an ambiguous one is an error;
+		// an unknown one goes to the hub, which names it (unknown job).
 		j, err := catalog.NewClient(nc).ResolveJob(ctx, c.jobID)
-		if err != nil {
+		switch {
+		case err == nil:
+			c.jobID = j.ID
+		case !errors.Is(err, store.ErrNotFound):
 			return fmt.Errorf("verify: %w", err)
 		}
-		c.jobID = j.ID
 	}
 	rep, err := hub.NewClient(nc).Verify(ctx, hub.VerifyRequest{JobID: c.jobID, VM: c.vm, All: c.all, Repository: c.repository})
 	if err != nil {
