@@ -71,8 +71,10 @@ func (c *progressCounter) update(key int32, done, total int64, finished bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	d := c.disk(key)
-	d.Done, d.Total = done, total
-	d.Finished = d.Finished || finished
+	if d.Finished {
+		return // ended: its later updates (if any) change nothing
+	}
+	d.Done, d.Total, d.Finished = done, total, finished
 }
 
 // ended records a disk's bytes read and written as reported at its end.
