@@ -83,9 +83,10 @@ func (c *progressCounter) ended(key int32, read, written int64) {
 	defer c.mu.Unlock()
 	d := c.disk(key)
 	d.Read, d.Written, d.Finished = read, written, true
-	if d.Total > 0 {
-		d.Done = d.Total
+	if d.Total == 0 { // ended before any progress showed it
+		d.Total = read
 	}
+	d.Done = d.Total
 }
 
 // diskView is a disk's state with its rate and ETA, as printed.
@@ -293,6 +294,7 @@ func (t *termPrinter) Update(disks []diskView) {
 		if !ok {
 			key := d.Key
 			b = t.p.AddBar(d.Total,
+				mpb.BarRemoveOnComplete(), // its "recorded" line stays
 				mpb.PrependDecorators(decor.Name(fmt.Sprintf("disk %d ", key)), decor.CountersKibiByte("% .1f / % .1f")),
 				mpb.AppendDecorators(decor.Percentage(decor.WCSyncSpace), decor.Any(func(decor.Statistics) string {
 					t.mu.Lock()
@@ -317,7 +319,7 @@ func (t *termPrinter) Update(disks []diskView) {
 func (t *termPrinter) Finish(s summary) {
 	t.mu.Lock()
 	for _, b := range t.bars {
-		b.Abort(true) // drop: the summary replaces the bars
+		b.Abort(true) // drop: the summary replaces the bars (done ones are gone already)
 	}
 	t.mu.Unlock()
 	t.p.Wait()

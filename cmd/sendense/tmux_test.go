@@ -48,6 +48,7 @@ func TestBackupWaitInTmux(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond) // polling a screen: nothing to wait on
 	}
+	t.Logf("screen at the end:\n%s", strings.TrimRight(screen, "\n"))
 	for _, want := range []string{"job tmux-1 requested", "disk 2000: full", "disk 2001: full", "disk 2000: change id", "disk 2001: change id", "job tmux-1 completed"} {
 		if n := strings.Count(screen, want); n != 1 {
 			t.Errorf("screen shows %q %d times, want once:\n%s", want, n, screen)
