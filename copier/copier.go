@@ -107,11 +107,10 @@ type Options struct {
 
 // Progress is a snapshot of a running copy. BytesDone counts bytes of the
 // extents that are finished (read, and written, zeroed or skipped);
-// BytesTotal is the extents' total length; BytesPerSec is BytesDone per
-// second since the copy started.
+// BytesTotal is the extents' total length. The copier only counts: rates
+// and throttling are its caller's (the agent's progress events).
 type Progress struct {
 	BytesDone, BytesTotal int64
-	BytesPerSec           float64
 }
 
 // Result sums up a copy. BytesRead were read from the source, BytesWritten
@@ -283,12 +282,7 @@ func Copy(ctx context.Context, srcURI, dstURI string, extents []Extent, opts Opt
 		if o.Progress == nil {
 			return
 		}
-		done := st.done.Load()
-		rate := 0.0
-		if s := time.Since(start).Seconds(); s > 0 {
-			rate = float64(done) / s
-		}
-		o.Progress(Progress{BytesDone: done, BytesTotal: total, BytesPerSec: rate})
+		o.Progress(Progress{BytesDone: st.done.Load(), BytesTotal: total})
 	}
 	report()
 	err = waitReporting(g, o.ProgressInterval, o.Progress != nil, report)

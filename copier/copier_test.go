@@ -125,8 +125,8 @@ func checkProgress(t *testing.T, ps []copier.Progress) {
 		t.Errorf("first progress %+v, want 0 done", ps[0])
 	}
 	last := ps[len(ps)-1]
-	if last.BytesDone != last.BytesTotal || last.BytesTotal == 0 || last.BytesPerSec <= 0 {
-		t.Errorf("last progress %+v, want all done at a positive rate", last)
+	if last.BytesDone != last.BytesTotal || last.BytesTotal == 0 {
+		t.Errorf("last progress %+v, want all done", last)
 	}
 	for i := 1; i < len(ps); i++ {
 		if ps[i].BytesDone < ps[i-1].BytesDone {

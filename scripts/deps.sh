@@ -2,7 +2,7 @@
 # Installs the Debian packages the tests and the demo need, when missing.
 # As root it runs apt-get; otherwise it prints the exact command and fails.
 set -euo pipefail
-pkgs=(qemu-utils nbdkit libnbd-dev libnbd-bin)
+pkgs=(qemu-utils nbdkit libnbd-dev libnbd-bin tmux)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -13,9 +13,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
-	"github.com/vbauerster/mpb/v8"
-	"github.com/vbauerster/mpb/v8/decor"
-	"golang.org/x/term"
 
 	"github.com/sendense/sendense/agents/catalog"
 	"github.com/sendense/sendense/bus"
@@ -167,34 +164,32 @@ func (w *waiter) close() {
 }
 
 func (w *waiter) run(ctx context.Context, a *app) error {
-	tty := term.IsTerminal(int(os.Stderr.Fd())) && !w.json
-	var p *mpb.Progress
-	bars := map[int32]*mpb.Bar{}
-	if tty {
-		p = mpb.NewWithContext(ctx, mpb.WithOutput(os.Stderr))
+	var pr printer
+	count := newProgressCounter(nil)
+	if !w.json {
+		pr = newPrinter(a.stdout)
 	}
-	finish := func() {
-		if p != nil {
-			for _, b := range bars {
-				b.Abort(false)
-			}
-			p.Wait()
+	// finish ends the live view with the summary, before the outcome line.
+	finish := func(outcome string) {
+		if pr != nil {
+			pr.Finish(count.summary("backup of vm "+w.vm, outcome))
+			pr = nil
 		}
 	}
+	defer finish("interrupted")
 	poll := time.NewTicker(outcomePoll)
 	defer poll.Stop()
 	for {
 		var m *nats.Msg
 		select {
 		case <-ctx.Done():
-			finish()
 			return ctx.Err()
 		case <-poll.C:
 			qctx, cancel := context.WithTimeout(ctx, outcomePoll)
 			j, err := w.cat.Job(qctx, w.jobID)
 			cancel()
 			if err == nil && j.Ended() {
-				finish()
+				finish(string(j.Status))
 				return w.outcome(a, j)
 			}
 			continue
@@ -224,43 +219,40 @@ func (w *waiter) run(ctx context.Context, a *app) error {
 		switch e := ev.(type) {
 		case *schemas.Started:
 			for _, d := range e.Disks {
-				fmt.Fprintf(a.stdout, "disk %d: %s (%s)%s\n", d.Disk.Key, d.BackupType, d.Reason, baseNote(d.BaseChangeID))
+				count.setKind(d.Disk.Key, d.BackupType)
+				pr.Println(fmt.Sprintf("disk %d: %s (%s)%s", d.Disk.Key, d.BackupType, d.Reason, baseNote(d.BaseChangeID)))
 			}
 		case *schemas.Progress:
 			for _, d := range e.Disks {
-				if p == nil {
-					continue
-				}
-				b, ok := bars[d.Disk.Key]
-				if !ok {
-					b = p.AddBar(d.BytesTotal,
-						mpb.PrependDecorators(decor.Name(fmt.Sprintf("disk %d ", d.Disk.Key)), decor.CountersKibiByte("% .1f / % .1f")),
-						mpb.AppendDecorators(decor.Percentage()))
-					bars[d.Disk.Key] = b
-				}
-				b.SetTotal(d.BytesTotal, false)
-				b.SetCurrent(d.BytesDone)
-				if d.Done {
-					b.SetTotal(d.BytesTotal, true)
-				}
+				count.update(d.Disk.Key, d.BytesDone, d.BytesTotal, d.Done)
 			}
-			if p == nil {
-				fmt.Fprintf(os.Stderr, "progress %s of %s\n", fmtBytes(e.BytesDone), fmtBytes(e.BytesTotal))
-			}
+			pr.Update(count.views())
 		case *schemas.ChangeID:
-			fmt.Fprintf(a.stdout, "disk %d: change id %s recorded (%s read, %s written)\n", e.Disk.Key, e.ChangeID, fmtBytes(e.BytesRead), fmtBytes(e.BytesWritten))
+			count.ended(e.Disk.Key, e.BytesRead, e.BytesWritten)
+			pr.Println(fmt.Sprintf("disk %d: change id %s recorded (%s read, %s written)", e.Disk.Key, e.ChangeID, fmtBytes(e.BytesRead), fmtBytes(e.BytesWritten)))
+			pr.Update(count.views())
 		case *schemas.Failed:
 			if e.Retryable {
-				fmt.Fprintf(a.stdout, "attempt %d failed (%s: %s); the agent retries\n", e.Attempt, e.Reason, e.Message)
+				pr.Println(fmt.Sprintf("attempt %d failed (%s: %s); the agent retries", e.Attempt, e.Reason, e.Message))
 				continue
 			}
-			finish()
-			return w.await(ctx, a)
+			return w.awaitThen(ctx, a, finish)
 		case *schemas.Completed, *schemas.Rejected:
-			finish()
-			return w.await(ctx, a)
+			return w.awaitThen(ctx, a, finish)
 		}
 	}
+}
+
+// awaitThen is await that ends the live view with the stored outcome
+// before it prints that outcome.
+func (w *waiter) awaitThen(ctx context.Context, a *app, finish func(string)) error {
+	j, err := w.cat.Await(ctx, w.jobID, store.Job.Ended)
+	if err != nil {
+		finish("unconfirmed")
+		return fmt.Errorf("job %s: its outcome was published but the catalog does not show it (not stored?): %w", w.jobID, err)
+	}
+	finish(string(j.Status))
+	return w.outcome(a, j)
 }
 
 // await waits for the catalog to show the job's outcome after its

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -31,6 +32,12 @@ func TestBackupCommands(t *testing.T) {
 	out := mustCLI(t, append([]string{"backup", "--vm", "pgtest1", "--wait", "--job-id", "cli-full"}, nurl...)...)
 	if !strings.Contains(out, "job cli-full completed") || strings.Count(out, "change id") != 2 {
 		t.Errorf("backup --wait output:\n%s", out)
+	}
+	// On a pipe: plain lines, no escape codes, per-disk progress and the
+	// summary (duration, bytes, throughput, disks per type).
+	if strings.ContainsRune(out, 0x1b) || !regexp.MustCompile(`(?m)^disk 2000: 100% .* MiB/s, done$`).MatchString(out) ||
+		!regexp.MustCompile(`(?m)^backup of vm pgtest1 completed in [0-9.]+m?s: 2 disk\(s\) of .+, .+ read, .+ written, .+/s\n  full: 2 disk\(s\), `).MatchString(out) {
+		t.Errorf("backup --wait to a pipe: want plain progress lines and a summary:\n%q", out)
 	}
 	// A job id names one job for good (attack 5): asking again under it
 	// fails fast with its own exit code, and nothing waits forever.
@@ -98,7 +105,9 @@ func TestBackupCommands(t *testing.T) {
 	for _, job := range []string{"cli-full", "raw-inc"} {
 		dir := filepath.Join(t.TempDir(), job)
 		out := mustCLI(t, append([]string{"restore", "--job", job, "--to", dir, "--verify"}, nurl...)...)
-		if strings.Count(out, "identical") != 2 {
+		if strings.Count(out, "identical") != 2 || strings.ContainsRune(out, 0x1b) ||
+			!regexp.MustCompile(`(?m)^disk 2001: 100% .*, done$`).MatchString(out) ||
+			!regexp.MustCompile(`(?m)^restore of job `+job+` completed in [0-9.]+m?s: 2 disk\(s\) of .+/s\n  restore: 2 disk\(s\)`).MatchString(out) {
 			t.Errorf("restore --verify of %s:\n%s", job, out)
 		}
 		for _, key := range []int32{2000, 2001} {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -9,6 +10,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -104,20 +107,35 @@ func (c *restoreCmd) run(ctx context.Context, a *app) error {
 		}
 	}
 	repo := hub.NewClient(nc)
+	count := newProgressCounter(nil)
+	var pr printer
+	if !c.json {
+		pr = newPrinter(a.stdout)
+		for _, d := range disks {
+			count.setKind(d.Disk.Key, "restore")
+		}
+	}
+	outcome := "failed"
+	defer func() {
+		if pr != nil {
+			pr.Finish(count.summary("restore of job "+job.ID, outcome))
+		}
+	}()
 	for i, d := range disks {
 		if len(disks) > 1 {
 			if err := os.MkdirAll(c.to, 0o750); err != nil {
 				return err
 			}
 		}
-		if err := c.restoreDisk(ctx, a, repo, job, d, dsts[i]); err != nil {
+		if err := c.restoreDisk(ctx, a, repo, job, d, dsts[i], count, pr); err != nil {
 			return err
 		}
 	}
+	outcome = "completed"
 	return nil
 }
 
-func (c *restoreCmd) restoreDisk(ctx context.Context, a *app, repo *hub.Client, job store.Job, d store.Disk, dst string) error {
+func (c *restoreCmd) restoreDisk(ctx context.Context, a *app, repo *hub.Client, job store.Job, d store.Disk, dst string, count *progressCounter, pr printer) error {
 	ref := hub.TargetRef{Repository: job.Repository, JobID: job.ID, VMUUID: job.VM.UUID, DiskKey: d.Disk.Key}
 	exp, err := repo.OpenRestore(ctx, ref)
 	if err != nil {
@@ -133,15 +151,24 @@ func (c *restoreCmd) restoreDisk(ctx context.Context, a *app, repo *hub.Client, 
 		return fmt.Errorf("export of disk %d of job %s: %w", d.Disk.Key, job.ID, err)
 	}
 	defer cleanup()
+	key, size := d.Disk.Key, exp.VirtualSize
+	progress := func(pct int) {
+		if pr == nil {
+			return
+		}
+		count.update(key, size*int64(pct)/100, size, false)
+		pr.Update(count.views())
+	}
+	progress(0)
 	// The export is read by nbdcopy (libnbd, many requests in flight,
 	// holes kept): qemu-img's NBD client waits out each request's round
 	// trip, which over a TLS export costs 10x (see docs/design.md, Restore
 	// over TLS). qcow2 is converted from a raw scratch copy, locally.
 	if c.format == "raw" {
-		err = nbdcopy(ctx, src, dst)
+		err = nbdcopy(ctx, src, dst, progress)
 	} else {
 		err = withScratch(dst, func(scratch string) error {
-			if err := nbdcopy(ctx, src, scratch); err != nil {
+			if err := nbdcopy(ctx, src, scratch, progress); err != nil {
 				return err
 			}
 			return qemuImg(ctx, "convert", "-f", "raw", "-O", c.format, scratch, dst)
@@ -150,8 +177,10 @@ func (c *restoreCmd) restoreDisk(ctx context.Context, a *app, repo *hub.Client, 
 	if err != nil {
 		return fmt.Errorf("restore disk %d of job %s to %s: %w", d.Disk.Key, job.ID, dst, err)
 	}
-	if !c.json {
-		fmt.Fprintf(a.stdout, "disk %d of job %s restored to %s (%s)\n", d.Disk.Key, job.ID, dst, fmtBytes(exp.VirtualSize))
+	if pr != nil {
+		count.ended(key, size, allocated(dst))
+		pr.Update(count.views())
+		pr.Println(fmt.Sprintf("disk %d of job %s restored to %s (%s)", d.Disk.Key, job.ID, dst, fmtBytes(exp.VirtualSize)))
 	}
 	if c.verify {
 		var want *manifest.Manifest
@@ -170,9 +199,9 @@ func (c *restoreCmd) restoreDisk(ctx context.Context, a *app, repo *hub.Client, 
 		}
 		if !c.json {
 			if want != nil {
-				fmt.Fprintf(a.stdout, "disk %d verified: identical to the backup, and to its manifest taken at backup time (%d chunks)\n", d.Disk.Key, len(want.Digests))
+				pr.Println(fmt.Sprintf("disk %d verified: identical to the backup, and to its manifest taken at backup time (%d chunks)", d.Disk.Key, len(want.Digests)))
 			} else {
-				fmt.Fprintf(a.stdout, "disk %d verified: identical to the backup (made before manifests: no manifest to compare)\n", d.Disk.Key)
+				pr.Println(fmt.Sprintf("disk %d verified: identical to the backup (made before manifests: no manifest to compare)", d.Disk.Key))
 			}
 		}
 	}
@@ -183,8 +212,9 @@ func (c *restoreCmd) restoreDisk(ctx context.Context, a *app, repo *hub.Client, 
 }
 
 // nbdcopy copies the NBD export src into the raw file dst, which it
-// creates or truncates first so no byte of an older file survives.
-func nbdcopy(ctx context.Context, src, dst string) error {
+// creates or truncates first so no byte of an older file survives. With
+// progress, nbdcopy's --progress=FD percentages ("N/100") are passed to it.
+func nbdcopy(ctx context.Context, src, dst string, progress func(pct int)) error {
 	f, err := os.Create(dst)
 	if err != nil {
 		return err
@@ -192,11 +222,59 @@ func nbdcopy(ctx context.Context, src, dst string) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	out, err := exec.CommandContext(ctx, "nbdcopy", src, dst).CombinedOutput()
+	cmd := exec.CommandContext(ctx, "nbdcopy", src, dst)
+	var done chan struct{}
+	if progress != nil {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return fmt.Errorf("nbdcopy progress pipe: %w", err)
+		}
+		defer r.Close()
+		cmd.ExtraFiles = []*os.File{w} // fd 3 in nbdcopy
+		cmd.Args = []string{"nbdcopy", "--progress=3", src, dst}
+		done = make(chan struct{})
+		go func() {
+			defer close(done)
+			sc := bufio.NewScanner(r)
+			for sc.Scan() {
+				if n, ok := strings.CutSuffix(strings.TrimSpace(sc.Text()), "/100"); ok {
+					if pct, err := strconv.Atoi(n); err == nil && pct >= 0 && pct <= 100 {
+						progress(pct)
+					}
+				}
+			}
+		}()
+		defer func() { <-done }()
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		err = cmd.Start()
+		_ = w.Close() // nbdcopy holds its copy; EOF when it exits
+		if err == nil {
+			err = cmd.Wait()
+		}
+		if err != nil {
+			return fmt.Errorf("nbdcopy: %w: %s", err, bytes.TrimSpace(out.Bytes()))
+		}
+		return nil
+	}
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("nbdcopy: %w: %s", err, bytes.TrimSpace(out))
 	}
 	return nil
+}
+
+// allocated is the bytes path takes on disk (a sparse restore writes
+// fewer than its size); 0 when unknown.
+func allocated(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Blocks * 512
+	}
+	return fi.Size()
 }
 
 // verifyCopy compares dst (in format) with the export src: it copies the
@@ -210,7 +288,7 @@ func nbdcopy(ctx context.Context, src, dst string) error {
 // bytes than it read, shows there.
 func verifyCopy(ctx context.Context, src, dst, format string, want *manifest.Manifest) error {
 	return withScratch(dst, func(scratch string) error {
-		if err := nbdcopy(ctx, src, scratch); err != nil {
+		if err := nbdcopy(ctx, src, scratch, nil); err != nil {
 			return fmt.Errorf("read the backup again: %w", err)
 		}
 		if err := qemuImg(ctx, "compare", "-f", "raw", "-F", format, scratch, dst); err != nil {

@@ -97,7 +97,7 @@ func TestRestoreCopyAndVerify(t *testing.T) {
 	if err := os.WriteFile(dst, bytes.Repeat([]byte{0xff}, 12<<20), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := nbdcopy(ctx, uri, dst); err != nil {
+	if err := nbdcopy(ctx, uri, dst, nil); err != nil {
 		t.Fatal(err)
 	}
 	got, err := os.ReadFile(dst)
@@ -126,7 +126,7 @@ func TestRestoreCopyAndVerify(t *testing.T) {
 
 	q := filepath.Join(dir, "out.qcow2")
 	if err := withScratch(q, func(scratch string) error {
-		if err := nbdcopy(ctx, uri, scratch); err != nil {
+		if err := nbdcopy(ctx, uri, scratch, nil); err != nil {
 			return err
 		}
 		return qemuImg(ctx, "convert", "-f", "raw", "-O", "qcow2", scratch, q)
