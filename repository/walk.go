@@ -66,25 +66,29 @@ func parseDiskKey(name string) (int32, bool) {
 }
 
 // tempJob returns the job id of a temporary file name
-// ".<job-id>.qcow2.<random>.tmp" (ok false for any other name).
+// ".<job-id>.qcow2.<random>.tmp" (a Create's) or
+// ".<job-id>.manifest.<random>.tmp" (a manifest being written; package
+// manifest), ok false for any other name.
 func tempJob(name string) (string, bool) {
 	rest, ok := strings.CutPrefix(name, ".")
 	if !ok || !strings.HasSuffix(rest, ".tmp") {
 		return "", false
 	}
-	i := strings.LastIndex(rest, fileExt+".")
-	if i <= 0 || len(rest) < i+len(fileExt+".")+len(".tmp") {
-		return "", false
+	for _, ext := range []string{fileExt, ManifestExt} {
+		i := strings.LastIndex(rest, ext+".")
+		if i <= 0 || len(rest) < i+len(ext+".")+len(".tmp") {
+			continue
+		}
+		if job := rest[:i]; ValidateJobID(job) == nil {
+			return job, true
+		}
 	}
-	job := rest[:i]
-	if ValidateJobID(job) != nil {
-		return "", false
-	}
-	return job, true
+	return "", false
 }
 
-// Temps returns the temporary files that Creates which did not finish (the
-// process crashed) left in a disk's directory, ".<job-id>.qcow2.*.tmp",
+// Temps returns the temporary files that Creates or manifest writes which
+// did not finish (the process crashed) left in a disk's directory,
+// ".<job-id>.qcow2.*.tmp" and ".<job-id>.manifest.*.tmp",
 // sorted by name, with JobID, Path, sizes and ModTime set. It holds the
 // lock Create holds while its temporary file exists, so no temporary file
 // of a Create of this Repo in progress is listed.

@@ -55,8 +55,13 @@ func TestTemps(t *testing.T) {
 	if err := os.Chtimes(tmp, old, old); err != nil {
 		t.Fatal(err)
 	}
+	// A manifest write that crashed (package manifest's temporary name).
+	mtmp := filepath.Join(dir, ".job-f"+ManifestExt+".456.tmp")
+	if err := os.WriteFile(mtmp, make([]byte, 512), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	// Not temporary files of a job.
-	for _, name := range []string{".job-c.qcow2.tmp", ".-x.qcow2.1.tmp", "job-d.qcow2.1.tmp", ".job-e.x.qcow2.1.tmp"} {
+	for _, name := range []string{".job-c.qcow2.tmp", ".-x.qcow2.1.tmp", "job-d.qcow2.1.tmp", ".job-e.x.qcow2.1.tmp", ".job-g.manifest.tmp"} {
 		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -65,8 +70,12 @@ func TestTemps(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(temps) != 1 || temps[0].JobID != "job-b" || temps[0].Path != tmp || temps[0].Size != 4096 || !temps[0].ModTime.Equal(old) {
-		t.Fatalf("Temps = %+v, want only %s of job job-b", temps, tmp)
+	if len(temps) != 2 || temps[0].JobID != "job-b" || temps[0].Path != tmp || temps[0].Size != 4096 || !temps[0].ModTime.Equal(old) ||
+		temps[1].JobID != "job-f" || temps[1].Path != mtmp {
+		t.Fatalf("Temps = %+v, want %s of job job-b and %s of job job-f", temps, tmp, mtmp)
+	}
+	if err := r.RemoveTemp(mtmp); err != nil {
+		t.Fatal(err)
 	}
 	if err := r.RemoveTemp(path); !errors.Is(err, ErrNotInRepo) {
 		t.Errorf("RemoveTemp of a backup file: %v, want ErrNotInRepo", err)
