@@ -226,6 +226,9 @@ func PermissionsOf(id Identity) Permissions {
 			Publish: []string{
 				SubjectRequested, jsAPI + "INFO", jsAPI + "STREAM.INFO." + StreamRequests,
 				jsAPI + "STREAM.MSG.GET." + StreamRequests, CatalogService + ".>",
+				// `backup --wait` tells a queued job's user whether any agent
+				// asks for requests (the agents' consumer's info).
+				jsAPI + "CONSUMER.INFO." + StreamRequests + "." + ConsumerAgents,
 			},
 			Subscribe: []string{SubjectAll, inbox},
 		}

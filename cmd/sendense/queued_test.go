@@ -1,0 +1,103 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sendense/sendense/agents/catalog/catalogtest"
+	"github.com/sendense/sendense/bus"
+	"github.com/sendense/sendense/bus/bustest"
+	"github.com/sendense/sendense/store"
+)
+
+// TestQueuedWithoutAgent: with a catalog but no agent (an external
+// nats-server with the printed permissions), a requested backup shows as
+// queued in `job`, `job SHORT` and `jobs --status queued`; `backup --wait
+// --timeout` says it is queued with no agent, gives up with exit 5 and
+// says the backup goes on; Ctrl-C while waiting exits 130 with the same
+// hint instead of "context canceled".
+func TestQueuedWithoutAgent(t *testing.T) {
+	data := t.TempDir()
+	mustCLI(t, "creds", "init", "--data", data, "--agent", catalogtest.Agent)
+	url := bustest.ExternalWithConfig(t, mustCLI(t, "creds", "server-config", "--data", data))
+	admin := connectTest(t, url, data)
+	adminJS, err := jetstream.New(admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.EnsureStreams(context.Background(), adminJS, bus.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	p := startProc(t, "catalog", "--nats-url", url, "--data", data, "--log-format", "json")
+	waitCatalog(t, admin, p)
+	conn := []string{"--nats-url", url, "--data", data}
+
+	start := time.Now()
+	out, err := cli(t, append([]string{"backup", "--vm", "pgtest1", "--wait", "--timeout", "5s"}, conn...)...)
+	if code := exitCode(err); code != exitWaitTimeout {
+		t.Fatalf("backup --wait --timeout 5s: exit %d (%v), want %d", code, err, exitWaitTimeout)
+	}
+	t.Logf("backup --wait --timeout 5s returned after %v", time.Since(start).Round(time.Millisecond))
+	m := regexp.MustCompile(`job (\S+) requested`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no job id in %q", out)
+	}
+	id := m[1]
+	for _, want := range []string{
+		"job " + id + " is queued: no agent has taken it yet",
+		"gave up waiting after 5s",
+		"the backup goes on: follow it with `sendense watch --job " + id + "`",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("backup --wait stderr lacks %q:\n%v", want, err)
+		}
+	}
+
+	var j store.Job
+	if err := json.Unmarshal([]byte(mustCLI(t, append([]string{"job", id, "--json"}, conn...)...)), &j); err != nil {
+		t.Fatal(err)
+	}
+	if j.Status != store.StatusQueued || j.VM.Name != "pgtest1" || j.CreatedAt.IsZero() || j.CreatedAt.Before(start.Add(-time.Second)) || j.CreatedAt.After(time.Now()) {
+		t.Errorf("job %s = %+v, want queued pgtest1 created at the request", id, j)
+	}
+	if short := mustCLI(t, append([]string{"job", id[:8]}, conn...)...); !regexp.MustCompile(`status\s+queued`).MatchString(short) {
+		t.Errorf("job %s (short id):\n%s", id[:8], short)
+	}
+	list := mustCLI(t, append([]string{"jobs", "--status", "queued"}, conn...)...)
+	if lines := strings.Split(strings.TrimSpace(list), "\n"); len(lines) != 2 || !strings.HasPrefix(lines[1], id+" ") || !strings.Contains(lines[1], "queued") {
+		t.Errorf("jobs --status queued:\n%s", list)
+	}
+	if done := mustCLI(t, append([]string{"jobs", "--status", "completed"}, conn...)...); strings.Contains(done, id) {
+		t.Errorf("jobs --status completed lists the queued job:\n%s", done)
+	}
+
+	// Ctrl-C while waiting.
+	w := startProc(t, append([]string{"backup", "--vm", "pgtest1", "--wait"}, conn...)...)
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(w.out.String(), "is queued: no agent") {
+		if time.Now().After(deadline) || w.exited() {
+			t.Fatalf("backup --wait did not say the job is queued:\n%s", w.out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	_ = w.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-w.done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("backup --wait did not exit on SIGINT")
+	}
+	got := w.out.String()
+	if code := w.state.ExitCode(); code != exitInterrupted {
+		t.Errorf("backup --wait after SIGINT: exit %d, want %d:\n%s", code, exitInterrupted, got)
+	}
+	if !strings.Contains(got, "stopped waiting (interrupted); the backup goes on: follow it with `sendense watch --job") || strings.Contains(got, "context canceled") {
+		t.Errorf("backup --wait after SIGINT said:\n%s", got)
+	}
+}
