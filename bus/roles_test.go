@@ -244,6 +244,10 @@ func TestRolePermissions(t *testing.T) {
 		if _, err := bus.RequestConsumer(testCtx(t), node1.JS); err != nil {
 			t.Errorf("agent binds the request consumer: %v", err)
 		}
+		// `backup --wait` reads its info to say whether any agent asks for requests.
+		if _, err := bus.RequestConsumer(testCtx(t), conn(bus.Identity{Role: bus.RoleRequester}).JS); err != nil {
+			t.Errorf("requester reads the request consumer's info: %v", err)
+		}
 		for _, who := range []bus.Identity{bus.AgentIdentity("node1"), {Role: bus.RoleCatalog}, {Role: bus.RoleHub}, {Role: bus.RoleRequester}} {
 			cfg := bus.RequestConsumerConfig(bus.RequestConsumerOptions{})
 			cfg.FilterSubject = "backup.requested.none"

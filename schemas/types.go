@@ -95,6 +95,9 @@ const (
 	RejectInvalidVMID       = "invalid_vm_id"
 	RejectImpossible        = "impossible"
 	RejectJobIDReused       = "job_id_reused" // the job id names a job that already ended; published under a job id of its own
+	// RejectCanceled: `sendense cancel` removed the request from the queue
+	// before an agent started it (published by admin, on backup.rejected.admin).
+	RejectCanceled = "canceled"
 )
 
 // Reasons a job failed (backup.failed).

@@ -100,4 +100,37 @@ func TestQueuedWithoutAgent(t *testing.T) {
 	if !strings.Contains(got, "stopped waiting (interrupted); the backup goes on: follow it with `sendense watch --job") || strings.Contains(got, "context canceled") {
 		t.Errorf("backup --wait after SIGINT said:\n%s", got)
 	}
+
+	// Cancel the first job: its request leaves the queue and the catalog
+	// shows it rejected (canceled); the second stays queued.
+	if out := mustCLI(t, append([]string{"cancel", id[:18]}, conn...)...); !strings.Contains(out, "job "+id+" canceled") {
+		t.Errorf("cancel %s said %q", id[:18], out)
+	}
+	if err := json.Unmarshal([]byte(mustCLI(t, append([]string{"job", id, "--json"}, conn...)...)), &j); err != nil {
+		t.Fatal(err)
+	}
+	if j.Status != store.StatusRejected || j.Failure == nil || j.Failure.Reason != "canceled" || j.Failure.Retryable {
+		t.Errorf("canceled job = %+v, want rejected, reason canceled", j)
+	}
+	list = mustCLI(t, append([]string{"jobs", "--status", "queued"}, conn...)...)
+	if lines := strings.Split(strings.TrimSpace(list), "\n"); len(lines) != 2 || strings.HasPrefix(lines[1], id+" ") {
+		t.Errorf("jobs --status queued after the cancel (want only the second job):\n%s", list)
+	}
+	reqs, err := adminJS.Stream(context.Background(), bus.StreamRequests)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := reqs.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 1 {
+		t.Errorf("requests stream holds %d messages after the cancel, want 1 (the second job's)", info.State.Msgs)
+	}
+	if _, err := cli(t, append([]string{"cancel", id}, conn...)...); err == nil || !strings.Contains(err.Error(), "already ended (rejected)") {
+		t.Errorf("cancel of a canceled job: %v", err)
+	}
+	if _, err := cli(t, append([]string{"cancel", "no-such-job"}, conn...)...); exitCode(err) != 1 || !strings.Contains(err.Error(), "not found") {
+		t.Errorf("cancel of an unknown job: %v", err)
+	}
 }
