@@ -64,6 +64,9 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 	job, err := a.deps.Catalog.Job(ctx, r.jobID)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
+	case err == nil && job.Status == store.StatusQueued:
+		// Only its request, waiting in the queue (this message, or another
+		// under the same id): the catalog has no record of it yet.
 	case err != nil:
 		// Without the catalog the agent can neither plan nor tell a
 		// redelivery from a new job: wait for it, running nothing.
