@@ -223,9 +223,12 @@ type Started struct {
 	// RequestSeq is the stream sequence of the backup.requested message
 	// this attempt runs: the identity of the request, so a second request
 	// that reuses the job id is told apart from a redelivery.
-	RequestSeq uint64     `json:"request_seq,omitempty"`
-	Snapshot   string     `json:"snapshot"` // sendense-<job_id>
-	Disks      []DiskPlan `json:"disks"`
+	RequestSeq uint64 `json:"request_seq,omitempty"`
+	// RequestedAt is when the request was stored in BACKUP_REQUESTS: the
+	// job's created time, however long it waited for an agent or a lease.
+	RequestedAt *time.Time `json:"requested_at,omitempty"`
+	Snapshot    string     `json:"snapshot"` // sendense-<job_id>
+	Disks       []DiskPlan `json:"disks"`
 }
 
 // DiskProgress is one disk's share of a Progress event.

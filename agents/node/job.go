@@ -84,6 +84,7 @@ func (a *Agent) run(ctx context.Context, r *request) (_ *schemas.Completed, _ []
 		RequestedType: r.req.BackupType,
 		RequestedBy:   r.req.RequestedBy,
 		RequestSeq:    r.seq,
+		RequestedAt:   &r.requestedAt,
 		Snapshot:      snapName,
 	}
 	for _, d := range runs {

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sendense/sendense/agents/catalog/catalogtest"
+	"github.com/sendense/sendense/agents/simctl"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/bus/bustest"
 	"github.com/sendense/sendense/store"
@@ -132,5 +133,55 @@ func TestQueuedWithoutAgent(t *testing.T) {
 	}
 	if _, err := cli(t, append([]string{"cancel", "no-such-job"}, conn...)...); exitCode(err) != 1 || !strings.Contains(err.Error(), "not found") {
 		t.Errorf("cancel of an unknown job: %v", err)
+	}
+}
+
+// TestQueuedWhileLeaseHeld: with an agent running but the VM's lease held
+// (another job backs it up), a requested job is queued, not unknown, for
+// as long as the lease is held; once released the agent runs it, and its
+// created time stays the request's, before its start.
+func TestQueuedWhileLeaseHeld(t *testing.T) {
+	s := startServe(t, "small")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	vms, err := simctl.NewClient(s.nc).VMs(ctx)
+	if err != nil || len(vms) == 0 {
+		t.Fatalf("simulated vms: %v %v", vms, err)
+	}
+	vm := vms[0]
+	js, err := jetstream.New(s.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leases, err := bus.OpenLeases(ctx, js, bus.LeaseBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lease, err := leases.Acquire(ctx, bus.VMLeaseKey(vm.UUID), bus.Holder{Agent: "test", JobID: "test-holder", Attempt: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := s.must(t, "backup", "--vm", vm.Name)
+	m := regexp.MustCompile(`job (\S+) requested`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no job id in %q", out)
+	}
+	id := m[1]
+	// The agent takes the request, finds the lease held and naks it: the
+	// job stays queued all along.
+	for i := 0; i < 10; i++ {
+		j := s.awaitJob(t, id, 10*time.Second, func(store.Job) bool { return true })
+		if j.Status != store.StatusQueued {
+			t.Fatalf("job %s while its VM's lease is held = %s, want queued", id, j.Status)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	released := time.Now()
+	if err := lease.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	j := s.awaitJob(t, id, 90*time.Second, store.Job.Ended)
+	if j.Status != store.StatusCompleted || !j.CreatedAt.Before(released) || !j.StartedAt.After(released.Add(-time.Second)) {
+		t.Errorf("job %s = %s created %s started %s, want completed, created before the release at %s", id, j.Status, j.CreatedAt, j.StartedAt, released)
 	}
 }
