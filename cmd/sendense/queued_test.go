@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"net/http"
 	"regexp"
 	"strings"
 	"syscall"
@@ -141,7 +143,8 @@ func TestQueuedWithoutAgent(t *testing.T) {
 // as long as the lease is held; once released the agent runs it, and its
 // created time stays the request's, before its start.
 func TestQueuedWhileLeaseHeld(t *testing.T) {
-	s := startServe(t, "small")
+	api := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	s := startServe(t, "small", "--api-listen", api)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	vms, err := simctl.NewClient(s.nc).VMs(ctx)
@@ -173,6 +176,18 @@ func TestQueuedWhileLeaseHeld(t *testing.T) {
 		j := s.awaitJob(t, id, 10*time.Second, func(store.Job) bool { return true })
 		if j.Status != store.StatusQueued {
 			t.Fatalf("job %s while its VM's lease is held = %s, want queued", id, j.Status)
+		}
+		if i == 0 {
+			resp, err := http.Get("http://" + api + "/api/v1/backups/" + id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got store.Job
+			err = json.NewDecoder(resp.Body).Decode(&got)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK || err != nil || got.ID != id || got.Status != store.StatusQueued {
+				t.Errorf("GET /api/v1/backups/%s = %d %+v (%v), want 200 queued", id, resp.StatusCode, got, err)
+			}
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
