@@ -23,7 +23,9 @@ const (
 	// takes a VM's lease while it changes that VM's chains (prune).
 	RoleHub Role = "hub"
 	// RoleCatalog consumes BACKUP_EVENTS into the catalog and answers the
-	// catalog service; it publishes nothing on backup.*.
+	// catalog service; it publishes nothing on backup.*. It reads the
+	// requests waiting in BACKUP_REQUESTS one message at a time (queued
+	// jobs) but neither consumes nor removes them.
 	RoleCatalog Role = "catalog"
 	// RoleAgent is a node agent: it takes backup.requested from its
 	// consumer, holds VM leases, calls the repository's target endpoints
@@ -193,6 +195,9 @@ func PermissionsOf(id Identity) Permissions {
 				jsAPI + "CONSUMER.CREATE." + StreamEvents + ".>", jsAPI + "CONSUMER.INFO." + StreamEvents + ".>",
 				jsAPI + "CONSUMER.DELETE." + StreamEvents + ".>", jsAPI + "CONSUMER.MSG.NEXT." + StreamEvents + ".>",
 				jsAck + StreamEvents + ".>", InboxSubjects,
+				// It reads the waiting requests by sequence, without a
+				// consumer, to show them as queued jobs.
+				jsAPI + "STREAM.INFO." + StreamRequests, jsAPI + "STREAM.MSG.GET." + StreamRequests,
 			},
 			Subscribe: []string{CatalogService + ".>", "$SRV.>", inbox},
 		}
@@ -221,6 +226,9 @@ func PermissionsOf(id Identity) Permissions {
 			Publish: []string{
 				SubjectRequested, jsAPI + "INFO", jsAPI + "STREAM.INFO." + StreamRequests,
 				jsAPI + "STREAM.MSG.GET." + StreamRequests, CatalogService + ".>",
+				// `backup --wait` tells a queued job's user whether any agent
+				// asks for requests (the agents' consumer's info).
+				jsAPI + "CONSUMER.INFO." + StreamRequests + "." + ConsumerAgents,
 			},
 			Subscribe: []string{SubjectAll, inbox},
 		}

@@ -227,10 +227,26 @@ func TestRolePermissions(t *testing.T) {
 		if _, err := bus.EnsureCatalogConsumer(testCtx(t), cat.JS, ""); err != nil {
 			t.Errorf("catalog creates its consumer: %v", err)
 		}
+		// It reads the waiting requests (queued jobs) without consuming
+		// or deleting them.
+		reqs, err := cat.JS.Stream(testCtx(t), bus.StreamRequests)
+		if err != nil {
+			t.Fatalf("catalog reads the requests stream's info: %v", err)
+		}
+		m, err := reqs.GetMsg(testCtx(t), 1, jetstream.WithGetMsgSubject(bus.SubjectRequested))
+		if err != nil {
+			t.Errorf("catalog reads a waiting request: %v", err)
+		} else if err := reqs.DeleteMsg(shortCtx(t), m.Sequence); err == nil {
+			t.Error("catalog deleted a waiting request")
+		}
 		// Agents take requests from the consumer admin made; none may
 		// change it (a filter or a limit would starve the others).
 		if _, err := bus.RequestConsumer(testCtx(t), node1.JS); err != nil {
 			t.Errorf("agent binds the request consumer: %v", err)
+		}
+		// `backup --wait` reads its info to say whether any agent asks for requests.
+		if _, err := bus.RequestConsumer(testCtx(t), conn(bus.Identity{Role: bus.RoleRequester}).JS); err != nil {
+			t.Errorf("requester reads the request consumer's info: %v", err)
 		}
 		for _, who := range []bus.Identity{bus.AgentIdentity("node1"), {Role: bus.RoleCatalog}, {Role: bus.RoleHub}, {Role: bus.RoleRequester}} {
 			cfg := bus.RequestConsumerConfig(bus.RequestConsumerOptions{})

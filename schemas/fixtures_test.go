@@ -52,6 +52,7 @@ func fullEvents() map[string]Event {
 			RequestedType: TypeAuto,
 			RequestedBy:   "scheduler",
 			RequestSeq:    41,
+			RequestedAt:   &requestedAt,
 			Snapshot:      "sendense-job-7",
 			Disks: []DiskPlan{{
 				Disk: testDisk, BackupType: TypeIncremental, Reason: ReasonBaseUsable,
@@ -231,3 +232,6 @@ func subjectOf(name string) string {
 	}
 	return name
 }
+
+// requestedAt is the fixture's Started.RequestedAt: a minute before its events.
+var requestedAt = time.Date(2025, 1, 2, 3, 3, 5, 0, time.UTC)

@@ -95,6 +95,9 @@ const (
 	RejectInvalidVMID       = "invalid_vm_id"
 	RejectImpossible        = "impossible"
 	RejectJobIDReused       = "job_id_reused" // the job id names a job that already ended; published under a job id of its own
+	// RejectCanceled: `sendense cancel` removed the request from the queue
+	// before an agent started it (published by admin, on backup.rejected.admin).
+	RejectCanceled = "canceled"
 )
 
 // Reasons a job failed (backup.failed).
@@ -220,9 +223,12 @@ type Started struct {
 	// RequestSeq is the stream sequence of the backup.requested message
 	// this attempt runs: the identity of the request, so a second request
 	// that reuses the job id is told apart from a redelivery.
-	RequestSeq uint64     `json:"request_seq,omitempty"`
-	Snapshot   string     `json:"snapshot"` // sendense-<job_id>
-	Disks      []DiskPlan `json:"disks"`
+	RequestSeq uint64 `json:"request_seq,omitempty"`
+	// RequestedAt is when the request was stored in BACKUP_REQUESTS: the
+	// job's created time, however long it waited for an agent or a lease.
+	RequestedAt *time.Time `json:"requested_at,omitempty"`
+	Snapshot    string     `json:"snapshot"` // sendense-<job_id>
+	Disks       []DiskPlan `json:"disks"`
 }
 
 // DiskProgress is one disk's share of a Progress event.

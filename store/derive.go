@@ -186,6 +186,9 @@ func deriveJob(jobID string, keep []record, bad []badRecord, recs []record, win 
 			if j.RequestSeq == 0 {
 				j.RequestSeq = e.RequestSeq // canonical order: the lowest attempt's
 			}
+			if e.RequestedAt != nil && e.RequestedAt.UTC().Before(j.CreatedAt) {
+				j.CreatedAt = e.RequestedAt.UTC() // the job was created when it was requested
+			}
 			if j.StartedAt.IsZero() || t.Before(j.StartedAt) {
 				j.StartedAt = t
 			}

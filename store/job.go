@@ -14,6 +14,10 @@ import (
 
 // Job statuses, derived from a job's events (see Job.Status).
 const (
+	// StatusQueued: a request waiting in BACKUP_REQUESTS that no agent
+	// started yet. The catalog never stores it: its service shows the
+	// waiting requests it has no record of (agents/catalog, queued.go).
+	StatusQueued    = "queued"
 	StatusRunning   = "running"
 	StatusCompleted = "completed"
 	StatusFailed    = "failed"
@@ -24,7 +28,7 @@ const (
 )
 
 // Statuses are every status a job can have, for filters and their errors.
-var Statuses = []string{StatusRunning, StatusCompleted, StatusFailed, StatusRejected, StatusPruned}
+var Statuses = []string{StatusQueued, StatusRunning, StatusCompleted, StatusFailed, StatusRejected, StatusPruned}
 
 // Job is one backup job as the catalog derives it from the job's events.
 // It is what `sendense job ID --json` prints. Every field is a function of

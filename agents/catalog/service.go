@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/rs/zerolog"
 
@@ -33,7 +34,12 @@ func Serve(nc *nats.Conn, cat *store.Catalog, log zerolog.Logger) (micro.Service
 	if err != nil {
 		return nil, fmt.Errorf("add micro service %s: %w", ServiceName, err)
 	}
-	s := &service{cat: cat, nc: nc, log: log}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		_ = svc.Stop()
+		return nil, fmt.Errorf("jetstream for %s: %w", ServiceName, err)
+	}
+	s := &service{cat: cat, nc: nc, log: log, q: &queue{js: js}}
 	g := svc.AddGroup(SubjectPrefix)
 	endpoints := []struct {
 		name, subject string
@@ -61,6 +67,7 @@ func Serve(nc *nats.Conn, cat *store.Catalog, log zerolog.Logger) (micro.Service
 
 type service struct {
 	cat *store.Catalog
+	q   *queue
 	nc  *nats.Conn
 	log zerolog.Logger
 }
@@ -124,7 +131,11 @@ func (s *service) job(data []byte) (any, error) {
 	if r.ID == "" {
 		return nil, badRequest("id is required")
 	}
-	return s.cat.Job(r.ID)
+	j, err := s.cat.Job(r.ID)
+	if errors.Is(err, store.ErrNotFound) {
+		return s.queuedJob(r.ID)
+	}
+	return j, err
 }
 
 func (s *service) jobs(data []byte) (any, error) {
@@ -132,7 +143,7 @@ func (s *service) jobs(data []byte) (any, error) {
 	if err := decode(data, &r); err != nil {
 		return nil, err
 	}
-	return s.cat.Jobs(store.JobFilter{VM: r.VM, Status: r.Status, IDPrefix: r.IDPrefix, Offset: r.Offset, Limit: r.Limit})
+	return s.jobsWithQueued(store.JobFilter{VM: r.VM, Status: r.Status, IDPrefix: r.IDPrefix, Offset: r.Offset, Limit: r.Limit})
 }
 
 func (s *service) vms([]byte) (any, error) { return s.cat.VMs() }

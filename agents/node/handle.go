@@ -19,11 +19,13 @@ import (
 
 // request is one delivery of backup.requested, resolved enough to run.
 type request struct {
-	msg     jetstream.Msg
-	seq     uint64 // the request message's stream sequence: its identity
-	req     schemas.Request
-	jobID   string
-	attempt int // this run's attempt: see attemptOf
+	msg jetstream.Msg
+	seq uint64 // the request message's stream sequence: its identity
+	// requestedAt is when the request was stored: the job's created time.
+	requestedAt time.Time
+	req         schemas.Request
+	jobID       string
+	attempt     int // this run's attempt: see attemptOf
 	// failures is how many attempts of this job already failed, from the
 	// catalog. The retry limit counts these, not deliveries: a request
 	// that waited for a busy VM's lease was redelivered without running.
@@ -45,7 +47,7 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 	stop := bus.KeepInProgress(ctx, msg, a.cfg.InProgressInterval, log)
 	defer stop()
 
-	r := &request{msg: msg, seq: md.Sequence.Stream, attempt: delivered}
+	r := &request{msg: msg, seq: md.Sequence.Stream, requestedAt: md.Timestamp.UTC(), attempt: delivered}
 	r.req, err = schemas.DecodeRequest(msg.Data())
 	r.jobID = a.jobID(r.req, msg, md)
 	r.log = log.With().Str("job_id", r.jobID).Logger()
@@ -64,6 +66,9 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 	job, err := a.deps.Catalog.Job(ctx, r.jobID)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
+	case err == nil && job.Status == store.StatusQueued:
+		// Only its request, waiting in the queue (this message, or another
+		// under the same id): the catalog has no record of it yet.
 	case err != nil:
 		// Without the catalog the agent can neither plan nor tell a
 		// redelivery from a new job: wait for it, running nothing.

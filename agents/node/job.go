@@ -84,6 +84,7 @@ func (a *Agent) run(ctx context.Context, r *request) (_ *schemas.Completed, _ []
 		RequestedType: r.req.BackupType,
 		RequestedBy:   r.req.RequestedBy,
 		RequestSeq:    r.seq,
+		RequestedAt:   &r.requestedAt,
 		Snapshot:      snapName,
 	}
 	for _, d := range runs {
@@ -287,7 +288,9 @@ func (a *Agent) removeStaleSnapshots(ctx context.Context, r *request) {
 		remove := s.JobID == r.jobID
 		if !remove {
 			job, err := a.deps.Catalog.Job(ctx, s.JobID)
-			remove = err == nil && job.Status != store.StatusRunning
+			// A queued job's snapshot may be one an agent just made,
+			// before its backup.started: keep it, as a running job's.
+			remove = err == nil && job.Status != store.StatusRunning && job.Status != store.StatusQueued
 		}
 		if !remove {
 			r.log.Warn().Str("snapshot", s.Name).Msg("leaving snapshot of a job the catalog does not know as finished")

@@ -36,6 +36,7 @@ type backupCmd struct {
 	repository string
 	jobID      string
 	wait       bool
+	timeout    time.Duration
 	json       bool
 }
 
@@ -55,6 +56,7 @@ func newBackupCmd(a *app) *cobra.Command {
 	f.StringVar(&c.repository, "repository", schemas.DefaultRepository, "repository name")
 	f.StringVar(&c.jobID, "job-id", "", "job id (default: a new one)")
 	f.BoolVar(&c.wait, "wait", false, "show progress per disk and exit 0 only when the backup completed")
+	f.DurationVar(&c.timeout, "timeout", 0, "with --wait: stop waiting after this long (exit 5; the backup goes on); 0: wait until it ends")
 	f.BoolVar(&c.json, "json", false, `print NDJSON: the request as {"subject":"backup.requested","event":{…}}; with --wait each of the job's events likewise, then {"job":{…}}, the stored outcome`)
 	_ = cmd.MarkFlagRequired("vm")
 	return cmd
@@ -113,7 +115,11 @@ func (c *backupCmd) run(ctx context.Context, a *app) error {
 	if !c.wait {
 		return nil
 	}
-	return w.run(ctx, a)
+	wctx, cancel := waitContext(ctx, c.timeout)
+	defer cancel()
+	w.timeout = c.timeout
+	defer noticeQueued(wctx, os.Stderr, js, cat, req.JobID, queuedNoticeAfter)()
+	return w.run(wctx, a)
 }
 
 func requester() string {
@@ -138,6 +144,8 @@ type waiter struct {
 	events chan *nats.Msg
 	subs   []*nats.Subscription
 	json   bool // NDJSON on stdout instead of text and bars
+	// timeout is --timeout, for the message when it passes.
+	timeout time.Duration
 }
 
 // outcomePoll is how often the waiter asks the catalog whether the job
@@ -183,7 +191,8 @@ func (w *waiter) run(ctx context.Context, a *app) error {
 		var m *nats.Msg
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			finish("interrupted")
+			return w.stopped(ctx, w.timeout)
 		case <-poll.C:
 			qctx, cancel := context.WithTimeout(ctx, outcomePoll)
 			j, err := w.cat.Job(qctx, w.jobID)
@@ -259,6 +268,9 @@ func (w *waiter) awaitThen(ctx context.Context, a *app, finish func(string)) err
 // terminal event was seen, and reports that outcome.
 func (w *waiter) await(ctx context.Context, a *app) error {
 	j, err := w.cat.Await(ctx, w.jobID, store.Job.Ended)
+	if err != nil && ctx.Err() != nil {
+		return w.stopped(ctx, w.timeout)
+	}
 	if err != nil {
 		return fmt.Errorf("job %s: its outcome was published but the catalog does not show it (not stored?): %w", w.jobID, err)
 	}

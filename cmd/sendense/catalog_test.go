@@ -74,7 +74,7 @@ func TestCatalogExternalNATS(t *testing.T) {
 			}
 		}
 		if _, err := cli(t, "jobs", "--status", "lost", "--nats-url", url, "--data", data); err == nil ||
-			!strings.Contains(err.Error(), `--status "lost": want one of running, completed, failed, rejected, pruned`) {
+			!strings.Contains(err.Error(), `--status "lost": want one of queued, running, completed, failed, rejected, pruned`) {
 			t.Errorf("jobs --status lost: %v, want an error naming the statuses", err)
 		}
 	})
