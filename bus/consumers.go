@@ -98,19 +98,7 @@ func RequestConsumerConfig(opts RequestConsumerOptions) jetstream.ConsumerConfig
 // until ctx ends while the stream is not there or the cluster does not
 // answer yet.
 func EnsureRequestConsumer(ctx context.Context, js jetstream.JetStream, opts RequestConsumerOptions) (jetstream.Consumer, error) {
-	cfg := RequestConsumerConfig(opts)
-	var c jetstream.Consumer
-	err := Await(ctx, "consumer "+cfg.Durable+" on "+StreamRequests, func(ctx context.Context) error {
-		var err error
-		if c, err = js.CreateOrUpdateConsumer(ctx, StreamRequests, cfg); err != nil {
-			return fmt.Errorf("create or update consumer %s on %s: %w", cfg.Durable, StreamRequests, err)
-		}
-		return nil
-	}, opts.Await)
-	if err != nil {
-		return nil, err
-	}
-	return c, nil
+	return ensureConsumer(ctx, js, StreamRequests, RequestConsumerConfig(opts), opts.Await)
 }
 
 // RequestConsumer binds to ConsumerAgents on StreamRequests without
@@ -151,15 +139,20 @@ func CatalogConsumerConfig(durable string) jetstream.ConsumerConfig {
 // jetstream.OrderedConsumerConfig{}). It waits with Await (default
 // options) until ctx ends while the stream is not there yet.
 func EnsureCatalogConsumer(ctx context.Context, js jetstream.JetStream, durable string) (jetstream.Consumer, error) {
-	cfg := CatalogConsumerConfig(durable)
+	return ensureConsumer(ctx, js, StreamEvents, CatalogConsumerConfig(durable), AwaitOptions{})
+}
+
+// ensureConsumer creates or updates the durable consumer cfg on stream,
+// waiting with Await (opts) until ctx ends while the stream is not there.
+func ensureConsumer(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.ConsumerConfig, opts AwaitOptions) (jetstream.Consumer, error) {
 	var c jetstream.Consumer
-	err := Await(ctx, "consumer "+cfg.Durable+" on "+StreamEvents, func(ctx context.Context) error {
+	err := Await(ctx, "consumer "+cfg.Durable+" on "+stream, func(ctx context.Context) error {
 		var err error
-		if c, err = js.CreateOrUpdateConsumer(ctx, StreamEvents, cfg); err != nil {
-			return fmt.Errorf("create or update consumer %s on %s: %w", cfg.Durable, StreamEvents, err)
+		if c, err = js.CreateOrUpdateConsumer(ctx, stream, cfg); err != nil {
+			return fmt.Errorf("create or update consumer %s on %s: %w", cfg.Durable, stream, err)
 		}
 		return nil
-	}, AwaitOptions{})
+	}, opts)
 	if err != nil {
 		return nil, err
 	}

@@ -2,7 +2,6 @@ package bus
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -48,14 +47,5 @@ func VerifyConsumerConfig() jetstream.ConsumerConfig {
 // StreamRequests (as admin, like EnsureRequestConsumer), waiting with
 // Await until ctx ends while the stream is not there.
 func EnsureVerifyConsumer(ctx context.Context, js jetstream.JetStream, opts AwaitOptions) (jetstream.Consumer, error) {
-	cfg := VerifyConsumerConfig()
-	var c jetstream.Consumer
-	err := Await(ctx, "consumer "+cfg.Durable+" on "+StreamRequests, func(ctx context.Context) error {
-		var err error
-		if c, err = js.CreateOrUpdateConsumer(ctx, StreamRequests, cfg); err != nil {
-			return fmt.Errorf("create or update consumer %s on %s: %w", cfg.Durable, StreamRequests, err)
-		}
-		return nil
-	}, opts)
-	return c, err
+	return ensureConsumer(ctx, js, StreamRequests, VerifyConsumerConfig(), opts)
 }

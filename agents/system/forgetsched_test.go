@@ -42,7 +42,15 @@ func TestForgetScheduled(t *testing.T) {
 		h.waitCatalog(id, func(j store.Job) bool { return j.Status == store.StatusPruned })
 	}
 	h.waitCatalog(jobs[2], func(j store.Job) bool { return j.Status == store.StatusCompleted })
-	if logs := h.logs.String(); !strings.Contains(logs, `"requested_by":"schedule:prune-pgtest1"`) || !strings.Contains(logs, "forget request done") {
-		t.Error("the hub did not log the scheduled forget")
+	// The hub logs the request done once Forget returned, which may be
+	// after the catalog shows the points pruned.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		logs := h.logs.String()
+		if strings.Contains(logs, `"requested_by":"schedule:prune-pgtest1"`) && strings.Contains(logs, "forget request done") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the hub did not log the scheduled forget")
+		}
 	}
 }
