@@ -9,7 +9,7 @@ LDFLAGS   := $(if $(VERSION),-X main.version=$(VERSION))
 RACE_RE   := /(bus|store|copier|nbd|agents)(/|$$)
 GOFILES    = $(shell find . -name '*.go' -not -path './var/*' -not -path './bin/*')
 
-.PHONY: all deps build lint test test-race bench bench-catalog bench-copy bench-restore bench-restore-depth bench-prune bench-verify bench-snapshot demo clean
+.PHONY: all deps build lint test test-race bench bench-catalog bench-copy bench-restore bench-restore-depth bench-prune bench-verify bench-snapshot bench-scale demo clean
 
 all: build
 
@@ -29,7 +29,7 @@ test: deps lint
 	$(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -Ev '$(RACE_RE)')
 	$(GO) test -race -count=1 -timeout 20m $$($(GO) list ./... | grep -E '$(RACE_RE)')
 
-bench: deps bench-catalog bench-copy bench-restore bench-restore-depth bench-prune bench-verify bench-snapshot
+bench: deps bench-catalog bench-copy bench-restore bench-restore-depth bench-prune bench-verify bench-snapshot bench-scale
 
 # Catalog consumer: events/s committed and publish-to-commit latency vs a raw JetStream loop.
 bench-catalog:
@@ -65,6 +65,14 @@ bench-verify:
 # to split the live image from the frozen one, and the testbed's own freeze (link + extent walk).
 bench-snapshot:
 	$(GO) test ./testbed -run '^$$' -bench 'BenchmarkSnapshot|BenchmarkFreezeLink' -benchtime 10x -timeout 20m -v
+
+# Scale, with serve (hub + catalog), vcenter-sim and 2 agents as separate processes: 100 VMs × 2
+# disks backed up at once (wall time as `N.NNx ideal`, request→started and started→completed,
+# the agent's own time per job, agents' peak RSS); then a catalog of 100k jobs (jobs, job, chain
+# head, file size, catalog rebuild per 100k events). SENDENSE_BENCH_SCALE_INVENTORY and
+# SENDENSE_BENCH_MAX_JOBS change the first; SENDENSE_BENCH_CATALOG_JOBS the second.
+bench-scale: deps
+	$(GO) test ./cmd/sendense -run '^$$' -bench 'BenchmarkScale' -benchtime 1x -timeout 40m -v
 
 # The main job: embedded NATS, simulated vCenter with CBT, full + incremental + restore check.
 demo: deps build

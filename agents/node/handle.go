@@ -36,6 +36,8 @@ type request struct {
 
 // handle runs one delivered request to its end: ack, nak or term.
 func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
+	times := &jobTimes{began: time.Now()}
+	ctx = withJobTimes(ctx, times)
 	delivered, err := bus.Attempt(msg)
 	if err != nil {
 		a.log.Error().Err(err).Msg("request without metadata")
@@ -140,10 +142,13 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 		a.failAndSettle(ctx, r, lease, stop, a.whyStopped(ctx, lease, err))
 		return
 	}
-	r.log.Info().Int("disks", len(completed.Disks)).Msg("backup completed")
 	a.metrics.completed(completed, time.Since(began))
 	a.storeUp()
+	waited := time.Now()
 	a.awaitCatalog(ctx, r, store.StatusCompleted)
+	// Logged once the catalog shows it, with what the job spent where.
+	r.log.Info().Int("disks", len(completed.Disks)).Dur("job_ms", time.Since(times.began)).Dur("vcenter_ms", times.vcenter).
+		Dur("copy_ms", times.copy).Dur("catalog_wait_ms", time.Since(waited)).Msg("backup completed")
 	a.release(lease, r)
 	stop()
 	if err := msg.DoubleAck(ctx); err != nil {

@@ -107,6 +107,7 @@ func (a *Agent) run(ctx context.Context, r *request) (_ *schemas.Completed, _ []
 	go prog.run(ctx)
 	defer prog.stop()
 
+	copyStart := time.Now()
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(a.cfg.DiskParallel)
 	for _, d := range runs {
@@ -115,6 +116,7 @@ func (a *Agent) run(ctx context.Context, r *request) (_ *schemas.Completed, _ []
 	if err := g.Wait(); err != nil {
 		return nil, nil, err
 	}
+	timesOf(ctx).setCopy(copyStart)
 
 	// The copy is done: remove the snapshot (consolidating the guest's
 	// writes made meanwhile), then close the targets.

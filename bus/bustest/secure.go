@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 
 	"github.com/sendense/sendense/bus"
 )
@@ -143,6 +144,15 @@ func ExternalWithConfig(tb testing.TB, conf string) string {
 	tb.Helper()
 	conf += "\njetstream {\n  sync_interval: always\n}\n"
 	return startExternalConf(tb, NatsServerBinary(tb), tb.TempDir(), -1, conf, Logger(tb)).url
+}
+
+// ExternalWithConfigNoSync is ExternalWithConfig with the server's
+// default sync interval instead of a sync per write: for benchmarks that
+// must store many messages fast, never for a test of durability. The
+// server's log is discarded.
+func ExternalWithConfigNoSync(tb testing.TB, conf string) string {
+	tb.Helper()
+	return startExternalConf(tb, NatsServerBinary(tb), tb.TempDir(), -1, conf, zerolog.Nop()).url
 }
 
 // RoleCreds makes a seed for every role and for each agent in a temp dir

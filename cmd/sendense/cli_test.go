@@ -56,7 +56,7 @@ func TestMain(m *testing.M) {
 
 // sendenseBin returns the path of this package built with `go build`,
 // once per test run.
-func sendenseBin(t *testing.T) string {
+func sendenseBin(t testing.TB) string {
 	t.Helper()
 	binOnce.Do(func() {
 		binDir, binErr = os.MkdirTemp("", "sendense-cli-test")
@@ -96,7 +96,7 @@ type proc struct {
 
 // startProc starts the binary with args; cleanup kills it (SIGKILL) if it
 // still runs and, when the test failed, logs its output.
-func startProc(t *testing.T, args ...string) *proc {
+func startProc(t testing.TB, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(sendenseBin(t), args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -105,7 +105,7 @@ func startProc(t *testing.T, args ...string) *proc {
 
 // startCmd starts cmd as the process called name, with startProc's
 // cleanup. cmd's output goes to the proc's buffer.
-func startCmd(t *testing.T, name string, cmd *exec.Cmd) *proc {
+func startCmd(t testing.TB, name string, cmd *exec.Cmd) *proc {
 	t.Helper()
 	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.out
@@ -138,7 +138,7 @@ func (p *proc) kill() {
 }
 
 // stop sends SIGTERM and returns the exit code, failing after 20 s.
-func (p *proc) stop(t *testing.T) int {
+func (p *proc) stop(t testing.TB) int {
 	t.Helper()
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
@@ -161,7 +161,7 @@ func (p *proc) exited() bool {
 
 // cli runs a short sendense command and returns its stdout; err carries
 // the exit status and stderr.
-func cli(t *testing.T, args ...string) (string, error) {
+func cli(t testing.TB, args ...string) (string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -175,7 +175,7 @@ func cli(t *testing.T, args ...string) (string, error) {
 }
 
 // mustCLI is cli that fails the test on error.
-func mustCLI(t *testing.T, args ...string) string {
+func mustCLI(t testing.TB, args ...string) string {
 	t.Helper()
 	out, err := cli(t, args...)
 	if err != nil {
@@ -184,7 +184,7 @@ func mustCLI(t *testing.T, args ...string) string {
 	return out
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -200,13 +200,13 @@ func testLog(t *testing.T) zerolog.Logger {
 
 // connectTest connects to url as admin with the seed under data/creds
 // (waiting up to 30 s for the server and the seed), closed in cleanup.
-func connectTest(t *testing.T, url, data string) *nats.Conn {
+func connectTest(t testing.TB, url, data string) *nats.Conn {
 	t.Helper()
 	return connectAs(t, url, data, bus.Identity{Role: bus.RoleAdmin})
 }
 
 // connectAs connects to url as id with its seed under data/creds.
-func connectAs(t *testing.T, url, data string, id bus.Identity) *nats.Conn {
+func connectAs(t testing.TB, url, data string, id bus.Identity) *nats.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -231,7 +231,7 @@ func connectAs(t *testing.T, url, data string, id bus.Identity) *nats.Conn {
 }
 
 // waitCatalog waits until the catalog service answers on nc.
-func waitCatalog(t *testing.T, nc *nats.Conn, p *proc) {
+func waitCatalog(t testing.TB, nc *nats.Conn, p *proc) {
 	t.Helper()
 	cl := catalog.NewClient(nc)
 	deadline := time.Now().Add(30 * time.Second)

@@ -82,7 +82,7 @@ func natsCluster(t *testing.T, clientPorts []int, auth string) {
 }
 
 // waitOutput waits until p's output contains s.
-func waitOutput(t *testing.T, p *proc, s string) {
+func waitOutput(t testing.TB, p *proc, s string) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for !strings.Contains(p.out.String(), s) {

@@ -20,7 +20,7 @@ import (
 
 // copySeed gives a data directory of its own the one seed a process on
 // another host would be handed.
-func copySeed(t *testing.T, from string, id bus.Identity) string {
+func copySeed(t testing.TB, from string, id bus.Identity) string {
 	t.Helper()
 	src := bus.Creds{Dir: filepath.Join(from, "creds")}
 	data := t.TempDir()
@@ -39,9 +39,16 @@ func copySeed(t *testing.T, from string, id bus.Identity) string {
 }
 
 // simReady waits for vcenter-sim's ready lines and returns them by key.
-func simReady(t *testing.T, p *proc) map[string]string {
+func simReady(t testing.TB, p *proc) map[string]string {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	return simReadyWithin(t, p, 30*time.Second)
+}
+
+// simReadyWithin is simReady waiting up to d (a large inventory takes
+// longer to make).
+func simReadyWithin(t testing.TB, p *proc, d time.Duration) map[string]string {
+	t.Helper()
+	deadline := time.Now().Add(d)
 	for {
 		got := map[string]string{}
 		for _, line := range strings.Split(p.out.String(), "\n") {
@@ -56,7 +63,7 @@ func simReady(t *testing.T, p *proc) map[string]string {
 			t.Fatalf("vcenter-sim exited: %v", p.state)
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("vcenter-sim not ready after 30s")
+			t.Fatalf("vcenter-sim not ready after %s", d)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
