@@ -201,7 +201,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		deps.Sources == nil || deps.Targets == nil || deps.Catalog == nil {
 		return nil, errors.New("node agent: every dependency is required")
 	}
-	deps.VCenter = timedVCenter{deps.VCenter}
+	deps.VCenter, deps.Targets, deps.Catalog = timedVCenter{deps.VCenter}, timedTargets{deps.Targets}, timedCatalog{deps.Catalog}
 	a := &Agent{cfg: cfg, deps: deps, log: cfg.Log.With().Str("role", "agent").Str("agent", cfg.AgentID).Logger(),
 		metrics: newMetrics(cfg.Registry)}
 	a.metrics.setReady(true)

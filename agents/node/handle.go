@@ -148,7 +148,8 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 	a.awaitCatalog(ctx, r, store.StatusCompleted)
 	// Logged once the catalog shows it, with what the job spent where.
 	r.log.Info().Int("disks", len(completed.Disks)).Dur("job_ms", time.Since(times.began)).Dur("vcenter_ms", times.vcenter).
-		Dur("copy_ms", times.copy).Dur("catalog_wait_ms", time.Since(waited)).Msg("backup completed")
+		Dur("copy_ms", times.copy).Dur("hub_ms", times.hub).Dur("catalog_ms", times.catalog).Dur("catalog_wait_ms", time.Since(waited)).
+		Msg("backup completed")
 	a.release(lease, r)
 	stop()
 	if err := msg.DoubleAck(ctx); err != nil {
@@ -400,7 +401,7 @@ func (a *Agent) backoff(attempt int) time.Duration {
 // the next job of this VM (which can start once the lease is released) sees
 // this one. Bounded by Config.CatalogWait.
 func (a *Agent) awaitCatalog(ctx context.Context, r *request, status string) {
-	ctx, cancel := context.WithTimeout(ctx, a.cfg.CatalogWait)
+	ctx, cancel := context.WithTimeout(withJobTimes(ctx, nil), a.cfg.CatalogWait) // timed as a whole by the caller
 	defer cancel()
 	for {
 		job, err := a.deps.Catalog.Job(ctx, r.jobID)

@@ -7,19 +7,28 @@ import (
 
 	"github.com/vmware/govmomi/vim25/types"
 
+	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/manifest"
+	"github.com/sendense/sendense/store"
 	"github.com/sendense/sendense/vmware"
 )
 
-// jobTimes is what one job spent waiting on vCenter's SDK and on the copy
-// of its disks, so that what is left of its time is the agent's own (its
-// catalog, hub and NATS round trips included). The completed job's log
-// line carries them (vcenter_ms, copy_ms, job_ms); make bench-scale reads
-// them from there.
+// jobTimes is what one job spent waiting on vCenter's SDK, on the copy of
+// its disks, on the hub and on the catalog, so that what is left of its
+// time is the agent's own. The completed job's log line carries them
+// (job_ms, vcenter_ms, copy_ms, hub_ms, catalog_ms, catalog_wait_ms);
+// make bench-scale reads them from there.
 type jobTimes struct {
 	began   time.Time // the request was fetched
 	mu      sync.Mutex
-	vcenter time.Duration // sum of the job's SDK calls (they run one at a time)
+	vcenter time.Duration // the job's SDK calls (one at a time)
 	copy    time.Duration // wall time of the copy phase: disks copied in parallel
+	// hub is the job's repository calls outside the copy phase (info,
+	// open, close, abort); the digests sent in it count as copy.
+	hub time.Duration
+	// catalog is the job's catalog lookups (job, chain heads), not the
+	// wait for the catalog to show the outcome (awaitCatalog).
+	catalog time.Duration
 }
 
 type jobTimesKey struct{}
@@ -29,13 +38,31 @@ func withJobTimes(ctx context.Context, t *jobTimes) context.Context {
 	return context.WithValue(ctx, jobTimesKey{}, t)
 }
 
-func (t *jobTimes) addVCenter(start time.Time) {
+func (t *jobTimes) add(d *time.Duration, start time.Time) {
 	if t == nil {
 		return
 	}
 	t.mu.Lock()
-	t.vcenter += time.Since(start)
+	*d += time.Since(start)
 	t.mu.Unlock()
+}
+
+func (t *jobTimes) addVCenter(start time.Time) {
+	if t != nil {
+		t.add(&t.vcenter, start)
+	}
+}
+
+func (t *jobTimes) addHub(start time.Time) {
+	if t != nil {
+		t.add(&t.hub, start)
+	}
+}
+
+func (t *jobTimes) addCatalog(start time.Time) {
+	if t != nil {
+		t.add(&t.catalog, start)
+	}
 }
 
 func (t *jobTimes) setCopy(start time.Time) {
@@ -84,4 +111,46 @@ func (v timedVCenter) RemoveSnapshot(ctx context.Context, snap types.ManagedObje
 func (v timedVCenter) StaleSnapshots(ctx context.Context, vm *vmware.VM, prefix string) ([]vmware.Snapshot, error) {
 	defer timesOf(ctx).addVCenter(time.Now())
 	return v.vc.StaleSnapshots(ctx, vm, prefix)
+}
+
+// timedTargets adds the duration of the job's repository calls, but
+// Digests (inside the copy phase), to its jobTimes.
+type timedTargets struct{ t Targets }
+
+func (v timedTargets) Info(ctx context.Context, repo string) (hub.InfoReply, error) {
+	defer timesOf(ctx).addHub(time.Now())
+	return v.t.Info(ctx, repo)
+}
+
+func (v timedTargets) Open(ctx context.Context, req hub.OpenRequest) (hub.OpenReply, error) {
+	defer timesOf(ctx).addHub(time.Now())
+	return v.t.Open(ctx, req)
+}
+
+func (v timedTargets) Close(ctx context.Context, ref hub.TargetRef) (hub.CloseReply, error) {
+	defer timesOf(ctx).addHub(time.Now())
+	return v.t.Close(ctx, ref)
+}
+
+func (v timedTargets) Digests(ctx context.Context, ref hub.TargetRef, entries []manifest.Entry) error {
+	return v.t.Digests(ctx, ref, entries)
+}
+
+func (v timedTargets) Abort(ctx context.Context, ref hub.TargetRef) error {
+	defer timesOf(ctx).addHub(time.Now())
+	return v.t.Abort(ctx, ref)
+}
+
+// timedCatalog adds the duration of the job's catalog lookups to its
+// jobTimes.
+type timedCatalog struct{ c Catalog }
+
+func (v timedCatalog) Job(ctx context.Context, id string) (store.Job, error) {
+	defer timesOf(ctx).addCatalog(time.Now())
+	return v.c.Job(ctx, id)
+}
+
+func (v timedCatalog) ChainHead(ctx context.Context, vmUUID string, diskKey int32, repo string) (store.Link, error) {
+	defer timesOf(ctx).addCatalog(time.Now())
+	return v.c.ChainHead(ctx, vmUUID, diskKey, repo)
 }

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -56,6 +57,8 @@ import (
 //     copy_ms, from the same log line, with each part. Goal ≤ 100 ms;
 //   - each agent process's peak RSS (VmHWM; its nbdkit children not
 //     included), and the other processes' for reference.
+//
+// SENDENSE_BENCH_DUMP=DIR writes the processes' logs there.
 func BenchmarkScale(b *testing.B) {
 	for _, tool := range []string{"qemu-img", "qemu-nbd", "nbdkit"} {
 		testutil.RequireTool(b, tool)
@@ -183,11 +186,13 @@ func benchScale(b *testing.B, inventory string, agentNames []string, maxJobs int
 		}
 	}
 	var copySum time.Duration
-	var own, vc, cp, cw, whole []time.Duration
+	var own, vc, cp, hb, ct, cw, rest, whole []time.Duration
 	for _, t := range timings {
 		copySum += t.copy
 		own = append(own, t.job-t.vcenter-t.copy)
+		rest = append(rest, t.job-t.vcenter-t.copy-t.hub-t.catalog-t.catalogWait)
 		vc, cp, cw, whole = append(vc, t.vcenter), append(cp, t.copy), append(cw, t.catalogWait), append(whole, t.job)
+		hb, ct = append(hb, t.hub), append(ct, t.catalog)
 	}
 	wall := last.Sub(first)
 	par := len(agentNames) * maxJobs
@@ -212,8 +217,11 @@ func benchScale(b *testing.B, inventory string, agentNames []string, maxJobs int
 	row("agent: fetched → catalog shows it (job_ms)", whole)
 	row("  vCenter SDK calls (vcenter_ms)", vc)
 	row("  copy phase (copy_ms)", cp)
-	row("  waiting for the catalog (catalog_wait_ms)", cw)
 	row("  agent's own: job − vcenter − copy", own)
+	row("    of it: hub calls, targets (hub_ms)", hb)
+	row("    of it: catalog lookups (catalog_ms)", ct)
+	row("    of it: waiting for the catalog to show it (catalog_wait_ms)", cw)
+	row("    of it: the rest (events, lease, fetch, ack)", rest)
 	tw.Flush()
 	p := quantiles(own)
 	fmt.Fprintf(out, "agent's own time per job: p50 %s, p99 %s (goal ≤ 100 ms: %s)\n", p.p50, p.p99, verdict(p.p99 <= 100*time.Millisecond))
@@ -232,6 +240,14 @@ func benchScale(b *testing.B, inventory string, agentNames []string, maxJobs int
 	b.ReportMetric(wall.Seconds()/ideal.Seconds(), "x-ideal")
 	b.ReportMetric(float64(p.p99)/float64(time.Millisecond), "agent-own-p99-ms")
 
+	if dir := os.Getenv("SENDENSE_BENCH_DUMP"); dir != "" {
+		for _, p := range append([]*proc{serve, sim}, agents...) {
+			name := strings.TrimSpace(p.name + " " + procLabel(p))
+			if err := os.WriteFile(filepath.Join(dir, strings.ReplaceAll(name, " ", "-")+".log"), []byte(p.out.String()), 0o644); err != nil {
+				b.Error(err)
+			}
+		}
+	}
 	for _, p := range append(agents, sim, serve) {
 		if code := p.stop(b); code != 0 {
 			b.Errorf("sendense %s exited with %d after SIGTERM", p.name, code)
@@ -257,7 +273,7 @@ func procLabel(p *proc) string {
 
 // jobTiming is what an agent's "backup completed" line says of a job.
 type jobTiming struct {
-	job, vcenter, copy, catalogWait time.Duration
+	job, vcenter, copy, hub, catalog, catalogWait time.Duration
 }
 
 // completedTimings reads the "backup completed" lines of an agent's JSON
@@ -278,12 +294,14 @@ func completedTimings(tb testing.TB, log string) map[string]jobTiming {
 			Job         float64 `json:"job_ms"`
 			VCenter     float64 `json:"vcenter_ms"`
 			Copy        float64 `json:"copy_ms"`
+			Hub         float64 `json:"hub_ms"`
+			Catalog     float64 `json:"catalog_ms"`
 			CatalogWait float64 `json:"catalog_wait_ms"`
 		}
 		if err := json.Unmarshal(line, &l); err != nil || l.Message != "backup completed" {
 			continue
 		}
-		out[l.JobID] = jobTiming{job: msDur(l.Job), vcenter: msDur(l.VCenter), copy: msDur(l.Copy), catalogWait: msDur(l.CatalogWait)}
+		out[l.JobID] = jobTiming{job: msDur(l.Job), vcenter: msDur(l.VCenter), copy: msDur(l.Copy), hub: msDur(l.Hub), catalog: msDur(l.Catalog), catalogWait: msDur(l.CatalogWait)}
 	}
 	return out
 }
