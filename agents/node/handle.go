@@ -403,7 +403,9 @@ func (a *Agent) backoff(attempt int) time.Duration {
 func (a *Agent) awaitCatalog(ctx context.Context, r *request, status string) {
 	ctx, cancel := context.WithTimeout(withJobTimes(ctx, nil), a.cfg.CatalogWait) // timed as a whole by the caller
 	defer cancel()
-	for {
+	// The catalog commits an event within milliseconds: poll soon, then
+	// back off to 50 ms (the lease, and so the VM, is held meanwhile).
+	for wait := 5 * time.Millisecond; ; wait = min(2*wait, 50*time.Millisecond) {
 		job, err := a.deps.Catalog.Job(ctx, r.jobID)
 		if err == nil && (job.Status == status || job.Status == store.StatusCompleted) {
 			return // completed wins over a later failure of the same job
@@ -412,7 +414,7 @@ func (a *Agent) awaitCatalog(ctx context.Context, r *request, status string) {
 		case <-ctx.Done():
 			r.log.Warn().Str("want_status", status).Msg("catalog did not show the job's outcome in time")
 			return
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(wait):
 		}
 	}
 }

@@ -70,12 +70,22 @@ func (a *Agent) run(ctx context.Context, r *request) (_ *schemas.Completed, _ []
 			a.abortTargets(ctx, r, runs)
 		}
 	}()
+	// The disks' targets are opened at once: each is a qemu-img create
+	// and a qemu-nbd start on the hub. One failing does not cancel the
+	// others, so every target opened is in runs and aborted.
+	openStart := time.Now()
+	og := new(errgroup.Group)
 	for i, p := range plans {
-		d, err := a.openTarget(ctx, r, snap, p)
-		if err != nil {
-			return nil, nil, err
-		}
-		runs[i] = d
+		og.Go(func() error {
+			d, err := a.openTarget(ctx, r, snap, p)
+			runs[i] = d
+			return err
+		})
+	}
+	err = og.Wait()
+	timesOf(ctx).addHub(openStart)
+	if err != nil {
+		return nil, nil, err
 	}
 
 	started := &schemas.Started{
@@ -122,13 +132,27 @@ func (a *Agent) run(ctx context.Context, r *request) (_ *schemas.Completed, _ []
 	// writes made meanwhile), then close the targets.
 	a.removeSnapshot(ctx, r, snap)
 	snapRemoved = true
+	// Closed at once too: each stops a qemu-nbd and writes a manifest.
+	closeStart := time.Now()
+	cg := new(errgroup.Group)
+	for _, d := range runs {
+		cg.Go(func() error {
+			closed, err := a.deps.Targets.Close(ctx, d.ref)
+			if err != nil {
+				return fail(schemas.FailRepository, true, fmt.Errorf("close target of disk %d of vm %s: %w", d.plan.disk.Key, r.vm.InstanceUUID, err))
+			}
+			d.closed = closed
+			return nil
+		})
+	}
+	err = cg.Wait()
+	timesOf(ctx).addHub(closeStart)
+	if err != nil {
+		return nil, nil, err
+	}
 	completed := &schemas.Completed{Header: a.header(r, schemas.NameCompleted, 0, 0), Repository: r.req.Repository}
 	for _, d := range runs {
-		closed, err := a.deps.Targets.Close(ctx, d.ref)
-		if err != nil {
-			return nil, nil, fail(schemas.FailRepository, true, fmt.Errorf("close target of disk %d of vm %s: %w", d.plan.disk.Key, r.vm.InstanceUUID, err))
-		}
-		d.closed = closed
+		closed := d.closed
 		completed.Disks = append(completed.Disks, schemas.DiskResult{
 			Disk: d.plan.ref, ChangeID: d.plan.disk.ChangeID, BackupType: d.plan.backupType, Reason: d.plan.reason,
 			BaseChangeID: d.plan.baseChangeID, BytesRead: d.copied.BytesRead, BytesWritten: d.copied.BytesWritten,
