@@ -119,8 +119,7 @@ func (r *Repo) prune(ctx context.Context, s PruneStep) error {
 	dir := r.diskDir(s.VMUUID, s.DiskKey)
 	log := zerolog.Ctx(ctx).With().Str("op", s.Op).Str("job_id", s.JobID).Int32("disk", s.DiskKey).Logger()
 
-	r.fileMu.Lock()
-	defer r.fileMu.Unlock()
+	defer r.lockDir(dir)()
 	if e := r.exportIn(dir); e != nil {
 		return fmt.Errorf("%s by qemu-nbd pid %d: %w", e.Path(), e.PID(), ErrBusy)
 	}

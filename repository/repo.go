@@ -26,9 +26,14 @@ import (
 type Repo struct {
 	root string
 
-	// fileMu serialises Create and Remove, so a file cannot be removed
-	// while an incremental backed by it is being created.
-	fileMu sync.Mutex
+	// dirs holds a lock per disk directory (lockDir): Create, Remove,
+	// prune and the temporary files' listing and removal of one disk
+	// serialise, so a file cannot be removed while an incremental backed
+	// by it (always in the same directory) is being created. Disks of
+	// other VMs, or other disks, do not wait for each other: a qemu-img
+	// create or a merge of one never holds up another's.
+	dirMu sync.Mutex
+	dirs  map[string]*dirLock
 
 	mu      sync.Mutex // guards exports and closed
 	exports map[*Export]struct{}
@@ -76,7 +81,7 @@ func Open(root string) (*Repo, error) {
 	if !st.IsDir() {
 		return nil, fmt.Errorf("open repository %s: not a directory", root)
 	}
-	return &Repo{root: abs, exports: make(map[*Export]struct{})}, nil
+	return &Repo{root: abs, exports: make(map[*Export]struct{}), dirs: make(map[string]*dirLock)}, nil
 }
 
 // Root returns the absolute root directory.
@@ -104,6 +109,36 @@ func (r *Repo) ManifestPath(vmUUID string, diskKey int32, jobID string) (string,
 // diskDir is the directory of a disk's chain; ids must be valid.
 func (r *Repo) diskDir(vmUUID string, diskKey int32) string {
 	return filepath.Join(r.root, vmUUID, strconv.FormatInt(int64(diskKey), 10))
+}
+
+// dirLock is the lock of one disk directory, kept while anyone holds or
+// waits for it.
+type dirLock struct {
+	mu   sync.Mutex
+	refs int // guarded by Repo.dirMu
+}
+
+// lockDir locks the disk directory dir (a diskDir path) and returns its
+// unlock.
+func (r *Repo) lockDir(dir string) (unlock func()) {
+	dir = filepath.Clean(dir)
+	r.dirMu.Lock()
+	l := r.dirs[dir]
+	if l == nil {
+		l = &dirLock{}
+		r.dirs[dir] = l
+	}
+	l.refs++
+	r.dirMu.Unlock()
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		r.dirMu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(r.dirs, dir)
+		}
+		r.dirMu.Unlock()
+	}
 }
 
 // Create makes the backup file of job jobID for a disk and returns its path.
@@ -149,8 +184,7 @@ func (r *Repo) create(ctx context.Context, vmUUID string, diskKey int32, jobID s
 	dir := r.diskDir(vmUUID, diskKey)
 	final := filepath.Join(dir, fileName(jobID))
 
-	r.fileMu.Lock()
-	defer r.fileMu.Unlock()
+	defer r.lockDir(dir)()
 
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return "", err
@@ -237,7 +271,7 @@ func ValidateCapacity(bytes int64) error {
 func tempPrefix(jobID string) string { return "." + fileName(jobID) + "." }
 
 // removeTemps removes temporary files a crashed Create of jobID left in dir.
-// Callers hold fileMu.
+// Callers hold dir's lock (lockDir).
 func removeTemps(dir, jobID string) {
 	// Ids hold no glob metacharacters.
 	matches, _ := filepath.Glob(filepath.Join(dir, tempPrefix(jobID)+"*.tmp"))
@@ -362,8 +396,7 @@ func (r *Repo) remove(vmUUID string, diskKey int32, jobID string) error {
 	dir := r.diskDir(vmUUID, diskKey)
 	target := filepath.Join(dir, fileName(jobID))
 
-	r.fileMu.Lock()
-	defer r.fileMu.Unlock()
+	defer r.lockDir(dir)()
 
 	if e := r.exportOf(target); e != nil {
 		return fmt.Errorf("%s by qemu-nbd pid %d: %w", target, e.PID(), ErrBusy)

@@ -100,8 +100,7 @@ func (r *Repo) Temps(vmUUID string, diskKey int32) ([]File, error) {
 		return nil, fmt.Errorf("list temporary files of disk %d of vm %q: %w", diskKey, vmUUID, err)
 	}
 	dir := r.diskDir(vmUUID, diskKey)
-	r.fileMu.Lock()
-	defer r.fileMu.Unlock()
+	defer r.lockDir(dir)()
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -161,8 +160,7 @@ func (r *Repo) removeTemp(path string) error {
 	if _, ok := tempJob(parts[2]); !ok {
 		return ErrNotInRepo
 	}
-	r.fileMu.Lock()
-	defer r.fileMu.Unlock()
+	defer r.lockDir(filepath.Dir(abs))()
 	if err := os.Remove(abs); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
