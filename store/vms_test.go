@@ -29,6 +29,8 @@ func TestJobsIDPrefixAndOffset(t *testing.T) {
 		{JobFilter{Offset: 3}, []string{"abcd1111"}},
 		{JobFilter{Offset: 9}, nil},
 		{JobFilter{IDPrefix: "abc", Offset: 1, Limit: 1}, []string{"abcd2222"}},
+		{JobFilter{Status: StatusCompleted, Offset: 2, Limit: 1}, []string{"abcd2222"}},
+		{JobFilter{Status: StatusFailed, Offset: 1}, nil},
 	} {
 		jobs, err := c.Jobs(tt.f)
 		if err != nil {

@@ -42,20 +42,30 @@ type queue struct {
 // agent taking it rejects it). No requests stream, or no right to read it,
 // gives an error.
 func (q *queue) queued(ctx context.Context) ([]store.Job, error) {
+	var jobs []store.Job
+	err := q.scan(ctx, func(j store.Job) bool {
+		jobs = append(jobs, j)
+		return true
+	})
+	return jobs, err
+}
+
+// scan reads the waiting requests as queued does, oldest first, passing
+// each job to fn until fn returns false or MaxQueuedRead were read.
+func (q *queue) scan(ctx context.Context, fn func(store.Job) bool) error {
 	ctx, cancel := context.WithTimeout(ctx, queueReadTimeout)
 	defer cancel()
 	st, err := q.js.Stream(ctx, bus.StreamRequests)
 	if err != nil {
-		return nil, fmt.Errorf("read queued requests: stream %s: %w", bus.StreamRequests, err)
+		return fmt.Errorf("read queued requests: stream %s: %w", bus.StreamRequests, err)
 	}
-	var jobs []store.Job
-	for seq := uint64(1); len(jobs) < MaxQueuedRead; {
+	for seq, n := uint64(1), 0; n < MaxQueuedRead; {
 		m, err := st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(bus.SubjectRequested))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			break
 		}
 		if err != nil {
-			return nil, fmt.Errorf("read queued requests: %s seq >= %d: %w", bus.StreamRequests, seq, err)
+			return fmt.Errorf("read queued requests: %s seq >= %d: %w", bus.StreamRequests, seq, err)
 		}
 		seq = m.Sequence + 1
 		req, err := schemas.DecodeRequest(m.Data)
@@ -66,7 +76,8 @@ func (q *queue) queued(ctx context.Context) ([]store.Job, error) {
 		if id == "" {
 			id = bus.DeriveJobID(bus.StreamRequests, m.Sequence, m.Time)
 		}
-		jobs = append(jobs, store.Job{
+		n++
+		if !fn(store.Job{
 			ID:            id,
 			Status:        store.StatusQueued,
 			VM:            schemas.VMRef{Name: req.VM},
@@ -77,9 +88,11 @@ func (q *queue) queued(ctx context.Context) ([]store.Job, error) {
 			CreatedAt:     m.Time.UTC(),
 			Disks:         []store.Disk{},
 			EventIDs:      []string{},
-		})
+		}) {
+			break
+		}
 	}
-	return jobs, nil
+	return nil
 }
 
 // unknown keeps the queued jobs the catalog has no record of: a request
@@ -98,15 +111,18 @@ func unknown(cat *store.Catalog, queued []store.Job) []store.Job {
 // queuedJob returns the queued job with this id, or an error wrapping
 // store.ErrNotFound.
 func (s *service) queuedJob(id string) (store.Job, error) {
-	queued, err := s.q.queued(context.Background())
+	var found *store.Job
+	err := s.q.scan(context.Background(), func(j store.Job) bool {
+		if j.ID == id {
+			found = &j
+		}
+		return found == nil // the oldest request under id, as before; stop there
+	})
+	if found != nil {
+		return *found, nil
+	}
 	if err != nil {
 		s.log.Warn().Err(err).Msg("catalog service: queued jobs not shown")
-		return store.Job{}, fmt.Errorf("get job %s: %w", id, store.ErrNotFound)
-	}
-	for _, j := range queued {
-		if j.ID == id {
-			return j, nil
-		}
 	}
 	return store.Job{}, fmt.Errorf("get job %s: %w", id, store.ErrNotFound)
 }
@@ -127,6 +143,22 @@ func matchQueued(f store.JobFilter, j store.Job) bool {
 // the queued jobs matching it, newest first (created at, then id
 // descending, as store.Jobs), then f's offset and limit.
 func (s *service) jobsWithQueued(f store.JobFilter) ([]store.Job, error) {
+	var queued []store.Job
+	if f.Status == "" || f.Status == store.StatusQueued {
+		all, err := s.q.queued(context.Background())
+		if err != nil {
+			s.log.Warn().Err(err).Msg("catalog service: queued jobs not shown")
+		}
+		for _, j := range unknown(s.cat, all) {
+			if matchQueued(f, j) {
+				queued = append(queued, j)
+			}
+		}
+	}
+	if len(queued) == 0 {
+		// The catalog's page is the answer: the store skips to it.
+		return s.cat.Jobs(f)
+	}
 	inner := f
 	inner.Offset = 0
 	if f.Limit > 0 {
@@ -136,16 +168,14 @@ func (s *service) jobsWithQueued(f store.JobFilter) ([]store.Job, error) {
 	if err != nil {
 		return nil, err
 	}
-	if f.Status != "" && f.Status != store.StatusQueued {
-		return page(jobs, f), nil
+	// A request an agent started after the queue was read is in the
+	// catalog's answer already: shown once, as the catalog has it.
+	known := make(map[string]bool, len(jobs))
+	for _, j := range jobs {
+		known[j.ID] = true
 	}
-	queued, err := s.q.queued(context.Background())
-	if err != nil {
-		s.log.Warn().Err(err).Msg("catalog service: queued jobs not shown")
-		return page(jobs, f), nil
-	}
-	for _, j := range unknown(s.cat, queued) {
-		if matchQueued(f, j) {
+	for _, j := range queued {
+		if !known[j.ID] {
 			jobs = append(jobs, j)
 		}
 	}
