@@ -240,17 +240,24 @@ func benchScale(b *testing.B, inventory string, agentNames []string, maxJobs int
 	b.ReportMetric(wall.Seconds()/ideal.Seconds(), "x-ideal")
 	b.ReportMetric(float64(p.p99)/float64(time.Millisecond), "agent-own-p99-ms")
 
-	if dir := os.Getenv("SENDENSE_BENCH_DUMP"); dir != "" {
-		for _, p := range append([]*proc{serve, sim}, agents...) {
-			name := strings.TrimSpace(p.name + " " + procLabel(p))
-			if err := os.WriteFile(filepath.Join(dir, strings.ReplaceAll(name, " ", "-")+".log"), []byte(p.out.String()), 0o644); err != nil {
-				b.Error(err)
-			}
-		}
-	}
+	dumpLogs(b, append([]*proc{serve, sim}, agents...)...)
 	for _, p := range append(agents, sim, serve) {
 		if code := p.stop(b); code != 0 {
 			b.Errorf("sendense %s exited with %d after SIGTERM", p.name, code)
+		}
+	}
+}
+
+// dumpLogs writes the processes' output into SENDENSE_BENCH_DUMP, if set.
+func dumpLogs(tb testing.TB, procs ...*proc) {
+	dir := os.Getenv("SENDENSE_BENCH_DUMP")
+	if dir == "" {
+		return
+	}
+	for _, p := range procs {
+		name := strings.ReplaceAll(strings.TrimSpace(p.name+" "+procLabel(p)), " ", "-")
+		if err := os.WriteFile(filepath.Join(dir, name+".log"), []byte(p.out.String()), 0o644); err != nil {
+			tb.Error(err)
 		}
 	}
 }
@@ -406,11 +413,27 @@ func benchScaleCatalog(b *testing.B, nJobs, rebuildEvents int) {
 		batch, len(evs), filled.Round(time.Millisecond), float64(len(evs))/filled.Seconds())
 
 	apiPort := freePort(b)
+	began = time.Now()
 	serve := startProc(b, "serve", "--data", data, "--nats-url", url, "--api-listen", fmt.Sprintf("127.0.0.1:%d", apiPort), "--log-format", "json")
-	waitCatalog(b, nc, serve)
 	cl := catalog.NewClient(connectAs(b, url, data, bus.Identity{Role: bus.RoleRequester}))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
+	// Ready when it answers a job lookup (waitCatalog asks for the
+	// stats, which read every job).
+	for {
+		tctx, tcancel := context.WithTimeout(ctx, time.Second)
+		_, err := cl.Job(tctx, ids[0])
+		tcancel()
+		if err == nil {
+			break
+		}
+		if serve.exited() || ctx.Err() != nil {
+			b.Fatalf("catalog service of serve not answering: %v (serve exited: %v)", err, serve.exited())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	fmt.Fprintf(out, "serve started on it: its catalog service answered %s after the start\n", time.Since(began).Round(time.Millisecond))
+	defer dumpLogs(b, serve)
 	clientFlags := []string{"--nats-url", url, "--data", data}
 	rng := rand.New(rand.NewPCG(1, 2))
 
@@ -461,6 +484,10 @@ func benchScaleCatalog(b *testing.B, nJobs, rebuildEvents int) {
 	})
 	measure("job ID (service)", 200, "", func() error {
 		_, err := cl.Job(ctx, ids[rng.IntN(len(ids))])
+		return err
+	})
+	measure("catalog stats (service; reads every job)", 3, "", func() error {
+		_, err := cl.Stats(ctx)
 		return err
 	})
 	measure("chain head (service, as the agent asks)", 500, "", func() error {
