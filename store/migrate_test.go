@@ -11,6 +11,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/schemas"
 )
 
@@ -180,7 +181,7 @@ func TestMigrateV2(t *testing.T) {
 	requireSameDump(t, want, got)
 
 	j := c.job(v2Legit.job)
-	if j.Status != StatusCompleted || j.Attempt != 1 || j.Agent != "" || j.Disks[0].ChangeID != v2Legit.changeID(diskA) ||
+	if j.Status != backup.StatusCompleted || j.Attempt != 1 || j.Agent != "" || j.Disks[0].ChangeID != v2Legit.changeID(diskA) ||
 		!slices.Equal(j.PoisonedEventIDs, []string{"job-legit.2.completed.0.0"}) {
 		t.Errorf("legit job = %+v", j)
 	}
@@ -189,10 +190,10 @@ func TestMigrateV2(t *testing.T) {
 	if links, err := c.Chain(vm1.UUID, diskB.Key, "default"); err != nil || len(links) != 1 || links[0].JobID != v2Legit.job {
 		t.Errorf("chain of vm1 disk 2001 = %+v, %v", links, err)
 	}
-	if _, err := c.Job(v2Forged.job); !errors.Is(err, ErrNotFound) {
+	if _, err := c.Job(v2Forged.job); !errors.Is(err, backup.ErrNotFound) {
 		t.Errorf("forged job: %v, want ErrNotFound (poison alone)", err)
 	}
-	if ij := c.job(v2Incomplete.job); ij.Status != StatusRunning || !slices.Equal(ij.PoisonedEventIDs, []string{"job-incomplete.1.completed.0.0"}) {
+	if ij := c.job(v2Incomplete.job); ij.Status != backup.StatusRunning || !slices.Equal(ij.PoisonedEventIDs, []string{"job-incomplete.1.completed.0.0"}) {
 		t.Errorf("incomplete job = %+v", ij)
 	}
 	requirePoison(t, c, map[string]string{
