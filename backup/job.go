@@ -29,7 +29,8 @@ var Statuses = []string{StatusQueued, StatusRunning, StatusCompleted, StatusFail
 // It is what `sendense job ID --json` prints. Every field is a function of
 // the set of applied events (and the newest progress), never of their order.
 type Job struct {
-	ID string `json:"id"`
+	// ID is the job id, job_id in JSON as in every event of the job.
+	ID string `json:"job_id"`
 	// Status: completed if a valid backup.completed was applied (it wins
 	// over everything, and a completed job is never rewritten: see
 	// consistency.go); else failed if the latest backup.failed attempt is

@@ -559,6 +559,7 @@ func (a *applier) writeJob(jobID string, job *backup.Job, raw []byte) (old *back
 		if err := json.Unmarshal(raw, old); err != nil {
 			return nil, false, fmt.Errorf("decode job %s: %w", jobID, err)
 		}
+		old.ID = jobID // the key is the id: records before layout 4 name it "id", not "job_id"
 	}
 	if oldKey, newKey := jobLinkKey(old), jobLinkKey(job); !bytes.Equal(oldKey, newKey) {
 		links := a.tx.Bucket(bucketLinks)

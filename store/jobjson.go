@@ -20,7 +20,7 @@ import (
 // what JSON's RFC 3339 allows (years 0 to 9999); use json.Marshal then,
 // which returns the error.
 func appendJob(b []byte, j *backup.Job) (_ []byte, ok bool) {
-	b = append(b, `{"id":`...)
+	b = append(b, `{"job_id":`...)
 	b = appendString(b, j.ID)
 	b = append(b, `,"status":`...)
 	b = appendString(b, j.Status)

@@ -47,6 +47,13 @@ func migrate(tx *bolt.Tx, from int, log zerolog.Logger, now func() time.Time) er
 		if err := rederiveAll(tx, log, now); err != nil {
 			return fmt.Errorf("migrate from schema version %d: %w", from, err)
 		}
+		return nil // re-deriving wrote every job record as version 4 does
+	case 3:
+		// Version 4 names a job record's id "job_id", as the events do;
+		// re-deriving every job writes each record anew.
+		if err := rederiveAll(tx, log, now); err != nil {
+			return fmt.Errorf("migrate from schema version 3: %w", err)
+		}
 		return nil
 	}
 	return fmt.Errorf("migrate from schema version %d: %w", from, ErrSchemaVersion)

@@ -175,8 +175,8 @@ func TestMigrateV2(t *testing.T) {
 
 	c := openTestCatalog(t, path)
 	got := c.dump()
-	if got.SchemaVersion != 3 {
-		t.Errorf("schema version = %d, want 3", got.SchemaVersion)
+	if got.SchemaVersion != schemaVersion {
+		t.Errorf("schema version = %d, want %d", got.SchemaVersion, schemaVersion)
 	}
 	requireSameDump(t, want, got)
 
@@ -230,5 +230,68 @@ func TestMigrateV2(t *testing.T) {
 	requireHead(t, c, next)
 	if j := c.job(next.job); j.Agent != "node1" {
 		t.Errorf("next job = %+v", j)
+	}
+}
+
+// TestMigrateV3: layout 3 named a job record's id "id"; version 4 names it
+// "job_id" as the events do. A version 3 file (this build's records with
+// the old name, as layout 3 wrote them) opens with the same content as a
+// fresh catalog of the same events, every record rewritten, and the jobs
+// and chains readable by id.
+func TestMigrateV3(t *testing.T) {
+	evs, poison := workload(1)
+	fresh := newTestCatalog(t)
+	fill(t, fresh, evs, poison, 50)
+	want := fresh.dump()
+	fresh.close()
+
+	db, err := bolt.Open(fresh.path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	err = db.Update(func(tx *bolt.Tx) error {
+		jobs := tx.Bucket(bucketJobs)
+		old := map[string][]byte{}
+		if err := jobs.ForEach(func(k, v []byte) error {
+			if !strings.HasPrefix(string(v), `{"job_id":`) {
+				t.Errorf("record of job %s: %.40s..., want it to start with job_id", k, v)
+			}
+			old[string(k)] = append([]byte(`{"id":`), v[len(`{"job_id":`):]...)
+			return nil
+		}); err != nil {
+			return err
+		}
+		for k, v := range old {
+			if err := jobs.Put([]byte(k), v); err != nil {
+				return err
+			}
+			n++
+		}
+		return tx.Bucket(bucketMeta).Put(keySchemaVersion, []byte("3"))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n == 0 {
+		t.Fatal("workload made no job records")
+	}
+
+	c := openTestCatalog(t, fresh.path)
+	got := c.dump()
+	if got.SchemaVersion != schemaVersion {
+		t.Errorf("schema version = %d, want %d", got.SchemaVersion, schemaVersion)
+	}
+	requireSameDump(t, want, got)
+	for _, j := range got.Jobs {
+		if j.ID == "" {
+			t.Fatalf("a migrated job has no id: %+v", j)
+		}
+		if g, err := c.Job(j.ID); err != nil || g.ID != j.ID {
+			t.Errorf("job %s after migration: %+v, %v", j.ID, g.ID, err)
+		}
 	}
 }
