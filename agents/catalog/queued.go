@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
 	"github.com/sendense/sendense/store"
@@ -35,15 +36,15 @@ type queue struct {
 }
 
 // queued returns the jobs of the requests waiting in the queue, oldest
-// first, as store.Jobs with status queued: id (the request's job_id, or
+// first, as store.Catalog.Jobs lists them, with status queued: id (the request's job_id, or
 // the one derived from its stream sequence), VM (as the request named
 // it), repository, requested type and by, request seq and created at (the
 // request's stream time). A request that does not decode is left out (the
 // agent taking it rejects it). No requests stream, or no right to read it,
 // gives an error.
-func (q *queue) queued(ctx context.Context) ([]store.Job, error) {
-	var jobs []store.Job
-	err := q.scan(ctx, func(j store.Job) bool {
+func (q *queue) queued(ctx context.Context) ([]backup.Job, error) {
+	var jobs []backup.Job
+	err := q.scan(ctx, func(j backup.Job) bool {
 		jobs = append(jobs, j)
 		return true
 	})
@@ -52,7 +53,7 @@ func (q *queue) queued(ctx context.Context) ([]store.Job, error) {
 
 // scan reads the waiting requests as queued does, oldest first, passing
 // each job to fn until fn returns false or MaxQueuedRead were read.
-func (q *queue) scan(ctx context.Context, fn func(store.Job) bool) error {
+func (q *queue) scan(ctx context.Context, fn func(backup.Job) bool) error {
 	ctx, cancel := context.WithTimeout(ctx, queueReadTimeout)
 	defer cancel()
 	st, err := q.js.Stream(ctx, bus.StreamRequests)
@@ -77,16 +78,16 @@ func (q *queue) scan(ctx context.Context, fn func(store.Job) bool) error {
 			id = bus.DeriveJobID(bus.StreamRequests, m.Sequence, m.Time)
 		}
 		n++
-		if !fn(store.Job{
+		if !fn(backup.Job{
 			ID:            id,
-			Status:        store.StatusQueued,
+			Status:        backup.StatusQueued,
 			VM:            schemas.VMRef{Name: req.VM},
 			Repository:    cmp.Or(req.Repository, schemas.DefaultRepository),
 			RequestedType: cmp.Or(req.BackupType, schemas.TypeAuto),
 			RequestedBy:   req.RequestedBy,
 			RequestSeq:    m.Sequence,
 			CreatedAt:     m.Time.UTC(),
-			Disks:         []store.Disk{},
+			Disks:         []backup.Disk{},
 			EventIDs:      []string{},
 		}) {
 			break
@@ -98,10 +99,10 @@ func (q *queue) scan(ctx context.Context, fn func(store.Job) bool) error {
 // unknown keeps the queued jobs the catalog has no record of: a request
 // an agent started is the catalog's job (running, or failed and waiting
 // for its retry).
-func unknown(cat *store.Catalog, queued []store.Job) []store.Job {
+func unknown(cat *store.Catalog, queued []backup.Job) []backup.Job {
 	out := queued[:0]
 	for _, j := range queued {
-		if _, err := cat.Job(j.ID); errors.Is(err, store.ErrNotFound) {
+		if _, err := cat.Job(j.ID); errors.Is(err, backup.ErrNotFound) {
 			out = append(out, j)
 		}
 	}
@@ -109,10 +110,10 @@ func unknown(cat *store.Catalog, queued []store.Job) []store.Job {
 }
 
 // queuedJob returns the queued job with this id, or an error wrapping
-// store.ErrNotFound.
-func (s *service) queuedJob(id string) (store.Job, error) {
-	var found *store.Job
-	err := s.q.scan(context.Background(), func(j store.Job) bool {
+// backup.ErrNotFound.
+func (s *service) queuedJob(id string) (backup.Job, error) {
+	var found *backup.Job
+	err := s.q.scan(context.Background(), func(j backup.Job) bool {
 		if j.ID == id {
 			found = &j
 		}
@@ -124,13 +125,13 @@ func (s *service) queuedJob(id string) (store.Job, error) {
 	if err != nil {
 		s.log.Warn().Err(err).Msg("catalog service: queued jobs not shown")
 	}
-	return store.Job{}, fmt.Errorf("get job %s: %w", id, store.ErrNotFound)
+	return backup.Job{}, fmt.Errorf("get job %s: %w", id, backup.ErrNotFound)
 }
 
-// matchQueued is store.JobFilter's match for a queued job, whose VM is
+// matchQueued is backup.JobFilter's match for a queued job, whose VM is
 // the request's words for it.
-func matchQueued(f store.JobFilter, j store.Job) bool {
-	if f.Status != "" && f.Status != store.StatusQueued {
+func matchQueued(f backup.JobFilter, j backup.Job) bool {
+	if f.Status != "" && f.Status != backup.StatusQueued {
 		return false
 	}
 	if f.VM != "" && !strings.EqualFold(j.VM.Name, f.VM) {
@@ -141,10 +142,10 @@ func matchQueued(f store.JobFilter, j store.Job) bool {
 
 // jobsWithQueued answers a jobs list: the catalog's jobs matching f and
 // the queued jobs matching it, newest first (created at, then id
-// descending, as store.Jobs), then f's offset and limit.
-func (s *service) jobsWithQueued(f store.JobFilter) ([]store.Job, error) {
-	var queued []store.Job
-	if f.Status == "" || f.Status == store.StatusQueued {
+// descending, as store.Catalog.Jobs), then f's offset and limit.
+func (s *service) jobsWithQueued(f backup.JobFilter) ([]backup.Job, error) {
+	var queued []backup.Job
+	if f.Status == "" || f.Status == backup.StatusQueued {
 		all, err := s.q.queued(context.Background())
 		if err != nil {
 			s.log.Warn().Err(err).Msg("catalog service: queued jobs not shown")
@@ -179,7 +180,7 @@ func (s *service) jobsWithQueued(f store.JobFilter) ([]store.Job, error) {
 			jobs = append(jobs, j)
 		}
 	}
-	slices.SortStableFunc(jobs, func(a, b store.Job) int {
+	slices.SortStableFunc(jobs, func(a, b backup.Job) int {
 		if c := b.CreatedAt.Compare(a.CreatedAt); c != 0 {
 			return c
 		}
@@ -188,7 +189,7 @@ func (s *service) jobsWithQueued(f store.JobFilter) ([]store.Job, error) {
 	return page(jobs, f), nil
 }
 
-func page(jobs []store.Job, f store.JobFilter) []store.Job {
+func page(jobs []backup.Job, f backup.JobFilter) []backup.Job {
 	if f.Offset > 0 {
 		jobs = jobs[min(f.Offset, len(jobs)):]
 	}

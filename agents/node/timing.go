@@ -7,9 +7,9 @@ import (
 
 	"github.com/vmware/govmomi/vim25/types"
 
-	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/agents/hub/repoapi"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/manifest"
-	"github.com/sendense/sendense/store"
 	"github.com/sendense/sendense/vmware"
 )
 
@@ -120,24 +120,24 @@ func (v timedVCenter) StaleSnapshots(ctx context.Context, vm *vmware.VM, prefix 
 // targets (each set at once) and the digests count as copy.
 type timedTargets struct{ t Targets }
 
-func (v timedTargets) Info(ctx context.Context, repo string) (hub.InfoReply, error) {
+func (v timedTargets) Info(ctx context.Context, repo string) (repoapi.InfoReply, error) {
 	defer timesOf(ctx).addHub(time.Now())
 	return v.t.Info(ctx, repo)
 }
 
-func (v timedTargets) Open(ctx context.Context, req hub.OpenRequest) (hub.OpenReply, error) {
+func (v timedTargets) Open(ctx context.Context, req repoapi.OpenRequest) (repoapi.OpenReply, error) {
 	return v.t.Open(ctx, req) // the disks' opens run at once: run times them together
 }
 
-func (v timedTargets) Close(ctx context.Context, ref hub.TargetRef) (hub.CloseReply, error) {
+func (v timedTargets) Close(ctx context.Context, ref repoapi.TargetRef) (repoapi.CloseReply, error) {
 	return v.t.Close(ctx, ref) // as Open
 }
 
-func (v timedTargets) Digests(ctx context.Context, ref hub.TargetRef, entries []manifest.Entry) error {
+func (v timedTargets) Digests(ctx context.Context, ref repoapi.TargetRef, entries []manifest.Entry) error {
 	return v.t.Digests(ctx, ref, entries)
 }
 
-func (v timedTargets) Abort(ctx context.Context, ref hub.TargetRef) error {
+func (v timedTargets) Abort(ctx context.Context, ref repoapi.TargetRef) error {
 	defer timesOf(ctx).addHub(time.Now())
 	return v.t.Abort(ctx, ref)
 }
@@ -146,12 +146,12 @@ func (v timedTargets) Abort(ctx context.Context, ref hub.TargetRef) error {
 // jobTimes.
 type timedCatalog struct{ c Catalog }
 
-func (v timedCatalog) Job(ctx context.Context, id string) (store.Job, error) {
+func (v timedCatalog) Job(ctx context.Context, id string) (backup.Job, error) {
 	defer timesOf(ctx).addCatalog(time.Now())
 	return v.c.Job(ctx, id)
 }
 
-func (v timedCatalog) ChainHead(ctx context.Context, vmUUID string, diskKey int32, repo string) (store.Link, error) {
+func (v timedCatalog) ChainHead(ctx context.Context, vmUUID string, diskKey int32, repo string) (backup.Link, error) {
 	defer timesOf(ctx).addCatalog(time.Now())
 	return v.c.ChainHead(ctx, vmUUID, diskKey, repo)
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/sendense/sendense/agents/catalog"
 	"github.com/sendense/sendense/agents/catalog/catalogtest"
 	"github.com/sendense/sendense/agents/simctl"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/bus/bustest"
 	"github.com/sendense/sendense/internal/testutil"
@@ -133,11 +134,11 @@ func benchScale(b *testing.B, inventory string, agentNames []string, maxJobs int
 
 	// Status-filtered lists read only the catalog's records (no queue).
 	cl := catalog.NewClient(nc)
-	var done []store.Job
+	var done []backup.Job
 	for {
 		done = done[:0]
-		for _, st := range []string{store.StatusCompleted, store.StatusFailed, store.StatusRejected} {
-			jobs, err := cl.Jobs(ctx, store.JobFilter{Status: st, IDPrefix: "bench-"})
+		for _, st := range []string{backup.StatusCompleted, backup.StatusFailed, backup.StatusRejected} {
+			jobs, err := cl.Jobs(ctx, backup.JobFilter{Status: st, IDPrefix: "bench-"})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -165,7 +166,7 @@ func benchScale(b *testing.B, inventory string, agentNames []string, maxJobs int
 	var queued, running []time.Duration
 	failed := 0
 	for _, j := range done {
-		if j.Status != store.StatusCompleted {
+		if j.Status != backup.StatusCompleted {
 			failed++
 			fmt.Fprintf(out, "job %s %s: %+v\n", j.ID, j.Status, j.Failure)
 			continue
@@ -460,14 +461,14 @@ func benchScaleCatalog(b *testing.B, nJobs, rebuildEvents int) {
 		return err
 	})
 	measure("jobs (service, first page of 100)", 20, "", func() error {
-		js, err := cl.Jobs(ctx, store.JobFilter{Limit: 100})
+		js, err := cl.Jobs(ctx, backup.JobFilter{Limit: 100})
 		if err == nil && len(js) != 100 {
 			err = fmt.Errorf("%d jobs", len(js))
 		}
 		return err
 	})
 	measure(fmt.Sprintf("jobs (service, offset %d, 100)", deep), 5, "", func() error {
-		js, err := cl.Jobs(ctx, store.JobFilter{Offset: deep, Limit: 100})
+		js, err := cl.Jobs(ctx, backup.JobFilter{Offset: deep, Limit: 100})
 		if err == nil && len(js) != 100 {
 			err = fmt.Errorf("%d jobs", len(js))
 		}
