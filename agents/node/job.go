@@ -247,7 +247,9 @@ func (a *Agent) copyDisk(ctx context.Context, r *request, snap types.ManagedObje
 	opts.Digests = true
 	opts.Log = log
 	opts.Progress = func(p copier.Progress) { prog.update(key, p.BytesDone, p.BytesTotal, false) }
+	copyBegan := time.Now()
 	res, err := copier.Copy(ctx, src.URI(), d.target.URI, extents, opts)
+	copied := time.Since(copyBegan)
 	if err != nil {
 		reason := schemas.FailCopy
 		switch {
@@ -276,7 +278,7 @@ func (a *Agent) copyDisk(ctx context.Context, r *request, snap types.ManagedObje
 		return err
 	}
 	log.Info().Str("change_id", d.plan.disk.ChangeID).Str("backup_type", d.plan.backupType).
-		Int64("bytes_read", res.BytesRead).Int64("bytes_written", res.BytesWritten).Msg("change id stored")
+		Int64("bytes_read", res.BytesRead).Int64("bytes_written", res.BytesWritten).Dur("copier_ms", copied).Msg("change id stored")
 	return nil
 }
 
