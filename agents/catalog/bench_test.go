@@ -242,7 +242,9 @@ func (s *benchServer) publishAsync(b *testing.B, evs []schemas.Event, before fun
 		if before != nil {
 			before(i)
 		}
-		if _, err := s.pjs.PublishMsgAsync(&nats.Msg{Subject: schemas.NameOf(ev), Data: data},
+		// As an agent publishes: on backup.<type>.<agent>, the subjects
+		// BACKUP_EVENTS stores (a bare backup.<type> is stored nowhere).
+		if _, err := s.pjs.PublishMsgAsync(&nats.Msg{Subject: bus.AgentSubject(schemas.NameOf(ev), "bench"), Data: data},
 			jetstream.WithMsgID(ev.EventHeader().ID), jetstream.WithStallWait(time.Minute)); err != nil {
 			b.Fatal(err)
 		}
