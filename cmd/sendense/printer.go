@@ -156,10 +156,14 @@ func percent(done, total int64) float64 {
 	return 100 * float64(done) / float64(total)
 }
 
-// diskLine is a disk's state as one plain line.
+// diskLine is a disk's state as one plain line; an ended disk's shows its
+// mean throughput.
 func diskLine(d diskProgress) string {
 	l := fmt.Sprintf("disk %d: %3.0f%% %s of %s", d.Key, percent(d.Done, d.Total), fmtBytes(d.Done), fmtBytes(d.Total))
 	if d.Finished {
+		if m := d.mean(); m > 0 {
+			l += fmt.Sprintf(", %s/s", fmtBytes(int64(math.Round(m))))
+		}
 		l += ", done"
 	}
 	return l

@@ -29,6 +29,18 @@ type diskProgress struct {
 	Read     int64 // as the agent reported when the disk ended
 	Written  int64
 	Finished bool
+	// Took is the time from the start to the disk's end (0 while it
+	// runs): its mean throughput is Done/Took, a summary, not a rate.
+	Took time.Duration
+}
+
+// mean is an ended disk's mean throughput in bytes per second (0 while it
+// runs).
+func (d diskProgress) mean() float64 {
+	if !d.Finished || d.Took <= 0 {
+		return 0
+	}
+	return float64(d.Done) / d.Took.Seconds()
 }
 
 // status is what a printer shows live: every disk, in key order, and the
@@ -86,6 +98,9 @@ func (c *progressCounter) update(key int32, done, total int64, finished bool) {
 		return // ended: its later updates (if any) change nothing
 	}
 	d.Done, d.Total, d.Finished = done, total, finished
+	if finished {
+		d.Took = c.now().Sub(c.start)
+	}
 }
 
 // ended records a disk's bytes read and written as reported at its end.
@@ -93,6 +108,9 @@ func (c *progressCounter) ended(key int32, read, written int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	d := c.disk(key)
+	if !d.Finished {
+		d.Took = c.now().Sub(c.start)
+	}
 	d.Read, d.Written, d.Finished = read, written, true
 	if d.Total == 0 { // ended before any progress showed it
 		d.Total = read

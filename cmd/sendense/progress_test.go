@@ -71,8 +71,9 @@ func TestPlainPrinter(t *testing.T) {
 		"disk 2001:  10% 1.0 MiB of 10.0 MiB\n",
 		// The agent's rate, and the time left at it: 99 MiB at 11 MiB/s.
 		"total:  10% 11.0 MiB of 110.0 MiB, 11.0 MiB/s, ETA 9s\n",
-		"disk 2000: 100% 100.0 MiB of 100.0 MiB, done\n",
-		"disk 2001: 100% 10.0 MiB of 10.0 MiB, done\n",
+		// Ended disks: their mean throughput (100 MiB in 10 s, 10 MiB in 5 s).
+		"disk 2000: 100% 100.0 MiB of 100.0 MiB, 10.0 MiB/s, done\n",
+		"disk 2001: 100% 10.0 MiB of 10.0 MiB, 2.0 MiB/s, done\n",
 		// 10 s, 110 MiB read, 64 MiB written: 11 MiB/s.
 		"backup of vm pgtest1 completed in 10s: 2 disk(s) of 110.0 MiB, 110.0 MiB read, 64.0 MiB written, 11.0 MiB/s\n",
 		"  full: 1 disk(s), 100.0 MiB read, 60.0 MiB written\n",
