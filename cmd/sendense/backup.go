@@ -118,7 +118,7 @@ func (c *backupCmd) run(ctx context.Context, a *app) error {
 	wctx, cancel := waitContext(ctx, c.timeout)
 	defer cancel()
 	w.timeout = c.timeout
-	defer noticeQueued(wctx, os.Stderr, js, cat, req.JobID, queuedNoticeAfter)()
+	defer noticeQueued(wctx, pr, js, cat, req.JobID, queuedNoticeAfter)()
 	return w.run(wctx)
 }
 

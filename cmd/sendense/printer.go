@@ -30,6 +30,11 @@ type printer interface {
 	// Println prints a line for people that is never overwritten by
 	// progress. The JSON printer prints nothing.
 	Println(line string)
+	// Notice prints a note about the command rather than the job (the job
+	// is still queued, ...) on stderr, with --json too. When stderr is the
+	// terminal the bars are drawn on, the terminal printer prints it above
+	// them instead, so no bar overwrites it.
+	Notice(line string)
 	// Update shows the live state. The JSON printer prints nothing: a
 	// backup's progress is in its events, a restore's result in Result.
 	Update(s status)
@@ -68,11 +73,18 @@ func isTerminal(w io.Writer) bool {
 
 // jsonPrinter prints NDJSON: events and results, one object per line.
 type jsonPrinter struct {
-	mu sync.Mutex
-	w  io.Writer
+	mu   sync.Mutex
+	w    io.Writer
+	errw io.Writer // Notice's
 }
 
-func newJSONPrinter(w io.Writer) *jsonPrinter { return &jsonPrinter{w: w} }
+func newJSONPrinter(w io.Writer) *jsonPrinter { return &jsonPrinter{w: w, errw: os.Stderr} }
+
+func (p *jsonPrinter) Notice(line string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	fmt.Fprintln(p.errw, line)
+}
 
 func (p *jsonPrinter) Event(m *nats.Msg, problem string) error {
 	p.mu.Lock()
@@ -99,6 +111,7 @@ const plainEvery = 5 * time.Second
 type plainPrinter struct {
 	mu   sync.Mutex
 	w    io.Writer
+	errw io.Writer // Notice's
 	now  func() time.Time
 	last time.Time
 	done map[int32]bool
@@ -108,7 +121,13 @@ func newPlainPrinter(w io.Writer, now func() time.Time) *plainPrinter {
 	if now == nil {
 		now = time.Now
 	}
-	return &plainPrinter{w: w, now: now, done: map[int32]bool{}}
+	return &plainPrinter{w: w, errw: os.Stderr, now: now, done: map[int32]bool{}}
+}
+
+func (p *plainPrinter) Notice(line string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	fmt.Fprintln(p.errw, line)
 }
 
 func (*plainPrinter) Event(*nats.Msg, string) error { return nil }
@@ -190,6 +209,7 @@ func rateETA(s status) string {
 type termPrinter struct {
 	mu    sync.Mutex
 	w     io.Writer
+	errw  io.Writer // Notice's, when it is not a terminal
 	p     *mpb.Progress
 	bars  map[int32]*mpb.Bar
 	total *mpb.Bar
@@ -198,7 +218,15 @@ type termPrinter struct {
 
 func newTermPrinter(w io.Writer, opts ...mpb.ContainerOption) *termPrinter {
 	opts = append([]mpb.ContainerOption{mpb.WithOutput(w), mpb.WithWidth(40), mpb.WithRefreshRate(150 * time.Millisecond)}, opts...)
-	return &termPrinter{w: w, p: mpb.New(opts...), bars: map[int32]*mpb.Bar{}}
+	return &termPrinter{w: w, errw: os.Stderr, p: mpb.New(opts...), bars: map[int32]*mpb.Bar{}}
+}
+
+func (t *termPrinter) Notice(line string) {
+	if isTerminal(t.errw) {
+		t.Println(line)
+		return
+	}
+	fmt.Fprintln(t.errw, line)
 }
 
 func (*termPrinter) Event(*nats.Msg, string) error { return nil }

@@ -29,6 +29,7 @@ func drive(pr printer, clk *fakeClock) *progressCounter {
 			panic(err)
 		}
 	}
+	pr.Notice("job j1 is queued: no agent has taken it yet")
 	event("backup.started.a1", `{"job_id":"j1"}`)
 	c.setKind(2000, "full")
 	c.setKind(2001, "incremental")
@@ -57,9 +58,14 @@ func drive(pr printer, clk *fakeClock) *progressCounter {
 
 func TestPlainPrinter(t *testing.T) {
 	clk := &fakeClock{t: time.Unix(1e9, 0)}
-	var out bytes.Buffer
-	drive(newPlainPrinter(&out, clk.now), clk)
+	var out, errOut bytes.Buffer
+	pr := newPlainPrinter(&out, clk.now)
+	pr.errw = &errOut
+	drive(pr, clk)
 	s := out.String()
+	if errOut.String() != "job j1 is queued: no agent has taken it yet\n" || strings.Contains(s, "queued") {
+		t.Errorf("notice on stderr %q, stdout has it: %v", errOut.String(), strings.Contains(s, "queued"))
+	}
 	if strings.ContainsRune(s, 0x1b) || strings.ContainsRune(s, '\r') {
 		t.Errorf("plain output has escape codes or carriage returns:\n%q", s)
 	}
@@ -101,9 +107,14 @@ func TestPlainPrinter(t *testing.T) {
 func TestTermPrinter(t *testing.T) {
 	clk := &fakeClock{t: time.Unix(1e9, 0)}
 	var out syncBuffer
+	var errOut bytes.Buffer
 	pr := newTermPrinter(&out, mpb.WithWidth(120), mpb.WithAutoRefresh())
+	pr.errw = &errOut // not a terminal: notices go there, not above the bars
 	drive(pr, clk)
 	s := out.String()
+	if errOut.String() != "job j1 is queued: no agent has taken it yet\n" || strings.Contains(s, "queued") {
+		t.Errorf("notice on stderr %q, stdout has it: %v", errOut.String(), strings.Contains(s, "queued"))
+	}
 	for _, want := range []string{
 		"disk 2000: full (no base)\n",
 		"disk 2001: change id 52 abc/1 recorded",
@@ -135,9 +146,13 @@ func TestTermPrinter(t *testing.T) {
 // {"subject":…,"event":{…}}, then the result; no text, bars or summary.
 func TestJSONPrinter(t *testing.T) {
 	clk := &fakeClock{t: time.Unix(1e9, 0)}
-	var out bytes.Buffer
+	var out, errOut bytes.Buffer
 	pr := newJSONPrinter(&out)
+	pr.errw = &errOut
 	drive(pr, clk)
+	if errOut.String() != "job j1 is queued: no agent has taken it yet\n" {
+		t.Errorf("notice on stderr %q, want the line, as text", errOut.String())
+	}
 	if err := pr.Event(&nats.Msg{Subject: "backup.failed.a1", Data: []byte("not json")}, ""); err != nil {
 		t.Fatal(err)
 	}
