@@ -31,10 +31,10 @@ type fastSchema struct {
 	isBool  bool // boolean schema: boolVal is the whole verdict
 	boolVal bool
 
-	types  uint8 // typeBit set; 0: any type
-	consts []fastConst
-	hasCon bool // const present (consts holds it)
-	enum   []fastConst
+	types  uint8     // typeBit set; 0: any type
+	konst  fastConst // const, when hasCon
+	hasCon bool
+	enum   []fastConst // enum, when hasEn
 	hasEn  bool
 	format func(any) error
 	// dateTime: format is the library's "date-time"; fastDateTime accepts
@@ -50,8 +50,7 @@ type fastSchema struct {
 	reqMask            uint64   // bit i: props.names[i] is required
 	reqOther           []string // required names not covered by reqMask
 	patProps           []patProp
-	addl               int // addlNone, addlFalse, addlTrue, addlSchema
-	addlS              *fastSchema
+	noAddl             bool // additionalProperties: false
 
 	// array
 	minItems, maxItems int
@@ -71,13 +70,6 @@ type patProp struct {
 }
 
 const (
-	addlNone = iota
-	addlFalse
-	addlTrue
-	addlSchema
-)
-
-const (
 	bitNull uint8 = 1 << iota
 	bitBoolean
 	bitNumber
@@ -90,13 +82,6 @@ const (
 var typeBits = map[string]uint8{
 	"null": bitNull, "boolean": bitBoolean, "number": bitNumber, "integer": bitInteger,
 	"string": bitString, "array": bitArray, "object": bitObject,
-}
-
-// fastConst is a const or enum value: a scalar.
-type fastConst struct {
-	kind nodeKind // kindNull, kindFalse, kindTrue, kindNumber or kindString
-	str  string
-	num  *big.Rat
 }
 
 // bound is a minimum or maximum; i is set when the bound is an integer
@@ -148,7 +133,7 @@ func resolveRef(f *fastSchema) *fastSchema {
 // valid does not take a call per hop: in the message schemas most
 // properties are a $ref to a definition of common.json.
 func (f *fastSchema) skipRefs() {
-	for _, p := range []**fastSchema{&f.ref, &f.ifS, &f.thenS, &f.elsS, &f.addlS, &f.items} {
+	for _, p := range []**fastSchema{&f.ref, &f.ifS, &f.thenS, &f.elsS, &f.items} {
 		*p = resolveRef(*p)
 	}
 	for i := range f.props.subs {
@@ -240,7 +225,7 @@ func (b *fastBuilder) build(s *jsonschema.Schema) (*fastSchema, error) {
 		if err != nil {
 			return nil, unsupported("const " + err.Error())
 		}
-		f.consts, f.hasCon = []fastConst{c}, true
+		f.konst, f.hasCon = c, true
 	}
 	if s.Enum != nil {
 		f.hasEn = true
@@ -298,16 +283,14 @@ func (b *fastBuilder) build(s *jsonschema.Schema) (*fastSchema, error) {
 		sub(&pf, ps)
 		f.patProps = append(f.patProps, patProp{re: fastPattern(re), s: pf})
 	}
+	// additionalProperties: the message schemas only say false.
 	switch a := s.AdditionalProperties.(type) {
 	case nil:
 	case bool:
-		f.addl = addlFalse
 		if a {
-			f.addl = addlTrue
+			return nil, unsupported("additionalProperties true")
 		}
-	case *jsonschema.Schema:
-		f.addl = addlSchema
-		sub(&f.addlS, a)
+		f.noAddl = true
 	default:
 		return nil, unsupported(fmt.Sprintf("additionalProperties of type %T", a))
 	}
@@ -340,16 +323,17 @@ func newBound(r *big.Rat) *bound {
 	return b
 }
 
+// fastConst is a const or enum value: a string, a number or a boolean
+// (the message schemas name nothing else; null gets no fast form).
+type fastConst struct {
+	kind nodeKind // kindString, kindNumber, kindTrue or kindFalse
+	str  string   // the string, or the number's literal
+	num  *big.Rat // the number
+}
+
 // fastValue converts a const or enum value of a compiled schema.
 func fastValue(v any) (fastConst, error) {
 	switch v := v.(type) {
-	case nil:
-		return fastConst{kind: kindNull}, nil
-	case bool:
-		if v {
-			return fastConst{kind: kindTrue}, nil
-		}
-		return fastConst{kind: kindFalse}, nil
 	case string:
 		return fastConst{kind: kindString, str: v}, nil
 	case json.Number:
@@ -358,8 +342,34 @@ func fastValue(v any) (fastConst, error) {
 			return fastConst{}, fmt.Errorf("number %s", v)
 		}
 		return fastConst{kind: kindNumber, str: v.String(), num: r}, nil
+	case bool:
+		if v {
+			return fastConst{kind: kindTrue}, nil
+		}
+		return fastConst{kind: kindFalse}, nil
 	}
 	return fastConst{}, fmt.Errorf("value of type %T", v)
+}
+
+// equals mirrors the library's equals for a const or enum value.
+func (c *fastConst) equals(t *tree, nd *node) bool {
+	switch {
+	case nd.kind != c.kind:
+		return false
+	case c.kind == kindString:
+		return t.get(nd.val) == c.str
+	case c.kind != kindNumber:
+		return true // the same boolean
+	}
+	if t.get(nd.val) == c.str {
+		return true
+	}
+	r, ok := ratOf(t.get(nd.val))
+	if !ok {
+		t.unknown = true
+		return false
+	}
+	return r.Cmp(c.num) == 0
 }
 
 // maxSchemaDepth bounds schema recursion on one payload (a $ref loop that
@@ -390,20 +400,11 @@ func (f *fastSchema) valid(t *tree, n int32, depth int) bool {
 	if f.types != 0 && !f.typeOK(t, nd) {
 		return false
 	}
-	if f.hasCon && !equalsConst(t, nd, &f.consts[0]) {
+	if f.hasCon && !f.konst.equals(t, nd) {
 		return false
 	}
-	if f.hasEn {
-		ok := false
-		for i := range f.enum {
-			if equalsConst(t, nd, &f.enum[i]) {
-				ok = true
-				break
-			}
-		}
-		if !ok {
-			return false
-		}
+	if f.hasEn && !slices.ContainsFunc(f.enum, func(c fastConst) bool { return c.equals(t, nd) }) {
+		return false
 	}
 	if f.format != nil {
 		// Formats only judge strings; leave anything else to the library.
@@ -524,15 +525,8 @@ func (f *fastSchema) objectValid(t *tree, n int32, depth int) bool {
 				}
 			}
 		}
-		if !evaluated {
-			switch f.addl {
-			case addlFalse:
-				return false
-			case addlSchema:
-				if !f.addlS.valid(t, c, depth+1) {
-					return false
-				}
-			}
+		if !evaluated && f.noAddl {
+			return false
 		}
 	}
 	return seen&f.reqMask == f.reqMask
@@ -660,29 +654,6 @@ func sign(lit string) int {
 		}
 	}
 	return 0
-}
-
-// equalsConst mirrors the library's equals for a scalar schema value.
-func equalsConst(t *tree, nd *node, c *fastConst) bool {
-	switch c.kind {
-	case kindString:
-		return nd.kind == kindString && t.get(nd.val) == c.str
-	case kindNumber:
-		if nd.kind != kindNumber {
-			return false
-		}
-		if t.get(nd.val) == c.str {
-			return true
-		}
-		r, ok := ratOf(t.get(nd.val))
-		if !ok {
-			t.unknown = true
-			return false
-		}
-		return r.Cmp(c.num) == 0
-	default:
-		return nd.kind == c.kind
-	}
 }
 
 // fastDateTime reports whether s is an RFC 3339 date-time in the form
