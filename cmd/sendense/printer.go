@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -213,7 +214,9 @@ type termPrinter struct {
 	p     *mpb.Progress
 	bars  map[int32]*mpb.Bar
 	total *mpb.Bar
-	last  status
+	// last is the status the total bar's decorator shows: read without
+	// t.mu, which Update holds while it waits on mpb's bar goroutines.
+	last atomic.Pointer[status]
 }
 
 func newTermPrinter(w io.Writer, opts ...mpb.ContainerOption) *termPrinter {
@@ -241,7 +244,7 @@ func (t *termPrinter) Println(line string) {
 func (t *termPrinter) Update(s status) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.last = s
+	t.last.Store(&s)
 	for _, d := range s.Disks {
 		b, ok := t.bars[d.Key]
 		if !ok {
@@ -264,9 +267,7 @@ func (t *termPrinter) Update(s status) {
 			mpb.BarPriority(math.MaxInt),
 			mpb.PrependDecorators(decor.Name("total     "), decor.CountersKibiByte("% .1f / % .1f")),
 			mpb.AppendDecorators(decor.Percentage(decor.WCSyncSpace), decor.Any(func(decor.Statistics) string {
-				t.mu.Lock()
-				defer t.mu.Unlock()
-				return rateETA(t.last)
+				return rateETA(*t.last.Load())
 			}, decor.WCSyncSpace)))
 	}
 	t.total.SetTotal(s.Total, false)
