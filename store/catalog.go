@@ -178,10 +178,14 @@ func Open(path string, opts *Options) (*Catalog, error) {
 		FreelistType:    bolt.FreelistMapType,
 		PageSize:        pageSize,
 		InitialMmapSize: initialMmapSize,
-		// The freelist is not written at each commit but rebuilt by Open
-		// from the pages (as etcd does): a one-job commit wrote 12 pages,
-		// now 11, and took ~15 % less time (store's page-count probe).
-		NoFreelistSync: true,
+		// The freelist is written at each commit (one page more: 13
+		// pages for a one-job commit, not 12), so Open reads it instead
+		// of rebuilding it: bbolt rebuilds it with a check of every page
+		// and key, which kept a catalog of 100k jobs (594 MiB) from
+		// answering for 12-33 s after each start on a busy 2-core machine
+		// (make bench-scale; 54 ms with the freelist written). A file
+		// written without it gets it at its first commit.
+		NoFreelistSync: false,
 	})
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("open catalog %s after %s: %w", path, timeout, ErrLocked)
