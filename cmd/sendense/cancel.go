@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/sendense/sendense/agents/catalog"
+	"github.com/sendense/sendense/agents/node"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
 	"github.com/sendense/sendense/store"
@@ -21,63 +23,166 @@ func init() { extraCommands = append(extraCommands, newCancelCmd) }
 // publishes (backup.rejected.admin): the admin, not an agent, ended the job.
 const CancelAgent = "admin"
 
-func newCancelCmd(a *app) *cobra.Command {
-	return &cobra.Command{
-		Use:   "cancel JOB",
-		Short: "Cancel a queued backup job: remove its request from the queue and record it as rejected (canceled); needs admin",
-		Long: `Cancel a queued backup job (status queued: no agent started it yet). Its request
-is deleted from BACKUP_REQUESTS and a backup.rejected with reason canceled records it, so
-the catalog shows the job rejected (canceled). JOB is a job id or a unique prefix of at
-least 4 characters. Deleting from the queue needs the admin role.
+// Exit codes of cancel besides 0 (canceled) and 1 (an error).
+const (
+	// exitCancelEnded: the job ended otherwise before the cancel took
+	// effect (completed, failed or rejected): nothing was canceled.
+	exitCancelEnded = 6
+	// exitCancelTimeout: the agent is stopping the job but the catalog did
+	// not show its outcome within --timeout.
+	exitCancelTimeout = 5
+)
 
-A running job cannot be canceled yet: cancel says so and changes nothing.`,
-		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return runCancel(cmd.Context(), a, args[0])
-		},
-	}
+// cancelAnswerWait bounds the wait for the agent running a job to answer:
+// it answers at once; silence means no agent runs the job.
+const cancelAnswerWait = 3 * time.Second
+
+type cancelCmd struct {
+	timeout time.Duration
 }
 
-func runCancel(ctx context.Context, a *app, idOrPrefix string) error {
+func newCancelCmd(a *app) *cobra.Command {
+	c := &cancelCmd{}
+	cmd := &cobra.Command{
+		Use:   "cancel JOB",
+		Short: "Cancel a queued or running backup job and wait until the catalog shows it ended; needs admin",
+		Long: `Cancel a backup job. JOB is a job id or a unique prefix of at least 4 characters.
+Needs the admin role.
+
+A queued job (no agent started it yet): its request is deleted from BACKUP_REQUESTS and a
+backup.rejected with reason canceled records it; the job shows rejected (canceled).
+
+A running job: the agent running it stops the copy, removes the VM's snapshot, aborts the
+job's targets in the repository (no partial file is left), releases the VM's lease and
+publishes backup.failed with reason canceled (not retryable); the job shows failed
+(canceled). The next backup of the VM is an incremental on its last completed backup.
+
+cancel waits until the catalog shows the outcome (at most --timeout) and prints it. A job
+whose copy is already done completes: cancel says so and exits 6.
+
+Exit codes: 0 canceled; 6 the job already ended (completed, failed or rejected) and nothing
+was canceled; 5 the agent is stopping the job but the catalog did not show the outcome
+within --timeout; 1 any other error (unknown job, no agent runs it, no server).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return c.run(cmd.Context(), a, args[0])
+		},
+	}
+	cmd.Flags().DurationVar(&c.timeout, "timeout", time.Minute, "stop waiting for the catalog to show the outcome after this long (exit 5)")
+	return cmd
+}
+
+func (c *cancelCmd) run(ctx context.Context, a *app, idOrPrefix string) error {
 	nc, err := a.connect(ctx, bus.RoleAdmin)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
 	cat := catalog.NewClient(nc)
 	j, err := cat.ResolveJob(ctx, idOrPrefix)
 	if err != nil {
 		return err
 	}
+	if j.Ended() {
+		return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended (%s); nothing to cancel", j.ID, outcome(j))}
+	}
+	var removed []byte // the queued job's request, once deleted from the queue
+	if j.Status == store.StatusQueued {
+		// Taken off the queue first: an agent that took it meanwhile
+		// answers the cancel below and ends it as canceled itself.
+		if removed, err = dequeue(ctx, nc, j); err != nil {
+			return err
+		}
+	}
+	wait := cancelAnswerWait
+	if removed != nil {
+		wait = time.Second // most likely no agent took it
+	}
+	reply, err := node.RequestCancel(ctx, nc, j.ID, wait)
 	switch {
-	case j.Status == store.StatusRunning || (j.Status == store.StatusFailed && !j.Ended()):
-		return fmt.Errorf("cancel job %s: it is %s (agent %s); canceling a running job is not supported yet", j.ID, j.Status, dash(j.Agent))
-	case j.Status != store.StatusQueued:
-		return fmt.Errorf("cancel job %s: it already ended (%s); nothing to cancel", j.ID, j.Status)
+	case errors.Is(err, node.ErrNoAgent) && removed != nil:
+		return c.rejectQueued(ctx, a, nc, cat, j, removed)
+	case errors.Is(err, node.ErrNoAgent):
+		if now, jerr := cat.Job(ctx, j.ID); jerr == nil && now.Ended() {
+			return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended (%s); nothing to cancel", j.ID, outcome(now))}
+		}
+		if j.Status == store.StatusFailed && j.Failure != nil {
+			// Between attempts: its request waits for the retry.
+			return fmt.Errorf("cancel job %s: attempt %d failed (reason %s) and the job waits for its retry; no agent runs it now: cancel it once it runs again (`sendense watch --job %s`)", j.ID, j.Failure.Attempt, j.Failure.Reason, j.ID)
+		}
+		return fmt.Errorf("cancel job %s (%s, agent %s): %w", j.ID, j.Status, dash(j.Agent), err)
+	case err != nil:
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	// The attempt's outcome: canceled, or completed when the answer was
+	// too late (a failure that came first also ends the wait).
+	final, err := cat.Await(wctx, j.ID, func(j store.Job) bool {
+		return j.Ended() || j.Status == store.StatusFailed && j.Failure != nil && j.Failure.Attempt >= reply.Attempt
+	})
+	if err != nil {
+		if wctx.Err() != nil && ctx.Err() == nil {
+			return &exitError{code: exitCancelTimeout, err: fmt.Errorf("cancel job %s: agent %s is stopping attempt %d, but the catalog did not show its outcome within %s: see `sendense job %s`", j.ID, reply.Agent, reply.Attempt, c.timeout, j.ID)}
+		}
+		return fmt.Errorf("cancel job %s: wait for the catalog: %w", j.ID, err)
+	}
+	if final.Status == store.StatusFailed && final.Failure != nil && final.Failure.Reason == schemas.FailCanceled {
+		fmt.Fprintf(a.stdout, "job %s canceled: agent %s stopped attempt %d (failed, reason canceled; snapshot removed, targets aborted)\n", j.ID, reply.Agent, reply.Attempt)
+		return nil
+	}
+	return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended (%s) before the cancel took effect; nothing canceled", j.ID, outcome(final))}
+}
+
+// outcome describes an ended job: its status and, for a failure or a
+// rejection, its reason.
+func outcome(j store.Job) string {
+	if j.Failure != nil && (j.Status == store.StatusFailed || j.Status == store.StatusRejected) {
+		s := fmt.Sprintf("%s, reason %s", j.Status, j.Failure.Reason)
+		if j.Status == store.StatusFailed && j.Failure.Retryable {
+			s += ", to be retried"
+		}
+		return s
+	}
+	return j.Status
+}
+
+// dequeue deletes a queued job's request from BACKUP_REQUESTS and returns
+// it; nil when the request already left the queue (an agent acked it).
+func dequeue(ctx context.Context, nc *nats.Conn, j store.Job) (request []byte, err error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
 	}
 	st, err := js.Stream(ctx, bus.StreamRequests)
 	if err != nil {
-		return fmt.Errorf("cancel job %s: stream %s: %w", j.ID, bus.StreamRequests, err)
+		return nil, fmt.Errorf("cancel job %s: stream %s: %w", j.ID, bus.StreamRequests, err)
 	}
 	m, err := st.GetMsg(ctx, j.RequestSeq)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return fmt.Errorf("cancel job %s: its request (seq %d) left the queue: an agent took it; see `sendense job %s`", j.ID, j.RequestSeq, j.ID)
+		return nil, nil
 	}
 	if err != nil {
-		return fmt.Errorf("cancel job %s: read request seq %d: %w", j.ID, j.RequestSeq, err)
+		return nil, fmt.Errorf("cancel job %s: read request seq %d: %w", j.ID, j.RequestSeq, err)
 	}
 	if m.Subject != bus.SubjectRequested {
-		return fmt.Errorf("cancel job %s: seq %d is a %s, not its request", j.ID, j.RequestSeq, m.Subject)
+		return nil, fmt.Errorf("cancel job %s: seq %d is a %s, not its request", j.ID, j.RequestSeq, m.Subject)
 	}
 	if err := st.DeleteMsg(ctx, j.RequestSeq); err != nil {
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return fmt.Errorf("cancel job %s: its request (seq %d) left the queue: an agent took it; see `sendense job %s`", j.ID, j.RequestSeq, j.ID)
+			return nil, nil
 		}
-		return fmt.Errorf("cancel job %s: delete request seq %d from %s: %w", j.ID, j.RequestSeq, bus.StreamRequests, err)
+		return nil, fmt.Errorf("cancel job %s: delete request seq %d from %s: %w", j.ID, j.RequestSeq, bus.StreamRequests, err)
+	}
+	return m.Data, nil
+}
+
+// rejectQueued records a queued job whose request cancel removed, and that
+// no agent runs: backup.rejected reason canceled on backup.rejected.admin.
+func (c *cancelCmd) rejectQueued(ctx context.Context, a *app, nc *nats.Conn, cat *catalog.Client, j store.Job, request []byte) error {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
 	}
 	pub, err := bus.NewAgentPublisher(js, CancelAgent, a.log)
 	if err != nil {
@@ -92,17 +197,17 @@ func runCancel(ctx context.Context, a *app, idOrPrefix string) error {
 		},
 		Reason:  schemas.RejectCanceled,
 		Message: fmt.Sprintf("canceled by %s before an agent started it (request seq %d removed from the queue)", requester(), j.RequestSeq),
-		Request: cut(string(m.Data), 4096),
+		Request: cut(string(request), 4096),
 	}
 	ev.VM.Name = j.VM.Name // as the request named it; it passed the request's schema
 	schemas.Stamp(&ev.Header, schemas.NameRejected)
 	if _, err := pub.PublishEvent(ctx, ev); err != nil {
 		return fmt.Errorf("cancel job %s: its request was removed, but recording it failed: %w", j.ID, err)
 	}
-	actx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	actx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	if _, err := cat.Await(actx, j.ID, func(j store.Job) bool { return j.Status == store.StatusRejected }); err != nil {
-		return fmt.Errorf("cancel job %s: removed and recorded, but the catalog does not show it yet: %w", j.ID, err)
+		return &exitError{code: exitCancelTimeout, err: fmt.Errorf("cancel job %s: removed and recorded, but the catalog does not show it yet: %w", j.ID, err)}
 	}
 	fmt.Fprintf(a.stdout, "job %s canceled (its request was removed from the queue)\n", j.ID)
 	return nil
