@@ -379,7 +379,11 @@ func (a *Agent) failAndSettle(ctx context.Context, r *request, lease *bus.Lease,
 	if ev.VM.UUID == "" && validName(r.req.VM) {
 		ev.VM.Name = r.req.VM // failed before the VM was resolved
 	}
-	r.log.Error().Err(err).Str("reason", reason).Bool("retryable", ev.Retryable).Msg("backup failed")
+	if reason == schemas.FailCanceled {
+		r.log.Info().Err(err).Msg("backup canceled")
+	} else {
+		r.log.Error().Err(err).Str("reason", reason).Bool("retryable", ev.Retryable).Msg("backup failed")
+	}
 	a.metrics.outcome(OutcomeFailed)
 	perr := a.publish(cctx, ev)
 	if perr != nil {
