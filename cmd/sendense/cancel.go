@@ -84,7 +84,7 @@ func (c *cancelCmd) run(ctx context.Context, a *app, idOrPrefix string) error {
 		return err
 	}
 	if j.Ended() {
-		return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended (%s); nothing to cancel", j.ID, outcome(j))}
+		return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended %s; nothing to cancel", j.ID, outcome(j))}
 	}
 	var removed []byte // the queued job's request, once deleted from the queue
 	if j.Status == store.StatusQueued {
@@ -104,7 +104,7 @@ func (c *cancelCmd) run(ctx context.Context, a *app, idOrPrefix string) error {
 		return c.rejectQueued(ctx, a, nc, cat, j, removed)
 	case errors.Is(err, node.ErrNoAgent):
 		if now, jerr := cat.Job(ctx, j.ID); jerr == nil && now.Ended() {
-			return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended (%s); nothing to cancel", j.ID, outcome(now))}
+			return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended %s; nothing to cancel", j.ID, outcome(now))}
 		}
 		if j.Status == store.StatusFailed && j.Failure != nil {
 			// Between attempts: its request waits for the retry.
@@ -131,20 +131,20 @@ func (c *cancelCmd) run(ctx context.Context, a *app, idOrPrefix string) error {
 		fmt.Fprintf(a.stdout, "job %s canceled: agent %s stopped attempt %d (failed, reason canceled; snapshot removed, targets aborted)\n", j.ID, reply.Agent, reply.Attempt)
 		return nil
 	}
-	return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended (%s) before the cancel took effect; nothing canceled", j.ID, outcome(final))}
+	return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended %s before the cancel took effect; nothing canceled", j.ID, outcome(final))}
 }
 
 // outcome describes an ended job: its status and, for a failure or a
 // rejection, its reason.
 func outcome(j store.Job) string {
+	s := "(" + j.Status + ")"
 	if j.Failure != nil && (j.Status == store.StatusFailed || j.Status == store.StatusRejected) {
-		s := fmt.Sprintf("%s, reason %s", j.Status, j.Failure.Reason)
+		s += " with reason " + j.Failure.Reason
 		if j.Status == store.StatusFailed && j.Failure.Retryable {
 			s += ", to be retried"
 		}
-		return s
 	}
-	return j.Status
+	return s
 }
 
 // dequeue deletes a queued job's request from BACKUP_REQUESTS and returns
