@@ -9,9 +9,9 @@ import (
 	"time"
 
 	"github.com/sendense/sendense/agents/node"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // TestCancelMidCopy: admin's cancel of a running job reaches the agent
@@ -75,7 +75,7 @@ func TestCancelMidCopy(t *testing.T) {
 	if f.Reason != schemas.FailCanceled || f.Retryable {
 		t.Errorf("failed reason %q retryable=%t (%s), want %s, not retryable", f.Reason, f.Retryable, f.Message, schemas.FailCanceled)
 	}
-	j := h.job(id, store.StatusFailed)
+	j := h.job(id, backup.StatusFailed)
 	if j.Failure == nil || j.Failure.Reason != schemas.FailCanceled || !j.Ended() {
 		t.Errorf("catalog shows job %s failed with %+v, want reason canceled, ended", id, j.Failure)
 	}

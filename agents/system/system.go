@@ -24,6 +24,7 @@ import (
 
 	"github.com/sendense/sendense/agents/catalog"
 	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/agents/hub/repoapi"
 	"github.com/sendense/sendense/agents/node"
 	"github.com/sendense/sendense/agents/simctl"
 	"github.com/sendense/sendense/bus"
@@ -740,7 +741,7 @@ func (s *System) startAgent(ctx context.Context) error {
 	}
 	ag, err := node.New(cfg, node.Deps{
 		Requests: cons, Publisher: pub, Leases: leases, VCenter: vc, Sources: sources,
-		Targets: hub.NewClient(nc), Catalog: catalog.NewClient(nc),
+		Targets: repoapi.NewClient(nc), Catalog: catalog.NewClient(nc),
 		Store: node.StoreFunc(func(ctx context.Context) error {
 			if err := bus.StoreReady(ctx, js); err != nil {
 				return err
@@ -756,7 +757,7 @@ func (s *System) startAgent(ctx context.Context) error {
 	if _, err := node.ServeCancel(nc, ag); err != nil {
 		return err
 	}
-	s.addAgentChecks(js, cons, vc, hub.NewClient(nc))
+	s.addAgentChecks(js, cons, vc, repoapi.NewClient(nc))
 	s.run("agent", ag.Run)
 	return nil
 }
@@ -764,7 +765,7 @@ func (s *System) startAgent(ctx context.Context) error {
 // addAgentChecks adds the agent's readiness: JetStream stores (the agent
 // takes requests), its consumer is there, vCenter answers and the hub's
 // repository service answers.
-func (s *System) addAgentChecks(js jetstream.JetStream, cons jetstream.Consumer, vc *vmware.Client, targets *hub.Client) {
+func (s *System) addAgentChecks(js jetstream.JetStream, cons jetstream.Consumer, vc *vmware.Client, targets *repoapi.Client) {
 	ag := s.agent
 	s.Health.Add("agent/streams", func(ctx context.Context) error { return bus.StoreReady(ctx, js) })
 	s.Health.Add("agent/consumer", func(ctx context.Context) error {
@@ -781,7 +782,7 @@ func (s *System) addAgentChecks(js jetstream.JetStream, cons jetstream.Consumer,
 	s.Health.Add("agent/repository", func(ctx context.Context) error {
 		// Any answer of the service will do: an unknown repository is the
 		// request's problem, not the agent's.
-		if _, err := targets.Info(ctx, "default"); err != nil && !errors.Is(err, hub.ErrUnknownRepository) {
+		if _, err := targets.Info(ctx, "default"); err != nil && !errors.Is(err, repoapi.ErrUnknownRepository) {
 			return fmt.Errorf("repository service: %w", err)
 		}
 		return nil

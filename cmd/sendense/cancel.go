@@ -12,9 +12,9 @@ import (
 
 	"github.com/sendense/sendense/agents/catalog"
 	"github.com/sendense/sendense/agents/node"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 func init() { extraCommands = append(extraCommands, newCancelCmd) }
@@ -87,7 +87,7 @@ func (c *cancelCmd) run(ctx context.Context, a *app, idOrPrefix string) error {
 		return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended %s; nothing to cancel", j.ID, outcome(j))}
 	}
 	var removed []byte // the queued job's request, once deleted from the queue
-	if j.Status == store.StatusQueued {
+	if j.Status == backup.StatusQueued {
 		// Taken off the queue first: an agent that took it meanwhile
 		// answers the cancel below and ends it as canceled itself.
 		if removed, err = dequeue(ctx, nc, j); err != nil {
@@ -106,7 +106,7 @@ func (c *cancelCmd) run(ctx context.Context, a *app, idOrPrefix string) error {
 		if now, jerr := cat.Job(ctx, j.ID); jerr == nil && now.Ended() {
 			return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended %s; nothing to cancel", j.ID, outcome(now))}
 		}
-		if j.Status == store.StatusFailed && j.Failure != nil {
+		if j.Status == backup.StatusFailed && j.Failure != nil {
 			// Between attempts: its request waits for the retry.
 			return fmt.Errorf("cancel job %s: attempt %d failed (reason %s) and the job waits for its retry; no agent runs it now: cancel it once it runs again (`sendense watch --job %s`)", j.ID, j.Failure.Attempt, j.Failure.Reason, j.ID)
 		}
@@ -118,8 +118,8 @@ func (c *cancelCmd) run(ctx context.Context, a *app, idOrPrefix string) error {
 	defer cancel()
 	// The attempt's outcome: canceled, or completed when the answer was
 	// too late (a failure that came first also ends the wait).
-	final, err := cat.Await(wctx, j.ID, func(j store.Job) bool {
-		return j.Ended() || j.Status == store.StatusFailed && j.Failure != nil && j.Failure.Attempt >= reply.Attempt
+	final, err := cat.Await(wctx, j.ID, func(j backup.Job) bool {
+		return j.Ended() || j.Status == backup.StatusFailed && j.Failure != nil && j.Failure.Attempt >= reply.Attempt
 	})
 	if err != nil {
 		if wctx.Err() != nil && ctx.Err() == nil {
@@ -127,7 +127,7 @@ func (c *cancelCmd) run(ctx context.Context, a *app, idOrPrefix string) error {
 		}
 		return fmt.Errorf("cancel job %s: wait for the catalog: %w", j.ID, err)
 	}
-	if final.Status == store.StatusFailed && final.Failure != nil && final.Failure.Reason == schemas.FailCanceled {
+	if final.Status == backup.StatusFailed && final.Failure != nil && final.Failure.Reason == schemas.FailCanceled {
 		fmt.Fprintf(a.stdout, "job %s canceled: agent %s stopped attempt %d (failed, reason canceled; snapshot removed, targets aborted)\n", j.ID, reply.Agent, reply.Attempt)
 		return nil
 	}
@@ -136,11 +136,11 @@ func (c *cancelCmd) run(ctx context.Context, a *app, idOrPrefix string) error {
 
 // outcome describes an ended job: its status and, for a failure or a
 // rejection, its reason.
-func outcome(j store.Job) string {
+func outcome(j backup.Job) string {
 	s := "(" + j.Status + ")"
-	if j.Failure != nil && (j.Status == store.StatusFailed || j.Status == store.StatusRejected) {
+	if j.Failure != nil && (j.Status == backup.StatusFailed || j.Status == backup.StatusRejected) {
 		s += " with reason " + j.Failure.Reason
-		if j.Status == store.StatusFailed && j.Failure.Retryable {
+		if j.Status == backup.StatusFailed && j.Failure.Retryable {
 			s += ", to be retried"
 		}
 	}
@@ -149,7 +149,7 @@ func outcome(j store.Job) string {
 
 // dequeue deletes a queued job's request from BACKUP_REQUESTS and returns
 // it; nil when the request already left the queue (an agent acked it).
-func dequeue(ctx context.Context, nc *nats.Conn, j store.Job) (request []byte, err error) {
+func dequeue(ctx context.Context, nc *nats.Conn, j backup.Job) (request []byte, err error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, err
@@ -179,7 +179,7 @@ func dequeue(ctx context.Context, nc *nats.Conn, j store.Job) (request []byte, e
 
 // rejectQueued records a queued job whose request cancel removed, and that
 // no agent runs: backup.rejected reason canceled on backup.rejected.admin.
-func (c *cancelCmd) rejectQueued(ctx context.Context, a *app, nc *nats.Conn, cat *catalog.Client, j store.Job, request []byte) error {
+func (c *cancelCmd) rejectQueued(ctx context.Context, a *app, nc *nats.Conn, cat *catalog.Client, j backup.Job, request []byte) error {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return err
@@ -206,7 +206,7 @@ func (c *cancelCmd) rejectQueued(ctx context.Context, a *app, nc *nats.Conn, cat
 	}
 	actx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	if _, err := cat.Await(actx, j.ID, func(j store.Job) bool { return j.Status == store.StatusRejected }); err != nil {
+	if _, err := cat.Await(actx, j.ID, func(j backup.Job) bool { return j.Status == backup.StatusRejected }); err != nil {
 		return &exitError{code: exitCancelTimeout, err: fmt.Errorf("cancel job %s: removed and recorded, but the catalog does not show it yet: %w", j.ID, err)}
 	}
 	fmt.Fprintf(a.stdout, "job %s canceled (its request was removed from the queue)\n", j.ID)

@@ -11,9 +11,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // TestCancelRunning runs `sendense cancel` on a job whose copy is under
@@ -76,7 +76,7 @@ func TestCancelRunning(t *testing.T) {
 	if code := c.state.ExitCode(); code != 0 || !strings.Contains(c.out.String(), "job "+id+" canceled: agent ") {
 		t.Fatalf("cancel exit %d:\n%s", code, c.out.String())
 	}
-	j := s.awaitJob(t, id, 10*time.Second, func(j store.Job) bool { return j.Status == store.StatusFailed })
+	j := s.awaitJob(t, id, 10*time.Second, func(j backup.Job) bool { return j.Status == backup.StatusFailed })
 	if j.Failure == nil || j.Failure.Reason != schemas.FailCanceled || j.Failure.Retryable {
 		t.Errorf("job %s failure %+v, want reason canceled, not retryable", id, j.Failure)
 	}

@@ -20,12 +20,12 @@ import (
 
 	"github.com/sendense/sendense/agents/catalog"
 	"github.com/sendense/sendense/agents/simctl"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/bus/bustest"
 	"github.com/sendense/sendense/internal/netlab"
 	"github.com/sendense/sendense/internal/testutil"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // lab is the topology running in network namespaces: one host per
@@ -317,7 +317,7 @@ func (l *lab) cli(ctx context.Context, host string, args ...string) string {
 // firstCopying waits for the first progress event of one of jobs that
 // is neither the first nor the last of its copy, and returns that job as
 // the catalog has it then (with the agent that runs it).
-func (l *lab) firstCopying(ctx context.Context, cat *catalog.Client, jobs map[string]string) store.Job {
+func (l *lab) firstCopying(ctx context.Context, cat *catalog.Client, jobs map[string]string) backup.Job {
 	l.t.Helper()
 	ours := map[string]bool{}
 	for _, id := range jobs {
@@ -351,7 +351,7 @@ func (l *lab) firstCopying(ctx context.Context, cat *catalog.Client, jobs map[st
 			return j
 		case <-ctx.Done():
 			l.t.Fatalf("no job copying: %v", ctx.Err())
-			return store.Job{}
+			return backup.Job{}
 		}
 	}
 }
@@ -376,7 +376,7 @@ func (l *lab) streamLeader(ctx context.Context, stream string) string {
 
 // settle waits until job id of vm ends: completed, or failed with a reason
 // — then a retry must complete — and returns the completed job.
-func (l *lab) settle(ctx context.Context, cat *catalog.Client, vm, id string) store.Job {
+func (l *lab) settle(ctx context.Context, cat *catalog.Client, vm, id string) backup.Job {
 	l.t.Helper()
 	for ctx.Err() == nil {
 		j, err := cat.Job(ctx, id)
@@ -396,7 +396,7 @@ func (l *lab) settle(ctx context.Context, cat *catalog.Client, vm, id string) st
 		time.Sleep(100 * time.Millisecond)
 	}
 	l.t.Fatalf("job %s of %s did not end: %v", id, vm, ctx.Err())
-	return store.Job{}
+	return backup.Job{}
 }
 
 // restoreAndCompare restores every disk of job id on the restore host and
