@@ -146,6 +146,12 @@ type Config struct {
 	AgentID  string
 	MaxJobs  int
 	LeaseTTL time.Duration
+	// RequestAckWait is the agents' request consumer's ack wait, which the
+	// hub sets when it creates the consumer (default bus.RequestAckWait):
+	// how long a request an agent took may go without an ack before
+	// another agent gets it, so how soon a crashed agent's job is retried.
+	// Agents ack in progress every third of it.
+	RequestAckWait time.Duration
 	// AgentConfig is a template for the remaining node agent settings.
 	AgentConfig node.Config
 
@@ -290,7 +296,7 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 		if _, err := bus.NewLeases(ctx, s.JS, bus.LeaseBucket, ttl, bus.LeaseReplicas(cfg.Replicas), bus.LeaseAwait(s.await())); err != nil {
 			return nil, err
 		}
-		if _, err := bus.EnsureRequestConsumer(ctx, s.JS, bus.RequestConsumerOptions{Await: s.await()}); err != nil {
+		if _, err := bus.EnsureRequestConsumer(ctx, s.JS, bus.RequestConsumerOptions{AckWait: cfg.RequestAckWait, Await: s.await()}); err != nil {
 			return nil, err
 		}
 		if _, err := bus.EnsureVerifyConsumer(ctx, s.JS, s.await()); err != nil {
@@ -735,6 +741,9 @@ func (s *System) startAgent(ctx context.Context) error {
 	cfg.AgentID, cfg.Log, cfg.Registry = s.cfg.AgentID, s.log, s.Registry
 	if s.cfg.MaxJobs > 0 {
 		cfg.MaxJobs = s.cfg.MaxJobs
+	}
+	if info := cons.CachedInfo(); cfg.InProgressInterval <= 0 && info != nil && info.Config.AckWait > 0 {
+		cfg.InProgressInterval = info.Config.AckWait / 3 // the hub chose the ack wait (RequestAckWait)
 	}
 	if cfg.Copy.Log.GetLevel() == zerolog.Disabled {
 		cfg.Copy = copier.Options{}

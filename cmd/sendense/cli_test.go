@@ -331,6 +331,11 @@ type served struct {
 // startServe runs serve with the simulated vCenter's inventory ("small"
 // or "sample") on a fresh --data and port, plus extra flags, and waits
 // until the catalog and the simulated vCenter's control service answer.
+// fastFailover makes a hub retry a killed agent's job after 8 s instead
+// of the production 30 s (--request-ack-wait, --lease-ttl): the tests that
+// kill an agent check that its job is retried and how it ends, not when.
+var fastFailover = []string{"--request-ack-wait", "8s", "--lease-ttl", "8s"}
+
 func startServe(t *testing.T, inventory string, extra ...string) *served {
 	t.Helper()
 	for _, tool := range []string{"qemu-img", "qemu-nbd", "nbdkit"} {
