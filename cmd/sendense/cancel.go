@@ -57,6 +57,9 @@ job's targets in the repository (no partial file is left), releases the VM's lea
 publishes backup.failed with reason canceled (not retryable); the job shows failed
 (canceled). The next backup of the VM is an incremental on its last completed backup.
 
+A job between attempts (failed, its request waiting for the retry): its request is deleted
+from the queue and a backup.failed with reason canceled ends it.
+
 cancel waits until the catalog shows the outcome (at most --timeout) and prints it. A job
 whose copy is already done completes: cancel says so and exits 6.
 
@@ -86,10 +89,12 @@ func (c *cancelCmd) run(ctx context.Context, a *app, idOrPrefix string) error {
 	if j.Ended() {
 		return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended %s; nothing to cancel", j.ID, outcome(j))}
 	}
-	var removed []byte // the queued job's request, once deleted from the queue
-	if j.Status == backup.StatusQueued {
-		// Taken off the queue first: an agent that took it meanwhile
-		// answers the cancel below and ends it as canceled itself.
+	// A queued job's request, or that of a job between attempts (failed,
+	// retryable, waiting for its redelivery), is taken off the queue
+	// first: an agent that took it meanwhile answers the cancel below and
+	// ends the job as canceled itself; if none answers, cancel records it.
+	var removed []byte
+	if j.Status == backup.StatusQueued || j.Status == backup.StatusFailed {
 		if removed, err = dequeue(ctx, nc, j); err != nil {
 			return err
 		}
@@ -100,15 +105,13 @@ func (c *cancelCmd) run(ctx context.Context, a *app, idOrPrefix string) error {
 	}
 	reply, err := node.RequestCancel(ctx, nc, j.ID, wait)
 	switch {
-	case errors.Is(err, node.ErrNoAgent) && removed != nil:
+	case errors.Is(err, node.ErrNoAgent) && removed != nil && j.Status == backup.StatusQueued:
 		return c.rejectQueued(ctx, a, nc, cat, j, removed)
+	case errors.Is(err, node.ErrNoAgent) && removed != nil:
+		return c.failBetweenAttempts(ctx, a, nc, cat, j)
 	case errors.Is(err, node.ErrNoAgent):
 		if now, jerr := cat.Job(ctx, j.ID); jerr == nil && now.Ended() {
 			return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended %s; nothing to cancel", j.ID, outcome(now))}
-		}
-		if j.Status == backup.StatusFailed && j.Failure != nil {
-			// Between attempts: its request waits for the retry.
-			return fmt.Errorf("cancel job %s: attempt %d failed (reason %s) and the job waits for its retry; no agent runs it now: cancel it once it runs again (`sendense watch --job %s`)", j.ID, j.Failure.Attempt, j.Failure.Reason, j.ID)
 		}
 		return fmt.Errorf("cancel job %s (%s, agent %s): %w", j.ID, j.Status, dash(j.Agent), err)
 	case err != nil:
@@ -150,6 +153,11 @@ func outcome(j backup.Job) string {
 // dequeue deletes a queued job's request from BACKUP_REQUESTS and returns
 // it; nil when the request already left the queue (an agent acked it).
 func dequeue(ctx context.Context, nc *nats.Conn, j backup.Job) (request []byte, err error) {
+	if j.RequestSeq == 0 {
+		// A job that failed before it started: nothing says where its
+		// request is.
+		return nil, fmt.Errorf("cancel job %s: attempt %d failed before it started and the job waits for its retry; no agent runs it now and its request's place in the queue is unknown: cancel it once it runs again (`sendense watch --job %s`)", j.ID, j.Attempt, j.ID)
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, err
@@ -210,5 +218,52 @@ func (c *cancelCmd) rejectQueued(ctx context.Context, a *app, nc *nats.Conn, cat
 		return &exitError{code: exitCancelTimeout, err: fmt.Errorf("cancel job %s: removed and recorded, but the catalog does not show it yet: %w", j.ID, err)}
 	}
 	fmt.Fprintf(a.stdout, "job %s canceled (its request was removed from the queue)\n", j.ID)
+	return nil
+}
+
+// failBetweenAttempts records a job whose retryable failure left its
+// request waiting for a redelivery that cancel removed, and that no agent
+// runs: backup.failed reason canceled, not retryable, on
+// backup.failed.admin under the next attempt (which no agent started, so
+// the catalog files it: an attempt belongs to its first started event's
+// agent).
+func (c *cancelCmd) failBetweenAttempts(ctx context.Context, a *app, nc *nats.Conn, cat *catalog.Client, j backup.Job) error {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	pub, err := bus.NewAgentPublisher(js, CancelAgent, a.log)
+	if err != nil {
+		return err
+	}
+	attempt := j.Attempt + 1
+	ev := &schemas.Failed{
+		Header: schemas.Header{
+			ID:      bus.EventID(j.ID, attempt, schemas.NameFailed, 0, 0),
+			Time:    time.Now().UTC(),
+			JobID:   j.ID,
+			Attempt: attempt,
+			VM:      j.VM,
+		},
+		Repository: j.Repository,
+		Reason:     schemas.FailCanceled,
+		Message:    fmt.Sprintf("canceled by %s between attempts (request seq %d removed from the queue)", requester(), j.RequestSeq),
+	}
+	schemas.Stamp(&ev.Header, schemas.NameFailed)
+	if _, err := pub.PublishEvent(ctx, ev); err != nil {
+		return fmt.Errorf("cancel job %s: its request was removed, but recording it failed: %w", j.ID, err)
+	}
+	actx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	final, err := cat.Await(actx, j.ID, func(j backup.Job) bool { return j.Ended() })
+	if err != nil {
+		return &exitError{code: exitCancelTimeout, err: fmt.Errorf("cancel job %s: removed and recorded, but the catalog does not show it yet: %w", j.ID, err)}
+	}
+	if final.Failure == nil || final.Failure.Reason != schemas.FailCanceled {
+		// An agent had taken the redelivery after all and its attempt
+		// owns the job's outcome.
+		return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended %s before the cancel took effect; nothing canceled", j.ID, outcome(final))}
+	}
+	fmt.Fprintf(a.stdout, "job %s canceled between attempts (failed, reason canceled; its request was removed from the queue)\n", j.ID)
 	return nil
 }
