@@ -26,7 +26,6 @@ func TestCancelMidCopy(t *testing.T) {
 	h := startHarness(t, func(c *Config) {
 		// Progress soon enough to see the copy under way.
 		c.AgentConfig.ProgressInterval = 50 * time.Millisecond
-		c.AgentConfig.Copy.ProgressInterval = 50 * time.Millisecond
 	})
 	good := h.completed(h.request("bigvm", schemas.TypeAuto, ""))
 	if _, err := h.sys.Testbed.WriteRandom("bigvm", 2000, 0.5, 5); err != nil {
