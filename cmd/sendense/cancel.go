@@ -39,6 +39,7 @@ const cancelAnswerWait = 3 * time.Second
 
 type cancelCmd struct {
 	timeout time.Duration
+	json    bool
 }
 
 func newCancelCmd(a *app) *cobra.Command {
@@ -72,6 +73,7 @@ within --timeout; 1 any other error (unknown job, no agent runs it, no server).`
 		},
 	}
 	cmd.Flags().DurationVar(&c.timeout, "timeout", time.Minute, "stop waiting for the catalog to show the outcome after this long (exit 5)")
+	cmd.Flags().BoolVar(&c.json, "json", false, "print the canceled job's record, as the catalog shows it, as one JSON object")
 	return cmd
 }
 
@@ -131,10 +133,19 @@ func (c *cancelCmd) run(ctx context.Context, a *app, idOrPrefix string) error {
 		return fmt.Errorf("cancel job %s: wait for the catalog: %w", j.ID, err)
 	}
 	if final.Status == backup.StatusFailed && final.Failure != nil && final.Failure.Reason == schemas.FailCanceled {
-		fmt.Fprintf(a.stdout, "job %s canceled: agent %s stopped attempt %d (failed, reason canceled; snapshot removed, targets aborted)\n", j.ID, reply.Agent, reply.Attempt)
-		return nil
+		return c.canceled(a, final, fmt.Sprintf(": agent %s stopped attempt %d (failed, reason canceled; snapshot removed, targets aborted)", reply.Agent, reply.Attempt))
 	}
 	return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended %s before the cancel took effect; nothing canceled", j.ID, outcome(final))}
+}
+
+// canceled prints the canceled job: "job ID canceled" followed by how, or with
+// --json the job's record as the catalog shows it.
+func (c *cancelCmd) canceled(a *app, j backup.Job, how string) error {
+	if c.json {
+		return writeJSONLine(a, j)
+	}
+	_, err := fmt.Fprintf(a.stdout, "job %s canceled%s\n", j.ID, how)
+	return err
 }
 
 // outcome describes an ended job: its status and, for a failure or a
@@ -214,11 +225,11 @@ func (c *cancelCmd) rejectQueued(ctx context.Context, a *app, nc *nats.Conn, cat
 	}
 	actx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	if _, err := cat.Await(actx, j.ID, func(j backup.Job) bool { return j.Status == backup.StatusRejected }); err != nil {
+	final, err := cat.Await(actx, j.ID, func(j backup.Job) bool { return j.Status == backup.StatusRejected })
+	if err != nil {
 		return &exitError{code: exitCancelTimeout, err: fmt.Errorf("cancel job %s: removed and recorded, but the catalog does not show it yet: %w", j.ID, err)}
 	}
-	fmt.Fprintf(a.stdout, "job %s canceled (its request was removed from the queue)\n", j.ID)
-	return nil
+	return c.canceled(a, final, " (its request was removed from the queue)")
 }
 
 // failBetweenAttempts records a job whose retryable failure left its
@@ -264,6 +275,5 @@ func (c *cancelCmd) failBetweenAttempts(ctx context.Context, a *app, nc *nats.Co
 		// owns the job's outcome.
 		return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended %s before the cancel took effect; nothing canceled", j.ID, outcome(final))}
 	}
-	fmt.Fprintf(a.stdout, "job %s canceled between attempts (failed, reason canceled; its request was removed from the queue)\n", j.ID)
-	return nil
+	return c.canceled(a, final, " between attempts (failed, reason canceled; its request was removed from the queue)")
 }
