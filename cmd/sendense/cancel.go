@@ -199,14 +199,6 @@ func dequeue(ctx context.Context, nc *nats.Conn, j backup.Job) (request []byte, 
 // rejectQueued records a queued job whose request cancel removed, and that
 // no agent runs: backup.rejected reason canceled on backup.rejected.admin.
 func (c *cancelCmd) rejectQueued(ctx context.Context, a *app, nc *nats.Conn, cat *catalog.Client, j backup.Job, request []byte) error {
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	pub, err := bus.NewAgentPublisher(js, CancelAgent, a.log)
-	if err != nil {
-		return err
-	}
 	ev := &schemas.Rejected{
 		Header: schemas.Header{
 			ID:      bus.EventID(j.ID, 1, schemas.NameRejected, 0, 0),
@@ -220,16 +212,7 @@ func (c *cancelCmd) rejectQueued(ctx context.Context, a *app, nc *nats.Conn, cat
 	}
 	ev.VM.Name = j.VM.Name // as the request named it; it passed the request's schema
 	schemas.Stamp(&ev.Header, schemas.NameRejected)
-	if _, err := pub.PublishEvent(ctx, ev); err != nil {
-		return fmt.Errorf("cancel job %s: its request was removed, but recording it failed: %w", j.ID, err)
-	}
-	actx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	final, err := cat.Await(actx, j.ID, func(j backup.Job) bool { return j.Status == backup.StatusRejected })
-	if err != nil {
-		return &exitError{code: exitCancelTimeout, err: fmt.Errorf("cancel job %s: removed and recorded, but the catalog does not show it yet: %w", j.ID, err)}
-	}
-	return c.canceled(a, final, " (its request was removed from the queue)")
+	return c.record(ctx, a, nc, cat, j, ev, " (its request was removed from the queue)")
 }
 
 // failBetweenAttempts records a job whose retryable failure left its
@@ -239,14 +222,6 @@ func (c *cancelCmd) rejectQueued(ctx context.Context, a *app, nc *nats.Conn, cat
 // the catalog files it: an attempt belongs to its first started event's
 // agent).
 func (c *cancelCmd) failBetweenAttempts(ctx context.Context, a *app, nc *nats.Conn, cat *catalog.Client, j backup.Job) error {
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	pub, err := bus.NewAgentPublisher(js, CancelAgent, a.log)
-	if err != nil {
-		return err
-	}
 	attempt := j.Attempt + 1
 	ev := &schemas.Failed{
 		Header: schemas.Header{
@@ -261,6 +236,22 @@ func (c *cancelCmd) failBetweenAttempts(ctx context.Context, a *app, nc *nats.Co
 		Message:    fmt.Sprintf("canceled by %s between attempts (request seq %d removed from the queue)", requester(), j.RequestSeq),
 	}
 	schemas.Stamp(&ev.Header, schemas.NameFailed)
+	return c.record(ctx, a, nc, cat, j, ev, " between attempts (failed, reason canceled; its request was removed from the queue)")
+}
+
+// record publishes ev, cancel's record of a job whose request it removed,
+// on backup.<type>.admin, waits until the catalog shows the job ended, and
+// prints it as canceled (how says how). Had an agent taken the request
+// after all, its attempt owns the outcome: exit 6.
+func (c *cancelCmd) record(ctx context.Context, a *app, nc *nats.Conn, cat *catalog.Client, j backup.Job, ev schemas.Event, how string) error {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	pub, err := bus.NewAgentPublisher(js, CancelAgent, a.log)
+	if err != nil {
+		return err
+	}
 	if _, err := pub.PublishEvent(ctx, ev); err != nil {
 		return fmt.Errorf("cancel job %s: its request was removed, but recording it failed: %w", j.ID, err)
 	}
@@ -270,10 +261,9 @@ func (c *cancelCmd) failBetweenAttempts(ctx context.Context, a *app, nc *nats.Co
 	if err != nil {
 		return &exitError{code: exitCancelTimeout, err: fmt.Errorf("cancel job %s: removed and recorded, but the catalog does not show it yet: %w", j.ID, err)}
 	}
-	if final.Failure == nil || final.Failure.Reason != schemas.FailCanceled {
-		// An agent had taken the redelivery after all and its attempt
-		// owns the job's outcome.
+	// canceled is the reason of a rejected and of a failed job alike.
+	if final.Failure == nil || final.Failure.Reason != schemas.RejectCanceled && final.Failure.Reason != schemas.FailCanceled {
 		return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended %s before the cancel took effect; nothing canceled", j.ID, outcome(final))}
 	}
-	return c.canceled(a, final, " between attempts (failed, reason canceled; its request was removed from the queue)")
+	return c.canceled(a, final, how)
 }
