@@ -40,6 +40,8 @@ package nbd
 #cgo nocallback sd_state
 #cgo nocallback sd_in_flight
 #cgo nocallback sd_kill
+#cgo noescape sd_tune_socket
+#cgo nocallback sd_tune_socket
 #include <stdlib.h>
 #include "shim.h"
 */
@@ -247,6 +249,8 @@ func cCommandCompleted(h cHandle, c Cookie) (int, error) {
 func cInFlight(h cHandle) int { return int(C.sd_in_flight(h)) }
 
 func cKill(h cHandle) { C.sd_kill(h) }
+
+func cTuneSocket(h cHandle) { C.sd_tune_socket(h) }
 
 const maxPoll = 16 // SD_MAX_POLL in shim.c
 

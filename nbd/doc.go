@@ -45,6 +45,12 @@
 //
 // PollTimeout is Poll with a time limit, for loops that also watch timers.
 //
+// A connection over a unix socket gets a 4 MiB send buffer (the kernel
+// doubles it; without CAP_NET_ADMIN it is capped by net.core.wmem_max), so
+// that a large write leaves in a few send calls instead of one per 208 KiB
+// the default allows, each waking the server. TCP keeps the kernel's
+// autotuning.
+//
 // Block status requests at most 2 GiB per command (libnbd 1.14 has only
 // 32-bit lengths) and loops, so any range can be asked.
 //

@@ -236,6 +236,18 @@ int sd_poll(struct nbd_handle **hs, int n, int timeout_ms, int *bad, sd_err *e) 
   return notified;
 }
 
+void sd_tune_socket(struct nbd_handle *h) {
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  int fd = nbd_aio_get_fd(h);
+  if (fd < 0 || getsockname(fd, (struct sockaddr *)&ss, &len) == -1 || ss.ss_family != AF_UNIX) return;
+  int n = SD_UNIX_SNDBUF;
+  /* SO_SNDBUFFORCE needs CAP_NET_ADMIN; SO_SNDBUF is capped by
+   * net.core.wmem_max. Either way the kernel doubles n. */
+  if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &n, sizeof n) == -1)
+    (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &n, sizeof n);
+}
+
 void sd_kill(struct nbd_handle *h) {
   int fd = nbd_aio_get_fd(h);
   if (fd >= 0) shutdown(fd, SHUT_RDWR);
