@@ -45,6 +45,9 @@
 //
 // PollTimeout is Poll with a time limit, for loops that also watch timers.
 //
+// Read buffers are not zeroed before a read (libnbd's pread_initialize is
+// off): after a failed read their contents are undefined.
+//
 // A connection over a unix socket gets a 4 MiB send buffer (the kernel
 // doubles it; without CAP_NET_ADMIN it is capped by net.core.wmem_max), so
 // that a large write leaves in a few send calls instead of one per 208 KiB

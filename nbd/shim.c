@@ -14,7 +14,19 @@ static void capture(sd_err *e) {
 
 struct nbd_handle *sd_create(sd_err *e) {
   struct nbd_handle *h = nbd_create();
-  if (h == NULL) capture(e);
+  if (h == NULL) {
+    capture(e);
+    return NULL;
+  }
+  /* libnbd zeroes a read's buffer before reading by default, so that a
+   * caller ignoring errors never sees old heap contents. Buffers here are
+   * used only after a read succeeded, and hold only data read through the
+   * same kind of handle; the memset costs a pass over every byte read. */
+  if (nbd_set_pread_initialize(h, false) == -1) {
+    capture(e);
+    nbd_close(h);
+    return NULL;
+  }
   return h;
 }
 
