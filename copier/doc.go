@@ -28,8 +28,9 @@
 //
 // When both servers advertise multi-conn, Copy opens up to Connections (4)
 // connection pairs, each driven by its own goroutine; otherwise it uses one
-// source and one target connection. Chunk buffers are C memory, allocated
-// once per copy: about InFlight × ChunkSize bytes.
+// source and one target connection. Chunk buffers are outside the Go heap
+// (nbd.NewBuffer), allocated once per copy and unmapped when it returns:
+// about InFlight × ChunkSize bytes (32 MiB by default).
 //
 // With Options.Digests the copy also records a manifest's digests (package
 // manifest): each extent is widened to whole 1 MiB manifest chunks (the

@@ -321,16 +321,6 @@ func cErrBuf() *C.sd_err {
 
 type errBuf = *C.sd_err
 
-func cMalloc(n int) unsafe.Pointer {
-	p := C.malloc(C.size_t(n))
-	if p == nil {
-		panic("nbd: out of C memory")
-	}
-	return p
-}
-
-func cFree(p unsafe.Pointer) { C.free(p) }
-
 func cFreeErrBuf(e errBuf) { C.free(unsafe.Pointer(e)) }
 
 // Command flags (LIBNBD_CMD_FLAG_*).

@@ -27,9 +27,9 @@
 // command is in flight the connection is closed (the only way to be sure
 // libnbd no longer touches the buffer) and later calls return ErrClosed.
 //
-// The aio calls take a Span of C memory (NewBuffer), return a Cookie, and
-// complete asynchronously. Drive them with Poll and collect results with
-// NextCompleted:
+// The aio calls take a Span of a Buffer (NewBuffer: memory outside the Go
+// heap), return a Cookie, and complete asynchronously. Drive them with Poll
+// and collect results with NextCompleted:
 //
 //	buf := nbd.NewBuffer(1 << 20)
 //	defer buf.Free() // only after Close, or after every command completed
