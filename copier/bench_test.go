@@ -234,6 +234,8 @@ func BenchmarkCopyVsNbdcopy(b *testing.B) {
 		"cpu, median per run: " + oursR.cpuLine(extBytes),
 		"cpu, median per run: " + theirsR.cpuLine(extBytes),
 		"cpu, median per run: " + limitR.cpuLine(extBytes),
+		"cpu, median per run: " + tlsR.cpuLine(extBytes),
+		"cpu, median per run: " + hashR.cpuLine(extBytes),
 		fmt.Sprintf("full copy over tcp+tls-psk (loopback): %s, %.0f MB/s, ratio tls/unix %.1f%% (goal >= 80%%: %s)", tlsR.spread(), tlsRate, tlsRatio*100, goal(tlsRatio >= 0.8)),
 		fmt.Sprintf("full copy with digests (manifest, SHA-256 per 1 MiB chunk): %s, ratio with/without %.3f", hashR.spread(), hashRatio),
 		fmt.Sprintf("full actual size: ours %d bytes (%.1f MiB), nbdcopy %d bytes (%.1f MiB), qemu-img convert %.1f MiB (goal ours <= nbdcopy: %s)",
