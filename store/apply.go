@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/schemas"
 )
 
@@ -206,7 +207,7 @@ func (a *applier) apply(i int, ev schemas.Event) error {
 			what = fmt.Sprintf("%T", ev)
 		}
 		a.errs[i] = fmt.Errorf("apply %s %.64q of job %.64q from agent %.64s: %w: %s", what, h.ID, h.JobID, agentName(agent), sentinel, reason)
-		return putPoison(a.tx, PoisonRecord{
+		return putPoison(a.tx, backup.PoisonRecord{
 			Subject: what, EventID: h.ID, JobID: h.JobID, Agent: agent, Reason: reason, Raw: raw,
 		}, a.now)
 	}
@@ -289,12 +290,12 @@ func (a *applier) apply(i int, ev schemas.Event) error {
 // progress keeps p as the job's progress if it is newer than the kept one.
 func (a *applier) progress(p *schemas.Progress) error {
 	b := a.tx.Bucket(bucketProgress)
-	np := Progress{
+	np := backup.Progress{
 		EventID: p.ID, Attempt: p.Attempt, Seq: p.Seq,
 		BytesDone: p.BytesDone, BytesTotal: p.BytesTotal, Time: p.Time.UTC(),
 	}
 	if raw := b.Get([]byte(p.JobID)); raw != nil {
-		var old Progress
+		var old backup.Progress
 		if err := json.Unmarshal(raw, &old); err != nil {
 			return fmt.Errorf("decode progress of job %s: %w", p.JobID, err)
 		}
@@ -315,7 +316,7 @@ func (a *applier) progress(p *schemas.Progress) error {
 	return nil
 }
 
-func newerProgress(p, old *Progress) bool {
+func newerProgress(p, old *backup.Progress) bool {
 	if p.Attempt != old.Attempt {
 		return p.Attempt > old.Attempt
 	}
@@ -419,9 +420,9 @@ func (a *applier) rederive(jobID string, news []record) error {
 		}
 		have[id] = filed{idx: f.idx, code: code, seq: r.seq}
 	}
-	var prog *Progress
+	var prog *backup.Progress
 	if raw := a.tx.Bucket(bucketProgress).Get(key); raw != nil {
-		prog = new(Progress)
+		prog = new(backup.Progress)
 		if err := json.Unmarshal(raw, prog); err != nil {
 			return fmt.Errorf("decode progress of job %s: %w", jobID, err)
 		}
@@ -468,14 +469,14 @@ func (a *applier) settlePoison(jobID string, bad []badRecord, tombs []string) er
 	prefix := poisonJobPrefix(jobID)
 	type kept struct {
 		key   []byte
-		p     PoisonRecord
+		p     backup.PoisonRecord
 		still bool // the event is poison still
 	}
 	var was []kept // in key order
 	byID := map[eventIdent]int{}
 	cur := poison.Cursor()
 	for k, v := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Next() {
-		var p PoisonRecord
+		var p backup.PoisonRecord
 		if err := json.Unmarshal(v, &p); err != nil {
 			return fmt.Errorf("decode poison record %q: %w", k, err)
 		}
@@ -484,16 +485,16 @@ func (a *applier) settlePoison(jobID string, bad []badRecord, tombs []string) er
 	}
 	for _, b := range bad {
 		h := b.rec.ev.EventHeader()
-		var o PoisonRecord
+		var o backup.PoisonRecord
 		i, wasPoison := byID[eventIdent{h.ID, b.rec.agent}]
 		if wasPoison {
 			o, was[i].still = was[i].p, true
 		}
-		p := PoisonRecord{
+		p := backup.PoisonRecord{
 			Subject: b.rec.name, EventID: h.ID, JobID: jobID, Agent: b.rec.agent, Reason: b.reason, Raw: b.rec.raw,
 		}
-		if len(p.Raw) > MaxPoisonRaw {
-			p.Raw = p.Raw[:MaxPoisonRaw]
+		if len(p.Raw) > backup.MaxPoisonRaw {
+			p.Raw = p.Raw[:backup.MaxPoisonRaw]
 			p.Truncated = true
 		}
 		if !wasPoison || o.Subject != p.Subject || o.Reason != p.Reason || o.Truncated != p.Truncated || !bytes.Equal(o.Raw, p.Raw) {
@@ -536,7 +537,7 @@ func (a *applier) settlePoison(jobID string, bad []badRecord, tombs []string) er
 // none) by job (nil: the job has no applied events left), together with
 // its index entry and chain links. It returns whether the record changed
 // and, when it did, the old record decoded (nil if there was none).
-func (a *applier) writeJob(jobID string, job *Job, raw []byte) (old *Job, changed bool, err error) {
+func (a *applier) writeJob(jobID string, job *backup.Job, raw []byte) (old *backup.Job, changed bool, err error) {
 	key := []byte(jobID)
 	jobs := a.tx.Bucket(bucketJobs)
 	idx := a.tx.Bucket(bucketJobsByTime)
@@ -554,10 +555,11 @@ func (a *applier) writeJob(jobID string, job *Job, raw []byte) (old *Job, change
 		return nil, false, nil // unchanged: so are its index entry and links
 	}
 	if raw != nil {
-		old = new(Job)
+		old = new(backup.Job)
 		if err := json.Unmarshal(raw, old); err != nil {
 			return nil, false, fmt.Errorf("decode job %s: %w", jobID, err)
 		}
+		old.ID = jobID // the key is the id: records before layout 4 name it "id", not "job_id"
 	}
 	if oldKey, newKey := jobLinkKey(old), jobLinkKey(job); !bytes.Equal(oldKey, newKey) {
 		links := a.tx.Bucket(bucketLinks)

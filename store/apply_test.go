@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/schemas"
 )
 
@@ -37,7 +38,7 @@ func TestApplyJobSequence(t *testing.T) {
 			c.applyBatches(evs, tt.batch)
 
 			j := c.job(s.job)
-			if j.Status != StatusCompleted {
+			if j.Status != backup.StatusCompleted {
 				t.Fatalf("status = %s, want completed", j.Status)
 			}
 			if j.VM != s.vm || j.Repository != s.repo || j.Attempt != 1 || j.RequestedBy != "test" || j.RequestedType != schemas.TypeAuto {
@@ -75,7 +76,7 @@ func TestApplyJobSequence(t *testing.T) {
 					t.Errorf("progress = %+v, want seq 2", j.Progress)
 				}
 			}
-			if _, err := c.Job("nope"); !errors.Is(err, ErrNotFound) {
+			if _, err := c.Job("nope"); !errors.Is(err, backup.ErrNotFound) {
 				t.Errorf("Job(nope) error = %v, want ErrNotFound", err)
 			}
 		})
@@ -161,7 +162,7 @@ func TestApplyShuffled(t *testing.T) {
 		ref := newTestCatalog(t)
 		ref.apply(evs...)
 		want := ref.dump()
-		if j := ref.job(s.job); j.Status != StatusCompleted || j.Attempt != 1 || len(want.Poison) != 2 {
+		if j := ref.job(s.job); j.Status != backup.StatusCompleted || j.Attempt != 1 || len(want.Poison) != 2 {
 			t.Fatalf("reference: job %+v, poison %+v", j, want.Poison)
 		}
 		for _, perm := range permutations(len(evs)) {
@@ -185,7 +186,7 @@ func TestApplyShuffled(t *testing.T) {
 		ref.applyBatches(evs, 1)
 		want := ref.dump()
 		j := ref.job("j-retry")
-		if j.Status != StatusCompleted || j.Attempt != 2 || j.Disks[0].ChangeID != a2.changeID(diskA) {
+		if j.Status != backup.StatusCompleted || j.Attempt != 2 || j.Disks[0].ChangeID != a2.changeID(diskA) {
 			t.Fatalf("reference job = %+v", j)
 		}
 
@@ -292,13 +293,13 @@ func TestCompletedIncomplete(t *testing.T) {
 			}
 
 			// Not applied: never completed, never in a chain.
-			if j, err := c.Job(two.job); err == nil && j.Status == StatusCompleted {
+			if j, err := c.Job(two.job); err == nil && j.Status == backup.StatusCompleted {
 				t.Errorf("job completed: %+v", j)
 			}
 			if links, err := c.Chain(vm1.UUID, diskA.Key, "default"); err != nil || len(links) != 0 {
 				t.Errorf("chain = %+v, %v; want empty", links, err)
 			}
-			if _, err := c.ChainHead(vm1.UUID, diskA.Key, "default"); !errors.Is(err, ErrNotFound) {
+			if _, err := c.ChainHead(vm1.UUID, diskA.Key, "default"); !errors.Is(err, backup.ErrNotFound) {
 				t.Errorf("chain head error = %v, want ErrNotFound", err)
 			}
 
@@ -311,7 +312,7 @@ func TestCompletedIncomplete(t *testing.T) {
 			// The catalog keeps working.
 			ok := spec{job: "j-next", vm: vm2}
 			c.mustApply(ok.run()...)
-			if j := c.job("j-next"); j.Status != StatusCompleted {
+			if j := c.job("j-next"); j.Status != backup.StatusCompleted {
 				t.Errorf("next job status = %s", j.Status)
 			}
 		})
@@ -337,7 +338,7 @@ func TestCompletedIncompleteOrderTolerant(t *testing.T) {
 			c.apply(b...)
 		}
 		got := c.dump()
-		if got.Jobs[0].Status != StatusRunning || len(got.Links) != 0 || len(got.Poison) != 1 {
+		if got.Jobs[0].Status != backup.StatusRunning || len(got.Links) != 0 || len(got.Poison) != 1 {
 			t.Errorf("order %d: jobs %+v links %d poison %d", i, got.Jobs, len(got.Links), len(got.Poison))
 		}
 		if i == 0 {
@@ -360,17 +361,17 @@ func TestStatus(t *testing.T) {
 		wantFailure string // failure reason, "" for none
 		wantFailed  int    // Job.FailedAttempts
 	}{
-		{"started only", []schemas.Event{a1.started()}, StatusRunning, 1, "", 0},
-		{"changeid only", []schemas.Event{a1.changeIDEvent(0)}, StatusRunning, 1, "", 0},
-		{"failed", a1.failedRun(false), StatusFailed, 1, schemas.FailTargetNBD, 1},
-		{"failed without started", []schemas.Event{a1.failed(true)}, StatusFailed, 1, schemas.FailTargetNBD, 1},
-		{"retry running after retryable failure", concat(a1.failedRun(true), []schemas.Event{a2.started()}), StatusRunning, 2, "", 1},
-		{"failed, retried, completed", concat(a1.failedRun(true), a2.run()), StatusCompleted, 2, "", 1},
-		{"failed twice", concat(a1.failedRun(true), a2.failedRun(false)), StatusFailed, 2, schemas.FailTargetNBD, 2},
-		{"completed, then started redelivered", concat(a1.run(), []schemas.Event{a1.started()}), StatusCompleted, 1, "", 0},
-		{"completed wins over a late failure", concat(a1.run(), []schemas.Event{a1.failed(false)}), StatusCompleted, 1, "", 1},
-		{"rejected only", []schemas.Event{rej.rejected()}, StatusRejected, 1, schemas.RejectUnknownVM, 0},
-		{"rejected, then started", []schemas.Event{rej.rejected(), a1.started()}, StatusRunning, 1, "", 0},
+		{"started only", []schemas.Event{a1.started()}, backup.StatusRunning, 1, "", 0},
+		{"changeid only", []schemas.Event{a1.changeIDEvent(0)}, backup.StatusRunning, 1, "", 0},
+		{"failed", a1.failedRun(false), backup.StatusFailed, 1, schemas.FailTargetNBD, 1},
+		{"failed without started", []schemas.Event{a1.failed(true)}, backup.StatusFailed, 1, schemas.FailTargetNBD, 1},
+		{"retry running after retryable failure", concat(a1.failedRun(true), []schemas.Event{a2.started()}), backup.StatusRunning, 2, "", 1},
+		{"failed, retried, completed", concat(a1.failedRun(true), a2.run()), backup.StatusCompleted, 2, "", 1},
+		{"failed twice", concat(a1.failedRun(true), a2.failedRun(false)), backup.StatusFailed, 2, schemas.FailTargetNBD, 2},
+		{"completed, then started redelivered", concat(a1.run(), []schemas.Event{a1.started()}), backup.StatusCompleted, 1, "", 0},
+		{"completed wins over a late failure", concat(a1.run(), []schemas.Event{a1.failed(false)}), backup.StatusCompleted, 1, "", 1},
+		{"rejected only", []schemas.Event{rej.rejected()}, backup.StatusRejected, 1, schemas.RejectUnknownVM, 0},
+		{"rejected, then started", []schemas.Event{rej.rejected(), a1.started()}, backup.StatusRunning, 1, "", 0},
 	}
 	for _, tt := range tests {
 		for _, reverse := range []bool{false, true} {
@@ -399,14 +400,14 @@ func TestStatus(t *testing.T) {
 				if j.FailedAttempts != tt.wantFailed {
 					t.Errorf("failed attempts = %d, want %d", j.FailedAttempts, tt.wantFailed)
 				}
-				if (j.Status == StatusRunning) != j.FinishedAt.IsZero() {
+				if (j.Status == backup.StatusRunning) != j.FinishedAt.IsZero() {
 					t.Errorf("status %s with finished_at %s", j.Status, j.FinishedAt)
 				}
 				links, err := c.Chain(vm1.UUID, diskA.Key, "default")
 				if err != nil {
 					t.Fatal(err)
 				}
-				if wantLinks := tt.wantStatus == StatusCompleted; wantLinks != (len(links) == 1) {
+				if wantLinks := tt.wantStatus == backup.StatusCompleted; wantLinks != (len(links) == 1) {
 					t.Errorf("status %s with %d chain links", j.Status, len(links))
 				}
 			})
@@ -445,7 +446,7 @@ func TestInvalidEvents(t *testing.T) {
 	if got := len(c.poison()); got != 4 { // nil events leave nothing to keep
 		t.Errorf("poison records = %d, want 4", got)
 	}
-	if j := c.job("j-good"); j.Status != StatusRunning {
+	if j := c.job("j-good"); j.Status != backup.StatusRunning {
 		t.Errorf("good job = %+v", j)
 	}
 	// Redelivered: the same records, no new ones.
@@ -462,7 +463,7 @@ func TestProgress(t *testing.T) {
 		for _, seq := range order {
 			c.mustApply(s.progress(seq))
 		}
-		if _, err := c.Job(s.job); !errors.Is(err, ErrNotFound) {
+		if _, err := c.Job(s.job); !errors.Is(err, backup.ErrNotFound) {
 			t.Errorf("progress alone created a job: %v", err)
 		}
 		c.mustApply(s.started(), s.progress(5)) // redelivered too
@@ -479,7 +480,7 @@ func TestProgress(t *testing.T) {
 
 func TestRecordPoison(t *testing.T) {
 	c := newTestCatalog(t)
-	bad := PoisonRecord{Subject: schemas.NameCompleted, Seq: 42, Reason: "schema: /disks/0: missing property 'change_id'", Raw: []byte(`{"job_id":"x"`)}
+	bad := backup.PoisonRecord{Subject: schemas.NameCompleted, Seq: 42, Reason: "schema: /disks/0: missing property 'change_id'", Raw: []byte(`{"job_id":"x"`)}
 	for range 2 {
 		if err := c.RecordPoison(bad); err != nil {
 			t.Fatal(err)
@@ -489,11 +490,11 @@ func TestRecordPoison(t *testing.T) {
 	if err := c.RecordPoison(bad); err != nil {
 		t.Fatal(err)
 	}
-	huge := PoisonRecord{Subject: schemas.NameStarted, Seq: 44, Reason: "payload too large", Raw: make([]byte, MaxPoisonRaw+10)}
+	huge := backup.PoisonRecord{Subject: schemas.NameStarted, Seq: 44, Reason: "payload too large", Raw: make([]byte, backup.MaxPoisonRaw+10)}
 	if err := c.RecordPoison(huge); err != nil {
 		t.Fatal(err)
 	}
-	noSeq := PoisonRecord{Subject: schemas.NameFailed, Reason: "invalid json", Raw: []byte("{")}
+	noSeq := backup.PoisonRecord{Subject: schemas.NameFailed, Reason: "invalid json", Raw: []byte("{")}
 	for range 2 {
 		if err := c.RecordPoison(noSeq); err != nil {
 			t.Fatal(err)
@@ -509,7 +510,7 @@ func TestRecordPoison(t *testing.T) {
 	if string(recs[0].Raw) != `{"job_id":"x"` || recs[0].Truncated {
 		t.Errorf("raw = %q", recs[0].Raw)
 	}
-	if len(recs[2].Raw) != MaxPoisonRaw || !recs[2].Truncated {
+	if len(recs[2].Raw) != backup.MaxPoisonRaw || !recs[2].Truncated {
 		t.Errorf("huge record: %d bytes, truncated %v", len(recs[2].Raw), recs[2].Truncated)
 	}
 	c.reopen()
@@ -530,7 +531,7 @@ func TestInvalidUTF8SameInAnyBatching(t *testing.T) {
 	perEvent := newTestCatalog(t)
 	perEvent.applyBatches(s.run(), 1)
 	requireSameDump(t, one.dump(), perEvent.dump())
-	if j := perEvent.job(s.job); j.Status != StatusCompleted || j.Disks[0].Disk.UUID != "6000c291-\uFFFD" {
+	if j := perEvent.job(s.job); j.Status != backup.StatusCompleted || j.Disks[0].Disk.UUID != "6000c291-\uFFFD" {
 		t.Errorf("job = %+v", j)
 	}
 }
@@ -548,7 +549,7 @@ func TestPoisonedCompletedRedelivered(t *testing.T) {
 	}
 	c.mustApply(two.started()) // the poison record now says the completed lacks a disk
 	before := c.dump()
-	if len(before.Poison) != 1 || before.Jobs[0].Status != StatusRunning {
+	if len(before.Poison) != 1 || before.Jobs[0].Status != backup.StatusRunning {
 		t.Fatalf("after started: poison %d, jobs %+v", len(before.Poison), before.Jobs)
 	}
 	if errs := c.apply(missing); errs[0] != nil {
@@ -581,7 +582,7 @@ func TestSameIDOtherJob(t *testing.T) {
 			}
 		}
 		got := c.dump()
-		if len(got.Jobs) != 1 || got.Jobs[0].ID != a.job || got.Jobs[0].Status != StatusCompleted || len(got.Links) != 1 {
+		if len(got.Jobs) != 1 || got.Jobs[0].ID != a.job || got.Jobs[0].Status != backup.StatusCompleted || len(got.Links) != 1 {
 			t.Fatalf("order %d: jobs %+v, %d links", i, got.Jobs, len(got.Links))
 		}
 		if len(got.Poison) != len(eb) || got.Poison[0].JobID != b.job || !strings.Contains(got.Poison[0].Reason, `is not the canonical "j-b.1.`) {

@@ -1,9 +1,9 @@
 package store
 
-// The catalog file (one bbolt file, DATA/catalog.db), layout version 3:
+// The catalog file (one bbolt file, DATA/catalog.db), layout version 4:
 //
 //	meta/
-//	|--> schema_version -> "3" (decimal ASCII; see schemaVersion)
+//	|--> schema_version -> "4" (decimal ASCII; see schemaVersion)
 //	applied/                              ids of events filed without a usable job id
 //	|--> <event id> -> "-"
 //	job_events/                           every filed event, the source of every derived record
@@ -12,7 +12,7 @@ package store
 //	progress/                             newest backup.progress per job, by (attempt, seq, time, id)
 //	|--> <job id> -> Progress (JSON)
 //	jobs/                                 derived from job_events and progress
-//	|--> <job id> -> Job (JSON)
+//	|--> <job id> -> backup.Job (JSON; its id is "job_id" since layout 4, "id" before)
 //	jobs_by_time/                         index for Jobs, newest last
 //	|--> <created_at: 12 bytes><job id> -> (empty)
 //	links/                                chain index: one key per completed job
@@ -90,7 +90,7 @@ import (
 
 // schemaVersion is the layout version this build writes. Bump it and add a
 // migration in migrate when the layout changes.
-const schemaVersion = 3
+const schemaVersion = 4
 
 // pageSize is the bbolt page size of a new file (an existing file keeps
 // its own). 8 KiB instead of the OS page: a batch spills half the nodes

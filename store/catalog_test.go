@@ -11,6 +11,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/schemas"
 )
 
@@ -18,10 +19,10 @@ import (
 // and repositories: fulls, incrementals backing onto the previous backup,
 // failures and retries, rejections, progress, one incomplete completed,
 // plus poison records from upstream schema validation.
-func workload(seed uint64) ([]schemas.Event, []PoisonRecord) {
+func workload(seed uint64) ([]schemas.Event, []backup.PoisonRecord) {
 	rng := rand.New(rand.NewPCG(seed, 7))
 	var evs []schemas.Event
-	var poison []PoisonRecord
+	var poison []backup.PoisonRecord
 	vms := []schemas.VMRef{vm1, vm2,
 		{Name: "db3", UUID: "50123456-aaaa-bbbb-cccc-000000000003", Moref: "vm-103"},
 		{Name: "app4", UUID: "50123456-aaaa-bbbb-cccc-000000000004", Moref: "vm-104"},
@@ -59,7 +60,7 @@ func workload(seed uint64) ([]schemas.Event, []PoisonRecord) {
 		}
 		rej := spec{job: fmt.Sprintf("rej-%d", round), vm: schemas.VMRef{Name: "ghost"}, at: at}
 		evs = append(evs, rej.rejected())
-		poison = append(poison, PoisonRecord{
+		poison = append(poison, backup.PoisonRecord{
 			Subject: schemas.NameCompleted, Seq: uint64(1000 + round), Reason: "schema: missing change_id",
 			Raw: fmt.Appendf(nil, `{"job_id":"bad-%d"}`, round),
 		})
@@ -73,7 +74,7 @@ func workload(seed uint64) ([]schemas.Event, []PoisonRecord) {
 
 // fill applies evs in batches of n, recording poison every few batches, the
 // way the catalog consumer interleaves them.
-func fill(t *testing.T, c *testCatalog, evs []schemas.Event, poison []PoisonRecord, n int) {
+func fill(t *testing.T, c *testCatalog, evs []schemas.Event, poison []backup.PoisonRecord, n int) {
 	t.Helper()
 	for i := 0; len(evs) > 0; i++ {
 		k := min(n, len(evs))
@@ -103,7 +104,7 @@ func TestReplay(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("workload: %d events, stats %+v", len(evs), st)
-	for _, status := range []string{StatusCompleted, StatusFailed, StatusRunning, StatusRejected} {
+	for _, status := range []string{backup.StatusCompleted, backup.StatusFailed, backup.StatusRunning, backup.StatusRejected} {
 		if st.ByStatus[status] == 0 {
 			t.Errorf("workload has no %s job: %+v", status, st)
 		}
@@ -253,7 +254,7 @@ func TestClosed(t *testing.T) {
 	if _, err := cat.Apply(spec{job: "x"}.started()); err == nil {
 		t.Error("apply after close succeeded")
 	}
-	if _, err := cat.Job("x"); err == nil || errors.Is(err, ErrNotFound) {
+	if _, err := cat.Job("x"); err == nil || errors.Is(err, backup.ErrNotFound) {
 		t.Errorf("job after close error = %v", err)
 	}
 }

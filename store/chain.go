@@ -7,53 +7,21 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/sendense/sendense/backup"
 )
-
-// Link is one completed backup of one disk: a link in the chain of
-// (VM UUID, disk key, repository). Only completed jobs have links; a failed
-// or partial backup is never in a chain.
-type Link struct {
-	JobID           string    `json:"job_id"`
-	VMUUID          string    `json:"vm_uuid"`
-	Repository      string    `json:"repository"`
-	DiskKey         int32     `json:"disk_key"`
-	DiskUUID        string    `json:"disk_uuid"`
-	CapacityBytes   int64     `json:"capacity_bytes"`
-	ChangeID        string    `json:"change_id"`
-	BackupType      string    `json:"backup_type"`
-	Target          string    `json:"target"`
-	Backing         string    `json:"backing,omitempty"` // job id of the base; empty for a full
-	ActualSizeBytes int64     `json:"actual_size_bytes"`
-	Time            time.Time `json:"time"` // time of the backup.completed event
-	// ManifestSHA256 is the SHA-256 of the disk's manifest; empty for a
-	// backup made before manifests existed, which is never a base.
-	ManifestSHA256 string `json:"manifest_sha256,omitempty"`
-	// Verified is the disk's status in the job's latest verification
-	// (schemas.Verify*; empty when never verified). A link whose latest
-	// verification failed is never a base.
-	Verified string `json:"verified,omitempty"`
-}
-
-// Chain is the ordered links of one disk in one repository.
-type Chain struct {
-	VMUUID     string `json:"vm_uuid"`
-	Repository string `json:"repository"`
-	DiskKey    int32  `json:"disk_key"`
-	Links      []Link `json:"links"` // oldest first
-}
 
 // Chain returns the completed backups of (vmUUID, diskKey, repo), oldest
 // first, ordered by the completed event's time and then job id, so the
 // order does not depend on the order events were applied in. No backup
 // gives an empty slice and no error. A pruned job is in no chain, and each
 // link's Backing is the link it backs onto now (resolveBackings).
-func (c *Catalog) Chain(vmUUID string, diskKey int32, repo string) ([]Link, error) {
-	links := []Link{}
+func (c *Catalog) Chain(vmUUID string, diskKey int32, repo string) ([]backup.Link, error) {
+	links := []backup.Link{}
 	err := c.db.View(func(tx *bolt.Tx) error {
-		err := forEachJobLinks(tx, repoPrefix(vmUUID, repo), false, func(ls []Link) (bool, error) {
+		err := forEachJobLinks(tx, repoPrefix(vmUUID, repo), false, func(ls []backup.Link) (bool, error) {
 			if l, ok := diskLink(ls, diskKey); ok {
 				links = append(links, l)
 			}
@@ -72,21 +40,21 @@ func (c *Catalog) Chain(vmUUID string, diskKey int32, repo string) ([]Link, erro
 
 // ChainHead returns the newest completed backup of (vmUUID, diskKey, repo):
 // the base of the next incremental. Its Backing is resolved as in Chain. It returns ErrNotFound when there is none.
-func (c *Catalog) ChainHead(vmUUID string, diskKey int32, repo string) (Link, error) {
-	var head Link
+func (c *Catalog) ChainHead(vmUUID string, diskKey int32, repo string) (backup.Link, error) {
+	var head backup.Link
 	err := c.db.View(func(tx *bolt.Tx) error {
 		found := false
-		err := forEachJobLinks(tx, repoPrefix(vmUUID, repo), true, func(ls []Link) (bool, error) {
+		err := forEachJobLinks(tx, repoPrefix(vmUUID, repo), true, func(ls []backup.Link) (bool, error) {
 			head, found = diskLink(ls, diskKey)
 			return !found, nil
 		})
 		if err == nil && !found {
-			err = ErrNotFound
+			err = backup.ErrNotFound
 		}
 		if err != nil {
 			return err
 		}
-		one := []Link{head}
+		one := []backup.Link{head}
 		if err := resolveBackings(tx, one); err != nil {
 			return err
 		}
@@ -94,19 +62,19 @@ func (c *Catalog) ChainHead(vmUUID string, diskKey int32, repo string) (Link, er
 		return nil
 	})
 	if err != nil {
-		return Link{}, fmt.Errorf("get chain head of disk %d of vm %s in repository %s: %w", diskKey, vmUUID, repo, err)
+		return backup.Link{}, fmt.Errorf("get chain head of disk %d of vm %s in repository %s: %w", diskKey, vmUUID, repo, err)
 	}
 	return head, nil
 }
 
 // Chains returns every disk's chain of a VM in repo, or in every repository
 // when repo is empty, ordered by repository and disk key.
-func (c *Catalog) Chains(vmUUID, repo string) ([]Chain, error) {
+func (c *Catalog) Chains(vmUUID, repo string) ([]backup.Chain, error) {
 	p := appendPart(nil, vmUUID)
 	if repo != "" {
 		p = appendPart(p, repo)
 	}
-	var links []Link
+	var links []backup.Link
 	err := c.db.View(func(tx *bolt.Tx) error {
 		var err error
 		links, err = linksUnder(tx, p)
@@ -115,10 +83,10 @@ func (c *Catalog) Chains(vmUUID, repo string) ([]Chain, error) {
 	if err != nil {
 		return nil, fmt.Errorf("get chains of vm %s in repository %q: %w", vmUUID, repo, err)
 	}
-	chains := []Chain{}
+	chains := []backup.Chain{}
 	for _, l := range links {
 		if n := len(chains); n == 0 || chains[n-1].Repository != l.Repository || chains[n-1].DiskKey != l.DiskKey {
-			chains = append(chains, Chain{VMUUID: vmUUID, Repository: l.Repository, DiskKey: l.DiskKey})
+			chains = append(chains, backup.Chain{VMUUID: vmUUID, Repository: l.Repository, DiskKey: l.DiskKey})
 		}
 		ch := &chains[len(chains)-1]
 		ch.Links = append(ch.Links, l)
@@ -127,19 +95,19 @@ func (c *Catalog) Chains(vmUUID, repo string) ([]Chain, error) {
 }
 
 // allLinks returns every link in (vm, repository, disk, time, job) order.
-func allLinks(tx *bolt.Tx) ([]Link, error) {
+func allLinks(tx *bolt.Tx) ([]backup.Link, error) {
 	links, err := linksUnder(tx, nil)
 	if links == nil {
-		links = []Link{}
+		links = []backup.Link{}
 	}
 	return links, err
 }
 
 // linksUnder returns the links of every job whose index key starts with
 // prefix, in (vm, repository, disk, time, job) order.
-func linksUnder(tx *bolt.Tx, prefix []byte) ([]Link, error) {
-	var links []Link
-	err := forEachJobLinks(tx, prefix, false, func(ls []Link) (bool, error) {
+func linksUnder(tx *bolt.Tx, prefix []byte) ([]backup.Link, error) {
+	var links []backup.Link
+	err := forEachJobLinks(tx, prefix, false, func(ls []backup.Link) (bool, error) {
 		links = append(links, ls...)
 		return true, nil
 	})
@@ -148,7 +116,7 @@ func linksUnder(tx *bolt.Tx, prefix []byte) ([]Link, error) {
 	}
 	// The index is in (vm, repository, time, job) order: a stable sort by
 	// disk within each repository gives chain order.
-	slices.SortStableFunc(links, func(a, b Link) int {
+	slices.SortStableFunc(links, func(a, b backup.Link) int {
 		return cmp.Or(strings.Compare(a.VMUUID, b.VMUUID), strings.Compare(a.Repository, b.Repository),
 			cmp.Compare(a.DiskKey, b.DiskKey))
 	})
@@ -165,7 +133,7 @@ func linksUnder(tx *bolt.Tx, prefix []byte) ([]Link, error) {
 	return links, nil
 }
 
-func sameChain(a, b Link) bool {
+func sameChain(a, b backup.Link) bool {
 	return a.VMUUID == b.VMUUID && a.Repository == b.Repository && a.DiskKey == b.DiskKey
 }
 
@@ -177,7 +145,7 @@ func sameChain(a, b Link) bool {
 // base) makes the child a full, a rebase makes it back onto X's base. A
 // full (no recorded base) stays a full. In a chain of one line (no full
 // in the middle) this is the previous kept link.
-func resolveBackings(tx *bolt.Tx, links []Link) error {
+func resolveBackings(tx *bolt.Tx, links []backup.Link) error {
 	jobs := tx.Bucket(bucketJobs)
 	for i := range links {
 		b := links[i].Backing
@@ -187,13 +155,13 @@ func resolveBackings(tx *bolt.Tx, links []Link) error {
 				break // not in the catalog: left as recorded, for repo check to see
 			}
 			var base struct {
-				Status string `json:"status"`
-				Disks  []Disk `json:"disks"`
+				Status string        `json:"status"`
+				Disks  []backup.Disk `json:"disks"`
 			}
 			if err := json.Unmarshal(raw, &base); err != nil {
 				return fmt.Errorf("decode job %s, base of job %s: %w", b, links[i].JobID, err)
 			}
-			if base.Status != StatusPruned {
+			if base.Status != backup.StatusPruned {
 				break
 			}
 			next := ""
@@ -217,7 +185,7 @@ const maxResolveHops = 1 << 16
 // index key starts with prefix, oldest first (newest first with reverse),
 // until fn returns false. The links bucket is an index: a key names a
 // completed job, whose links are derived from its record (linksOf).
-func forEachJobLinks(tx *bolt.Tx, prefix []byte, reverse bool, fn func([]Link) (bool, error)) error {
+func forEachJobLinks(tx *bolt.Tx, prefix []byte, reverse bool, fn func([]backup.Link) (bool, error)) error {
 	cur := tx.Bucket(bucketLinks).Cursor()
 	jobs := tx.Bucket(bucketJobs)
 	var k []byte
@@ -257,7 +225,7 @@ func step(cur *bolt.Cursor, reverse bool) []byte {
 
 // readJobLinks returns the links of the completed job that index key k
 // names, from its record.
-func readJobLinks(jobs *bolt.Bucket, k []byte) ([]Link, error) {
+func readJobLinks(jobs *bolt.Bucket, k []byte) ([]backup.Link, error) {
 	_, rest, ok := cutPart(k)
 	if ok {
 		_, rest, ok = cutPart(rest)
@@ -270,7 +238,7 @@ func readJobLinks(jobs *bolt.Bucket, k []byte) ([]Link, error) {
 	if raw == nil {
 		return nil, fmt.Errorf("link %x names job %s, which has no record", k, jobID)
 	}
-	var j Job
+	var j backup.Job
 	if err := json.Unmarshal(raw, &j); err != nil {
 		return nil, fmt.Errorf("decode job %s of link %x: %w", jobID, k, err)
 	}
@@ -282,13 +250,13 @@ func readJobLinks(jobs *bolt.Bucket, k []byte) ([]Link, error) {
 }
 
 // diskLink returns the link of diskKey among one job's links.
-func diskLink(links []Link, diskKey int32) (Link, bool) {
+func diskLink(links []backup.Link, diskKey int32) (backup.Link, bool) {
 	for _, l := range links {
 		if l.DiskKey == diskKey {
 			return l, true
 		}
 	}
-	return Link{}, false
+	return backup.Link{}, false
 }
 
 // repoPrefix is the index key prefix of a VM's completed jobs in one
@@ -299,13 +267,13 @@ func repoPrefix(vmUUID, repo string) []byte {
 
 // linksOf returns the chain links a job record implies: one per disk of a
 // completed job, none otherwise.
-func linksOf(j *Job) []Link {
-	if j == nil || j.Status != StatusCompleted {
+func linksOf(j *backup.Job) []backup.Link {
+	if j == nil || j.Status != backup.StatusCompleted {
 		return nil
 	}
-	links := make([]Link, 0, len(j.Disks))
+	links := make([]backup.Link, 0, len(j.Disks))
 	for _, d := range j.Disks {
-		links = append(links, Link{
+		links = append(links, backup.Link{
 			JobID:           j.ID,
 			VMUUID:          j.VM.UUID,
 			Repository:      j.Repository,
@@ -329,8 +297,8 @@ func linksOf(j *Job) []Link {
 // VM, repository, completed time and job id, so a VM's backups in one
 // repository read in chain order. nil for a job that is not completed.
 // One key per job, not per disk: a batch touches one place per VM.
-func jobLinkKey(j *Job) []byte {
-	if j == nil || j.Status != StatusCompleted {
+func jobLinkKey(j *backup.Job) []byte {
+	if j == nil || j.Status != backup.StatusCompleted {
 		return nil
 	}
 	return append(appendTime(repoPrefix(j.VM.UUID, j.Repository), j.FinishedAt), j.ID...)

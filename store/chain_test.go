@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/schemas"
 )
 
@@ -27,7 +28,7 @@ func TestChain(t *testing.T) {
 	c := newTestCatalog(t)
 	c.mustApply(evs...)
 
-	jobIDs := func(links []Link) []string {
+	jobIDs := func(links []backup.Link) []string {
 		var ids []string
 		for _, l := range links {
 			ids = append(ids, l.JobID)
@@ -82,7 +83,7 @@ func TestChain(t *testing.T) {
 		disk int32
 		repo string
 	}{{vm1.UUID, 9999, "default"}, {vm1.UUID, diskA.Key, "nowhere"}, {"no-such-vm", diskA.Key, "default"}} {
-		if _, err := c.ChainHead(q.vm, q.disk, q.repo); !errors.Is(err, ErrNotFound) {
+		if _, err := c.ChainHead(q.vm, q.disk, q.repo); !errors.Is(err, backup.ErrNotFound) {
 			t.Errorf("ChainHead(%v) error = %v, want ErrNotFound", q, err)
 		}
 		if links, err := c.Chain(q.vm, q.disk, q.repo); err != nil || len(links) != 0 {
@@ -108,7 +109,7 @@ func TestJobs(t *testing.T) {
 	d := spec{job: "d", at: t0.Add(3 * time.Minute), vm: schemas.VMRef{Name: "ghost"}}
 	c.mustApply(concat(cc.failedRun(false), a.run(), b.run(), []schemas.Event{d.rejected()})...)
 
-	ids := func(f JobFilter) []string {
+	ids := func(f backup.JobFilter) []string {
 		t.Helper()
 		jobs, err := c.Jobs(f)
 		if err != nil {
@@ -122,18 +123,18 @@ func TestJobs(t *testing.T) {
 	}
 	tests := []struct {
 		name string
-		f    JobFilter
+		f    backup.JobFilter
 		want []string
 	}{
-		{"all newest first", JobFilter{}, []string{"d", "c", "b", "a"}},
-		{"limit", JobFilter{Limit: 2}, []string{"d", "c"}},
-		{"vm by name", JobFilter{VM: "pgtest1"}, []string{"c", "a"}},
-		{"vm by uuid, any case", JobFilter{VM: "50123456-AAAA-bbbb-cccc-000000000002"}, []string{"b"}},
-		{"vm by moref", JobFilter{VM: "vm-101"}, []string{"c", "a"}},
-		{"status", JobFilter{Status: StatusCompleted}, []string{"b", "a"}},
-		{"vm and status", JobFilter{VM: "pgtest1", Status: StatusFailed}, []string{"c"}},
-		{"rejected", JobFilter{Status: StatusRejected}, []string{"d"}},
-		{"nothing", JobFilter{VM: "nope"}, nil},
+		{"all newest first", backup.JobFilter{}, []string{"d", "c", "b", "a"}},
+		{"limit", backup.JobFilter{Limit: 2}, []string{"d", "c"}},
+		{"vm by name", backup.JobFilter{VM: "pgtest1"}, []string{"c", "a"}},
+		{"vm by uuid, any case", backup.JobFilter{VM: "50123456-AAAA-bbbb-cccc-000000000002"}, []string{"b"}},
+		{"vm by moref", backup.JobFilter{VM: "vm-101"}, []string{"c", "a"}},
+		{"status", backup.JobFilter{Status: backup.StatusCompleted}, []string{"b", "a"}},
+		{"vm and status", backup.JobFilter{VM: "pgtest1", Status: backup.StatusFailed}, []string{"c"}},
+		{"rejected", backup.JobFilter{Status: backup.StatusRejected}, []string{"d"}},
+		{"nothing", backup.JobFilter{VM: "nope"}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -142,25 +143,25 @@ func TestJobs(t *testing.T) {
 			}
 		})
 	}
-	if _, err := c.Jobs(JobFilter{Status: "done"}); !errors.Is(err, ErrInvalid) {
+	if _, err := c.Jobs(backup.JobFilter{Status: "done"}); !errors.Is(err, ErrInvalid) {
 		t.Errorf("unknown status error = %v, want ErrInvalid", err)
 	}
 
 	// An earlier event arriving late (of an earlier attempt: history of
 	// the completed job) moves the job in the index.
 	c.mustApply(spec{job: "a", at: t0.Add(-time.Hour)}.rejected())
-	if got := ids(JobFilter{}); got[len(got)-1] != "a" {
+	if got := ids(backup.JobFilter{}); got[len(got)-1] != "a" {
 		t.Errorf("order after late event = %v", got)
 	}
 	c.mustApply(spec{job: "a", at: t0.Add(time.Hour)}.failed(true)) // created_at is the earliest event: "a" stays oldest
-	if got := ids(JobFilter{}); got[len(got)-1] != "a" {
+	if got := ids(backup.JobFilter{}); got[len(got)-1] != "a" {
 		t.Errorf("order after a later event = %v", got)
 	}
 	st, err := c.Stats()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Jobs != 4 || st.ByStatus[StatusCompleted] != 2 || st.ByStatus[StatusFailed] != 1 || st.ByStatus[StatusRejected] != 1 || st.Links != 2 {
+	if st.Jobs != 4 || st.ByStatus[backup.StatusCompleted] != 2 || st.ByStatus[backup.StatusFailed] != 1 || st.ByStatus[backup.StatusRejected] != 1 || st.Links != 2 {
 		t.Errorf("stats = %+v", st)
 	}
 }
@@ -197,7 +198,7 @@ func TestChainDiskSubset(t *testing.T) {
 			t.Errorf("disk %d head = %s/%d, %v; want %s", tt.disk, head.JobID, head.DiskKey, err, want)
 		}
 	}
-	if _, err := c.ChainHead(vm1.UUID, 2999, "default"); !errors.Is(err, ErrNotFound) {
+	if _, err := c.ChainHead(vm1.UUID, 2999, "default"); !errors.Is(err, backup.ErrNotFound) {
 		t.Errorf("head of a disk never backed up: %v, want ErrNotFound", err)
 	}
 	chains, err := c.Chains(vm1.UUID, "")

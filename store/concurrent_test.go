@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/schemas"
 )
 
@@ -55,7 +56,7 @@ func TestConcurrentUse(t *testing.T) {
 				return
 			default:
 			}
-			if _, err := c.Jobs(JobFilter{Limit: 5}); err != nil {
+			if _, err := c.Jobs(backup.JobFilter{Limit: 5}); err != nil {
 				t.Errorf("jobs: %v", err)
 			}
 			if _, err := c.Chains("50123456-0000-0000-0000-000000000001", ""); err != nil {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/schemas"
 )
 
@@ -204,11 +205,11 @@ func TestForgedCompleted(t *testing.T) {
 			requireHead(t, c, tt.wantHead)
 			j, err := c.Job(legit.job)
 			switch {
-			case tt.legitDone && (err != nil || j.Status != StatusCompleted || j.Attempt != 1 || j.Agent != "node1"):
+			case tt.legitDone && (err != nil || j.Status != backup.StatusCompleted || j.Attempt != 1 || j.Agent != "node1"):
 				t.Errorf("legit job = %+v, %v", j, err)
 			case tt.forged.EventHeader().JobID == legit.job && (err != nil || !slices.Contains(j.PoisonedEventIDs, id)):
 				t.Errorf("legit job = %+v, %v; want %s among its poisoned events", j, err, id)
-			case !tt.legitDone && err == nil && j.Status == StatusCompleted:
+			case !tt.legitDone && err == nil && j.Status == backup.StatusCompleted:
 				t.Errorf("job completed by the forged event: %+v", j)
 			}
 			if j, err := c.Job(later.job); err == nil {
@@ -276,7 +277,7 @@ func TestCompletedBeforeStarted(t *testing.T) {
 				}
 			}
 			j := c.job(s.job)
-			if j.Status != StatusCompleted || j.Agent != "node1" || len(j.PoisonedEventIDs) != 0 {
+			if j.Status != backup.StatusCompleted || j.Agent != "node1" || len(j.PoisonedEventIDs) != 0 {
 				t.Errorf("job = %+v", j)
 			}
 			requireHead(t, c, s)
@@ -369,7 +370,7 @@ func TestTargets(t *testing.T) {
 			}
 			requirePoison(t, c, tt.poison)
 			done := len(tt.poison) == 0
-			if j, err := c.Job(s.job); (err == nil && done != (j.Status == StatusCompleted)) || (done && err != nil) {
+			if j, err := c.Job(s.job); (err == nil && done != (j.Status == backup.StatusCompleted)) || (done && err != nil) {
 				t.Errorf("job %+v, %v with %d events poisoned", j, err, len(tt.poison))
 			}
 			if links, err := c.Chain(vm1.UUID, diskA.Key, "default"); err != nil || done != (len(links) == 1) {
@@ -455,7 +456,7 @@ func TestCompletedJobNotRewritten(t *testing.T) {
 	c := newTestCatalog(t)
 	c.mustApply(done...)
 	before := c.job(a1.job)
-	if before.Status != StatusCompleted || before.Attempt != 1 || before.Agent != "node1" || before.FailedAttempts != 0 {
+	if before.Status != backup.StatusCompleted || before.Attempt != 1 || before.Agent != "node1" || before.FailedAttempts != 0 {
 		t.Fatalf("job = %+v", before)
 	}
 	want := map[string]string{}
@@ -484,7 +485,7 @@ func TestCompletedJobNotRewritten(t *testing.T) {
 	// completed publish) is history: the job stays completed.
 	c.mustApply(by("node1", a1.failed(true)))
 	j := c.job(a1.job)
-	if j.Status != StatusCompleted || j.FailedAttempts != 1 || !slices.Contains(j.EventIDs, a1.failed(true).ID) || j.Failure != nil {
+	if j.Status != backup.StatusCompleted || j.FailedAttempts != 1 || !slices.Contains(j.EventIDs, a1.failed(true).ID) || j.Failure != nil {
 		t.Errorf("job after a failed of attempt 1 = %+v", j)
 	}
 	requireHead(t, c, a1)
@@ -503,13 +504,13 @@ func TestTwoValidCompleted(t *testing.T) {
 
 	c := newTestCatalog(t)
 	c.mustApply(r2...)
-	if j := c.job(a1.job); j.Status != StatusCompleted || j.Attempt != 2 {
+	if j := c.job(a1.job); j.Status != backup.StatusCompleted || j.Attempt != 2 {
 		t.Fatalf("attempt 2 alone: %+v", j)
 	}
 	requireHead(t, c, a2)
 	c.mustApply(r1...) // applied; attempt 2's events move to the poison records (logged)
 	j := c.job(a1.job)
-	if j.Status != StatusCompleted || j.Attempt != 1 || !j.FinishedAt.Equal(a1.completedAt()) || len(j.EventIDs) != len(r1) {
+	if j.Status != backup.StatusCompleted || j.Attempt != 1 || !j.FinishedAt.Equal(a1.completedAt()) || len(j.EventIDs) != len(r1) {
 		t.Errorf("job = %+v", j)
 	}
 	requireHead(t, c, a1)
@@ -531,7 +532,7 @@ func TestLegacyEvents(t *testing.T) {
 	c := newTestCatalog(t)
 	c.mustApply(s.run()...)
 	j := c.job(s.job)
-	if j.Status != StatusCompleted || j.Agent != "" || j.Attempt != 1 || len(j.EventIDs) != 4 || len(j.PoisonedEventIDs) != 0 {
+	if j.Status != backup.StatusCompleted || j.Agent != "" || j.Attempt != 1 || len(j.EventIDs) != 4 || len(j.PoisonedEventIDs) != 0 {
 		t.Errorf("legacy job = %+v", j)
 	}
 	requireHead(t, c, s)
@@ -560,7 +561,7 @@ func TestLegacyEvents(t *testing.T) {
 		}
 	}
 	j2 := c.job(s.job)
-	if j2.Status != StatusCompleted || j2.Agent != "" || !slices.Equal(j2.EventIDs, j.EventIDs) ||
+	if j2.Status != backup.StatusCompleted || j2.Agent != "" || !slices.Equal(j2.EventIDs, j.EventIDs) ||
 		!slices.Equal(j2.PoisonedEventIDs, j.EventIDs) {
 		t.Errorf("after the same events from node1: %+v", j2)
 	}
@@ -601,14 +602,14 @@ func TestAttackedJobShuffled(t *testing.T) {
 	)
 	ref := requireOrderFree(t, evs, 40, 5)
 	j := ref.job(legit.job)
-	if j.Status != StatusCompleted || j.Attempt != 1 || j.Agent != "node1" || j.FailedAttempts != 1 {
+	if j.Status != backup.StatusCompleted || j.Attempt != 1 || j.Agent != "node1" || j.FailedAttempts != 1 {
 		t.Errorf("legit job = %+v", j)
 	}
 	requireHead(t, ref, legit)
-	if nj := ref.job(next.job); nj.Status != StatusRunning || nj.Progress == nil || nj.Progress.Seq != 2 {
+	if nj := ref.job(next.job); nj.Status != backup.StatusRunning || nj.Progress == nil || nj.Progress.Seq != 2 {
 		t.Errorf("next job = %+v", nj)
 	}
-	if ej := ref.job("j-escape"); ej.Status == StatusCompleted {
+	if ej := ref.job("j-escape"); ej.Status == backup.StatusCompleted {
 		t.Errorf("escaping job completed: %+v", ej)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/schemas"
 )
 
@@ -78,7 +79,7 @@ func inStreamOrder(recs []record) {
 // also returns the events judge refuses (consistency.go), by (event id,
 // agent); they take no part in the job. job is nil when no event is left.
 // It reorders recs.
-func derive(jobID string, recs []record, prog *Progress) (*Job, []badRecord) {
+func derive(jobID string, recs []record, prog *backup.Progress) (*backup.Job, []badRecord) {
 	inStreamOrder(recs)
 	vs, win := judge(jobID, recs)
 
@@ -112,7 +113,7 @@ func derive(jobID string, recs []record, prog *Progress) (*Job, []badRecord) {
 // into j in canonical order. c is the completed event (nil when the job is
 // not completed: then every hub event is bad); j is nil when the job has
 // no applied agent event.
-func judgeHubs(hub []record, c *schemas.Completed, j *Job) []badRecord {
+func judgeHubs(hub []record, c *schemas.Completed, j *backup.Job) []badRecord {
 	var bad []badRecord
 	canonical(hub)
 	for _, r := range hub {
@@ -146,10 +147,10 @@ func sortBad(bad []badRecord) []badRecord {
 // deriveJob computes the job from its applied agent events keep (in
 // canonical order); bad are the refused ones so far, recs and win judge's
 // input and winner.
-func deriveJob(jobID string, keep []record, bad []badRecord, recs []record, win int, prog *Progress) (*Job, []badRecord) {
+func deriveJob(jobID string, keep []record, bad []badRecord, recs []record, win int, prog *backup.Progress) (*backup.Job, []badRecord) {
 	bad = sortBad(bad)
 
-	j := &Job{ID: jobID, Disks: []Disk{}, EventIDs: make([]string, 0, len(keep))}
+	j := &backup.Job{ID: jobID, Disks: []backup.Disk{}, EventIDs: make([]string, 0, len(keep))}
 	for i, b := range bad {
 		if id := b.rec.ev.EventHeader().ID; i == 0 || id != j.PoisonedEventIDs[len(j.PoisonedEventIDs)-1] {
 			j.PoisonedEventIDs = append(j.PoisonedEventIDs, id)
@@ -219,7 +220,7 @@ func deriveJob(jobID string, keep []record, bad []badRecord, recs []record, win 
 	decisive := 0
 	switch {
 	case completed != nil:
-		j.Status = StatusCompleted
+		j.Status = backup.StatusCompleted
 		j.FinishedAt = completed.Time.UTC()
 		j.Repository = completed.Repository
 		j.VM.UUID = completed.VM.UUID
@@ -227,17 +228,17 @@ func deriveJob(jobID string, keep []record, bad []badRecord, recs []record, win 
 		j.Attempt = completed.Attempt // a higher attempt stored before it is history
 		decisive = completed.Attempt
 	case failed != nil && (!hasActive || failed.Attempt >= active):
-		j.Status = StatusFailed
+		j.Status = backup.StatusFailed
 		j.FinishedAt = failed.Time.UTC()
-		j.Failure = &Failure{Reason: failed.Reason, Message: failed.Message, Retryable: failed.Retryable, Attempt: failed.Attempt}
+		j.Failure = &backup.Failure{Reason: failed.Reason, Message: failed.Message, Retryable: failed.Retryable, Attempt: failed.Attempt}
 		decisive = failed.Attempt
 	case hasActive:
-		j.Status = StatusRunning
+		j.Status = backup.StatusRunning
 		decisive = active
 	case rejected != nil: // only backup.rejected
-		j.Status = StatusRejected
+		j.Status = backup.StatusRejected
 		j.FinishedAt = rejected.Time.UTC()
-		j.Failure = &Failure{Reason: rejected.Reason, Message: rejected.Message, Retryable: rejected.Retryable, Attempt: rejected.Attempt}
+		j.Failure = &backup.Failure{Reason: rejected.Reason, Message: rejected.Message, Retryable: rejected.Retryable, Attempt: rejected.Attempt}
 		return withProgress(j, prog), bad
 	}
 	if completed == nil {
@@ -249,11 +250,11 @@ func deriveJob(jobID string, keep []record, bad []badRecord, recs []record, win 
 		}
 	}
 
-	disks := map[int32]*Disk{}
-	get := func(ref schemas.DiskRef) *Disk {
+	disks := map[int32]*backup.Disk{}
+	get := func(ref schemas.DiskRef) *backup.Disk {
 		d := disks[ref.Key]
 		if d == nil {
-			d = &Disk{Disk: schemas.DiskRef{Key: ref.Key}}
+			d = &backup.Disk{Disk: schemas.DiskRef{Key: ref.Key}}
 			disks[ref.Key] = d
 		}
 		mergeRef(&d.Disk, ref)
@@ -304,7 +305,7 @@ func deriveJob(jobID string, keep []record, bad []badRecord, recs []record, win 
 		}
 	}
 	if completed != nil {
-		only := make(map[int32]*Disk, len(completed.Disks))
+		only := make(map[int32]*backup.Disk, len(completed.Disks))
 		for _, res := range completed.Disks {
 			only[res.Disk.Key] = disks[res.Disk.Key]
 		}
@@ -313,11 +314,11 @@ func deriveJob(jobID string, keep []record, bad []badRecord, recs []record, win 
 	for _, d := range disks {
 		j.Disks = append(j.Disks, *d)
 	}
-	slices.SortFunc(j.Disks, func(a, b Disk) int { return cmp.Compare(a.Disk.Key, b.Disk.Key) })
+	slices.SortFunc(j.Disks, func(a, b backup.Disk) int { return cmp.Compare(a.Disk.Key, b.Disk.Key) })
 	return withProgress(j, prog), bad
 }
 
-func withProgress(j *Job, prog *Progress) *Job {
+func withProgress(j *backup.Job, prog *backup.Progress) *backup.Job {
 	if prog != nil {
 		p := *prog
 		j.Progress = &p

@@ -5,10 +5,6 @@ import "errors"
 // Sentinel errors. Match them with errors.Is; the returned errors wrap them
 // with the operation and the ids involved.
 var (
-	// ErrNotFound is returned by Job and ChainHead when there is no such
-	// job or no completed backup of that disk.
-	ErrNotFound = errors.New("not found")
-
 	// ErrIncomplete is the per-event error of a backup.completed that breaks
 	// invariant 2 ("completed means complete"): a disk without a change id,
 	// a disk without a uuid or target, no disks at all, no vm uuid or

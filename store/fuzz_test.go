@@ -14,6 +14,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/schemas"
 )
 
@@ -224,7 +225,7 @@ func checkApply(t *testing.T, data []byte) {
 		}
 
 		for _, j := range want.Jobs {
-			if j.Status != StatusCompleted {
+			if j.Status != backup.StatusCompleted {
 				continue
 			}
 			applied := func(match func(fuzzEvent) bool) bool {
@@ -247,7 +248,7 @@ func checkApply(t *testing.T, data []byte) {
 			}
 		}
 		for _, l := range want.Links {
-			if i := slices.IndexFunc(want.Jobs, func(j Job) bool { return j.ID == l.JobID }); i < 0 || want.Jobs[i].Status != StatusCompleted {
+			if i := slices.IndexFunc(want.Jobs, func(j backup.Job) bool { return j.ID == l.JobID }); i < 0 || want.Jobs[i].Status != backup.StatusCompleted {
 				t.Fatalf("link of job %s, which is not completed", l.JobID)
 			}
 		}

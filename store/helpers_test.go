@@ -10,6 +10,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/internal/testutil"
 	"github.com/sendense/sendense/schemas"
 )
@@ -118,7 +119,7 @@ func (tc *testCatalog) dump() Snapshot {
 	return s
 }
 
-func (tc *testCatalog) job(id string) Job {
+func (tc *testCatalog) job(id string) backup.Job {
 	tc.t.Helper()
 	j, err := tc.Job(id)
 	if err != nil {
@@ -127,7 +128,7 @@ func (tc *testCatalog) job(id string) Job {
 	return j
 }
 
-func (tc *testCatalog) poison() []PoisonRecord {
+func (tc *testCatalog) poison() []backup.PoisonRecord {
 	tc.t.Helper()
 	p, err := tc.Poison()
 	if err != nil {

@@ -3,8 +3,8 @@ package store
 import (
 	"fmt"
 	"strings"
-	"time"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/schemas"
 )
 
@@ -13,31 +13,6 @@ import (
 // subject backup.<type>.hub with this agent (bus.HubAgent, the same name),
 // and only the hub's credentials may publish there.
 const HubAgent = "hub"
-
-// Prune states (Prune.State).
-const (
-	// PrunePending: the hub recorded its intent to remove the point
-	// (backup.pruning) and may be changing its files. The job is still
-	// completed and still in its chains.
-	PrunePending = "pending"
-	// PruneDone: the point is removed (backup.pruned); the job's status is
-	// pruned and it is in no chain.
-	PruneDone = "done"
-)
-
-// Prune is the removal of a completed job's point by the hub, from its
-// backup.pruning (the intent) and backup.pruned (done) events.
-type Prune struct {
-	State string `json:"state"` // PrunePending or PruneDone
-	// RequestedAt is the time of backup.pruning; zero when only
-	// backup.pruned was applied.
-	RequestedAt time.Time `json:"requested_at,omitzero"`
-	// PrunedAt is the time of backup.pruned; zero while pending.
-	PrunedAt time.Time `json:"pruned_at,omitzero"`
-	// Disks are the per-disk operations the intent named (or, without
-	// one, the done event).
-	Disks []schemas.PruneDisk `json:"disks"`
-}
 
 // Hub events are the events the hub publishes about a completed job (on
 // backup.<type>.hub): they add to a completed job and never make or undo
@@ -55,34 +30,34 @@ type Prune struct {
 type hubEvent struct {
 	name string
 	// check returns why ev does not fit the completed job j, or "".
-	check func(j *Job, ev schemas.Event) string
+	check func(j *backup.Job, ev schemas.Event) string
 	// fold applies ev (applied) to the completed job j.
-	fold func(j *Job, ev schemas.Event)
+	fold func(j *backup.Job, ev schemas.Event)
 }
 
 var hubEvents = []hubEvent{
-	{name: schemas.NamePruning, check: checkPrune, fold: func(j *Job, ev schemas.Event) {
+	{name: schemas.NamePruning, check: checkPrune, fold: func(j *backup.Job, ev schemas.Event) {
 		e := ev.(*schemas.Pruning)
 		if j.Prune == nil {
-			j.Prune = &Prune{State: PrunePending}
+			j.Prune = &backup.Prune{State: backup.PrunePending}
 		}
 		j.Prune.RequestedAt = e.Time.UTC()
 		j.Prune.Disks = e.Disks
 	}},
-	{name: schemas.NamePruned, check: checkPrune, fold: func(j *Job, ev schemas.Event) {
+	{name: schemas.NamePruned, check: checkPrune, fold: func(j *backup.Job, ev schemas.Event) {
 		e := ev.(*schemas.Pruned)
 		if j.Prune == nil {
-			j.Prune = &Prune{Disks: e.Disks}
+			j.Prune = &backup.Prune{Disks: e.Disks}
 		}
-		j.Prune.State = PruneDone
+		j.Prune.State = backup.PruneDone
 		j.Prune.PrunedAt = e.Time.UTC()
-		j.Status = StatusPruned
+		j.Status = backup.StatusPruned
 	}},
-	{name: schemas.NameVerified, check: checkPrune, fold: func(j *Job, ev schemas.Event) {
+	{name: schemas.NameVerified, check: checkPrune, fold: func(j *backup.Job, ev schemas.Event) {
 		e := ev.(*schemas.Verified)
 		// Folded in canonical order (time, then id): the last is the
 		// latest verification.
-		v := &Verification{Status: e.Status, Seq: e.Seq, VerifiedAt: e.Time.UTC(), Disks: e.Disks}
+		v := &backup.Verification{Status: e.Status, Seq: e.Seq, VerifiedAt: e.Time.UTC(), Disks: e.Disks}
 		j.Verification = v
 		for i := range j.Disks {
 			for _, d := range e.Disks {
@@ -92,14 +67,6 @@ var hubEvents = []hubEvent{
 			}
 		}
 	}},
-}
-
-// Verification is the latest backup.verified of a completed job.
-type Verification struct {
-	Status     string                 `json:"status"` // schemas.Verify*
-	Seq        int64                  `json:"seq"`
-	VerifiedAt time.Time              `json:"verified_at"`
-	Disks      []schemas.VerifiedDisk `json:"disks"`
 }
 
 // hubEventOf returns the hub event of name, or nil.
@@ -133,7 +100,7 @@ func pruneDisks(ev schemas.Event) (string, []schemas.PruneDisk) {
 
 // checkPrune: every disk a prune event names is one of the completed
 // job's, once, with the job's own target.
-func checkPrune(j *Job, ev schemas.Event) string {
+func checkPrune(j *backup.Job, ev schemas.Event) string {
 	_, disks := pruneDisks(ev)
 	var problems []string
 	seen := map[int32]bool{}
@@ -144,7 +111,7 @@ func checkPrune(j *Job, ev schemas.Event) string {
 			continue
 		}
 		seen[k] = true
-		var own *Disk
+		var own *backup.Disk
 		for i := range j.Disks {
 			if j.Disks[i].Disk.Key == k {
 				own = &j.Disks[i]
@@ -163,7 +130,7 @@ func checkPrune(j *Job, ev schemas.Event) string {
 // judgeHub returns why the hub event r does not fit the job completed by
 // the completed event c (nil when the job is not completed), or "" (rule
 // 7). j is the job derived without hub events.
-func judgeHub(r record, c *schemas.Completed, j *Job) string {
+func judgeHub(r record, c *schemas.Completed, j *backup.Job) string {
 	h := r.ev.EventHeader()
 	switch {
 	case r.agent != HubAgent:

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/schemas"
 )
 
@@ -86,7 +87,7 @@ func TestPruneEvents(t *testing.T) {
 	intentB := by(HubAgent, specs[1].pruning(schemas.PruneRebase, "pc", "pa"))
 	c.mustApply(intentB)
 	j := c.job("pb")
-	if j.Status != StatusCompleted || j.Prune == nil || j.Prune.State != PrunePending || j.Prune.RequestedAt.IsZero() {
+	if j.Status != backup.StatusCompleted || j.Prune == nil || j.Prune.State != backup.PrunePending || j.Prune.RequestedAt.IsZero() {
 		t.Fatalf("after the intent: status %s prune %+v, want completed and pending", j.Status, j.Prune)
 	}
 	if got := chainJobs(t, c); len(got) != 4 {
@@ -95,13 +96,13 @@ func TestPruneEvents(t *testing.T) {
 	doneB := by(HubAgent, specs[1].pruned(schemas.PruneRebase, "pc", "pa"))
 	c.mustApply(doneB)
 	j = c.job("pb")
-	if j.Status != StatusPruned || j.Prune.State != PruneDone || j.Prune.PrunedAt.IsZero() || !j.Ended() {
+	if j.Status != backup.StatusPruned || j.Prune.State != backup.PruneDone || j.Prune.PrunedAt.IsZero() || !j.Ended() {
 		t.Fatalf("after pruned: status %s prune %+v, want pruned and done", j.Status, j.Prune)
 	}
 	if got, want := chainJobs(t, c), []string{"pa<", "pc<pa", "pd<pc"}; !slices.Equal(got, want) {
 		t.Errorf("chain after rebase = %v, want %v", got, want)
 	}
-	pruned, err := c.Jobs(JobFilter{Status: StatusPruned})
+	pruned, err := c.Jobs(backup.JobFilter{Status: backup.StatusPruned})
 	if err != nil || len(pruned) != 1 || pruned[0].ID != "pb" {
 		t.Errorf("jobs --status pruned = %v, %v", pruned, err)
 	}
@@ -215,7 +216,7 @@ func TestPruneEventsRefused(t *testing.T) {
 			if !errors.Is(errs[0], ErrInconsistent) || !strings.Contains(errs[0].Error(), tc.want) {
 				t.Errorf("apply: %v, want ErrInconsistent with %q", errs[0], tc.want)
 			}
-			if j := c.job("pr1"); j.Status != StatusCompleted || j.Prune != nil {
+			if j := c.job("pr1"); j.Status != backup.StatusCompleted || j.Prune != nil {
 				t.Errorf("job after a refused event: status %s prune %+v", j.Status, j.Prune)
 			}
 			if got := chainJobs(t, c); len(got) != 1 {

@@ -6,6 +6,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/schemas"
 )
 
@@ -18,8 +19,8 @@ import (
 // every field, present or future, is filled by reflection. ok is false when a time is outside
 // what JSON's RFC 3339 allows (years 0 to 9999); use json.Marshal then,
 // which returns the error.
-func appendJob(b []byte, j *Job) (_ []byte, ok bool) {
-	b = append(b, `{"id":`...)
+func appendJob(b []byte, j *backup.Job) (_ []byte, ok bool) {
+	b = append(b, `{"job_id":`...)
 	b = appendString(b, j.ID)
 	b = append(b, `,"status":`...)
 	b = appendString(b, j.Status)
@@ -145,7 +146,7 @@ func appendVM(b []byte, vm *schemas.VMRef) []byte {
 	return append(b, '}')
 }
 
-func appendDisk(b []byte, d *Disk) []byte {
+func appendDisk(b []byte, d *backup.Disk) []byte {
 	b = append(b, `{"disk":{"key":`...)
 	b = strconv.AppendInt(b, int64(d.Disk.Key), 10)
 	b = append(b, `,"uuid":`...)

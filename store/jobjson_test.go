@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sendense/sendense/backup"
 )
 
 // TestAppendJobMatchesMarshal fills random jobs by reflection (so a field
@@ -16,7 +18,7 @@ import (
 func TestAppendJobMatchesMarshal(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for i := range 2000 {
-		var j Job
+		var j backup.Job
 		fillRandom(rng, reflect.ValueOf(&j).Elem(), 0)
 		want, err := json.Marshal(&j)
 		if err != nil {
@@ -29,7 +31,7 @@ func TestAppendJobMatchesMarshal(t *testing.T) {
 		if !json.Valid(got) {
 			t.Fatalf("job %d: invalid JSON %s", i, got)
 		}
-		var a, b Job
+		var a, b backup.Job
 		if err := json.Unmarshal(want, &a); err != nil {
 			t.Fatal(err)
 		}
@@ -50,7 +52,7 @@ func TestAppendJobFallsBack(t *testing.T) {
 		time.Date(2025, 1, 1, 0, 0, 0, 0, time.FixedZone("lmt", 561)),
 		time.Date(2025, 1, 1, 0, 0, 0, 0, time.FixedZone("far", 25*3600)),
 	} {
-		if _, ok := appendJob(nil, &Job{CreatedAt: tm}); ok {
+		if _, ok := appendJob(nil, &backup.Job{CreatedAt: tm}); ok {
 			t.Errorf("appendJob took created_at %v", tm)
 		}
 	}

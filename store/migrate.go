@@ -8,6 +8,8 @@ import (
 
 	"github.com/rs/zerolog"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/sendense/sendense/backup"
 )
 
 // Buckets of layout version 1, which migrate moves into the flat ones.
@@ -44,6 +46,13 @@ func migrate(tx *bolt.Tx, from int, log zerolog.Logger, now func() time.Time) er
 		}
 		if err := rederiveAll(tx, log, now); err != nil {
 			return fmt.Errorf("migrate from schema version %d: %w", from, err)
+		}
+		return nil // re-deriving wrote every job record as version 4 does
+	case 3:
+		// Version 4 names a job record's id "job_id", as the events do;
+		// re-deriving every job writes each record anew.
+		if err := rederiveAll(tx, log, now); err != nil {
+			return fmt.Errorf("migrate from schema version 3: %w", err)
 		}
 		return nil
 	}
@@ -232,7 +241,7 @@ func rekeyEventsV2(tx *bolt.Tx) error {
 func rekeyPoisonV2(tx *bolt.Tx) error {
 	b := tx.Bucket(bucketPoison)
 	events := tx.Bucket(bucketEvents)
-	tombstone := func(p PoisonRecord) bool {
+	tombstone := func(p backup.PoisonRecord) bool {
 		if p.JobID == "" || p.EventID == "" || p.Seq != 0 {
 			return false
 		}
@@ -253,11 +262,11 @@ func rekeyPoisonV2(tx *bolt.Tx) error {
 		moves = append(moves, kv{bytes.Clone(k), bytes.Clone(v)})
 	}
 	for _, m := range moves {
-		var p PoisonRecord
+		var p backup.PoisonRecord
 		if err := json.Unmarshal(m.v, &p); err != nil {
 			return fmt.Errorf("decode poison record %q: %w", m.k, err)
 		}
-		k := p.key()
+		k := poisonKey(&p)
 		if tombstone(p) {
 			k = poisonJobKey(p.JobID, p.EventID, p.Agent)
 		}

@@ -11,6 +11,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/schemas"
 )
 
@@ -174,13 +175,13 @@ func TestMigrateV2(t *testing.T) {
 
 	c := openTestCatalog(t, path)
 	got := c.dump()
-	if got.SchemaVersion != 3 {
-		t.Errorf("schema version = %d, want 3", got.SchemaVersion)
+	if got.SchemaVersion != schemaVersion {
+		t.Errorf("schema version = %d, want %d", got.SchemaVersion, schemaVersion)
 	}
 	requireSameDump(t, want, got)
 
 	j := c.job(v2Legit.job)
-	if j.Status != StatusCompleted || j.Attempt != 1 || j.Agent != "" || j.Disks[0].ChangeID != v2Legit.changeID(diskA) ||
+	if j.Status != backup.StatusCompleted || j.Attempt != 1 || j.Agent != "" || j.Disks[0].ChangeID != v2Legit.changeID(diskA) ||
 		!slices.Equal(j.PoisonedEventIDs, []string{"job-legit.2.completed.0.0"}) {
 		t.Errorf("legit job = %+v", j)
 	}
@@ -189,10 +190,10 @@ func TestMigrateV2(t *testing.T) {
 	if links, err := c.Chain(vm1.UUID, diskB.Key, "default"); err != nil || len(links) != 1 || links[0].JobID != v2Legit.job {
 		t.Errorf("chain of vm1 disk 2001 = %+v, %v", links, err)
 	}
-	if _, err := c.Job(v2Forged.job); !errors.Is(err, ErrNotFound) {
+	if _, err := c.Job(v2Forged.job); !errors.Is(err, backup.ErrNotFound) {
 		t.Errorf("forged job: %v, want ErrNotFound (poison alone)", err)
 	}
-	if ij := c.job(v2Incomplete.job); ij.Status != StatusRunning || !slices.Equal(ij.PoisonedEventIDs, []string{"job-incomplete.1.completed.0.0"}) {
+	if ij := c.job(v2Incomplete.job); ij.Status != backup.StatusRunning || !slices.Equal(ij.PoisonedEventIDs, []string{"job-incomplete.1.completed.0.0"}) {
 		t.Errorf("incomplete job = %+v", ij)
 	}
 	requirePoison(t, c, map[string]string{
@@ -229,5 +230,68 @@ func TestMigrateV2(t *testing.T) {
 	requireHead(t, c, next)
 	if j := c.job(next.job); j.Agent != "node1" {
 		t.Errorf("next job = %+v", j)
+	}
+}
+
+// TestMigrateV3: layout 3 named a job record's id "id"; version 4 names it
+// "job_id" as the events do. A version 3 file (this build's records with
+// the old name, as layout 3 wrote them) opens with the same content as a
+// fresh catalog of the same events, every record rewritten, and the jobs
+// and chains readable by id.
+func TestMigrateV3(t *testing.T) {
+	evs, poison := workload(1)
+	fresh := newTestCatalog(t)
+	fill(t, fresh, evs, poison, 50)
+	want := fresh.dump()
+	fresh.close()
+
+	db, err := bolt.Open(fresh.path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	err = db.Update(func(tx *bolt.Tx) error {
+		jobs := tx.Bucket(bucketJobs)
+		old := map[string][]byte{}
+		if err := jobs.ForEach(func(k, v []byte) error {
+			if !strings.HasPrefix(string(v), `{"job_id":`) {
+				t.Errorf("record of job %s: %.40s..., want it to start with job_id", k, v)
+			}
+			old[string(k)] = append([]byte(`{"id":`), v[len(`{"job_id":`):]...)
+			return nil
+		}); err != nil {
+			return err
+		}
+		for k, v := range old {
+			if err := jobs.Put([]byte(k), v); err != nil {
+				return err
+			}
+			n++
+		}
+		return tx.Bucket(bucketMeta).Put(keySchemaVersion, []byte("3"))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n == 0 {
+		t.Fatal("workload made no job records")
+	}
+
+	c := openTestCatalog(t, fresh.path)
+	got := c.dump()
+	if got.SchemaVersion != schemaVersion {
+		t.Errorf("schema version = %d, want %d", got.SchemaVersion, schemaVersion)
+	}
+	requireSameDump(t, want, got)
+	for _, j := range got.Jobs {
+		if j.ID == "" {
+			t.Fatalf("a migrated job has no id: %+v", j)
+		}
+		if g, err := c.Job(j.ID); err != nil || g.ID != j.ID {
+			t.Errorf("job %s after migration: %+v, %v", j.ID, g.ID, err)
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/schemas"
 )
 
@@ -36,7 +37,7 @@ func TestSameIDOtherBytesOrder(t *testing.T) {
 		t.Errorf("completed: %v, want ErrInconsistent (its change id is not the changeid's)", errs[3])
 	}
 	ja, jb := a.job(s.job), b.job(s.job)
-	if ja.Status != jb.Status || ja.Status != StatusRunning {
+	if ja.Status != jb.Status || ja.Status != backup.StatusRunning {
 		t.Errorf("same events, other order: status %s vs %s, want running", ja.Status, jb.Status)
 	}
 	if jb.Disks[0].ChangeID != s.changeID(diskA) {
@@ -49,7 +50,7 @@ func TestSameIDOtherBytesOrder(t *testing.T) {
 	// completes with the first stored changeid, in every order.
 	full := []schemas.Event{run[0], altEv, compEv, run[1], run[2]}
 	c := requireOrderFree(t, full, 12, 11)
-	if j := c.job(s.job); j.Status != StatusCompleted || j.Disks[0].ChangeID != s.changeID(diskA) {
+	if j := c.job(s.job); j.Status != backup.StatusCompleted || j.Disks[0].ChangeID != s.changeID(diskA) {
 		t.Errorf("job = %+v, want completed with change id %s", j, s.changeID(diskA))
 	}
 	requireHead(t, c, s)

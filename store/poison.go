@@ -9,45 +9,14 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/sendense/sendense/backup"
 )
 
-// MaxPoisonRaw is the most bytes of a payload a poison record keeps; the
-// rest is cut and Truncated is set.
-const MaxPoisonRaw = 1 << 20
-
-// PoisonRecord is an event the catalog did not apply and keeps for
-// inspection: one that failed schema validation upstream (RecordPoison), or
-// one Apply refused (ErrIncomplete, ErrInconsistent, ErrInvalid). The
-// records of a job's events follow the job's event set: one that a later
-// event makes consistent (a completed that arrived before its started) is
-// applied and its record removed.
-type PoisonRecord struct {
-	// Subject is the NATS subject, or the event name for records made by
-	// Apply.
-	Subject string `json:"subject"`
-	// Seq is the stream sequence, when RecordPoison's caller knows it.
-	// Records made by Apply leave it 0: they are kept by the event's
-	// identity, and its sequence is in job_events.
-	Seq     uint64 `json:"seq,omitempty"`
-	EventID string `json:"event_id,omitempty"`
-	JobID   string `json:"job_id,omitempty"`
-	// Agent published the event (WithSource); empty for a legacy event.
-	Agent  string `json:"agent,omitempty"`
-	Reason string `json:"reason"`
-	// Raw is the payload as received (RecordPoison), or the event's JSON
-	// as Apply stored it: the payload given to WithSource, else the event
-	// re-encoded. It is base64 in JSON output.
-	Raw       []byte `json:"raw"`
-	Truncated bool   `json:"truncated,omitempty"`
-	// Time is when the record was first written (Options.Now). Dump
-	// leaves it out: a replay writes the same records at another time.
-	Time time.Time `json:"time,omitzero"`
-}
-
-// key is the record's identity: re-recording the same poison is a no-op.
+// poisonKey is the record's identity: re-recording the same poison is a no-op.
 // Records of a job's filed events are keyed by poisonJobKey instead (see
 // settlePoison).
-func (p *PoisonRecord) key() []byte {
+func poisonKey(p *backup.PoisonRecord) []byte {
 	switch {
 	case p.Seq > 0:
 		return fmt.Appendf(nil, "seq/%s/%020d", p.Subject, p.Seq)
@@ -89,7 +58,7 @@ func poisonJobKey(jobID, eventID, agent string) []byte {
 // recording a redelivered message again is a no-op. A zero Time is set to
 // Options.Now(). It commits and syncs before returning. Events that Apply
 // refused are already kept by Apply; do not record them again.
-func (c *Catalog) RecordPoison(p PoisonRecord) error {
+func (c *Catalog) RecordPoison(p backup.PoisonRecord) error {
 	err := c.db.Update(func(tx *bolt.Tx) error {
 		return putPoison(tx, p, c.now)
 	})
@@ -99,9 +68,9 @@ func (c *Catalog) RecordPoison(p PoisonRecord) error {
 	return nil
 }
 
-func putPoison(tx *bolt.Tx, p PoisonRecord, now func() time.Time) error {
-	if len(p.Raw) > MaxPoisonRaw {
-		p.Raw = p.Raw[:MaxPoisonRaw]
+func putPoison(tx *bolt.Tx, p backup.PoisonRecord, now func() time.Time) error {
+	if len(p.Raw) > backup.MaxPoisonRaw {
+		p.Raw = p.Raw[:backup.MaxPoisonRaw]
 		p.Truncated = true
 	}
 	if p.Time.IsZero() {
@@ -109,7 +78,7 @@ func putPoison(tx *bolt.Tx, p PoisonRecord, now func() time.Time) error {
 	}
 	p.Time = p.Time.UTC()
 	b := tx.Bucket(bucketPoison)
-	k := p.key()
+	k := poisonKey(&p)
 	if len(k) > bolt.MaxKeySize {
 		sum := sha256.Sum256(k)
 		k = []byte("raw/" + hex.EncodeToString(sum[:]))
@@ -125,15 +94,15 @@ func putPoison(tx *bolt.Tx, p PoisonRecord, now func() time.Time) error {
 }
 
 // Poison returns every poison record, oldest first (by Time, then identity).
-func (c *Catalog) Poison() ([]PoisonRecord, error) {
+func (c *Catalog) Poison() ([]backup.PoisonRecord, error) {
 	type keyed struct {
 		k string
-		p PoisonRecord
+		p backup.PoisonRecord
 	}
 	var recs []keyed
 	err := c.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketPoison).ForEach(func(k, v []byte) error {
-			var p PoisonRecord
+			var p backup.PoisonRecord
 			if err := json.Unmarshal(v, &p); err != nil {
 				return fmt.Errorf("decode poison record %q: %w", k, err)
 			}
@@ -150,7 +119,7 @@ func (c *Catalog) Poison() ([]PoisonRecord, error) {
 		}
 		return recs[i].k < recs[j].k
 	})
-	out := make([]PoisonRecord, len(recs))
+	out := make([]backup.PoisonRecord, len(recs))
 	for i := range recs {
 		out[i] = recs[i].p
 	}

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/schemas"
 )
 
@@ -49,7 +50,7 @@ func TestOtherAgentCannotRewriteCompletedJob(t *testing.T) {
 	}
 
 	j := c.job(legit.job)
-	if j.Agent != "node1" || j.Status != StatusCompleted {
+	if j.Agent != "node1" || j.Status != backup.StatusCompleted {
 		t.Errorf("completed job rewritten by another agent: agent %q, disks %+v", j.Agent, j.Disks)
 	}
 	requireHead(t, c, legit)

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/sendense/sendense/backup"
 )
 
 // Snapshot is the catalog's whole content in a canonical form: what a
@@ -18,12 +20,12 @@ import (
 type Snapshot struct {
 	SchemaVersion int `json:"schema_version"`
 	// Jobs by id.
-	Jobs []Job `json:"jobs"`
+	Jobs []backup.Job `json:"jobs"`
 	// Links by VM UUID, repository, disk key, then chain order.
-	Links []Link `json:"links"`
+	Links []backup.Link `json:"links"`
 	// Poison records by identity, with Time cleared (the recording time
 	// is the only thing a replay does not reproduce).
-	Poison []PoisonRecord `json:"poison"`
+	Poison []backup.PoisonRecord `json:"poison"`
 	// Applied event ids, sorted.
 	Applied []string `json:"applied"`
 }
@@ -39,7 +41,7 @@ func (s Snapshot) Equal(o Snapshot) bool {
 // everything; it is meant for tests, `catalog rebuild` and diagnostics, not
 // for hot paths.
 func (c *Catalog) Dump() (Snapshot, error) {
-	s := Snapshot{Jobs: []Job{}, Poison: []PoisonRecord{}, Applied: []string{}}
+	s := Snapshot{Jobs: []backup.Job{}, Poison: []backup.PoisonRecord{}, Applied: []string{}}
 	err := c.db.View(func(tx *bolt.Tx) error {
 		v, err := strconv.Atoi(string(tx.Bucket(bucketMeta).Get(keySchemaVersion)))
 		if err != nil {
@@ -47,7 +49,7 @@ func (c *Catalog) Dump() (Snapshot, error) {
 		}
 		s.SchemaVersion = v
 		err = tx.Bucket(bucketJobs).ForEach(func(k, v []byte) error {
-			var j Job
+			var j backup.Job
 			if err := json.Unmarshal(v, &j); err != nil {
 				return fmt.Errorf("decode job %s: %w", k, err)
 			}
@@ -61,7 +63,7 @@ func (c *Catalog) Dump() (Snapshot, error) {
 			return err
 		}
 		err = tx.Bucket(bucketPoison).ForEach(func(k, v []byte) error {
-			var p PoisonRecord
+			var p backup.PoisonRecord
 			if err := json.Unmarshal(v, &p); err != nil {
 				return fmt.Errorf("decode poison record %q: %w", k, err)
 			}
@@ -96,21 +98,10 @@ func (c *Catalog) Dump() (Snapshot, error) {
 	return s, nil
 }
 
-// Stats are counts over the catalog.
-type Stats struct {
-	SchemaVersion int            `json:"schema_version"`
-	Jobs          int            `json:"jobs"`
-	ByStatus      map[string]int `json:"by_status"`
-	Links         int            `json:"links"`
-	Applied       int            `json:"applied"`
-	Poison        int            `json:"poison"`
-	FileBytes     int64          `json:"file_bytes"`
-}
-
 // Stats counts jobs (by status), chain links, applied event ids and poison
 // records. It reads every job record, so it costs O(jobs).
-func (c *Catalog) Stats() (Stats, error) {
-	st := Stats{ByStatus: map[string]int{}}
+func (c *Catalog) Stats() (backup.Stats, error) {
+	st := backup.Stats{ByStatus: map[string]int{}}
 	err := c.db.View(func(tx *bolt.Tx) error {
 		st.SchemaVersion, _ = strconv.Atoi(string(tx.Bucket(bucketMeta).Get(keySchemaVersion)))
 		st.FileBytes = tx.Size()
@@ -124,7 +115,7 @@ func (c *Catalog) Stats() (Stats, error) {
 			}
 			st.Jobs++
 			st.ByStatus[j.Status]++
-			if j.Status == StatusCompleted {
+			if j.Status == backup.StatusCompleted {
 				st.Links += len(j.Disks) // a completed job's disks are its links (linksOf)
 			}
 			return nil
@@ -137,7 +128,7 @@ func (c *Catalog) Stats() (Stats, error) {
 		return nil
 	})
 	if err != nil {
-		return Stats{}, fmt.Errorf("stats of catalog %s: %w", c.db.Path(), err)
+		return backup.Stats{}, fmt.Errorf("stats of catalog %s: %w", c.db.Path(), err)
 	}
 	return st, nil
 }

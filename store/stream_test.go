@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/schemas"
 )
 
@@ -70,20 +71,20 @@ func TestAttemptBelongsToFirstStarted(t *testing.T) {
 					t.Errorf("node2's event %d alone: %v", i, err)
 				}
 			}
-			if j := c.job(mine.job); j.Status != StatusCompleted || j.Agent != "node2" {
+			if j := c.job(mine.job); j.Status != backup.StatusCompleted || j.Agent != "node2" {
 				t.Fatalf("node2's attempt alone: %+v", j)
 			}
 			c.mustApply(n1[0])
-			if j := c.job(mine.job); j.Status != StatusRunning || j.Agent != "node1" {
+			if j := c.job(mine.job); j.Status != backup.StatusRunning || j.Agent != "node1" {
 				t.Errorf("after node1's started: %+v", j)
 			}
 			requirePoison(t, c, want)
-			if _, err := c.ChainHead(vm1.UUID, diskA.Key, "default"); !errors.Is(err, ErrNotFound) {
+			if _, err := c.ChainHead(vm1.UUID, diskA.Key, "default"); !errors.Is(err, backup.ErrNotFound) {
 				t.Errorf("chain head after node1's started: %v, want ErrNotFound", err)
 			}
 			c.mustApply(n1[1:]...)
 			j := c.job(mine.job)
-			if j.Status != StatusCompleted || j.Agent != "node1" || len(j.PoisonedEventIDs) != len(n2) {
+			if j.Status != backup.StatusCompleted || j.Agent != "node1" || len(j.PoisonedEventIDs) != len(n2) {
 				t.Errorf("job = %+v", j)
 			}
 			requireHead(t, c, mine)
@@ -100,7 +101,7 @@ func TestAttemptBelongsToFirstStarted(t *testing.T) {
 		mine := spec{job: "j-own", disks: both, at: t0.Add(-time.Hour)}
 		theirs := spec{job: "j-own", disks: both}
 		c := requireOrderFree(t, concat(attemptOf("node1", 20, mine), attemptOf("node2", 10, theirs)), 12, 13)
-		if j := c.job(mine.job); j.Status != StatusCompleted || j.Agent != "node2" {
+		if j := c.job(mine.job); j.Status != backup.StatusCompleted || j.Agent != "node2" {
 			t.Errorf("job = %+v, want completed by node2", j)
 		}
 		requireHead(t, c, theirs)
@@ -127,7 +128,7 @@ func TestNoAttemptAfterCompleted(t *testing.T) {
 			}
 		}
 		j := c.job(a1.job)
-		if j.Status != StatusCompleted || j.Attempt != 1 || j.Agent != "node1" || len(j.PoisonedEventIDs) != len(n2) {
+		if j.Status != backup.StatusCompleted || j.Attempt != 1 || j.Agent != "node1" || len(j.PoisonedEventIDs) != len(n2) {
 			t.Errorf("job = %+v", j)
 		}
 		requireHead(t, c, a1)
@@ -147,7 +148,7 @@ func TestNoAttemptAfterCompleted(t *testing.T) {
 		n1[len(n1)-1].(*sourced).src.Seq = 30
 		c := requireOrderFree(t, concat(n1, n2), 12, 15)
 		j := c.job(a1.job)
-		if j.Status != StatusCompleted || j.Attempt != 2 || j.Agent != "node2" || !slices.Equal(j.PoisonedEventIDs, []string{a1.completed().ID}) {
+		if j.Status != backup.StatusCompleted || j.Attempt != 2 || j.Agent != "node2" || !slices.Equal(j.PoisonedEventIDs, []string{a1.completed().ID}) {
 			t.Errorf("job = %+v", j)
 		}
 		requireHead(t, c, a2)
@@ -162,7 +163,7 @@ func TestNoAttemptAfterCompleted(t *testing.T) {
 		st, ci := at("node2", 20, a2.started()), at("node2", 40, a2.changeIDEvent(0))
 		c := requireOrderFree(t, concat(n1, []schemas.Event{st, ci}), 12, 16)
 		j := c.job(a1.job)
-		if j.Status != StatusCompleted || j.Attempt != 1 || j.Agent != "node1" || !slices.Contains(j.EventIDs, a2.started().ID) {
+		if j.Status != backup.StatusCompleted || j.Attempt != 1 || j.Agent != "node1" || !slices.Contains(j.EventIDs, a2.started().ID) {
 			t.Errorf("job = %+v", j)
 		}
 		requireHead(t, c, a1)
@@ -188,7 +189,7 @@ func TestCompletedAppliedBeforeStarted(t *testing.T) {
 		t.Errorf("completed alone: %v, want ErrInconsistent", errs[0])
 	}
 	c.apply(n2...)
-	if j := c.job(mine.job); j.Agent != "node2" || j.Status != StatusCompleted {
+	if j := c.job(mine.job); j.Agent != "node2" || j.Status != backup.StatusCompleted {
 		t.Fatalf("with node2's attempt applied: %+v", j)
 	}
 	for i, err := range c.apply(n1[:len(n1)-1]...) {
@@ -197,7 +198,7 @@ func TestCompletedAppliedBeforeStarted(t *testing.T) {
 		}
 	}
 	j := c.job(mine.job)
-	if j.Status != StatusCompleted || j.Agent != "node1" || len(j.PoisonedEventIDs) != len(n2) { // node2's ids are node1's
+	if j.Status != backup.StatusCompleted || j.Agent != "node1" || len(j.PoisonedEventIDs) != len(n2) { // node2's ids are node1's
 		t.Errorf("job = %+v", j)
 	}
 	requireHead(t, c, mine)
@@ -229,7 +230,7 @@ func TestLateSourceCannotTakeOver(t *testing.T) {
 
 	c := newTestCatalog(t)
 	c.apply(concat(n1[:2], n1[3:], n2)...)
-	if j := c.job(a1.job); j.Status != StatusCompleted || j.Agent != "node2" || j.Attempt != 2 {
+	if j := c.job(a1.job); j.Status != backup.StatusCompleted || j.Agent != "node2" || j.Attempt != 2 {
 		t.Fatalf("before the late changeid: %+v", j)
 	}
 	errs := c.apply(late)
@@ -237,7 +238,7 @@ func TestLateSourceCannotTakeOver(t *testing.T) {
 		t.Errorf("late changeid of attempt 1 (history): %v", errs[0])
 	}
 	j := c.job(a1.job)
-	if j.Status != StatusCompleted || j.Agent != "node2" || j.Attempt != 2 {
+	if j.Status != backup.StatusCompleted || j.Agent != "node2" || j.Attempt != 2 {
 		t.Errorf("after the late changeid: %+v", j)
 	}
 	requireHead(t, c, a2)

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/schemas"
 )
 
@@ -42,7 +43,7 @@ func TestVerifiedEvents(t *testing.T) {
 	failed := by(HubAgent, s.verified(2*time.Hour, schemas.VerifyFailed))
 	c.mustApply(failed, ok) // the later verification wins, not the later applied
 	j := c.job("v1")
-	if j.Status != StatusCompleted || j.Verification == nil || j.Verification.Status != schemas.VerifyFailed ||
+	if j.Status != backup.StatusCompleted || j.Verification == nil || j.Verification.Status != schemas.VerifyFailed ||
 		j.Verification.Disks[0].ChunkOffset != 3<<20 || j.Disks[0].Verified != schemas.VerifyFailed {
 		t.Fatalf("job after two verifications: %+v", j)
 	}

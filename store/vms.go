@@ -5,33 +5,14 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/sendense/sendense/backup"
 )
 
-// VM is what the catalog knows of one VM, derived from its jobs: what
-// `sendense vms` lists.
-type VM struct {
-	Name  string `json:"name"`
-	UUID  string `json:"uuid,omitempty"`
-	Moref string `json:"moref,omitempty"`
-	// LastJobID, LastStatus and LastAt are the VM's newest job (by
-	// CreatedAt), whatever its status.
-	LastJobID  string    `json:"last_job_id"`
-	LastStatus string    `json:"last_status"`
-	LastAt     time.Time `json:"last_at"`
-	// LastCompletedAt is when the VM's newest completed backup finished;
-	// zero when none completed.
-	LastCompletedAt time.Time `json:"last_completed_at,omitzero"`
-	// Points is the number of completed backups: the points a disk of the
-	// VM can be restored to. Jobs counts every job.
-	Points int `json:"points"`
-	Jobs   int `json:"jobs"`
-}
-
 // vmKey groups a job's VM: its instance UUID, else its name, else moref.
-func vmKey(j *Job) string {
+func vmKey(j *backup.Job) string {
 	switch {
 	case j.VM.UUID != "":
 		return "u:" + strings.ToLower(j.VM.UUID)
@@ -42,8 +23,8 @@ func vmKey(j *Job) string {
 }
 
 // VMs returns every VM with at least one job, by name (then UUID).
-func (c *Catalog) VMs() ([]VM, error) {
-	byKey := map[string]*VM{}
+func (c *Catalog) VMs() ([]backup.VM, error) {
+	byKey := map[string]*backup.VM{}
 	err := c.db.View(func(tx *bolt.Tx) error {
 		jb := tx.Bucket(bucketJobs)
 		cur := tx.Bucket(bucketJobsByTime).Cursor()
@@ -56,13 +37,13 @@ func (c *Catalog) VMs() ([]VM, error) {
 			if raw == nil {
 				return fmt.Errorf("index names job %s that has no record", id)
 			}
-			var j Job
+			var j backup.Job
 			if err := json.Unmarshal(raw, &j); err != nil {
 				return fmt.Errorf("decode job %s: %w", id, err)
 			}
 			v := byKey[vmKey(&j)]
 			if v == nil {
-				v = &VM{UUID: j.VM.UUID, LastJobID: j.ID, LastStatus: j.Status, LastAt: j.CreatedAt}
+				v = &backup.VM{UUID: j.VM.UUID, LastJobID: j.ID, LastStatus: j.Status, LastAt: j.CreatedAt}
 				byKey[vmKey(&j)] = v
 			}
 			if v.Name == "" {
@@ -72,7 +53,7 @@ func (c *Catalog) VMs() ([]VM, error) {
 				v.Moref = j.VM.Moref
 			}
 			v.Jobs++
-			if j.Status == StatusCompleted {
+			if j.Status == backup.StatusCompleted {
 				v.Points++
 				if v.LastCompletedAt.IsZero() {
 					v.LastCompletedAt = j.FinishedAt
@@ -84,7 +65,7 @@ func (c *Catalog) VMs() ([]VM, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list vms: %w", err)
 	}
-	vms := make([]VM, 0, len(byKey))
+	vms := make([]backup.VM, 0, len(byKey))
 	for _, v := range byKey {
 		vms = append(vms, *v)
 	}

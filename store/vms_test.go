@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/schemas"
 )
 
@@ -18,17 +19,17 @@ func TestJobsIDPrefixAndOffset(t *testing.T) {
 	}
 	c.mustApply(evs...)
 	for _, tt := range []struct {
-		f    JobFilter
+		f    backup.JobFilter
 		want []string
 	}{
-		{JobFilter{IDPrefix: "abcd"}, []string{"abcd2222", "abcd1111"}},
-		{JobFilter{IDPrefix: "abc"}, []string{"abce3333", "abcd2222", "abcd1111"}},
-		{JobFilter{IDPrefix: "zzzz4444"}, []string{"zzzz4444"}},
-		{JobFilter{IDPrefix: "nope"}, nil},
-		{JobFilter{Offset: 1, Limit: 2}, []string{"abce3333", "abcd2222"}},
-		{JobFilter{Offset: 3}, []string{"abcd1111"}},
-		{JobFilter{Offset: 9}, nil},
-		{JobFilter{IDPrefix: "abc", Offset: 1, Limit: 1}, []string{"abcd2222"}},
+		{backup.JobFilter{IDPrefix: "abcd"}, []string{"abcd2222", "abcd1111"}},
+		{backup.JobFilter{IDPrefix: "abc"}, []string{"abce3333", "abcd2222", "abcd1111"}},
+		{backup.JobFilter{IDPrefix: "zzzz4444"}, []string{"zzzz4444"}},
+		{backup.JobFilter{IDPrefix: "nope"}, nil},
+		{backup.JobFilter{Offset: 1, Limit: 2}, []string{"abce3333", "abcd2222"}},
+		{backup.JobFilter{Offset: 3}, []string{"abcd1111"}},
+		{backup.JobFilter{Offset: 9}, nil},
+		{backup.JobFilter{IDPrefix: "abc", Offset: 1, Limit: 1}, []string{"abcd2222"}},
 	} {
 		jobs, err := c.Jobs(tt.f)
 		if err != nil {
@@ -60,16 +61,16 @@ func TestVMs(t *testing.T) {
 	if len(vms) != 2 {
 		t.Fatalf("vms = %+v, want 2", vms)
 	}
-	got := map[string]VM{}
+	got := map[string]backup.VM{}
 	for _, v := range vms {
 		got[v.Name] = v
 	}
 	p := got[vm1.Name]
-	if p.UUID != vm1.UUID || p.LastJobID != "d" || p.LastStatus != StatusFailed || p.Points != 2 || p.Jobs != 3 || p.LastCompletedAt.IsZero() {
+	if p.UUID != vm1.UUID || p.LastJobID != "d" || p.LastStatus != backup.StatusFailed || p.Points != 2 || p.Jobs != 3 || p.LastCompletedAt.IsZero() {
 		t.Errorf("%s: %+v, want last job d failed, 2 points of 3 jobs", vm1.Name, p)
 	}
 	w := got[vm2.Name]
-	if w.UUID != vm2.UUID || w.LastJobID != "b" || w.LastStatus != StatusCompleted || w.Points != 1 || w.Jobs != 1 {
+	if w.UUID != vm2.UUID || w.LastJobID != "b" || w.LastStatus != backup.StatusCompleted || w.Points != 1 || w.Jobs != 1 {
 		t.Errorf("%s: %+v, want last job b completed, 1 point", vm2.Name, w)
 	}
 }

@@ -1,19 +1,19 @@
 package catalog
 
 // The catalog service's subjects and wire types. Requests and replies are
-// JSON; replies are the store's types (store.Job, store.Link, ...). Errors
+// JSON; replies are the store's types (backup.Job, backup.Link, ...). Errors
 // come back as NATS micro errors: headers Nats-Service-Error-Code (400,
 // 404, 413, 500) and Nats-Service-Error (the text), empty body.
 //
 //	subject                       request        reply
-//	sendense.catalog.job.get      JobRequest     store.Job
-//	sendense.catalog.jobs.list    JobsRequest    []store.Job, newest first
-//	sendense.catalog.vms.list     {}             []store.VM, by name
-//	sendense.catalog.chain.get    ChainRequest   []store.Link, oldest first
-//	sendense.catalog.chain.head   ChainRequest   store.Link (404 when none)
-//	sendense.catalog.chains.list  ChainsRequest  []store.Chain
-//	sendense.catalog.poison.list  PoisonRequest  []store.PoisonRecord, newest last
-//	sendense.catalog.stats        {}             store.Stats
+//	sendense.catalog.job.get      JobRequest     backup.Job
+//	sendense.catalog.jobs.list    JobsRequest    []backup.Job, newest first
+//	sendense.catalog.vms.list     {}             []backup.VM, by name
+//	sendense.catalog.chain.get    ChainRequest   []backup.Link, oldest first
+//	sendense.catalog.chain.head   ChainRequest   backup.Link (404 when none)
+//	sendense.catalog.chains.list  ChainsRequest  []backup.Chain
+//	sendense.catalog.poison.list  PoisonRequest  []backup.PoisonRecord, newest last
+//	sendense.catalog.stats        {}             backup.Stats
 
 // Service identity.
 const (
@@ -42,7 +42,7 @@ type JobRequest struct {
 	ID string `json:"id"`
 }
 
-// JobsRequest selects jobs; see store.JobFilter. Status must be one of
+// JobsRequest selects jobs; see backup.JobFilter. Status must be one of
 // the store.Status* values or empty. Limit <= 0 means all jobs; a reply
 // larger than the server's max payload is a 413 error.
 type JobsRequest struct {

@@ -8,8 +8,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
-	"github.com/sendense/sendense/store"
 )
 
 // DefaultTimeout bounds a Client request when the caller's context has no
@@ -18,7 +18,7 @@ const DefaultTimeout = 5 * time.Second
 
 // Client asks the catalog service over NATS request/reply. It is safe for
 // concurrent use. Errors: a *bus.ServiceError for an error answer (matching
-// store.ErrNotFound for 404 and ErrBadRequest for 400), ErrUnavailable
+// backup.ErrNotFound for 404 and ErrBadRequest for 400), ErrUnavailable
 // when no catalog service is connected, or the connection's error
 // (timeout, closed).
 type Client struct {
@@ -29,25 +29,25 @@ type Client struct {
 func NewClient(nc *nats.Conn) *Client { return &Client{nc: nc} }
 
 // Job returns one job. A job the catalog does not know gives an error
-// matching store.ErrNotFound.
-func (c *Client) Job(ctx context.Context, id string) (store.Job, error) {
-	var j store.Job
+// matching backup.ErrNotFound.
+func (c *Client) Job(ctx context.Context, id string) (backup.Job, error) {
+	var j backup.Job
 	if err := c.call(ctx, SubjectJobGet, JobRequest{ID: id}, &j); err != nil {
-		return store.Job{}, fmt.Errorf("get job %s: %w", id, err)
+		return backup.Job{}, fmt.Errorf("get job %s: %w", id, err)
 	}
 	return j, nil
 }
 
 // Jobs returns the jobs matching f, newest first. An unknown status gives
 // an error matching ErrBadRequest.
-func (c *Client) Jobs(ctx context.Context, f store.JobFilter) ([]store.Job, error) {
-	var jobs []store.Job
+func (c *Client) Jobs(ctx context.Context, f backup.JobFilter) ([]backup.Job, error) {
+	var jobs []backup.Job
 	req := JobsRequest{VM: f.VM, Status: f.Status, IDPrefix: f.IDPrefix, Offset: f.Offset, Limit: f.Limit}
 	if err := c.call(ctx, SubjectJobsList, req, &jobs); err != nil {
 		return nil, fmt.Errorf("list jobs (vm %q, status %q): %w", f.VM, f.Status, err)
 	}
 	if jobs == nil {
-		jobs = []store.Job{}
+		jobs = []backup.Job{}
 	}
 	return jobs, nil
 }
@@ -58,99 +58,99 @@ const MinShortID = 4
 
 // ResolveJob returns the job whose id is idOrPrefix, else the one job
 // whose id starts with it (a short id of at least MinShortID characters).
-// None gives an error matching store.ErrNotFound; several give an
+// None gives an error matching backup.ErrNotFound; several give an
 // *AmbiguousError (matching ErrAmbiguous) naming them.
-func (c *Client) ResolveJob(ctx context.Context, idOrPrefix string) (store.Job, error) {
+func (c *Client) ResolveJob(ctx context.Context, idOrPrefix string) (backup.Job, error) {
 	j, err := c.Job(ctx, idOrPrefix)
-	if err == nil || !errors.Is(err, store.ErrNotFound) {
+	if err == nil || !errors.Is(err, backup.ErrNotFound) {
 		return j, err
 	}
 	if len(idOrPrefix) < MinShortID {
-		return store.Job{}, fmt.Errorf("job %s: %w (a short id needs at least %d characters)", idOrPrefix, store.ErrNotFound, MinShortID)
+		return backup.Job{}, fmt.Errorf("job %s: %w (a short id needs at least %d characters)", idOrPrefix, backup.ErrNotFound, MinShortID)
 	}
-	jobs, err := c.Jobs(ctx, store.JobFilter{IDPrefix: idOrPrefix, Limit: maxCandidates + 1})
+	jobs, err := c.Jobs(ctx, backup.JobFilter{IDPrefix: idOrPrefix, Limit: maxCandidates + 1})
 	if err != nil {
-		return store.Job{}, fmt.Errorf("resolve job id %s: %w", idOrPrefix, err)
+		return backup.Job{}, fmt.Errorf("resolve job id %s: %w", idOrPrefix, err)
 	}
 	switch len(jobs) {
 	case 0:
-		return store.Job{}, fmt.Errorf("job %s: %w", idOrPrefix, store.ErrNotFound)
+		return backup.Job{}, fmt.Errorf("job %s: %w", idOrPrefix, backup.ErrNotFound)
 	case 1:
 		return jobs[0], nil
 	}
-	return store.Job{}, &AmbiguousError{Prefix: idOrPrefix, Candidates: jobs[:min(len(jobs), maxCandidates)], More: len(jobs) > maxCandidates}
+	return backup.Job{}, &AmbiguousError{Prefix: idOrPrefix, Candidates: jobs[:min(len(jobs), maxCandidates)], More: len(jobs) > maxCandidates}
 }
 
 // maxCandidates bounds the jobs an AmbiguousError lists.
 const maxCandidates = 10
 
 // VMs returns every VM the catalog has a job of, by name.
-func (c *Client) VMs(ctx context.Context) ([]store.VM, error) {
-	var vms []store.VM
+func (c *Client) VMs(ctx context.Context) ([]backup.VM, error) {
+	var vms []backup.VM
 	if err := c.call(ctx, SubjectVMsList, struct{}{}, &vms); err != nil {
 		return nil, fmt.Errorf("list vms: %w", err)
 	}
 	if vms == nil {
-		vms = []store.VM{}
+		vms = []backup.VM{}
 	}
 	return vms, nil
 }
 
 // Chain returns the completed backups of (vmUUID, diskKey, repo), oldest
 // first; none gives an empty slice. repo "" means the default repository.
-func (c *Client) Chain(ctx context.Context, vmUUID string, diskKey int32, repo string) ([]store.Link, error) {
-	var links []store.Link
+func (c *Client) Chain(ctx context.Context, vmUUID string, diskKey int32, repo string) ([]backup.Link, error) {
+	var links []backup.Link
 	if err := c.call(ctx, SubjectChainGet, ChainRequest{VMUUID: vmUUID, DiskKey: diskKey, Repository: repo}, &links); err != nil {
 		return nil, fmt.Errorf("get chain of disk %d of vm %s in repository %q: %w", diskKey, vmUUID, repo, err)
 	}
 	if links == nil {
-		links = []store.Link{}
+		links = []backup.Link{}
 	}
 	return links, nil
 }
 
 // ChainHead returns the newest completed backup of (vmUUID, diskKey,
 // repo): the base of the next incremental. None gives an error matching
-// store.ErrNotFound. repo "" means the default repository.
-func (c *Client) ChainHead(ctx context.Context, vmUUID string, diskKey int32, repo string) (store.Link, error) {
-	var l store.Link
+// backup.ErrNotFound. repo "" means the default repository.
+func (c *Client) ChainHead(ctx context.Context, vmUUID string, diskKey int32, repo string) (backup.Link, error) {
+	var l backup.Link
 	if err := c.call(ctx, SubjectChainHead, ChainRequest{VMUUID: vmUUID, DiskKey: diskKey, Repository: repo}, &l); err != nil {
-		return store.Link{}, fmt.Errorf("get chain head of disk %d of vm %s in repository %q: %w", diskKey, vmUUID, repo, err)
+		return backup.Link{}, fmt.Errorf("get chain head of disk %d of vm %s in repository %q: %w", diskKey, vmUUID, repo, err)
 	}
 	return l, nil
 }
 
 // Chains returns every disk's chain of a VM in repo, or in every
 // repository when repo is empty.
-func (c *Client) Chains(ctx context.Context, vmUUID, repo string) ([]store.Chain, error) {
-	var chains []store.Chain
+func (c *Client) Chains(ctx context.Context, vmUUID, repo string) ([]backup.Chain, error) {
+	var chains []backup.Chain
 	if err := c.call(ctx, SubjectChainsList, ChainsRequest{VMUUID: vmUUID, Repository: repo}, &chains); err != nil {
 		return nil, fmt.Errorf("get chains of vm %s in repository %q: %w", vmUUID, repo, err)
 	}
 	if chains == nil {
-		chains = []store.Chain{}
+		chains = []backup.Chain{}
 	}
 	return chains, nil
 }
 
 // Poison returns the newest limit poison records (DefaultPoisonLimit when
 // limit <= 0), oldest first, each payload cut to MaxPoisonRawReply bytes.
-func (c *Client) Poison(ctx context.Context, limit int) ([]store.PoisonRecord, error) {
-	var recs []store.PoisonRecord
+func (c *Client) Poison(ctx context.Context, limit int) ([]backup.PoisonRecord, error) {
+	var recs []backup.PoisonRecord
 	if err := c.call(ctx, SubjectPoisonList, PoisonRequest{Limit: limit}, &recs); err != nil {
 		return nil, fmt.Errorf("list poison records: %w", err)
 	}
 	if recs == nil {
-		recs = []store.PoisonRecord{}
+		recs = []backup.PoisonRecord{}
 	}
 	return recs, nil
 }
 
 // Stats returns the catalog's counts.
-func (c *Client) Stats(ctx context.Context) (store.Stats, error) {
-	var st store.Stats
+func (c *Client) Stats(ctx context.Context) (backup.Stats, error) {
+	var st backup.Stats
 	if err := c.call(ctx, SubjectStats, struct{}{}, &st); err != nil {
-		return store.Stats{}, fmt.Errorf("catalog stats: %w", err)
+		return backup.Stats{}, fmt.Errorf("catalog stats: %w", err)
 	}
 	return st, nil
 }
@@ -173,7 +173,7 @@ const AwaitInterval = 100 * time.Millisecond
 // What the catalog shows is durable: it applied the events from the
 // stream, so an outcome Await returns was stored, never just seen on the
 // wire.
-func (c *Client) Await(ctx context.Context, id string, done func(store.Job) bool) (store.Job, error) {
+func (c *Client) Await(ctx context.Context, id string, done func(backup.Job) bool) (backup.Job, error) {
 	var last error
 	for {
 		j, err := c.Job(ctx, id)
@@ -184,7 +184,7 @@ func (c *Client) Await(ctx context.Context, id string, done func(store.Job) bool
 		select {
 		case <-ctx.Done():
 			if last != nil {
-				return store.Job{}, fmt.Errorf("await job %s: %w (last answer: %w)", id, context.Cause(ctx), last)
+				return backup.Job{}, fmt.Errorf("await job %s: %w (last answer: %w)", id, context.Cause(ctx), last)
 			}
 			return j, fmt.Errorf("await job %s (status %s): %w", id, j.Status, context.Cause(ctx))
 		case <-time.After(AwaitInterval):

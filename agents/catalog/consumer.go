@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
 	"github.com/sendense/sendense/store"
@@ -521,8 +522,8 @@ func (c *consumer) storePoison(it item, aerr error) {
 // subject, stream sequence (its identity, so a redelivery or a replay
 // writes the same record), the raw payload, the reason, and the id and
 // job id when the payload is JSON enough to read them.
-func poisonRecord(subject string, seq uint64, data []byte, reason string) store.PoisonRecord {
-	rec := store.PoisonRecord{Subject: subject, Seq: seq, Raw: data, Reason: reason}
+func poisonRecord(subject string, seq uint64, data []byte, reason string) backup.PoisonRecord {
+	rec := backup.PoisonRecord{Subject: subject, Seq: seq, Raw: data, Reason: reason}
 	if len(data) <= schemas.MaxMessageBytes {
 		var ids struct {
 			ID    string `json:"id"`

@@ -11,10 +11,10 @@ import (
 	"time"
 
 	"github.com/sendense/sendense/agents/catalog/catalogtest"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/bus/bustest"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // The tests in this file are one behaviour suite, run against an embedded
@@ -122,7 +122,7 @@ func testDuplicates(t *testing.T, start bustest.StartFunc) {
 	r1 := e.start(Options{AckWait: 500 * time.Millisecond, withholdAcks: true, OnCommit: first.add})
 	e.waitFor("first catalog commits", func() bool { return first.count() >= stored })
 	r1.stop(t)
-	if j, err := e.cat.Job(j.ID); err != nil || j.Status != store.StatusCompleted {
+	if j, err := e.cat.Job(j.ID); err != nil || j.Status != backup.StatusCompleted {
 		t.Fatalf("after the first catalog: job %+v, %v; want completed", j, err)
 	}
 	dupsBefore := e.metric("sendense_catalog_events_duplicate_total")
@@ -156,7 +156,7 @@ func testShuffled(t *testing.T, start bustest.StartFunc) {
 	e.publish(catalogtest.Shuffle(inOrder, 42)...)
 	e.waitIdle()
 	requireEqual(t, reference(t, inOrder...), e.dump())
-	j := e.waitJob("job-s3", store.StatusCompleted)
+	j := e.waitJob("job-s3", backup.StatusCompleted)
 	if j.Attempt != 2 || len(j.Disks) != 3 {
 		t.Errorf("job-s3: attempt %d, %d disks; want 2, 3", j.Attempt, len(j.Disks))
 	}
@@ -225,7 +225,7 @@ func testPoison(t *testing.T, start bustest.StartFunc) {
 			seq := e.publishRaw(tc.subject, fmt.Sprintf("poison-%d", i), tc.payload)
 			probe := catalogtest.Job{ID: fmt.Sprintf("probe-%d", i), At: catalogtest.T0.Add(time.Duration(i) * time.Hour)}
 			e.publish(probe.Started())
-			e.waitJob(probe.ID, store.StatusRunning)
+			e.waitJob(probe.ID, backup.StatusRunning)
 
 			var adv termAdvisory
 			e.waitFor("terminated advisory", func() (ok bool) { adv, ok = e.termFor(seq); return ok })
@@ -246,7 +246,7 @@ func testPoison(t *testing.T, start bustest.StartFunc) {
 					if !strings.Contains(r.Reason, tc.wantReason) {
 						t.Errorf("poison record reason %q does not mention %q", r.Reason, tc.wantReason)
 					}
-					if len(tc.payload) <= store.MaxPoisonRaw && !bytes.Equal(r.Raw, tc.payload) {
+					if len(tc.payload) <= backup.MaxPoisonRaw && !bytes.Equal(r.Raw, tc.payload) {
 						t.Errorf("poison record keeps %d bytes, want the %d-byte payload", len(r.Raw), len(tc.payload))
 					}
 				}
@@ -275,15 +275,15 @@ func testPoison(t *testing.T, start bustest.StartFunc) {
 		e.publish(incomplete)
 		probe := catalogtest.Job{ID: "probe-store"}
 		e.publish(probe.Started())
-		e.waitJob(probe.ID, store.StatusRunning)
+		e.waitJob(probe.ID, backup.StatusRunning)
 		e.waitFor("store poison counted", func() bool {
 			return e.metric("sendense_catalog_events_poison_total", "stage", StageStore) == 1
 		})
-		if jb := e.waitJob(j.ID, store.StatusRunning); len(jb.Disks) != 2 {
+		if jb := e.waitJob(j.ID, backup.StatusRunning); len(jb.Disks) != 2 {
 			t.Errorf("job %s keeps %d disks, want 2", j.ID, len(jb.Disks))
 		}
 		recs, _ := e.cat.Poison()
-		if !slices.ContainsFunc(recs, func(r store.PoisonRecord) bool { return r.EventID == incomplete.ID }) {
+		if !slices.ContainsFunc(recs, func(r backup.PoisonRecord) bool { return r.EventID == incomplete.ID }) {
 			t.Errorf("no poison record for %s", incomplete.ID)
 		}
 		e.mu.Lock()
@@ -296,7 +296,7 @@ func testPoison(t *testing.T, start bustest.StartFunc) {
 		again := j
 		again.Attempt = 2
 		e.publish(again.Run()...)
-		e.waitJob(j.ID, store.StatusCompleted)
+		e.waitJob(j.ID, backup.StatusCompleted)
 	})
 	e.waitIdle()
 }
@@ -310,12 +310,12 @@ func testServerRestart(t *testing.T, start bustest.StartFunc) {
 	r := e.start(Options{AckWait: time.Second})
 	a := catalogtest.Job{ID: "job-before"}
 	e.publish(a.Run()...)
-	e.waitJob(a.ID, store.StatusCompleted)
+	e.waitJob(a.ID, backup.StatusCompleted)
 
 	e.srv.Restart(t)
 	b := a.Next("job-after")
 	e.publish(b.Run()...)
-	e.waitJob(b.ID, store.StatusCompleted)
+	e.waitJob(b.ID, backup.StatusCompleted)
 	e.waitIdle()
 	requireEqual(t, reference(t, slices.Concat(a.Run(), b.Run())...), e.dump())
 	r.stop(t) // before the restarted server's cleanup, which runs first

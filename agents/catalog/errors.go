@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/sendense/sendense/store"
+	"github.com/sendense/sendense/backup"
 )
 
 // Sentinel errors. Match them with errors.Is.
@@ -33,7 +33,7 @@ var (
 // Candidates are the newest of them (More: there are others).
 type AmbiguousError struct {
 	Prefix     string
-	Candidates []store.Job
+	Candidates []backup.Job
 	More       bool
 }
 
@@ -64,6 +64,6 @@ const (
 )
 
 // sentinels are the errors the service's codes stand for: a
-// *bus.ServiceError with code 404 matches store.ErrNotFound, with code 400
+// *bus.ServiceError with code 404 matches backup.ErrNotFound, with code 400
 // ErrBadRequest.
-var sentinels = map[string]error{CodeNotFound: store.ErrNotFound, CodeBadRequest: ErrBadRequest}
+var sentinels = map[string]error{CodeNotFound: backup.ErrNotFound, CodeBadRequest: ErrBadRequest}

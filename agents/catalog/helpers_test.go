@@ -18,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sendense/sendense/agents/catalog/catalogtest"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/bus/bustest"
 	"github.com/sendense/sendense/internal/testutil"
@@ -204,9 +205,9 @@ func (e *env) waitIdle() {
 }
 
 // waitJob waits until the catalog has job id with status.
-func (e *env) waitJob(id, status string) store.Job {
+func (e *env) waitJob(id, status string) backup.Job {
 	e.t.Helper()
-	var j store.Job
+	var j backup.Job
 	e.waitFor(fmt.Sprintf("job %s %s", id, status), func() bool {
 		var err error
 		j, err = e.cat.Job(id)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sendense/sendense/agents/catalog/catalogtest"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/bus/bustest"
 	"github.com/sendense/sendense/schemas"
@@ -35,10 +36,10 @@ func TestHubEvents(t *testing.T) {
 			}
 		}
 		r := e.start(Options{})
-		j := e.waitJob(full.ID, store.StatusPruned)
+		j := e.waitJob(full.ID, backup.StatusPruned)
 		e.waitIdle()
 		r.stop(t)
-		if j.Prune == nil || j.Prune.State != store.PruneDone || j.Prune.Disks[0].Child != inc.ID {
+		if j.Prune == nil || j.Prune.State != backup.PruneDone || j.Prune.Disks[0].Child != inc.ID {
 			t.Errorf("pruned job: %+v", j.Prune)
 		}
 		vm := catalogtest.VM(0).UUID
@@ -85,7 +86,7 @@ func TestVerifiedEvents(t *testing.T) {
 			t.Errorf("agent publisher sent backup.verified: %v", err)
 		}
 		r := e.start(Options{})
-		j := e.waitJob(full.ID, store.StatusCompleted)
+		j := e.waitJob(full.ID, backup.StatusCompleted)
 		for j.Verification == nil || j.Verification.Status != schemas.VerifyFailed {
 			time.Sleep(20 * time.Millisecond)
 			if j, err = e.cat.Job(full.ID); err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
 	"github.com/sendense/sendense/store"
@@ -35,20 +36,20 @@ type queue struct {
 }
 
 // queued returns the jobs of the requests waiting in the queue, oldest
-// first, as store.Jobs with status queued: id (the request's job_id, or
+// first, as store.Catalog.Jobs lists them, with status queued: id (the request's job_id, or
 // the one derived from its stream sequence), VM (as the request named
 // it), repository, requested type and by, request seq and created at (the
 // request's stream time). A request that does not decode is left out (the
 // agent taking it rejects it). No requests stream, or no right to read it,
 // gives an error.
-func (q *queue) queued(ctx context.Context) ([]store.Job, error) {
+func (q *queue) queued(ctx context.Context) ([]backup.Job, error) {
 	ctx, cancel := context.WithTimeout(ctx, queueReadTimeout)
 	defer cancel()
 	st, err := q.js.Stream(ctx, bus.StreamRequests)
 	if err != nil {
 		return nil, fmt.Errorf("read queued requests: stream %s: %w", bus.StreamRequests, err)
 	}
-	var jobs []store.Job
+	var jobs []backup.Job
 	for seq := uint64(1); len(jobs) < MaxQueuedRead; {
 		m, err := st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(bus.SubjectRequested))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -66,16 +67,16 @@ func (q *queue) queued(ctx context.Context) ([]store.Job, error) {
 		if id == "" {
 			id = bus.DeriveJobID(bus.StreamRequests, m.Sequence, m.Time)
 		}
-		jobs = append(jobs, store.Job{
+		jobs = append(jobs, backup.Job{
 			ID:            id,
-			Status:        store.StatusQueued,
+			Status:        backup.StatusQueued,
 			VM:            schemas.VMRef{Name: req.VM},
 			Repository:    cmp.Or(req.Repository, schemas.DefaultRepository),
 			RequestedType: cmp.Or(req.BackupType, schemas.TypeAuto),
 			RequestedBy:   req.RequestedBy,
 			RequestSeq:    m.Sequence,
 			CreatedAt:     m.Time.UTC(),
-			Disks:         []store.Disk{},
+			Disks:         []backup.Disk{},
 			EventIDs:      []string{},
 		})
 	}
@@ -85,10 +86,10 @@ func (q *queue) queued(ctx context.Context) ([]store.Job, error) {
 // unknown keeps the queued jobs the catalog has no record of: a request
 // an agent started is the catalog's job (running, or failed and waiting
 // for its retry).
-func unknown(cat *store.Catalog, queued []store.Job) []store.Job {
+func unknown(cat *store.Catalog, queued []backup.Job) []backup.Job {
 	out := queued[:0]
 	for _, j := range queued {
-		if _, err := cat.Job(j.ID); errors.Is(err, store.ErrNotFound) {
+		if _, err := cat.Job(j.ID); errors.Is(err, backup.ErrNotFound) {
 			out = append(out, j)
 		}
 	}
@@ -96,25 +97,25 @@ func unknown(cat *store.Catalog, queued []store.Job) []store.Job {
 }
 
 // queuedJob returns the queued job with this id, or an error wrapping
-// store.ErrNotFound.
-func (s *service) queuedJob(id string) (store.Job, error) {
+// backup.ErrNotFound.
+func (s *service) queuedJob(id string) (backup.Job, error) {
 	queued, err := s.q.queued(context.Background())
 	if err != nil {
 		s.log.Warn().Err(err).Msg("catalog service: queued jobs not shown")
-		return store.Job{}, fmt.Errorf("get job %s: %w", id, store.ErrNotFound)
+		return backup.Job{}, fmt.Errorf("get job %s: %w", id, backup.ErrNotFound)
 	}
 	for _, j := range queued {
 		if j.ID == id {
 			return j, nil
 		}
 	}
-	return store.Job{}, fmt.Errorf("get job %s: %w", id, store.ErrNotFound)
+	return backup.Job{}, fmt.Errorf("get job %s: %w", id, backup.ErrNotFound)
 }
 
-// matchQueued is store.JobFilter's match for a queued job, whose VM is
+// matchQueued is backup.JobFilter's match for a queued job, whose VM is
 // the request's words for it.
-func matchQueued(f store.JobFilter, j store.Job) bool {
-	if f.Status != "" && f.Status != store.StatusQueued {
+func matchQueued(f backup.JobFilter, j backup.Job) bool {
+	if f.Status != "" && f.Status != backup.StatusQueued {
 		return false
 	}
 	if f.VM != "" && !strings.EqualFold(j.VM.Name, f.VM) {
@@ -125,8 +126,8 @@ func matchQueued(f store.JobFilter, j store.Job) bool {
 
 // jobsWithQueued answers a jobs list: the catalog's jobs matching f and
 // the queued jobs matching it, newest first (created at, then id
-// descending, as store.Jobs), then f's offset and limit.
-func (s *service) jobsWithQueued(f store.JobFilter) ([]store.Job, error) {
+// descending, as store.Catalog.Jobs), then f's offset and limit.
+func (s *service) jobsWithQueued(f backup.JobFilter) ([]backup.Job, error) {
 	inner := f
 	inner.Offset = 0
 	if f.Limit > 0 {
@@ -136,7 +137,7 @@ func (s *service) jobsWithQueued(f store.JobFilter) ([]store.Job, error) {
 	if err != nil {
 		return nil, err
 	}
-	if f.Status != "" && f.Status != store.StatusQueued {
+	if f.Status != "" && f.Status != backup.StatusQueued {
 		return page(jobs, f), nil
 	}
 	queued, err := s.q.queued(context.Background())
@@ -149,7 +150,7 @@ func (s *service) jobsWithQueued(f store.JobFilter) ([]store.Job, error) {
 			jobs = append(jobs, j)
 		}
 	}
-	slices.SortStableFunc(jobs, func(a, b store.Job) int {
+	slices.SortStableFunc(jobs, func(a, b backup.Job) int {
 		if c := b.CreatedAt.Compare(a.CreatedAt); c != 0 {
 			return c
 		}
@@ -158,7 +159,7 @@ func (s *service) jobsWithQueued(f store.JobFilter) ([]store.Job, error) {
 	return page(jobs, f), nil
 }
 
-func page(jobs []store.Job, f store.JobFilter) []store.Job {
+func page(jobs []backup.Job, f backup.JobFilter) []backup.Job {
 	if f.Offset > 0 {
 		jobs = jobs[min(f.Offset, len(jobs)):]
 	}

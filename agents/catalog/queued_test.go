@@ -5,9 +5,9 @@ import (
 	"testing"
 
 	"github.com/sendense/sendense/agents/catalog/catalogtest"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/bus/bustest"
-	"github.com/sendense/sendense/store"
 )
 
 // TestQueuedJobs: requests waiting in BACKUP_REQUESTS (no agent took
@@ -56,44 +56,44 @@ func TestQueuedJobs(t *testing.T) {
 		if err != nil {
 			t.Fatalf("queued job: %v", err)
 		}
-		if j.Status != store.StatusQueued || j.VM.Name != "pgtest9" || j.RequestedType != "full" || j.RequestedBy != "alice" ||
+		if j.Status != backup.StatusQueued || j.VM.Name != "pgtest9" || j.RequestedType != "full" || j.RequestedBy != "alice" ||
 			j.RequestSeq != seqQueued || !j.CreatedAt.Equal(first.Time) || j.Repository != "default" {
 			t.Errorf("queued job = %+v, want queued pgtest9 full by alice seq %d created %s", j, seqQueued, first.Time)
 		}
-		if j, err := c.Job(ctx, derived); err != nil || j.Status != store.StatusQueued || j.VM.Name != "pgtest8" {
+		if j, err := c.Job(ctx, derived); err != nil || j.Status != backup.StatusQueued || j.VM.Name != "pgtest8" {
 			t.Errorf("raw request's job %s = %+v, %v; want queued pgtest8", derived, j, err)
 		}
-		if j, err := c.Job(ctx, "job-known"); err != nil || j.Status != store.StatusCompleted {
+		if j, err := c.Job(ctx, "job-known"); err != nil || j.Status != backup.StatusCompleted {
 			t.Errorf("known job = %+v, %v; want the catalog's completed record", j, err)
 		}
-		if _, err := c.Job(ctx, "job-nowhere"); !errors.Is(err, store.ErrNotFound) {
+		if _, err := c.Job(ctx, "job-nowhere"); !errors.Is(err, backup.ErrNotFound) {
 			t.Errorf("unknown job: %v, want ErrNotFound", err)
 		}
 		if j, err := c.ResolveJob(ctx, "job-queued"); err != nil || j.ID != "job-queued-1" {
 			t.Errorf("short id job-queued = %+v, %v", j, err)
 		}
 
-		q, err := c.Jobs(ctx, store.JobFilter{Status: store.StatusQueued})
+		q, err := c.Jobs(ctx, backup.JobFilter{Status: backup.StatusQueued})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if len(q) != 2 || q[0].ID != derived || q[1].ID != "job-queued-1" {
 			t.Errorf("queued jobs = %v, want [%s job-queued-1] (newest first)", ids(q), derived)
 		}
-		all, err := c.Jobs(ctx, store.JobFilter{})
+		all, err := c.Jobs(ctx, backup.JobFilter{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if len(all) != 3 || all[2].ID != "job-known" {
 			t.Errorf("all jobs = %v, want the 2 queued ones, then job-known", ids(all))
 		}
-		if got, _ := c.Jobs(ctx, store.JobFilter{Limit: 1, Offset: 1}); len(got) != 1 || got[0].ID != "job-queued-1" {
+		if got, _ := c.Jobs(ctx, backup.JobFilter{Limit: 1, Offset: 1}); len(got) != 1 || got[0].ID != "job-queued-1" {
 			t.Errorf("page 2 of 1 = %v, want [job-queued-1]", ids(got))
 		}
-		if got, _ := c.Jobs(ctx, store.JobFilter{VM: "pgtest9"}); len(got) != 1 || got[0].ID != "job-queued-1" {
+		if got, _ := c.Jobs(ctx, backup.JobFilter{VM: "pgtest9"}); len(got) != 1 || got[0].ID != "job-queued-1" {
 			t.Errorf("jobs of pgtest9 = %v, want [job-queued-1]", ids(got))
 		}
-		if got, _ := c.Jobs(ctx, store.JobFilter{Status: store.StatusCompleted}); len(got) != 1 || got[0].ID != "job-known" {
+		if got, _ := c.Jobs(ctx, backup.JobFilter{Status: backup.StatusCompleted}); len(got) != 1 || got[0].ID != "job-known" {
 			t.Errorf("completed jobs = %v, want [job-known]", ids(got))
 		}
 		info, err := reqs.Info(ctx)
@@ -106,7 +106,7 @@ func TestQueuedJobs(t *testing.T) {
 	})
 }
 
-func ids(jobs []store.Job) []string {
+func ids(jobs []backup.Job) []string {
 	out := make([]string, len(jobs))
 	for i, j := range jobs {
 		out[i] = j.ID

@@ -8,9 +8,9 @@ import (
 	"testing"
 
 	"github.com/sendense/sendense/agents/catalog/catalogtest"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus/bustest"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // A few hundred events of mixed jobs, with poison of both kinds among
@@ -118,10 +118,10 @@ func TestRebuild(t *testing.T) {
 			r := e.start(Options{})
 			next := catalogtest.Job{ID: "job-after-rebuild", VM: catalogtest.VM(7)}
 			e.publish(next.Run()...)
-			e.waitJob(next.ID, store.StatusCompleted)
+			e.waitJob(next.ID, backup.StatusCompleted)
 			r.stop(t)
 			got := e.dump()
-			if len(got.Jobs) != len(live.Jobs)+1 || !slices.ContainsFunc(got.Jobs, func(j store.Job) bool { return j.ID == next.ID }) {
+			if len(got.Jobs) != len(live.Jobs)+1 || !slices.ContainsFunc(got.Jobs, func(j backup.Job) bool { return j.ID == next.ID }) {
 				t.Errorf("after rebuild and more events: %d jobs, want %d", len(got.Jobs), len(live.Jobs)+1)
 			}
 		})

@@ -7,9 +7,9 @@ import (
 	"testing"
 
 	"github.com/sendense/sendense/agents/catalog/catalogtest"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus/bustest"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // TestResolveJobAndVMs: a full id or a unique prefix of >= 4 characters
@@ -40,8 +40,8 @@ func TestResolveJobAndVMs(t *testing.T) {
 		{"abce", "abce3333", nil},
 		{"abcd2", "abcd2222", nil},
 		{"abcd", "", ErrAmbiguous},
-		{"abc", "", store.ErrNotFound}, // too short for a prefix
-		{"zzzz", "", store.ErrNotFound},
+		{"abc", "", backup.ErrNotFound}, // too short for a prefix
+		{"zzzz", "", backup.ErrNotFound},
 	} {
 		j, err := c.ResolveJob(ctx, tt.arg)
 		if !errors.Is(err, tt.wantErr) || j.ID != tt.want {

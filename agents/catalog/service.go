@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 	"github.com/rs/zerolog"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
 	"github.com/sendense/sendense/store"
@@ -95,7 +96,7 @@ func (s *service) handler(subject string, fn func([]byte) (any, error)) micro.Ha
 			}
 		}
 		switch {
-		case errors.Is(err, store.ErrNotFound):
+		case errors.Is(err, backup.ErrNotFound):
 			s.respondError(req, subject, CodeNotFound, err.Error())
 		case errors.Is(err, ErrBadRequest), errors.Is(err, store.ErrInvalid):
 			s.respondError(req, subject, CodeBadRequest, err.Error())
@@ -132,7 +133,7 @@ func (s *service) job(data []byte) (any, error) {
 		return nil, badRequest("id is required")
 	}
 	j, err := s.cat.Job(r.ID)
-	if errors.Is(err, store.ErrNotFound) {
+	if errors.Is(err, backup.ErrNotFound) {
 		return s.queuedJob(r.ID)
 	}
 	return j, err
@@ -143,7 +144,7 @@ func (s *service) jobs(data []byte) (any, error) {
 	if err := decode(data, &r); err != nil {
 		return nil, err
 	}
-	return s.jobsWithQueued(store.JobFilter{VM: r.VM, Status: r.Status, IDPrefix: r.IDPrefix, Offset: r.Offset, Limit: r.Limit})
+	return s.jobsWithQueued(backup.JobFilter{VM: r.VM, Status: r.Status, IDPrefix: r.IDPrefix, Offset: r.Offset, Limit: r.Limit})
 }
 
 func (s *service) vms([]byte) (any, error) { return s.cat.VMs() }

@@ -8,9 +8,9 @@ import (
 	"time"
 
 	"github.com/sendense/sendense/agents/catalog/catalogtest"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus/bustest"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 func TestService(t *testing.T) {
@@ -26,7 +26,7 @@ func TestService(t *testing.T) {
 			t.Fatal(err)
 		}
 		raw := bytes.Repeat([]byte("x"), 10_000)
-		if err := e.cat.RecordPoison(store.PoisonRecord{Subject: "backup.started", Seq: 99, Reason: "test", Raw: raw}); err != nil {
+		if err := e.cat.RecordPoison(backup.PoisonRecord{Subject: "backup.started", Seq: 99, Reason: "test", Raw: raw}); err != nil {
 			t.Fatal(err)
 		}
 
@@ -47,11 +47,11 @@ func TestService(t *testing.T) {
 				t.Fatal(err)
 			}
 			want, _ := e.cat.Job("job-incr")
-			if got.Status != store.StatusCompleted || !slices.Equal(got.EventIDs, want.EventIDs) || len(got.Disks) != 2 {
+			if got.Status != backup.StatusCompleted || !slices.Equal(got.EventIDs, want.EventIDs) || len(got.Disks) != 2 {
 				t.Errorf("job-incr = %+v, want %+v", got, want)
 			}
-			if _, err := c.Job(ctx, "no-such-job"); !errors.Is(err, store.ErrNotFound) {
-				t.Errorf("unknown job: %v, want store.ErrNotFound", err)
+			if _, err := c.Job(ctx, "no-such-job"); !errors.Is(err, backup.ErrNotFound) {
+				t.Errorf("unknown job: %v, want backup.ErrNotFound", err)
 			}
 			if _, err := c.Job(ctx, ""); !errors.Is(err, ErrBadRequest) {
 				t.Errorf("empty id: %v, want ErrBadRequest", err)
@@ -59,17 +59,17 @@ func TestService(t *testing.T) {
 		})
 		t.Run("Jobs", func(t *testing.T) {
 			tests := []struct {
-				f       store.JobFilter
+				f       backup.JobFilter
 				want    []string
 				wantErr error
 			}{
-				{store.JobFilter{}, []string{"job-failed", "job-incr", "job-full", "job-rejected"}, nil},
-				{store.JobFilter{VM: "vm-03"}, []string{"job-failed", "job-incr", "job-full"}, nil},
-				{store.JobFilter{VM: catalogtest.VM(3).UUID, Status: store.StatusCompleted}, []string{"job-incr", "job-full"}, nil},
-				{store.JobFilter{Status: store.StatusRejected}, []string{"job-rejected"}, nil},
-				{store.JobFilter{Limit: 1}, []string{"job-failed"}, nil},
-				{store.JobFilter{VM: "nobody"}, []string{}, nil},
-				{store.JobFilter{Status: "lost"}, nil, ErrBadRequest},
+				{backup.JobFilter{}, []string{"job-failed", "job-incr", "job-full", "job-rejected"}, nil},
+				{backup.JobFilter{VM: "vm-03"}, []string{"job-failed", "job-incr", "job-full"}, nil},
+				{backup.JobFilter{VM: catalogtest.VM(3).UUID, Status: backup.StatusCompleted}, []string{"job-incr", "job-full"}, nil},
+				{backup.JobFilter{Status: backup.StatusRejected}, []string{"job-rejected"}, nil},
+				{backup.JobFilter{Limit: 1}, []string{"job-failed"}, nil},
+				{backup.JobFilter{VM: "nobody"}, []string{}, nil},
+				{backup.JobFilter{Status: "lost"}, nil, ErrBadRequest},
 			}
 			for _, tc := range tests {
 				jobs, err := c.Jobs(ctx, tc.f)
@@ -99,8 +99,8 @@ func TestService(t *testing.T) {
 			if err != nil || head.JobID != "job-incr" || head.ChangeID != incr.ChangeIDOf(disks[1]) {
 				t.Errorf("chain head = %+v, %v; want job-incr", head, err)
 			}
-			if _, err := c.ChainHead(ctx, uuid, 2999, "default"); !errors.Is(err, store.ErrNotFound) {
-				t.Errorf("head of unknown disk: %v, want store.ErrNotFound", err)
+			if _, err := c.ChainHead(ctx, uuid, 2999, "default"); !errors.Is(err, backup.ErrNotFound) {
+				t.Errorf("head of unknown disk: %v, want backup.ErrNotFound", err)
 			}
 			if links, err := c.Chain(ctx, uuid, 2999, ""); err != nil || len(links) != 0 {
 				t.Errorf("chain of unknown disk: %v, %v; want empty", links, err)
@@ -122,7 +122,7 @@ func TestService(t *testing.T) {
 				t.Errorf("poison record: %d raw bytes, truncated %v, seq %d", len(recs[0].Raw), recs[0].Truncated, recs[0].Seq)
 			}
 			st, err := c.Stats(ctx)
-			if err != nil || st.Jobs != 4 || st.ByStatus[store.StatusCompleted] != 2 || st.Links != 4 {
+			if err != nil || st.Jobs != 4 || st.ByStatus[backup.StatusCompleted] != 2 || st.Links != 4 {
 				t.Errorf("stats = %+v, %v", st, err)
 			}
 		})

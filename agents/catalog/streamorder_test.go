@@ -7,9 +7,9 @@ import (
 	"time"
 
 	"github.com/sendense/sendense/agents/catalog/catalogtest"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus/bustest"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // TestStreamOrder: the consumer and a replay file each event with the
@@ -30,7 +30,7 @@ func TestStreamOrder(t *testing.T) {
 		r := e.start(Options{})
 		e.waitIdle()
 		r.stop(t)
-		if j := e.waitJob(a1.ID, store.StatusCompleted); j.Attempt != 2 || len(j.PoisonedEventIDs) != 1 {
+		if j := e.waitJob(a1.ID, backup.StatusCompleted); j.Attempt != 2 || len(j.PoisonedEventIDs) != 1 {
 			t.Errorf("job = %+v, want completed at attempt 2 with attempt 1's completed poisoned", j)
 		}
 		live := e.dump()

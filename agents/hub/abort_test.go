@@ -5,8 +5,8 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/sendense/sendense/agents/hub"
-	"github.com/sendense/sendense/store"
+	"github.com/sendense/sendense/agents/hub/repoapi"
+	"github.com/sendense/sendense/backup"
 )
 
 // TestAbortKeepsCompletedBackup: sendense.repo.target.abort, which every
@@ -20,10 +20,10 @@ func TestAbortKeepsCompletedBackup(t *testing.T) {
 	raw := filepath.Join(t.TempDir(), "disk.raw")
 	writeRaw(t, raw, 41)
 	e.fullBackup(t, "job-done", raw)
-	e.catalog.set(job("job-done", store.StatusCompleted, "", testDisk))
+	e.catalog.set(job("job-done", backup.StatusCompleted, "", testDisk))
 	path := e.diskPath(testDisk, "job-done")
-	if err := e.client.Abort(ctx, ref("job-done")); serviceCode(err) != hub.CodeConflict {
-		t.Errorf("abort of a completed job's target: %v, want code %s", err, hub.CodeConflict)
+	if err := e.client.Abort(ctx, ref("job-done")); serviceCode(err) != repoapi.CodeConflict {
+		t.Errorf("abort of a completed job's target: %v, want code %s", err, repoapi.CodeConflict)
 	}
 	if _, err := os.Stat(path); err != nil {
 		t.Errorf("completed backup removed by an abort: %v", err)
@@ -31,7 +31,7 @@ func TestAbortKeepsCompletedBackup(t *testing.T) {
 
 	// A closed target of a job the catalog shows failed goes.
 	e.fullBackup(t, "job-failed", raw)
-	e.catalog.set(job("job-failed", store.StatusFailed, "", testDisk))
+	e.catalog.set(job("job-failed", backup.StatusFailed, "", testDisk))
 	if err := e.client.Abort(ctx, ref("job-failed")); err != nil {
 		t.Errorf("abort of a failed job's closed target: %v", err)
 	}

@@ -8,8 +8,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
-	"github.com/sendense/sendense/store"
 )
 
 // Catalog is what the repository service asks the catalog: whether a job
@@ -17,14 +17,14 @@ import (
 // *catalog.Client implements it; it must be safe for concurrent use.
 type Catalog interface {
 	// Job returns one job; an unknown job is an error matching
-	// store.ErrNotFound.
-	Job(ctx context.Context, id string) (store.Job, error)
+	// backup.ErrNotFound.
+	Job(ctx context.Context, id string) (backup.Job, error)
 	// Jobs returns the jobs matching f (the service asks for completed
 	// ones only).
-	Jobs(ctx context.Context, f store.JobFilter) ([]store.Job, error)
+	Jobs(ctx context.Context, f backup.JobFilter) ([]backup.Job, error)
 	// Chains returns the completed backups of every disk of a VM in one
 	// repository.
-	Chains(ctx context.Context, vmUUID, repo string) ([]store.Chain, error)
+	Chains(ctx context.Context, vmUUID, repo string) ([]backup.Chain, error)
 }
 
 // CatalogProgress tells whether the catalog has applied everything

@@ -17,6 +17,8 @@ import (
 	"github.com/sendense/sendense/agents/catalog"
 	"github.com/sendense/sendense/agents/catalog/catalogtest"
 	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/agents/hub/repoapi"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/bus/bustest"
 	"github.com/sendense/sendense/manifest"
@@ -134,8 +136,8 @@ func TestCheckOnlyAdmin(t *testing.T) {
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	<-ready
 
-	admin := hub.NewClient(s.Connect(t, bus.Identity{Role: bus.RoleAdmin}).Conn)
-	rep, err := admin.Check(ctx, hub.CheckRequest{DryRun: true})
+	admin := repoapi.NewClient(s.Connect(t, bus.Identity{Role: bus.RoleAdmin}).Conn)
+	rep, err := admin.Check(ctx, repoapi.CheckRequest{DryRun: true})
 	if err != nil {
 		t.Fatalf("admin's check: %v", err)
 	}
@@ -144,39 +146,39 @@ func TestCheckOnlyAdmin(t *testing.T) {
 	}
 	for _, id := range []bus.Identity{bus.AgentIdentity("node1"), {Role: bus.RoleRequester}, {Role: bus.RoleMonitor}} {
 		c := s.Connect(t, id)
-		cl := hub.NewClient(c.Conn)
+		cl := repoapi.NewClient(c.Conn)
 		cctx, ccancel := context.WithTimeout(ctx, time.Second)
-		_, err := cl.Check(cctx, hub.CheckRequest{})
+		_, err := cl.Check(cctx, repoapi.CheckRequest{})
 		ccancel()
 		if err == nil {
 			t.Errorf("%s called sendense.repo.check", id)
 		}
 		_ = c.Flush()
-		if le := c.LastError(); !errors.Is(le, nats.ErrPermissionViolation) || !strings.Contains(le.Error(), hub.SubjectCheck) {
-			t.Errorf("%s calling check: last error %v, want a permission violation on %s", id, le, hub.SubjectCheck)
+		if le := c.LastError(); !errors.Is(le, nats.ErrPermissionViolation) || !strings.Contains(le.Error(), repoapi.SubjectCheck) {
+			t.Errorf("%s calling check: last error %v, want a permission violation on %s", id, le, repoapi.SubjectCheck)
 		}
 	}
 	// Verify and manifest reads are admin's too.
-	if _, err := admin.Verify(ctx, hub.VerifyRequest{JobID: "job-unknown"}); !errors.Is(err, hub.ErrNotFound) {
+	if _, err := admin.Verify(ctx, repoapi.VerifyRequest{JobID: "job-unknown"}); !errors.Is(err, repoapi.ErrNotFound) {
 		t.Errorf("admin's verify of an unknown job: %v, want ErrNotFound", err)
 	}
 	for _, id := range []bus.Identity{bus.AgentIdentity("node1"), {Role: bus.RoleRequester}, {Role: bus.RoleMonitor}, {Role: bus.RoleCatalog}} {
 		for _, call := range []struct {
 			subject string
-			do      func(context.Context, *hub.Client) error
+			do      func(context.Context, *repoapi.Client) error
 		}{
-			{hub.SubjectVerify, func(ctx context.Context, c *hub.Client) error {
-				_, err := c.Verify(ctx, hub.VerifyRequest{All: true})
+			{repoapi.SubjectVerify, func(ctx context.Context, c *repoapi.Client) error {
+				_, err := c.Verify(ctx, repoapi.VerifyRequest{All: true})
 				return err
 			}},
-			{hub.SubjectManifest, func(ctx context.Context, c *hub.Client) error {
+			{repoapi.SubjectManifest, func(ctx context.Context, c *repoapi.Client) error {
 				_, _, err := c.Manifest(ctx, ref("job-x"))
 				return err
 			}},
 		} {
 			c := s.Connect(t, id)
 			cctx, ccancel := context.WithTimeout(ctx, time.Second)
-			err := call.do(cctx, hub.NewClient(c.Conn))
+			err := call.do(cctx, repoapi.NewClient(c.Conn))
 			ccancel()
 			if err == nil {
 				t.Errorf("%s called %s", id, call.subject)
@@ -190,11 +192,11 @@ func TestCheckOnlyAdmin(t *testing.T) {
 	// Agents still reach the target endpoints, digests included (no
 	// target is open: not found, no permission violation).
 	agentConn := s.Connect(t, bus.AgentIdentity("node1"))
-	agent := hub.NewClient(agentConn.Conn)
+	agent := repoapi.NewClient(agentConn.Conn)
 	if _, err := agent.Info(ctx, testRepo); err != nil {
 		t.Errorf("agent's info: %v", err)
 	}
-	if err := agent.Digests(ctx, ref("job-x"), []manifest.Entry{{Index: 0}}); !errors.Is(err, hub.ErrNotFound) {
+	if err := agent.Digests(ctx, ref("job-x"), []manifest.Entry{{Index: 0}}); !errors.Is(err, repoapi.ErrNotFound) {
 		t.Errorf("agent's digests for no open target: %v, want ErrNotFound", err)
 	}
 	_ = agentConn.Flush()
@@ -251,7 +253,7 @@ func TestReconcileWithCatalog(t *testing.T) {
 			t.Fatalf("file removed by a skipped round: %v", err)
 		}
 	}
-	if j, err := catalog.NewClient(e.nats.Conn).Job(ctx, "job-late"); !errors.Is(err, store.ErrNotFound) {
+	if j, err := catalog.NewClient(e.nats.Conn).Job(ctx, "job-late"); !errors.Is(err, backup.ErrNotFound) {
 		t.Fatalf("job-late in the catalog before its consumer runs again: %+v, %v", j, err)
 	}
 	rc.startConsumer(t, e.nats)
@@ -270,7 +272,7 @@ func TestReconcileWithCatalog(t *testing.T) {
 		}
 	}
 	j, err := catalog.NewClient(e.nats.Conn).Job(ctx, "job-late")
-	if err != nil || j.Status != store.StatusCompleted || j.Repository != schemas.DefaultRepository {
+	if err != nil || j.Status != backup.StatusCompleted || j.Repository != schemas.DefaultRepository {
 		t.Errorf("job-late in the catalog: %+v, %v", j, err)
 	}
 }

@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sendense/sendense/agents/hub"
-	"github.com/sendense/sendense/store"
+	"github.com/sendense/sendense/agents/hub/repoapi"
+	"github.com/sendense/sendense/backup"
 )
 
 // TestCheck: sendense.repo.check reports every completed disk whose file
@@ -26,18 +26,18 @@ func TestCheck(t *testing.T) {
 	e.makeFile(t, "job-notfull", "job-full", "", old)
 	orphan := e.makeFile(t, "job-orphan", "", "", old)
 	e.catalog.set(
-		job("job-full", store.StatusCompleted, "", testDisk),
-		job("job-inc", store.StatusCompleted, "job-full", testDisk),
-		job("job-gone", store.StatusCompleted, "", testDisk),
-		job("job-wrong", store.StatusCompleted, "job-inc", testDisk),
-		job("job-notfull", store.StatusCompleted, "", testDisk),
-		job("job-orphan", store.StatusFailed, "", testDisk),
+		job("job-full", backup.StatusCompleted, "", testDisk),
+		job("job-inc", backup.StatusCompleted, "job-full", testDisk),
+		job("job-gone", backup.StatusCompleted, "", testDisk),
+		job("job-wrong", backup.StatusCompleted, "job-inc", testDisk),
+		job("job-notfull", backup.StatusCompleted, "", testDisk),
+		job("job-orphan", backup.StatusFailed, "", testDisk),
 	)
-	elsewhere := job("job-elsewhere", store.StatusCompleted, "", testDisk)
+	elsewhere := job("job-elsewhere", backup.StatusCompleted, "", testDisk)
 	elsewhere.Repository = "elsewhere"
 	e.catalog.set(elsewhere)
 
-	rep, err := e.client.Check(ctx, hub.CheckRequest{Repository: testRepo, DryRun: true})
+	rep, err := e.client.Check(ctx, repoapi.CheckRequest{Repository: testRepo, DryRun: true})
 	if err != nil {
 		t.Fatalf("check: %v", err)
 	}
@@ -45,9 +45,9 @@ func TestCheck(t *testing.T) {
 		t.Errorf("report %+v, want 5 disks of %s checked, dry run", rep, testRepo)
 	}
 	want := []struct{ job, problem, detail string }{
-		{"job-gone", hub.ProblemMissing, ""},
-		{"job-notfull", hub.ProblemBacking, `backing file "job-full.qcow2", the catalog says a full`},
-		{"job-wrong", hub.ProblemBacking, `backing file "job-full.qcow2", the catalog says "job-inc.qcow2"`},
+		{"job-gone", repoapi.ProblemMissing, ""},
+		{"job-notfull", repoapi.ProblemBacking, `backing file "job-full.qcow2", the catalog says a full`},
+		{"job-wrong", repoapi.ProblemBacking, `backing file "job-full.qcow2", the catalog says "job-inc.qcow2"`},
 	}
 	if len(rep.Problems) != len(want) {
 		t.Fatalf("problems %+v, want %d", rep.Problems, len(want))
@@ -71,7 +71,7 @@ func TestCheck(t *testing.T) {
 
 	// The catalog behind: problems still, orphans not looked for.
 	e.progress.set(errBehind)
-	rep, err = e.client.Check(ctx, hub.CheckRequest{})
+	rep, err = e.client.Check(ctx, repoapi.CheckRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +83,7 @@ func TestCheck(t *testing.T) {
 	}
 
 	e.progress.set(nil)
-	rep, err = e.client.Check(ctx, hub.CheckRequest{})
+	rep, err = e.client.Check(ctx, repoapi.CheckRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,12 +92,12 @@ func TestCheck(t *testing.T) {
 	}
 	assertNoFile(t, orphan)
 
-	if _, err := e.client.Check(ctx, hub.CheckRequest{Repository: "nope"}); serviceCode(err) != hub.CodeUnknownRepository {
-		t.Errorf("check of an unknown repository: %v, want code %s", err, hub.CodeUnknownRepository)
+	if _, err := e.client.Check(ctx, repoapi.CheckRequest{Repository: "nope"}); serviceCode(err) != repoapi.CodeUnknownRepository {
+		t.Errorf("check of an unknown repository: %v, want code %s", err, repoapi.CodeUnknownRepository)
 	}
 	e.catalog.fail(os.ErrDeadlineExceeded)
-	if _, err := e.client.Check(ctx, hub.CheckRequest{}); serviceCode(err) != hub.CodeUnavailable {
-		t.Errorf("check without a catalog answering: %v, want code %s", err, hub.CodeUnavailable)
+	if _, err := e.client.Check(ctx, repoapi.CheckRequest{}); serviceCode(err) != repoapi.CodeUnavailable {
+		t.Errorf("check without a catalog answering: %v, want code %s", err, repoapi.CodeUnavailable)
 	}
 }
 
@@ -109,11 +109,11 @@ func TestCheckClean(t *testing.T) {
 	e.makeFile(t, "job-inc", "job-full", "", old)
 	e.makeFile(t, "job-running", "job-inc", "", time.Time{})
 	e.catalog.set(
-		job("job-full", store.StatusCompleted, "", testDisk),
-		job("job-inc", store.StatusCompleted, "job-full", testDisk),
-		job("job-running", store.StatusRunning, "job-inc", testDisk),
+		job("job-full", backup.StatusCompleted, "", testDisk),
+		job("job-inc", backup.StatusCompleted, "job-full", testDisk),
+		job("job-running", backup.StatusRunning, "job-inc", testDisk),
 	)
-	rep, err := e.client.Check(testCtx(t), hub.CheckRequest{})
+	rep, err := e.client.Check(testCtx(t), repoapi.CheckRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}

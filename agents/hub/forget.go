@@ -13,11 +13,12 @@ import (
 	"github.com/nats-io/nuid"
 	"github.com/rs/zerolog"
 
+	"github.com/sendense/sendense/agents/hub/repoapi"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/repository"
 	"github.com/sendense/sendense/retention"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // EventPublisher publishes the hub's events about completed jobs;
@@ -45,7 +46,7 @@ const pruneWait = 30 * time.Second
 
 // forget answers sendense.repo.forget (see SubjectForget).
 func (s *RepoService) forget(ctx context.Context, data []byte) (any, error) {
-	var req ForgetRequest
+	var req repoapi.ForgetRequest
 	if err := decode(data, &req); err != nil {
 		return nil, err
 	}
@@ -65,19 +66,19 @@ func (s *RepoService) forget(ctx context.Context, data []byte) (any, error) {
 // or the service cannot publish, and CodeRepositoryFull when the file
 // system is full; nothing is lost then, and what was begun is finished by
 // the next Forget or at the hub's next start.
-func (s *RepoService) Forget(ctx context.Context, req ForgetRequest) (ForgetReply, error) {
+func (s *RepoService) Forget(ctx context.Context, req repoapi.ForgetRequest) (repoapi.ForgetReply, error) {
 	if req.Repository == "" {
 		req.Repository = schemas.DefaultRepository
 	}
-	reply := ForgetReply{Repository: req.Repository, DryRun: req.DryRun, VMs: []ForgetVM{}}
+	reply := repoapi.ForgetReply{Repository: req.Repository, DryRun: req.DryRun, VMs: []repoapi.ForgetVM{}}
 	switch {
 	case req.All && req.VM != "":
-		return reply, coded(CodeBadRequest, errors.New("forget: give a vm or all, not both"))
+		return reply, coded(repoapi.CodeBadRequest, errors.New("forget: give a vm or all, not both"))
 	case !req.All && req.VM == "":
-		return reply, coded(CodeBadRequest, errors.New("forget: give a vm (name or instance uuid) or all"))
+		return reply, coded(repoapi.CodeBadRequest, errors.New("forget: give a vm (name or instance uuid) or all"))
 	}
 	if err := req.Policy.Validate(); err != nil {
-		return reply, coded(CodeBadRequest, fmt.Errorf("forget: %w", err))
+		return reply, coded(repoapi.CodeBadRequest, fmt.Errorf("forget: %w", err))
 	}
 	r, err := s.repo(req.Repository)
 	if err != nil {
@@ -91,7 +92,7 @@ func (s *RepoService) Forget(ctx context.Context, req ForgetRequest) (ForgetRepl
 		return reply, err
 	}
 	if len(vms) == 0 && !req.All {
-		return reply, coded(CodeNotFound, fmt.Errorf("forget: vm %q has no completed backup in repository %s", req.VM, req.Repository))
+		return reply, coded(repoapi.CodeNotFound, fmt.Errorf("forget: vm %q has no completed backup in repository %s", req.VM, req.Repository))
 	}
 	for _, uuid := range sortedKeys(vms) {
 		fv, err := s.forgetVM(ctx, r, req, uuid)
@@ -113,11 +114,11 @@ func (s *RepoService) Forget(ctx context.Context, req ForgetRequest) (ForgetRepl
 func (s *RepoService) canPrune(dryRun bool) error {
 	switch {
 	case s.opts.Catalog == nil || s.opts.Progress == nil:
-		return coded(CodeUnavailable, errors.New("forget: the repository service has no catalog configured"))
+		return coded(repoapi.CodeUnavailable, errors.New("forget: the repository service has no catalog configured"))
 	case dryRun:
 		return nil
 	case s.opts.Publisher == nil || s.opts.LeaseTaker == nil:
-		return coded(CodeUnavailable, errors.New("forget: the repository service has no event publisher or leases configured"))
+		return coded(repoapi.CodeUnavailable, errors.New("forget: the repository service has no event publisher or leases configured"))
 	}
 	return nil
 }
@@ -125,17 +126,17 @@ func (s *RepoService) canPrune(dryRun bool) error {
 // completedByVM returns the completed jobs (pending prunes included) of
 // the VM named vm ("" for every VM) in repo, by VM UUID, once the catalog
 // has applied everything stored.
-func (s *RepoService) completedByVM(ctx context.Context, vm, repo string) (map[string][]store.Job, error) {
+func (s *RepoService) completedByVM(ctx context.Context, vm, repo string) (map[string][]backup.Job, error) {
 	if err := awaitCaughtUp(ctx, s.opts.Progress, catalogWait); err != nil {
-		return nil, coded(CodeUnavailable, fmt.Errorf("forget: catalog not caught up: %w", err))
+		return nil, coded(repoapi.CodeUnavailable, fmt.Errorf("forget: catalog not caught up: %w", err))
 	}
-	jobs, err := s.opts.Catalog.Jobs(ctx, store.JobFilter{Status: store.StatusCompleted, VM: vm})
+	jobs, err := s.opts.Catalog.Jobs(ctx, backup.JobFilter{Status: backup.StatusCompleted, VM: vm})
 	if err != nil {
-		return nil, coded(CodeUnavailable, fmt.Errorf("forget: list completed jobs: %w", err))
+		return nil, coded(repoapi.CodeUnavailable, fmt.Errorf("forget: list completed jobs: %w", err))
 	}
-	out := map[string][]store.Job{}
+	out := map[string][]backup.Job{}
 	for _, j := range jobs {
-		if j.Status == store.StatusCompleted && repoName(j.Repository) == repo && j.VM.UUID != "" {
+		if j.Status == backup.StatusCompleted && repoName(j.Repository) == repo && j.VM.UUID != "" {
 			out[j.VM.UUID] = append(out[j.VM.UUID], j)
 		}
 	}
@@ -143,8 +144,8 @@ func (s *RepoService) completedByVM(ctx context.Context, vm, repo string) (map[s
 }
 
 // forgetVM plans and (unless DryRun) runs the policy for one VM.
-func (s *RepoService) forgetVM(ctx context.Context, r *repository.Repo, req ForgetRequest, vmUUID string) (ForgetVM, error) {
-	fv := ForgetVM{VM: schemas.VMRef{UUID: vmUUID}, Points: []ForgetPoint{}}
+func (s *RepoService) forgetVM(ctx context.Context, r *repository.Repo, req repoapi.ForgetRequest, vmUUID string) (repoapi.ForgetVM, error) {
+	fv := repoapi.ForgetVM{VM: schemas.VMRef{UUID: vmUUID}, Points: []repoapi.ForgetPoint{}}
 	log := s.log.With().Str("vm_uuid", vmUUID).Str("repository", req.Repository).Logger()
 	var lease *bus.Lease
 	if !req.DryRun {
@@ -170,15 +171,15 @@ func (s *RepoService) forgetVM(ctx context.Context, r *repository.Repo, req Forg
 	}
 	jobs := vms[vmUUID]
 	if len(jobs) == 0 {
-		return fv, coded(CodeNotFound, fmt.Errorf("forget: vm %s has no completed backup in repository %s", vmUUID, req.Repository))
+		return fv, coded(repoapi.CodeNotFound, fmt.Errorf("forget: vm %s has no completed backup in repository %s", vmUUID, req.Repository))
 	}
 	fv.VM = jobs[0].VM
 	points := make([]retention.Point, 0, len(jobs))
-	byID := map[string]store.Job{}
+	byID := map[string]backup.Job{}
 	var pending []string
 	for _, j := range jobs {
 		byID[j.ID] = j
-		if j.Prune != nil && j.Prune.State == store.PrunePending {
+		if j.Prune != nil && j.Prune.State == backup.PrunePending {
 			pending = append(pending, j.ID)
 			continue
 		}
@@ -186,20 +187,20 @@ func (s *RepoService) forgetVM(ctx context.Context, r *repository.Repo, req Forg
 	}
 	decisions, err := retention.Apply(points, req.Policy, time.Local)
 	if err != nil {
-		return fv, coded(CodeBadRequest, fmt.Errorf("forget: %w", err))
+		return fv, coded(repoapi.CodeBadRequest, fmt.Errorf("forget: %w", err))
 	}
 	remove := slices.Clone(pending)
 	for _, id := range pending {
 		j := byID[id]
-		fv.Points = append(fv.Points, ForgetPoint{JobID: id, Time: j.FinishedAt, Reasons: []string{"prune pending"}})
+		fv.Points = append(fv.Points, repoapi.ForgetPoint{JobID: id, Time: j.FinishedAt, Reasons: []string{"prune pending"}})
 	}
 	for _, d := range decisions {
-		fv.Points = append(fv.Points, ForgetPoint{JobID: d.Point.ID, Time: d.Point.Time, Keep: d.Keep, Reasons: d.Reasons})
+		fv.Points = append(fv.Points, repoapi.ForgetPoint{JobID: d.Point.ID, Time: d.Point.Time, Keep: d.Keep, Reasons: d.Reasons})
 		if !d.Keep {
 			remove = append(remove, d.Point.ID)
 		}
 	}
-	slices.SortStableFunc(fv.Points, func(a, b ForgetPoint) int {
+	slices.SortStableFunc(fv.Points, func(a, b repoapi.ForgetPoint) int {
 		return cmp.Or(b.Time.Compare(a.Time), strings.Compare(b.JobID, a.JobID))
 	})
 	if req.DryRun || len(remove) == 0 {
@@ -223,10 +224,10 @@ func (s *RepoService) beginPrune(vmUUID string) (release func(), err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.pruning[vmUUID] {
-		return nil, coded(CodeBusy, fmt.Errorf("vm %s is being pruned already", vmUUID))
+		return nil, coded(repoapi.CodeBusy, fmt.Errorf("vm %s is being pruned already", vmUUID))
 	}
 	if n := s.restoring[vmUUID]; n > 0 {
-		return nil, coded(CodeBusy, fmt.Errorf("vm %s has %d restore export(s) open or verification(s) running: let them end first", vmUUID, n))
+		return nil, coded(repoapi.CodeBusy, fmt.Errorf("vm %s has %d restore export(s) open or verification(s) running: let them end first", vmUUID, n))
 	}
 	s.pruning[vmUUID] = true
 	return func() {
@@ -273,9 +274,9 @@ func (s *RepoService) takeLease(ctx context.Context, vmUUID string) (*bus.Lease,
 	var held *bus.HeldError
 	switch {
 	case errors.As(err, &held):
-		return nil, coded(CodeBusy, fmt.Errorf("vm %s is busy: its lease is held by %s (a backup runs); try again later", vmUUID, held.Holder))
+		return nil, coded(repoapi.CodeBusy, fmt.Errorf("vm %s is busy: its lease is held by %s (a backup runs); try again later", vmUUID, held.Holder))
 	case err != nil:
-		return nil, coded(CodeUnavailable, fmt.Errorf("take the lease of vm %s: %w", vmUUID, err))
+		return nil, coded(repoapi.CodeUnavailable, fmt.Errorf("take the lease of vm %s: %w", vmUUID, err))
 	}
 	return lease, nil
 }
@@ -289,10 +290,10 @@ type link struct {
 // prunePoints removes the points remove of one VM, oldest first, and
 // returns those the catalog shows pruned. byID holds the VM's completed
 // jobs. The caller holds the VM's lease (ctx ends when it is lost).
-func (s *RepoService) prunePoints(ctx context.Context, r *repository.Repo, repo, vmUUID string, byID map[string]store.Job, remove []string, log zerolog.Logger) ([]string, error) {
+func (s *RepoService) prunePoints(ctx context.Context, r *repository.Repo, repo, vmUUID string, byID map[string]backup.Job, remove []string, log zerolog.Logger) ([]string, error) {
 	chains, err := s.opts.Catalog.Chains(ctx, vmUUID, repo)
 	if err != nil {
-		return nil, coded(CodeUnavailable, fmt.Errorf("get the chains of vm %s: %w", vmUUID, err))
+		return nil, coded(repoapi.CodeUnavailable, fmt.Errorf("get the chains of vm %s: %w", vmUUID, err))
 	}
 	disks := map[int32][]link{}
 	for _, c := range chains {
@@ -334,7 +335,7 @@ func (s *RepoService) prunePoints(ctx context.Context, r *repository.Repo, repo,
 
 // pruneStep is one disk's operation for a point.
 type pruneStep struct {
-	Disk store.Disk
+	Disk backup.Disk
 	Op   schemas.PruneDisk
 }
 
@@ -342,7 +343,7 @@ type pruneStep struct {
 // now: with a child backing onto it, a merge when j has no base (the
 // chain's first full) and a rebase onto its base otherwise; with none, a
 // delete. A pending prune keeps the operations its intent recorded.
-func plan(j store.Job, disks map[int32][]link) []pruneStep {
+func plan(j backup.Job, disks map[int32][]link) []pruneStep {
 	var steps []pruneStep
 	for _, d := range j.Disks {
 		op := schemas.PruneDisk{Disk: d.Disk, Target: d.Target, Operation: schemas.PruneDelete}
@@ -382,7 +383,7 @@ func unlink(chain []link, job string) []link {
 }
 
 // prunePoint removes one point: intent, image operations, done.
-func (s *RepoService) prunePoint(ctx context.Context, r *repository.Repo, j store.Job, steps []pruneStep, log zerolog.Logger) error {
+func (s *RepoService) prunePoint(ctx context.Context, r *repository.Repo, j backup.Job, steps []pruneStep, log zerolog.Logger) error {
 	disks := make([]schemas.PruneDisk, 0, len(steps))
 	for _, st := range steps {
 		disks = append(disks, st.Op)
@@ -391,7 +392,7 @@ func (s *RepoService) prunePoint(ctx context.Context, r *repository.Repo, j stor
 	if j.Prune == nil {
 		intent := &schemas.Pruning{Header: pruneHeader(j, schemas.NamePruning), Repository: repoName(j.Repository), Disks: disks}
 		if _, err := s.opts.Publisher.PublishEvent(ctx, intent); err != nil {
-			return coded(CodeUnavailable, fmt.Errorf("publish the intent to prune job %s (no file touched): %w", j.ID, err))
+			return coded(repoapi.CodeUnavailable, fmt.Errorf("publish the intent to prune job %s (no file touched): %w", j.ID, err))
 		}
 		log.Info().Msg("prune intent stored")
 		if err := callHook(hook, StepIntent); err != nil {
@@ -419,7 +420,7 @@ func (s *RepoService) prunePoint(ctx context.Context, r *repository.Repo, j stor
 	}
 	done := &schemas.Pruned{Header: pruneHeader(j, schemas.NamePruned), Repository: repoName(j.Repository), Disks: disks}
 	if _, err := s.opts.Publisher.PublishEvent(ctx, done); err != nil {
-		return coded(CodeUnavailable, fmt.Errorf("publish that job %s is pruned (its files are; the next forget or hub start publishes it): %w", j.ID, err))
+		return coded(repoapi.CodeUnavailable, fmt.Errorf("publish that job %s is pruned (its files are; the next forget or hub start publishes it): %w", j.ID, err))
 	}
 	log.Info().Msg("point pruned")
 	return nil
@@ -433,7 +434,7 @@ func callHook(hook repository.PruneHook, step string) error {
 }
 
 // pruneHeader is the header of a hub event about completed job j.
-func pruneHeader(j store.Job, name string) schemas.Header {
+func pruneHeader(j backup.Job, name string) schemas.Header {
 	h := schemas.Header{
 		ID: bus.EventID(j.ID, j.Attempt, name, 0, 0), Time: time.Now().UTC(),
 		JobID: j.ID, Attempt: j.Attempt, VM: j.VM,
@@ -450,12 +451,12 @@ func (s *RepoService) waitPruned(ctx context.Context, id string) error {
 	defer t.Stop()
 	for {
 		j, err := s.opts.Catalog.Job(ctx, id)
-		if err == nil && j.Status == store.StatusPruned {
+		if err == nil && j.Status == backup.StatusPruned {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return coded(CodeUnavailable, fmt.Errorf("job %s is pruned, but the catalog does not show it yet: %w", id, ctx.Err()))
+			return coded(repoapi.CodeUnavailable, fmt.Errorf("job %s is pruned, but the catalog does not show it yet: %w", id, ctx.Err()))
 		case <-t.C:
 		}
 	}
@@ -493,14 +494,14 @@ func (s *RepoService) ResumePrunes(ctx context.Context) (left int, err error) {
 	if err := s.opts.Progress.CaughtUp(ctx); err != nil {
 		return 0, fmt.Errorf("catalog not caught up: %w", err)
 	}
-	jobs, err := s.opts.Catalog.Jobs(ctx, store.JobFilter{Status: store.StatusCompleted})
+	jobs, err := s.opts.Catalog.Jobs(ctx, backup.JobFilter{Status: backup.StatusCompleted})
 	if err != nil {
 		return 0, fmt.Errorf("list completed jobs: %w", err)
 	}
 	type vmRepo struct{ vm, repo string }
 	pending := map[vmRepo][]string{}
 	for _, j := range jobs {
-		if j.Prune != nil && j.Prune.State == store.PrunePending {
+		if j.Prune != nil && j.Prune.State == backup.PrunePending {
 			k := vmRepo{j.VM.UUID, repoName(j.Repository)}
 			pending[k] = append(pending[k], j.ID)
 		}
@@ -541,7 +542,7 @@ func (s *RepoService) resumeVM(ctx context.Context, r *repository.Repo, repo, vm
 		_ = lease.Release(rctx)
 	}()
 	ctx = lease.Context()
-	byID := map[string]store.Job{}
+	byID := map[string]backup.Job{}
 	for _, id := range ids {
 		j, err := s.opts.Catalog.Job(ctx, id)
 		if err != nil {

@@ -22,6 +22,8 @@ import (
 	"github.com/sendense/sendense/agents/catalog"
 	"github.com/sendense/sendense/agents/catalog/catalogtest"
 	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/agents/hub/repoapi"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/bus/bustest"
 	"github.com/sendense/sendense/internal/testutil"
@@ -53,7 +55,7 @@ type forgetEnv struct {
 	repo   *repository.Repo
 	cat    *store.Catalog
 	leases *bus.Leases
-	client *hub.Client
+	client *repoapi.Client
 	jobs   []catalogtest.Job
 	refs   map[string]string // job/disk -> raw copy
 	log    zerolog.Logger
@@ -153,7 +155,7 @@ func (e *forgetEnv) addPoint(full bool) {
 		t.Fatal(err)
 	}
 	e.jobs = append(e.jobs, j)
-	e.waitStatus(j.ID, store.StatusCompleted)
+	e.waitStatus(j.ID, backup.StatusCompleted)
 }
 
 func qemuIO(t *testing.T, path string, cmds ...string) {
@@ -211,11 +213,11 @@ func (e *forgetEnv) startHubWith(hook repository.PruneHook, pub hub.EventPublish
 		}
 	}
 	t.Cleanup(e.stopHub)
-	e.client = hub.NewClient(e.ns.Conn)
+	e.client = repoapi.NewClient(e.ns.Conn)
 	e.client.Timeout = 5 * time.Minute
 }
 
-func (e *forgetEnv) waitStatus(id, status string) store.Job {
+func (e *forgetEnv) waitStatus(id, status string) backup.Job {
 	e.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -251,7 +253,7 @@ func (e *forgetEnv) requireKept(jobs ...string) {
 				e.t.Errorf("point %s disk %d: equal %t, %v", id, d.Key, eq, err)
 			}
 		}
-		if j, err := e.cat.Job(id); err != nil || j.Status != store.StatusCompleted {
+		if j, err := e.cat.Job(id); err != nil || j.Status != backup.StatusCompleted {
 			e.t.Errorf("kept job %s: status %s, %v", id, j.Status, err)
 		}
 	}
@@ -262,7 +264,7 @@ func (e *forgetEnv) requireKept(jobs ...string) {
 func (e *forgetEnv) requireRemoved(jobs ...string) {
 	e.t.Helper()
 	for _, id := range jobs {
-		e.waitStatus(id, store.StatusPruned)
+		e.waitStatus(id, backup.StatusPruned)
 		for _, d := range forgetDisks {
 			if _, err := os.Stat(e.path(id, d.Key)); !errors.Is(err, os.ErrNotExist) {
 				e.t.Errorf("file of pruned %s disk %d: %v", id, d.Key, err)
@@ -286,7 +288,7 @@ func (e *forgetEnv) requireRemoved(jobs ...string) {
 // link backs onto the previous kept link.
 func (e *forgetEnv) requireClean() {
 	e.t.Helper()
-	rep, err := e.client.Check(testCtx(e.t), hub.CheckRequest{DryRun: true})
+	rep, err := e.client.Check(testCtx(e.t), repoapi.CheckRequest{DryRun: true})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -315,7 +317,7 @@ func TestForget(t *testing.T) {
 	ctx := testCtx(t)
 	all := ids(e.jobs, 0, 1, 2, 3, 4)
 
-	rep, err := e.client.Forget(ctx, hub.ForgetRequest{VM: forgetVM.Name, Policy: retention.Policy{Last: 2}, DryRun: true})
+	rep, err := e.client.Forget(ctx, repoapi.ForgetRequest{VM: forgetVM.Name, Policy: retention.Policy{Last: 2}, DryRun: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -332,7 +334,7 @@ func TestForget(t *testing.T) {
 
 	// A middle point protected, keep-last 1: removes 0, 1 (merges) and 3
 	// (a rebase of 4 onto 2).
-	rep, err = e.client.Forget(ctx, hub.ForgetRequest{VM: forgetVM.UUID, Policy: retention.Policy{Last: 1, Protect: []string{e.jobs[2].ID}}})
+	rep, err = e.client.Forget(ctx, repoapi.ForgetRequest{VM: forgetVM.UUID, Policy: retention.Policy{Last: 1, Protect: []string{e.jobs[2].ID}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -349,7 +351,7 @@ func TestForget(t *testing.T) {
 
 	// Two more points, then keep-last 2 on all VMs.
 	e.addPoints(2)
-	rep, err = e.client.Forget(ctx, hub.ForgetRequest{All: true, Policy: retention.Policy{Last: 2}})
+	rep, err = e.client.Forget(ctx, repoapi.ForgetRequest{All: true, Policy: retention.Policy{Last: 2}})
 	if err != nil || len(rep.VMs) != 1 || rep.VMs[0].Removed != 2 || rep.VMs[0].Error != "" {
 		t.Fatalf("forget --all: %+v, %v", rep, err)
 	}
@@ -389,7 +391,7 @@ func TestForgetMidChainFull(t *testing.T) {
 	e := newForgetEnv(t, 2)
 	e.addPoint(true)
 	e.addPoint(false)
-	rep, err := e.client.Forget(testCtx(t), hub.ForgetRequest{VM: forgetVM.Name, Policy: retention.Policy{Last: 1}})
+	rep, err := e.client.Forget(testCtx(t), repoapi.ForgetRequest{VM: forgetVM.Name, Policy: retention.Policy{Last: 1}})
 	if err != nil || rep.VMs[0].Removed != 3 {
 		t.Fatalf("forget: %+v, %v", rep, err)
 	}
@@ -413,16 +415,16 @@ func TestForgetRefuses(t *testing.T) {
 	all := ids(e.jobs, 0, 1, 2)
 	for _, tc := range []struct {
 		name string
-		req  hub.ForgetRequest
+		req  repoapi.ForgetRequest
 		want error
 		text string
 	}{
-		{"unknown vm", hub.ForgetRequest{VM: "no-such-vm", Policy: retention.Policy{Last: 1}}, hub.ErrNotFound, "no completed backup"},
-		{"empty policy", hub.ForgetRequest{VM: forgetVM.Name}, hub.ErrBadRequest, "policy"},
-		{"negative keep", hub.ForgetRequest{VM: forgetVM.Name, Policy: retention.Policy{Last: -2}}, hub.ErrBadRequest, "-2"},
-		{"no vm", hub.ForgetRequest{Policy: retention.Policy{Last: 1}}, hub.ErrBadRequest, "give a vm"},
-		{"vm and all", hub.ForgetRequest{VM: forgetVM.Name, All: true, Policy: retention.Policy{Last: 1}}, hub.ErrBadRequest, "not both"},
-		{"unknown repository", hub.ForgetRequest{VM: forgetVM.Name, Repository: "nope", Policy: retention.Policy{Last: 1}}, hub.ErrUnknownRepository, "nope"},
+		{"unknown vm", repoapi.ForgetRequest{VM: "no-such-vm", Policy: retention.Policy{Last: 1}}, repoapi.ErrNotFound, "no completed backup"},
+		{"empty policy", repoapi.ForgetRequest{VM: forgetVM.Name}, repoapi.ErrBadRequest, "policy"},
+		{"negative keep", repoapi.ForgetRequest{VM: forgetVM.Name, Policy: retention.Policy{Last: -2}}, repoapi.ErrBadRequest, "-2"},
+		{"no vm", repoapi.ForgetRequest{Policy: retention.Policy{Last: 1}}, repoapi.ErrBadRequest, "give a vm"},
+		{"vm and all", repoapi.ForgetRequest{VM: forgetVM.Name, All: true, Policy: retention.Policy{Last: 1}}, repoapi.ErrBadRequest, "not both"},
+		{"unknown repository", repoapi.ForgetRequest{VM: forgetVM.Name, Repository: "nope", Policy: retention.Policy{Last: 1}}, repoapi.ErrUnknownRepository, "nope"},
 	} {
 		if _, err := e.client.Forget(ctx, tc.req); !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.text) {
 			t.Errorf("%s: %v, want %v saying %q", tc.name, err, tc.want, tc.text)
@@ -433,18 +435,18 @@ func TestForgetRefuses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.client.Forget(ctx, hub.ForgetRequest{VM: forgetVM.Name, Policy: retention.Policy{Last: 1}}); !errors.Is(err, hub.ErrBusy) || !strings.Contains(err.Error(), "job-running") {
+	if _, err := e.client.Forget(ctx, repoapi.ForgetRequest{VM: forgetVM.Name, Policy: retention.Policy{Last: 1}}); !errors.Is(err, repoapi.ErrBusy) || !strings.Contains(err.Error(), "job-running") {
 		t.Errorf("forget while a backup holds the lease: %v, want ErrBusy naming the holder", err)
 	}
 	if err := le.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
 	// A restore of a point is open.
-	ro, err := e.client.OpenRestore(ctx, hub.TargetRef{Repository: testRepo, JobID: all[2], VMUUID: forgetVM.UUID, DiskKey: 2000})
+	ro, err := e.client.OpenRestore(ctx, repoapi.TargetRef{Repository: testRepo, JobID: all[2], VMUUID: forgetVM.UUID, DiskKey: 2000})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.client.Forget(ctx, hub.ForgetRequest{VM: forgetVM.Name, Policy: retention.Policy{Last: 1}}); !errors.Is(err, hub.ErrBusy) || !strings.Contains(err.Error(), "restore") {
+	if _, err := e.client.Forget(ctx, repoapi.ForgetRequest{VM: forgetVM.Name, Policy: retention.Policy{Last: 1}}); !errors.Is(err, repoapi.ErrBusy) || !strings.Contains(err.Error(), "restore") {
 		t.Errorf("forget while a restore is open: %v, want ErrBusy", err)
 	}
 	if err := e.client.CloseRestore(ctx, ro.ExportID); err != nil {
@@ -452,11 +454,11 @@ func TestForgetRefuses(t *testing.T) {
 	}
 	e.requireKept(all...)
 
-	if _, err := e.client.Forget(ctx, hub.ForgetRequest{VM: forgetVM.Name, Policy: retention.Policy{Last: 2}}); err != nil {
+	if _, err := e.client.Forget(ctx, repoapi.ForgetRequest{VM: forgetVM.Name, Policy: retention.Policy{Last: 2}}); err != nil {
 		t.Fatal(err)
 	}
 	e.requireRemoved(all[0])
-	if _, err := e.client.OpenRestore(ctx, hub.TargetRef{Repository: testRepo, JobID: all[0], VMUUID: forgetVM.UUID, DiskKey: 2000}); !errors.Is(err, hub.ErrNotFound) {
+	if _, err := e.client.OpenRestore(ctx, repoapi.TargetRef{Repository: testRepo, JobID: all[0], VMUUID: forgetVM.UUID, DiskKey: 2000}); !errors.Is(err, repoapi.ErrNotFound) {
 		t.Errorf("restore of a pruned point: %v, want ErrNotFound", err)
 	}
 	e.requireKept(all[1:]...)
@@ -467,12 +469,12 @@ func TestForgetPermission(t *testing.T) {
 	s := bustest.SecureEmbedded(t, "node1")
 	for _, who := range []bus.Identity{{Role: bus.RoleRequester}, {Role: bus.RoleMonitor}, {Role: bus.RoleCatalog}, bus.AgentIdentity("node1")} {
 		c := s.Connect(t, who)
-		if err := c.Publish(hub.SubjectForget, []byte(`{"vm":"x","policy":{"keep_last":1}}`)); err != nil {
+		if err := c.Publish(repoapi.SubjectForget, []byte(`{"vm":"x","policy":{"keep_last":1}}`)); err != nil {
 			t.Fatal(err)
 		}
 		_ = c.Flush()
-		if err := c.LastError(); !errors.Is(err, nats.ErrPermissionViolation) || !strings.Contains(err.Error(), hub.SubjectForget) {
-			t.Errorf("%s publishes on %s: %v, want a permission violation", who, hub.SubjectForget, err)
+		if err := c.LastError(); !errors.Is(err, nats.ErrPermissionViolation) || !strings.Contains(err.Error(), repoapi.SubjectForget) {
+			t.Errorf("%s publishes on %s: %v, want a permission violation", who, repoapi.SubjectForget, err)
 		}
 	}
 }
@@ -530,7 +532,7 @@ func TestForgetHelperProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var req hub.ForgetRequest
+	var req repoapi.ForgetRequest
 	if err := json.Unmarshal([]byte(os.Getenv(envReq)), &req); err != nil {
 		t.Fatal(err)
 	}
@@ -565,7 +567,7 @@ func TestForgetKilled(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newForgetEnv(t, 4)
 			e.stopHub() // the child is the hub now
-			req, _ := json.Marshal(hub.ForgetRequest{VM: forgetVM.UUID, Policy: tc.policy})
+			req, _ := json.Marshal(repoapi.ForgetRequest{VM: forgetVM.UUID, Policy: tc.policy})
 			cmd := exec.Command(os.Args[0], "-test.run=^TestForgetHelperProcess$", "-test.count=1")
 			cmd.Env = append(os.Environ(), envHelper+"=1", envNATS+"="+e.ns.URL, envRepo+"="+e.dir, envKillAt+"="+tc.at, envReq+"="+string(req))
 			out, err := cmd.CombinedOutput()
@@ -578,7 +580,7 @@ func TestForgetKilled(t *testing.T) {
 			deadline := time.Now().Add(30 * time.Second)
 			for {
 				j, err := e.cat.Job(id)
-				if err == nil && j.Status == store.StatusCompleted && j.Prune != nil && j.Prune.State == store.PrunePending {
+				if err == nil && j.Status == backup.StatusCompleted && j.Prune != nil && j.Prune.State == backup.PrunePending {
 					break
 				}
 				if time.Now().After(deadline) {
@@ -618,8 +620,8 @@ func TestForgetPublishFails(t *testing.T) {
 	ctx := testCtx(t)
 	all := ids(e.jobs, 0, 1, 2)
 	e.startHubWith(nil, failingPublisher{bus.NewHubPublisher(e.ns.JS, e.log), schemas.NamePruning})
-	_, err := e.client.Forget(ctx, hub.ForgetRequest{VM: forgetVM.Name, Policy: retention.Policy{Last: 2}})
-	if !errors.Is(err, hub.ErrUnavailable) || !strings.Contains(err.Error(), "no file touched") {
+	_, err := e.client.Forget(ctx, repoapi.ForgetRequest{VM: forgetVM.Name, Policy: retention.Policy{Last: 2}})
+	if !errors.Is(err, repoapi.ErrUnavailable) || !strings.Contains(err.Error(), "no file touched") {
 		t.Errorf("forget with the intent unpublishable: %v, want ErrUnavailable saying no file was touched", err)
 	}
 	e.requireKept(all...)
@@ -634,7 +636,7 @@ func TestForgetPublishFails(t *testing.T) {
 
 	// The done event fails; a reconciliation round mid-prune (at the
 	// commit) removes nothing.
-	var orphans []hub.Orphan
+	var orphans []repoapi.Orphan
 	var rerr error
 	e.startHubWith(func(step string) error {
 		if step == "committed" {
@@ -642,17 +644,17 @@ func TestForgetPublishFails(t *testing.T) {
 		}
 		return nil
 	}, failingPublisher{bus.NewHubPublisher(e.ns.JS, e.log), schemas.NamePruned})
-	_, err = e.client.Forget(ctx, hub.ForgetRequest{VM: forgetVM.Name, Policy: retention.Policy{Last: 2}})
-	if !errors.Is(err, hub.ErrUnavailable) || !strings.Contains(err.Error(), "next forget") {
+	_, err = e.client.Forget(ctx, repoapi.ForgetRequest{VM: forgetVM.Name, Policy: retention.Policy{Last: 2}})
+	if !errors.Is(err, repoapi.ErrUnavailable) || !strings.Contains(err.Error(), "next forget") {
 		t.Errorf("forget with the done event unpublishable: %v, want ErrUnavailable saying the next forget finishes", err)
 	}
 	if rerr != nil || len(orphans) != 0 {
 		t.Errorf("reconcile mid-prune: %+v, %v; want nothing", orphans, rerr)
 	}
-	if j, _ := e.cat.Job(all[0]); j.Status != store.StatusCompleted || j.Prune == nil || j.Prune.State != store.PrunePending {
+	if j, _ := e.cat.Job(all[0]); j.Status != backup.StatusCompleted || j.Prune == nil || j.Prune.State != backup.PrunePending {
 		t.Errorf("job %s after the failed done event: status %s prune %+v, want completed and pending", all[0], j.Status, j.Prune)
 	}
-	if _, err := e.client.OpenRestore(ctx, hub.TargetRef{Repository: testRepo, JobID: all[0], VMUUID: forgetVM.UUID, DiskKey: 2000}); !errors.Is(err, hub.ErrBusy) {
+	if _, err := e.client.OpenRestore(ctx, repoapi.TargetRef{Repository: testRepo, JobID: all[0], VMUUID: forgetVM.UUID, DiskKey: 2000}); !errors.Is(err, repoapi.ErrBusy) {
 		t.Errorf("restore of a point being pruned: %v, want ErrBusy", err)
 	}
 	e.requireKept(all[1:]...)

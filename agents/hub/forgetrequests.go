@@ -7,6 +7,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/sendense/sendense/agents/hub/repoapi"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/retention"
 	"github.com/sendense/sendense/schemas"
@@ -33,7 +34,7 @@ func (s *RepoService) ServeForgetRequests(ctx context.Context, c jetstream.Consu
 
 // retryable reports whether a forget that failed with code may succeed
 // later without anyone changing the request.
-func retryable(code string) bool { return code == CodeBusy || code == CodeUnavailable }
+func retryable(code string) bool { return code == repoapi.CodeBusy || code == repoapi.CodeUnavailable }
 
 func (s *RepoService) forgetRequest(ctx context.Context, m jetstream.Msg, log zerolog.Logger) {
 	req, err := schemas.DecodeForgetRequest(m.Data())
@@ -51,7 +52,7 @@ func (s *RepoService) forgetRequest(ctx context.Context, m jetstream.Msg, log ze
 		Str("repository", req.Repository).Str("policy", policy.String()).Uint64("delivered", delivered).Logger()
 	fctx, cancel := context.WithTimeout(ctx, forgetTimeout)
 	defer cancel()
-	rep, err := s.Forget(fctx, ForgetRequest{VM: req.VM, All: req.All, Repository: req.Repository, Policy: policy})
+	rep, err := s.Forget(fctx, repoapi.ForgetRequest{VM: req.VM, All: req.All, Repository: req.Repository, Policy: policy})
 	var ce *codedError
 	switch {
 	case err != nil && ctx.Err() != nil:

@@ -8,9 +8,9 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // msgLog records the messages of the hub's log lines.
@@ -127,7 +127,7 @@ func TestForgetRequests(t *testing.T) {
 	// The catalog filed the intent and the removal of each point.
 	for _, id := range ids(e.jobs, 0, 1, 2) {
 		j, err := e.cat.Job(id)
-		if err != nil || j.Prune == nil || j.Prune.State != store.PruneDone || j.Prune.RequestedAt.IsZero() || j.Prune.PrunedAt.IsZero() {
+		if err != nil || j.Prune == nil || j.Prune.State != backup.PruneDone || j.Prune.RequestedAt.IsZero() || j.Prune.PrunedAt.IsZero() {
 			t.Errorf("job %s: %+v, %v", id, j.Prune, err)
 		}
 	}

@@ -15,9 +15,9 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // recordingPublisher keeps what the API would publish (a unit fake: the
@@ -69,7 +69,7 @@ func FuzzAPI(f *testing.F) {
 			t.Skip()
 		}
 		pub := &recordingPublisher{ids: map[string]bool{}}
-		jobs := &fakeJobs{jobs: map[string]store.Job{"known-1": {ID: "known-1", Status: store.StatusCompleted}}}
+		jobs := &fakeJobs{jobs: map[string]backup.Job{"known-1": {ID: "known-1", Status: backup.StatusCompleted}}}
 		api := &hub.API{Publisher: pub, Jobs: jobs, Log: zerolog.Nop()}
 		rec := httptest.NewRecorder()
 		req := httptest.NewRequest(method, "http://hub"+path, strings.NewReader(body))

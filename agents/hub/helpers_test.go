@@ -19,13 +19,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/agents/hub/repoapi"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/bus/bustest"
 	"github.com/sendense/sendense/internal/testutil"
 	"github.com/sendense/sendense/manifest"
 	"github.com/sendense/sendense/repository"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 const (
@@ -44,7 +45,7 @@ type svcEnv struct {
 	repo     *repository.Repo
 	sockDir  string
 	svc      *hub.RepoService
-	client   *hub.Client
+	client   *repoapi.Client
 	leases   *bus.Leases
 	catalog  *fakeCatalog
 	progress *fakeProgress
@@ -124,7 +125,7 @@ func newSvcEnvWith(t *testing.T, tune func(*svcEnv, *hub.RepoOptions)) *svcEnv {
 		}
 	})
 	<-ready
-	e.client = hub.NewClient(ns.Conn)
+	e.client = repoapi.NewClient(ns.Conn)
 	e.client.Timeout = 30 * time.Second
 	if _, err := e.client.Info(ctx, testRepo); err != nil {
 		t.Fatalf("repository service does not answer: %v", err)
@@ -152,17 +153,17 @@ func testCtx(t *testing.T) context.Context {
 	return ctx
 }
 
-func ref(job string) hub.TargetRef {
-	return hub.TargetRef{Repository: testRepo, JobID: job, VMUUID: testVM, DiskKey: testDisk}
+func ref(job string) repoapi.TargetRef {
+	return repoapi.TargetRef{Repository: testRepo, JobID: job, VMUUID: testVM, DiskKey: testDisk}
 }
 
-func openReq(job, backing string) hub.OpenRequest {
-	return hub.OpenRequest{TargetRef: ref(job), Attempt: 1, CapacityBytes: testCapacity, BackingJobID: backing, Agent: "agent-test"}
+func openReq(job, backing string) repoapi.OpenRequest {
+	return repoapi.OpenRequest{TargetRef: ref(job), Attempt: 1, CapacityBytes: testCapacity, BackingJobID: backing, Agent: "agent-test"}
 }
 
 // mustOpen opens a target and returns the reply with the qemu-nbd pid
 // serving it.
-func (e *svcEnv) mustOpen(t *testing.T, req hub.OpenRequest) (hub.OpenReply, int) {
+func (e *svcEnv) mustOpen(t *testing.T, req repoapi.OpenRequest) (repoapi.OpenReply, int) {
 	t.Helper()
 	out, err := e.client.Open(testCtx(t), req)
 	if err != nil {
@@ -338,7 +339,7 @@ func serviceCode(err error) string {
 }
 
 // fullBackup makes a completed full backup of job: open, write raw, close.
-func (e *svcEnv) fullBackup(t *testing.T, job, raw string) hub.CloseReply {
+func (e *svcEnv) fullBackup(t *testing.T, job, raw string) repoapi.CloseReply {
 	t.Helper()
 	out, _ := e.mustOpen(t, openReq(job, ""))
 	nbdcopy(t, raw, out.URI)
@@ -353,14 +354,14 @@ func (e *svcEnv) fullBackup(t *testing.T, job, raw string) hub.CloseReply {
 // derived from the completed jobs, as the real catalog does.
 type fakeCatalog struct {
 	mu   sync.Mutex
-	jobs map[string]store.Job
+	jobs map[string]backup.Job
 	err  error // answered to every request when set
 }
 
-func newFakeCatalog() *fakeCatalog { return &fakeCatalog{jobs: map[string]store.Job{}} }
+func newFakeCatalog() *fakeCatalog { return &fakeCatalog{jobs: map[string]backup.Job{}} }
 
 // set records jobs, replacing those with the same id.
-func (c *fakeCatalog) set(jobs ...store.Job) {
+func (c *fakeCatalog) set(jobs ...backup.Job) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, j := range jobs {
@@ -374,26 +375,26 @@ func (c *fakeCatalog) fail(err error) {
 	c.err = err
 }
 
-func (c *fakeCatalog) Job(_ context.Context, id string) (store.Job, error) {
+func (c *fakeCatalog) Job(_ context.Context, id string) (backup.Job, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.err != nil {
-		return store.Job{}, c.err
+		return backup.Job{}, c.err
 	}
 	j, ok := c.jobs[id]
 	if !ok {
-		return store.Job{}, fmt.Errorf("get job %s: %w", id, store.ErrNotFound)
+		return backup.Job{}, fmt.Errorf("get job %s: %w", id, backup.ErrNotFound)
 	}
 	return j, nil
 }
 
-func (c *fakeCatalog) Jobs(_ context.Context, f store.JobFilter) ([]store.Job, error) {
+func (c *fakeCatalog) Jobs(_ context.Context, f backup.JobFilter) ([]backup.Job, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.err != nil {
 		return nil, c.err
 	}
-	jobs := []store.Job{}
+	jobs := []backup.Job{}
 	for _, j := range c.jobs {
 		if f.Status == "" || j.Status == f.Status {
 			jobs = append(jobs, j)
@@ -403,30 +404,30 @@ func (c *fakeCatalog) Jobs(_ context.Context, f store.JobFilter) ([]store.Job, e
 	return jobs, nil
 }
 
-func (c *fakeCatalog) Chains(_ context.Context, vmUUID, repo string) ([]store.Chain, error) {
+func (c *fakeCatalog) Chains(_ context.Context, vmUUID, repo string) ([]backup.Chain, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.err != nil {
 		return nil, c.err
 	}
-	byDisk := map[int32]*store.Chain{}
+	byDisk := map[int32]*backup.Chain{}
 	for _, j := range c.jobs {
-		if j.Status != store.StatusCompleted || j.VM.UUID != vmUUID || (repo != "" && j.Repository != repo) {
+		if j.Status != backup.StatusCompleted || j.VM.UUID != vmUUID || (repo != "" && j.Repository != repo) {
 			continue
 		}
 		for _, d := range j.Disks {
 			ch := byDisk[d.Disk.Key]
 			if ch == nil {
-				ch = &store.Chain{VMUUID: vmUUID, Repository: j.Repository, DiskKey: d.Disk.Key}
+				ch = &backup.Chain{VMUUID: vmUUID, Repository: j.Repository, DiskKey: d.Disk.Key}
 				byDisk[d.Disk.Key] = ch
 			}
-			ch.Links = append(ch.Links, store.Link{
+			ch.Links = append(ch.Links, backup.Link{
 				JobID: j.ID, VMUUID: vmUUID, Repository: j.Repository, DiskKey: d.Disk.Key,
 				Target: d.Target, Backing: d.Backing,
 			})
 		}
 	}
-	chains := []store.Chain{}
+	chains := []backup.Chain{}
 	for _, ch := range byDisk {
 		chains = append(chains, *ch)
 	}
@@ -435,10 +436,10 @@ func (c *fakeCatalog) Chains(_ context.Context, vmUUID, repo string) ([]store.Ch
 
 // job is a job of testVM in testRepo with status and one disk per key
 // (each a full, or backed by backing).
-func job(id, status, backing string, keys ...int32) store.Job {
-	j := store.Job{ID: id, Status: status, VM: schemas.VMRef{Name: "vm", UUID: testVM}, Repository: testRepo, Attempt: 1}
+func job(id, status, backing string, keys ...int32) backup.Job {
+	j := backup.Job{ID: id, Status: status, VM: schemas.VMRef{Name: "vm", UUID: testVM}, Repository: testRepo, Attempt: 1}
 	for _, k := range keys {
-		j.Disks = append(j.Disks, store.Disk{
+		j.Disks = append(j.Disks, backup.Disk{
 			Disk:    schemas.DiskRef{Key: k},
 			Target:  filepath.Join(testVM, fmt.Sprint(k), id+".qcow2"),
 			Backing: backing,

@@ -17,16 +17,16 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/internal/health"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // Jobs reads jobs from the catalog; the catalog service client implements it.
 type Jobs interface {
-	Job(ctx context.Context, id string) (store.Job, error)
-	Jobs(ctx context.Context, f store.JobFilter) ([]store.Job, error)
+	Job(ctx context.Context, id string) (backup.Job, error)
+	Jobs(ctx context.Context, f backup.JobFilter) ([]backup.Job, error)
 }
 
 // RequestPublisher publishes backup requests; *bus.Publisher implements it.
@@ -73,8 +73,8 @@ type apiError struct {
 	Problems []schemas.Problem `json:"problems,omitempty"`
 	// JobID and Job name the job that already holds a requested job id
 	// (409); Job is absent while that job is only queued.
-	JobID string     `json:"job_id,omitempty"`
-	Job   *store.Job `json:"job,omitempty"`
+	JobID string      `json:"job_id,omitempty"`
+	Job   *backup.Job `json:"job,omitempty"`
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -120,7 +120,7 @@ func (a *API) postBackup(w http.ResponseWriter, r *http.Request) {
 		case err == nil:
 			writeJSON(w, http.StatusConflict, apiError{Error: fmt.Sprintf("job id %s is taken by a %s job", req.JobID, j.Status), JobID: req.JobID, Job: &j})
 			return
-		case !errors.Is(err, store.ErrNotFound):
+		case !errors.Is(err, backup.ErrNotFound):
 			writeJSON(w, http.StatusBadGateway, apiError{Error: fmt.Sprintf("check job id %s with the catalog: %v", req.JobID, err)})
 			return
 		}
@@ -149,17 +149,17 @@ const (
 
 // backupList is the body of GET /api/v1/backups.
 type backupList struct {
-	Backups    []store.Job `json:"backups"`
-	Offset     int         `json:"offset"`
-	Limit      int         `json:"limit"`
-	NextOffset int         `json:"next_offset,omitempty"`
+	Backups    []backup.Job `json:"backups"`
+	Offset     int          `json:"offset"`
+	Limit      int          `json:"limit"`
+	NextOffset int          `json:"next_offset,omitempty"`
 }
 
 func (a *API) listBackups(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	f := store.JobFilter{VM: q.Get("vm"), Status: q.Get("status"), Limit: DefaultListLimit}
-	if f.Status != "" && !slices.Contains(store.Statuses, f.Status) {
-		writeJSON(w, http.StatusBadRequest, apiError{Error: fmt.Sprintf("status %q: want one of %s", f.Status, strings.Join(store.Statuses, ", "))})
+	f := backup.JobFilter{VM: q.Get("vm"), Status: q.Get("status"), Limit: DefaultListLimit}
+	if f.Status != "" && !slices.Contains(backup.Statuses, f.Status) {
+		writeJSON(w, http.StatusBadRequest, apiError{Error: fmt.Sprintf("status %q: want one of %s", f.Status, strings.Join(backup.Statuses, ", "))})
 		return
 	}
 	for _, p := range []struct {
@@ -195,7 +195,7 @@ func (a *API) listBackups(w http.ResponseWriter, r *http.Request) {
 func (a *API) getBackup(w http.ResponseWriter, r *http.Request) {
 	job, err := a.Jobs.Job(r.Context(), r.PathValue("job_id"))
 	switch {
-	case errors.Is(err, store.ErrNotFound):
+	case errors.Is(err, backup.ErrNotFound):
 		writeJSON(w, http.StatusNotFound, apiError{Error: err.Error()})
 	case err != nil:
 		writeJSON(w, http.StatusBadGateway, apiError{Error: err.Error()})

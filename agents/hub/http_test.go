@@ -18,44 +18,44 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/bus/bustest"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // fakeJobs is the catalog as the API sees it.
 type fakeJobs struct {
 	mu   sync.Mutex
-	jobs map[string]store.Job
+	jobs map[string]backup.Job
 	err  error // returned for every lookup when set
 }
 
-func (f *fakeJobs) Job(_ context.Context, id string) (store.Job, error) {
+func (f *fakeJobs) Job(_ context.Context, id string) (backup.Job, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.err != nil {
-		return store.Job{}, f.err
+		return backup.Job{}, f.err
 	}
 	j, ok := f.jobs[id]
 	if !ok {
-		return store.Job{}, fmt.Errorf("job %s: %w", id, store.ErrNotFound)
+		return backup.Job{}, fmt.Errorf("job %s: %w", id, backup.ErrNotFound)
 	}
 	return j, nil
 }
 
 // Jobs lists the fake's jobs by id, newest (largest) first, paged by f.
-func (f *fakeJobs) Jobs(_ context.Context, flt store.JobFilter) ([]store.Job, error) {
+func (f *fakeJobs) Jobs(_ context.Context, flt backup.JobFilter) ([]backup.Job, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.err != nil {
 		return nil, f.err
 	}
-	jobs := []store.Job{}
+	jobs := []backup.Job{}
 	for _, j := range f.jobs {
 		jobs = append(jobs, j)
 	}
-	slices.SortFunc(jobs, func(a, b store.Job) int { return strings.Compare(b.ID, a.ID) })
+	slices.SortFunc(jobs, func(a, b backup.Job) int { return strings.Compare(b.ID, a.ID) })
 	jobs = jobs[min(flt.Offset, len(jobs)):]
 	if flt.Limit > 0 {
 		jobs = jobs[:min(flt.Limit, len(jobs))]
@@ -78,7 +78,7 @@ func newAPIEnv(t *testing.T) *apiEnv {
 	if err := bus.EnsureStreams(testCtx(t), ns.JS, bus.StreamOptions{}); err != nil {
 		t.Fatalf("ensure streams: %v", err)
 	}
-	jobs := &fakeJobs{jobs: map[string]store.Job{}}
+	jobs := &fakeJobs{jobs: map[string]backup.Job{}}
 	api := &hub.API{Publisher: bus.NewPublisher(ns.JS, "sendense-hub-test", log), Jobs: jobs, Log: log}
 	srv := httptest.NewServer(api.Handler())
 	t.Cleanup(srv.Close)
@@ -287,7 +287,7 @@ func TestAPIPostBackupBadInput(t *testing.T) {
 func TestAPIGetBackup(t *testing.T) {
 	e := newAPIEnv(t)
 	created := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
-	e.jobs.jobs["job-1"] = store.Job{
+	e.jobs.jobs["job-1"] = backup.Job{
 		ID: "job-1", Status: "completed", VM: schemas.VMRef{UUID: testVM, Name: "pgtest1"},
 		Repository: "default", RequestedType: "full", Attempt: 1, CreatedAt: created,
 	}
@@ -299,7 +299,7 @@ func TestAPIGetBackup(t *testing.T) {
 	if !strings.HasPrefix(rep.contentType, "application/json") {
 		t.Errorf("content type %q", rep.contentType)
 	}
-	var got store.Job
+	var got backup.Job
 	if err := json.Unmarshal(rep.body, &got); err != nil {
 		t.Fatalf("decode %s: %v", rep.body, err)
 	}
@@ -369,7 +369,7 @@ func TestAPIServeListener(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	api := &hub.API{Jobs: &fakeJobs{jobs: map[string]store.Job{"job-1": {ID: "job-1", Status: "running"}}}, Log: log}
+	api := &hub.API{Jobs: &fakeJobs{jobs: map[string]backup.Job{"job-1": {ID: "job-1", Status: "running"}}}, Log: log}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- api.ServeListener(ctx, ln) }()
@@ -394,21 +394,21 @@ func TestAPIServeListener(t *testing.T) {
 // 409 with the job that holds it; nothing is queued.
 func TestAPIReusedJobID(t *testing.T) {
 	e := newAPIEnv(t)
-	done := store.Job{ID: "nightly-1", Status: store.StatusCompleted, VM: schemas.VMRef{Name: "pgtest1"}}
+	done := backup.Job{ID: "nightly-1", Status: backup.StatusCompleted, VM: schemas.VMRef{Name: "pgtest1"}}
 	e.jobs.mu.Lock()
 	e.jobs.jobs[done.ID] = done
 	e.jobs.mu.Unlock()
 
 	rep := e.do(t, http.MethodPost, "/api/v1/backups", `{"vm":"pgtest1","job_id":"nightly-1"}`)
 	var body struct {
-		Error string     `json:"error"`
-		JobID string     `json:"job_id"`
-		Job   *store.Job `json:"job"`
+		Error string      `json:"error"`
+		JobID string      `json:"job_id"`
+		Job   *backup.Job `json:"job"`
 	}
 	if err := json.Unmarshal(rep.body, &body); err != nil {
 		t.Fatalf("409 body %s: %v", rep.body, err)
 	}
-	if rep.status != http.StatusConflict || body.JobID != "nightly-1" || body.Job == nil || body.Job.Status != store.StatusCompleted {
+	if rep.status != http.StatusConflict || body.JobID != "nightly-1" || body.Job == nil || body.Job.Status != backup.StatusCompleted {
 		t.Errorf("job id of a completed job: %d %s, want 409 with the job", rep.status, rep.body)
 	}
 

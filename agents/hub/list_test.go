@@ -14,6 +14,7 @@ import (
 
 	"github.com/sendense/sendense/agents/catalog/catalogtest"
 	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/schemas"
 	"github.com/sendense/sendense/store"
 )
@@ -21,8 +22,8 @@ import (
 // catalogJobs serves a real bbolt catalog as the API's Jobs.
 type catalogJobs struct{ cat *store.Catalog }
 
-func (c catalogJobs) Job(_ context.Context, id string) (store.Job, error) { return c.cat.Job(id) }
-func (c catalogJobs) Jobs(_ context.Context, f store.JobFilter) ([]store.Job, error) {
+func (c catalogJobs) Job(_ context.Context, id string) (backup.Job, error) { return c.cat.Job(id) }
+func (c catalogJobs) Jobs(_ context.Context, f backup.JobFilter) ([]backup.Job, error) {
 	return c.cat.Jobs(f)
 }
 
@@ -48,10 +49,10 @@ func TestAPIListBackups(t *testing.T) {
 	t.Cleanup(srv.Close)
 
 	type page struct {
-		Backups    []store.Job `json:"backups"`
-		Offset     int         `json:"offset"`
-		Limit      int         `json:"limit"`
-		NextOffset int         `json:"next_offset"`
+		Backups    []backup.Job `json:"backups"`
+		Offset     int          `json:"offset"`
+		Limit      int          `json:"limit"`
+		NextOffset int          `json:"next_offset"`
 	}
 	get := func(query string) (int, page, string) {
 		t.Helper()

@@ -9,9 +9,10 @@ import (
 	"time"
 
 	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/agents/hub/repoapi"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/internal/testutil"
 	"github.com/sendense/sendense/repository"
-	"github.com/sendense/sendense/store"
 )
 
 // TestOpenUnusableBase: an incremental whose base file is missing answers
@@ -26,11 +27,11 @@ func TestOpenUnusableBase(t *testing.T) {
 		wantCode string                               // "" for success
 		wantErr  error
 	}{
-		{"base missing", func(t *testing.T, _, inc string) { mustRemove(t, inc) }, hub.CodeBaseMissing, hub.ErrBaseMissing},
-		{"base header corrupted", func(t *testing.T, _, inc string) { testutil.BreakQcow2Magic(t, inc) }, hub.CodeBaseInvalid, hub.ErrBaseInvalid},
-		{"base's backing file deleted", func(t *testing.T, full, _ string) { mustRemove(t, full) }, hub.CodeBaseInvalid, hub.ErrBaseInvalid},
-		{"base's backing file corrupted", func(t *testing.T, full, _ string) { testutil.BreakQcow2Magic(t, full) }, hub.CodeBaseInvalid, hub.ErrBaseInvalid},
-		{"base refcounts corrupted", func(t *testing.T, _, inc string) { testutil.BreakQcow2Refcount(t, inc) }, hub.CodeBaseInvalid, hub.ErrBaseInvalid},
+		{"base missing", func(t *testing.T, _, inc string) { mustRemove(t, inc) }, repoapi.CodeBaseMissing, repoapi.ErrBaseMissing},
+		{"base header corrupted", func(t *testing.T, _, inc string) { testutil.BreakQcow2Magic(t, inc) }, repoapi.CodeBaseInvalid, repoapi.ErrBaseInvalid},
+		{"base's backing file deleted", func(t *testing.T, full, _ string) { mustRemove(t, full) }, repoapi.CodeBaseInvalid, repoapi.ErrBaseInvalid},
+		{"base's backing file corrupted", func(t *testing.T, full, _ string) { testutil.BreakQcow2Magic(t, full) }, repoapi.CodeBaseInvalid, repoapi.ErrBaseInvalid},
+		{"base refcounts corrupted", func(t *testing.T, _, inc string) { testutil.BreakQcow2Refcount(t, inc) }, repoapi.CodeBaseInvalid, repoapi.ErrBaseInvalid},
 		{"base with a leaked cluster", func(t *testing.T, _, inc string) { testutil.LeakQcow2Cluster(t, inc) }, "", nil},
 	}
 	for _, tc := range tests {
@@ -82,7 +83,7 @@ func TestOpenCompletedJobConflict(t *testing.T) {
 	raw := filepath.Join(t.TempDir(), "disk.raw")
 	writeRaw(t, raw, 41)
 	e.fullBackup(t, "job-done", raw)
-	e.catalog.set(job("job-done", store.StatusCompleted, "", testDisk))
+	e.catalog.set(job("job-done", backup.StatusCompleted, "", testDisk))
 	path := e.diskPath(testDisk, "job-done")
 	before := readFile(t, path)
 	st0, _ := os.Stat(path)
@@ -90,8 +91,8 @@ func TestOpenCompletedJobConflict(t *testing.T) {
 	for _, behind := range []error{nil, errBehind} {
 		e.progress.set(behind)
 		_, err := e.client.Open(ctx, openReq("job-done", ""))
-		if serviceCode(err) != hub.CodeConflict || !errors.Is(err, hub.ErrConflict) {
-			t.Errorf("open of a completed job (catalog behind: %v): error %v, want code %s", behind, err, hub.CodeConflict)
+		if serviceCode(err) != repoapi.CodeConflict || !errors.Is(err, repoapi.ErrConflict) {
+			t.Errorf("open of a completed job (catalog behind: %v): error %v, want code %s", behind, err, repoapi.CodeConflict)
 		}
 	}
 	if after := readFile(t, path); !bytes.Equal(before, after) {
@@ -118,16 +119,16 @@ func TestOpenEarlierFile(t *testing.T) {
 	writeRaw(t, filepath.Join(dir, "b.raw"), 43)
 	path := e.makeFile(t, "job-retry", "", filepath.Join(dir, "a.raw"), time.Time{})
 	before := readFile(t, path)
-	e.catalog.set(job("job-retry", store.StatusFailed, "", testDisk))
+	e.catalog.set(job("job-retry", backup.StatusFailed, "", testDisk))
 
 	e.progress.set(errBehind)
-	if _, err := e.client.Open(ctx, openReq("job-retry", "")); serviceCode(err) != hub.CodeUnavailable || !errors.Is(err, hub.ErrUnavailable) {
-		t.Errorf("open while the catalog is behind: error %v, want code %s", err, hub.CodeUnavailable)
+	if _, err := e.client.Open(ctx, openReq("job-retry", "")); serviceCode(err) != repoapi.CodeUnavailable || !errors.Is(err, repoapi.ErrUnavailable) {
+		t.Errorf("open while the catalog is behind: error %v, want code %s", err, repoapi.CodeUnavailable)
 	}
 	e.progress.set(nil)
 	e.catalog.fail(errors.New("no responders"))
-	if _, err := e.client.Open(ctx, openReq("job-retry", "")); serviceCode(err) != hub.CodeUnavailable {
-		t.Errorf("open while the catalog does not answer: error %v, want code %s", err, hub.CodeUnavailable)
+	if _, err := e.client.Open(ctx, openReq("job-retry", "")); serviceCode(err) != repoapi.CodeUnavailable {
+		t.Errorf("open while the catalog does not answer: error %v, want code %s", err, repoapi.CodeUnavailable)
 	}
 	if after := readFile(t, path); !bytes.Equal(before, after) {
 		t.Fatalf("earlier file changed while the catalog could not vouch for it")
@@ -165,8 +166,8 @@ func TestOpenEarlierFileWithoutCatalog(t *testing.T) {
 	e := newSvcEnv(t, func(o *hub.RepoOptions) { o.Catalog, o.Progress = nil, nil })
 	path := e.makeFile(t, "job-x", "", "", time.Time{})
 	before := readFile(t, path)
-	if _, err := e.client.Open(testCtx(t), openReq("job-x", "")); serviceCode(err) != hub.CodeUnavailable {
-		t.Errorf("open: error %v, want code %s", err, hub.CodeUnavailable)
+	if _, err := e.client.Open(testCtx(t), openReq("job-x", "")); serviceCode(err) != repoapi.CodeUnavailable {
+		t.Errorf("open: error %v, want code %s", err, repoapi.CodeUnavailable)
 	}
 	if !bytes.Equal(before, readFile(t, path)) {
 		t.Errorf("file changed")
@@ -191,8 +192,8 @@ func TestOpenRepositoryFull(t *testing.T) {
 	req.Repository = "small"
 	req.CapacityBytes = 1 << 30
 	_, err = e.client.Open(testCtx(t), req)
-	if serviceCode(err) != hub.CodeRepositoryFull || !errors.Is(err, hub.ErrRepositoryFull) {
-		t.Fatalf("open in a full repository: error %v (code %q), want code %s", err, serviceCode(err), hub.CodeRepositoryFull)
+	if serviceCode(err) != repoapi.CodeRepositoryFull || !errors.Is(err, repoapi.ErrRepositoryFull) {
+		t.Fatalf("open in a full repository: error %v (code %q), want code %s", err, serviceCode(err), repoapi.CodeRepositoryFull)
 	}
 	if got := walkFiles(t, repo.Root()); len(got) != 0 {
 		t.Errorf("files left in the full repository: %v", got)

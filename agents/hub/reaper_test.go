@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/agents/hub/repoapi"
 	"github.com/sendense/sendense/bus"
 )
 
@@ -48,8 +49,8 @@ func TestReapTargetWithoutLease(t *testing.T) {
 			assertGone(t, pid)
 			assertNoFile(t, out.Path)
 			e.assertNoExports(t)
-			if _, err := e.client.Close(ctx, ref("job-x")); serviceCode(err) != hub.CodeNotFound {
-				t.Errorf("close of reaped target: error %v, want code %s", err, hub.CodeNotFound)
+			if _, err := e.client.Close(ctx, ref("job-x")); serviceCode(err) != repoapi.CodeNotFound {
+				t.Errorf("close of reaped target: error %v, want code %s", err, repoapi.CodeNotFound)
 			}
 		})
 	}
@@ -155,8 +156,8 @@ func TestReapExpiredRestores(t *testing.T) {
 	if !compareImages(t, raw, rs.Path) {
 		t.Errorf("backup changed or removed by reaping its restore export")
 	}
-	if err := e.client.CloseRestore(ctx, rs.ExportID); serviceCode(err) != hub.CodeNotFound {
-		t.Errorf("close of reaped restore export: error %v, want code %s", err, hub.CodeNotFound)
+	if err := e.client.CloseRestore(ctx, rs.ExportID); serviceCode(err) != repoapi.CodeNotFound {
+		t.Errorf("close of reaped restore export: error %v, want code %s", err, repoapi.CodeNotFound)
 	}
 }
 
@@ -189,7 +190,7 @@ func TestReapSparesNewerAttempt(t *testing.T) {
 	writeRaw(t, raw, 25)
 
 	first, pid1 := e.mustOpen(t, openReq("job-y", ""))
-	var second hub.OpenReply
+	var second repoapi.OpenReply
 	var pid2 int
 	hl.hook = func() {
 		req := openReq("job-y", "")

@@ -10,10 +10,11 @@ import (
 	"sort"
 	"time"
 
+	"github.com/sendense/sendense/agents/hub/repoapi"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/repository"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // errReconcileOff: reconciliation needs the catalog, its progress and the
@@ -31,13 +32,13 @@ const (
 // orphan is a file a round found to remove.
 type orphan struct {
 	repo *repository.Repo
-	ref  TargetRef
+	ref  repoapi.TargetRef
 	file repository.File
 	temp bool
 }
 
-func (o orphan) report() Orphan {
-	return Orphan{
+func (o orphan) report() repoapi.Orphan {
+	return repoapi.Orphan{
 		Repository: o.ref.Repository, JobID: o.ref.JobID, VMUUID: o.ref.VMUUID, DiskKey: o.ref.DiskKey,
 		Path: o.file.Path, Bytes: o.file.ActualSize, ModTime: o.file.ModTime, Temp: o.temp,
 	}
@@ -83,7 +84,7 @@ func (s *RepoService) repoNames() []string {
 // level); otherwise it returns every orphan found and what happened to it.
 // It runs when Serve starts and every ReconcileInterval; tests call it
 // directly. Rounds never overlap.
-func (s *RepoService) Reconcile(ctx context.Context) ([]Orphan, error) {
+func (s *RepoService) Reconcile(ctx context.Context) ([]repoapi.Orphan, error) {
 	orphans, err := s.reconcile(ctx, s.repoNames(), false)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -105,7 +106,7 @@ func (s *RepoService) Reconcile(ctx context.Context) ([]Orphan, error) {
 
 // reconcile finds the orphans of the named repositories and removes them
 // unless dryRun; an error means nothing was removed.
-func (s *RepoService) reconcile(ctx context.Context, names []string, dryRun bool) ([]Orphan, error) {
+func (s *RepoService) reconcile(ctx context.Context, names []string, dryRun bool) ([]repoapi.Orphan, error) {
 	s.reconcileMu.Lock()
 	defer s.reconcileMu.Unlock()
 	found, err := s.findOrphans(ctx, names)
@@ -145,7 +146,7 @@ func (s *RepoService) findOrphans(ctx context.Context, names []string) ([]orphan
 				continue // its files change under a prune: next round
 			}
 			for _, f := range files {
-				ref := TargetRef{Repository: name, JobID: f.JobID, VMUUID: d.VMUUID, DiskKey: d.Key}
+				ref := repoapi.TargetRef{Repository: name, JobID: f.JobID, VMUUID: d.VMUUID, DiskKey: d.Key}
 				if f.ModTime.Before(cutoff) && !s.inUse(ref) {
 					found = append(found, orphan{repo: r, ref: ref, file: f})
 				}
@@ -156,7 +157,7 @@ func (s *RepoService) findOrphans(ctx context.Context, names []string) ([]orphan
 			}
 			for _, f := range temps {
 				if f.ModTime.Before(cutoff) {
-					ref := TargetRef{Repository: name, JobID: f.JobID, VMUUID: d.VMUUID, DiskKey: d.Key}
+					ref := repoapi.TargetRef{Repository: name, JobID: f.JobID, VMUUID: d.VMUUID, DiskKey: d.Key}
 					found = append(found, orphan{repo: r, ref: ref, file: f, temp: true})
 				}
 			}
@@ -237,7 +238,7 @@ func repoName(name string) string {
 
 // inUse reports whether ref is an open target or an open or removal of it
 // is running.
-func (s *RepoService) inUse(ref TargetRef) bool {
+func (s *RepoService) inUse(ref repoapi.TargetRef) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	_, open := s.targets[ref]
@@ -247,8 +248,8 @@ func (s *RepoService) inUse(ref TargetRef) bool {
 
 // removeOrphans removes found unless dryRun and reports each. An orphan
 // that backs another orphan is retried once that one is gone.
-func (s *RepoService) removeOrphans(found []orphan, dryRun bool) []Orphan {
-	out := make([]Orphan, len(found))
+func (s *RepoService) removeOrphans(found []orphan, dryRun bool) []repoapi.Orphan {
+	out := make([]repoapi.Orphan, len(found))
 	pending := make([]int, len(found))
 	for i, o := range found {
 		out[i] = o.report()
@@ -332,7 +333,7 @@ func (s *RepoService) removeOrphan(o orphan) error {
 
 // check answers sendense.repo.check (see SubjectCheck).
 func (s *RepoService) check(ctx context.Context, data []byte) (any, error) {
-	var req CheckRequest
+	var req repoapi.CheckRequest
 	if err := decode(data, &req); err != nil {
 		return nil, err
 	}
@@ -344,14 +345,14 @@ func (s *RepoService) check(ctx context.Context, data []byte) (any, error) {
 		names = []string{req.Repository}
 	}
 	if s.opts.Catalog == nil {
-		return nil, coded(CodeUnavailable, errors.New("check: the repository service has no catalog configured"))
+		return nil, coded(repoapi.CodeUnavailable, errors.New("check: the repository service has no catalog configured"))
 	}
-	jobs, err := s.opts.Catalog.Jobs(ctx, store.JobFilter{Status: store.StatusCompleted})
+	jobs, err := s.opts.Catalog.Jobs(ctx, backup.JobFilter{Status: backup.StatusCompleted})
 	if err != nil {
-		return nil, coded(CodeUnavailable, fmt.Errorf("check: list completed jobs: %w", err))
+		return nil, coded(repoapi.CodeUnavailable, fmt.Errorf("check: list completed jobs: %w", err))
 	}
-	reply := CheckReply{Repositories: names, DryRun: req.DryRun, Problems: []CheckProblem{}, Orphans: []Orphan{}}
-	// Each disk's base is the link it backs onto now (store.Chain): after
+	reply := repoapi.CheckReply{Repositories: names, DryRun: req.DryRun, Problems: []repoapi.CheckProblem{}, Orphans: []repoapi.Orphan{}}
+	// Each disk's base is the link it backs onto now (backup.Chain): after
 	// a prune, not always the job its backup named.
 	type vmRepo struct{ vm, repo string }
 	type diskJob struct {
@@ -361,22 +362,22 @@ func (s *RepoService) check(ctx context.Context, data []byte) (any, error) {
 	bases := map[vmRepo]map[diskJob]string{}
 	pending := map[vmRepo]bool{}
 	for _, j := range jobs {
-		if j.Prune != nil && j.Prune.State == store.PrunePending {
+		if j.Prune != nil && j.Prune.State == backup.PrunePending {
 			pending[vmRepo{j.VM.UUID, repoName(j.Repository)}] = true
 		}
 	}
 	for _, j := range jobs {
 		name := repoName(j.Repository)
-		if j.Status != store.StatusCompleted || !slices.Contains(names, name) {
+		if j.Status != backup.StatusCompleted || !slices.Contains(names, name) {
 			continue
 		}
 		k := vmRepo{j.VM.UUID, name}
 		if pending[k] {
 			reply.Disks += len(j.Disks)
-			if j.Prune != nil && j.Prune.State == store.PrunePending {
+			if j.Prune != nil && j.Prune.State == backup.PrunePending {
 				for _, d := range j.Disks {
-					p := CheckProblem{TargetRef: TargetRef{Repository: name, JobID: j.ID, VMUUID: j.VM.UUID, DiskKey: d.Disk.Key},
-						Problem: ProblemPrunePending, Detail: "a prune of this point is recorded and not done; the hub finishes it"}
+					p := repoapi.CheckProblem{TargetRef: repoapi.TargetRef{Repository: name, JobID: j.ID, VMUUID: j.VM.UUID, DiskKey: d.Disk.Key},
+						Problem: repoapi.ProblemPrunePending, Detail: "a prune of this point is recorded and not done; the hub finishes it"}
 					p.Path, _ = s.opts.Repositories[name].Path(j.VM.UUID, d.Disk.Key, j.ID)
 					reply.Problems = append(reply.Problems, p)
 				}
@@ -386,7 +387,7 @@ func (s *RepoService) check(ctx context.Context, data []byte) (any, error) {
 		if _, ok := bases[k]; !ok {
 			chains, err := s.opts.Catalog.Chains(ctx, k.vm, k.repo)
 			if err != nil {
-				return nil, coded(CodeUnavailable, fmt.Errorf("check: get the chains of vm %s: %w", k.vm, err))
+				return nil, coded(repoapi.CodeUnavailable, fmt.Errorf("check: get the chains of vm %s: %w", k.vm, err))
 			}
 			m := map[diskJob]string{}
 			for _, c := range chains {
@@ -428,19 +429,19 @@ func (s *RepoService) check(ctx context.Context, data []byte) (any, error) {
 // checkDisk compares one completed disk with its file: it must exist and
 // its backing file must be the file of the job d.Backing names (the link
 // it backs onto now; none for a full). It returns nil when they agree.
-func checkDisk(r *repository.Repo, repo string, j store.Job, d store.Disk) *CheckProblem {
-	p := &CheckProblem{TargetRef: TargetRef{Repository: repo, JobID: j.ID, VMUUID: j.VM.UUID, DiskKey: d.Disk.Key}}
+func checkDisk(r *repository.Repo, repo string, j backup.Job, d backup.Disk) *repoapi.CheckProblem {
+	p := &repoapi.CheckProblem{TargetRef: repoapi.TargetRef{Repository: repo, JobID: j.ID, VMUUID: j.VM.UUID, DiskKey: d.Disk.Key}}
 	p.Path, _ = r.Path(j.VM.UUID, d.Disk.Key, j.ID)
 	f, err := r.File(j.VM.UUID, d.Disk.Key, j.ID)
 	switch {
 	case errors.Is(err, repository.ErrInvalidID):
-		p.Problem, p.Detail = ProblemMissing, err.Error()
+		p.Problem, p.Detail = repoapi.ProblemMissing, err.Error()
 		return p
 	case errors.Is(err, fs.ErrNotExist):
-		p.Problem, p.Detail = ProblemMissing, "no backup file"
+		p.Problem, p.Detail = repoapi.ProblemMissing, "no backup file"
 		return p
 	case err != nil:
-		p.Problem, p.Detail = ProblemUnreadable, err.Error()
+		p.Problem, p.Detail = repoapi.ProblemUnreadable, err.Error()
 		return p
 	}
 	want := ""
@@ -450,7 +451,7 @@ func checkDisk(r *repository.Repo, repo string, j store.Job, d store.Disk) *Chec
 	if f.BackingFile == want {
 		return nil
 	}
-	p.Problem = ProblemBacking
+	p.Problem = repoapi.ProblemBacking
 	switch {
 	case want == "":
 		p.Detail = fmt.Sprintf("backing file %q, the catalog says a full (none)", f.BackingFile)

@@ -12,8 +12,9 @@ import (
 	"time"
 
 	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/agents/hub/repoapi"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
-	"github.com/sendense/sendense/store"
 )
 
 // graceHour makes files younger than an hour safe from reconciliation;
@@ -37,7 +38,7 @@ func TestReconcile(t *testing.T) {
 
 	// Orphans.
 	killed := e.makeFile(t, "job-killed", "", raw, old) // written, then the job failed
-	e.catalog.set(job("job-killed", store.StatusFailed, "", testDisk))
+	e.catalog.set(job("job-killed", backup.StatusFailed, "", testDisk))
 	unknown := e.makeFile(t, "job-unknown", "", "", old) // the catalog never heard of it
 	orphanBase := e.makeFile(t, "job-o1", "", "", old)
 	orphanInc := e.makeFile(t, "job-o2", "job-o1", "", old)
@@ -47,9 +48,9 @@ func TestReconcile(t *testing.T) {
 
 	// Kept.
 	done := e.makeFile(t, "job-done", "", raw, old)
-	e.catalog.set(job("job-done", store.StatusCompleted, "", testDisk))
+	e.catalog.set(job("job-done", backup.StatusCompleted, "", testDisk))
 	young := e.makeFile(t, "job-young", "", "", time.Time{})
-	e.catalog.set(job("job-young", store.StatusFailed, "", testDisk))
+	e.catalog.set(job("job-young", backup.StatusFailed, "", testDisk))
 	tmpYoung := filepath.Join(filepath.Dir(killed), ".job-crash2.qcow2.456.tmp")
 	writeFile(t, tmpYoung, 8192, time.Time{})
 	leasedKey := int32(2001)
@@ -70,7 +71,7 @@ func TestReconcile(t *testing.T) {
 	base := e.makeFile(t, "job-base", "", "", old) // not completed, but a completed job backs onto it
 	backed := e.makeFile(t, "job-backed", "job-base", "", old)
 	setMtime(t, base, old)
-	e.catalog.set(job("job-backed", store.StatusCompleted, "job-base", testDisk))
+	e.catalog.set(job("job-backed", backup.StatusCompleted, "job-base", testDisk))
 
 	st, _ := os.Stat(killed)
 	killedBytes := allocated(t, killed)
@@ -94,7 +95,7 @@ func TestReconcile(t *testing.T) {
 		t.Errorf("open target no longer served")
 	}
 
-	got := map[string]hub.Orphan{}
+	got := map[string]repoapi.Orphan{}
 	var bytes int64
 	for _, o := range orphans {
 		got[filepath.Base(o.Path)] = o
@@ -167,7 +168,7 @@ func TestReconcileSkipsWhenCatalogBehind(t *testing.T) {
 	e := newSvcEnv(t, graceHour)
 	ctx := testCtx(t)
 	orphan := e.makeFile(t, "job-failed", "", "", old)
-	e.catalog.set(job("job-failed", store.StatusFailed, "", testDisk))
+	e.catalog.set(job("job-failed", backup.StatusFailed, "", testDisk))
 
 	e.progress.set(errBehind)
 	if _, err := e.svc.Reconcile(ctx); !errors.Is(err, hub.ErrCatalogBehind) {

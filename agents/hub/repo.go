@@ -22,10 +22,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/sendense/sendense/agents/hub/repoapi"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/manifest"
 	"github.com/sendense/sendense/repository"
-	"github.com/sendense/sendense/store"
 )
 
 // LeaseHolders tells who holds a lease key (ok false when nobody);
@@ -182,11 +183,11 @@ type RepoService struct {
 	reconcileMu sync.Mutex
 
 	mu       sync.Mutex
-	targets  map[TargetRef]*target
+	targets  map[repoapi.TargetRef]*target
 	restores map[string]*restoreExport
 	// busy holds the refs an open or a reconciliation is working on: the
 	// file of a busy ref is removed or made by that one operation only.
-	busy map[TargetRef]struct{}
+	busy map[repoapi.TargetRef]struct{}
 	// nextPort is the offset in opts.Ports of the next TCP export's first
 	// try; ports rotate so a closed export's port is reused last.
 	nextPort int
@@ -198,7 +199,7 @@ type RepoService struct {
 }
 
 type target struct {
-	ref    TargetRef
+	ref    repoapi.TargetRef
 	path   string
 	export *repository.Export
 	opened time.Time
@@ -250,9 +251,9 @@ func NewRepoService(opts RepoOptions) (*RepoService, error) {
 		opts:     opts,
 		log:      opts.Log.With().Str("role", "repository").Logger(),
 		metrics:  newMetrics(opts.Registry),
-		targets:  map[TargetRef]*target{},
+		targets:  map[repoapi.TargetRef]*target{},
 		restores: map[string]*restoreExport{},
-		busy:     map[TargetRef]struct{}{},
+		busy:     map[repoapi.TargetRef]struct{}{},
 
 		pruning:   map[string]bool{},
 		restoring: map[string]int{},
@@ -280,12 +281,12 @@ func (s *RepoService) Serve(ctx context.Context, nc *nats.Conn, ready chan<- str
 	})
 	defer markReady()
 	svc, err := micro.AddService(nc, micro.Config{
-		Name:        ServiceName,
+		Name:        repoapi.ServiceName,
 		Version:     "1.0.0",
 		Description: "Sendense repository: QCOW2 targets exported with qemu-nbd",
 	})
 	if err != nil {
-		return fmt.Errorf("add service %s: %w", ServiceName, err)
+		return fmt.Errorf("add service %s: %w", repoapi.ServiceName, err)
 	}
 	defer svc.Stop()
 	endpoints := []struct {
@@ -293,17 +294,17 @@ func (s *RepoService) Serve(ctx context.Context, nc *nats.Conn, ready chan<- str
 		h             func(context.Context, []byte) (any, error)
 		timeout       time.Duration // 0: requestTimeout
 	}{
-		{"info", SubjectInfo, s.info, 0},
-		{"target-open", SubjectTargetOpen, s.openTarget, 0},
-		{"target-close", SubjectTargetClose, s.closeTarget, 0},
-		{"target-abort", SubjectTargetAbort, s.abortTarget, 0},
-		{"restore-open", SubjectRestoreOpen, s.openRestore, 0},
-		{"restore-close", SubjectRestoreClose, s.closeRestore, 0},
-		{"check", SubjectCheck, s.check, 0},
-		{"forget", SubjectForget, s.forget, forgetTimeout},
-		{"target-digests", SubjectTargetDigests, s.targetDigests, 0},
-		{"verify", SubjectVerify, s.verify, VerifyTimeout},
-		{"manifest", SubjectManifest, s.manifestPage, 0},
+		{"info", repoapi.SubjectInfo, s.info, 0},
+		{"target-open", repoapi.SubjectTargetOpen, s.openTarget, 0},
+		{"target-close", repoapi.SubjectTargetClose, s.closeTarget, 0},
+		{"target-abort", repoapi.SubjectTargetAbort, s.abortTarget, 0},
+		{"restore-open", repoapi.SubjectRestoreOpen, s.openRestore, 0},
+		{"restore-close", repoapi.SubjectRestoreClose, s.closeRestore, 0},
+		{"check", repoapi.SubjectCheck, s.check, 0},
+		{"forget", repoapi.SubjectForget, s.forget, forgetTimeout},
+		{"target-digests", repoapi.SubjectTargetDigests, s.targetDigests, 0},
+		{"verify", repoapi.SubjectVerify, s.verify, repoapi.VerifyTimeout},
+		{"manifest", repoapi.SubjectManifest, s.manifestPage, 0},
 	}
 	// Handlers run in their own goroutines; shutdown waits for them before
 	// closing everything, so no export or file is made after closeAll.
@@ -318,7 +319,7 @@ func (s *RepoService) Serve(ctx context.Context, nc *nats.Conn, ready chan<- str
 			inflightMu.Lock()
 			defer inflightMu.Unlock()
 			if stopping {
-				_ = r.Error(CodeInternal, "repository service stopping", nil)
+				_ = r.Error(repoapi.CodeInternal, "repository service stopping", nil)
 				return
 			}
 			inflight.Add(1)
@@ -408,7 +409,7 @@ func (s *RepoService) handle(ctx context.Context, nc *nats.Conn, subject, reply 
 	out, err := h(ctx, data)
 	resp := &nats.Msg{Subject: reply}
 	if err != nil {
-		code := CodeInternal
+		code := repoapi.CodeInternal
 		var ce *codedError
 		if errors.As(err, &ce) {
 			code = ce.code
@@ -416,7 +417,7 @@ func (s *RepoService) handle(ctx context.Context, nc *nats.Conn, subject, reply 
 		s.log.Warn().Err(err).Str("subject", subject).Str("code", code).Msg("repository request failed")
 		resp.Header = nats.Header{micro.ErrorHeader: {err.Error()}, micro.ErrorCodeHeader: {code}}
 	} else if resp.Data, err = json.Marshal(out); err != nil {
-		resp.Header = nats.Header{micro.ErrorHeader: {err.Error()}, micro.ErrorCodeHeader: {CodeInternal}}
+		resp.Header = nats.Header{micro.ErrorHeader: {err.Error()}, micro.ErrorCodeHeader: {repoapi.CodeInternal}}
 	}
 	if reply == "" {
 		return
@@ -439,7 +440,7 @@ func coded(code string, err error) error { return &codedError{code: code, err: e
 func (s *RepoService) repo(name string) (*repository.Repo, error) {
 	r, ok := s.opts.Repositories[name]
 	if !ok {
-		return nil, coded(CodeUnknownRepository, fmt.Errorf("unknown repository %q", name))
+		return nil, coded(repoapi.CodeUnknownRepository, fmt.Errorf("unknown repository %q", name))
 	}
 	return r, nil
 }
@@ -455,22 +456,22 @@ func (s *RepoService) decodeRepo(data []byte, v any, repo *string) (*repository.
 
 func decode(data []byte, v any) error {
 	if err := json.Unmarshal(data, v); err != nil {
-		return coded(CodeBadRequest, fmt.Errorf("decode request: %w", err))
+		return coded(repoapi.CodeBadRequest, fmt.Errorf("decode request: %w", err))
 	}
 	return nil
 }
 
 func (s *RepoService) info(_ context.Context, data []byte) (any, error) {
-	var req InfoRequest
+	var req repoapi.InfoRequest
 	r, err := s.decodeRepo(data, &req, &req.Repository)
 	if err != nil {
 		return nil, err
 	}
-	return InfoReply{Repository: req.Repository, Root: r.Root()}, nil
+	return repoapi.InfoReply{Repository: req.Repository, Root: r.Root()}, nil
 }
 
 func (s *RepoService) openTarget(ctx context.Context, data []byte) (any, error) {
-	var req OpenRequest
+	var req repoapi.OpenRequest
 	r, err := s.decodeRepo(data, &req, &req.Repository)
 	if err != nil {
 		return nil, err
@@ -524,7 +525,7 @@ func (s *RepoService) openTarget(ctx context.Context, data []byte) (any, error) 
 	s.mu.Unlock()
 	rel, _ := filepath.Rel(r.Root(), path)
 	log.Info().Str("target", rel).Str("backing_job_id", req.BackingJobID).Str("uri", exp.URI()).Msg("target opened")
-	return OpenReply{URI: exp.URI(), Target: rel, Path: path, TLS: psk}, nil
+	return repoapi.OpenReply{URI: exp.URI(), Target: rel, Path: path, TLS: psk}, nil
 }
 
 // export starts an export of path: on a unix socket in SocketDir, or with
@@ -560,26 +561,26 @@ func (s *RepoService) export(ctx context.Context, r *repository.Repo, path strin
 		}
 		return exp, &psk, nil
 	}
-	return nil, nil, coded(CodeUnavailable, fmt.Errorf("export %s: every port of %s on %s is in use", path, s.opts.Ports, s.opts.Listen))
+	return nil, nil, coded(repoapi.CodeUnavailable, fmt.Errorf("export %s: every port of %s on %s is in use", path, s.opts.Ports, s.opts.Listen))
 }
 
 // validateOpen refuses a request that could never succeed before anything
 // is touched.
-func validateOpen(r *repository.Repo, req OpenRequest) error {
+func validateOpen(r *repository.Repo, req repoapi.OpenRequest) error {
 	if _, err := r.Path(req.VMUUID, req.DiskKey, req.JobID); err != nil {
-		return coded(CodeBadRequest, err)
+		return coded(repoapi.CodeBadRequest, err)
 	}
 	if err := repository.ValidateCapacity(req.CapacityBytes); err != nil {
-		return coded(CodeBadRequest, err)
+		return coded(repoapi.CodeBadRequest, err)
 	}
 	if req.BackingJobID == "" {
 		return nil
 	}
 	if err := repository.ValidateJobID(req.BackingJobID); err != nil {
-		return coded(CodeBadRequest, fmt.Errorf("backing job id: %w", err))
+		return coded(repoapi.CodeBadRequest, fmt.Errorf("backing job id: %w", err))
 	}
 	if req.BackingJobID == req.JobID {
-		return coded(CodeBadRequest, fmt.Errorf("job %s cannot back onto itself: %w", req.JobID, repository.ErrInvalidID))
+		return coded(repoapi.CodeBadRequest, fmt.Errorf("job %s cannot back onto itself: %w", req.JobID, repository.ErrInvalidID))
 	}
 	return nil
 }
@@ -587,11 +588,11 @@ func validateOpen(r *repository.Repo, req OpenRequest) error {
 // reserve marks ref busy until release is called. A ref already busy (a
 // reconciliation removing its file, or another open of it) answers
 // CodeUnavailable: the agent tries again later.
-func (s *RepoService) reserve(ref TargetRef) (release func(), err error) {
+func (s *RepoService) reserve(ref repoapi.TargetRef) (release func(), err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.busy[ref]; ok {
-		return nil, coded(CodeUnavailable, fmt.Errorf("target of job %s disk %d of vm %s is being opened or reconciled", ref.JobID, ref.DiskKey, ref.VMUUID))
+		return nil, coded(repoapi.CodeUnavailable, fmt.Errorf("target of job %s disk %d of vm %s is being opened or reconciled", ref.JobID, ref.DiskKey, ref.VMUUID))
 	}
 	s.busy[ref] = struct{}{}
 	return func() {
@@ -608,7 +609,7 @@ func (s *RepoService) reserve(ref TargetRef) (release func(), err error) {
 // removed only when the catalog has applied everything BACKUP_EVENTS holds,
 // so a backup.completed stored but not yet applied cannot be missed; when
 // it has not, or nothing can tell, CodeUnavailable.
-func (s *RepoService) removeEarlierFile(ctx context.Context, r *repository.Repo, req TargetRef, log zerolog.Logger) error {
+func (s *RepoService) removeEarlierFile(ctx context.Context, r *repository.Repo, req repoapi.TargetRef, log zerolog.Logger) error {
 	path, err := r.Path(req.VMUUID, req.DiskKey, req.JobID)
 	if err != nil {
 		return classify(err)
@@ -619,19 +620,19 @@ func (s *RepoService) removeEarlierFile(ctx context.Context, r *repository.Repo,
 		return fmt.Errorf("stat earlier file of job %s disk %d: %w", req.JobID, req.DiskKey, err)
 	}
 	if s.opts.Catalog == nil || s.opts.Progress == nil {
-		return coded(CodeUnavailable, fmt.Errorf("file %s of job %s exists and no catalog is configured to tell whether it is a completed backup", path, req.JobID))
+		return coded(repoapi.CodeUnavailable, fmt.Errorf("file %s of job %s exists and no catalog is configured to tell whether it is a completed backup", path, req.JobID))
 	}
 	// Progress first, the job second: an event stored before the
 	// progress read is then in the job we read.
 	behind := s.opts.Progress.CaughtUp(ctx)
 	job, err := s.opts.Catalog.Job(ctx, req.JobID)
 	switch {
-	case err == nil && job.Status == store.StatusCompleted:
-		return coded(CodeConflict, fmt.Errorf("job %s is completed in the catalog: its file %s is a backup and stays", req.JobID, path))
-	case err != nil && !errors.Is(err, store.ErrNotFound):
-		return coded(CodeUnavailable, fmt.Errorf("ask the catalog whether job %s completed: %w", req.JobID, err))
+	case err == nil && job.Status == backup.StatusCompleted:
+		return coded(repoapi.CodeConflict, fmt.Errorf("job %s is completed in the catalog: its file %s is a backup and stays", req.JobID, path))
+	case err != nil && !errors.Is(err, backup.ErrNotFound):
+		return coded(repoapi.CodeUnavailable, fmt.Errorf("ask the catalog whether job %s completed: %w", req.JobID, err))
 	case behind != nil:
-		return coded(CodeUnavailable, fmt.Errorf("file %s of job %s exists and the catalog cannot vouch it is no completed backup: %w", path, req.JobID, behind))
+		return coded(repoapi.CodeUnavailable, fmt.Errorf("file %s of job %s exists and the catalog cannot vouch it is no completed backup: %w", path, req.JobID, behind))
 	}
 	log.Info().Str("path", path).Str("status", job.Status).Msg("removing the file of an earlier attempt")
 	if err := r.Remove(req.VMUUID, req.DiskKey, req.JobID); err != nil {
@@ -644,26 +645,26 @@ func (s *RepoService) removeEarlierFile(ctx context.Context, r *repository.Repo,
 func classify(err error) error {
 	switch {
 	case errors.Is(err, repository.ErrNoSpace), errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
-		return coded(CodeRepositoryFull, err)
+		return coded(repoapi.CodeRepositoryFull, err)
 	case errors.Is(err, repository.ErrNoBacking):
-		return coded(CodeBaseMissing, err)
+		return coded(repoapi.CodeBaseMissing, err)
 	case errors.Is(err, repository.ErrBrokenChain), errors.Is(err, repository.ErrCorrupt):
-		return coded(CodeBaseInvalid, err)
+		return coded(repoapi.CodeBaseInvalid, err)
 	case errors.Is(err, repository.ErrInvalidID), errors.Is(err, repository.ErrInvalidCapacity),
 		errors.Is(err, repository.ErrCapacityMismatch):
-		return coded(CodeBadRequest, err)
+		return coded(repoapi.CodeBadRequest, err)
 	case errors.Is(err, repository.ErrExists), errors.Is(err, repository.ErrBusy), errors.Is(err, repository.ErrIsBacking):
-		return coded(CodeConflict, err)
+		return coded(repoapi.CodeConflict, err)
 	}
 	return err
 }
 
-func (s *RepoService) take(ref TargetRef) (*target, error) {
+func (s *RepoService) take(ref repoapi.TargetRef) (*target, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t, ok := s.targets[ref]
 	if !ok {
-		return nil, coded(CodeNotFound, fmt.Errorf("no open target for job %s disk %d of vm %s", ref.JobID, ref.DiskKey, ref.VMUUID))
+		return nil, coded(repoapi.CodeNotFound, fmt.Errorf("no open target for job %s disk %d of vm %s", ref.JobID, ref.DiskKey, ref.VMUUID))
 	}
 	delete(s.targets, ref)
 	return t, nil
@@ -682,7 +683,7 @@ func (s *RepoService) takeSame(t *target) bool {
 }
 
 func (s *RepoService) closeTarget(ctx context.Context, data []byte) (any, error) {
-	var ref TargetRef
+	var ref repoapi.TargetRef
 	r, err := s.decodeRepo(data, &ref, &ref.Repository)
 	if err != nil {
 		return nil, err
@@ -724,12 +725,12 @@ func (s *RepoService) closeTarget(ctx context.Context, data []byte) (any, error)
 	rel, _ := filepath.Rel(r.Root(), t.path)
 	s.log.Info().Str("job_id", ref.JobID).Int32("disk_key", ref.DiskKey).Str("target", rel).
 		Int64("actual_size_bytes", info.ActualSize).Str("manifest_sha256", sum.String()).Msg("target closed")
-	return CloseReply{Target: rel, ActualSizeBytes: info.ActualSize, VirtualSize: info.VirtualSize, BackingFile: info.BackingFile,
+	return repoapi.CloseReply{Target: rel, ActualSizeBytes: info.ActualSize, VirtualSize: info.VirtualSize, BackingFile: info.BackingFile,
 		ManifestSHA256: sum.String()}, nil
 }
 
 func (s *RepoService) abortTarget(ctx context.Context, data []byte) (any, error) {
-	var ref TargetRef
+	var ref repoapi.TargetRef
 	r, err := s.decodeRepo(data, &ref, &ref.Repository)
 	if err != nil {
 		return nil, err
@@ -754,7 +755,7 @@ func (s *RepoService) abortTarget(ctx context.Context, data []byte) (any, error)
 }
 
 func (s *RepoService) openRestore(ctx context.Context, data []byte) (any, error) {
-	var ref TargetRef
+	var ref repoapi.TargetRef
 	r, err := s.decodeRepo(data, &ref, &ref.Repository)
 	if err != nil {
 		return nil, err
@@ -768,7 +769,7 @@ func (s *RepoService) openRestore(ctx context.Context, data []byte) (any, error)
 	s.mu.Lock()
 	if s.pruning[ref.VMUUID] {
 		s.mu.Unlock()
-		return nil, coded(CodeBusy, fmt.Errorf("restore of job %s: vm %s is being pruned, try again later", ref.JobID, ref.VMUUID))
+		return nil, coded(repoapi.CodeBusy, fmt.Errorf("restore of job %s: vm %s is being pruned, try again later", ref.JobID, ref.VMUUID))
 	}
 	s.restoring[ref.VMUUID]++
 	s.mu.Unlock()
@@ -781,15 +782,15 @@ func (s *RepoService) openRestore(ctx context.Context, data []byte) (any, error)
 	if s.opts.Catalog != nil {
 		j, err := s.opts.Catalog.Job(ctx, ref.JobID)
 		switch {
-		case err == nil && j.Status == store.StatusPruned:
-			return nil, coded(CodeNotFound, fmt.Errorf("restore of job %s: the point was pruned", ref.JobID))
-		case err == nil && j.Prune != nil && j.Prune.State == store.PrunePending:
-			return nil, coded(CodeBusy, fmt.Errorf("restore of job %s: the point is being pruned", ref.JobID))
+		case err == nil && j.Status == backup.StatusPruned:
+			return nil, coded(repoapi.CodeNotFound, fmt.Errorf("restore of job %s: the point was pruned", ref.JobID))
+		case err == nil && j.Prune != nil && j.Prune.State == backup.PrunePending:
+			return nil, coded(repoapi.CodeBusy, fmt.Errorf("restore of job %s: the point is being pruned", ref.JobID))
 		}
 	}
 	info, err := r.Info(ctx, path)
 	if err != nil {
-		return nil, coded(CodeNotFound, fmt.Errorf("backup of job %s disk %d: %w", ref.JobID, ref.DiskKey, err))
+		return nil, coded(repoapi.CodeNotFound, fmt.Errorf("backup of job %s disk %d: %w", ref.JobID, ref.DiskKey, err))
 	}
 	id := "restore-" + strings.ToLower(nuid.Next())
 	exp, psk, err := s.export(ctx, r, path, repository.ExportOptions{ReadOnly: true, Shared: 4, Owner: id})
@@ -800,11 +801,11 @@ func (s *RepoService) openRestore(ctx context.Context, data []byte) (any, error)
 	s.mu.Lock()
 	s.restores[id] = &restoreExport{export: exp, expires: time.Now().Add(s.opts.RestoreTTL), vm: ref.VMUUID}
 	s.mu.Unlock()
-	return RestoreOpenReply{ExportID: id, URI: exp.URI(), Path: path, VirtualSize: info.VirtualSize, TLS: psk}, nil
+	return repoapi.RestoreOpenReply{ExportID: id, URI: exp.URI(), Path: path, VirtualSize: info.VirtualSize, TLS: psk}, nil
 }
 
 func (s *RepoService) closeRestore(ctx context.Context, data []byte) (any, error) {
-	var req RestoreCloseRequest
+	var req repoapi.RestoreCloseRequest
 	if err := decode(data, &req); err != nil {
 		return nil, err
 	}
@@ -813,7 +814,7 @@ func (s *RepoService) closeRestore(ctx context.Context, data []byte) (any, error
 	delete(s.restores, req.ExportID)
 	s.mu.Unlock()
 	if !ok {
-		return nil, coded(CodeNotFound, fmt.Errorf("no restore export %q", req.ExportID))
+		return nil, coded(repoapi.CodeNotFound, fmt.Errorf("no restore export %q", req.ExportID))
 	}
 	defer s.restoreDone(re.vm)
 	return struct{}{}, re.export.Close(ctx)
@@ -903,7 +904,7 @@ func (s *RepoService) closeAll() {
 	s.mu.Lock()
 	targets := s.targets
 	restores := s.restores
-	s.targets = map[TargetRef]*target{}
+	s.targets = map[repoapi.TargetRef]*target{}
 	s.restores = map[string]*restoreExport{}
 	s.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -10,7 +10,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/agents/hub/repoapi"
 )
 
 func TestInfo(t *testing.T) {
@@ -26,11 +26,11 @@ func TestInfo(t *testing.T) {
 	}
 
 	_, err = e.client.Info(ctx, "nope")
-	if !errors.Is(err, hub.ErrUnknownRepository) {
+	if !errors.Is(err, repoapi.ErrUnknownRepository) {
 		t.Errorf("Info(nope) error = %v, want ErrUnknownRepository", err)
 	}
-	if c := serviceCode(err); c != hub.CodeUnknownRepository {
-		t.Errorf("Info(nope) code = %q, want %s", c, hub.CodeUnknownRepository)
+	if c := serviceCode(err); c != repoapi.CodeUnknownRepository {
+		t.Errorf("Info(nope) code = %q, want %s", c, repoapi.CodeUnknownRepository)
 	}
 }
 
@@ -73,8 +73,8 @@ func TestFullTargetRoundTrip(t *testing.T) {
 	}
 
 	// Closing again: the target is gone.
-	if _, err := e.client.Close(ctx, ref("job-full-1")); serviceCode(err) != hub.CodeNotFound {
-		t.Errorf("second close error = %v, want code %s", err, hub.CodeNotFound)
+	if _, err := e.client.Close(ctx, ref("job-full-1")); serviceCode(err) != repoapi.CodeNotFound {
+		t.Errorf("second close error = %v, want code %s", err, repoapi.CodeNotFound)
 	}
 	if _, err := os.Stat(out.Path); err != nil {
 		t.Errorf("completed backup file: %v", err)
@@ -118,8 +118,8 @@ func TestIncrementalBacksOntoPrevious(t *testing.T) {
 
 	// A base that does not exist is missing (the agent takes a full);
 	// nothing is created.
-	if _, err := e.client.Open(ctx, openReq("job-c", "job-missing")); serviceCode(err) != hub.CodeBaseMissing || !errors.Is(err, hub.ErrBaseMissing) {
-		t.Errorf("open with missing base: error %v, want code %s", err, hub.CodeBaseMissing)
+	if _, err := e.client.Open(ctx, openReq("job-c", "job-missing")); serviceCode(err) != repoapi.CodeBaseMissing || !errors.Is(err, repoapi.ErrBaseMissing) {
+		t.Errorf("open with missing base: error %v, want code %s", err, repoapi.CodeBaseMissing)
 	}
 	assertNoFile(t, filepath.Join(e.repo.Root(), testVM, "2000", "job-c.qcow2"))
 	e.assertNoExports(t)
@@ -147,8 +147,8 @@ func TestAbortRemovesPartialFile(t *testing.T) {
 		t.Errorf("second abort: %v", err)
 	}
 	// The aborted target cannot be closed into a backup.
-	if _, err := e.client.Close(ctx, ref("job-abort")); serviceCode(err) != hub.CodeNotFound {
-		t.Errorf("close after abort: error %v, want code %s", err, hub.CodeNotFound)
+	if _, err := e.client.Close(ctx, ref("job-abort")); serviceCode(err) != repoapi.CodeNotFound {
+		t.Errorf("close after abort: error %v, want code %s", err, repoapi.CodeNotFound)
 	}
 }
 
@@ -186,15 +186,15 @@ func TestCloseUnknownTarget(t *testing.T) {
 	e := newSvcEnv(t, nil)
 	ctx := testCtx(t)
 	_, err := e.client.Close(ctx, ref("job-never-opened"))
-	if serviceCode(err) != hub.CodeNotFound {
-		t.Errorf("close of unknown target: error %v, want code %s", err, hub.CodeNotFound)
+	if serviceCode(err) != repoapi.CodeNotFound {
+		t.Errorf("close of unknown target: error %v, want code %s", err, repoapi.CodeNotFound)
 	}
 	r := ref("job-x")
 	r.Repository = "nope"
-	if _, err := e.client.Close(ctx, r); !errors.Is(err, hub.ErrUnknownRepository) {
+	if _, err := e.client.Close(ctx, r); !errors.Is(err, repoapi.ErrUnknownRepository) {
 		t.Errorf("close in unknown repository: error %v, want ErrUnknownRepository", err)
 	}
-	if _, err := e.client.Open(ctx, hub.OpenRequest{TargetRef: r, CapacityBytes: testCapacity}); !errors.Is(err, hub.ErrUnknownRepository) {
+	if _, err := e.client.Open(ctx, repoapi.OpenRequest{TargetRef: r, CapacityBytes: testCapacity}); !errors.Is(err, repoapi.ErrUnknownRepository) {
 		t.Errorf("open in unknown repository: error %v, want ErrUnknownRepository", err)
 	}
 	if got := e.files(t); len(got) != 0 {
@@ -215,35 +215,35 @@ func TestBadIDs(t *testing.T) {
 	tests := []struct {
 		name   string
 		refBad bool
-		req    func() hub.OpenRequest
+		req    func() repoapi.OpenRequest
 	}{
-		{"vm dotdot", true, func() hub.OpenRequest { r := good; r.VMUUID = "../x"; return r }},
-		{"job dotdot", true, func() hub.OpenRequest { r := good; r.JobID = "../x"; return r }},
-		{"job slash", true, func() hub.OpenRequest { r := good; r.JobID = "a/b"; return r }},
-		{"job dot", true, func() hub.OpenRequest { r := good; r.JobID = "."; return r }},
-		{"vm empty", true, func() hub.OpenRequest { r := good; r.VMUUID = ""; return r }},
-		{"vm absolute", true, func() hub.OpenRequest { r := good; r.VMUUID = "/etc"; return r }},
-		{"job option", true, func() hub.OpenRequest { r := good; r.JobID = "-rf"; return r }},
-		{"negative disk", true, func() hub.OpenRequest { r := good; r.DiskKey = -1; return r }},
-		{"backing dotdot", false, func() hub.OpenRequest { r := good; r.BackingJobID = "../x"; return r }},
-		{"backing itself", false, func() hub.OpenRequest { r := good; r.BackingJobID = r.JobID; return r }},
-		{"capacity zero", false, func() hub.OpenRequest { r := good; r.CapacityBytes = 0; return r }},
-		{"capacity unaligned", false, func() hub.OpenRequest { r := good; r.CapacityBytes = 1000; return r }},
+		{"vm dotdot", true, func() repoapi.OpenRequest { r := good; r.VMUUID = "../x"; return r }},
+		{"job dotdot", true, func() repoapi.OpenRequest { r := good; r.JobID = "../x"; return r }},
+		{"job slash", true, func() repoapi.OpenRequest { r := good; r.JobID = "a/b"; return r }},
+		{"job dot", true, func() repoapi.OpenRequest { r := good; r.JobID = "."; return r }},
+		{"vm empty", true, func() repoapi.OpenRequest { r := good; r.VMUUID = ""; return r }},
+		{"vm absolute", true, func() repoapi.OpenRequest { r := good; r.VMUUID = "/etc"; return r }},
+		{"job option", true, func() repoapi.OpenRequest { r := good; r.JobID = "-rf"; return r }},
+		{"negative disk", true, func() repoapi.OpenRequest { r := good; r.DiskKey = -1; return r }},
+		{"backing dotdot", false, func() repoapi.OpenRequest { r := good; r.BackingJobID = "../x"; return r }},
+		{"backing itself", false, func() repoapi.OpenRequest { r := good; r.BackingJobID = r.JobID; return r }},
+		{"capacity zero", false, func() repoapi.OpenRequest { r := good; r.CapacityBytes = 0; return r }},
+		{"capacity unaligned", false, func() repoapi.OpenRequest { r := good; r.CapacityBytes = 1000; return r }},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			req := tc.req()
-			if _, err := e.client.Open(ctx, req); serviceCode(err) != hub.CodeBadRequest {
-				t.Errorf("Open: error %v, want code %s", err, hub.CodeBadRequest)
+			if _, err := e.client.Open(ctx, req); serviceCode(err) != repoapi.CodeBadRequest {
+				t.Errorf("Open: error %v, want code %s", err, repoapi.CodeBadRequest)
 			}
 			if !tc.refBad {
 				return
 			}
-			if err := e.client.Abort(ctx, req.TargetRef); serviceCode(err) != hub.CodeBadRequest {
-				t.Errorf("Abort: error %v, want code %s", err, hub.CodeBadRequest)
+			if err := e.client.Abort(ctx, req.TargetRef); serviceCode(err) != repoapi.CodeBadRequest {
+				t.Errorf("Abort: error %v, want code %s", err, repoapi.CodeBadRequest)
 			}
-			if _, err := e.client.OpenRestore(ctx, req.TargetRef); serviceCode(err) != hub.CodeBadRequest {
-				t.Errorf("OpenRestore: error %v, want code %s", err, hub.CodeBadRequest)
+			if _, err := e.client.OpenRestore(ctx, req.TargetRef); serviceCode(err) != repoapi.CodeBadRequest {
+				t.Errorf("OpenRestore: error %v, want code %s", err, repoapi.CodeBadRequest)
 			}
 		})
 	}
@@ -263,12 +263,12 @@ func TestBadIDs(t *testing.T) {
 	e.assertNoExports(t)
 
 	// Undecodable requests are bad requests too.
-	msg, err := e.nats.Conn.RequestWithContext(ctx, hub.SubjectTargetOpen, []byte("{not json"))
+	msg, err := e.nats.Conn.RequestWithContext(ctx, repoapi.SubjectTargetOpen, []byte("{not json"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if code := msg.Header.Get("Nats-Service-Error-Code"); code != hub.CodeBadRequest {
-		t.Errorf("open with invalid json: code %q, want %s", code, hub.CodeBadRequest)
+	if code := msg.Header.Get("Nats-Service-Error-Code"); code != repoapi.CodeBadRequest {
+		t.Errorf("open with invalid json: code %q, want %s", code, repoapi.CodeBadRequest)
 	}
 }
 
@@ -317,8 +317,8 @@ func TestRestoreExport(t *testing.T) {
 	}
 
 	// The restore of a job that has no file is not found.
-	if _, err := e.client.OpenRestore(ctx, ref("job-none")); serviceCode(err) != hub.CodeNotFound {
-		t.Errorf("restore of missing backup: error %v, want code %s", err, hub.CodeNotFound)
+	if _, err := e.client.OpenRestore(ctx, ref("job-none")); serviceCode(err) != repoapi.CodeNotFound {
+		t.Errorf("restore of missing backup: error %v, want code %s", err, repoapi.CodeNotFound)
 	}
 
 	if err := e.client.CloseRestore(ctx, rs.ExportID); err != nil {
@@ -326,8 +326,8 @@ func TestRestoreExport(t *testing.T) {
 	}
 	assertGone(t, pid)
 	e.assertNoExports(t)
-	if err := e.client.CloseRestore(ctx, rs.ExportID); serviceCode(err) != hub.CodeNotFound {
-		t.Errorf("second close restore: error %v, want code %s", err, hub.CodeNotFound)
+	if err := e.client.CloseRestore(ctx, rs.ExportID); serviceCode(err) != repoapi.CodeNotFound {
+		t.Errorf("second close restore: error %v, want code %s", err, repoapi.CodeNotFound)
 	}
 	if !compareImages(t, filepath.Join(dir, "disk.raw"), rs.Path) {
 		t.Errorf("backup changed by the restore export")

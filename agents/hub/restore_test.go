@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/agents/hub/repoapi"
 	"github.com/sendense/sendense/internal/testutil"
 	"github.com/sendense/sendense/nbd"
 	"github.com/sendense/sendense/repository"
@@ -26,7 +27,7 @@ import (
 // read-only twice: on a unix socket and over TCP with TLS-PSK, as
 // the repository service does without and with --repo-listen. It returns
 // the restore replies qemu-img reads them by.
-func restoreExports(tb testing.TB, size int64) (unix, tls hub.RestoreOpenReply) {
+func restoreExports(tb testing.TB, size int64) (unix, tls repoapi.RestoreOpenReply) {
 	tb.Helper()
 	for _, tool := range []string{"qemu-img", "qemu-io", "qemu-nbd", "nbdkit"} {
 		testutil.RequireTool(tb, tool)
@@ -57,8 +58,8 @@ func restoreExports(tb testing.TB, size int64) (unix, tls hub.RestoreOpenReply) 
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return hub.RestoreOpenReply{ExportID: "unix", URI: ue.URI(), VirtualSize: size},
-		hub.RestoreOpenReply{ExportID: "tls", URI: te.URI(), VirtualSize: size, TLS: &psk}
+	return repoapi.RestoreOpenReply{ExportID: "unix", URI: ue.URI(), VirtualSize: size},
+		repoapi.RestoreOpenReply{ExportID: "tls", URI: te.URI(), VirtualSize: size, TLS: &psk}
 }
 
 // quarter is a qemu-io command on quarter q of a disk of size bytes.
@@ -67,10 +68,10 @@ func quarter(cmd string, q, size int64) string {
 }
 
 // restoreRaw restores exp to dst the way `sendense restore` does.
-func restoreRaw(tb testing.TB, exp hub.RestoreOpenReply, sockDir, dst string) time.Duration {
+func restoreRaw(tb testing.TB, exp repoapi.RestoreOpenReply, sockDir, dst string) time.Duration {
 	tb.Helper()
 	start := time.Now()
-	src, cleanup, err := exp.LocalURI(context.Background(), sockDir, zerolog.Nop())
+	src, cleanup, err := hub.LocalURI(context.Background(), exp, sockDir, zerolog.Nop())
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -96,7 +97,7 @@ func BenchmarkRestoreTLS(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		for _, r := range []struct {
-			exp hub.RestoreOpenReply
+			exp repoapi.RestoreOpenReply
 			sum *time.Duration
 		}{{unix, &tu}, {tls, &tt}} {
 			dst := filepath.Join(dir, r.exp.ExportID+".raw")
@@ -155,13 +156,13 @@ func TestLocalURIBadTLS(t *testing.T) {
 	dead.URI = "nbds://" + l.Addr().String() + "/"
 	plain := tls
 	plain.URI = "nbd://127.0.0.1:10809/"
-	for name, exp := range map[string]hub.RestoreOpenReply{
+	for name, exp := range map[string]repoapi.RestoreOpenReply{
 		"wrong key": {ExportID: "tls", URI: tls.URI, TLS: &other},
 		"no server": dead,
 		"not nbds":  plain,
 	} {
 		sockDir := testutil.SocketDir(t)
-		_, _, err := exp.LocalURI(context.Background(), sockDir, zerolog.Nop())
+		_, _, err := hub.LocalURI(context.Background(), exp, sockDir, zerolog.Nop())
 		if err == nil || !strings.Contains(err.Error(), "restore export tls") {
 			t.Errorf("%s: %v, want an error naming restore export tls", name, err)
 		}
@@ -183,7 +184,7 @@ func TestLocalURITLS(t *testing.T) {
 	_, tls := restoreExports(t, size)
 	sockDir := testutil.SocketDir(t)
 	dir := t.TempDir()
-	src, cleanup, err := tls.LocalURI(context.Background(), sockDir, zerolog.Nop())
+	src, cleanup, err := hub.LocalURI(context.Background(), tls, sockDir, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}

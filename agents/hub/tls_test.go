@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/agents/hub/repoapi"
 	"github.com/sendense/sendense/internal/testutil"
 	"github.com/sendense/sendense/repository"
 )
@@ -139,8 +140,8 @@ func TestTCPExportsPortsExhausted(t *testing.T) {
 		o.Ports = hub.PortRange{Lo: taken, Hi: taken}
 	})
 	_, err := e.client.Open(testCtx(t), openReq("job-noport", ""))
-	if serviceCode(err) != hub.CodeUnavailable {
-		t.Fatalf("open with every port taken: %v (code %q), want %s", err, serviceCode(err), hub.CodeUnavailable)
+	if serviceCode(err) != repoapi.CodeUnavailable {
+		t.Fatalf("open with every port taken: %v (code %q), want %s", err, serviceCode(err), repoapi.CodeUnavailable)
 	}
 	assertNoFile(t, e.diskPath(testDisk, "job-noport"))
 	e.assertNoExports(t)

@@ -15,21 +15,18 @@ import (
 	"github.com/nats-io/nuid"
 	"github.com/rs/zerolog"
 
+	"github.com/sendense/sendense/agents/hub/repoapi"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/copier"
 	"github.com/sendense/sendense/manifest"
 	"github.com/sendense/sendense/repository"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
-
-// VerifyTimeout bounds one verify request: every selected point is read
-// whole through its chain.
-const VerifyTimeout = 30 * time.Minute
 
 // verify answers SubjectVerify.
 func (s *RepoService) verify(ctx context.Context, data []byte) (any, error) {
-	var req VerifyRequest
+	var req repoapi.VerifyRequest
 	if err := decode(data, &req); err != nil {
 		return nil, err
 	}
@@ -42,7 +39,7 @@ func (s *RepoService) verify(ctx context.Context, data []byte) (any, error) {
 // job that did not complete), CodeNotFound (unknown job, a VM without
 // completed backups), CodeUnknownRepository, CodeUnavailable (no
 // catalog, or it does not answer).
-func (s *RepoService) Verify(ctx context.Context, req VerifyRequest) (VerifyReply, error) {
+func (s *RepoService) Verify(ctx context.Context, req repoapi.VerifyRequest) (repoapi.VerifyReply, error) {
 	n := 0
 	for _, set := range []bool{req.JobID != "", req.VM != "", req.All} {
 		if set {
@@ -50,26 +47,26 @@ func (s *RepoService) Verify(ctx context.Context, req VerifyRequest) (VerifyRepl
 		}
 	}
 	if n != 1 {
-		return VerifyReply{}, coded(CodeBadRequest, errors.New("verify: name exactly one of job_id, vm or all"))
+		return repoapi.VerifyReply{}, coded(repoapi.CodeBadRequest, errors.New("verify: name exactly one of job_id, vm or all"))
 	}
 	if req.Repository != "" {
 		if _, err := s.repo(req.Repository); err != nil {
-			return VerifyReply{}, err
+			return repoapi.VerifyReply{}, err
 		}
 	}
 	if s.opts.Catalog == nil {
-		return VerifyReply{}, coded(CodeUnavailable, errors.New("verify: no catalog configured to list completed backups"))
+		return repoapi.VerifyReply{}, coded(repoapi.CodeUnavailable, errors.New("verify: no catalog configured to list completed backups"))
 	}
 	jobs, err := s.verifyJobs(ctx, req)
 	if err != nil {
-		return VerifyReply{}, err
+		return repoapi.VerifyReply{}, err
 	}
-	reply := VerifyReply{Results: []VerifyResult{}}
+	reply := repoapi.VerifyReply{Results: []repoapi.VerifyResult{}}
 	for _, j := range jobs {
 		r, ok := s.opts.Repositories[j.Repository]
 		if !ok {
 			if req.JobID != "" {
-				return VerifyReply{}, coded(CodeUnknownRepository, fmt.Errorf("job %s is in repository %q, which this hub does not serve", j.ID, j.Repository))
+				return repoapi.VerifyReply{}, coded(repoapi.CodeUnknownRepository, fmt.Errorf("job %s is in repository %q, which this hub does not serve", j.ID, j.Repository))
 			}
 			continue
 		}
@@ -78,19 +75,19 @@ func (s *RepoService) Verify(ctx context.Context, req VerifyRequest) (VerifyRepl
 		// the list was taken is no longer there to verify.
 		release, err := s.beginRead(ctx, j.VM.UUID)
 		if err != nil {
-			return VerifyReply{}, fmt.Errorf("verify job %s: %w", j.ID, err)
+			return repoapi.VerifyReply{}, fmt.Errorf("verify job %s: %w", j.ID, err)
 		}
-		if cur, err := s.opts.Catalog.Job(ctx, j.ID); err == nil && cur.Status != store.StatusCompleted {
+		if cur, err := s.opts.Catalog.Job(ctx, j.ID); err == nil && cur.Status != backup.StatusCompleted {
 			release()
 			continue
 		}
-		var results []VerifyResult
+		var results []repoapi.VerifyResult
 		seq := time.Now().UnixMilli()
 		for _, d := range j.Disks {
 			res := s.VerifyDisk(ctx, r, j, d)
 			if ctx.Err() != nil {
 				release()
-				return VerifyReply{}, fmt.Errorf("verify job %s: %w", j.ID, ctx.Err())
+				return repoapi.VerifyReply{}, fmt.Errorf("verify job %s: %w", j.ID, ctx.Err())
 			}
 			results = append(results, res)
 		}
@@ -147,14 +144,14 @@ func (s *RepoService) verifyRequest(ctx context.Context, m jetstream.Msg, log ze
 		return
 	}
 	log = log.With().Str("requested_by", req.RequestedBy).Str("vm", req.VM).Str("job_id", req.JobID).Bool("all", req.All).Logger()
-	vctx, cancel := context.WithTimeout(ctx, VerifyTimeout)
+	vctx, cancel := context.WithTimeout(ctx, repoapi.VerifyTimeout)
 	defer cancel()
-	rep, err := s.Verify(vctx, VerifyRequest{JobID: req.JobID, VM: req.VM, All: req.All, Repository: req.Repository})
+	rep, err := s.Verify(vctx, repoapi.VerifyRequest{JobID: req.JobID, VM: req.VM, All: req.All, Repository: req.Repository})
 	var ce *codedError
 	switch {
 	case err != nil && ctx.Err() != nil:
 		return // redelivered to the next hub after the ack wait
-	case errors.As(err, &ce) && ce.code != CodeUnavailable:
+	case errors.As(err, &ce) && ce.code != repoapi.CodeUnavailable:
 		log.Error().Err(err).Msg("verification request refused")
 		_ = m.Term()
 		return
@@ -165,7 +162,7 @@ func (s *RepoService) verifyRequest(ctx context.Context, m jetstream.Msg, log ze
 	}
 	failed := 0
 	for _, r := range rep.Results {
-		if r.Status == VerifyFailed {
+		if r.Status == repoapi.VerifyFailed {
 			failed++
 		}
 	}
@@ -188,28 +185,28 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 }
 
 // verifyJobs lists the completed jobs a request selects, oldest first.
-func (s *RepoService) verifyJobs(ctx context.Context, req VerifyRequest) ([]store.Job, error) {
+func (s *RepoService) verifyJobs(ctx context.Context, req repoapi.VerifyRequest) ([]backup.Job, error) {
 	if req.JobID != "" {
 		j, err := s.opts.Catalog.Job(ctx, req.JobID)
 		switch {
-		case errors.Is(err, store.ErrNotFound):
-			return nil, coded(CodeNotFound, fmt.Errorf("verify: unknown job %s", req.JobID))
+		case errors.Is(err, backup.ErrNotFound):
+			return nil, coded(repoapi.CodeNotFound, fmt.Errorf("verify: unknown job %s", req.JobID))
 		case err != nil:
-			return nil, coded(CodeUnavailable, fmt.Errorf("verify: ask the catalog for job %s: %w", req.JobID, err))
-		case j.Status != store.StatusCompleted:
-			return nil, coded(CodeBadRequest, fmt.Errorf("verify: job %s is %s: only completed backups are verified", req.JobID, j.Status))
+			return nil, coded(repoapi.CodeUnavailable, fmt.Errorf("verify: ask the catalog for job %s: %w", req.JobID, err))
+		case j.Status != backup.StatusCompleted:
+			return nil, coded(repoapi.CodeBadRequest, fmt.Errorf("verify: job %s is %s: only completed backups are verified", req.JobID, j.Status))
 		case req.Repository != "" && j.Repository != req.Repository:
-			return nil, coded(CodeNotFound, fmt.Errorf("verify: job %s is in repository %s, not %s", req.JobID, j.Repository, req.Repository))
+			return nil, coded(repoapi.CodeNotFound, fmt.Errorf("verify: job %s is in repository %s, not %s", req.JobID, j.Repository, req.Repository))
 		}
-		return []store.Job{j}, nil
+		return []backup.Job{j}, nil
 	}
-	jobs, err := s.opts.Catalog.Jobs(ctx, store.JobFilter{VM: req.VM, Status: store.StatusCompleted})
+	jobs, err := s.opts.Catalog.Jobs(ctx, backup.JobFilter{VM: req.VM, Status: backup.StatusCompleted})
 	if err != nil {
-		return nil, coded(CodeUnavailable, fmt.Errorf("verify: ask the catalog for completed jobs: %w", err))
+		return nil, coded(repoapi.CodeUnavailable, fmt.Errorf("verify: ask the catalog for completed jobs: %w", err))
 	}
-	jobs = slices.DeleteFunc(jobs, func(j store.Job) bool { return req.Repository != "" && j.Repository != req.Repository })
+	jobs = slices.DeleteFunc(jobs, func(j backup.Job) bool { return req.Repository != "" && j.Repository != req.Repository })
 	if len(jobs) == 0 && req.VM != "" {
-		return nil, coded(CodeNotFound, fmt.Errorf("verify: vm %s has no completed backup", req.VM))
+		return nil, coded(repoapi.CodeNotFound, fmt.Errorf("verify: vm %s has no completed backup", req.VM))
 	}
 	slices.Reverse(jobs) // the catalog lists newest first
 	return jobs, nil
@@ -221,80 +218,80 @@ func (s *RepoService) verifyJobs(ctx context.Context, req VerifyRequest) ([]stor
 // read-only qemu-nbd export on a unix socket, hashed with copier.Hash)
 // matches the manifest chunk for chunk. A disk completed before manifests
 // existed gets VerifyNoManifest after its check.
-func (s *RepoService) VerifyDisk(ctx context.Context, r *repository.Repo, j store.Job, d store.Disk) VerifyResult {
+func (s *RepoService) VerifyDisk(ctx context.Context, r *repository.Repo, j backup.Job, d backup.Disk) repoapi.VerifyResult {
 	start := time.Now()
-	res := VerifyResult{
-		TargetRef: TargetRef{Repository: j.Repository, JobID: j.ID, VMUUID: j.VM.UUID, DiskKey: d.Disk.Key},
-		Target:    d.Target, Status: VerifyFailed, ChunkSize: manifest.ChunkSize,
+	res := repoapi.VerifyResult{
+		TargetRef: repoapi.TargetRef{Repository: j.Repository, JobID: j.ID, VMUUID: j.VM.UUID, DiskKey: d.Disk.Key},
+		Target:    d.Target, Status: repoapi.VerifyFailed, ChunkSize: manifest.ChunkSize,
 	}
 	log := s.log.With().Str("job_id", j.ID).Str("vm_uuid", j.VM.UUID).Int32("disk_key", d.Disk.Key).Logger()
 	defer func() {
 		res.Duration, res.VerifiedAt = time.Since(start), time.Now().UTC()
 		ev := log.Info()
-		if res.Status == VerifyFailed {
+		if res.Status == repoapi.VerifyFailed {
 			ev = log.Warn()
 		}
 		ev.Str("status", res.Status).Str("problem", res.Problem).Str("detail", res.Detail).Int64("chunk_offset", res.ChunkOffset).
 			Int64("bytes_read", res.BytesRead).Dur("duration", res.Duration).Msg("backup verified")
 	}()
-	fail := func(problem string, err error) VerifyResult {
+	fail := func(problem string, err error) repoapi.VerifyResult {
 		res.Problem, res.Detail = problem, err.Error()
 		return res
 	}
 	path, err := r.Path(j.VM.UUID, d.Disk.Key, j.ID)
 	if err != nil {
-		return fail(VerifyProblemMissing, err)
+		return fail(repoapi.VerifyProblemMissing, err)
 	}
 	if _, err := os.Stat(path); err != nil {
-		return fail(VerifyProblemMissing, err)
+		return fail(repoapi.VerifyProblemMissing, err)
 	}
 	if err := r.Check(ctx, path); err != nil && !errors.Is(err, repository.ErrLeaks) {
-		return fail(VerifyProblemCheck, err)
+		return fail(repoapi.VerifyProblemCheck, err)
 	}
 	if d.ManifestSHA256 == "" {
-		res.Status = VerifyNoManifest
+		res.Status = repoapi.VerifyNoManifest
 		res.Detail = "backup made before manifests existed: its file checks, its data cannot be compared"
 		return res
 	}
 	mpath, err := r.ManifestPath(j.VM.UUID, d.Disk.Key, j.ID)
 	if err != nil {
-		return fail(VerifyProblemManifest, err)
+		return fail(repoapi.VerifyProblemManifest, err)
 	}
 	want, sum, err := manifest.Read(mpath)
 	switch {
 	case err != nil:
-		return fail(VerifyProblemManifest, err)
+		return fail(repoapi.VerifyProblemManifest, err)
 	case sum.String() != d.ManifestSHA256:
-		return fail(VerifyProblemManifest, fmt.Errorf("manifest %s has SHA-256 %s, backup.completed says %s", mpath, sum, d.ManifestSHA256))
+		return fail(repoapi.VerifyProblemManifest, fmt.Errorf("manifest %s has SHA-256 %s, backup.completed says %s", mpath, sum, d.ManifestSHA256))
 	case want.Capacity != d.Disk.CapacityBytes:
-		return fail(VerifyProblemManifest, fmt.Errorf("manifest %s is of %d bytes, the disk has %d", mpath, want.Capacity, d.Disk.CapacityBytes))
+		return fail(repoapi.VerifyProblemManifest, fmt.Errorf("manifest %s is of %d bytes, the disk has %d", mpath, want.Capacity, d.Disk.CapacityBytes))
 	}
 	// Always a local unix socket: the hub reads its own files.
 	exp, err := r.Export(ctx, path, repository.ExportOptions{ReadOnly: true, Shared: copier.DefaultConnections,
 		Owner: "verify-" + strings.ToLower(nuid.Next()), SocketDir: s.opts.SocketDir})
 	if err != nil {
-		return fail(VerifyProblemRead, err)
+		return fail(repoapi.VerifyProblemRead, err)
 	}
 	got, err := copier.Hash(ctx, exp.URI(), copier.HashOptions{})
 	if cerr := exp.Close(context.WithoutCancel(ctx)); cerr != nil {
 		log.Warn().Err(cerr).Msg("close verify export")
 	}
 	if err != nil {
-		return fail(VerifyProblemRead, err)
+		return fail(repoapi.VerifyProblemRead, err)
 	}
 	res.BytesRead = got.Capacity
 	if i, differ := want.FirstMismatch(got); differ {
 		res.ChunkIndex, res.ChunkOffset = i, want.Offset(i)
-		return fail(VerifyProblemData, fmt.Errorf("chunk %d (bytes %d to %d) read through the chain has SHA-256 %s, the manifest %s",
+		return fail(repoapi.VerifyProblemData, fmt.Errorf("chunk %d (bytes %d to %d) read through the chain has SHA-256 %s, the manifest %s",
 			i, want.Offset(i), want.Offset(i)+want.ChunkLen(i), got.Digests[i], want.Digests[i]))
 	}
-	res.Status = VerifyOK
+	res.Status = repoapi.VerifyOK
 	return res
 }
 
 // publishVerified publishes backup.verified for job j's results (seq
 // numbers this verification of j) and returns its id.
-func (s *RepoService) publishVerified(ctx context.Context, j store.Job, seq int64, results []VerifyResult) (string, error) {
+func (s *RepoService) publishVerified(ctx context.Context, j backup.Job, seq int64, results []repoapi.VerifyResult) (string, error) {
 	ev := VerifiedEvent(j, seq, time.Now(), results)
 	if s.opts.Publisher == nil {
 		return "", fmt.Errorf("backup.verified of job %s not published: the hub has no event publisher", j.ID)
@@ -308,7 +305,7 @@ func (s *RepoService) publishVerified(ctx context.Context, j store.Job, seq int6
 // VerifiedEvent is the backup.verified of job j's verification number seq
 // finished at, with its disks' results: failed when a disk failed, else
 // no_manifest when a disk had none, else ok.
-func VerifiedEvent(j store.Job, seq int64, at time.Time, results []VerifyResult) *schemas.Verified {
+func VerifiedEvent(j backup.Job, seq int64, at time.Time, results []repoapi.VerifyResult) *schemas.Verified {
 	h := schemas.Header{
 		ID: bus.EventID(j.ID, j.Attempt, schemas.NameVerified, 0, seq), Time: at.UTC(),
 		JobID: j.ID, Attempt: j.Attempt, VM: j.VM,
@@ -324,14 +321,14 @@ func VerifiedEvent(j store.Job, seq int64, at time.Time, results []VerifyResult)
 		}
 		vd := schemas.VerifiedDisk{Disk: ref, Target: r.Target, Status: r.Status, Problem: r.Problem,
 			Detail: cutText(r.Detail, 4096), BytesRead: r.BytesRead}
-		if r.Problem == VerifyProblemData {
+		if r.Problem == repoapi.VerifyProblemData {
 			vd.ChunkIndex, vd.ChunkOffset = r.ChunkIndex, r.ChunkOffset
 		}
 		ev.Disks = append(ev.Disks, vd)
 		switch {
-		case r.Status == VerifyFailed:
+		case r.Status == repoapi.VerifyFailed:
 			ev.Status = schemas.VerifyFailed
-		case r.Status == VerifyNoManifest && ev.Status == schemas.VerifyOK:
+		case r.Status == repoapi.VerifyNoManifest && ev.Status == schemas.VerifyOK:
 			ev.Status = schemas.VerifyNoManifest
 		}
 	}

@@ -12,11 +12,12 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/agents/hub/repoapi"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/internal/testutil"
 	"github.com/sendense/sendense/manifest"
 	"github.com/sendense/sendense/repository"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // BenchmarkVerify verifies the top of a two-link chain (a full of a 1 GiB
@@ -69,8 +70,8 @@ func BenchmarkVerify(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	job := store.Job{ID: "job-inc", VM: schemas.VMRef{UUID: testVM}, Repository: testRepo, Status: store.StatusCompleted}
-	disk := store.Disk{Disk: schemas.DiskRef{Key: testDisk, UUID: "6000c291-1c2d-4e5f-8a9b-0c1d2e3f4a5b", CapacityBytes: size},
+	job := backup.Job{ID: "job-inc", VM: schemas.VMRef{UUID: testVM}, Repository: testRepo, Status: backup.StatusCompleted}
+	disk := backup.Disk{Disk: schemas.DiskRef{Key: testDisk, UUID: "6000c291-1c2d-4e5f-8a9b-0c1d2e3f4a5b", CapacityBytes: size},
 		Target: testVM + "/2000/job-inc.qcow2", ManifestSHA256: sum.String()}
 
 	b.SetBytes(size)
@@ -80,7 +81,7 @@ func BenchmarkVerify(b *testing.B) {
 		start := time.Now()
 		res := svc.VerifyDisk(ctx, repo, job, disk)
 		ours += time.Since(start)
-		if res.Status != hub.VerifyOK {
+		if res.Status != repoapi.VerifyOK {
 			b.Fatalf("verify: %+v", res)
 		}
 		exec.Command("sync").Run()

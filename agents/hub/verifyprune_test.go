@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/agents/hub/repoapi"
 	"github.com/sendense/sendense/retention"
 )
 
@@ -28,7 +29,7 @@ func TestVerifyWaitsForPrune(t *testing.T) {
 	})
 	forgot := make(chan error, 1)
 	go func() {
-		_, err := e.client.Forget(ctx, hub.ForgetRequest{VM: forgetVM.Name, Policy: retention.Policy{Last: 1}})
+		_, err := e.client.Forget(ctx, repoapi.ForgetRequest{VM: forgetVM.Name, Policy: retention.Policy{Last: 1}})
 		forgot <- err
 	}()
 	<-entered
@@ -36,12 +37,12 @@ func TestVerifyWaitsForPrune(t *testing.T) {
 	unblock := func() { resumeOnce.Do(func() { close(resume) }) }
 	defer unblock() // a failure below must not leave the prune (and the hub's stop) waiting
 	type result struct {
-		rep hub.VerifyReply
+		rep repoapi.VerifyReply
 		err error
 	}
 	verified := make(chan result, 1)
 	go func() {
-		rep, err := e.client.Verify(ctx, hub.VerifyRequest{VM: forgetVM.Name})
+		rep, err := e.client.Verify(ctx, repoapi.VerifyRequest{VM: forgetVM.Name})
 		verified <- result{rep, err}
 	}()
 	select {
@@ -61,7 +62,7 @@ func TestVerifyWaitsForPrune(t *testing.T) {
 		t.Fatalf("verify after the prune: %+v, want the kept point's %d disks", r.rep.Results, len(forgetDisks))
 	}
 	for _, res := range r.rep.Results {
-		if res.JobID != e.jobs[2].ID || res.Status == hub.VerifyFailed {
+		if res.JobID != e.jobs[2].ID || res.Status == repoapi.VerifyFailed {
 			t.Errorf("verify result %+v, want job %s not failed", res, e.jobs[2].ID)
 		}
 	}

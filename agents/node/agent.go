@@ -13,12 +13,12 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/vmware/govmomi/vim25/types"
 
-	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/agents/hub/repoapi"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/copier"
 	"github.com/sendense/sendense/manifest"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 	"github.com/sendense/sendense/vmware"
 )
 
@@ -35,17 +35,17 @@ type VCenter interface {
 // Catalog is what the agent asks the catalog; the catalog service client
 // implements it.
 type Catalog interface {
-	Job(ctx context.Context, id string) (store.Job, error)
-	ChainHead(ctx context.Context, vmUUID string, diskKey int32, repo string) (store.Link, error)
+	Job(ctx context.Context, id string) (backup.Job, error)
+	ChainHead(ctx context.Context, vmUUID string, diskKey int32, repo string) (backup.Link, error)
 }
 
-// Targets opens and closes backup targets; *hub.Client implements it.
+// Targets opens and closes backup targets; *repoapi.Client implements it.
 type Targets interface {
-	Info(ctx context.Context, repo string) (hub.InfoReply, error)
-	Open(ctx context.Context, req hub.OpenRequest) (hub.OpenReply, error)
-	Close(ctx context.Context, ref hub.TargetRef) (hub.CloseReply, error)
-	Digests(ctx context.Context, ref hub.TargetRef, entries []manifest.Entry) error
-	Abort(ctx context.Context, ref hub.TargetRef) error
+	Info(ctx context.Context, repo string) (repoapi.InfoReply, error)
+	Open(ctx context.Context, req repoapi.OpenRequest) (repoapi.OpenReply, error)
+	Close(ctx context.Context, ref repoapi.TargetRef) (repoapi.CloseReply, error)
+	Digests(ctx context.Context, ref repoapi.TargetRef, entries []manifest.Entry) error
+	Abort(ctx context.Context, ref repoapi.TargetRef) error
 }
 
 // Publisher publishes the agent's events; the *bus.Publisher of

@@ -10,10 +10,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
-	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/agents/hub/repoapi"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 	"github.com/sendense/sendense/vmware"
 )
 
@@ -65,8 +65,8 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 	// at all, and its attempt number.
 	job, err := a.deps.Catalog.Job(ctx, r.jobID)
 	switch {
-	case errors.Is(err, store.ErrNotFound):
-	case err == nil && job.Status == store.StatusQueued:
+	case errors.Is(err, backup.ErrNotFound):
+	case err == nil && job.Status == backup.StatusQueued:
 		// Only its request, waiting in the queue (this message, or another
 		// under the same id): the catalog has no record of it yet.
 	case err != nil:
@@ -82,7 +82,7 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 		// be dropped without an answer.
 		a.reusedJobID(ctx, r, stop, md, job)
 		return
-	case job.Status == store.StatusCompleted:
+	case job.Status == backup.StatusCompleted:
 		// A redelivery of a completed job (its ack was lost) must not run
 		// it again.
 		r.log.Info().Msg("job already completed; acking redelivered request")
@@ -143,7 +143,7 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 	r.log.Info().Int("disks", len(completed.Disks)).Msg("backup completed")
 	a.metrics.completed(completed, time.Since(began))
 	a.storeUp()
-	a.awaitCatalog(ctx, r, store.StatusCompleted)
+	a.awaitCatalog(ctx, r, backup.StatusCompleted)
 	a.release(lease, r)
 	stop()
 	if err := msg.DoubleAck(ctx); err != nil {
@@ -156,7 +156,7 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 // consumer recreated after a cluster lost its state counts from 1 again),
 // and a repeated attempt would repeat event ids: the stream would drop the
 // new events as duplicates of the old ones.
-func attemptOf(delivered int, job store.Job) int {
+func attemptOf(delivered int, job backup.Job) int {
 	return max(delivered, job.Attempt+1)
 }
 
@@ -165,7 +165,7 @@ func attemptOf(delivered int, job store.Job) int {
 // is dropped. Another request reusing the job id is rejected
 // (reusedJobID). Jobs recorded before started events carried the request's
 // sequence are told apart by the delivery count only.
-func (a *Agent) endedJob(ctx context.Context, r *request, stop func(), md *jetstream.MsgMetadata, job store.Job) {
+func (a *Agent) endedJob(ctx context.Context, r *request, stop func(), md *jetstream.MsgMetadata, job backup.Job) {
 	if job.RequestSeq == r.seq || job.RequestSeq == 0 && r.attempt > 1 {
 		r.log.Info().Str("status", job.Status).Msg("job already ended; dropping redelivered request")
 		stop()
@@ -178,7 +178,7 @@ func (a *Agent) endedJob(ctx context.Context, r *request, stop func(), md *jetst
 // reusedJobID answers a request whose job id names another request's job:
 // backup.rejected with job_id_reused, under a job id derived from this
 // message, so the other job's history is never touched.
-func (a *Agent) reusedJobID(ctx context.Context, r *request, stop func(), md *jetstream.MsgMetadata, job store.Job) {
+func (a *Agent) reusedJobID(ctx context.Context, r *request, stop func(), md *jetstream.MsgMetadata, job backup.Job) {
 	reused := r.jobID
 	r.jobID = bus.DeriveJobID(md.Stream, md.Sequence.Stream, md.Timestamp)
 	r.log = r.log.With().Str("job_id", r.jobID).Str("reused_job_id", reused).Logger()
@@ -264,7 +264,7 @@ func (a *Agent) resolve(ctx context.Context, r *request) error {
 	}
 	r.vm = vm
 	if _, err := a.deps.Targets.Info(ctx, r.req.Repository); err != nil {
-		if errors.Is(err, hub.ErrUnknownRepository) {
+		if errors.Is(err, repoapi.ErrUnknownRepository) {
 			return reject(schemas.RejectUnknownRepository, "repository %q is not configured on the hub", r.req.Repository)
 		}
 		return fail(schemas.FailRepository, true, fmt.Errorf("reach repository %s: %w", r.req.Repository, err))
@@ -360,7 +360,7 @@ func (a *Agent) failAndSettle(ctx context.Context, r *request, lease *bus.Lease,
 	if perr != nil {
 		r.log.Error().Err(perr).Msg("publish failure")
 	} else {
-		a.awaitCatalog(cctx, r, store.StatusFailed)
+		a.awaitCatalog(cctx, r, backup.StatusFailed)
 	}
 	if reason == schemas.FailNATS || errors.Is(perr, bus.ErrUnavailable) {
 		a.storeDown(err)
@@ -399,7 +399,7 @@ func (a *Agent) awaitCatalog(ctx context.Context, r *request, status string) {
 	defer cancel()
 	for {
 		job, err := a.deps.Catalog.Job(ctx, r.jobID)
-		if err == nil && (job.Status == status || job.Status == store.StatusCompleted) {
+		if err == nil && (job.Status == status || job.Status == backup.StatusCompleted) {
 			return // completed wins over a later failure of the same job
 		}
 		select {

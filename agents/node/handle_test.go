@@ -11,11 +11,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
-	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/agents/hub/repoapi"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/bus/bustest"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // TestClassify: what stopped a job from outside wins over the error of
@@ -63,10 +63,10 @@ func (p *recPublisher) PublishEvent(_ context.Context, ev schemas.Event) (*jetst
 type recTargets struct {
 	Targets
 	mu      sync.Mutex
-	aborted []hub.TargetRef
+	aborted []repoapi.TargetRef
 }
 
-func (r *recTargets) Abort(_ context.Context, ref hub.TargetRef) error {
+func (r *recTargets) Abort(_ context.Context, ref repoapi.TargetRef) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.aborted = append(r.aborted, ref)
@@ -87,7 +87,7 @@ func TestNoCompletedAfterLeaseLoss(t *testing.T) {
 	pub, targets := &recPublisher{}, &recTargets{}
 	a := &Agent{cfg: Config{AgentID: "a1", ShutdownTimeout: 5 * time.Second}, deps: Deps{Publisher: pub, Targets: targets}, log: zerolog.Nop()}
 	r := &request{jobID: "job-1", attempt: 1, log: zerolog.Nop()}
-	runs := []*diskRun{{ref: hub.TargetRef{Repository: "default", JobID: "job-1", VMUUID: "vm-1", DiskKey: 2000}}}
+	runs := []*diskRun{{ref: repoapi.TargetRef{Repository: "default", JobID: "job-1", VMUUID: "vm-1", DiskKey: 2000}}}
 	completed := &schemas.Completed{Header: schemas.Header{ID: "job-1.1.completed.0.0", JobID: "job-1", Attempt: 1}}
 
 	held, err := leases.Acquire(ctx, bus.VMLeaseKey("vm-1"), bus.Holder{Agent: "a1", JobID: "job-1", Attempt: 1})
@@ -129,7 +129,7 @@ func TestAttemptOf(t *testing.T) {
 	for _, tt := range []struct {
 		delivered, seen, want int
 	}{{1, 0, 1}, {3, 0, 3}, {1, 4, 5}, {6, 4, 6}} {
-		if got := attemptOf(tt.delivered, store.Job{Attempt: tt.seen}); got != tt.want {
+		if got := attemptOf(tt.delivered, backup.Job{Attempt: tt.seen}); got != tt.want {
 			t.Errorf("attemptOf(%d, seen %d) = %d, want %d", tt.delivered, tt.seen, got, tt.want)
 		}
 	}

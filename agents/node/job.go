@@ -13,23 +13,23 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/agents/hub/repoapi"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/copier"
 	"github.com/sendense/sendense/nbd"
 	"github.com/sendense/sendense/repository"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 	"github.com/sendense/sendense/vmware"
 )
 
 // diskRun is one disk's state through a job.
 type diskRun struct {
 	plan   *diskPlan
-	target hub.OpenReply
-	ref    hub.TargetRef
+	target repoapi.OpenReply
+	ref    repoapi.TargetRef
 	copied copier.Result
-	closed hub.CloseReply
+	closed repoapi.CloseReply
 }
 
 // run performs one backup while the lease is held (ctx is the lease's
@@ -155,20 +155,20 @@ func (a *Agent) run(ctx context.Context, r *request) (_ *schemas.Completed, _ []
 // full with that reason: a bad base must never
 // fail a VM's backups forever.
 func (a *Agent) openTarget(ctx context.Context, r *request, snap types.ManagedObjectReference, p *diskPlan) (*diskRun, error) {
-	ref := hub.TargetRef{Repository: r.req.Repository, JobID: r.jobID, VMUUID: r.vm.InstanceUUID, DiskKey: p.disk.Key}
-	open := func() (hub.OpenReply, error) {
-		return a.deps.Targets.Open(ctx, hub.OpenRequest{
+	ref := repoapi.TargetRef{Repository: r.req.Repository, JobID: r.jobID, VMUUID: r.vm.InstanceUUID, DiskKey: p.disk.Key}
+	open := func() (repoapi.OpenReply, error) {
+		return a.deps.Targets.Open(ctx, repoapi.OpenRequest{
 			TargetRef: ref, Attempt: r.attempt, CapacityBytes: p.disk.CapacityBytes,
 			BackingJobID: p.backing, BaseManifestSHA256: p.baseManifest, Agent: a.cfg.AgentID,
 		})
 	}
 	out, err := open()
-	if p.backupType == schemas.TypeIncremental && (errors.Is(err, hub.ErrBaseMissing) || errors.Is(err, hub.ErrBaseInvalid) || errors.Is(err, hub.ErrBaseUnverified)) {
+	if p.backupType == schemas.TypeIncremental && (errors.Is(err, repoapi.ErrBaseMissing) || errors.Is(err, repoapi.ErrBaseInvalid) || errors.Is(err, repoapi.ErrBaseUnverified)) {
 		reason := schemas.ReasonBaseMissing
 		switch {
-		case errors.Is(err, hub.ErrBaseInvalid):
+		case errors.Is(err, repoapi.ErrBaseInvalid):
 			reason = schemas.ReasonBaseInvalid
-		case errors.Is(err, hub.ErrBaseUnverified):
+		case errors.Is(err, repoapi.ErrBaseUnverified):
 			reason = schemas.ReasonBaseUnverified
 		}
 		r.log.Warn().Err(err).Int32("disk_key", p.disk.Key).Str("backing", p.backing).Str("reason", reason).
@@ -180,7 +180,7 @@ func (a *Agent) openTarget(ctx context.Context, r *request, snap types.ManagedOb
 	}
 	if err != nil {
 		reason := schemas.FailRepository
-		if errors.Is(err, hub.ErrRepositoryFull) {
+		if errors.Is(err, repoapi.ErrRepositoryFull) {
 			reason = schemas.FailRepositoryFull
 		}
 		return nil, fail(reason, true, fmt.Errorf("open target for disk %d of vm %s: %w", p.disk.Key, r.vm.InstanceUUID, err))
@@ -290,7 +290,7 @@ func (a *Agent) removeStaleSnapshots(ctx context.Context, r *request) {
 			job, err := a.deps.Catalog.Job(ctx, s.JobID)
 			// A queued job's snapshot may be one an agent just made,
 			// before its backup.started: keep it, as a running job's.
-			remove = err == nil && job.Status != store.StatusRunning && job.Status != store.StatusQueued
+			remove = err == nil && job.Status != backup.StatusRunning && job.Status != backup.StatusQueued
 		}
 		if !remove {
 			r.log.Warn().Str("snapshot", s.Name).Msg("leaving snapshot of a job the catalog does not know as finished")

@@ -7,8 +7,8 @@ import (
 
 	"github.com/vmware/govmomi/vim25/types"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 	"github.com/sendense/sendense/vmware"
 )
 
@@ -30,7 +30,7 @@ type diskPlan struct {
 // chain is empty. A head without a manifest (made before manifests), or
 // whose latest verification failed, is never a base: reason
 // base_unverified.
-func Plan(requested string, disk vmware.Disk, head *store.Link) (backupType, reason string) {
+func Plan(requested string, disk vmware.Disk, head *backup.Link) (backupType, reason string) {
 	switch {
 	case requested == schemas.TypeFull:
 		return schemas.TypeFull, schemas.ReasonRequestedFull
@@ -66,11 +66,11 @@ func (a *Agent) plan(ctx context.Context, r *request, snap types.ManagedObjectRe
 			return nil, fail(schemas.FailChangeIDMissing, false, fmt.Errorf("disk %d of vm %s: %w", d.Key, r.vm.InstanceUUID, err))
 		}
 		p := &diskPlan{disk: d, ref: schemas.DiskRef{Key: d.Key, UUID: d.UUID, CapacityBytes: d.CapacityBytes}}
-		var head *store.Link
+		var head *backup.Link
 		if r.req.BackupType != schemas.TypeFull {
 			h, err := a.deps.Catalog.ChainHead(ctx, r.vm.InstanceUUID, d.Key, r.req.Repository)
 			switch {
-			case errors.Is(err, store.ErrNotFound):
+			case errors.Is(err, backup.ErrNotFound):
 			case err != nil:
 				return nil, fail(schemas.FailInternal, true, fmt.Errorf("chain head of disk %d of vm %s: %w", d.Key, r.vm.InstanceUUID, err))
 			default:

@@ -8,8 +8,8 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/vmware/govmomi/vim25/types"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 	"github.com/sendense/sendense/vmware"
 )
 
@@ -20,13 +20,13 @@ func TestPlan(t *testing.T) {
 		epochB = "52 aa 7c 6d 57 a0 9c 14-5c 25 c3 fe 79 c0 43 d4"
 	)
 	disk := vmware.Disk{Key: 2000, UUID: "6000c291-1c2d-4e5f-8a9b-0c1d2e3f4a5b", CapacityBytes: 1 << 30, ChangeID: epochA + "/7"}
-	head := &store.Link{JobID: "j1", DiskKey: 2000, DiskUUID: disk.UUID, CapacityBytes: 1 << 30, ChangeID: epochA + "/3",
+	head := &backup.Link{JobID: "j1", DiskKey: 2000, DiskUUID: disk.UUID, CapacityBytes: 1 << 30, ChangeID: epochA + "/3",
 		ManifestSHA256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}
-	with := func(f func(l *store.Link)) *store.Link { l := *head; f(&l); return &l }
+	with := func(f func(l *backup.Link)) *backup.Link { l := *head; f(&l); return &l }
 	cases := []struct {
 		name      string
 		requested string
-		head      *store.Link
+		head      *backup.Link
 		disk      vmware.Disk
 		typ       string
 		reason    string
@@ -36,13 +36,13 @@ func TestPlan(t *testing.T) {
 		{"full requested", schemas.TypeFull, head, disk, schemas.TypeFull, schemas.ReasonRequestedFull},
 		{"no chain", schemas.TypeAuto, nil, disk, schemas.TypeFull, schemas.ReasonNoBase},
 		{"incremental without chain becomes full", schemas.TypeIncremental, nil, disk, schemas.TypeFull, schemas.ReasonNoBase},
-		{"disk replaced", schemas.TypeAuto, with(func(l *store.Link) { l.DiskUUID = "other" }), disk, schemas.TypeFull, schemas.ReasonNoBase},
-		{"resized", schemas.TypeAuto, with(func(l *store.Link) { l.CapacityBytes = 1 << 29 }), disk, schemas.TypeFull, schemas.ReasonDiskResized},
-		{"cbt reset", schemas.TypeIncremental, with(func(l *store.Link) { l.ChangeID = epochB + "/9" }), disk, schemas.TypeFull, schemas.ReasonCBTReset},
-		{"garbage base change id", schemas.TypeAuto, with(func(l *store.Link) { l.ChangeID = "garbage" }), disk, schemas.TypeFull, schemas.ReasonCBTReset},
-		{"base without a manifest", schemas.TypeAuto, with(func(l *store.Link) { l.ManifestSHA256 = "" }), disk, schemas.TypeFull, schemas.ReasonBaseUnverified},
-		{"base failed verification", schemas.TypeIncremental, with(func(l *store.Link) { l.Verified = schemas.VerifyFailed }), disk, schemas.TypeFull, schemas.ReasonBaseUnverified},
-		{"base verified", schemas.TypeAuto, with(func(l *store.Link) { l.Verified = schemas.VerifyOK }), disk, schemas.TypeIncremental, schemas.ReasonBaseUsable},
+		{"disk replaced", schemas.TypeAuto, with(func(l *backup.Link) { l.DiskUUID = "other" }), disk, schemas.TypeFull, schemas.ReasonNoBase},
+		{"resized", schemas.TypeAuto, with(func(l *backup.Link) { l.CapacityBytes = 1 << 29 }), disk, schemas.TypeFull, schemas.ReasonDiskResized},
+		{"cbt reset", schemas.TypeIncremental, with(func(l *backup.Link) { l.ChangeID = epochB + "/9" }), disk, schemas.TypeFull, schemas.ReasonCBTReset},
+		{"garbage base change id", schemas.TypeAuto, with(func(l *backup.Link) { l.ChangeID = "garbage" }), disk, schemas.TypeFull, schemas.ReasonCBTReset},
+		{"base without a manifest", schemas.TypeAuto, with(func(l *backup.Link) { l.ManifestSHA256 = "" }), disk, schemas.TypeFull, schemas.ReasonBaseUnverified},
+		{"base failed verification", schemas.TypeIncremental, with(func(l *backup.Link) { l.Verified = schemas.VerifyFailed }), disk, schemas.TypeFull, schemas.ReasonBaseUnverified},
+		{"base verified", schemas.TypeAuto, with(func(l *backup.Link) { l.Verified = schemas.VerifyOK }), disk, schemas.TypeIncremental, schemas.ReasonBaseUsable},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -71,10 +71,10 @@ func (f *fakeVC) ChangedAreas(_ context.Context, _ *vmware.VM, _ types.ManagedOb
 
 type fakeCatalog struct {
 	Catalog
-	head store.Link
+	head backup.Link
 }
 
-func (f *fakeCatalog) ChainHead(context.Context, string, int32, string) (store.Link, error) {
+func (f *fakeCatalog) ChainHead(context.Context, string, int32, string) (backup.Link, error) {
 	return f.head, nil
 }
 
@@ -84,7 +84,7 @@ func TestPlanChangeIDRejected(t *testing.T) {
 	const epoch = "52 3c 7c 6d 57 a0 9c 14-5c 25 c3 fe 79 c0 43 d4"
 	disk := vmware.Disk{Key: 2000, UUID: "6000c291-1c2d-4e5f-8a9b-0c1d2e3f4a5b", CapacityBytes: 1 << 20, ChangeID: epoch + "/7"}
 	vc := &fakeVC{}
-	a := &Agent{deps: Deps{VCenter: vc, Catalog: &fakeCatalog{head: store.Link{
+	a := &Agent{deps: Deps{VCenter: vc, Catalog: &fakeCatalog{head: backup.Link{
 		JobID: "j1", DiskUUID: disk.UUID, CapacityBytes: disk.CapacityBytes, ChangeID: epoch + "/3",
 		ManifestSHA256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}}}}
 	r := &request{req: schemas.Request{VM: "pgtest1", BackupType: schemas.TypeAuto, Repository: "default"},

@@ -12,9 +12,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // settleMsg is a request message that records how it was settled.
@@ -58,12 +58,12 @@ func (p *failPublisher) PublishEvent(ctx context.Context, ev schemas.Event) (*je
 // stored the agent's backup.failed.
 type failedCatalog struct{}
 
-func (failedCatalog) Job(_ context.Context, id string) (store.Job, error) {
-	return store.Job{ID: id, Status: store.StatusFailed}, nil
+func (failedCatalog) Job(_ context.Context, id string) (backup.Job, error) {
+	return backup.Job{ID: id, Status: backup.StatusFailed}, nil
 }
 
-func (failedCatalog) ChainHead(context.Context, string, int32, string) (store.Link, error) {
-	return store.Link{}, store.ErrNotFound
+func (failedCatalog) ChainHead(context.Context, string, int32, string) (backup.Link, error) {
+	return backup.Link{}, backup.ErrNotFound
 }
 
 // TestFailAndSettle: a failed attempt is published as backup.failed with

@@ -13,9 +13,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/manifest"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 	"github.com/sendense/sendense/testbed"
 )
 
@@ -202,7 +202,7 @@ func TestThreeIncrementals(t *testing.T) {
 			t.Errorf("catalog link %d: %+v, want job %s change id %s backing %q", i, l, points[i].JobID, d.ChangeID, wantBacking)
 		}
 		if i > 0 {
-			j := h.job(points[i].JobID, store.StatusCompleted)
+			j := h.job(points[i].JobID, backup.StatusCompleted)
 			if len(j.Disks) != 1 || j.Disks[0].BaseChangeID != links[i-1].ChangeID {
 				t.Errorf("catalog job %s: disks %+v, want base change id %s", j.ID, j.Disks, links[i-1].ChangeID)
 			}

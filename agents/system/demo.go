@@ -17,10 +17,11 @@ import (
 
 	"github.com/sendense/sendense/agents/catalog"
 	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/agents/hub/repoapi"
 	"github.com/sendense/sendense/agents/simctl"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // DemoOptions configure RunDemo.
@@ -106,7 +107,7 @@ func RunDemo(ctx context.Context, nc *nats.Conn, opts DemoOptions, out io.Writer
 	pub := bus.NewPublisher(js, "sendense-demo", zerolog.Nop())
 	cat := catalog.NewClient(nc)
 	sim := simctl.NewClient(nc)
-	repo := hub.NewClient(nc)
+	repo := repoapi.NewClient(nc)
 
 	backup := func(typ string) (*schemas.Completed, error) {
 		id := bus.NewJobID()
@@ -145,12 +146,12 @@ func RunDemo(ctx context.Context, nc *nats.Conn, opts DemoOptions, out io.Writer
 		}
 		// The event was seen on the wire; the outcome shown is the one the
 		// catalog stored, which is also what the next request plans from.
-		job, err := cat.Await(ctx, id, store.Job.Ended)
+		job, err := cat.Await(ctx, id, backup.Job.Ended)
 		if err != nil {
 			return nil, fmt.Errorf("job %s: %s seen, but the catalog does not show its outcome: %w", id, describe(ev), err)
 		}
 		c, ok := ev.(*schemas.Completed)
-		if job.Status != store.StatusCompleted || !ok {
+		if job.Status != backup.StatusCompleted || !ok {
 			return nil, fmt.Errorf("job %s did not complete: %s (catalog: %s)", id, describe(ev), job.Status)
 		}
 		fmt.Fprintf(out, "job %s completed in %s\n", id, time.Since(start).Round(time.Millisecond))
@@ -213,14 +214,14 @@ func RunDemo(ctx context.Context, nc *nats.Conn, opts DemoOptions, out io.Writer
 // restoreAndCompare restores one backup point to a raw file through the
 // repository service's read-only export of its chain, and compares it with
 // the image frozen at that job's snapshot.
-func restoreAndCompare(ctx context.Context, repo *hub.Client, sim *simctl.Client, opts DemoOptions, c *schemas.Completed, key int32) (bool, error) {
-	exp, err := repo.OpenRestore(ctx, hub.TargetRef{Repository: c.Repository, JobID: c.JobID, VMUUID: c.VM.UUID, DiskKey: key})
+func restoreAndCompare(ctx context.Context, repo *repoapi.Client, sim *simctl.Client, opts DemoOptions, c *schemas.Completed, key int32) (bool, error) {
+	exp, err := repo.OpenRestore(ctx, repoapi.TargetRef{Repository: c.Repository, JobID: c.JobID, VMUUID: c.VM.UUID, DiskKey: key})
 	if err != nil {
 		return false, fmt.Errorf("export backup of disk %d of job %s: %w", key, c.JobID, err)
 	}
 	defer func() { _ = repo.CloseRestore(context.WithoutCancel(ctx), exp.ExportID) }()
 	dst := filepath.Join(opts.Dir, fmt.Sprintf("%s-%d.raw", c.JobID, key))
-	src, cleanup, err := exp.LocalURI(ctx, "", zerolog.Nop())
+	src, cleanup, err := hub.LocalURI(ctx, exp, "", zerolog.Nop())
 	if err != nil {
 		return false, err
 	}

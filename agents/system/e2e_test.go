@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/sendense/sendense/agents/node"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // TestFullThenIncremental is the seed's acceptance: after a full every disk's
@@ -42,7 +42,7 @@ func fullThenIncremental(t *testing.T, transport string) {
 	if len(full.Disks) != 2 {
 		t.Fatalf("full backup has %d disks, want 2", len(full.Disks))
 	}
-	job := h.job(full.JobID, store.StatusCompleted)
+	job := h.job(full.JobID, backup.StatusCompleted)
 	for _, d := range job.Disks {
 		if d.ChangeID == "" || d.BackupType != schemas.TypeFull || d.Reason != schemas.ReasonNoBase {
 			t.Errorf("catalog disk %d after full: %+v", d.Disk.Key, d)
@@ -90,7 +90,7 @@ func fullThenIncremental(t *testing.T, transport string) {
 		h.sameData(h.frozen("pgtest1", full.JobID, d.Disk.Key), h.targetPath(base))
 		h.sameData(h.frozen("pgtest1", incID, d.Disk.Key), h.targetPath(d))
 	}
-	incJob := h.job(incID, store.StatusCompleted)
+	incJob := h.job(incID, backup.StatusCompleted)
 	for _, d := range incJob.Disks {
 		if d.BaseChangeID != byKey[d.Disk.Key].ChangeID {
 			t.Errorf("catalog: disk %d base change id %q", d.Disk.Key, d.BaseChangeID)
@@ -148,7 +148,7 @@ func TestBadRequests(t *testing.T) {
 		if strings.Count(c.body, `"vm"`) > 1 && !strings.Contains(rj.Message, `duplicate key "vm"`) {
 			t.Errorf("%s: rejection %q does not name the repeated key", c.body, rj.Message)
 		}
-		h.job(rj.JobID, store.StatusRejected)
+		h.job(rj.JobID, backup.StatusRejected)
 	}
 	id := h.request("pgtest1", schemas.TypeFull, "")
 	h.completed(id)
@@ -176,7 +176,7 @@ func TestSameVMTwice(t *testing.T) {
 	if c2.Disks[0].Backing != c1.JobID {
 		t.Errorf("second job %s backs onto %q, want %s", c2.JobID, c2.Disks[0].Backing, c1.JobID)
 	}
-	j1, j2 := h.job(c1.JobID, store.StatusCompleted), h.job(c2.JobID, store.StatusCompleted)
+	j1, j2 := h.job(c1.JobID, backup.StatusCompleted), h.job(c2.JobID, backup.StatusCompleted)
 	chain, err := h.cat.Chain(context.Background(), c1.VM.UUID, 2000, "default")
 	if err != nil || len(chain) != 2 || chain[0].JobID != c1.JobID || chain[1].JobID != c2.JobID {
 		t.Errorf("chain %+v %v, want [%s %s]", chain, err, c1.JobID, c2.JobID)

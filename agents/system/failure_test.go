@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/sendense/sendense/agents/node"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // waitStarted returns the job's backup.started event.
@@ -72,7 +72,7 @@ func TestTargetKilledMidCopy(t *testing.T) {
 	if f.Reason != schemas.FailCopy && f.Reason != schemas.FailRepository {
 		t.Errorf("failed reason %q (%s), want %s or %s", f.Reason, f.Message, schemas.FailCopy, schemas.FailRepository)
 	}
-	h.job(id, store.StatusFailed)
+	h.job(id, backup.StatusFailed)
 	h.checkClean("bigvm", good.VM.UUID, id)
 
 	next := h.completed(h.request("bigvm", schemas.TypeAuto, ""))
@@ -135,7 +135,7 @@ func TestTransientFailureGivesUp(t *testing.T) {
 			t.Errorf("failure %d: attempt %d reason %s retryable %t", attempt, f.Attempt, f.Reason, f.Retryable)
 		}
 	}
-	h.job(id, store.StatusFailed)
+	h.job(id, backup.StatusFailed)
 	h.queueDrains()
 	h.waitMetric("sendense_agent_jobs_total", node.OutcomeFailed, 3)
 	h.waitMetric("sendense_agent_jobs_running", "", 0)

@@ -6,9 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // TestForgetScheduled: a forget schedule (fired by nats-server onto
@@ -39,9 +39,9 @@ func TestForgetScheduled(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, id := range jobs[:2] {
-		h.waitCatalog(id, func(j store.Job) bool { return j.Status == store.StatusPruned })
+		h.waitCatalog(id, func(j backup.Job) bool { return j.Status == backup.StatusPruned })
 	}
-	h.waitCatalog(jobs[2], func(j store.Job) bool { return j.Status == store.StatusCompleted })
+	h.waitCatalog(jobs[2], func(j backup.Job) bool { return j.Status == backup.StatusCompleted })
 	// The hub logs the request done once Forget returned, which may be
 	// after the catalog shows the points pruned.
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {

@@ -15,10 +15,10 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sendense/sendense/agents/catalog"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/internal/testutil"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 	"github.com/sendense/sendense/testbed"
 )
 
@@ -210,7 +210,7 @@ func (h *harness) completed(jobID string) *schemas.Completed {
 }
 
 // job reads the catalog until it shows the job with status.
-func (h *harness) job(id, status string) store.Job {
+func (h *harness) job(id, status string) backup.Job {
 	h.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {

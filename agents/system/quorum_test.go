@@ -6,10 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/bus/bustest"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // onCluster runs the harness's roles against a 3-node JetStream cluster of
@@ -58,7 +58,7 @@ func TestQuorumLoss(t *testing.T) {
 
 	c := h.completed(id)
 	h.sameData(h.frozen("bigvm", id, 2000), h.targetPath(c.Disks[0]))
-	j := h.job(id, store.StatusCompleted)
+	j := h.job(id, backup.StatusCompleted)
 	t.Logf("job %s completed at attempt %d after %d failed attempts", id, c.Attempt, j.FailedAttempts)
 
 	h.mu.Lock()

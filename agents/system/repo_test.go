@@ -10,9 +10,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/internal/testutil"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // TestOrphansReconciled is attack 6: a job killed mid-copy whose later
@@ -40,7 +40,7 @@ func TestOrphansReconciled(t *testing.T) {
 		Reason: schemas.FailVCenter, Message: "vcenter unreachable", Retryable: false}
 	h.forge("test-agent", started)
 	h.forge("test-agent", failed)
-	h.job(job, store.StatusFailed)
+	h.job(job, backup.StatusFailed)
 	partial := filepath.Join(h.sys.Repos["default"].Root(), targetOf(vm.UUID, d.Disk.Key, job))
 	raw := filepath.Join(t.TempDir(), "data.raw")
 	if err := os.WriteFile(raw, make([]byte, 16<<20), 0o600); err != nil {
@@ -111,5 +111,5 @@ func TestRepositoryFull(t *testing.T) {
 	for _, d := range c.Disks {
 		h.sameData(h.frozen("pgtest1", id, d.Disk.Key), h.targetPath(d))
 	}
-	h.job(id, store.StatusCompleted)
+	h.job(id, backup.StatusCompleted)
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/agents/hub/repoapi"
 	"github.com/sendense/sendense/schemas"
 )
 
@@ -50,13 +51,13 @@ func TestRepoOverTLS(t *testing.T) {
 	}
 
 	// A restore export of our own: its key must not leak either.
-	repo := hub.NewClient(h.sys.NC)
+	repo := repoapi.NewClient(h.sys.NC)
 	last := h.completedEvents()
 	if len(last) == 0 {
 		t.Fatal("no backup.completed seen")
 	}
 	c := last[len(last)-1]
-	exp, err := repo.OpenRestore(ctx, hub.TargetRef{Repository: c.Repository, JobID: c.JobID, VMUUID: c.VM.UUID, DiskKey: c.Disks[0].Disk.Key})
+	exp, err := repo.OpenRestore(ctx, repoapi.TargetRef{Repository: c.Repository, JobID: c.JobID, VMUUID: c.VM.UUID, DiskKey: c.Disks[0].Disk.Key})
 	if err != nil {
 		t.Fatal(err)
 	}

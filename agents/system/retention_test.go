@@ -13,10 +13,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
-	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/agents/hub/repoapi"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/retention"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 	"github.com/sendense/sendense/testbed"
 )
 
@@ -94,7 +94,7 @@ func TestRetentionRandomized(t *testing.T) {
 		if len(reply.VMs) != 1 || len(reply.VMs[0].Points) != len(kept) {
 			t.Fatalf("forget %d (%+v): reply %+v, want the %d points of %s", forgets, policy, reply, len(kept), vm)
 		}
-		decided := map[string]hub.ForgetPoint{}
+		decided := map[string]repoapi.ForgetPoint{}
 		for _, p := range reply.VMs[0].Points {
 			decided[p.JobID] = p
 		}
@@ -134,12 +134,12 @@ func TestRetentionRandomized(t *testing.T) {
 	h.checkChains(ctx, vm, kept, removed)
 	// Merges and rebases change files, never a point: each kept point still
 	// matches the manifest its backup recorded, read through its chain.
-	body, _ := json.Marshal(hub.VerifyRequest{VM: vm})
-	msg, err := h.sys.NC.RequestWithContext(ctx, hub.SubjectVerify, body)
+	body, _ := json.Marshal(repoapi.VerifyRequest{VM: vm})
+	msg, err := h.sys.NC.RequestWithContext(ctx, repoapi.SubjectVerify, body)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var vr hub.VerifyReply
+	var vr repoapi.VerifyReply
 	if err := json.Unmarshal(msg.Data, &vr); err != nil || msg.Header.Get(micro.ErrorCodeHeader) != "" {
 		t.Fatalf("verify: %s %v", msg.Data, err)
 	}
@@ -147,7 +147,7 @@ func TestRetentionRandomized(t *testing.T) {
 		t.Errorf("verify after the forget runs: %+v, want %d results, all ok", vr.Results, len(kept)*len(disks))
 	}
 	for _, r := range vr.Results {
-		if r.Status != hub.VerifyOK {
+		if r.Status != repoapi.VerifyOK {
 			t.Errorf("verify %s disk %d: %s %s %s", r.JobID, r.DiskKey, r.Status, r.Problem, r.Detail)
 		}
 	}
@@ -193,21 +193,21 @@ func (h *harness) randomGuestWrites(rng *rand.Rand, vm string, d testbed.DiskInf
 
 // forget runs a retention policy on vm through the hub, as `sendense
 // forget` does.
-func (h *harness) forget(vm string, policy retention.Policy) hub.ForgetReply {
+func (h *harness) forget(vm string, policy retention.Policy) repoapi.ForgetReply {
 	h.t.Helper()
-	body, _ := json.Marshal(hub.ForgetRequest{VM: vm, Policy: policy})
+	body, _ := json.Marshal(repoapi.ForgetRequest{VM: vm, Policy: policy})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var msg *nats.Msg
 	for {
 		var err error
-		if msg, err = h.sys.NC.RequestWithContext(ctx, hub.SubjectForget, body); err != nil {
+		if msg, err = h.sys.NC.RequestWithContext(ctx, repoapi.SubjectForget, body); err != nil {
 			h.t.Fatalf("forget %s %+v: %v", vm, policy, err)
 		}
 		// The agent holds the VM's lease for a moment after its completed
 		// event (until the catalog shows it); forget answers busy then.
 		code := msg.Header.Get(micro.ErrorCodeHeader)
-		if code == hub.CodeBusy && ctx.Err() == nil {
+		if code == repoapi.CodeBusy && ctx.Err() == nil {
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
@@ -216,7 +216,7 @@ func (h *harness) forget(vm string, policy retention.Policy) hub.ForgetReply {
 		}
 		break
 	}
-	var reply hub.ForgetReply
+	var reply repoapi.ForgetReply
 	if err := json.Unmarshal(msg.Data, &reply); err != nil {
 		h.t.Fatalf("forget reply %s: %v", msg.Data, err)
 	}
@@ -268,7 +268,7 @@ func (h *harness) checkChains(ctx context.Context, vm string, kept []*schemas.Co
 		keptIDs[c.JobID] = true
 	}
 	for id, c := range removed {
-		if j := h.job(id, store.StatusPruned); j.ID != id {
+		if j := h.job(id, backup.StatusPruned); j.ID != id {
 			h.t.Errorf("removed point %s: catalog %+v", id, j)
 		}
 		for _, d := range c.Disks {
@@ -277,12 +277,12 @@ func (h *harness) checkChains(ctx context.Context, vm string, kept []*schemas.Co
 			}
 		}
 	}
-	body, _ := json.Marshal(hub.CheckRequest{DryRun: true})
-	msg, err := h.sys.NC.RequestWithContext(ctx, hub.SubjectCheck, body)
+	body, _ := json.Marshal(repoapi.CheckRequest{DryRun: true})
+	msg, err := h.sys.NC.RequestWithContext(ctx, repoapi.SubjectCheck, body)
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	var rep hub.CheckReply
+	var rep repoapi.CheckReply
 	if err := json.Unmarshal(msg.Data, &rep); err != nil || msg.Header.Get(micro.ErrorCodeHeader) != "" {
 		h.t.Fatalf("repo check: %s %v", msg.Data, err)
 	}

@@ -6,9 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // TestJobIDReusedWhileRunning: a second request under the id of a running
@@ -53,7 +53,7 @@ func TestJobIDReusedWhileRunning(t *testing.T) {
 	// failure counted, nothing refused. (When the second request comes
 	// before the catalog applied the first's started event, it may create
 	// and remove a snapshot, then find the attempt taken and wait.)
-	j := h.job(id, store.StatusCompleted)
+	j := h.job(id, backup.StatusCompleted)
 	if j.VM.Name != "pgtest1" || j.Attempt != done.Attempt || j.FailedAttempts != 0 || len(j.PoisonedEventIDs) != 0 {
 		t.Errorf("job %s: vm %s attempt %d failed attempts %d poisoned %v, want pgtest1's own backup and nothing else",
 			id, j.VM.Name, j.Attempt, j.FailedAttempts, j.PoisonedEventIDs)

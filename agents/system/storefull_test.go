@@ -7,10 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/internal/testutil"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // TestStoreFull is attack 4: the disk under the NATS store fills up while
@@ -25,7 +25,7 @@ func TestStoreFull(t *testing.T) {
 	_ = natsDir
 	time.Sleep(5 * time.Second) // what a spinning agent would use to cycle
 	snaps := countLines(h.logs.String(), "snapshot created", id)
-	if j, err := h.cat.Job(context.Background(), id); err == nil && j.Status == store.StatusCompleted {
+	if j, err := h.cat.Job(context.Background(), id); err == nil && j.Status == backup.StatusCompleted {
 		t.Fatalf("job %s completed while the stream could not store", id)
 	}
 
@@ -43,7 +43,7 @@ func TestStoreFull(t *testing.T) {
 		t.Errorf("agent still not ready after completing: %v", h.sys.agent.Ready())
 	}
 	h.waitMetric("sendense_agent_ready", "", 1)
-	h.job(id, store.StatusCompleted)
+	h.job(id, backup.StatusCompleted)
 	h.sameData(h.frozen("bigvm", id, 2000), h.targetPath(c.Disks[0]))
 }
 

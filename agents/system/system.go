@@ -24,6 +24,7 @@ import (
 
 	"github.com/sendense/sendense/agents/catalog"
 	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/agents/hub/repoapi"
 	"github.com/sendense/sendense/agents/node"
 	"github.com/sendense/sendense/agents/simctl"
 	"github.com/sendense/sendense/bus"
@@ -145,6 +146,12 @@ type Config struct {
 	AgentID  string
 	MaxJobs  int
 	LeaseTTL time.Duration
+	// RequestAckWait is the agents' request consumer's ack wait, which the
+	// hub sets when it creates the consumer (default bus.RequestAckWait):
+	// how long a request an agent took may go without an ack before
+	// another agent gets it, so how soon a crashed agent's job is retried.
+	// Agents ack in progress every third of it.
+	RequestAckWait time.Duration
 	// AgentConfig is a template for the remaining node agent settings.
 	AgentConfig node.Config
 
@@ -289,7 +296,7 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 		if _, err := bus.NewLeases(ctx, s.JS, bus.LeaseBucket, ttl, bus.LeaseReplicas(cfg.Replicas), bus.LeaseAwait(s.await())); err != nil {
 			return nil, err
 		}
-		if _, err := bus.EnsureRequestConsumer(ctx, s.JS, bus.RequestConsumerOptions{Await: s.await()}); err != nil {
+		if _, err := bus.EnsureRequestConsumer(ctx, s.JS, bus.RequestConsumerOptions{AckWait: cfg.RequestAckWait, Await: s.await()}); err != nil {
 			return nil, err
 		}
 		if _, err := bus.EnsureVerifyConsumer(ctx, s.JS, s.await()); err != nil {
@@ -735,12 +742,15 @@ func (s *System) startAgent(ctx context.Context) error {
 	if s.cfg.MaxJobs > 0 {
 		cfg.MaxJobs = s.cfg.MaxJobs
 	}
+	if info := cons.CachedInfo(); cfg.InProgressInterval <= 0 && info != nil && info.Config.AckWait > 0 {
+		cfg.InProgressInterval = info.Config.AckWait / 3 // the hub chose the ack wait (RequestAckWait)
+	}
 	if cfg.Copy.Log.GetLevel() == zerolog.Disabled {
 		cfg.Copy = copier.Options{}
 	}
 	ag, err := node.New(cfg, node.Deps{
 		Requests: cons, Publisher: pub, Leases: leases, VCenter: vc, Sources: sources,
-		Targets: hub.NewClient(nc), Catalog: catalog.NewClient(nc),
+		Targets: repoapi.NewClient(nc), Catalog: catalog.NewClient(nc),
 		Store: node.StoreFunc(func(ctx context.Context) error {
 			if err := bus.StoreReady(ctx, js); err != nil {
 				return err
@@ -752,7 +762,7 @@ func (s *System) startAgent(ctx context.Context) error {
 		return err
 	}
 	s.agent = ag
-	s.addAgentChecks(js, cons, vc, hub.NewClient(nc))
+	s.addAgentChecks(js, cons, vc, repoapi.NewClient(nc))
 	s.run("agent", ag.Run)
 	return nil
 }
@@ -760,7 +770,7 @@ func (s *System) startAgent(ctx context.Context) error {
 // addAgentChecks adds the agent's readiness: JetStream stores (the agent
 // takes requests), its consumer is there, vCenter answers and the hub's
 // repository service answers.
-func (s *System) addAgentChecks(js jetstream.JetStream, cons jetstream.Consumer, vc *vmware.Client, targets *hub.Client) {
+func (s *System) addAgentChecks(js jetstream.JetStream, cons jetstream.Consumer, vc *vmware.Client, targets *repoapi.Client) {
 	ag := s.agent
 	s.Health.Add("agent/streams", func(ctx context.Context) error { return bus.StoreReady(ctx, js) })
 	s.Health.Add("agent/consumer", func(ctx context.Context) error {
@@ -777,7 +787,7 @@ func (s *System) addAgentChecks(js jetstream.JetStream, cons jetstream.Consumer,
 	s.Health.Add("agent/repository", func(ctx context.Context) error {
 		// Any answer of the service will do: an unknown repository is the
 		// request's problem, not the agent's.
-		if _, err := targets.Info(ctx, "default"); err != nil && !errors.Is(err, hub.ErrUnknownRepository) {
+		if _, err := targets.Info(ctx, "default"); err != nil && !errors.Is(err, repoapi.ErrUnknownRepository) {
 			return fmt.Errorf("repository service: %w", err)
 		}
 		return nil

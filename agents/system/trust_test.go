@@ -13,9 +13,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 	"github.com/sendense/sendense/vmware"
 )
 
@@ -83,7 +83,7 @@ func (h *harness) forge(agent string, ev schemas.Event) {
 
 // poisoned waits until the catalog lists a poison record for event id; a
 // test goes on without one (failed), to show what the event did.
-func (h *harness) poisoned(eventID string) store.PoisonRecord {
+func (h *harness) poisoned(eventID string) backup.PoisonRecord {
 	h.t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
@@ -97,7 +97,7 @@ func (h *harness) poisoned(eventID string) store.PoisonRecord {
 		}
 		if time.Now().After(deadline) {
 			h.t.Errorf("no poison record for event %s (%v)", eventID, err)
-			return store.PoisonRecord{}
+			return backup.PoisonRecord{}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -141,7 +141,7 @@ func TestForgedCompleted(t *testing.T) {
 	h.completed(h.request("pgtest1", schemas.TypeAuto, ""))
 	h.guestWrite("pgtest1", 21)
 	real := h.completed(h.request("pgtest1", schemas.TypeAuto, ""))
-	before := h.job(real.JobID, store.StatusCompleted)
+	before := h.job(real.JobID, backup.StatusCompleted)
 
 	forged := *real
 	forged.Attempt = real.Attempt + 1
@@ -170,7 +170,7 @@ func TestForgedCompleted(t *testing.T) {
 	rec = h.poisoned(rogue.ID)
 	t.Logf("forgery by another agent poisoned: %s", rec.Reason)
 	time.Sleep(500 * time.Millisecond) // the catalog applies what it applies
-	after := h.job(real.JobID, store.StatusCompleted)
+	after := h.job(real.JobID, backup.StatusCompleted)
 	if after.Attempt != before.Attempt || jsonOf(after.Disks) != jsonOf(before.Disks) {
 		t.Errorf("completed job rewritten by the forgeries:\nbefore %s\nafter  %s", jsonOf(before), jsonOf(after))
 	}
@@ -244,12 +244,12 @@ func TestForgedJobs(t *testing.T) {
 		r := h.poisoned(id)
 		t.Logf("%s poisoned: %s", id, r.Reason)
 	}
-	j := h.job(real.JobID, store.StatusCompleted)
+	j := h.job(real.JobID, backup.StatusCompleted)
 	if j.Attempt != real.Attempt || j.Failure != nil {
 		t.Errorf("completed job rewritten: attempt %d failure %+v", j.Attempt, j.Failure)
 	}
 	if _, err := h.cat.Job(context.Background(), "escape-job"); err == nil {
-		if j, _ := h.cat.Job(context.Background(), "escape-job"); j.Status == store.StatusCompleted {
+		if j, _ := h.cat.Job(context.Background(), "escape-job"); j.Status == backup.StatusCompleted {
 			t.Errorf("job with a target outside the repository is completed: %+v", j)
 		}
 	}

@@ -6,12 +6,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/agents/hub/repoapi"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/internal/testutil"
 	"github.com/sendense/sendense/manifest"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // manifestOf reads a completed disk's manifest next to its image and checks
@@ -42,11 +42,11 @@ func (h *harness) sameManifest(vm, jobID string, d schemas.DiskResult) {
 	}
 }
 
-func (h *harness) verify(req hub.VerifyRequest) hub.VerifyReply {
+func (h *harness) verify(req repoapi.VerifyRequest) repoapi.VerifyReply {
 	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	rep, err := hub.NewClient(h.sys.NC).Verify(ctx, req)
+	rep, err := repoapi.NewClient(h.sys.NC).Verify(ctx, req)
 	if err != nil {
 		h.t.Fatalf("verify %+v: %v", req, err)
 	}
@@ -84,12 +84,12 @@ func TestVerify(t *testing.T) {
 		t.Errorf("catalog disk %+v lacks the event's manifest digest", job.Disks[0])
 	}
 
-	rep := h.verify(hub.VerifyRequest{VM: "pgtest1"})
+	rep := h.verify(repoapi.VerifyRequest{VM: "pgtest1"})
 	if len(rep.Results) != 4 || rep.Failed() {
 		t.Fatalf("verify of a sound vm: %+v", rep)
 	}
 	for _, r := range rep.Results {
-		if r.Status != hub.VerifyOK || r.BytesRead != capacityOf(full, r.DiskKey) {
+		if r.Status != repoapi.VerifyOK || r.BytesRead != capacityOf(full, r.DiskKey) {
 			t.Errorf("result %+v, want ok after reading the whole disk", r)
 		}
 	}
@@ -97,13 +97,13 @@ func TestVerify(t *testing.T) {
 	// Bit rot in the incremental's own data.
 	d := diskOf(t, inc, 2000)
 	guest := testutil.FlipQcow2DataByte(t, h.targetPath(d), 12345)
-	rep = h.verify(hub.VerifyRequest{JobID: incID})
+	rep = h.verify(repoapi.VerifyRequest{JobID: incID})
 	bad := resultOf(t, rep, 2000)
 	wantChunk := guest / manifest.ChunkSize
-	if bad.Status != hub.VerifyFailed || bad.Problem != hub.VerifyProblemData || bad.ChunkIndex != wantChunk || bad.ChunkOffset != wantChunk*manifest.ChunkSize {
+	if bad.Status != repoapi.VerifyFailed || bad.Problem != repoapi.VerifyProblemData || bad.ChunkIndex != wantChunk || bad.ChunkOffset != wantChunk*manifest.ChunkSize {
 		t.Errorf("flipped byte at guest offset %d: result %+v, want data_mismatch at chunk %d", guest, bad, wantChunk)
 	}
-	if ok := resultOf(t, rep, 2001); ok.Status != hub.VerifyOK {
+	if ok := resultOf(t, rep, 2001); ok.Status != repoapi.VerifyOK {
 		t.Errorf("untouched disk: %+v", ok)
 	}
 	t.Logf("flipped guest byte %d, verify says: %s", guest, bad.Detail)
@@ -116,10 +116,10 @@ func TestVerify(t *testing.T) {
 		v, ok := ev.(*schemas.Verified)
 		return ok && v.JobID == incID && v.Status == schemas.VerifyFailed
 	}).(*schemas.Verified)
-	if ev.ID != rep.Events[0] || len(ev.Disks) != 2 || ev.Disks[0].ChunkOffset != wantChunk*manifest.ChunkSize || ev.Disks[0].Problem != hub.VerifyProblemData {
+	if ev.ID != rep.Events[0] || len(ev.Disks) != 2 || ev.Disks[0].ChunkOffset != wantChunk*manifest.ChunkSize || ev.Disks[0].Problem != repoapi.VerifyProblemData {
 		t.Errorf("backup.verified %+v", ev)
 	}
-	h.waitCatalog(incID, func(j store.Job) bool { return j.Verification != nil && j.Verification.Status == schemas.VerifyFailed })
+	h.waitCatalog(incID, func(j backup.Job) bool { return j.Verification != nil && j.Verification.Status == schemas.VerifyFailed })
 	head, err := h.cat.ChainHead(context.Background(), inc.VM.UUID, 2000, "default")
 	if err != nil || head.JobID != incID || head.Verified != schemas.VerifyFailed {
 		t.Fatalf("chain head %+v, %v: want the incremental, verified failed", head, err)
@@ -139,23 +139,23 @@ func TestVerify(t *testing.T) {
 
 	// Broken metadata in the full: qemu-img check fails.
 	testutil.BreakQcow2Refcount(t, h.targetPath(diskOf(t, full, 2001)))
-	rep = h.verify(hub.VerifyRequest{JobID: fullID})
-	if r := resultOf(t, rep, 2001); r.Status != hub.VerifyFailed || r.Problem != hub.VerifyProblemCheck {
+	rep = h.verify(repoapi.VerifyRequest{JobID: fullID})
+	if r := resultOf(t, rep, 2001); r.Status != repoapi.VerifyFailed || r.Problem != repoapi.VerifyProblemCheck {
 		t.Errorf("broken refcount: %+v, want check_failed", r)
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := hub.NewClient(h.sys.NC).Verify(ctx, hub.VerifyRequest{JobID: "no-such-job"}); err == nil || !strings.Contains(err.Error(), "unknown job no-such-job") {
+	if _, err := repoapi.NewClient(h.sys.NC).Verify(ctx, repoapi.VerifyRequest{JobID: "no-such-job"}); err == nil || !strings.Contains(err.Error(), "unknown job no-such-job") {
 		t.Errorf("verify of an unknown job: %v", err)
 	}
-	if _, err := hub.NewClient(h.sys.NC).Verify(ctx, hub.VerifyRequest{JobID: fullID, All: true}); err == nil {
+	if _, err := repoapi.NewClient(h.sys.NC).Verify(ctx, repoapi.VerifyRequest{JobID: fullID, All: true}); err == nil {
 		t.Error("verify of a job and all at once accepted")
 	}
 }
 
 // waitCatalog reads the catalog until job id satisfies ok.
-func (h *harness) waitCatalog(id string, ok func(store.Job) bool) store.Job {
+func (h *harness) waitCatalog(id string, ok func(backup.Job) bool) backup.Job {
 	h.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -179,7 +179,7 @@ func capacityOf(c *schemas.Completed, key int32) int64 {
 	return -1
 }
 
-func resultOf(t *testing.T, rep hub.VerifyReply, key int32) hub.VerifyResult {
+func resultOf(t *testing.T, rep repoapi.VerifyReply, key int32) repoapi.VerifyResult {
 	t.Helper()
 	for _, r := range rep.Results {
 		if r.DiskKey == key {
@@ -187,7 +187,7 @@ func resultOf(t *testing.T, rep hub.VerifyReply, key int32) hub.VerifyResult {
 		}
 	}
 	t.Fatalf("no result for disk %d in %+v", key, rep)
-	return hub.VerifyResult{}
+	return repoapi.VerifyResult{}
 }
 
 // TestVerifyScheduled: a verify schedule (fired by nats-server onto
@@ -212,7 +212,7 @@ func TestVerifyScheduled(t *testing.T) {
 	if ev.Status != schemas.VerifyOK || len(ev.Disks) != 2 {
 		t.Errorf("scheduled verification: %+v", ev)
 	}
-	h.waitCatalog(full.JobID, func(j store.Job) bool { return j.Verification != nil && j.Verification.Status == schemas.VerifyOK })
+	h.waitCatalog(full.JobID, func(j backup.Job) bool { return j.Verification != nil && j.Verification.Status == schemas.VerifyOK })
 	if !strings.Contains(h.logs.String(), `"requested_by":"schedule:verify-pgtest1"`) {
 		t.Error("the hub did not log the scheduled verification")
 	}

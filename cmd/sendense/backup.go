@@ -15,9 +15,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sendense/sendense/agents/catalog"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 func init() { extraCommands = append(extraCommands, newBackupCmd) }
@@ -87,7 +87,7 @@ func (c *backupCmd) run(ctx context.Context, a *app) error {
 		switch j, err := cat.Job(ctx, c.jobID); {
 		case err == nil:
 			return &exitError{code: exitConflict, err: fmt.Errorf("job id %s is taken: job %s of vm %s is %s; use another --job-id", c.jobID, j.ID, vmName(j), j.Status)}
-		case !errors.Is(err, store.ErrNotFound):
+		case !errors.Is(err, backup.ErrNotFound):
 			return fmt.Errorf("check job id %s with the catalog: %w", c.jobID, err)
 		}
 	}
@@ -255,7 +255,7 @@ func (w *waiter) run(ctx context.Context, a *app) error {
 // awaitThen is await that ends the live view with the stored outcome
 // before it prints that outcome.
 func (w *waiter) awaitThen(ctx context.Context, a *app, finish func(string)) error {
-	j, err := w.cat.Await(ctx, w.jobID, store.Job.Ended)
+	j, err := w.cat.Await(ctx, w.jobID, backup.Job.Ended)
 	if err != nil {
 		finish("unconfirmed")
 		return fmt.Errorf("job %s: its outcome was published but the catalog does not show it (not stored?): %w", w.jobID, err)
@@ -267,7 +267,7 @@ func (w *waiter) awaitThen(ctx context.Context, a *app, finish func(string)) err
 // await waits for the catalog to show the job's outcome after its
 // terminal event was seen, and reports that outcome.
 func (w *waiter) await(ctx context.Context, a *app) error {
-	j, err := w.cat.Await(ctx, w.jobID, store.Job.Ended)
+	j, err := w.cat.Await(ctx, w.jobID, backup.Job.Ended)
 	if err != nil && ctx.Err() != nil {
 		return w.stopped(ctx, w.timeout)
 	}
@@ -280,8 +280,8 @@ func (w *waiter) await(ctx context.Context, a *app) error {
 // outcome prints an ended job's outcome and returns its exit error. A job
 // of another VM is another request's job that held this job id first (its
 // request was queued longer than the stream remembers ids): a conflict.
-func (w *waiter) outcome(a *app, j store.Job) error {
-	if j.Status != store.StatusRejected && !sameVM(j.VM, w.vm) {
+func (w *waiter) outcome(a *app, j backup.Job) error {
+	if j.Status != backup.StatusRejected && !sameVM(j.VM, w.vm) {
 		return &exitError{code: exitConflict, err: fmt.Errorf("job id %s is taken: it names a backup of vm %s, not %s; use another --job-id", w.jobID, vmName(j), w.vm)}
 	}
 	reason, msg := "", ""
@@ -290,18 +290,18 @@ func (w *waiter) outcome(a *app, j store.Job) error {
 	}
 	if w.json {
 		if err := writeJSONLine(a, struct {
-			Job store.Job `json:"job"`
+			Job backup.Job `json:"job"`
 		}{j}); err != nil {
 			return err
 		}
 	}
 	switch j.Status {
-	case store.StatusCompleted:
+	case backup.StatusCompleted:
 		if !w.json {
 			fmt.Fprintf(a.stdout, "job %s completed\n", w.jobID)
 		}
 		return nil
-	case store.StatusRejected:
+	case backup.StatusRejected:
 		return &exitError{code: exitRejected, err: fmt.Errorf("job %s rejected: %s: %s", w.jobID, reason, msg)}
 	}
 	return &exitError{code: exitFailed, err: fmt.Errorf("job %s failed: %s: %s", w.jobID, reason, msg)}

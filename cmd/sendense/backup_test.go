@@ -15,8 +15,8 @@ import (
 
 	"github.com/sendense/sendense/agents/catalog/catalogtest"
 	"github.com/sendense/sendense/agents/simctl"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // TestBackupCommands drives `sendense serve --simulate-vcenter` the way a
@@ -51,11 +51,11 @@ func TestBackupCommands(t *testing.T) {
 	if !strings.Contains(out, "cli-full") {
 		t.Errorf("jobs with --nats-nkey:\n%s", out)
 	}
-	var full store.Job
+	var full backup.Job
 	if err := json.Unmarshal([]byte(mustCLI(t, append([]string{"job", "cli-full", "--json"}, nurl...)...)), &full); err != nil {
 		t.Fatal(err)
 	}
-	if full.Status != store.StatusCompleted || len(full.Disks) != 2 {
+	if full.Status != backup.StatusCompleted || len(full.Disks) != 2 {
 		t.Fatalf("job cli-full: %+v", full)
 	}
 	for _, d := range full.Disks {
@@ -72,9 +72,9 @@ func TestBackupCommands(t *testing.T) {
 	if err := nc.Publish(schemas.NameRequested, []byte(`{"vm":"pgtest1","job_id":"raw-inc"}`)); err != nil {
 		t.Fatal(err)
 	}
-	var inc store.Job
+	var inc backup.Job
 	deadline := time.Now().Add(time.Minute)
-	for inc.Status != store.StatusCompleted {
+	for inc.Status != backup.StatusCompleted {
 		if time.Now().After(deadline) {
 			t.Fatalf("raw request did not complete: %+v", inc)
 		}

@@ -10,8 +10,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sendense/sendense/agents/catalog"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
-	"github.com/sendense/sendense/store"
 )
 
 // Exit codes of `backup --wait` when it stops waiting: the backup goes on.
@@ -64,7 +64,7 @@ func noticeQueued(ctx context.Context, out io.Writer, js jetstream.JetStream, ca
 		case <-time.After(after):
 		}
 		j, err := cat.Job(ctx, jobID)
-		if err != nil || j.Status != store.StatusQueued || ctx.Err() != nil {
+		if err != nil || j.Status != backup.StatusQueued || ctx.Err() != nil {
 			return
 		}
 		fmt.Fprintf(out, "job %s is queued: no agent has taken it yet%s\n", jobID, agentsNote(ctx, js))

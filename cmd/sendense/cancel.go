@@ -10,9 +10,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sendense/sendense/agents/catalog"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 func init() { extraCommands = append(extraCommands, newCancelCmd) }
@@ -54,9 +54,9 @@ func runCancel(ctx context.Context, a *app, idOrPrefix string) error {
 		return err
 	}
 	switch {
-	case j.Status == store.StatusRunning || (j.Status == store.StatusFailed && !j.Ended()):
+	case j.Status == backup.StatusRunning || (j.Status == backup.StatusFailed && !j.Ended()):
 		return fmt.Errorf("cancel job %s: it is %s (agent %s); canceling a running job is not supported yet", j.ID, j.Status, dash(j.Agent))
-	case j.Status != store.StatusQueued:
+	case j.Status != backup.StatusQueued:
 		return fmt.Errorf("cancel job %s: it already ended (%s); nothing to cancel", j.ID, j.Status)
 	}
 	st, err := js.Stream(ctx, bus.StreamRequests)
@@ -101,7 +101,7 @@ func runCancel(ctx context.Context, a *app, idOrPrefix string) error {
 	}
 	actx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if _, err := cat.Await(actx, j.ID, func(j store.Job) bool { return j.Status == store.StatusRejected }); err != nil {
+	if _, err := cat.Await(actx, j.ID, func(j backup.Job) bool { return j.Status == backup.StatusRejected }); err != nil {
 		return fmt.Errorf("cancel job %s: removed and recorded, but the catalog does not show it yet: %w", j.ID, err)
 	}
 	fmt.Fprintf(a.stdout, "job %s canceled (its request was removed from the queue)\n", j.ID)

@@ -13,10 +13,10 @@ import (
 
 	"github.com/sendense/sendense/agents/catalog"
 	"github.com/sendense/sendense/agents/catalog/catalogtest"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/bus/bustest"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // `sendense catalog` against a separate nats-server process, with the
@@ -58,12 +58,12 @@ func TestCatalogExternalNATS(t *testing.T) {
 	}
 	srvConn := admin
 	ref := referenceCatalog(t, evs...)
-	want, _ := ref.Jobs(store.JobFilter{})
+	want, _ := ref.Jobs(backup.JobFilter{})
 	waitJobs(t, want, "--nats-url", url, "--data", data)
 
 	t.Run("Jobs", func(t *testing.T) {
 		out := mustCLI(t, "jobs", "--vm", "vm-01", "--status", "completed", "--nats-url", url, "--data", data)
-		wantJobs, _ := ref.Jobs(store.JobFilter{VM: "vm-01", Status: store.StatusCompleted})
+		wantJobs, _ := ref.Jobs(backup.JobFilter{VM: "vm-01", Status: backup.StatusCompleted})
 		lines := strings.Split(strings.TrimSpace(out), "\n")
 		if len(wantJobs) == 0 || len(lines) != len(wantJobs)+1 || !strings.HasPrefix(lines[0], "JOB ") {
 			t.Fatalf("jobs table for %d jobs:\n%s", len(wantJobs), out)
@@ -79,7 +79,7 @@ func TestCatalogExternalNATS(t *testing.T) {
 		}
 	})
 	t.Run("Job", func(t *testing.T) {
-		wantJobs, _ := ref.Jobs(store.JobFilter{Status: store.StatusCompleted, Limit: 1})
+		wantJobs, _ := ref.Jobs(backup.JobFilter{Status: backup.StatusCompleted, Limit: 1})
 		j := wantJobs[0]
 		out := mustCLI(t, "job", j.ID, "--nats-url", url, "--data", data)
 		for _, d := range j.Disks {
@@ -96,7 +96,7 @@ func TestCatalogExternalNATS(t *testing.T) {
 		vm := catalogtest.VM(2) // three disks
 		wantChains, _ := ref.Chains(vm.UUID, "")
 		for _, arg := range []string{vm.Name, vm.UUID, vm.Moref} {
-			var got []store.Chain
+			var got []backup.Chain
 			if err := json.Unmarshal([]byte(mustCLI(t, "chain", "--vm", arg, "--json", "--nats-url", url, "--data", data)), &got); err != nil {
 				t.Fatal(err)
 			}
@@ -118,7 +118,7 @@ func TestCatalogExternalNATS(t *testing.T) {
 		}
 	})
 	t.Run("PoisonAndStats", func(t *testing.T) {
-		var recs []store.PoisonRecord
+		var recs []backup.PoisonRecord
 		if err := json.Unmarshal([]byte(mustCLI(t, "catalog", "poison", "--json", "--nats-url", url, "--data", data)), &recs); err != nil {
 			t.Fatal(err)
 		}
@@ -169,7 +169,7 @@ func dumpVia(t *testing.T, nc *nats.Conn) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	cl := catalog.NewClient(nc)
-	jobs, err := cl.Jobs(ctx, store.JobFilter{})
+	jobs, err := cl.Jobs(ctx, backup.JobFilter{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +180,7 @@ func dumpVia(t *testing.T, nc *nats.Conn) string {
 		}
 	}
 	slices.Sort(vms)
-	var chains []store.Chain
+	var chains []backup.Chain
 	for _, vm := range vms {
 		c, err := cl.Chains(ctx, vm, "")
 		if err != nil {

@@ -12,8 +12,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sendense/sendense/agents/catalog"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
-	"github.com/sendense/sendense/store"
 )
 
 func init() { extraCommands = append(extraCommands, newChainCmd) }
@@ -55,7 +55,7 @@ var uuidRE = regexp.MustCompile(`^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[
 // jobs that names one, or vm itself when it is a UUID the catalog has no
 // job for.
 func resolveVM(ctx context.Context, cl *catalog.Client, vm string) (string, error) {
-	jobs, err := cl.Jobs(ctx, store.JobFilter{VM: vm, Limit: 50})
+	jobs, err := cl.Jobs(ctx, backup.JobFilter{VM: vm, Limit: 50})
 	if err != nil {
 		return "", err
 	}
@@ -67,7 +67,7 @@ func resolveVM(ctx context.Context, cl *catalog.Client, vm string) (string, erro
 	if uuidRE.MatchString(vm) {
 		return vm, nil
 	}
-	return "", fmt.Errorf("vm %q: no job in the catalog names it with an instance uuid: %w", vm, store.ErrNotFound)
+	return "", fmt.Errorf("vm %q: no job in the catalog names it with an instance uuid: %w", vm, backup.ErrNotFound)
 }
 
 func (c *chainCmd) run(ctx context.Context, a *app, diskSet bool) error {
@@ -84,7 +84,7 @@ func (c *chainCmd) run(ctx context.Context, a *app, diskSet bool) error {
 	if err != nil {
 		return err
 	}
-	chains := []store.Chain{}
+	chains := []backup.Chain{}
 	for _, ch := range all {
 		if !diskSet || ch.DiskKey == c.disk {
 			chains = append(chains, ch)
@@ -97,7 +97,7 @@ func (c *chainCmd) run(ctx context.Context, a *app, diskSet bool) error {
 				keys = append(keys, k)
 			}
 		}
-		return fmt.Errorf("vm %s has no backup of disk %d (disks with backups: %s): %w", c.vm, c.disk, strings.Join(keys, ", "), store.ErrNotFound)
+		return fmt.Errorf("vm %s has no backup of disk %d (disks with backups: %s): %w", c.vm, c.disk, strings.Join(keys, ", "), backup.ErrNotFound)
 	}
 	if c.json {
 		return writeJSON(a, chains)

@@ -22,6 +22,7 @@ import (
 	"github.com/sendense/sendense/agents/catalog"
 	"github.com/sendense/sendense/agents/catalog/catalogtest"
 	"github.com/sendense/sendense/agents/simctl"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/internal/testutil"
 	"github.com/sendense/sendense/schemas"
@@ -277,7 +278,7 @@ func jsonOf(t *testing.T, v any) string {
 }
 
 // waitJobs polls `sendense jobs --json --limit 0` until it prints want.
-func waitJobs(t *testing.T, want []store.Job, args ...string) {
+func waitJobs(t *testing.T, want []backup.Job, args ...string) {
 	t.Helper()
 	wantJSON := jsonOf(t, want)
 	deadline := time.Now().Add(30 * time.Second)
@@ -285,7 +286,7 @@ func waitJobs(t *testing.T, want []store.Job, args ...string) {
 	for {
 		out, err := cli(t, append([]string{"jobs", "--json", "--limit", "0"}, args...)...)
 		if err == nil {
-			var got []store.Job
+			var got []backup.Job
 			if err := json.Unmarshal([]byte(out), &got); err != nil {
 				t.Fatalf("jobs --json printed no JSON array: %v\n%s", err, out)
 			}
@@ -330,6 +331,11 @@ type served struct {
 // startServe runs serve with the simulated vCenter's inventory ("small"
 // or "sample") on a fresh --data and port, plus extra flags, and waits
 // until the catalog and the simulated vCenter's control service answer.
+// fastFailover makes a hub retry a killed agent's job after 8 s instead
+// of the production 30 s (--request-ack-wait, --lease-ttl): the tests that
+// kill an agent check that its job is retried and how it ends, not when.
+var fastFailover = []string{"--request-ack-wait", "8s", "--lease-ttl", "8s"}
+
 func startServe(t *testing.T, inventory string, extra ...string) *served {
 	t.Helper()
 	for _, tool := range []string{"qemu-img", "qemu-nbd", "nbdkit"} {
@@ -377,10 +383,10 @@ func (s *served) must(t *testing.T, args ...string) string {
 
 // awaitJob polls `sendense job ID --json` until done says the job is what
 // the test waits for, and returns it; it fails the test after timeout.
-func (s *served) awaitJob(t *testing.T, id string, timeout time.Duration, done func(store.Job) bool) store.Job {
+func (s *served) awaitJob(t *testing.T, id string, timeout time.Duration, done func(backup.Job) bool) backup.Job {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
-	var j store.Job
+	var j backup.Job
 	for {
 		if o, err := s.run(t, "job", id, "--json"); err == nil && json.Unmarshal([]byte(o), &j) == nil && done(j) {
 			return j

@@ -12,7 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sendense/sendense/agents/catalog"
-	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/agents/hub/repoapi"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/retention"
 )
@@ -95,9 +95,9 @@ func (c *forgetCmd) run(ctx context.Context, a *app) error {
 	if policy.Protect, err = resolveJobIDs(ctx, catalog.NewClient(nc), "--protect", policy.Protect); err != nil {
 		return fmt.Errorf("forget: %w", err)
 	}
-	cl := hub.NewClient(nc)
+	cl := repoapi.NewClient(nc)
 	cl.Timeout = forgetTimeout
-	rep, err := cl.Forget(ctx, hub.ForgetRequest{VM: c.vm, All: c.all, Repository: c.repository, Policy: policy, DryRun: c.dryRun})
+	rep, err := cl.Forget(ctx, repoapi.ForgetRequest{VM: c.vm, All: c.all, Repository: c.repository, Policy: policy, DryRun: c.dryRun})
 	if err != nil {
 		return fmt.Errorf("forget: %w", err)
 	}
@@ -118,7 +118,7 @@ func (c *forgetCmd) run(ctx context.Context, a *app) error {
 }
 
 // printForget prints a table per VM, like restic forget.
-func printForget(w io.Writer, rep hub.ForgetReply) error {
+func printForget(w io.Writer, rep repoapi.ForgetReply) error {
 	for i, v := range rep.VMs {
 		if i > 0 {
 			fmt.Fprintln(w)
@@ -165,7 +165,7 @@ func printForget(w io.Writer, rep hub.ForgetReply) error {
 	return nil
 }
 
-func vmLabel(v hub.ForgetVM) string {
+func vmLabel(v repoapi.ForgetVM) string {
 	if v.VM.Name != "" {
 		return v.VM.Name + " (" + v.VM.UUID + ")"
 	}

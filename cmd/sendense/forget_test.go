@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/agents/hub/repoapi"
 	"github.com/sendense/sendense/agents/simctl"
-	"github.com/sendense/sendense/store"
+	"github.com/sendense/sendense/backup"
 )
 
 // TestForgetCLI runs `sendense forget` against `sendense serve`: three
@@ -51,7 +51,7 @@ func TestForgetCLI(t *testing.T) {
 	}
 
 	out := s.must(t, "forget", "--vm", "pgtest1", "--keep-last", "1", "--keep-yearly", "0", "--protect", "fg-1", "--dry-run", "--json")
-	var rep hub.ForgetReply
+	var rep repoapi.ForgetReply
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatalf("forget --json: %v\n%s", err, out)
 	}
@@ -78,8 +78,8 @@ func TestForgetCLI(t *testing.T) {
 			t.Errorf("forget output lacks %q:\n%s", w, out)
 		}
 	}
-	j := s.awaitJob(t, "fg-2", 10*time.Second, func(j store.Job) bool { return true })
-	if j.Status != store.StatusPruned || j.Prune == nil || j.Prune.State != store.PruneDone {
+	j := s.awaitJob(t, "fg-2", 10*time.Second, func(j backup.Job) bool { return true })
+	if j.Status != backup.StatusPruned || j.Prune == nil || j.Prune.State != backup.PruneDone {
 		t.Errorf("fg-2 after forget: status %s prune %+v", j.Status, j.Prune)
 	}
 	if out := s.must(t, "job", "fg-2"); !strings.Contains(out, "pruned") {
@@ -91,7 +91,7 @@ func TestForgetCLI(t *testing.T) {
 	if out := s.must(t, "chain", "--vm", "pgtest1"); strings.Contains(out, "fg-2") {
 		t.Errorf("chain still shows fg-2:\n%s", out)
 	}
-	var check hub.CheckReply
+	var check repoapi.CheckReply
 	if err := json.Unmarshal([]byte(s.must(t, "repo", "check", "--json")), &check); err != nil || len(check.Problems) != 0 {
 		t.Errorf("repo check after forget: %+v, %v", check.Problems, err)
 	}
@@ -114,7 +114,7 @@ func TestForgetCLI(t *testing.T) {
 	}
 	// The next backup is an incremental on the kept head.
 	s.must(t, "backup", "--vm", "pgtest1", "--wait", "--job-id", "fg-4")
-	next := s.awaitJob(t, "fg-4", 10*time.Second, func(j store.Job) bool { return true })
+	next := s.awaitJob(t, "fg-4", 10*time.Second, func(j backup.Job) bool { return true })
 	for _, d := range next.Disks {
 		if d.BackupType != "incremental" || d.Backing != "fg-3" {
 			t.Errorf("fg-4 disk %d: %s on %q, want an incremental on fg-3", d.Disk.Key, d.BackupType, d.Backing)
@@ -159,7 +159,7 @@ func TestForgetCLI(t *testing.T) {
 		t.Errorf("schedule list:\n%s", table)
 	}
 	for _, job := range []string{"fg-1", "fg-3"} {
-		s.awaitJob(t, job, time.Minute, func(j store.Job) bool { return j.Status == store.StatusPruned })
+		s.awaitJob(t, job, time.Minute, func(j backup.Job) bool { return j.Status == backup.StatusPruned })
 	}
 	s.must(t, "schedule", "rm", "fs")
 	for _, job := range []string{"fg-4", "fg-5"} {

@@ -7,8 +7,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
-	"github.com/sendense/sendense/store"
 )
 
 func init() { extraCommands = append(extraCommands, newJobCmd) }
@@ -68,7 +68,7 @@ func (c *jobCmd) run(ctx context.Context, a *app, id string) error {
 	}
 	if p := j.Prune; p != nil {
 		switch p.State {
-		case store.PruneDone:
+		case backup.PruneDone:
 			fmt.Fprintf(tw, "pruned\t%s (asked %s)\n", fmtTime(p.PrunedAt), fmtTime(p.RequestedAt))
 		default:
 			fmt.Fprintf(tw, "prune\t%s since %s: the hub finishes it\n", p.State, fmtTime(p.RequestedAt))

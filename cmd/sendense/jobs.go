@@ -9,8 +9,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
-	"github.com/sendense/sendense/store"
 )
 
 func init() { extraCommands = append(extraCommands, newJobsCmd) }
@@ -35,22 +35,22 @@ func newJobsCmd(a *app) *cobra.Command {
 	}
 	fs := cmd.Flags()
 	fs.StringVar(&c.vm, "vm", "", "only jobs of this VM (name, instance UUID or moref)")
-	fs.StringVar(&c.status, "status", "", "only jobs with this status: "+strings.Join(store.Statuses, ", "))
+	fs.StringVar(&c.status, "status", "", "only jobs with this status: "+strings.Join(backup.Statuses, ", "))
 	fs.IntVar(&c.limit, "limit", 100, "at most N jobs (0: all)")
 	fs.BoolVar(&c.json, "json", false, "print the jobs as a JSON array")
 	return cmd
 }
 
 func (c *jobsCmd) run(ctx context.Context, a *app) error {
-	if c.status != "" && !slices.Contains(store.Statuses, c.status) {
-		return fmt.Errorf("--status %q: want one of %s", c.status, strings.Join(store.Statuses, ", "))
+	if c.status != "" && !slices.Contains(backup.Statuses, c.status) {
+		return fmt.Errorf("--status %q: want one of %s", c.status, strings.Join(backup.Statuses, ", "))
 	}
 	cl, closeConn, err := a.catalogClient(ctx, bus.RoleRequester)
 	if err != nil {
 		return err
 	}
 	defer closeConn()
-	jobs, err := cl.Jobs(ctx, store.JobFilter{VM: c.vm, Status: c.status, Limit: c.limit})
+	jobs, err := cl.Jobs(ctx, backup.JobFilter{VM: c.vm, Status: c.status, Limit: c.limit})
 	if err != nil {
 		return err
 	}
@@ -71,7 +71,7 @@ func (c *jobsCmd) run(ctx context.Context, a *app) error {
 }
 
 // vmName is the name a person knows a job's VM by.
-func vmName(j store.Job) string {
+func vmName(j backup.Job) string {
 	switch {
 	case j.VM.Name != "":
 		return j.VM.Name

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sendense/sendense/store"
+	"github.com/sendense/sendense/backup"
 )
 
 // ndjson parses out as NDJSON: one JSON object per non-empty line.
@@ -60,8 +60,8 @@ func TestJSONOutputs(t *testing.T) {
 	if !strings.HasPrefix(subjects[len(subjects)-1], "backup.completed") {
 		t.Errorf("backup --json subjects %v, want backup.completed last", subjects)
 	}
-	var last struct{ Job store.Job }
-	if err := json.Unmarshal([]byte(strings.TrimSpace(out[strings.LastIndex(strings.TrimSpace(out), "\n")+1:])), &last); err != nil || last.Job.ID != "json-1" || last.Job.Status != store.StatusCompleted {
+	var last struct{ Job backup.Job }
+	if err := json.Unmarshal([]byte(strings.TrimSpace(out[strings.LastIndex(strings.TrimSpace(out), "\n")+1:])), &last); err != nil || last.Job.ID != "json-1" || last.Job.Status != backup.StatusCompleted {
 		t.Errorf("backup --json last line: %+v %v, want {\"job\":…} completed", last, err)
 	}
 
@@ -84,7 +84,7 @@ func TestJSONOutputs(t *testing.T) {
 		t.Errorf("backup --json without --wait: %v, want one request line", lines)
 	}
 
-	var j store.Job
+	var j backup.Job
 	if err := json.Unmarshal([]byte(s.must(t, "job", "json-1", "--json")), &j); err != nil {
 		t.Fatal(err)
 	}

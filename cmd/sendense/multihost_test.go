@@ -20,12 +20,12 @@ import (
 
 	"github.com/sendense/sendense/agents/catalog"
 	"github.com/sendense/sendense/agents/simctl"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/bus/bustest"
 	"github.com/sendense/sendense/internal/netlab"
 	"github.com/sendense/sendense/internal/testutil"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // lab is the topology running in network namespaces: one host per
@@ -56,9 +56,9 @@ func TestMultiHost(t *testing.T) {
 	}
 	began := time.Now()
 	l := startLab(t)
-	// About 70 s alone on 2 cores, 30 s of it the redelivery of the lost
-	// agent's request (bus.RequestAckWait); the bound leaves room for a
-	// loaded CI machine.
+	// About 40 s alone on 2 cores, 8 s of it the redelivery of the lost
+	// agent's request (fastFailover); the bound leaves room for a loaded
+	// CI machine.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	t.Logf("lab up, every role ready: %v", time.Since(began).Round(100*time.Millisecond))
@@ -233,6 +233,9 @@ func (l *lab) start(name string) {
 	h := l.host(name)
 	data := l.dataDir(name)
 	args := expand(s.Args, data, l.dataDir)
+	if name == "hub" {
+		args = append(args, fastFailover...)
+	}
 	var cmd *exec.Cmd
 	if s.Image == "nats" {
 		cmd = h.Command(false, append([]string{bustest.NatsServerBinary(l.t)}, args...)...)
@@ -317,7 +320,7 @@ func (l *lab) cli(ctx context.Context, host string, args ...string) string {
 // firstCopying waits for the first progress event of one of jobs that
 // is neither the first nor the last of its copy, and returns that job as
 // the catalog has it then (with the agent that runs it).
-func (l *lab) firstCopying(ctx context.Context, cat *catalog.Client, jobs map[string]string) store.Job {
+func (l *lab) firstCopying(ctx context.Context, cat *catalog.Client, jobs map[string]string) backup.Job {
 	l.t.Helper()
 	ours := map[string]bool{}
 	for _, id := range jobs {
@@ -351,7 +354,7 @@ func (l *lab) firstCopying(ctx context.Context, cat *catalog.Client, jobs map[st
 			return j
 		case <-ctx.Done():
 			l.t.Fatalf("no job copying: %v", ctx.Err())
-			return store.Job{}
+			return backup.Job{}
 		}
 	}
 }
@@ -376,7 +379,7 @@ func (l *lab) streamLeader(ctx context.Context, stream string) string {
 
 // settle waits until job id of vm ends: completed, or failed with a reason
 // — then a retry must complete — and returns the completed job.
-func (l *lab) settle(ctx context.Context, cat *catalog.Client, vm, id string) store.Job {
+func (l *lab) settle(ctx context.Context, cat *catalog.Client, vm, id string) backup.Job {
 	l.t.Helper()
 	for ctx.Err() == nil {
 		j, err := cat.Job(ctx, id)
@@ -396,7 +399,7 @@ func (l *lab) settle(ctx context.Context, cat *catalog.Client, vm, id string) st
 		time.Sleep(100 * time.Millisecond)
 	}
 	l.t.Fatalf("job %s of %s did not end: %v", id, vm, ctx.Err())
-	return store.Job{}
+	return backup.Job{}
 }
 
 // restoreAndCompare restores every disk of job id on the restore host and

@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/internal/testutil"
-	"github.com/sendense/sendense/store"
 )
 
 // TestNATSCLIContexts runs the README's nats CLI commands against
@@ -68,7 +68,7 @@ func TestNATSCLIContexts(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Errorf("the monitor saw nothing:\n%s", monOut.String())
 	}
-	if j := s.awaitJob(t, "natscli-1", time.Minute, store.Job.Ended); j.Status != store.StatusCompleted {
+	if j := s.awaitJob(t, "natscli-1", time.Minute, backup.Job.Ended); j.Status != backup.StatusCompleted {
 		t.Fatalf("the request published with nats pub: job %s %+v", j.Status, j.Failure)
 	}
 

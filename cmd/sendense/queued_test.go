@@ -15,9 +15,9 @@ import (
 
 	"github.com/sendense/sendense/agents/catalog/catalogtest"
 	"github.com/sendense/sendense/agents/simctl"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/bus/bustest"
-	"github.com/sendense/sendense/store"
 )
 
 // TestQueuedWithoutAgent: with a catalog but no agent (an external
@@ -63,11 +63,11 @@ func TestQueuedWithoutAgent(t *testing.T) {
 		}
 	}
 
-	var j store.Job
+	var j backup.Job
 	if err := json.Unmarshal([]byte(mustCLI(t, append([]string{"job", id, "--json"}, conn...)...)), &j); err != nil {
 		t.Fatal(err)
 	}
-	if j.Status != store.StatusQueued || j.VM.Name != "pgtest1" || j.CreatedAt.IsZero() || j.CreatedAt.Before(start.Add(-time.Second)) || j.CreatedAt.After(time.Now()) {
+	if j.Status != backup.StatusQueued || j.VM.Name != "pgtest1" || j.CreatedAt.IsZero() || j.CreatedAt.Before(start.Add(-time.Second)) || j.CreatedAt.After(time.Now()) {
 		t.Errorf("job %s = %+v, want queued pgtest1 created at the request", id, j)
 	}
 	if short := mustCLI(t, append([]string{"job", id[:8]}, conn...)...); !regexp.MustCompile(`status\s+queued`).MatchString(short) {
@@ -112,7 +112,7 @@ func TestQueuedWithoutAgent(t *testing.T) {
 	if err := json.Unmarshal([]byte(mustCLI(t, append([]string{"job", id, "--json"}, conn...)...)), &j); err != nil {
 		t.Fatal(err)
 	}
-	if j.Status != store.StatusRejected || j.Failure == nil || j.Failure.Reason != "canceled" || j.Failure.Retryable {
+	if j.Status != backup.StatusRejected || j.Failure == nil || j.Failure.Reason != "canceled" || j.Failure.Retryable {
 		t.Errorf("canceled job = %+v, want rejected, reason canceled", j)
 	}
 	list = mustCLI(t, append([]string{"jobs", "--status", "queued"}, conn...)...)
@@ -173,8 +173,8 @@ func TestQueuedWhileLeaseHeld(t *testing.T) {
 	// The agent takes the request, finds the lease held and naks it: the
 	// job stays queued all along.
 	for i := 0; i < 10; i++ {
-		j := s.awaitJob(t, id, 10*time.Second, func(store.Job) bool { return true })
-		if j.Status != store.StatusQueued {
+		j := s.awaitJob(t, id, 10*time.Second, func(backup.Job) bool { return true })
+		if j.Status != backup.StatusQueued {
 			t.Fatalf("job %s while its VM's lease is held = %s, want queued", id, j.Status)
 		}
 		if i == 0 {
@@ -182,10 +182,10 @@ func TestQueuedWhileLeaseHeld(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var got store.Job
+			var got backup.Job
 			err = json.NewDecoder(resp.Body).Decode(&got)
 			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK || err != nil || got.ID != id || got.Status != store.StatusQueued {
+			if resp.StatusCode != http.StatusOK || err != nil || got.ID != id || got.Status != backup.StatusQueued {
 				t.Errorf("GET /api/v1/backups/%s = %d %+v (%v), want 200 queued", id, resp.StatusCode, got, err)
 			}
 		}
@@ -195,8 +195,8 @@ func TestQueuedWhileLeaseHeld(t *testing.T) {
 	if err := lease.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
-	j := s.awaitJob(t, id, 90*time.Second, store.Job.Ended)
-	if j.Status != store.StatusCompleted || !j.CreatedAt.Before(released) || !j.StartedAt.After(released.Add(-time.Second)) {
+	j := s.awaitJob(t, id, 90*time.Second, backup.Job.Ended)
+	if j.Status != backup.StatusCompleted || !j.CreatedAt.Before(released) || !j.StartedAt.After(released.Add(-time.Second)) {
 		t.Errorf("job %s = %s created %s started %s, want completed, created before the release at %s", id, j.Status, j.CreatedAt, j.StartedAt, released)
 	}
 }

@@ -10,7 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/agents/hub/repoapi"
 	"github.com/sendense/sendense/bus"
 )
 
@@ -74,9 +74,9 @@ func (c *repoCheckCmd) run(ctx context.Context, a *app) error {
 		return err
 	}
 	defer nc.Close()
-	cl := hub.NewClient(nc)
+	cl := repoapi.NewClient(nc)
 	cl.Timeout = repoCheckTimeout
-	rep, err := cl.Check(ctx, hub.CheckRequest{Repository: c.repository, DryRun: c.dryRun})
+	rep, err := cl.Check(ctx, repoapi.CheckRequest{Repository: c.repository, DryRun: c.dryRun})
 	if err != nil {
 		return fmt.Errorf("check repositories: %w", err)
 	}
@@ -95,7 +95,7 @@ func (c *repoCheckCmd) run(ctx context.Context, a *app) error {
 }
 
 // printCheck prints a check report as a summary and two tables.
-func printCheck(w io.Writer, rep hub.CheckReply) error {
+func printCheck(w io.Writer, rep repoapi.CheckReply) error {
 	mode := ""
 	if rep.DryRun {
 		mode = " (dry run)"

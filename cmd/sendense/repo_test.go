@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sendense/sendense/agents/hub"
-	"github.com/sendense/sendense/store"
+	"github.com/sendense/sendense/agents/hub/repoapi"
+	"github.com/sendense/sendense/backup"
 )
 
 // TestRepoCheck runs `sendense repo check` against `sendense serve`: clean
@@ -21,7 +21,7 @@ func TestRepoCheck(t *testing.T) {
 	s := startServe(t, "small")
 	p, nurl, data := s.p, s.cli, s.data
 	mustCLI(t, append([]string{"backup", "--vm", "pgtest1", "--wait", "--job-id", "chk-full"}, nurl...)...)
-	var full store.Job
+	var full backup.Job
 	if err := json.Unmarshal([]byte(mustCLI(t, append([]string{"job", "chk-full", "--json"}, nurl...)...)), &full); err != nil {
 		t.Fatal(err)
 	}
@@ -29,10 +29,10 @@ func TestRepoCheck(t *testing.T) {
 		t.Fatalf("job chk-full: %+v", full)
 	}
 
-	check := func(args ...string) (hub.CheckReply, error) {
+	check := func(args ...string) (repoapi.CheckReply, error) {
 		t.Helper()
 		out, err := cli(t, append(append([]string{"repo", "check", "--json"}, args...), nurl...)...)
-		var rep hub.CheckReply
+		var rep repoapi.CheckReply
 		if jerr := json.Unmarshal([]byte(out), &rep); jerr != nil {
 			t.Fatalf("repo check --json printed no report (%v): %v\n%s", err, jerr, out)
 		}
@@ -62,7 +62,7 @@ func TestRepoCheck(t *testing.T) {
 		t.Errorf("repo check --dry-run with a missing file: %v, want exit 1", err)
 	}
 	if len(rep.Problems) != 1 || rep.Problems[0].JobID != "chk-full" || rep.Problems[0].DiskKey != 2001 ||
-		rep.Problems[0].Problem != hub.ProblemMissing || rep.Problems[0].Path != gone {
+		rep.Problems[0].Problem != repoapi.ProblemMissing || rep.Problems[0].Path != gone {
 		t.Errorf("problems %+v, want chk-full disk 2001 missing at %s", rep.Problems, gone)
 	}
 	if len(rep.Orphans) != 1 || rep.Orphans[0].Path != orphan || rep.Orphans[0].Removed || !rep.DryRun {
@@ -76,7 +76,7 @@ func TestRepoCheck(t *testing.T) {
 	if exitCode(err) != 1 || !strings.Contains(err.Error(), "1 of 2 completed disks have a problem") {
 		t.Errorf("repo check: %v, want exit 1 naming the problem", err)
 	}
-	for _, want := range []string{"chk-full", hub.ProblemMissing, "chk-partial", "removed", "1 orphan files, 1 removed"} {
+	for _, want := range []string{"chk-full", repoapi.ProblemMissing, "chk-partial", "removed", "1 orphan files, 1 removed"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("repo check output lacks %q:\n%s", want, out)
 		}

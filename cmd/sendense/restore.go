@@ -17,9 +17,10 @@ import (
 
 	"github.com/sendense/sendense/agents/catalog"
 	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/agents/hub/repoapi"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/manifest"
-	"github.com/sendense/sendense/store"
 )
 
 func init() { extraCommands = append(extraCommands, newRestoreCmd) }
@@ -82,10 +83,10 @@ func (c *restoreCmd) run(ctx context.Context, a *app) error {
 		return err
 	}
 	c.jobID = job.ID
-	if job.Status != store.StatusCompleted {
+	if job.Status != backup.StatusCompleted {
 		return fmt.Errorf("job %s is %s: only a completed backup can be restored", c.jobID, job.Status)
 	}
-	var disks []store.Disk
+	var disks []backup.Disk
 	for _, d := range job.Disks {
 		if c.disk < 0 || d.Disk.Key == c.disk {
 			disks = append(disks, d)
@@ -106,7 +107,7 @@ func (c *restoreCmd) run(ctx context.Context, a *app) error {
 			return fmt.Errorf("restore disk %d of job %s: %s exists; a restore does not overwrite without --force", d.Disk.Key, c.jobID, dsts[i])
 		}
 	}
-	repo := hub.NewClient(nc)
+	repo := repoapi.NewClient(nc)
 	count := newProgressCounter(nil)
 	var pr printer
 	if !c.json {
@@ -135,8 +136,8 @@ func (c *restoreCmd) run(ctx context.Context, a *app) error {
 	return nil
 }
 
-func (c *restoreCmd) restoreDisk(ctx context.Context, a *app, repo *hub.Client, job store.Job, d store.Disk, dst string, count *progressCounter, pr printer) error {
-	ref := hub.TargetRef{Repository: job.Repository, JobID: job.ID, VMUUID: job.VM.UUID, DiskKey: d.Disk.Key}
+func (c *restoreCmd) restoreDisk(ctx context.Context, a *app, repo *repoapi.Client, job backup.Job, d backup.Disk, dst string, count *progressCounter, pr printer) error {
+	ref := repoapi.TargetRef{Repository: job.Repository, JobID: job.ID, VMUUID: job.VM.UUID, DiskKey: d.Disk.Key}
 	exp, err := repo.OpenRestore(ctx, ref)
 	if err != nil {
 		return fmt.Errorf("export backup of disk %d of job %s: %w", d.Disk.Key, job.ID, err)
@@ -146,7 +147,7 @@ func (c *restoreCmd) restoreDisk(ctx context.Context, a *app, repo *hub.Client, 
 		defer cancel()
 		_ = repo.CloseRestore(cctx, exp.ExportID)
 	}()
-	src, cleanup, err := exp.LocalURI(ctx, "", a.log)
+	src, cleanup, err := hub.LocalURI(ctx, exp, "", a.log)
 	if err != nil {
 		return fmt.Errorf("export of disk %d of job %s: %w", d.Disk.Key, job.ID, err)
 	}

@@ -9,8 +9,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
-	"github.com/sendense/sendense/store"
 )
 
 // TestScheduleCommands drives `sendense schedule` against serve with the
@@ -52,26 +52,26 @@ func TestScheduleCommands(t *testing.T) {
 	}
 
 	// Three fired backups complete, one after another.
-	var fired []store.Job
+	var fired []backup.Job
 	deadline := time.Now().Add(2 * time.Minute)
 	for len(fired) < 3 {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d scheduled backups completed after 2 minutes, want 3", len(fired))
 		}
 		time.Sleep(200 * time.Millisecond)
-		var jobs []store.Job
+		var jobs []backup.Job
 		if o, err := s.run(t, "jobs", "--json", "--limit", "0"); err != nil || json.Unmarshal([]byte(o), &jobs) != nil {
 			continue
 		}
 		fired = fired[:0]
 		for _, j := range jobs {
-			if j.RequestedBy == "schedule:every" && j.Status == store.StatusCompleted {
+			if j.RequestedBy == "schedule:every" && j.Status == backup.StatusCompleted {
 				fired = append(fired, j)
 			}
 		}
 	}
 	elapsed := time.Since(added)
-	slices.SortFunc(fired, func(a, b store.Job) int { return a.StartedAt.Compare(b.StartedAt) })
+	slices.SortFunc(fired, func(a, b backup.Job) int { return a.StartedAt.Compare(b.StartedAt) })
 	for i, j := range fired {
 		t.Logf("job %s started %s finished %s (%.1fs)", j.ID, j.StartedAt.Format("15:04:05.000"), j.FinishedAt.Format("15:04:05.000"), j.FinishedAt.Sub(j.StartedAt).Seconds())
 		if bus.ValidJobID(j.ID) != nil || j.RequestedType != "incremental" {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/sendense/sendense/agents/hub"
 	"github.com/sendense/sendense/agents/system"
+	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
 )
 
@@ -153,6 +154,8 @@ type hubFlags struct {
 	repositoryIDs     []string
 	reconcileInterval time.Duration
 	reconcileGrace    time.Duration
+	requestAckWait    time.Duration
+	leaseTTL          time.Duration
 	repoListen        string
 	repoAdvertise     string
 	repoPorts         string
@@ -167,6 +170,8 @@ func (f *hubFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.repoListen, "repo-listen", "", "host or address to serve backup targets and restores on over TCP with TLS (a fresh key per export), for agents on other hosts (default: unix sockets, single host)")
 	fs.StringVar(&f.repoAdvertise, "repo-advertise", "", "host agents reach the exports by, put in their nbds:// URIs (default: --repo-listen)")
 	fs.StringVar(&f.repoPorts, "repo-ports", hub.DefaultPorts.String(), "TCP port range LO-HI of the exports with --repo-listen")
+	fs.DurationVar(&f.requestAckWait, "request-ack-wait", bus.RequestAckWait, "how long a backup request an agent took may go unacknowledged before another agent takes it (how soon a crashed agent's job is retried); agents ack in progress every third of it; set when the hub creates the agents' consumer")
+	fs.DurationVar(&f.leaseTTL, "lease-ttl", bus.DefaultLeaseTTL, "how long a VM's lease outlives its holder's last renewal (how soon a crashed agent's VM can be backed up again); set when the hub creates the lease bucket")
 }
 
 func (f *hubFlags) apply(cfg *system.Config) error {
@@ -180,6 +185,10 @@ func (f *hubFlags) apply(cfg *system.Config) error {
 	cfg.RepoListen, cfg.RepoAdvertise, cfg.RepoPorts = f.repoListen, f.repoAdvertise, ports
 	cfg.APIListen = f.apiListen
 	cfg.ReconcileInterval, cfg.ReconcileGrace = f.reconcileInterval, f.reconcileGrace
+	if f.requestAckWait < time.Second || f.leaseTTL < time.Second {
+		return fmt.Errorf("--request-ack-wait %s, --lease-ttl %s: each must be at least 1s", f.requestAckWait, f.leaseTTL)
+	}
+	cfg.RequestAckWait, cfg.LeaseTTL = f.requestAckWait, f.leaseTTL
 	for _, r := range f.repositories {
 		name, dir, ok := strings.Cut(r, "=")
 		if !ok {

@@ -15,8 +15,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/sendense/sendense/agents/catalog/catalogtest"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // `sendense serve` with its embedded server is killed (SIGKILL: server and
@@ -89,14 +89,14 @@ func TestServeKillRestart(t *testing.T) {
 
 	all := slices.Concat(before, after)
 	ref := referenceCatalog(t, all...)
-	want, err := ref.Jobs(store.JobFilter{})
+	want, err := ref.Jobs(backup.JobFilter{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitJobs(t, want, "--nats-url", url, "--data", data)
 
 	// One job in full through `job ID --json`.
-	var got store.Job
+	var got backup.Job
 	if err := json.Unmarshal([]byte(mustCLI(t, "job", "before-0003", "--json", "--nats-url", url, "--data", data)), &got); err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +105,7 @@ func TestServeKillRestart(t *testing.T) {
 		t.Errorf("job before-0003: %s", firstDiff(jsonOf(t, got), jsonOf(t, wantJob)))
 	}
 	// Every event id once, none more.
-	var st store.Stats
+	var st backup.Stats
 	if err := json.Unmarshal([]byte(mustCLI(t, "catalog", "stats", "--json", "--nats-url", url, "--data", data)), &st); err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +135,7 @@ func TestServeKillRestart(t *testing.T) {
 func TestServeStopsMidBackup(t *testing.T) {
 	s := startServe(t, "sample")
 	s.must(t, "backup", "--vm", "pgtest1", "--job-id", "long-1", "--type", "full")
-	s.awaitJob(t, "long-1", time.Minute, func(j store.Job) bool { return j.Status == store.StatusRunning && len(j.Disks) > 0 })
+	s.awaitJob(t, "long-1", time.Minute, func(j backup.Job) bool { return j.Status == backup.StatusRunning && len(j.Disks) > 0 })
 	began := time.Now()
 	code := s.p.stop(t)
 	took := time.Since(began)
@@ -148,7 +148,7 @@ func TestServeStopsMidBackup(t *testing.T) {
 	}
 
 	s.start(t)
-	if j := s.awaitJob(t, "long-1", 2*time.Minute, store.Job.Ended); j.Status != store.StatusCompleted {
+	if j := s.awaitJob(t, "long-1", 2*time.Minute, backup.Job.Ended); j.Status != backup.StatusCompleted {
 		t.Fatalf("job long-1 after restart: %s %+v", j.Status, j.Failure)
 	}
 	if code := s.p.stop(t); code != 0 {

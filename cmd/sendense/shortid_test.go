@@ -8,8 +8,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sendense/sendense/agents/hub"
-	"github.com/sendense/sendense/store"
+	"github.com/sendense/sendense/agents/hub/repoapi"
+	"github.com/sendense/sendense/backup"
 )
 
 // TestShortIDsAndVMs: `job`, `restore --job`, `verify --job`, `forget
@@ -21,7 +21,7 @@ func TestShortIDsAndVMs(t *testing.T) {
 	s.must(t, "backup", "--vm", "pgtest1", "--wait", "--job-id", "abcd-one")
 	s.must(t, "backup", "--vm", "pgtest1", "--wait", "--job-id", "abcd-two")
 
-	var j store.Job
+	var j backup.Job
 	if err := json.Unmarshal([]byte(s.must(t, "job", "abcd-t", "--json")), &j); err != nil || j.ID != "abcd-two" {
 		t.Errorf("job abcd-t: %+v %v, want abcd-two", j, err)
 	}
@@ -53,14 +53,14 @@ func TestShortIDsAndVMs(t *testing.T) {
 
 	// verify --job and forget --protect take short ids too; a forget
 	// schedule stores the full id.
-	var vrep hub.VerifyReply
+	var vrep repoapi.VerifyReply
 	if err := json.Unmarshal([]byte(s.must(t, "verify", "--job", "abcd-o", "--json")), &vrep); err != nil || len(vrep.Results) == 0 || vrep.Results[0].JobID != "abcd-one" {
 		t.Errorf("verify --job abcd-o: %+v %v, want abcd-one's disks", vrep, err)
 	}
 	if _, err := s.run(t, "verify", "--job", "abcd"); exitCode(err) != 1 || !strings.Contains(err.Error(), "ambiguous") {
 		t.Errorf("verify --job abcd: %v, want ambiguous", err)
 	}
-	var frep hub.ForgetReply
+	var frep repoapi.ForgetReply
 	if err := json.Unmarshal([]byte(s.must(t, "forget", "--vm", "pgtest1", "--keep-last", "1", "--protect", "abcd-o", "--dry-run", "--json")), &frep); err != nil ||
 		len(frep.VMs) != 1 || len(frep.VMs[0].Points) != 2 || !frep.VMs[0].Points[1].Keep || frep.VMs[0].Points[1].JobID != "abcd-one" ||
 		!slices.Contains(frep.VMs[0].Points[1].Reasons, "protected") {
@@ -82,11 +82,11 @@ func TestShortIDsAndVMs(t *testing.T) {
 		t.Errorf("forget schedule with --protect abcd: %v, want ambiguous", err)
 	}
 
-	var vms []store.VM
+	var vms []backup.VM
 	if err := json.Unmarshal([]byte(s.must(t, "vms", "--json")), &vms); err != nil {
 		t.Fatal(err)
 	}
-	if len(vms) != 1 || vms[0].Name != "pgtest1" || vms[0].Points != 2 || vms[0].LastJobID != "abcd-two" || vms[0].LastStatus != store.StatusCompleted {
+	if len(vms) != 1 || vms[0].Name != "pgtest1" || vms[0].Points != 2 || vms[0].LastJobID != "abcd-two" || vms[0].LastStatus != backup.StatusCompleted {
 		t.Errorf("vms --json: %+v, want pgtest1 with 2 points, last abcd-two", vms)
 	}
 	out := s.must(t, "vms")

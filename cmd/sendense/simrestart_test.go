@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/sendense/sendense/agents/simctl"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // TestSimulatedVCenterSurvivesKill: serve --simulate-vcenter is killed
@@ -18,7 +18,7 @@ import (
 // the agent removes as stale; the next backup is incremental from the last
 // completed point (no cbt_reset), and new snapshots still work.
 func TestSimulatedVCenterSurvivesKill(t *testing.T) {
-	s := startServe(t, "pair")
+	s := startServe(t, "pair", fastFailover...)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	sim := simctl.NewClient(s.nc)
@@ -28,11 +28,11 @@ func TestSimulatedVCenterSurvivesKill(t *testing.T) {
 	}
 
 	s.must(t, "backup", "--vm", "pgtest1", "--job-id", "k-1")
-	if j := s.awaitJob(t, "k-1", 3*time.Minute, store.Job.Ended); j.Status != store.StatusCompleted {
+	if j := s.awaitJob(t, "k-1", 3*time.Minute, backup.Job.Ended); j.Status != backup.StatusCompleted {
 		t.Fatalf("job k-1: %s %+v", j.Status, j.Failure)
 	}
 	s.must(t, "backup", "--vm", "pgtest1", "--job-id", "k-2", "--type", "full")
-	s.awaitJob(t, "k-2", time.Minute, func(j store.Job) bool { return j.Status == store.StatusRunning && len(j.Disks) > 0 })
+	s.awaitJob(t, "k-2", time.Minute, func(j backup.Job) bool { return j.Status == backup.StatusRunning && len(j.Disks) > 0 })
 	s.p.kill()
 	t.Log("serve killed while job k-2 copied")
 
@@ -51,15 +51,15 @@ func TestSimulatedVCenterSurvivesKill(t *testing.T) {
 	// the agent removes it when it takes the job up again, or with the
 	// next backup of the VM.
 	last := "k-1"
-	if j := s.awaitJob(t, "k-2", 3*time.Minute, store.Job.Ended); j.Status == store.StatusCompleted {
+	if j := s.awaitJob(t, "k-2", 3*time.Minute, backup.Job.Ended); j.Status == backup.StatusCompleted {
 		last = "k-2"
 	}
 	s.must(t, "backup", "--vm", "pgtest1", "--job-id", "k-3")
-	j3 := s.awaitJob(t, "k-3", 3*time.Minute, store.Job.Ended)
-	if j3.Status != store.StatusCompleted {
+	j3 := s.awaitJob(t, "k-3", 3*time.Minute, backup.Job.Ended)
+	if j3.Status != backup.StatusCompleted {
 		t.Fatalf("job k-3: %s %+v", j3.Status, j3.Failure)
 	}
-	prev := s.awaitJob(t, last, time.Minute, store.Job.Ended)
+	prev := s.awaitJob(t, last, time.Minute, backup.Job.Ended)
 	for i, d := range j3.Disks {
 		if d.BackupType != schemas.TypeIncremental || d.BaseChangeID != prev.Disks[i].ChangeID {
 			t.Errorf("k-3 disk %d: %s (%s) from %q, want an incremental from %s's %q", d.Disk.Key, d.BackupType, d.Reason, d.BaseChangeID, last, prev.Disks[i].ChangeID)

@@ -12,10 +12,10 @@ import (
 	"time"
 
 	"github.com/sendense/sendense/agents/simctl"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/internal/testutil"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 // copySeed gives a data directory of its own the one seed a process on
@@ -113,7 +113,7 @@ func TestVCenterSimRemoteAgent(t *testing.T) {
 	if !strings.Contains(out, "job https-inc completed") {
 		t.Fatalf("incremental backup:\n%s", out)
 	}
-	var inc store.Job
+	var inc backup.Job
 	if err := json.Unmarshal([]byte(mustCLI(t, append([]string{"job", "https-inc", "--json"}, nurl...)...)), &inc); err != nil {
 		t.Fatal(err)
 	}

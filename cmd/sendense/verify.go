@@ -12,9 +12,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sendense/sendense/agents/catalog"
-	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/agents/hub/repoapi"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
-	"github.com/sendense/sendense/store"
 )
 
 func init() { extraCommands = append(extraCommands, newVerifyCmd) }
@@ -78,11 +78,11 @@ func (c *verifyCmd) run(ctx context.Context, a *app) error {
 		switch {
 		case err == nil:
 			c.jobID = j.ID
-		case !errors.Is(err, store.ErrNotFound):
+		case !errors.Is(err, backup.ErrNotFound):
 			return fmt.Errorf("verify: %w", err)
 		}
 	}
-	rep, err := hub.NewClient(nc).Verify(ctx, hub.VerifyRequest{JobID: c.jobID, VM: c.vm, All: c.all, Repository: c.repository})
+	rep, err := repoapi.NewClient(nc).Verify(ctx, repoapi.VerifyRequest{JobID: c.jobID, VM: c.vm, All: c.all, Repository: c.repository})
 	if err != nil {
 		return fmt.Errorf("verify: %w", err)
 	}
@@ -97,7 +97,7 @@ func (c *verifyCmd) run(ctx context.Context, a *app) error {
 	if rep.Failed() {
 		n := 0
 		for _, r := range rep.Results {
-			if r.Status == hub.VerifyFailed {
+			if r.Status == repoapi.VerifyFailed {
 				n++
 			}
 		}
@@ -112,14 +112,14 @@ func (c *verifyCmd) run(ctx context.Context, a *app) error {
 }
 
 // printVerify prints one line per disk and a summary.
-func printVerify(w io.Writer, rep hub.VerifyReply) error {
+func printVerify(w io.Writer, rep repoapi.VerifyReply) error {
 	counts := map[string]int{}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "JOB\tVM\tDISK\tSTATUS\tREAD\tTIME\tDETAIL")
 	for _, r := range rep.Results {
 		counts[r.Status]++
 		detail := r.Detail
-		if r.Problem == hub.VerifyProblemData {
+		if r.Problem == repoapi.VerifyProblemData {
 			detail = fmt.Sprintf("first bad chunk %d at offset %d (%d bytes): %s", r.ChunkIndex, r.ChunkOffset, r.ChunkSize, r.Detail)
 		} else if r.Problem != "" {
 			detail = r.Problem + ": " + r.Detail
@@ -131,6 +131,6 @@ func printVerify(w io.Writer, rep hub.VerifyReply) error {
 		return err
 	}
 	_, err := fmt.Fprintf(w, "%d disks verified: %d ok, %d failed, %d without manifest\n", len(rep.Results),
-		counts[hub.VerifyOK], counts[hub.VerifyFailed], counts[hub.VerifyNoManifest])
+		counts[repoapi.VerifyOK], counts[repoapi.VerifyFailed], counts[repoapi.VerifyNoManifest])
 	return err
 }

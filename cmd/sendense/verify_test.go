@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sendense/sendense/agents/hub"
+	"github.com/sendense/sendense/agents/hub/repoapi"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/internal/testutil"
-	"github.com/sendense/sendense/store"
 )
 
 // TestVerifyCommand runs the binary: verify of sound backups exits 0, a
@@ -38,7 +38,7 @@ func TestVerifyCommand(t *testing.T) {
 	if out := s.must(t, "schedule", "list"); !strings.Contains(out, "verify") {
 		t.Errorf("schedule list:\n%s", out)
 	}
-	var job store.Job
+	var job backup.Job
 	deadline := time.Now().Add(time.Minute)
 	for job.Verification == nil {
 		if time.Now().After(deadline) {
@@ -58,13 +58,13 @@ func TestVerifyCommand(t *testing.T) {
 	if exitCode(err) != 2 {
 		t.Fatalf("verify of a damaged backup: exit %d (%v), want 2\n%s", exitCode(err), err, out)
 	}
-	var rep hub.VerifyReply
+	var rep repoapi.VerifyReply
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatalf("verify --json: %v\n%s", err, out)
 	}
 	chunk := guest >> 20
-	if len(rep.Results) != 2 || rep.Results[0].Problem != hub.VerifyProblemData || rep.Results[0].ChunkIndex != chunk ||
-		rep.Results[0].ChunkOffset != chunk<<20 || rep.Results[1].Status != hub.VerifyOK {
+	if len(rep.Results) != 2 || rep.Results[0].Problem != repoapi.VerifyProblemData || rep.Results[0].ChunkIndex != chunk ||
+		rep.Results[0].ChunkOffset != chunk<<20 || rep.Results[1].Status != repoapi.VerifyOK {
 		t.Errorf("verify --json after a byte flipped at guest offset %d: %+v", guest, rep.Results)
 	}
 	out, _ = s.run(t, "verify", "--all")

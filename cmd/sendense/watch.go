@@ -13,9 +13,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sendense/sendense/agents/catalog"
+	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
-	"github.com/sendense/sendense/store"
 )
 
 func init() { extraCommands = append(extraCommands, newWatchCmd) }
@@ -60,7 +60,7 @@ func (c *watchCmd) run(ctx context.Context, a *app) error {
 		switch j, err := c.cat.ResolveJob(ctx, c.jobID); {
 		case err == nil:
 			c.jobID = j.ID
-		case !errors.Is(err, store.ErrNotFound):
+		case !errors.Is(err, backup.ErrNotFound):
 			return err
 		}
 	}
@@ -103,7 +103,7 @@ func (c *watchCmd) handle(ctx context.Context, a *app, m *nats.Msg, wg *sync.Wai
 		defer wg.Done()
 		actx, cancel := context.WithTimeout(ctx, confirmWait)
 		defer cancel()
-		j, err := c.cat.Await(actx, ev.EventHeader().JobID, store.Job.Ended)
+		j, err := c.cat.Await(actx, ev.EventHeader().JobID, backup.Job.Ended)
 		if err == nil && !isJobOutcome(ev, j) {
 			err = fmt.Errorf("the catalog shows job %s %s at attempt %d", j.ID, j.Status, j.Attempt)
 		}
@@ -122,14 +122,14 @@ func (c *watchCmd) handle(ctx context.Context, a *app, m *nats.Msg, wg *sync.Wai
 
 // isJobOutcome reports whether ev is the outcome the catalog holds for its
 // ended job j: the same kind, of the same attempt.
-func isJobOutcome(ev schemas.Event, j store.Job) bool {
+func isJobOutcome(ev schemas.Event, j backup.Job) bool {
 	switch e := ev.(type) {
 	case *schemas.Completed:
-		return j.Status == store.StatusCompleted && j.Attempt == e.Attempt
+		return j.Status == backup.StatusCompleted && j.Attempt == e.Attempt
 	case *schemas.Failed:
-		return j.Status == store.StatusFailed && j.Failure != nil && j.Failure.Attempt == e.Attempt
+		return j.Status == backup.StatusFailed && j.Failure != nil && j.Failure.Attempt == e.Attempt
 	case *schemas.Rejected:
-		return j.Status == store.StatusRejected
+		return j.Status == backup.StatusRejected
 	}
 	return false
 }

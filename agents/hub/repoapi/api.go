@@ -1,4 +1,4 @@
-package hub
+package repoapi
 
 import (
 	"cmp"
@@ -54,6 +54,10 @@ const (
 	// (ManifestRequest, ManifestReply), for restore --verify. Admin only.
 	SubjectManifest = ServiceGroup + ".manifest"
 )
+
+// VerifyTimeout bounds one verify request: every selected point is read
+// whole through its chain.
+const VerifyTimeout = 30 * time.Minute
 
 // MaxDigests is the most digests one DigestsRequest or ManifestReply
 // carries: 4096 digests are about 350 KB of JSON, under NATS's 1 MB
