@@ -175,8 +175,8 @@ func BenchmarkCopyVsNbdcopy(b *testing.B) {
 			for i := range order {
 				order[(i+r)%len(order)]()
 			}
-			b.Logf("round %d: ours %s, nbdcopy %s, limit %s, ours over tcp+tls %s, ours with digests %s", r+1, oursR.last().Round(time.Millisecond),
-				theirsR.last().Round(time.Millisecond), limitR.last().Round(time.Millisecond), tlsR.last().Round(time.Millisecond), hashR.last().Round(time.Millisecond))
+			b.Logf("round %d (in brackets: CPU-s of other processes during the run): ours %s, nbdcopy %s, limit %s, ours over tcp+tls %s, ours with digests %s",
+				r+1, oursR.lastLine(), theirsR.lastLine(), limitR.lastLine(), tlsR.lastLine(), hashR.lastLine())
 		}
 	}
 	b.StopTimer()

@@ -151,7 +151,11 @@ func (r *runs) add(d time.Duration, c cpuUse) {
 	r.cpu = append(r.cpu, c)
 }
 
-func (r *runs) last() time.Duration { return r.t[len(r.t)-1] }
+// lastLine is the last run's time and the other processes' CPU time
+// meanwhile.
+func (r *runs) lastLine() string {
+	return fmt.Sprintf("%s [%.1f]", r.t[len(r.t)-1].Round(time.Millisecond), r.cpu[len(r.cpu)-1].others.Seconds())
+}
 
 func (r *runs) median() time.Duration { return median(r.t) }
 
