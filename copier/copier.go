@@ -18,13 +18,12 @@ import (
 
 // Defaults for Options.
 const (
-	DefaultChunkSize        = 4 << 20
-	DefaultZeroBlock        = 64 << 10
-	DefaultInFlight         = 8
-	DefaultRetries          = 3
-	DefaultConnections      = 4
-	DefaultStallTimeout     = 2 * time.Minute
-	DefaultProgressInterval = time.Second
+	DefaultChunkSize    = 4 << 20
+	DefaultZeroBlock    = 64 << 10
+	DefaultInFlight     = 8
+	DefaultRetries      = 3
+	DefaultConnections  = 4
+	DefaultStallTimeout = 2 * time.Minute
 )
 
 // extraConnectTimeout bounds opening each additional (multi-conn)
@@ -84,14 +83,9 @@ type Options struct {
 	// flight and none completes for this long. Default 2 minutes.
 	StallTimeout time.Duration
 
-	// Progress, if not nil, is called with the bytes done so far: once at
-	// the start, at most every ProgressInterval, and once at the end of a
-	// successful copy. It is always called from the goroutine that called
-	// Copy, and must return quickly.
-	Progress func(Progress)
-
-	// ProgressInterval is the time between Progress calls. Default 1 s.
-	ProgressInterval time.Duration
+	// Progress, if not nil, counts the copy's bytes as it runs (see
+	// Progress); the caller reads it when it likes. Default nil.
+	Progress *Progress
 
 	// Digests makes the copy hash what it reads for a manifest
 	// (manifest.ChunkSize chunks, 1 MiB): every extent is widened to whole
@@ -106,14 +100,6 @@ type Options struct {
 
 	// Log receives the copier's log lines. The zero value logs nothing.
 	Log zerolog.Logger
-}
-
-// Progress is a snapshot of a running copy. BytesDone counts bytes of the
-// extents that are finished (read, and written, zeroed or skipped);
-// BytesTotal is the extents' total length. The copier only counts: rates
-// and throttling are its caller's (the agent's progress events).
-type Progress struct {
-	BytesDone, BytesTotal int64
 }
 
 // Result sums up a copy. BytesRead were read from the source, BytesWritten
@@ -152,9 +138,6 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.StallTimeout == 0 {
 		o.StallTimeout = DefaultStallTimeout
-	}
-	if o.ProgressInterval == 0 {
-		o.ProgressInterval = DefaultProgressInterval
 	}
 	switch {
 	case o.ZeroBlock < 512 || o.ChunkSize < o.ZeroBlock || o.ChunkSize%o.ZeroBlock != 0:
@@ -285,15 +268,10 @@ func Copy(ctx context.Context, srcURI, dstURI string, extents []Extent, opts Opt
 		l.w = w
 		g.Go(func() error { return l.run(gctx) })
 	}
-	report := func() {
-		if o.Progress == nil {
-			return
-		}
-		o.Progress(Progress{BytesDone: st.done.Load(), BytesTotal: total})
+	if o.Progress != nil {
+		o.Progress.start(&st.done, total)
 	}
-	report()
-	err = waitReporting(g, o.ProgressInterval, o.Progress != nil, report)
-	if err != nil {
+	if err := g.Wait(); err != nil {
 		if ctx.Err() != nil {
 			err = ctx.Err()
 		}
@@ -311,7 +289,6 @@ func Copy(ctx context.Context, srcURI, dstURI string, extents []Extent, opts Opt
 	} else {
 		log.Warn().Msg("target cannot flush, data may not be persistent")
 	}
-	report()
 	shutdownAll(lanes, log)
 	res := result()
 	if o.Digests {
@@ -320,26 +297,6 @@ func Copy(ctx context.Context, srcURI, dstURI string, extents []Extent, opts Opt
 	log.Debug().Int64("bytes_read", res.BytesRead).Int64("bytes_written", res.BytesWritten).
 		Int64("bytes_zero", res.BytesZero).Dur("duration", res.Duration).Msg("copy finished")
 	return res, nil
-}
-
-// waitReporting waits for the lanes, calling report every interval from
-// this goroutine.
-func waitReporting(g *errgroup.Group, interval time.Duration, reporting bool, report func()) error {
-	if !reporting {
-		return g.Wait()
-	}
-	done := make(chan error, 1)
-	go func() { done <- g.Wait() }()
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case err := <-done:
-			return err
-		case <-t.C:
-			report()
-		}
-	}
 }
 
 // shutdownAll ends the NBD sessions politely (NBD_CMD_DISC) so servers do

@@ -64,12 +64,13 @@ func TestCopyFullThenIncremental(t *testing.T) {
 	}
 	full := newQcow2(t, dir, "full.qcow2", v1Size, "")
 	fullURI, stopFull := startQemuNbd(t, full, targetFlags...)
-	var progress []copier.Progress
+	var prog copier.Progress
+	seen := watchProgress(&prog, nil)
 	res, err := copier.Copy(ctx, srcURI, fullURI, ext, copier.Options{
-		Log:              testLog(t),
-		Progress:         func(p copier.Progress) { progress = append(progress, p) },
-		ProgressInterval: 10 * time.Millisecond,
+		Log:      testLog(t),
+		Progress: &prog,
 	})
+	progress := seen()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +82,7 @@ func TestCopyFullThenIncremental(t *testing.T) {
 	if a := actualSize(t, full); a < v1NonZero || a > v1NonZero+1*MiB {
 		t.Errorf("full actual size %d, want about the %d bytes of non-zero data", a, v1NonZero)
 	}
-	checkProgress(t, progress)
+	checkProgress(t, progress, &prog, ext)
 
 	// Guest writes: data overwritten with zeroes, new data in a hole,
 	// data punched out, a partial block rewritten, the last byte changed.
@@ -116,17 +117,56 @@ func TestCopyFullThenIncremental(t *testing.T) {
 	t.Logf("incremental: %+v", res)
 }
 
-func checkProgress(t *testing.T, ps []copier.Progress) {
-	t.Helper()
-	if len(ps) < 2 {
-		t.Fatalf("progress called %d times, want at least start and end", len(ps))
+// progressSample is what a reader of a copier.Progress saw at one time.
+type progressSample struct{ BytesDone, BytesTotal int64 }
+
+// watchProgress reads p as a progress sampler would, from another
+// goroutine, every millisecond; when a sample has bytes done it calls
+// onDone (if not nil) once. The func it returns stops it and returns the
+// samples, the first one taken before the copy started.
+func watchProgress(p *copier.Progress, onDone func()) func() []progressSample {
+	stop, ended := make(chan struct{}), make(chan struct{})
+	var out []progressSample
+	out = append(out, progressSample{p.BytesDone(), p.BytesTotal()})
+	go func() {
+		defer close(ended)
+		t := time.NewTicker(time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+			s := progressSample{p.BytesDone(), p.BytesTotal()}
+			out = append(out, s)
+			if s.BytesDone > 0 && onDone != nil {
+				onDone()
+				onDone = nil
+			}
+		}
+	}()
+	return func() []progressSample {
+		close(stop)
+		<-ended
+		return append(out, progressSample{p.BytesDone(), p.BytesTotal()})
 	}
-	if ps[0].BytesDone != 0 {
-		t.Errorf("first progress %+v, want 0 done", ps[0])
+}
+
+// checkProgress checks what a reader saw of a copy of exts: nothing at
+// first, never fewer bytes, and at the end all of the extents' bytes.
+func checkProgress(t *testing.T, ps []progressSample, p *copier.Progress, exts []copier.Extent) {
+	t.Helper()
+	if ps[0] != (progressSample{}) {
+		t.Errorf("progress before the copy %+v, want zero", ps[0])
+	}
+	var total int64
+	for _, e := range exts {
+		total += e.Length
 	}
 	last := ps[len(ps)-1]
-	if last.BytesDone != last.BytesTotal || last.BytesTotal == 0 {
-		t.Errorf("last progress %+v, want all done", last)
+	if last.BytesDone != total || last.BytesTotal != total || p.BytesDone() != total {
+		t.Errorf("last progress %+v, want all %d bytes done", last, total)
 	}
 	for i := 1; i < len(ps); i++ {
 		if ps[i].BytesDone < ps[i-1].BytesDone {
@@ -244,21 +284,21 @@ func TestCopyCancel(t *testing.T) {
 	defer cancel()
 	var cancelled time.Time
 	var done int64
-	res, err := copier.Copy(ctx, srcURI, dstURI, []copier.Extent{{0, 32 * MiB}}, copier.Options{
-		ChunkSize:        1 * MiB,
-		InFlight:         2,
-		Connections:      1,
-		Log:              testLog(t),
-		ProgressInterval: 10 * time.Millisecond,
-		Progress: func(p copier.Progress) {
-			// Cancel mid-copy: after some chunks are written.
-			if p.BytesDone > 0 && cancelled.IsZero() {
-				done = p.BytesDone
-				cancelled = time.Now()
-				cancel()
-			}
-		},
+	var prog copier.Progress
+	// Cancel mid-copy: after some chunks are written.
+	seen := watchProgress(&prog, func() {
+		done = prog.BytesDone()
+		cancelled = time.Now()
+		cancel()
 	})
+	res, err := copier.Copy(ctx, srcURI, dstURI, []copier.Extent{{0, 32 * MiB}}, copier.Options{
+		ChunkSize:   1 * MiB,
+		InFlight:    2,
+		Connections: 1,
+		Log:         testLog(t),
+		Progress:    &prog,
+	})
+	seen()
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want context.Canceled", err)
 	}
@@ -363,16 +403,12 @@ func TestCopyTargetLost(t *testing.T) {
 	writeSource(t, src, 16*MiB, 9, []segment{{0, 16 * MiB, 'd'}})
 	srcURI := testutil.StartNbdkit(t, "--filter=delay", "file", "file="+src, "rdelay=100ms")
 	dstURI, stopDst := startQemuNbd(t, newQcow2(t, dir, "dst.qcow2", 16*MiB, ""), targetFlags...)
-	stopped := false
+	var prog copier.Progress
+	seen := watchProgress(&prog, stopDst)
 	_, err := copier.Copy(ctxT(t, 30*time.Second), srcURI, dstURI, []copier.Extent{{0, 16 * MiB}}, copier.Options{
-		InFlight: 2, Connections: 1, Log: testLog(t), ProgressInterval: 10 * time.Millisecond,
-		Progress: func(p copier.Progress) {
-			if p.BytesDone > 0 && !stopped {
-				stopped = true
-				stopDst()
-			}
-		},
+		InFlight: 2, Connections: 1, Log: testLog(t), Progress: &prog,
 	})
+	seen()
 	// Depending on timing the loss is seen by a request in flight (a
 	// RequestError with its offset) or by the poll (no request to blame).
 	var re *copier.RequestError

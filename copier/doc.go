@@ -4,15 +4,17 @@
 // retries, the final flush and progress counting.
 //
 // It must never decide full vs incremental (the agent does, invariant 3),
-// never sample when proving a block zero (invariant 9), never publish events
-// or render progress (it calls Options.Progress and the agent throttles and
-// publishes), and never open more connections than the servers allow.
+// never sample when proving a block zero (invariant 9), never publish events,
+// sample or render progress (it only counts bytes in Options.Progress; the
+// agent samples that, computes the rate and publishes), and never open more
+// connections than the servers allow.
 //
 // # Basics
 //
+//	var prog copier.Progress // read prog.BytesDone() from any goroutine
 //	res, err := copier.Copy(ctx, srcURI, dstURI, extents, copier.Options{
 //		Incremental: true,
-//		Progress:    func(p copier.Progress) { ... },
+//		Progress:    &prog,
 //		Log:         log,
 //	})
 //

@@ -31,10 +31,10 @@ type fastSchema struct {
 	isBool  bool // boolean schema: boolVal is the whole verdict
 	boolVal bool
 
-	types  uint8 // typeBit set; 0: any type
-	consts []fastConst
-	hasCon bool // const present (consts holds it)
-	enum   []fastConst
+	types  uint8     // typeBit set; 0: any type
+	konst  fastConst // const, when hasCon
+	hasCon bool
+	enum   []fastConst // enum, when hasEn
 	hasEn  bool
 	format func(any) error
 	// dateTime: format is the library's "date-time"; fastDateTime accepts
@@ -42,10 +42,6 @@ type fastSchema struct {
 	dateTime bool
 
 	ref              *fastSchema
-	not              *fastSchema
-	allOf            []*fastSchema
-	anyOf            []*fastSchema
-	oneOf            []*fastSchema
 	ifS, thenS, elsS *fastSchema
 
 	// object
@@ -54,8 +50,7 @@ type fastSchema struct {
 	reqMask            uint64   // bit i: props.names[i] is required
 	reqOther           []string // required names not covered by reqMask
 	patProps           []patProp
-	addl               int // addlNone, addlFalse, addlTrue, addlSchema
-	addlS              *fastSchema
+	noAddl             bool // additionalProperties: false
 
 	// array
 	minItems, maxItems int
@@ -66,20 +61,13 @@ type fastSchema struct {
 	pattern        jsonschema.Regexp
 
 	// number
-	minimum, maximum, exMin, exMax *bound
+	minimum, maximum *bound
 }
 
 type patProp struct {
 	re jsonschema.Regexp
 	s  *fastSchema
 }
-
-const (
-	addlNone = iota
-	addlFalse
-	addlTrue
-	addlSchema
-)
 
 const (
 	bitNull uint8 = 1 << iota
@@ -94,13 +82,6 @@ const (
 var typeBits = map[string]uint8{
 	"null": bitNull, "boolean": bitBoolean, "number": bitNumber, "integer": bitInteger,
 	"string": bitString, "array": bitArray, "object": bitObject,
-}
-
-// fastConst is a const or enum value: a scalar.
-type fastConst struct {
-	kind nodeKind // kindNull, kindFalse, kindTrue, kindNumber or kindString
-	str  string
-	num  *big.Rat
 }
 
 // bound is a minimum or maximum; i is set when the bound is an integer
@@ -152,13 +133,11 @@ func resolveRef(f *fastSchema) *fastSchema {
 // valid does not take a call per hop: in the message schemas most
 // properties are a $ref to a definition of common.json.
 func (f *fastSchema) skipRefs() {
-	for _, p := range []**fastSchema{&f.ref, &f.not, &f.ifS, &f.thenS, &f.elsS, &f.addlS, &f.items} {
+	for _, p := range []**fastSchema{&f.ref, &f.ifS, &f.thenS, &f.elsS, &f.items} {
 		*p = resolveRef(*p)
 	}
-	for _, l := range [][]*fastSchema{f.allOf, f.anyOf, f.oneOf, f.props.subs} {
-		for i := range l {
-			l[i] = resolveRef(l[i])
-		}
+	for i := range f.props.subs {
+		f.props.subs[i] = resolveRef(f.props.subs[i])
 	}
 	for i := range f.patProps {
 		f.patProps[i].s = resolveRef(f.patProps[i].s)
@@ -214,6 +193,20 @@ func (b *fastBuilder) build(s *jsonschema.Schema) (*fastSchema, error) {
 		return nil, unsupported("content*")
 	case s.MultipleOf != nil:
 		return nil, unsupported("multipleOf")
+	// No message schema combines subschemas or uses exclusive bounds, so
+	// the fast path does not carry code for them: the library decides.
+	case s.Not != nil:
+		return nil, unsupported("not")
+	case len(s.AllOf) > 0:
+		return nil, unsupported("allOf")
+	case len(s.AnyOf) > 0:
+		return nil, unsupported("anyOf")
+	case len(s.OneOf) > 0:
+		return nil, unsupported("oneOf")
+	case s.ExclusiveMinimum != nil:
+		return nil, unsupported("exclusiveMinimum")
+	case s.ExclusiveMaximum != nil:
+		return nil, unsupported("exclusiveMaximum")
 	case len(s.Extensions) > 0:
 		return nil, unsupported("extension")
 	}
@@ -232,7 +225,7 @@ func (b *fastBuilder) build(s *jsonschema.Schema) (*fastSchema, error) {
 		if err != nil {
 			return nil, unsupported("const " + err.Error())
 		}
-		f.consts, f.hasCon = []fastConst{c}, true
+		f.konst, f.hasCon = c, true
 	}
 	if s.Enum != nil {
 		f.hasEn = true
@@ -255,18 +248,7 @@ func (b *fastBuilder) build(s *jsonschema.Schema) (*fastSchema, error) {
 			*dst, err = b.build(s)
 		}
 	}
-	subs := func(dst *[]*fastSchema, l []*jsonschema.Schema) {
-		for _, s := range l {
-			var f *fastSchema
-			sub(&f, s)
-			*dst = append(*dst, f)
-		}
-	}
 	sub(&f.ref, s.Ref)
-	sub(&f.not, s.Not)
-	subs(&f.allOf, s.AllOf)
-	subs(&f.anyOf, s.AnyOf)
-	subs(&f.oneOf, s.OneOf)
 	sub(&f.ifS, s.If)
 	sub(&f.thenS, s.Then)
 	sub(&f.elsS, s.Else)
@@ -301,16 +283,14 @@ func (b *fastBuilder) build(s *jsonschema.Schema) (*fastSchema, error) {
 		sub(&pf, ps)
 		f.patProps = append(f.patProps, patProp{re: fastPattern(re), s: pf})
 	}
+	// additionalProperties: the message schemas only say false.
 	switch a := s.AdditionalProperties.(type) {
 	case nil:
 	case bool:
-		f.addl = addlFalse
 		if a {
-			f.addl = addlTrue
+			return nil, unsupported("additionalProperties true")
 		}
-	case *jsonschema.Schema:
-		f.addl = addlSchema
-		sub(&f.addlS, a)
+		f.noAddl = true
 	default:
 		return nil, unsupported(fmt.Sprintf("additionalProperties of type %T", a))
 	}
@@ -322,7 +302,6 @@ func (b *fastBuilder) build(s *jsonschema.Schema) (*fastSchema, error) {
 	f.minLen, f.maxLen = intOr(s.MinLength), intOr(s.MaxLength)
 	f.pattern = fastPattern(s.Pattern)
 	f.minimum, f.maximum = newBound(s.Minimum), newBound(s.Maximum)
-	f.exMin, f.exMax = newBound(s.ExclusiveMinimum), newBound(s.ExclusiveMaximum)
 	return f, nil
 }
 
@@ -344,16 +323,17 @@ func newBound(r *big.Rat) *bound {
 	return b
 }
 
+// fastConst is a const or enum value: a string, a number or a boolean
+// (the message schemas name nothing else; null gets no fast form).
+type fastConst struct {
+	kind nodeKind // kindString, kindNumber, kindTrue or kindFalse
+	str  string   // the string, or the number's literal
+	num  *big.Rat // the number
+}
+
 // fastValue converts a const or enum value of a compiled schema.
 func fastValue(v any) (fastConst, error) {
 	switch v := v.(type) {
-	case nil:
-		return fastConst{kind: kindNull}, nil
-	case bool:
-		if v {
-			return fastConst{kind: kindTrue}, nil
-		}
-		return fastConst{kind: kindFalse}, nil
 	case string:
 		return fastConst{kind: kindString, str: v}, nil
 	case json.Number:
@@ -362,8 +342,34 @@ func fastValue(v any) (fastConst, error) {
 			return fastConst{}, fmt.Errorf("number %s", v)
 		}
 		return fastConst{kind: kindNumber, str: v.String(), num: r}, nil
+	case bool:
+		if v {
+			return fastConst{kind: kindTrue}, nil
+		}
+		return fastConst{kind: kindFalse}, nil
 	}
 	return fastConst{}, fmt.Errorf("value of type %T", v)
+}
+
+// equals mirrors the library's equals for a const or enum value.
+func (c *fastConst) equals(t *tree, nd *node) bool {
+	switch {
+	case nd.kind != c.kind:
+		return false
+	case c.kind == kindString:
+		return t.get(nd.val) == c.str
+	case c.kind != kindNumber:
+		return true // the same boolean
+	}
+	if t.get(nd.val) == c.str {
+		return true
+	}
+	r, ok := ratOf(t.get(nd.val))
+	if !ok {
+		t.unknown = true
+		return false
+	}
+	return r.Cmp(c.num) == 0
 }
 
 // maxSchemaDepth bounds schema recursion on one payload (a $ref loop that
@@ -379,7 +385,7 @@ func (f *fastSchema) accepts(t *tree, n int32) bool {
 }
 
 // valid reports whether node n of t is valid against f. Every answer is
-// exact both ways (so not and if may use it), unless it sets t.unknown:
+// exact both ways (so if may use it), unless it sets t.unknown:
 // then the verdict means nothing and accepts refuses.
 func (f *fastSchema) valid(t *tree, n int32, depth int) bool {
 	if f.isBool {
@@ -394,20 +400,11 @@ func (f *fastSchema) valid(t *tree, n int32, depth int) bool {
 	if f.types != 0 && !f.typeOK(t, nd) {
 		return false
 	}
-	if f.hasCon && !equalsConst(t, nd, &f.consts[0]) {
+	if f.hasCon && !f.konst.equals(t, nd) {
 		return false
 	}
-	if f.hasEn {
-		ok := false
-		for i := range f.enum {
-			if equalsConst(t, nd, &f.enum[i]) {
-				ok = true
-				break
-			}
-		}
-		if !ok {
-			return false
-		}
+	if f.hasEn && !slices.ContainsFunc(f.enum, func(c fastConst) bool { return c.equals(t, nd) }) {
+		return false
 	}
 	if f.format != nil {
 		// Formats only judge strings; leave anything else to the library.
@@ -455,37 +452,6 @@ func (f *fastSchema) valid(t *tree, n int32, depth int) bool {
 		}
 	}
 
-	if f.not != nil && f.not.valid(t, n, depth+1) {
-		return false
-	}
-	for _, s := range f.allOf {
-		if !s.valid(t, n, depth+1) {
-			return false
-		}
-	}
-	if len(f.anyOf) > 0 {
-		ok := false
-		for _, s := range f.anyOf {
-			if s.valid(t, n, depth+1) {
-				ok = true
-				break
-			}
-		}
-		if !ok {
-			return false
-		}
-	}
-	if len(f.oneOf) > 0 {
-		matched := 0
-		for _, s := range f.oneOf {
-			if s.valid(t, n, depth+1) {
-				matched++
-			}
-		}
-		if matched != 1 {
-			return false
-		}
-	}
 	if f.ifS != nil {
 		if f.ifS.valid(t, n, depth+1) {
 			if f.thenS != nil && !f.thenS.valid(t, n, depth+1) {
@@ -559,15 +525,8 @@ func (f *fastSchema) objectValid(t *tree, n int32, depth int) bool {
 				}
 			}
 		}
-		if !evaluated {
-			switch f.addl {
-			case addlFalse:
-				return false
-			case addlSchema:
-				if !f.addlS.valid(t, c, depth+1) {
-					return false
-				}
-			}
+		if !evaluated && f.noAddl {
+			return false
 		}
 	}
 	return seen&f.reqMask == f.reqMask
@@ -613,9 +572,7 @@ func (f *fastSchema) numberValid(t *tree, nd *node) bool {
 		return want(c)
 	}
 	return (f.minimum == nil || cmp(f.minimum, func(c int) bool { return c >= 0 })) &&
-		(f.maximum == nil || cmp(f.maximum, func(c int) bool { return c <= 0 })) &&
-		(f.exMin == nil || cmp(f.exMin, func(c int) bool { return c > 0 })) &&
-		(f.exMax == nil || cmp(f.exMax, func(c int) bool { return c < 0 }))
+		(f.maximum == nil || cmp(f.maximum, func(c int) bool { return c <= 0 }))
 }
 
 // plainInt reports whether lit (a JSON number) is written without fraction
@@ -697,29 +654,6 @@ func sign(lit string) int {
 		}
 	}
 	return 0
-}
-
-// equalsConst mirrors the library's equals for a scalar schema value.
-func equalsConst(t *tree, nd *node, c *fastConst) bool {
-	switch c.kind {
-	case kindString:
-		return nd.kind == kindString && t.get(nd.val) == c.str
-	case kindNumber:
-		if nd.kind != kindNumber {
-			return false
-		}
-		if t.get(nd.val) == c.str {
-			return true
-		}
-		r, ok := ratOf(t.get(nd.val))
-		if !ok {
-			t.unknown = true
-			return false
-		}
-		return r.Cmp(c.num) == 0
-	default:
-		return nd.kind == c.kind
-	}
 }
 
 // fastDateTime reports whether s is an RFC 3339 date-time in the form

@@ -3,6 +3,7 @@ package schemas
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"reflect"
@@ -57,11 +58,13 @@ func TestFastKnowsSchemaFields(t *testing.T) {
 		"DraftVersion", "Location", "ID", "Anchor", "RecursiveAnchor", "DynamicAnchor",
 		"Title", "Description", "Default", "Comment", "ReadOnly", "WriteOnly", "Examples", "Deprecated",
 		// implemented
-		"Bool", "Ref", "Types", "Enum", "Const", "Not", "AllOf", "AnyOf", "OneOf", "If", "Then", "Else", "Format",
+		// (Enum and Const of strings, numbers and booleans; AdditionalProperties false)
+		"Bool", "Ref", "Types", "Enum", "Const", "If", "Then", "Else", "Format",
 		"MaxProperties", "MinProperties", "Required", "Properties", "PatternProperties", "AdditionalProperties",
 		"MinItems", "MaxItems", "Items2020", "MinLength", "MaxLength", "Pattern",
-		"Maximum", "Minimum", "ExclusiveMaximum", "ExclusiveMinimum",
-		// refused (no fast form)
+		"Maximum", "Minimum",
+		// refused (no fast form; TestRefusedKeywordsTakeTheLibrary)
+		"Not", "AllOf", "AnyOf", "OneOf", "ExclusiveMaximum", "ExclusiveMinimum",
 		"RecursiveRef", "DynamicRef", "PropertyNames", "Dependencies", "DependentRequired", "DependentSchemas",
 		"UnevaluatedProperties", "UniqueItems", "Contains", "MinContains", "MaxContains", "Items", "AdditionalItems",
 		"PrefixItems", "UnevaluatedItems", "ContentEncoding", "ContentMediaType", "ContentSchema", "MultipleOf", "Extensions",
@@ -70,6 +73,76 @@ func TestFastKnowsSchemaFields(t *testing.T) {
 		if f.IsExported() && !slices.Contains(known, f.Name) {
 			t.Errorf("jsonschema.Schema.%s is new: teach buildFast about it", f.Name)
 		}
+	}
+}
+
+// A schema using a keyword the fast path refuses (no message schema uses
+// them) has no fast form, and check gives the library's verdict on it.
+func TestRefusedKeywordsTakeTheLibrary(t *testing.T) {
+	tests := []struct {
+		keyword, schema string
+		valid, invalid  []string
+	}{
+		{"not", `{"type":"string","not":{"const":"x"}}`, []string{`"y"`}, []string{`"x"`, `1`}},
+		{"allOf", `{"allOf":[{"type":"integer"},{"minimum":2}]}`, []string{`2`, `7`}, []string{`1`, `2.5`, `"2"`}},
+		{"anyOf", `{"anyOf":[{"type":"string"},{"type":"integer"}]}`, []string{`"a"`, `3`}, []string{`1.5`, `null`}},
+		{"oneOf", `{"oneOf":[{"type":"integer"},{"minimum":5}]}`, []string{`3`, `5.5`}, []string{`6`, `1.5`}},
+		{"exclusiveMinimum", `{"type":"number","exclusiveMinimum":0}`, []string{`0.5`, `1e3`}, []string{`0`, `-0.0`, `-1`}},
+		{"exclusiveMaximum", `{"type":"number","exclusiveMaximum":10}`, []string{`9.99`, `-1`}, []string{`10`, `1e1`, `11`}},
+		{"nested allOf", `{"type":"object","properties":{"n":{"type":"object","properties":{"x":{"allOf":[{"maximum":3}]}}}}}`,
+			[]string{`{"n":{"x":3}}`, `{}`}, []string{`{"n":{"x":4}}`}},
+		// Values no message schema uses either.
+		{"additionalProperties true", `{"type":"object","properties":{"a":{"type":"string"}},"additionalProperties":true}`,
+			[]string{`{"a":"x","b":1}`}, []string{`{"a":1}`}},
+		{"additionalProperties of type", `{"type":"object","additionalProperties":{"type":"integer"}}`,
+			[]string{`{"a":1}`, `{}`}, []string{`{"a":"x"}`, `[]`}},
+		{"const value of type <nil>", `{"const":null}`, []string{`null`}, []string{`0`, `"null"`}},
+		{"enum value of type <nil>", `{"enum":["a",null]}`, []string{`"a"`, `null`}, []string{`"b"`, `false`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.keyword, func(t *testing.T) {
+			c := jsonschema.NewCompiler()
+			c.DefaultDraft(jsonschema.Draft2020)
+			doc, err := jsonschema.UnmarshalJSON(strings.NewReader(tt.schema))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := c.AddResource("test.json", doc); err != nil {
+				t.Fatal(err)
+			}
+			s, err := c.Compile("test.json")
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := &registry{byName: map[string]*jsonschema.Schema{}, fast: map[string]*fastSchema{},
+				noFast: map[string]error{}, desc: map[string]string{}}
+			r.add("test", s)
+			if r.fast["test"] != nil {
+				t.Fatalf("schema %s has a fast form", tt.schema)
+			}
+			want := strings.TrimPrefix(tt.keyword, "nested ")
+			if err := r.noFast["test"]; err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("noFast = %v, want it to name %s", err, want)
+			}
+			for _, data := range append(slices.Clone(tt.valid), tt.invalid...) {
+				inst, err := jsonschema.UnmarshalJSON(strings.NewReader(data))
+				if err != nil {
+					t.Fatal(err)
+				}
+				lib := s.Validate(inst) == nil
+				got := r.check("test", "", []byte(data), nil)
+				if (got == nil) != lib {
+					t.Errorf("%s: check says %v, library valid=%v", data, got, lib)
+				}
+				if wantValid := slices.Contains(tt.valid, data); lib != wantValid {
+					t.Errorf("%s: library valid=%v, test expects %v", data, lib, wantValid)
+				}
+				var ve *ValidationError
+				if got != nil && !errors.As(got, &ve) {
+					t.Errorf("%s: error %v is not a *ValidationError", data, got)
+				}
+			}
+		})
 	}
 }
 

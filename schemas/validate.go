@@ -83,17 +83,27 @@ func compileAll() (*registry, error) {
 		if err != nil {
 			return nil, fmt.Errorf("compile schema %s: %w", name, err)
 		}
-		out.byName[name] = s
-		if out.fast[name], err = buildFast(s); err != nil {
-			out.noFast[name] = err
-		}
-		walkSchema(s, func(s *jsonschema.Schema) {
-			if s.Pattern != nil && s.Description != "" {
-				out.desc[s.Location] = s.Description
-			}
-		})
+		out.add(name, s)
 	}
 	return out, nil
+}
+
+// add registers the compiled schema s as name, with its fast form when
+// buildFast can make one (else the reason in noFast: the library alone
+// validates name).
+func (r *registry) add(name string, s *jsonschema.Schema) {
+	r.byName[name] = s
+	fs, err := buildFast(s)
+	if err != nil {
+		r.noFast[name] = err
+	} else {
+		r.fast[name] = fs
+	}
+	walkSchema(s, func(s *jsonschema.Schema) {
+		if s.Pattern != nil && s.Description != "" {
+			r.desc[s.Location] = s.Description
+		}
+	})
 }
 
 // walkSchema calls fn once for s and every subschema reachable from it.
@@ -167,12 +177,17 @@ func check(name, job string, data []byte, out any) error {
 	if err != nil {
 		return err
 	}
-	if fs := all.fast[name]; fs != nil {
+	return all.check(name, job, data, out)
+}
+
+// check is check with the schemas of r.
+func (r *registry) check(name, job string, data []byte, out any) error {
+	if fs := r.fast[name]; fs != nil {
 		if done, err := checkFast(fs, name, job, data, out); done {
 			return err
 		}
 	}
-	return checkSlow(all, name, job, data, out)
+	return checkSlow(r, name, job, data, out)
 }
 
 // checkFast is check's fast path; done is false when the slow path must

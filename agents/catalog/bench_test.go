@@ -45,7 +45,9 @@ import (
 //     to the commit of the batch holding the event (raw loop: to its ack),
 //     each round on fresh servers; percentiles over all rounds' events.
 //
-// Goals: catalog >= 50 % of the raw loop's rate; p99 <= 5 ms at 1,000/s.
+// Goals (issue 13 item 12), each printed with MET or MISSED: catalog >=
+// 40 % of the raw loop's rate (median rounds), and the catalog's p99 at
+// 1,000/s <= the raw loop's p99 + 5 ms (same rounds, same machine).
 // The machine's load average and the share of CPU time the hypervisor
 // gave to other guests (steal, /proc/stat) are printed: the figures mean
 // little on a machine busy with other work. Run it with `make bench-catalog`;
@@ -75,16 +77,20 @@ func BenchmarkCatalog(b *testing.B) {
 		ratio := 100 * cat / raw
 		rl, cl := percentiles(rawLat), percentiles(catLat)
 		b.Logf("throughput, %d events in the stream, committed durably (bbolt sync on, server SyncAlways), median of %d rounds:", n, rounds)
-		b.Logf("  catalog %8.0f events/s   raw consume+ack %8.0f events/s   ratio %5.1f %% (goal >= 50 %%)", cat, raw, ratio)
+		b.Logf("  catalog %8.0f events/s   raw consume+ack %8.0f events/s   ratio %5.1f %%", cat, raw, ratio)
 		b.Logf("  rounds: catalog %s   raw %s", rates(catRates), rates(rawRates))
 		b.Logf("  for reference, consume + schemas.Decode + ack, no store, one goroutine: %.0f events/s (rounds %s)", dec, rates(decRates))
 		rawCPU, catCPU, decCPU := median(cpu[modeRaw]), median(cpu[modeCatalog]), median(cpu[modeDecode])
 		b.Logf("  process CPU per event (median): catalog %.1f us, raw %.1f us, decode-only %.1f us; raw/catalog %.1f %%",
 			catCPU, rawCPU, decCPU, 100*rawCPU/catCPU)
 		b.Logf("publish-to-committed latency at 1000 events/s, %d rounds of %d s (%d events):", rounds, secs, len(catLat))
-		b.Logf("  catalog p50 %6.2f ms  p99 %6.2f ms  max %6.2f ms   (goal p99 <= 5 ms)", ms(cl.p50), ms(cl.p99), ms(cl.max))
+		b.Logf("  catalog p50 %6.2f ms  p99 %6.2f ms  max %6.2f ms", ms(cl.p50), ms(cl.p99), ms(cl.max))
 		b.Logf("  raw     p50 %6.2f ms  p99 %6.2f ms  max %6.2f ms   ratio p50 %.2f, p99 %.2f", ms(rl.p50), ms(rl.p99), ms(rl.max),
 			float64(cl.p50)/float64(rl.p50), float64(cl.p99)/float64(rl.p99))
+		p99diff := ms(cl.p99) - ms(rl.p99)
+		b.Logf("goals:")
+		b.Logf("  throughput catalog/raw %5.1f %% (goal >= %.0f %%): %s", ratio, goalRatio, verdict(ratio >= goalRatio))
+		b.Logf("  p99 catalog - raw %+6.2f ms (goal <= +%.0f ms): %s", p99diff, goalP99Extra, verdict(p99diff <= goalP99Extra))
 		b.ReportMetric(cat, "catalog-events/s")
 		b.ReportMetric(raw, "raw-events/s")
 		b.ReportMetric(dec, "decode-only-events/s")
@@ -95,7 +101,21 @@ func BenchmarkCatalog(b *testing.B) {
 		b.ReportMetric(ms(cl.p99), "catalog-p99-ms")
 		b.ReportMetric(ms(rl.p50), "raw-p50-ms")
 		b.ReportMetric(ms(rl.p99), "raw-p99-ms")
+		b.ReportMetric(p99diff, "p99-diff-ms")
 	}
+}
+
+// The catalog's goals against the raw loop (see BenchmarkCatalog).
+const (
+	goalRatio    = 40.0 // catalog events/s, % of the raw loop's
+	goalP99Extra = 5.0  // ms the catalog's p99 may exceed the raw loop's
+)
+
+func verdict(met bool) string {
+	if met {
+		return "MET"
+	}
+	return "MISSED"
 }
 
 func envInt(name string, def int) int {
@@ -222,7 +242,9 @@ func (s *benchServer) publishAsync(b *testing.B, evs []schemas.Event, before fun
 		if before != nil {
 			before(i)
 		}
-		if _, err := s.pjs.PublishMsgAsync(&nats.Msg{Subject: schemas.NameOf(ev), Data: data},
+		// As an agent publishes: on backup.<type>.<agent>, the subjects
+		// BACKUP_EVENTS stores (a bare backup.<type> is stored nowhere).
+		if _, err := s.pjs.PublishMsgAsync(&nats.Msg{Subject: bus.AgentSubject(schemas.NameOf(ev), "bench"), Data: data},
 			jetstream.WithMsgID(ev.EventHeader().ID), jetstream.WithStallWait(time.Minute)); err != nil {
 			b.Fatal(err)
 		}

@@ -92,7 +92,8 @@ type Config struct {
 	LeaseWait time.Duration
 	// Quiesce asks VMware Tools to quiesce the guest for the snapshot.
 	Quiesce bool
-	// ProgressInterval is the least time between progress events. Default 1 s.
+	// ProgressInterval is how often a running job's progress is sampled and
+	// published as backup.progress (and at once when a disk ends). Default 1 s.
 	ProgressInterval time.Duration
 	// InProgressInterval is how often a running job's request is acked as
 	// in progress. Default bus.InProgressInterval.

@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sync"
 	"syscall"
-	"time"
 
 	"github.com/vmware/govmomi/vim25/types"
 	"golang.org/x/sync/errgroup"
@@ -103,7 +101,7 @@ func (a *Agent) run(ctx context.Context, r *request) (_ *schemas.Completed, _ []
 		return nil, nil, err
 	}
 
-	prog := newProgress(a, r, runs)
+	prog := newJobProgress(a, r, runs)
 	go prog.run(ctx)
 	defer prog.stop()
 
@@ -190,7 +188,7 @@ func (a *Agent) openTarget(ctx context.Context, r *request, snap types.ManagedOb
 
 // copyDisk copies one disk's extents from its snapshot source to its target
 // and publishes backup.changeid once the target is flushed.
-func (a *Agent) copyDisk(ctx context.Context, r *request, snap types.ManagedObjectReference, d *diskRun, prog *progress) error {
+func (a *Agent) copyDisk(ctx context.Context, r *request, snap types.ManagedObjectReference, d *diskRun, prog *jobProgress) error {
 	key := d.plan.disk.Key
 	log := r.log.With().Int32("disk_key", key).Str("disk_uuid", d.plan.disk.UUID).Logger()
 	src, err := a.deps.Sources.Open(ctx, vmware.SourceRequest{VM: r.vm.Ref, Snapshot: snap, Disk: d.plan.disk})
@@ -220,7 +218,7 @@ func (a *Agent) copyDisk(ctx context.Context, r *request, snap types.ManagedObje
 	opts.Incremental = d.plan.backupType == schemas.TypeIncremental
 	opts.Digests = true
 	opts.Log = log
-	opts.Progress = func(p copier.Progress) { prog.update(key, p.BytesDone, p.BytesTotal, false) }
+	opts.Progress = prog.counter(key)
 	res, err := copier.Copy(ctx, src.URI(), d.target.URI, extents, opts)
 	if err != nil {
 		reason := schemas.FailCopy
@@ -238,7 +236,7 @@ func (a *Agent) copyDisk(ctx context.Context, r *request, snap types.ManagedObje
 	if err := a.deps.Targets.Digests(ctx, d.ref, res.Digests); err != nil {
 		return fail(schemas.FailRepository, true, fmt.Errorf("send %d chunk digests of disk %d of vm %s: %w", len(res.Digests), key, r.vm.InstanceUUID, err))
 	}
-	prog.update(key, res.BytesRead, res.BytesRead, true)
+	prog.finished(key, res.BytesRead)
 
 	ev := &schemas.ChangeID{
 		Header:     a.header(r, schemas.NameChangeID, key, 0),
@@ -314,101 +312,4 @@ func (a *Agent) abortTargets(ctx context.Context, r *request, runs []*diskRun) {
 			r.log.Warn().Err(err).Int32("disk_key", d.ref.DiskKey).Msg("abort target")
 		}
 	}
-}
-
-// progress aggregates the disks' progress and publishes it at most every
-// ProgressInterval and at each disk's end.
-type progress struct {
-	a     *Agent
-	r     *request
-	mu    sync.Mutex
-	disks []schemas.DiskProgress
-	index map[int32]int
-	dirty bool
-	seq   int64
-	kick  chan struct{}
-	done  chan struct{}
-	once  sync.Once
-	first int64
-}
-
-func newProgress(a *Agent, r *request, runs []*diskRun) *progress {
-	p := &progress{a: a, r: r, index: map[int32]int{}, kick: make(chan struct{}, 1), done: make(chan struct{})}
-	for i, d := range runs {
-		var total int64
-		for _, e := range d.plan.extents {
-			total += e.Length
-		}
-		p.disks = append(p.disks, schemas.DiskProgress{Disk: d.plan.ref, BytesTotal: total})
-		p.index[d.plan.disk.Key] = i
-	}
-	return p
-}
-
-func (p *progress) update(key int32, done, total int64, finished bool) {
-	p.mu.Lock()
-	d := &p.disks[p.index[key]]
-	d.BytesDone, d.BytesTotal, d.Done = done, total, finished
-	p.dirty = true
-	p.mu.Unlock()
-	if finished {
-		select {
-		case p.kick <- struct{}{}:
-		default:
-		}
-	}
-}
-
-func (p *progress) run(ctx context.Context) {
-	t := time.NewTicker(p.a.cfg.ProgressInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-p.done:
-			p.publish(ctx)
-			return
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		case <-p.kick:
-		}
-		p.publish(ctx)
-	}
-}
-
-func (p *progress) stop() { p.once.Do(func() { close(p.done) }) }
-
-func (p *progress) publish(ctx context.Context) {
-	p.mu.Lock()
-	if !p.dirty {
-		p.mu.Unlock()
-		return
-	}
-	p.dirty = false
-	p.seq++
-	ev := &schemas.Progress{Header: p.a.header(p.r, schemas.NameProgress, 0, p.seq), Seq: p.seq}
-	ev.Disks = append(ev.Disks, p.disks...)
-	for _, d := range p.disks {
-		ev.BytesDone += d.BytesDone
-		ev.BytesTotal += d.BytesTotal
-	}
-	p.mu.Unlock()
-	ev.RateBytesPerSec = p.rate(ev)
-	if err := p.a.publish(ctx, ev); err != nil {
-		p.r.log.Debug().Err(err).Msg("publish progress")
-	}
-}
-
-// rate is the job's mean copy rate since its first progress event.
-func (p *progress) rate(ev *schemas.Progress) float64 {
-	now := time.Now().UnixNano()
-	if p.first == 0 {
-		p.first = now
-		return 0
-	}
-	secs := float64(now-p.first) / 1e9
-	if secs <= 0 {
-		return 0
-	}
-	return float64(ev.BytesDone) / secs
 }

@@ -91,12 +91,15 @@ func (c *backupCmd) run(ctx context.Context, a *app) error {
 			return fmt.Errorf("check job id %s with the catalog: %w", c.jobID, err)
 		}
 	}
+	pr := newLinePrinter(a.stdout, c.json)
+	if c.wait {
+		pr = newPrinter(a.stdout, c.json) // live bars on a terminal
+	}
 	var w *waiter
 	if c.wait {
-		if w, err = newWaiter(nc, cat, req.JobID, req.VM); err != nil {
+		if w, err = newWaiter(nc, cat, req.JobID, req.VM, pr); err != nil {
 			return err
 		}
-		w.json = c.json
 		defer w.close()
 	}
 	if _, err := bus.NewPublisher(js, "sendense-cli", a.log).PublishRequest(ctx, req); err != nil {
@@ -105,21 +108,18 @@ func (c *backupCmd) run(ctx context.Context, a *app) error {
 		}
 		return fmt.Errorf("publish backup request for vm %s: %w", c.vm, err)
 	}
-	if c.json {
-		if err := writeBusLine(a.stdout, &nats.Msg{Subject: bus.SubjectRequested, Data: data}, ""); err != nil {
-			return err
-		}
-	} else {
-		fmt.Fprintf(a.stdout, "job %s requested (vm %s, %s)\n", req.JobID, c.vm, c.backupType)
+	if err := pr.Event(&nats.Msg{Subject: bus.SubjectRequested, Data: data}, ""); err != nil {
+		return err
 	}
+	pr.Println(fmt.Sprintf("job %s requested (vm %s, %s)", req.JobID, c.vm, c.backupType))
 	if !c.wait {
 		return nil
 	}
 	wctx, cancel := waitContext(ctx, c.timeout)
 	defer cancel()
 	w.timeout = c.timeout
-	defer noticeQueued(wctx, os.Stderr, js, cat, req.JobID, queuedNoticeAfter)()
-	return w.run(wctx, a)
+	defer noticeQueued(wctx, pr, js, cat, req.JobID, queuedNoticeAfter)()
+	return w.run(wctx)
 }
 
 func requester() string {
@@ -143,7 +143,7 @@ type waiter struct {
 	cat    *catalog.Client
 	events chan *nats.Msg
 	subs   []*nats.Subscription
-	json   bool // NDJSON on stdout instead of text and bars
+	pr     printer
 	// timeout is --timeout, for the message when it passes.
 	timeout time.Duration
 }
@@ -152,8 +152,8 @@ type waiter struct {
 // ended, in case its terminal event passed while the connection was down.
 const outcomePoll = 2 * time.Second
 
-func newWaiter(nc *nats.Conn, cat *catalog.Client, jobID, vm string) (*waiter, error) {
-	w := &waiter{jobID: jobID, vm: vm, cat: cat, events: make(chan *nats.Msg, 1024)}
+func newWaiter(nc *nats.Conn, cat *catalog.Client, jobID, vm string, pr printer) (*waiter, error) {
+	w := &waiter{jobID: jobID, vm: vm, cat: cat, pr: pr, events: make(chan *nats.Msg, 1024)}
 	for _, subj := range []string{bus.SubjectAll} {
 		s, err := nc.ChanSubscribe(subj, w.events)
 		if err != nil {
@@ -171,17 +171,15 @@ func (w *waiter) close() {
 	}
 }
 
-func (w *waiter) run(ctx context.Context, a *app) error {
-	var pr printer
+func (w *waiter) run(ctx context.Context) error {
+	pr := w.pr
 	count := newProgressCounter(nil)
-	if !w.json {
-		pr = newPrinter(a.stdout)
-	}
 	// finish ends the live view with the summary, before the outcome line.
+	finished := false
 	finish := func(outcome string) {
-		if pr != nil {
+		if !finished {
+			finished = true
 			pr.Finish(count.summary("backup of vm "+w.vm, outcome))
-			pr = nil
 		}
 	}
 	defer finish("interrupted")
@@ -199,7 +197,7 @@ func (w *waiter) run(ctx context.Context, a *app) error {
 			cancel()
 			if err == nil && j.Ended() {
 				finish(string(j.Status))
-				return w.outcome(a, j)
+				return w.outcome(j)
 			}
 			continue
 		case m = <-w.events:
@@ -211,19 +209,8 @@ func (w *waiter) run(ctx context.Context, a *app) error {
 		if err != nil || ev.EventHeader().JobID != w.jobID {
 			continue
 		}
-		if w.json {
-			if err := writeBusLine(a.stdout, m, ""); err != nil {
-				return err
-			}
-			switch e := ev.(type) {
-			case *schemas.Failed:
-				if !e.Retryable {
-					return w.await(ctx, a)
-				}
-			case *schemas.Completed, *schemas.Rejected:
-				return w.await(ctx, a)
-			}
-			continue
+		if err := pr.Event(m, ""); err != nil {
+			return err
 		}
 		switch e := ev.(type) {
 		case *schemas.Started:
@@ -235,52 +222,44 @@ func (w *waiter) run(ctx context.Context, a *app) error {
 			for _, d := range e.Disks {
 				count.update(d.Disk.Key, d.BytesDone, d.BytesTotal, d.Done)
 			}
-			pr.Update(count.views())
+			count.rated(e.RateBytesPerSec) // the agent's, its one sampler's
+			pr.Update(count.status())
 		case *schemas.ChangeID:
 			count.ended(e.Disk.Key, e.BytesRead, e.BytesWritten)
 			pr.Println(fmt.Sprintf("disk %d: change id %s recorded (%s read, %s written)", e.Disk.Key, e.ChangeID, fmtBytes(e.BytesRead), fmtBytes(e.BytesWritten)))
-			pr.Update(count.views())
+			pr.Update(count.status())
 		case *schemas.Failed:
 			if e.Retryable {
 				pr.Println(fmt.Sprintf("attempt %d failed (%s: %s); the agent retries", e.Attempt, e.Reason, e.Message))
 				continue
 			}
-			return w.awaitThen(ctx, a, finish)
+			return w.awaitThen(ctx, finish)
 		case *schemas.Completed, *schemas.Rejected:
-			return w.awaitThen(ctx, a, finish)
+			return w.awaitThen(ctx, finish)
 		}
 	}
 }
 
 // awaitThen is await that ends the live view with the stored outcome
 // before it prints that outcome.
-func (w *waiter) awaitThen(ctx context.Context, a *app, finish func(string)) error {
+func (w *waiter) awaitThen(ctx context.Context, finish func(string)) error {
 	j, err := w.cat.Await(ctx, w.jobID, backup.Job.Ended)
+	if err != nil && ctx.Err() != nil {
+		finish("interrupted")
+		return w.stopped(ctx, w.timeout)
+	}
 	if err != nil {
 		finish("unconfirmed")
 		return fmt.Errorf("job %s: its outcome was published but the catalog does not show it (not stored?): %w", w.jobID, err)
 	}
 	finish(string(j.Status))
-	return w.outcome(a, j)
-}
-
-// await waits for the catalog to show the job's outcome after its
-// terminal event was seen, and reports that outcome.
-func (w *waiter) await(ctx context.Context, a *app) error {
-	j, err := w.cat.Await(ctx, w.jobID, backup.Job.Ended)
-	if err != nil && ctx.Err() != nil {
-		return w.stopped(ctx, w.timeout)
-	}
-	if err != nil {
-		return fmt.Errorf("job %s: its outcome was published but the catalog does not show it (not stored?): %w", w.jobID, err)
-	}
-	return w.outcome(a, j)
+	return w.outcome(j)
 }
 
 // outcome prints an ended job's outcome and returns its exit error. A job
 // of another VM is another request's job that held this job id first (its
 // request was queued longer than the stream remembers ids): a conflict.
-func (w *waiter) outcome(a *app, j backup.Job) error {
+func (w *waiter) outcome(j backup.Job) error {
 	if j.Status != backup.StatusRejected && !sameVM(j.VM, w.vm) {
 		return &exitError{code: exitConflict, err: fmt.Errorf("job id %s is taken: it names a backup of vm %s, not %s; use another --job-id", w.jobID, vmName(j), w.vm)}
 	}
@@ -288,18 +267,14 @@ func (w *waiter) outcome(a *app, j backup.Job) error {
 	if j.Failure != nil {
 		reason, msg = j.Failure.Reason, j.Failure.Message
 	}
-	if w.json {
-		if err := writeJSONLine(a, struct {
-			Job backup.Job `json:"job"`
-		}{j}); err != nil {
-			return err
-		}
+	if err := w.pr.Result(struct {
+		Job backup.Job `json:"job"`
+	}{j}); err != nil {
+		return err
 	}
 	switch j.Status {
 	case backup.StatusCompleted:
-		if !w.json {
-			fmt.Fprintf(a.stdout, "job %s completed\n", w.jobID)
-		}
+		w.pr.Println(fmt.Sprintf("job %s completed", w.jobID))
 		return nil
 	case backup.StatusRejected:
 		return &exitError{code: exitRejected, err: fmt.Errorf("job %s rejected: %s: %s", w.jobID, reason, msg)}

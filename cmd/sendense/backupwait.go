@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -49,11 +48,11 @@ func (w *waiter) stopped(ctx context.Context, timeout time.Duration) error {
 // start the job before it says the job is still queued.
 const queuedNoticeAfter = 3 * time.Second
 
-// noticeQueued says on out, once, when the job is still queued
-// queuedNoticeAfter after the request: no agent has taken it, with what
-// the agents' consumer tells (agents waiting for requests, requests
+// noticeQueued says through pr (a Notice), once, when the job is still
+// queued queuedNoticeAfter after the request: no agent has taken it, with
+// what the agents' consumer tells (agents waiting for requests, requests
 // waiting). It returns a func that stops it.
-func noticeQueued(ctx context.Context, out io.Writer, js jetstream.JetStream, cat *catalog.Client, jobID string, after time.Duration) (stop func()) {
+func noticeQueued(ctx context.Context, pr printer, js jetstream.JetStream, cat *catalog.Client, jobID string, after time.Duration) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -67,7 +66,7 @@ func noticeQueued(ctx context.Context, out io.Writer, js jetstream.JetStream, ca
 		if err != nil || j.Status != backup.StatusQueued || ctx.Err() != nil {
 			return
 		}
-		fmt.Fprintf(out, "job %s is queued: no agent has taken it yet%s\n", jobID, agentsNote(ctx, js))
+		pr.Notice(fmt.Sprintf("job %s is queued: no agent has taken it yet%s", jobID, agentsNote(ctx, js)))
 	}()
 	return func() { cancel(); <-done }
 }

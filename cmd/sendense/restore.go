@@ -109,19 +109,13 @@ func (c *restoreCmd) run(ctx context.Context, a *app) error {
 	}
 	repo := repoapi.NewClient(nc)
 	count := newProgressCounter(nil)
-	var pr printer
-	if !c.json {
-		pr = newPrinter(a.stdout)
-		for _, d := range disks {
-			count.setKind(d.Disk.Key, "restore")
-		}
+	pr := newPrinter(a.stdout, c.json)
+	for _, d := range disks {
+		count.setKind(d.Disk.Key, "restore")
+		count.update(d.Disk.Key, 0, d.Disk.CapacityBytes, false) // the total and ETA count every disk from the start
 	}
 	outcome := "failed"
-	defer func() {
-		if pr != nil {
-			pr.Finish(count.summary("restore of job "+job.ID, outcome))
-		}
-	}()
+	defer func() { pr.Finish(count.summary("restore of job "+job.ID, outcome)) }()
 	for i, d := range disks {
 		if len(disks) > 1 {
 			if err := os.MkdirAll(c.to, 0o750); err != nil {
@@ -154,11 +148,9 @@ func (c *restoreCmd) restoreDisk(ctx context.Context, a *app, repo *repoapi.Clie
 	defer cleanup()
 	key, size := d.Disk.Key, exp.VirtualSize
 	progress := func(pct int) {
-		if pr == nil {
-			return
-		}
 		count.update(key, size*int64(pct)/100, size, false)
-		pr.Update(count.views())
+		count.sample() // this process counts a restore: the one sampler is its counter's
+		pr.Update(count.status())
 	}
 	progress(0)
 	// The export is read by nbdcopy (libnbd, many requests in flight,
@@ -178,11 +170,10 @@ func (c *restoreCmd) restoreDisk(ctx context.Context, a *app, repo *repoapi.Clie
 	if err != nil {
 		return fmt.Errorf("restore disk %d of job %s to %s: %w", d.Disk.Key, job.ID, dst, err)
 	}
-	if pr != nil {
-		count.ended(key, size, allocated(dst))
-		pr.Update(count.views())
-		pr.Println(fmt.Sprintf("disk %d of job %s restored to %s (%s)", d.Disk.Key, job.ID, dst, fmtBytes(exp.VirtualSize)))
-	}
+	count.ended(key, size, allocated(dst))
+	count.sample()
+	pr.Update(count.status())
+	pr.Println(fmt.Sprintf("disk %d of job %s restored to %s (%s)", d.Disk.Key, job.ID, dst, fmtBytes(exp.VirtualSize)))
 	if c.verify {
 		var want *manifest.Manifest
 		if d.ManifestSHA256 != "" {
@@ -198,18 +189,13 @@ func (c *restoreCmd) restoreDisk(ctx context.Context, a *app, repo *repoapi.Clie
 		if err := verifyCopy(ctx, src, dst, c.format, want); err != nil {
 			return fmt.Errorf("verify %s against the backup of disk %d: %w", dst, d.Disk.Key, err)
 		}
-		if !c.json {
-			if want != nil {
-				pr.Println(fmt.Sprintf("disk %d verified: identical to the backup, and to its manifest taken at backup time (%d chunks)", d.Disk.Key, len(want.Digests)))
-			} else {
-				pr.Println(fmt.Sprintf("disk %d verified: identical to the backup (made before manifests: no manifest to compare)", d.Disk.Key))
-			}
+		if want != nil {
+			pr.Println(fmt.Sprintf("disk %d verified: identical to the backup, and to its manifest taken at backup time (%d chunks)", d.Disk.Key, len(want.Digests)))
+		} else {
+			pr.Println(fmt.Sprintf("disk %d verified: identical to the backup (made before manifests: no manifest to compare)", d.Disk.Key))
 		}
 	}
-	if c.json {
-		return writeJSONLine(a, restoreLine{JobID: job.ID, Disk: d.Disk.Key, Path: dst, Format: c.format, Bytes: exp.VirtualSize, Verified: c.verify})
-	}
-	return nil
+	return pr.Result(restoreLine{JobID: job.ID, Disk: d.Disk.Key, Path: dst, Format: c.format, Bytes: exp.VirtualSize, Verified: c.verify})
 }
 
 // nbdcopy copies the NBD export src into the raw file dst, which it

@@ -26,6 +26,7 @@ type watchCmd struct {
 	progress bool
 
 	cat *catalog.Client
+	pr  printer    // plain lines, or NDJSON with --json
 	mu  sync.Mutex // one line at a time
 }
 
@@ -54,6 +55,7 @@ func (c *watchCmd) run(ctx context.Context, a *app) error {
 	}
 	defer nc.Close()
 	c.cat = catalog.NewClient(nc)
+	c.pr = newLinePrinter(a.stdout, c.json)
 	if c.jobID != "" {
 		// A short id of a job the catalog knows names it; an id it does
 		// not know yet is watched as given (the job may start later).
@@ -92,7 +94,7 @@ func (c *watchCmd) run(ctx context.Context, a *app) error {
 func (c *watchCmd) handle(ctx context.Context, a *app, m *nats.Msg, wg *sync.WaitGroup) {
 	ev, err := schemas.Decode(m.Subject, m.Data)
 	if err != nil || !isOutcome(ev) {
-		c.print(a, m, "")
+		c.print(m, "")
 		return
 	}
 	if c.jobID != "" && ev.EventHeader().JobID != c.jobID {
@@ -113,10 +115,10 @@ func (c *watchCmd) handle(ctx context.Context, a *app, m *nats.Msg, wg *sync.Wai
 			}
 			a.log.Warn().Str("subject", m.Subject).Str("job_id", ev.EventHeader().JobID).Err(err).
 				Msg("outcome seen on the wire is not the job's stored outcome")
-			c.print(a, m, " NOT STORED: not the outcome the catalog holds")
+			c.print(m, " NOT STORED: not the outcome the catalog holds")
 			return
 		}
-		c.print(a, m, "")
+		c.print(m, "")
 	}()
 }
 
@@ -144,7 +146,7 @@ func isOutcome(ev schemas.Event) bool {
 	return false
 }
 
-func (c *watchCmd) print(a *app, m *nats.Msg, note string) {
+func (c *watchCmd) print(m *nats.Msg, note string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if m.Subject == schemas.NameRequested {
@@ -152,12 +154,9 @@ func (c *watchCmd) print(a *app, m *nats.Msg, note string) {
 			JobID string `json:"job_id"`
 		}
 		_ = json.Unmarshal(m.Data, &req)
-		switch {
-		case c.jobID != "" && req.JobID != c.jobID:
-		case c.json:
-			_ = writeBusLine(a.stdout, m, "")
-		default:
-			fmt.Fprintf(a.stdout, "%s %-16s %s\n", time.Now().Format("15:04:05"), m.Subject, m.Data)
+		if c.jobID == "" || req.JobID == c.jobID {
+			_ = c.pr.Event(m, "")
+			c.pr.Println(fmt.Sprintf("%s %-16s %s", time.Now().Format("15:04:05"), m.Subject, m.Data))
 		}
 		return
 	}
@@ -166,11 +165,8 @@ func (c *watchCmd) print(a *app, m *nats.Msg, note string) {
 		if c.jobID != "" {
 			return // an invalid event names no job that can be trusted
 		}
-		if c.json {
-			_ = writeBusLine(a.stdout, m, "invalid: "+err.Error())
-			return
-		}
-		fmt.Fprintf(a.stdout, "%s %-16s INVALID: %v\n", time.Now().Format("15:04:05"), m.Subject, err)
+		_ = c.pr.Event(m, "invalid: "+err.Error())
+		c.pr.Println(fmt.Sprintf("%s %-16s INVALID: %v", time.Now().Format("15:04:05"), m.Subject, err))
 		return
 	}
 	h := ev.EventHeader()
@@ -180,14 +176,11 @@ func (c *watchCmd) print(a *app, m *nats.Msg, note string) {
 	if _, ok := ev.(*schemas.Progress); ok && !c.progress {
 		return
 	}
-	if c.json {
-		problem := ""
-		if note != "" {
-			problem = "not stored: the catalog holds another outcome for the job"
-		}
-		_ = writeBusLine(a.stdout, m, problem)
-		return
+	problem := ""
+	if note != "" {
+		problem = "not stored: the catalog holds another outcome for the job"
 	}
+	_ = c.pr.Event(m, problem)
 	detail := ""
 	switch e := ev.(type) {
 	case *schemas.Started:
@@ -195,7 +188,7 @@ func (c *watchCmd) print(a *app, m *nats.Msg, note string) {
 			detail += fmt.Sprintf(" disk=%d:%s(%s)", d.Disk.Key, d.BackupType, d.Reason)
 		}
 	case *schemas.Progress:
-		detail = fmt.Sprintf(" %s of %s", fmtBytes(e.BytesDone), fmtBytes(e.BytesTotal))
+		detail = fmt.Sprintf(" %s of %s, %s/s", fmtBytes(e.BytesDone), fmtBytes(e.BytesTotal), fmtBytes(int64(e.RateBytesPerSec)))
 	case *schemas.ChangeID:
 		detail = fmt.Sprintf(" disk=%d change_id=%q", e.Disk.Key, e.ChangeID)
 	case *schemas.Completed:
@@ -207,5 +200,5 @@ func (c *watchCmd) print(a *app, m *nats.Msg, note string) {
 	case *schemas.Rejected:
 		detail = fmt.Sprintf(" reason=%s message=%q", e.Reason, e.Message)
 	}
-	fmt.Fprintf(a.stdout, "%s %-16s job=%s attempt=%d vm=%s%s%s\n", h.Time.Local().Format("15:04:05"), m.Subject, h.JobID, h.Attempt, h.VM.Name, detail, note)
+	c.pr.Println(fmt.Sprintf("%s %-16s job=%s attempt=%d vm=%s%s%s", h.Time.Local().Format("15:04:05"), m.Subject, h.JobID, h.Attempt, h.VM.Name, detail, note))
 }
