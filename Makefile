@@ -35,8 +35,10 @@ bench: deps bench-catalog bench-copy bench-restore bench-restore-depth bench-pru
 bench-catalog:
 	$(GO) test ./agents/catalog -run '^$$' -bench 'BenchmarkCatalog' -benchtime 1x -timeout 30m -v
 
-# Copier vs nbdcopy on a 4 GiB source (5 rounds, median), and the copier to a TCP+TLS-PSK
-# target vs the unix socket (ratio TLS/unix); SENDENSE_BENCH_ROUNDS lowers the rounds.
+# Copier vs nbdcopy vs the local no-NBD limit (qemu-img convert + fsync) on a 4 GiB source,
+# 5 rounds in rotating order, each run from the same page-cache state (sync, drop caches as
+# root, source re-read); median (min-max), ratios and CPU-s/GB per process. Also the copier to
+# a TCP+TLS-PSK target, with digests, and a 1% incremental. SENDENSE_BENCH_ROUNDS sets rounds.
 bench-copy:
 	$(GO) test ./copier -run '^$$' -bench 'BenchmarkCopyVsNbdcopy' -benchtime 1x -timeout 30m -v
 

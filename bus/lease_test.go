@@ -2,6 +2,7 @@ package bus_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"testing"
 	"time"
@@ -300,5 +301,48 @@ func TestNewLeasesOptions(t *testing.T) {
 	}
 	if st.TTL() != 5*time.Second || st.History() != 1 {
 		t.Errorf("bucket ttl %v history %d, want 5s and 1", st.TTL(), st.History())
+	}
+}
+
+// TestLeaseHolderIsStructured: a lease's holder is its fields, never a
+// string to match: a lease rewritten for agent "node10" (same job, attempt
+// and acquisition time) is not node1's any more, and Holder reports
+// exactly node10. Matching "node1" inside "node10/j-1/1" would keep it.
+func TestLeaseHolderIsStructured(t *testing.T) {
+	s := bustest.Embedded(t)
+	ctx := testCtx(t)
+	l := newLeases(t, s.JS)
+	key := bus.VMLeaseKey("vm-1")
+	le, err := l.Acquire(ctx, key, bus.Holder{Agent: "node1", JobID: "j-1", Attempt: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = le.Release(context.Background()) })
+
+	kv, err := s.JS.KeyValue(ctx, bus.LeaseBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var val map[string]any
+	if err := json.Unmarshal(e.Value(), &val); err != nil {
+		t.Fatal(err)
+	}
+	if val["agent"] != "node1" || val["job_id"] != "j-1" || val["attempt"] != float64(1) {
+		t.Fatalf("lease value %s lacks the holder's fields", e.Value())
+	}
+	val["agent"], val["holder"] = "node10", "node10/j-1/1"
+	b, _ := json.Marshal(val)
+	if _, err := kv.Put(ctx, key, b); err != nil {
+		t.Fatal(err)
+	}
+	if h, ok, err := l.Holder(ctx, key); err != nil || !ok || h != (bus.Holder{Agent: "node10", JobID: "j-1", Attempt: 1}) {
+		t.Errorf("Holder = %+v %t %v, want node10's", h, ok, err)
+	}
+	if _, err := le.Confirm(ctx); !errors.Is(err, bus.ErrLeaseLost) {
+		t.Errorf("node1 confirms a lease node10 holds: %v, want ErrLeaseLost", err)
 	}
 }

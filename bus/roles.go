@@ -29,7 +29,9 @@ const (
 	RoleCatalog Role = "catalog"
 	// RoleAgent is a node agent: it takes backup.requested from its
 	// consumer, holds VM leases, calls the repository's target endpoints
-	// and publishes events on backup.<type>.<its own name> only.
+	// and publishes events on backup.<type>.<its own name> only. It listens
+	// on AgentCancel and answers there on admin's inbox only: only admin
+	// cancels a running job.
 	RoleAgent Role = "agent"
 	// RoleRequester asks for backups (backup.requested), reads the catalog
 	// and follows events on backup.>: what `sendense backup`, `jobs`,
@@ -159,7 +161,7 @@ const (
 // role needs (see the Role constants); in particular only agents publish
 // backup events, each on its own subject token, and only the hub the
 // events about completed jobs, on backup.<type>.hub; only agents and the
-// hub write leases;
+// hub write leases; only admin asks agents to cancel a job (AgentCancel);
 // only admin creates, changes, deletes or purges streams and consumers
 // other than the catalog's own; and nobody but admin reads another user's
 // inbox.
@@ -216,8 +218,10 @@ func PermissionsOf(id Identity) Permissions {
 			jsAPI+"STREAM.INFO."+leaseStream, jsAPI+"DIRECT.GET."+leaseStream+".>", jsAPI+"STREAM.MSG.GET."+leaseStream,
 			leaseKeys,
 			CatalogService+".>", RepoInfo, RepoTargets+".>",
+			// Answers to AgentCancel, which only admin sends.
+			Identity{Role: RoleAdmin}.InboxPrefix()+".>",
 		)
-		return Permissions{Publish: pub, Subscribe: []string{inbox}}
+		return Permissions{Publish: pub, Subscribe: []string{inbox, AgentCancel}}
 	case RoleRequester:
 		// The requester lists schedules (stream info and the last message
 		// of each backup.schedules.* subject) but neither adds nor removes

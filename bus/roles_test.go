@@ -365,3 +365,60 @@ func TestRequesterRollupCaveat(t *testing.T) {
 		t.Errorf("%d requests queued after the roll-up, want 1 (the roll-up dropped the 3 before it)", n)
 	}
 }
+
+// TestCancelPermissions: only admin asks the agents to cancel a job
+// (bus.AgentCancel); every agent hears it and answers on admin's inbox,
+// and on no other user's.
+func TestCancelPermissions(t *testing.T) {
+	bustest.ForEachSecure(t, func(t *testing.T, start bustest.SecureFunc) {
+		s := start(t, "node1", "node10")
+		node1 := s.Connect(t, bus.AgentIdentity("node1"))
+		heard := make(chan *nats.Msg, 16)
+		if _, err := node1.Subscribe(bus.AgentCancel, func(m *nats.Msg) {
+			heard <- m
+			_ = m.Respond([]byte(`{"agent":"node1"}`))
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if err := node1.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if err := node1.LastError(); err != nil {
+			t.Fatalf("agent subscribes to %s: %v", bus.AgentCancel, err)
+		}
+
+		// Admin asks and gets the agent's answer.
+		adm := admin(t, s)
+		m, err := adm.Request(bus.AgentCancel, []byte(`{"job_id":"j-1"}`), 5*time.Second)
+		if err != nil || string(m.Data) != `{"agent":"node1"}` {
+			t.Fatalf("admin's cancel request: %v %v, want node1's answer", m, err)
+		}
+		<-heard
+
+		// Nobody else may ask: not another agent, not the hub, the
+		// catalog, a requester or a monitor.
+		for _, who := range []bus.Identity{
+			bus.AgentIdentity("node10"), bus.AgentIdentity("node1"), {Role: bus.RoleHub}, {Role: bus.RoleCatalog},
+			{Role: bus.RoleRequester}, {Role: bus.RoleMonitor},
+		} {
+			c := s.Connect(t, who)
+			if err := c.Publish(bus.AgentCancel, []byte(`{"job_id":"j-1"}`)); err != nil {
+				t.Fatal(err)
+			}
+			wantViolation(t, who.String(), c, bus.AgentCancel)
+		}
+		select {
+		case m := <-heard:
+			t.Errorf("agent heard a cancel from someone else than admin: %s", m.Data)
+		default:
+		}
+
+		// An agent answers on admin's inbox only: it cannot "answer" into
+		// a requester's replies.
+		reqInbox := bus.Identity{Role: bus.RoleRequester}.InboxPrefix() + ".x"
+		if err := node1.Publish(reqInbox, []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+		wantViolation(t, "agent node1", node1, reqInbox)
+	})
+}

@@ -28,7 +28,7 @@ func nextFiring(t *testing.T, c jetstream.Consumer) jetstream.Msg {
 	if err != nil {
 		t.Fatalf("fetch a firing: %v", err)
 	}
-	for m := range batch.Messages() {
+	if m, ok := <-batch.Messages(); ok {
 		if err := m.DoubleAck(testCtx(t)); err != nil {
 			t.Fatalf("ack firing: %v", err)
 		}

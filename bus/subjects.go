@@ -111,6 +111,11 @@ const (
 	RepoTargets = RepoService + ".target"
 	// TestbedService controls the simulated vCenter (tests, demo).
 	TestbedService = "sendense.testbed"
+	// AgentCancel is where admin asks the agents to cancel a job
+	// (`sendense cancel`): every agent listens, the one running the job
+	// answers, the others stay silent. Only admin may publish here, and
+	// agents answer on admin's inbox only (PermissionsOf).
+	AgentCancel = "sendense.agent.cancel"
 )
 
 // Header names set by Publish. The ce-* headers follow the CloudEvents NATS

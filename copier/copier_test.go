@@ -292,6 +292,7 @@ func TestCopyCancel(t *testing.T) {
 		cancel()
 	})
 	res, err := copier.Copy(ctx, srcURI, dstURI, []copier.Extent{{0, 32 * MiB}}, copier.Options{
+		ChunkSize:   1 * MiB,
 		InFlight:    2,
 		Connections: 1,
 		Log:         testLog(t),
@@ -339,7 +340,7 @@ func TestCopyRetries(t *testing.T) {
 		if !errors.As(err, &re) || re.Op != "read" || re.Attempts != 3 || !errors.Is(err, syscall.EIO) {
 			t.Fatalf("err = %v, want a read RequestError after 3 attempts with EIO", err)
 		}
-		if re.Offset < 0 || re.Offset >= 8*MiB || re.Length != 1*MiB {
+		if re.Offset < 0 || re.Offset >= 8*MiB || re.Length != copier.DefaultChunkSize {
 			t.Fatalf("failed request at %d+%d", re.Offset, re.Length)
 		}
 		t.Logf("%v", err)

@@ -108,13 +108,16 @@ func TestCopyDigests(t *testing.T) {
 }
 
 func TestCopyDigestsOptions(t *testing.T) {
-	_, err := copier.Copy(ctxT(t, 10*time.Second), "nbd+unix:///?socket=/nonexistent", "nbd+unix:///?socket=/nonexistent", nil,
-		copier.Options{Digests: true, ChunkSize: 128 * KiB})
-	if !errors.Is(err, copier.ErrBadOptions) {
-		t.Fatalf("digests with 128 KiB chunks: %v, want ErrBadOptions", err)
+	// Reads must hold whole manifest chunks.
+	for _, chunk := range []int64{128 * KiB, 3 * MiB / 2} {
+		_, err := copier.Copy(ctxT(t, 10*time.Second), "nbd+unix:///?socket=/nonexistent", "nbd+unix:///?socket=/nonexistent", nil,
+			copier.Options{Digests: true, ChunkSize: chunk})
+		if !errors.Is(err, copier.ErrBadOptions) {
+			t.Fatalf("digests with chunks of %d bytes: %v, want ErrBadOptions", chunk, err)
+		}
 	}
-	if copier.DefaultChunkSize != manifest.ChunkSize {
-		t.Fatalf("copier chunk %d, manifest chunk %d", copier.DefaultChunkSize, manifest.ChunkSize)
+	if copier.DefaultChunkSize%manifest.ChunkSize != 0 {
+		t.Fatalf("copier chunk %d is not a multiple of the manifest chunk %d", copier.DefaultChunkSize, manifest.ChunkSize)
 	}
 }
 

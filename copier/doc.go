@@ -18,8 +18,8 @@
 //		Log:         log,
 //	})
 //
-// Copy reads each extent in chunks of ChunkSize (1 MiB), aligned to
-// multiples of ChunkSize and clipped to the extents, with InFlight (16)
+// Copy reads each extent in chunks of ChunkSize (4 MiB), aligned to
+// multiples of ChunkSize and clipped to the extents, with InFlight (8)
 // reads in flight, shared among the connections. Each chunk is checked in ZeroBlock
 // (64 KiB, the QCOW2 cluster size) blocks aligned on the disk; each block is
 // read in full and is zero only if every byte is. Runs of data blocks are
@@ -30,14 +30,15 @@
 //
 // When both servers advertise multi-conn, Copy opens up to Connections (4)
 // connection pairs, each driven by its own goroutine; otherwise it uses one
-// source and one target connection. Chunk buffers are C memory, allocated
-// once per copy: about InFlight × ChunkSize bytes.
+// source and one target connection. Chunk buffers are outside the Go heap
+// (nbd.NewBuffer), allocated once per copy and unmapped when it returns:
+// about InFlight × ChunkSize bytes (32 MiB by default).
 //
 // With Options.Digests the copy also records a manifest's digests (package
-// manifest): each extent is widened to whole 1 MiB chunks (the last one
-// clipped to the disk), so every chunk it touches is read, proven zero or
-// not, written and hashed whole; Result.Digests holds each chunk's
-// SHA-256. The lane that scans a chunk hashes it after issuing its writes,
+// manifest): each extent is widened to whole 1 MiB manifest chunks (the
+// last one clipped to the disk), so every manifest chunk it touches is
+// read, proven zero or not, written and hashed whole; Result.Digests holds
+// each one's SHA-256. A read holds up to ChunkSize / 1 MiB of them. The lane that scans a chunk hashes it after issuing its writes,
 // so hashing runs on every connection's goroutine, never as a serial pass.
 //
 // AllocatedExtents lists an export's allocated extents (base:allocation),

@@ -325,8 +325,14 @@ func (l *lane) scan(si int32) error {
 	}
 	if l.o.Digests {
 		// After the writes are issued, so the target works meanwhile;
-		// the buffer stays the chunk's until chunkDone.
-		l.digests = append(l.digests, manifest.Entry{Index: s.off / l.o.ChunkSize, Digest: manifest.Sum(b[:s.n])})
+		// the buffer stays the chunk's until chunkDone. The read starts
+		// on a manifest chunk (extents are widened to them, reads are
+		// aligned to ChunkSize, a multiple) and ends on one or at the end
+		// of the disk.
+		for lo := s.off; lo < end; lo += manifest.ChunkSize {
+			hi := min(lo+manifest.ChunkSize, end)
+			l.digests = append(l.digests, manifest.Entry{Index: lo / manifest.ChunkSize, Digest: manifest.Sum(b[lo-s.off : hi-s.off])})
+		}
 	}
 	if s.pending == 0 {
 		l.chunkDone(si)

@@ -26,8 +26,9 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// targetFlags are the qemu-nbd flags the repository exports targets with.
-var targetFlags = []string{"-f", "qcow2", "-t", "--shared=4", "--cache=writeback", "--aio=threads", "--discard=unmap", "--detect-zeroes=unmap"}
+// targetFlags are the qemu-nbd flags the repository exports targets with
+// (repository.Export, on a file system with O_DIRECT).
+var targetFlags = []string{"-f", "qcow2", "-t", "--shared=4", "--cache=none", "--aio=native", "--discard=unmap", "--detect-zeroes=unmap"}
 
 // startQemuNbd serves image with qemu-nbd on a unix socket; args come
 // before the image. It is stopped (SIGTERM, then SIGKILL) in t.Cleanup or

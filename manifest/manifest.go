@@ -19,8 +19,9 @@ const (
 	Magic = "SDNSMNFT"
 	// Version is the format version this build writes and reads.
 	Version = 1
-	// ChunkSize is the size of a chunk: 1 MiB, the copier's read unit
-	// (copier.DefaultChunkSize), so a chunk is one read of the backup.
+	// ChunkSize is the size of a chunk: 1 MiB. The copier's reads
+	// (copier.DefaultChunkSize) are whole multiples of it, so every chunk
+	// is hashed from one read of the backup.
 	ChunkSize = 1 << 20
 	// HeaderSize is the length of the header before the digests.
 	HeaderSize = 32

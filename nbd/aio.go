@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 )
@@ -27,22 +28,30 @@ const (
 
 var liveBuffers atomic.Int64
 
-// Buffer is memory allocated with C malloc, safe to hand to aio calls: the
-// garbage collector never moves or frees it. It must be freed with Free,
-// and only once no command using it is in flight (or after the handle was
-// closed). A Buffer is not safe for concurrent Free.
+// Buffer is memory outside the Go heap (an anonymous mmap), safe to hand to
+// aio calls: the garbage collector never moves or frees it. It must be
+// freed with Free, and only once no command using it is in flight (or
+// after the handle was closed). Free returns the memory to the kernel at
+// once (malloc would keep multi-MiB blocks in its heap after the first
+// free, so the process's resident size would grow copy after copy). A
+// Buffer is not safe for concurrent Free.
 type Buffer struct {
 	p unsafe.Pointer
 	n int
 }
 
-// NewBuffer allocates n bytes of C memory. The contents are undefined.
+// NewBuffer allocates n bytes, page-aligned. The contents are undefined.
+// It panics when n is not positive or the memory cannot be mapped.
 func NewBuffer(n int) *Buffer {
 	if n <= 0 {
 		panic("nbd: NewBuffer size must be positive")
 	}
+	m, err := syscall.Mmap(-1, 0, n, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANONYMOUS)
+	if err != nil {
+		panic(fmt.Sprintf("nbd: map %d bytes for a buffer: %v", n, err))
+	}
 	liveBuffers.Add(1)
-	return &Buffer{p: cMalloc(n), n: n}
+	return &Buffer{p: unsafe.Pointer(unsafe.SliceData(m)), n: n}
 }
 
 // Len returns the size of the buffer.
@@ -68,7 +77,9 @@ func (b *Buffer) Span(i, j int) Span {
 // Free releases the memory. It is idempotent.
 func (b *Buffer) Free() {
 	if b.p != nil {
-		cFree(b.p)
+		if err := syscall.Munmap(unsafe.Slice((*byte)(b.p), b.n)); err != nil {
+			panic(fmt.Sprintf("nbd: unmap a buffer of %d bytes: %v", b.n, err))
+		}
 		b.p = nil
 		liveBuffers.Add(-1)
 	}

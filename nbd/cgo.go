@@ -40,6 +40,8 @@ package nbd
 #cgo nocallback sd_state
 #cgo nocallback sd_in_flight
 #cgo nocallback sd_kill
+#cgo noescape sd_tune_socket
+#cgo nocallback sd_tune_socket
 #include <stdlib.h>
 #include "shim.h"
 */
@@ -248,6 +250,8 @@ func cInFlight(h cHandle) int { return int(C.sd_in_flight(h)) }
 
 func cKill(h cHandle) { C.sd_kill(h) }
 
+func cTuneSocket(h cHandle) { C.sd_tune_socket(h) }
+
 const maxPoll = 16 // SD_MAX_POLL in shim.c
 
 // cPoll waits up to d for any handle to be ready and notifies libnbd.
@@ -316,16 +320,6 @@ func cErrBuf() *C.sd_err {
 }
 
 type errBuf = *C.sd_err
-
-func cMalloc(n int) unsafe.Pointer {
-	p := C.malloc(C.size_t(n))
-	if p == nil {
-		panic("nbd: out of C memory")
-	}
-	return p
-}
-
-func cFree(p unsafe.Pointer) { C.free(p) }
 
 func cFreeErrBuf(e errBuf) { C.free(unsafe.Pointer(e)) }
 

@@ -27,9 +27,9 @@
 // command is in flight the connection is closed (the only way to be sure
 // libnbd no longer touches the buffer) and later calls return ErrClosed.
 //
-// The aio calls take a Span of C memory (NewBuffer), return a Cookie, and
-// complete asynchronously. Drive them with Poll and collect results with
-// NextCompleted:
+// The aio calls take a Span of a Buffer (NewBuffer: memory outside the Go
+// heap), return a Cookie, and complete asynchronously. Drive them with Poll
+// and collect results with NextCompleted:
 //
 //	buf := nbd.NewBuffer(1 << 20)
 //	defer buf.Free() // only after Close, or after every command completed
@@ -44,6 +44,15 @@
 //	}
 //
 // PollTimeout is Poll with a time limit, for loops that also watch timers.
+//
+// Read buffers are not zeroed before a read (libnbd's pread_initialize is
+// off): after a failed read their contents are undefined.
+//
+// A connection over a unix socket gets a 4 MiB send buffer (the kernel
+// doubles it; without CAP_NET_ADMIN it is capped by net.core.wmem_max), so
+// that a large write leaves in a few send calls instead of one per 208 KiB
+// the default allows, each waking the server. TCP keeps the kernel's
+// autotuning.
 //
 // Block status requests at most 2 GiB per command (libnbd 1.14 has only
 // 32-bit lengths) and loops, so any range can be asked.

@@ -158,6 +158,7 @@ func (h *Handle) ready(wanted []string) (*Handle, error) {
 		return nil, fmt.Errorf("read export info from %s: %w", h.uri, err)
 	}
 	h.caps = caps
+	cTuneSocket(h.h)
 	for _, m := range wanted {
 		ok, err := cCanMetaContext(h.h, m)
 		if err != nil {

@@ -14,7 +14,19 @@ static void capture(sd_err *e) {
 
 struct nbd_handle *sd_create(sd_err *e) {
   struct nbd_handle *h = nbd_create();
-  if (h == NULL) capture(e);
+  if (h == NULL) {
+    capture(e);
+    return NULL;
+  }
+  /* libnbd zeroes a read's buffer before reading by default, so that a
+   * caller ignoring errors never sees old heap contents. Buffers here are
+   * used only after a read succeeded, and hold only data read through the
+   * same kind of handle; the memset costs a pass over every byte read. */
+  if (nbd_set_pread_initialize(h, false) == -1) {
+    capture(e);
+    nbd_close(h);
+    return NULL;
+  }
   return h;
 }
 
@@ -234,6 +246,18 @@ int sd_poll(struct nbd_handle **hs, int n, int timeout_ms, int *bad, sd_err *e) 
     notified++;
   }
   return notified;
+}
+
+void sd_tune_socket(struct nbd_handle *h) {
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  int fd = nbd_aio_get_fd(h);
+  if (fd < 0 || getsockname(fd, (struct sockaddr *)&ss, &len) == -1 || ss.ss_family != AF_UNIX) return;
+  int n = SD_UNIX_SNDBUF;
+  /* SO_SNDBUFFORCE needs CAP_NET_ADMIN; SO_SNDBUF is capped by
+   * net.core.wmem_max. Either way the kernel doubles n. */
+  if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &n, sizeof n) == -1)
+    (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &n, sizeof n);
 }
 
 void sd_kill(struct nbd_handle *h) {

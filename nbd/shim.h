@@ -78,6 +78,15 @@ int sd_in_flight(struct nbd_handle *h);
  * return of -2 means poll(2) itself failed (errno in e->err). */
 int sd_poll(struct nbd_handle **hs, int n, int timeout_ms, int *bad, sd_err *e);
 
+/* On a unix socket, raises the send buffer to SD_UNIX_SNDBUF (as far as
+ * privileges and net.core.wmem_max allow; best effort). A unix stream
+ * socket's sender buffer bounds how much one send(2) moves before the
+ * sender sleeps until the peer reads: with the default 208 KiB a 4 MiB
+ * write wakes both sides about 40 times. TCP sockets are left to the
+ * kernel's autotuning. */
+#define SD_UNIX_SNDBUF (4 << 20)
+void sd_tune_socket(struct nbd_handle *h);
+
 /* shutdown(2) the handle's socket so libnbd sees EOF and retires every
  * in-flight command with ENOTCONN at the next notify. */
 void sd_kill(struct nbd_handle *h);

@@ -46,7 +46,7 @@
 // On SIGTERM qemu-nbd flushes the image (bdrv_close_all) and exits 0, in
 // milliseconds on this host even with a client connected; Close also fsyncs
 // the file afterwards and only SIGKILLs after ExportOptions.StopTimeout
-// (default 10 s). The flush matters: with --cache=writeback, qcow2 metadata
+// (default 10 s). The flush matters: whatever the cache mode, qcow2 metadata
 // lives in qemu-nbd's memory until flushed, so data written by a client that
 // did not flush is lost if qemu-nbd is SIGKILLed (checked on this host:
 // `qemu-img compare` then differs at offset 0). Clients should still flush

@@ -117,8 +117,14 @@ type Export struct {
 // Export starts qemu-nbd in the foreground on a backup file of the
 // repository and returns once it serves (sends the NBD greeting).
 //
-// Writable: qemu-nbd -f qcow2 -t --shared=N --cache=writeback --aio=threads
-// --discard=unmap --detect-zeroes=unmap. Read-only: qemu-nbd -r -f qcow2 -t
+// Writable: qemu-nbd -f qcow2 -t --shared=N --cache=none --aio=native
+// --discard=unmap --detect-zeroes=unmap: data goes to the disk with
+// O_DIRECT, not through the page cache, so a backup neither pays a copy
+// into the cache nor leaves gigabytes of dirty pages for the final flush
+// and for other processes to wait on (qemu-nbd's CPU per byte is a
+// quarter of --cache=writeback's in make bench-copy). On a file system
+// without O_DIRECT (tmpfs before Linux 6.6) it falls back to
+// --cache=writeback --aio=threads. Read-only: qemu-nbd -r -f qcow2 -t
 // --shared=N. A chain point is exported with its backing files read-only.
 //
 // path must be ROOT/<vm>/<disk>/<job>.qcow2 of this repository
@@ -195,7 +201,11 @@ func (r *Repo) export(ctx context.Context, path string, opts ExportOptions) (*Ex
 	if opts.ReadOnly {
 		args = append(args, "-r")
 	} else {
-		args = append(args, "--cache=writeback", "--aio=threads", "--discard=unmap", "--detect-zeroes=unmap")
+		cache := []string{"--cache=none", "--aio=native"}
+		if !directIO(abs) {
+			cache = []string{"--cache=writeback", "--aio=threads"}
+		}
+		args = append(append(args, cache...), "--discard=unmap", "--detect-zeroes=unmap")
 	}
 	network, addr := "unix", ""
 	if opts.TCPAddr != "" {
@@ -575,4 +585,15 @@ func (r *Repo) Reap(ctx context.Context, keep func(owner string) bool) ([]*Expor
 		reaped = append(reaped, e)
 	}
 	return reaped, errors.Join(errs...)
+}
+
+// directIO reports whether path can be opened for writing with O_DIRECT
+// (qemu-nbd --cache=none needs it).
+func directIO(path string) bool {
+	f, err := os.OpenFile(path, os.O_RDWR|syscall.O_DIRECT, 0)
+	if err != nil {
+		return false
+	}
+	f.Close()
+	return true
 }

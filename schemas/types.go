@@ -109,12 +109,14 @@ const (
 	FailRepository      = "repository_error"
 	FailCopy            = "copy_failed"
 	FailChangeIDMissing = "change_id_missing"
-	FailCancelled       = "cancelled"
-	FailShutdown        = "agent_shutdown"
-	FailNATS            = "nats_unavailable" // JetStream could not store (no quorum, disk full) or the lease could not be renewed
-	FailLeaseLost       = "lease_lost"       // the VM's lease was deleted or taken by someone else mid-backup
-	FailRepositoryFull  = "repository_full"  // the repository's file system is full; retried after a longer delay
-	FailInternal        = "internal"
+	// FailCanceled: `sendense cancel` stopped the running job (admin);
+	// never retried.
+	FailCanceled       = "canceled"
+	FailShutdown       = "agent_shutdown"
+	FailNATS           = "nats_unavailable" // JetStream could not store (no quorum, disk full) or the lease could not be renewed
+	FailLeaseLost      = "lease_lost"       // the VM's lease was deleted or taken by someone else mid-backup
+	FailRepositoryFull = "repository_full"  // the repository's file system is full; retried after a longer delay
+	FailInternal       = "internal"
 )
 
 // SchemaRef names the schema a message was written against.

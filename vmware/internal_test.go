@@ -1,6 +1,7 @@
 package vmware
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"os"
@@ -70,13 +71,23 @@ func TestDisksFromDevices(t *testing.T) {
 // killed when Close's context ends, and Close still cleans up.
 func TestSourceCloseKillsStubbornProcess(t *testing.T) {
 	dir := t.TempDir()
-	cmd := exec.Command("sh", "-c", `trap "" TERM; while :; do sleep 0.05; done`)
+	// sh says "trapped" once SIGTERM is ignored: the test waits for that
+	// line instead of sleeping.
+	cmd := exec.Command("sh", "-c", `trap "" TERM; echo trapped; while :; do sleep 0.05; done`)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := cmd.Start(); err != nil {
 		t.Skipf("no sh: %v", err)
 	}
+	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "trapped\n" {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		t.Fatalf("sh did not install its trap: %q, %v", line, err)
+	}
 	s := &Source{cmd: cmd, dir: dir, sock: filepath.Join(dir, "x.sock"), done: make(chan struct{}), log: zerolog.Nop()}
 	go func() { s.waitErr = cmd.Wait(); close(s.done) }()
-	time.Sleep(100 * time.Millisecond) // let sh install its trap
 
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()

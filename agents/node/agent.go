@@ -191,6 +191,10 @@ type Agent struct {
 	storeErr    error     // why it stopped; nil while it takes requests
 	downStreak  int       // failures since the last completed job
 	resumeAfter time.Time // the least pause after the last failure
+
+	// jobs are the jobs this agent runs, by job id, for Cancel (cancel.go).
+	jobsMu sync.Mutex
+	jobs   map[string]*tracked
 }
 
 // New checks the configuration and returns an agent.
@@ -204,7 +208,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	}
 	deps.VCenter, deps.Targets, deps.Catalog = timedVCenter{deps.VCenter}, timedTargets{deps.Targets}, timedCatalog{deps.Catalog}
 	a := &Agent{cfg: cfg, deps: deps, log: cfg.Log.With().Str("role", "agent").Str("agent", cfg.AgentID).Logger(),
-		metrics: newMetrics(cfg.Registry)}
+		metrics: newMetrics(cfg.Registry), jobs: map[string]*tracked{}}
 	a.metrics.setReady(true)
 	return a, nil
 }

@@ -25,6 +25,17 @@
 // catalog shows the job's outcome, so the next job of that VM sees this
 // backup as its base.
 //
+// # Cancel
+//
+// Admin cancels a job with a request on bus.AgentCancel (RequestCancel;
+// ServeCancel answers for an agent). The agent that runs the job (from the
+// decoded request until it is settled) answers CancelStopping and ends the
+// job's context with cause ErrCanceled; the run cleans up as on any
+// failure and the job ends with backup.failed reason canceled, never
+// retried, and the request is acked. Each attempt's outcome is decided
+// once (settle): a cancel that comes later answers CancelTooLate and
+// changes nothing. Other agents do not answer.
+//
 // The agent never passes state through environment variables, file names or
 // port numbers: identity travels in the events (invariant 1).
 //

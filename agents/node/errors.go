@@ -43,13 +43,13 @@ func reject(reason string, format string, a ...any) error {
 }
 
 // classify returns the reason code and retryability of err. What stopped a
-// job from outside (shutdown, a lost lease, NATS unable to store) wins
+// job from outside (a cancel, shutdown, a lost lease, NATS unable to store) wins
 // over the error of the step it interrupted.
 func classify(err error) (reason string, retryable bool) {
 	var je *jobError
 	isJob := errors.As(err, &je)
 	switch {
-	case isJob && (je.reason == schemas.FailShutdown || je.reason == schemas.FailLeaseLost || je.reason == schemas.FailNATS):
+	case isJob && (je.reason == schemas.FailCanceled || je.reason == schemas.FailShutdown || je.reason == schemas.FailLeaseLost || je.reason == schemas.FailNATS):
 		return je.reason, je.retryable
 	case errors.Is(err, context.Canceled):
 		// Whatever was under way when the job's context ended (shutdown;
@@ -61,4 +61,10 @@ func classify(err error) (reason string, retryable bool) {
 		return schemas.FailInternal, true
 	}
 	return schemas.FailInternal, false
+}
+
+// canceledError is the failure of a job admin canceled (Cancel): reason
+// canceled, never retried; err is what the cancel interrupted.
+func canceledError(err error) error {
+	return fail(schemas.FailCanceled, false, fmt.Errorf("%w (it stopped: %w)", ErrCanceled, err))
 }

@@ -100,6 +100,11 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	r.log = r.log.With().Int("attempt", r.attempt).Logger()
 
+	// From here the job can be canceled (Cancel): jctx ends with cause
+	// ErrCanceled, and failAndSettle ends the job as canceled.
+	jctx, untrack := a.track(ctx, r)
+	defer untrack()
+
 	if err := a.resolve(ctx, r); err != nil {
 		var rj *rejection
 		if errors.As(err, &rj) {
@@ -113,6 +118,10 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 	holder := bus.Holder{Agent: a.cfg.AgentID, JobID: r.jobID, Attempt: r.attempt}
 	lease, err := a.deps.Leases.Acquire(ctx, bus.VMLeaseKey(r.vm.InstanceUUID), holder)
 	if errors.Is(err, bus.ErrLeaseHeld) {
+		if a.settle(r.jobID) {
+			a.failAndSettle(ctx, r, nil, stop, canceledError(err))
+			return
+		}
 		r.log.Info().Err(err).Dur("delay", a.cfg.LeaseWait).Msg("vm busy; request waits")
 		stop()
 		_ = msg.NakWithDelay(a.cfg.LeaseWait)
@@ -126,7 +135,18 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 
 	began := time.Now()
 	done := a.metrics.started()
-	completed, runs, err := a.run(lease.Context(), r)
+	// The run ends when the lease is lost or the job is canceled.
+	rctx, rcancel := context.WithCancelCause(lease.Context())
+	stopCancel := context.AfterFunc(jctx, func() { rcancel(context.Cause(jctx)) })
+	completed, runs, err := a.run(rctx, r)
+	stopCancel()
+	rcancel(nil)
+	if err == nil && a.settle(r.jobID) {
+		// Canceled after the copy, before its outcome was decided: the
+		// closed targets go, and no completed event is published.
+		a.abortTargets(ctx, r, runs)
+		err = canceledError(errors.New("the copy was done; its closed targets were removed"))
+	}
 	if err == nil {
 		err = a.publishCompleted(ctx, r, lease, completed, runs)
 	}
@@ -345,9 +365,14 @@ func (a *Agent) rejectAndTerm(ctx context.Context, r *request, stop func(), rj *
 // failAndSettle publishes backup.failed, then acks (permanent or out of
 // attempts) or naks with backoff (retryable). A failure it could not
 // publish is never acked: the request comes back once NATS stores again.
+// A job admin canceled before its outcome was decided (Cancel) fails as
+// canceled, whatever err.
 func (a *Agent) failAndSettle(ctx context.Context, r *request, lease *bus.Lease, stop func(), err error) {
 	cctx, cancel := a.cleanupCtx(ctx)
 	defer cancel()
+	if a.settle(r.jobID) && !errors.Is(err, ErrCanceled) {
+		err = canceledError(err) // canceled first: whatever it interrupted
+	}
 	reason, retryable := classify(err)
 	final := !retryable || r.failures+1 >= a.cfg.MaxAttempts
 	ev := &schemas.Failed{
@@ -360,7 +385,11 @@ func (a *Agent) failAndSettle(ctx context.Context, r *request, lease *bus.Lease,
 	if ev.VM.UUID == "" && validName(r.req.VM) {
 		ev.VM.Name = r.req.VM // failed before the VM was resolved
 	}
-	r.log.Error().Err(err).Str("reason", reason).Bool("retryable", ev.Retryable).Msg("backup failed")
+	if reason == schemas.FailCanceled {
+		r.log.Info().Err(err).Msg("backup canceled")
+	} else {
+		r.log.Error().Err(err).Str("reason", reason).Bool("retryable", ev.Retryable).Msg("backup failed")
+	}
 	a.metrics.outcome(OutcomeFailed)
 	perr := a.publish(cctx, ev)
 	if perr != nil {

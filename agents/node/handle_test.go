@@ -31,6 +31,7 @@ func TestClassify(t *testing.T) {
 		{"lost lease over a canceled copy", fail(schemas.FailLeaseLost, true, copyCanceled), schemas.FailLeaseLost, true},
 		{"nats over a canceled copy", fail(schemas.FailNATS, true, copyCanceled), schemas.FailNATS, true},
 		{"shutdown", fail(schemas.FailShutdown, true, copyCanceled), schemas.FailShutdown, true},
+		{"canceled by admin over a canceled copy", canceledError(copyCanceled), schemas.FailCanceled, false},
 		{"a step interrupted by shutdown", fail(schemas.FailSnapshot, true, copyCanceled), schemas.FailShutdown, true},
 		{"a bare cancel", copyCanceled, schemas.FailShutdown, true},
 		{"a step's own failure", fail(schemas.FailCopy, true, errors.New("read: EIO")), schemas.FailCopy, true},
@@ -132,5 +133,65 @@ func TestAttemptOf(t *testing.T) {
 		if got := attemptOf(tt.delivered, backup.Job{Attempt: tt.seen}); got != tt.want {
 			t.Errorf("attemptOf(%d, seen %d) = %d, want %d", tt.delivered, tt.seen, got, tt.want)
 		}
+	}
+}
+
+// TestLeaseLossMidCopy: a copy running under the lease's context stops
+// when the lease is deleted mid-copy; the run's error is classified
+// lease_lost (not a shutdown), published retryable, and the request comes
+// back after the backoff.
+func TestLeaseLossMidCopy(t *testing.T) {
+	s := bustest.Embedded(t)
+	ctx := context.Background()
+	leases, err := bus.NewLeases(ctx, s.JS, "", 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lease, err := leases.Acquire(ctx, bus.VMLeaseKey("vm-1"), bus.Holder{Agent: "a1", JobID: "job-1", Attempt: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The copy: it runs until its context (the lease's) ends.
+	copied := make(chan error, 1)
+	go func() {
+		<-lease.Context().Done()
+		copied <- fmt.Errorf("copy disk 2000 of vm vm-1: %w", context.Cause(lease.Context()))
+	}()
+	kv, err := s.JS.KeyValue(ctx, bus.LeaseBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Delete(ctx, bus.VMLeaseKey("vm-1")); err != nil {
+		t.Fatal(err)
+	}
+	var copyErr error
+	select {
+	case copyErr = <-copied:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the copy did not stop within 30 s of its lease being deleted")
+	}
+
+	pub := &failPublisher{}
+	a := &Agent{
+		cfg: Config{AgentID: "a1", MaxAttempts: 5, RetryBackoff: 2 * time.Second, CatalogWait: time.Second,
+			ShutdownTimeout: 5 * time.Second, StoreProbeInterval: time.Second},
+		deps: Deps{Publisher: pub, Catalog: failedCatalog{}},
+		log:  zerolog.New(zerolog.NewTestWriter(t)),
+	}
+	err = a.whyStopped(ctx, lease, copyErr)
+	if reason, retryable := classify(err); reason != schemas.FailLeaseLost || !retryable {
+		t.Errorf("copy stopped by a lost lease: %v classified %s, retryable %t; want %s, retryable", err, reason, retryable, schemas.FailLeaseLost)
+	}
+	msg := &settleMsg{}
+	r := &request{msg: msg, jobID: "job-1", attempt: 1, req: schemas.Request{VM: "pgtest1", Repository: "default"}, log: zerolog.New(zerolog.NewTestWriter(t))}
+	a.failAndSettle(ctx, r, lease, func() {}, err)
+	if len(pub.evs) != 1 {
+		t.Fatalf("published %d events, want one backup.failed", len(pub.evs))
+	}
+	if f := pub.evs[0].(*schemas.Failed); f.Reason != schemas.FailLeaseLost || !f.Retryable {
+		t.Errorf("published reason %s retryable %t, want %s, retryable", f.Reason, f.Retryable, schemas.FailLeaseLost)
+	}
+	if msg.acked || len(msg.naks) != 1 || msg.naks[0] != 2*time.Second {
+		t.Errorf("acked %t, naks %v; want one nak after the backoff", msg.acked, msg.naks)
 	}
 }

@@ -136,3 +136,65 @@ func TestFailAndSettle(t *testing.T) {
 		})
 	}
 }
+
+// TestCancel: Cancel stops a job this agent runs (its context ends with
+// cause ErrCanceled) and the job then fails as canceled, never retried,
+// whatever the interrupted step said; a job whose outcome is decided
+// answers too late and runs on; a job this agent does not run gets no
+// answer.
+func TestCancel(t *testing.T) {
+	pub := &failPublisher{}
+	a := &Agent{
+		cfg: Config{AgentID: "a1", MaxAttempts: 5, RetryBackoff: time.Second, CatalogWait: time.Second,
+			ShutdownTimeout: 5 * time.Second, StoreProbeInterval: time.Second},
+		deps: Deps{Publisher: pub, Catalog: failedCatalog{}},
+		log:  zerolog.New(zerolog.NewTestWriter(t)),
+		jobs: map[string]*tracked{},
+	}
+	if _, ok := a.Cancel("job-1"); ok {
+		t.Fatal("Cancel of a job the agent does not run answered")
+	}
+	msg := &settleMsg{}
+	r := &request{msg: msg, jobID: "job-1", attempt: 2, failures: 1,
+		req: schemas.Request{VM: "pgtest1", Repository: "default"}, log: zerolog.New(zerolog.NewTestWriter(t))}
+	jctx, untrack := a.track(context.Background(), r)
+	reply, ok := a.Cancel("job-1")
+	if !ok || reply != (CancelReply{Agent: "a1", JobID: "job-1", Attempt: 2, State: CancelStopping}) {
+		t.Errorf("Cancel = %+v, %t; want a1 stopping attempt 2", reply, ok)
+	}
+	if !canceled(jctx) {
+		t.Errorf("job context after Cancel: %v (cause %v), want canceled by ErrCanceled", jctx.Err(), context.Cause(jctx))
+	}
+	if again, _ := a.Cancel("job-1"); again.State != CancelStopping {
+		t.Errorf("second Cancel = %+v, want stopping again", again)
+	}
+	// The copy saw its context end; it would be retried as a shutdown.
+	a.failAndSettle(context.Background(), r, nil, func() {}, fmt.Errorf("copy disk 2000: %w", context.Canceled))
+	untrack()
+	if len(pub.evs) != 1 {
+		t.Fatalf("published %d events, want one backup.failed", len(pub.evs))
+	}
+	if f := pub.evs[0].(*schemas.Failed); f.Reason != schemas.FailCanceled || f.Retryable {
+		t.Errorf("published reason %s retryable %t, want canceled, not retryable", f.Reason, f.Retryable)
+	}
+	if !msg.acked || len(msg.naks) != 0 {
+		t.Errorf("request acked %t, naks %v; want acked (never retried)", msg.acked, msg.naks)
+	}
+	if _, ok := a.Cancel("job-1"); ok {
+		t.Error("Cancel answered for a job that ended")
+	}
+
+	// Its copy done, the job's outcome is decided: too late.
+	r2 := &request{jobID: "job-2", attempt: 1, log: r.log}
+	jctx2, untrack2 := a.track(context.Background(), r2)
+	defer untrack2()
+	if a.settle("job-2") {
+		t.Fatal("settle of a job nobody canceled says canceled")
+	}
+	if reply, ok := a.Cancel("job-2"); !ok || reply.State != CancelTooLate {
+		t.Errorf("Cancel after the outcome = %+v, %t; want too late", reply, ok)
+	}
+	if jctx2.Err() != nil {
+		t.Errorf("a job canceled too late was stopped: %v", context.Cause(jctx2))
+	}
+}

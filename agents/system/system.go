@@ -762,6 +762,10 @@ func (s *System) startAgent(ctx context.Context) error {
 		return err
 	}
 	s.agent = ag
+	// Admin's `sendense cancel` reaches the agent on nc (closed by Stop).
+	if _, err := node.ServeCancel(nc, ag); err != nil {
+		return err
+	}
 	s.addAgentChecks(js, cons, vc, repoapi.NewClient(nc))
 	s.run("agent", ag.Run)
 	return nil

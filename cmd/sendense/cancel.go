@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/sendense/sendense/agents/catalog"
+	"github.com/sendense/sendense/agents/node"
 	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
@@ -21,68 +23,182 @@ func init() { extraCommands = append(extraCommands, newCancelCmd) }
 // publishes (backup.rejected.admin): the admin, not an agent, ended the job.
 const CancelAgent = "admin"
 
-func newCancelCmd(a *app) *cobra.Command {
-	return &cobra.Command{
-		Use:   "cancel JOB",
-		Short: "Cancel a queued backup job: remove its request from the queue and record it as rejected (canceled); needs admin",
-		Long: `Cancel a queued backup job (status queued: no agent started it yet). Its request
-is deleted from BACKUP_REQUESTS and a backup.rejected with reason canceled records it, so
-the catalog shows the job rejected (canceled). JOB is a job id or a unique prefix of at
-least 4 characters. Deleting from the queue needs the admin role.
+// Exit codes of cancel besides 0 (canceled) and 1 (an error).
+const (
+	// exitCancelEnded: the job ended otherwise before the cancel took
+	// effect (completed, failed or rejected): nothing was canceled.
+	exitCancelEnded = 6
+	// exitCancelTimeout: the agent is stopping the job but the catalog did
+	// not show its outcome within --timeout.
+	exitCancelTimeout = 5
+)
 
-A running job cannot be canceled yet: cancel says so and changes nothing.`,
-		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return runCancel(cmd.Context(), a, args[0])
-		},
-	}
+// cancelAnswerWait bounds the wait for the agent running a job to answer:
+// it answers at once; silence means no agent runs the job.
+const cancelAnswerWait = 3 * time.Second
+
+type cancelCmd struct {
+	timeout time.Duration
+	json    bool
 }
 
-func runCancel(ctx context.Context, a *app, idOrPrefix string) error {
+func newCancelCmd(a *app) *cobra.Command {
+	c := &cancelCmd{}
+	cmd := &cobra.Command{
+		Use:   "cancel JOB",
+		Short: "Cancel a queued or running backup job and wait until the catalog shows it ended; needs admin",
+		Long: `Cancel a backup job. JOB is a job id or a unique prefix of at least 4 characters.
+Needs the admin role.
+
+A queued job (no agent started it yet): its request is deleted from BACKUP_REQUESTS and a
+backup.rejected with reason canceled records it; the job shows rejected (canceled).
+
+A running job: the agent running it stops the copy, removes the VM's snapshot, aborts the
+job's targets in the repository (no partial file is left), releases the VM's lease and
+publishes backup.failed with reason canceled (not retryable); the job shows failed
+(canceled). The next backup of the VM is an incremental on its last completed backup.
+
+A job between attempts (failed, its request waiting for the retry): its request is deleted
+from the queue and a backup.failed with reason canceled ends it.
+
+cancel waits until the catalog shows the outcome (at most --timeout) and prints it. A job
+whose copy is already done completes: cancel says so and exits 6.
+
+Exit codes: 0 canceled; 6 the job already ended (completed, failed or rejected) and nothing
+was canceled; 5 the agent is stopping the job but the catalog did not show the outcome
+within --timeout; 1 any other error (unknown job, no agent runs it, no server).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return c.run(cmd.Context(), a, args[0])
+		},
+	}
+	cmd.Flags().DurationVar(&c.timeout, "timeout", time.Minute, "stop waiting for the catalog to show the outcome after this long (exit 5)")
+	cmd.Flags().BoolVar(&c.json, "json", false, "print the canceled job's record, as the catalog shows it, as one JSON object")
+	return cmd
+}
+
+func (c *cancelCmd) run(ctx context.Context, a *app, idOrPrefix string) error {
 	nc, err := a.connect(ctx, bus.RoleAdmin)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
 	cat := catalog.NewClient(nc)
 	j, err := cat.ResolveJob(ctx, idOrPrefix)
 	if err != nil {
 		return err
 	}
+	if j.Ended() {
+		return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended %s; nothing to cancel", j.ID, outcome(j))}
+	}
+	// A queued job's request, or that of a job between attempts (failed,
+	// retryable, waiting for its redelivery), is taken off the queue
+	// first: an agent that took it meanwhile answers the cancel below and
+	// ends the job as canceled itself; if none answers, cancel records it.
+	var removed []byte
+	if j.Status == backup.StatusQueued || j.Status == backup.StatusFailed {
+		if removed, err = dequeue(ctx, nc, j); err != nil {
+			return err
+		}
+	}
+	wait := cancelAnswerWait
+	if removed != nil {
+		wait = time.Second // most likely no agent took it
+	}
+	reply, err := node.RequestCancel(ctx, nc, j.ID, wait)
 	switch {
-	case j.Status == backup.StatusRunning || (j.Status == backup.StatusFailed && !j.Ended()):
-		return fmt.Errorf("cancel job %s: it is %s (agent %s); canceling a running job is not supported yet", j.ID, j.Status, dash(j.Agent))
-	case j.Status != backup.StatusQueued:
-		return fmt.Errorf("cancel job %s: it already ended (%s); nothing to cancel", j.ID, j.Status)
+	case errors.Is(err, node.ErrNoAgent) && removed != nil && j.Status == backup.StatusQueued:
+		return c.rejectQueued(ctx, a, nc, cat, j, removed)
+	case errors.Is(err, node.ErrNoAgent) && removed != nil:
+		return c.failBetweenAttempts(ctx, a, nc, cat, j)
+	case errors.Is(err, node.ErrNoAgent):
+		if now, jerr := cat.Job(ctx, j.ID); jerr == nil && now.Ended() {
+			return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended %s; nothing to cancel", j.ID, outcome(now))}
+		}
+		return fmt.Errorf("cancel job %s (%s, agent %s): %w", j.ID, j.Status, dash(j.Agent), err)
+	case err != nil:
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	// The attempt's outcome: canceled, or completed when the answer was
+	// too late (a failure that came first also ends the wait).
+	final, err := cat.Await(wctx, j.ID, func(j backup.Job) bool {
+		return j.Ended() || j.Status == backup.StatusFailed && j.Failure != nil && j.Failure.Attempt >= reply.Attempt
+	})
+	if err != nil {
+		if wctx.Err() != nil && ctx.Err() == nil {
+			return &exitError{code: exitCancelTimeout, err: fmt.Errorf("cancel job %s: agent %s is stopping attempt %d, but the catalog did not show its outcome within %s: see `sendense job %s`", j.ID, reply.Agent, reply.Attempt, c.timeout, j.ID)}
+		}
+		return fmt.Errorf("cancel job %s: wait for the catalog: %w", j.ID, err)
+	}
+	if final.Status == backup.StatusFailed && final.Failure != nil && final.Failure.Reason == schemas.FailCanceled {
+		return c.canceled(a, final, fmt.Sprintf(": agent %s stopped attempt %d (failed, reason canceled; snapshot removed, targets aborted)", reply.Agent, reply.Attempt))
+	}
+	return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended %s before the cancel took effect; nothing canceled", j.ID, outcome(final))}
+}
+
+// canceled prints the canceled job: "job ID canceled" followed by how, or with
+// --json the job's record as the catalog shows it.
+func (c *cancelCmd) canceled(a *app, j backup.Job, how string) error {
+	if c.json {
+		return writeJSONLine(a, j)
+	}
+	_, err := fmt.Fprintf(a.stdout, "job %s canceled%s\n", j.ID, how)
+	return err
+}
+
+// outcome describes an ended job: its status and, for a failure or a
+// rejection, its reason.
+func outcome(j backup.Job) string {
+	s := "(" + j.Status + ")"
+	if j.Failure != nil && (j.Status == backup.StatusFailed || j.Status == backup.StatusRejected) {
+		s += " with reason " + j.Failure.Reason
+		if j.Status == backup.StatusFailed && j.Failure.Retryable {
+			s += ", to be retried"
+		}
+	}
+	return s
+}
+
+// dequeue deletes a queued job's request from BACKUP_REQUESTS and returns
+// it; nil when the request already left the queue (an agent acked it).
+func dequeue(ctx context.Context, nc *nats.Conn, j backup.Job) (request []byte, err error) {
+	if j.RequestSeq == 0 {
+		// A job that failed before it started: nothing says where its
+		// request is.
+		return nil, fmt.Errorf("cancel job %s: attempt %d failed before it started and the job waits for its retry; no agent runs it now and its request's place in the queue is unknown: cancel it once it runs again (`sendense watch --job %s`)", j.ID, j.Attempt, j.ID)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
 	}
 	st, err := js.Stream(ctx, bus.StreamRequests)
 	if err != nil {
-		return fmt.Errorf("cancel job %s: stream %s: %w", j.ID, bus.StreamRequests, err)
+		return nil, fmt.Errorf("cancel job %s: stream %s: %w", j.ID, bus.StreamRequests, err)
 	}
 	m, err := st.GetMsg(ctx, j.RequestSeq)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return fmt.Errorf("cancel job %s: its request (seq %d) left the queue: an agent took it; see `sendense job %s`", j.ID, j.RequestSeq, j.ID)
+		return nil, nil
 	}
 	if err != nil {
-		return fmt.Errorf("cancel job %s: read request seq %d: %w", j.ID, j.RequestSeq, err)
+		return nil, fmt.Errorf("cancel job %s: read request seq %d: %w", j.ID, j.RequestSeq, err)
 	}
 	if m.Subject != bus.SubjectRequested {
-		return fmt.Errorf("cancel job %s: seq %d is a %s, not its request", j.ID, j.RequestSeq, m.Subject)
+		return nil, fmt.Errorf("cancel job %s: seq %d is a %s, not its request", j.ID, j.RequestSeq, m.Subject)
 	}
 	if err := st.DeleteMsg(ctx, j.RequestSeq); err != nil {
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return fmt.Errorf("cancel job %s: its request (seq %d) left the queue: an agent took it; see `sendense job %s`", j.ID, j.RequestSeq, j.ID)
+			return nil, nil
 		}
-		return fmt.Errorf("cancel job %s: delete request seq %d from %s: %w", j.ID, j.RequestSeq, bus.StreamRequests, err)
+		return nil, fmt.Errorf("cancel job %s: delete request seq %d from %s: %w", j.ID, j.RequestSeq, bus.StreamRequests, err)
 	}
-	pub, err := bus.NewAgentPublisher(js, CancelAgent, a.log)
-	if err != nil {
-		return err
-	}
+	return m.Data, nil
+}
+
+// rejectQueued records a queued job whose request cancel removed, and that
+// no agent runs: backup.rejected reason canceled on backup.rejected.admin.
+func (c *cancelCmd) rejectQueued(ctx context.Context, a *app, nc *nats.Conn, cat *catalog.Client, j backup.Job, request []byte) error {
 	ev := &schemas.Rejected{
 		Header: schemas.Header{
 			ID:      bus.EventID(j.ID, 1, schemas.NameRejected, 0, 0),
@@ -92,18 +208,62 @@ func runCancel(ctx context.Context, a *app, idOrPrefix string) error {
 		},
 		Reason:  schemas.RejectCanceled,
 		Message: fmt.Sprintf("canceled by %s before an agent started it (request seq %d removed from the queue)", requester(), j.RequestSeq),
-		Request: cut(string(m.Data), 4096),
+		Request: cut(string(request), 4096),
 	}
 	ev.VM.Name = j.VM.Name // as the request named it; it passed the request's schema
 	schemas.Stamp(&ev.Header, schemas.NameRejected)
+	return c.record(ctx, a, nc, cat, j, ev, " (its request was removed from the queue)")
+}
+
+// failBetweenAttempts records a job whose retryable failure left its
+// request waiting for a redelivery that cancel removed, and that no agent
+// runs: backup.failed reason canceled, not retryable, on
+// backup.failed.admin under the next attempt (which no agent started, so
+// the catalog files it: an attempt belongs to its first started event's
+// agent).
+func (c *cancelCmd) failBetweenAttempts(ctx context.Context, a *app, nc *nats.Conn, cat *catalog.Client, j backup.Job) error {
+	attempt := j.Attempt + 1
+	ev := &schemas.Failed{
+		Header: schemas.Header{
+			ID:      bus.EventID(j.ID, attempt, schemas.NameFailed, 0, 0),
+			Time:    time.Now().UTC(),
+			JobID:   j.ID,
+			Attempt: attempt,
+			VM:      j.VM,
+		},
+		Repository: j.Repository,
+		Reason:     schemas.FailCanceled,
+		Message:    fmt.Sprintf("canceled by %s between attempts (request seq %d removed from the queue)", requester(), j.RequestSeq),
+	}
+	schemas.Stamp(&ev.Header, schemas.NameFailed)
+	return c.record(ctx, a, nc, cat, j, ev, " between attempts (failed, reason canceled; its request was removed from the queue)")
+}
+
+// record publishes ev, cancel's record of a job whose request it removed,
+// on backup.<type>.admin, waits until the catalog shows the job ended, and
+// prints it as canceled (how says how). Had an agent taken the request
+// after all, its attempt owns the outcome: exit 6.
+func (c *cancelCmd) record(ctx context.Context, a *app, nc *nats.Conn, cat *catalog.Client, j backup.Job, ev schemas.Event, how string) error {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	pub, err := bus.NewAgentPublisher(js, CancelAgent, a.log)
+	if err != nil {
+		return err
+	}
 	if _, err := pub.PublishEvent(ctx, ev); err != nil {
 		return fmt.Errorf("cancel job %s: its request was removed, but recording it failed: %w", j.ID, err)
 	}
-	actx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	actx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	if _, err := cat.Await(actx, j.ID, func(j backup.Job) bool { return j.Status == backup.StatusRejected }); err != nil {
-		return fmt.Errorf("cancel job %s: removed and recorded, but the catalog does not show it yet: %w", j.ID, err)
+	final, err := cat.Await(actx, j.ID, func(j backup.Job) bool { return j.Ended() })
+	if err != nil {
+		return &exitError{code: exitCancelTimeout, err: fmt.Errorf("cancel job %s: removed and recorded, but the catalog does not show it yet: %w", j.ID, err)}
 	}
-	fmt.Fprintf(a.stdout, "job %s canceled (its request was removed from the queue)\n", j.ID)
-	return nil
+	// canceled is the reason of a rejected and of a failed job alike.
+	if final.Failure == nil || final.Failure.Reason != schemas.RejectCanceled && final.Failure.Reason != schemas.FailCanceled {
+		return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended %s before the cancel took effect; nothing canceled", j.ID, outcome(final))}
+	}
+	return c.canceled(a, final, how)
 }

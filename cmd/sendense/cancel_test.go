@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sendense/sendense/backup"
+	"github.com/sendense/sendense/bus"
+	"github.com/sendense/sendense/schemas"
+)
+
+// TestCancelRunning runs `sendense cancel` on a job whose copy is under
+// way: it waits for the outcome, prints it and exits 0; the catalog shows
+// the job failed with reason canceled and no file of it is left in the
+// repository; the next backup completes, and canceling that completed job
+// exits 6 saying it already completed; a job between attempts is canceled
+// too. The target's qemu-nbd is stopped (SIGSTOP) from backup.started
+// until the agent logged the cancel, so the copy cannot finish first.
+func TestCancelRunning(t *testing.T) {
+	s := startServe(t, "scale:vms=1,disks=1,size=1GiB,fill=768MiB,prefix=cancel")
+	id := bus.NewJobID()
+	target := s.stopTargetOnStart(t, "cancel001", id)
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			_ = syscall.Kill(target, syscall.SIGCONT)
+		}
+	}
+	t.Cleanup(resume)
+
+	c := startProc(t, append([]string{"cancel", id[:8]}, s.cli...)...)
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(s.p.out.String(), `"message":"cancel requested"`) {
+		if time.Now().After(deadline) || c.exited() {
+			t.Fatalf("the agent did not log the cancel; cancel said:\n%s", c.out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	resume()
+	select {
+	case <-c.done:
+	case <-time.After(time.Minute):
+		t.Fatal("cancel did not return within a minute")
+	}
+	if code := c.state.ExitCode(); code != 0 || !strings.Contains(c.out.String(), "job "+id+" canceled: agent ") {
+		t.Fatalf("cancel exit %d:\n%s", code, c.out.String())
+	}
+	j := s.awaitJob(t, id, 10*time.Second, func(j backup.Job) bool { return j.Status == backup.StatusFailed })
+	if j.Failure == nil || j.Failure.Reason != schemas.FailCanceled || j.Failure.Retryable {
+		t.Errorf("job %s failure %+v, want reason canceled, not retryable", id, j.Failure)
+	}
+	_ = filepath.WalkDir(s.data, func(p string, _ os.DirEntry, err error) error {
+		if err == nil && strings.Contains(filepath.Base(p), id) {
+			t.Errorf("file of the canceled job left: %s", p)
+		}
+		return nil
+	})
+
+	out := s.must(t, "backup", "--vm", "cancel001", "--wait")
+	if !strings.Contains(out, "completed") {
+		t.Fatalf("backup after the cancel:\n%s", out)
+	}
+	done := strings.Fields(out[strings.Index(out, "job "):])[1]
+	_, err := s.run(t, "cancel", done)
+	if code := exitCode(err); code != exitCancelEnded || !strings.Contains(err.Error(), "already ended (completed)") {
+		t.Errorf("cancel of a completed job: exit %d (%v), want %d saying it already completed", code, err, exitCancelEnded)
+	}
+
+	// Between attempts: its target killed mid-copy, attempt 1 failed
+	// (retryable) and the request waits for its redelivery (5 s). cancel
+	// removes it and the job ends canceled (had attempt 2 started, its
+	// agent would have stopped it: canceled too).
+	retried := bus.NewJobID()
+	if err := syscall.Kill(s.stopTargetOnStart(t, "cancel001", retried, "--type", "full"), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	s.awaitJob(t, retried, time.Minute, func(j backup.Job) bool { return j.Status == backup.StatusFailed })
+	out, err = s.run(t, "cancel", retried, "--json")
+	if err != nil {
+		t.Fatalf("cancel between attempts: %q, %v", out, err)
+	}
+	// --json: the job's record as the catalog shows it once canceled.
+	if err := json.Unmarshal([]byte(out), &j); err != nil || j.ID != retried {
+		t.Fatalf("cancel --json printed %q (%v), want job %s's record", out, err, retried)
+	}
+	if j.Status != backup.StatusFailed || j.Failure == nil || j.Failure.Reason != schemas.FailCanceled || j.Failure.Retryable {
+		t.Errorf("job %s canceled between attempts: %s, failure %+v; want failed, reason canceled, not retryable", retried, j.Status, j.Failure)
+	}
+	js, err := jetstream.New(s.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(context.Background(), bus.StreamRequests)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := st.Info(context.Background()); err != nil || info.State.Msgs != 0 {
+		t.Errorf("requests left in the queue after the cancel: %+v, %v", info.State, err)
+	}
+}
+
+// stopTargetOnStart requests a backup of vm as job id (with backup's
+// flags) and, once backup.started says its target is open and the copy
+// begins, stops the target's qemu-nbd (SIGSTOP): the copy cannot finish.
+// It returns the stopped process's pid.
+func (s *served) stopTargetOnStart(t *testing.T, vm, id string, flags ...string) int {
+	t.Helper()
+	started := make(chan struct{}, 1)
+	sub, err := s.nc.Subscribe(schemas.NameStarted+".*", func(m *nats.Msg) {
+		if ev, err := schemas.Decode(m.Subject, m.Data); err == nil && ev.EventHeader().JobID == id {
+			select {
+			case started <- struct{}{}:
+			default:
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	s.must(t, append([]string{"backup", "--vm", vm, "--job-id", id}, flags...)...)
+	select {
+	case <-started:
+	case <-time.After(time.Minute):
+		t.Fatalf("job %s did not start within a minute", id)
+	}
+	pid := processWith(t, "qemu-nbd", id)
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// processWith waits for a running process named name whose command line
+// contains arg (polling /proc) and returns its pid; it fails the test
+// after a minute.
+func processWith(t *testing.T, name, arg string) int {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		dirs, _ := os.ReadDir("/proc")
+		for _, d := range dirs {
+			pid, err := strconv.Atoi(d.Name())
+			if err != nil {
+				continue
+			}
+			cmdline, err := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
+			if err != nil {
+				continue
+			}
+			args := strings.Split(string(cmdline), "\x00")
+			if filepath.Base(args[0]) == name && strings.Contains(string(cmdline), arg) {
+				return pid
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s process with %q in its command line within a minute", name, arg)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
