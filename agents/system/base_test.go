@@ -11,6 +11,7 @@ import (
 // repository makes the next backup a full with reason base_missing,
 // instead of failing every backup of the VM for good.
 func TestBaseMissing(t *testing.T) {
+	t.Parallel()
 	h := startHarness(t, nil)
 	head := h.completed(h.request("pgtest1", schemas.TypeAuto, ""))
 	for _, d := range head.Disks {

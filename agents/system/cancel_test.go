@@ -23,6 +23,7 @@ import (
 // under way, the target's qemu-nbd is stopped (SIGSTOP) until the cancel
 // was answered, so the copy cannot finish before the cancel reaches it.
 func TestCancelMidCopy(t *testing.T) {
+	t.Parallel()
 	h := startHarness(t, func(c *Config) {
 		// Progress soon enough to see the copy under way.
 		c.AgentConfig.ProgressInterval = 50 * time.Millisecond

@@ -83,6 +83,7 @@ var edgeRounds = [][]guestOp{{
 // the next snapshot did). CBT replies are paged (more areas than one reply
 // carries, across 4 GiB) and the last CBT block and cluster are partial.
 func TestThreeIncrementals(t *testing.T) {
+	t.Parallel()
 	const vm = "edgevm"
 	h := startHarness(t, func(c *Config) {
 		for _, spec := range smallVMs() {

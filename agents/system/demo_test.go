@@ -11,6 +11,7 @@ import (
 // TestDemo runs the demo's script against a pipeline with the small VMs:
 // every check of `make demo` must pass.
 func TestDemo(t *testing.T) {
+	t.Parallel()
 	h := startHarness(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()

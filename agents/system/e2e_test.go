@@ -21,6 +21,7 @@ import (
 // reads the simulated vCenter's disks: local files, and https (its /folder
 // interface through nbdkit curl, as an agent on another host reads them).
 func TestFullThenIncremental(t *testing.T) {
+	t.Parallel()
 	for _, transport := range []string{"", TransportHTTPS} {
 		name := transport
 		if name == "" {
@@ -119,6 +120,7 @@ func fullThenIncremental(t *testing.T, transport string) {
 // TestBadRequests: each bad input gets backup.rejected with its reason and
 // is not redelivered; the next valid request still completes.
 func TestBadRequests(t *testing.T) {
+	t.Parallel()
 	h := startHarness(t, nil)
 	cases := []struct {
 		body, reason string
@@ -161,6 +163,7 @@ func TestBadRequests(t *testing.T) {
 // TestSameVMTwice: two requests at once run one after the other, both
 // complete, and the chain is in order.
 func TestSameVMTwice(t *testing.T) {
+	t.Parallel()
 	h := startHarness(t, nil)
 	a := h.request("pgtest1", schemas.TypeAuto, "job-a")
 	b := h.request("pgtest1", schemas.TypeAuto, "job-b")
@@ -192,6 +195,7 @@ func TestSameVMTwice(t *testing.T) {
 // TestWritesDuringBackup: guest writes made while a backup copies are not
 // in that backup and are in the next incremental.
 func TestWritesDuringBackup(t *testing.T) {
+	t.Parallel()
 	h := startHarness(t, nil)
 	h.completed(h.request("pgtest1", schemas.TypeAuto, ""))
 	id := h.request("pgtest1", schemas.TypeAuto, "")
@@ -216,6 +220,7 @@ func TestWritesDuringBackup(t *testing.T) {
 // TestResetAndResize: a CBT reset and a disk resize between backups make
 // the next backup a full with that reason, and the chain restarts.
 func TestResetAndResize(t *testing.T) {
+	t.Parallel()
 	h := startHarness(t, nil)
 	h.completed(h.request("pgtest1", schemas.TypeAuto, ""))
 	if err := h.sys.Testbed.ResetCBT("pgtest1", 2000); err != nil {

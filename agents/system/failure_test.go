@@ -49,6 +49,7 @@ func (h *harness) checkClean(vm, vmUUID, jobID string) {
 // gives backup.failed with the reason; no snapshot, export or partial file
 // is left; the next backup's base is the last good one.
 func TestTargetKilledMidCopy(t *testing.T) {
+	t.Parallel()
 	h := startHarness(t, func(c *Config) { c.AgentConfig.MaxAttempts = 1 })
 	good := h.completed(h.request("bigvm", schemas.TypeAuto, ""))
 	if _, err := h.sys.Testbed.WriteRandom("bigvm", 2000, 0.5, 3); err != nil {
@@ -86,6 +87,7 @@ func TestTargetKilledMidCopy(t *testing.T) {
 // retryable and releases its snapshot, targets and lease; another agent
 // then completes the job.
 func TestAgentStopMidCopy(t *testing.T) {
+	t.Parallel()
 	h := startHarness(t, nil)
 	id := h.request("bigvm", schemas.TypeFull, "")
 	st := h.waitStarted(id)
@@ -122,6 +124,7 @@ func TestAgentStopMidCopy(t *testing.T) {
 // reported as a retryable backup.failed, then a final backup.failed; the
 // request leaves the work queue.
 func TestTransientFailureGivesUp(t *testing.T) {
+	t.Parallel()
 	h := startHarness(t, func(c *Config) { c.AgentConfig.MaxAttempts = 3 })
 	h.sys.StopRole("repository")
 	id := h.request("pgtest1", schemas.TypeAuto, "")
@@ -145,6 +148,7 @@ func TestTransientFailureGivesUp(t *testing.T) {
 // snapshots of jobs the catalog knows are finished, and leaves those of
 // jobs it does not know.
 func TestStaleSnapshots(t *testing.T) {
+	t.Parallel()
 	h := startHarness(t, nil)
 	done := h.completed(h.request("pgtest1", schemas.TypeAuto, ""))
 	ctx := context.Background()

@@ -17,6 +17,7 @@ import (
 // from anyone; the catalog shows the removed points pruned and the kept
 // one completed.
 func TestForgetScheduled(t *testing.T) {
+	t.Parallel()
 	h := startHarness(t, nil)
 	var jobs []string
 	for range 3 {

@@ -8,6 +8,7 @@ import (
 )
 
 func TestInventoryScale(t *testing.T) {
+	t.Parallel()
 	vms, err := Inventory("scale:vms=100,disks=2,size=1GiB,fill=16MiB")
 	if err != nil {
 		t.Fatal(err)

@@ -42,6 +42,7 @@ func onCluster(t *testing.T) (func(*Config), *bustest.ClusterServers) {
 // nats_unavailable), every event id stands for one payload, and the backup
 // restores identical to its snapshot.
 func TestQuorumLoss(t *testing.T) {
+	t.Parallel()
 	mod, cl := onCluster(t)
 	h := startHarness(t, mod)
 	h.completed(h.request("pgtest1", schemas.TypeAuto, ""))

@@ -21,6 +21,7 @@ import (
 // removes a file that is no completed job's disk and belongs to no running
 // backup once it is older than the grace, and keeps every completed one.
 func TestOrphansReconciled(t *testing.T) {
+	t.Parallel()
 	h := startHarness(t, func(c *Config) {
 		c.ReconcileInterval = 300 * time.Millisecond
 		c.ReconcileGrace = time.Second
@@ -82,6 +83,7 @@ func TestOrphansReconciled(t *testing.T) {
 // attempt fails with repository_full, the next one waits at least
 // RepositoryFullBackoff, and once there is space the job completes.
 func TestRepositoryFull(t *testing.T) {
+	t.Parallel()
 	root := testutil.Tmpfs(t, 40<<20)
 	const backoff = 3 * time.Second
 	h := startHarness(t, func(c *Config) {

@@ -34,6 +34,7 @@ func keyIn(s []byte) string {
 // (never a unix socket), and no key shows up in any event on backup.> or
 // in any log line.
 func TestRepoOverTLS(t *testing.T) {
+	t.Parallel()
 	h := startHarness(t, func(c *Config) {
 		c.RepoListen = "127.0.0.1"
 		c.RepoPorts = hub.PortRange{Lo: 20809, Hi: 20909}

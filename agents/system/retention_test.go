@@ -31,6 +31,7 @@ import (
 // first stays an incremental of the previous kept point. The seed is
 // printed; SENDENSE_SEED repeats a run.
 func TestRetentionRandomized(t *testing.T) {
+	t.Parallel()
 	const vm = "pgtest1"
 	seed := uint64(time.Now().UnixNano())
 	if s := os.Getenv("SENDENSE_SEED"); s != "" {

@@ -19,6 +19,7 @@ import (
 // rejected as job_id_reused, under a job id of its own, and the first
 // job's record stays that of its own VM.
 func TestJobIDReusedWhileRunning(t *testing.T) {
+	t.Parallel()
 	h := startHarness(t, nil)
 	id := bus.NewJobID()
 	h.request("pgtest1", schemas.TypeFull, id)

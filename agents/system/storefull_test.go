@@ -21,6 +21,7 @@ import (
 // did not store; once space is back the server restarts JetStream by
 // itself, the agent resumes, and the job completes and restores identical.
 func TestStoreFull(t *testing.T) {
+	t.Parallel()
 	h, natsDir, id, st, filler := fillDuringBackup(t)
 	_ = natsDir
 	time.Sleep(5 * time.Second) // what a spinning agent would use to cycle
@@ -51,6 +52,7 @@ func TestStoreFull(t *testing.T) {
 // (the agent cannot publish its failure, leases cannot be written) takes
 // less than 10 s; before, SIGTERM took 30 s.
 func TestStoreFullStop(t *testing.T) {
+	t.Parallel()
 	h, _, _, _, _ := fillDuringBackup(t)
 	began := time.Now()
 	h.sys.Stop()

@@ -137,6 +137,7 @@ func bumped(t *testing.T, id string) string {
 // refused by the server, and one with them (the job's own agent, or
 // another) is poisoned by the catalog; the next incremental is correct.
 func TestForgedCompleted(t *testing.T) {
+	t.Parallel()
 	h := startHarness(t, withAgents("rogue"))
 	h.completed(h.request("pgtest1", schemas.TypeAuto, ""))
 	h.guestWrite("pgtest1", 21)
@@ -197,6 +198,7 @@ func TestForgedCompleted(t *testing.T) {
 // repository, from agent credentials, are poisoned and never a chain head;
 // without agent credentials a forged started is refused.
 func TestForgedJobs(t *testing.T) {
+	t.Parallel()
 	h := startHarness(t, nil)
 	real := h.completed(h.request("pgtest1", schemas.TypeAuto, ""))
 	vm := real.VM
@@ -273,6 +275,7 @@ func TestForgedJobs(t *testing.T) {
 // target, never reports completed for that attempt, and the job is tried
 // again and completes on the previous head: the chain does not fork.
 func TestLeaseDeleted(t *testing.T) {
+	t.Parallel()
 	h := startHarness(t, func(c *Config) {
 		withAgents("rogue")(c)
 		c.LeaseTTL = 3 * time.Second

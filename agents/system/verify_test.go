@@ -61,6 +61,7 @@ func (h *harness) verify(req repoapi.VerifyRequest) repoapi.VerifyReply {
 // an incremental; a refcount broken in the full fails its qemu-img check;
 // an unknown job is a clear error.
 func TestVerify(t *testing.T) {
+	t.Parallel()
 	h := startHarness(t, nil)
 	fullID := h.request("pgtest1", schemas.TypeAuto, "")
 	full := h.completed(fullID)
@@ -194,6 +195,7 @@ func resultOf(t *testing.T, rep repoapi.VerifyReply, key int32) repoapi.VerifyRe
 // backup.verify.requested) makes the hub verify the VM's backups and
 // publish backup.verified, with no request from anyone.
 func TestVerifyScheduled(t *testing.T) {
+	t.Parallel()
 	h := startHarness(t, nil)
 	full := h.completed(h.request("pgtest1", schemas.TypeAuto, ""))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -26,6 +26,7 @@ import (
 // the CLI, and `restore --verify` writes each point identical to what the
 // snapshot froze.
 func TestBackupCommands(t *testing.T) {
+	t.Parallel()
 	s := startServe(t, "small")
 	p, nc, nurl := s.p, s.nc, s.cli
 
@@ -132,6 +133,7 @@ func TestBackupCommands(t *testing.T) {
 // stream binds (seen on backup.>, never stored): --wait does not report
 // it; the job is still only queued (no agent runs).
 func TestWaitShowsOnlyStoredOutcomes(t *testing.T) {
+	t.Parallel()
 	data := t.TempDir()
 	port := freePort(t)
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)

@@ -27,6 +27,7 @@ import (
 // too. The target's qemu-nbd is stopped (SIGSTOP) from backup.started
 // until the agent logged the cancel, so the copy cannot finish first.
 func TestCancelRunning(t *testing.T) {
+	t.Parallel()
 	s := startServe(t, "scale:vms=1,disks=1,size=1GiB,fill=768MiB,prefix=cancel")
 	id := bus.NewJobID()
 	target := s.stopTargetOnStart(t, "cancel001", id)
@@ -135,7 +136,7 @@ func (s *served) stopTargetOnStart(t *testing.T, vm, id string, flags ...string)
 	case <-time.After(time.Minute):
 		t.Fatalf("job %s did not start within a minute", id)
 	}
-	pid := processWith(t, "qemu-nbd", id)
+	pid := processWith(t, "qemu-nbd", s.data, id)
 	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
@@ -143,9 +144,10 @@ func (s *served) stopTargetOnStart(t *testing.T, vm, id string, flags ...string)
 }
 
 // processWith waits for a running process named name whose command line
-// contains arg (polling /proc) and returns its pid; it fails the test
-// after a minute.
-func processWith(t *testing.T, name, arg string) int {
+// contains every one of args (polling /proc) and returns its pid; it fails
+// the test after a minute. Tests run in parallel: give an arg unique to
+// the test, such as its data directory.
+func processWith(t *testing.T, name string, args ...string) int {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for {
@@ -159,14 +161,23 @@ func processWith(t *testing.T, name, arg string) int {
 			if err != nil {
 				continue
 			}
-			args := strings.Split(string(cmdline), "\x00")
-			if filepath.Base(args[0]) == name && strings.Contains(string(cmdline), arg) {
+			argv := strings.Split(string(cmdline), "\x00")
+			if filepath.Base(argv[0]) == name && containsAll(string(cmdline), args) {
 				return pid
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no %s process with %q in its command line within a minute", name, arg)
+			t.Fatalf("no %s process with %q in its command line within a minute", name, args)
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+}
+
+func containsAll(s string, subs []string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
 }

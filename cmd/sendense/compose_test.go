@@ -63,6 +63,7 @@ const (
 // No Docker engine runs it here; this keeps it from drifting from the
 // tested topology.
 func TestComposeMatchesTopology(t *testing.T) {
+	t.Parallel()
 	raw, err := os.ReadFile(filepath.Join("..", "..", "docker-compose.yml"))
 	if err != nil {
 		t.Fatal(err)

@@ -22,6 +22,7 @@ import (
 // restores identically to the frozen image of its snapshot, `jobs` shows
 // the removed job pruned and repo check is clean. Bad flags exit 2.
 func TestForgetCLI(t *testing.T) {
+	t.Parallel()
 	s := startServe(t, "small")
 	sim := simctl.NewClient(s.nc)
 	jobs := []string{"fg-1", "fg-2", "fg-3"}

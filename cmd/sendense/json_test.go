@@ -36,6 +36,7 @@ func subjectOf(m map[string]json.RawMessage) string {
 // sizes while --json keeps exact bytes, and the job table fits 100
 // columns.
 func TestJSONOutputs(t *testing.T) {
+	t.Parallel()
 	s := startServe(t, "small")
 	watch := startProc(t, append([]string{"watch", "--json", "--job", "json-1", "--log-level", "debug", "--log-format", "json"}, s.cli...)...)
 	for !strings.Contains(watch.out.String(), `"message":"watching"`) { // subscribed

@@ -16,6 +16,7 @@ import (
 // on failures work from the start, and passes the linter `promtool check
 // metrics` runs.
 func TestMetricsExposition(t *testing.T) {
+	t.Parallel()
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	s := startServe(t, "small", "--metrics-listen", addr)
 	// Every role registers its collectors as it starts: wait until all

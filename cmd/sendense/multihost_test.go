@@ -51,6 +51,7 @@ type lab struct {
 // and completed by a retry. Incrementals follow, and every point restored
 // on the restore host equals the simulated vCenter's frozen image.
 func TestMultiHost(t *testing.T) {
+	t.Parallel()
 	for _, tool := range []string{"qemu-img", "qemu-nbd", "nbdkit"} {
 		testutil.RequireTool(t, tool)
 	}

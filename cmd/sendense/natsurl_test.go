@@ -20,6 +20,7 @@ import (
 // connection fails at once naming the URL and the dial's error; the
 // client logs no connection lifecycle lines.
 func TestClientNATSSources(t *testing.T) {
+	t.Parallel()
 	natsCLI := testutil.NATSCLI(t)
 	s := startServe(t, "small")
 	cfg := t.TempDir()

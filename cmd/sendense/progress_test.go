@@ -57,6 +57,7 @@ func drive(pr printer, clk *fakeClock) *progressCounter {
 }
 
 func TestPlainPrinter(t *testing.T) {
+	t.Parallel()
 	clk := &fakeClock{t: time.Unix(1e9, 0)}
 	var out, errOut bytes.Buffer
 	pr := newPlainPrinter(&out, clk.now)
@@ -105,6 +106,7 @@ func TestPlainPrinter(t *testing.T) {
 }
 
 func TestTermPrinter(t *testing.T) {
+	t.Parallel()
 	clk := &fakeClock{t: time.Unix(1e9, 0)}
 	var out syncBuffer
 	var errOut bytes.Buffer
@@ -145,6 +147,7 @@ func TestTermPrinter(t *testing.T) {
 // The JSON printer prints NDJSON only: each event as received as
 // {"subject":…,"event":{…}}, then the result; no text, bars or summary.
 func TestJSONPrinter(t *testing.T) {
+	t.Parallel()
 	clk := &fakeClock{t: time.Unix(1e9, 0)}
 	var out, errOut bytes.Buffer
 	pr := newJSONPrinter(&out)
@@ -183,6 +186,7 @@ func TestJSONPrinter(t *testing.T) {
 // A restore is counted by the CLI itself: its counter's sampler gives the
 // rate, and the ETA follows from it.
 func TestRestoreCounterRate(t *testing.T) {
+	t.Parallel()
 	clk := &fakeClock{t: time.Unix(1e9, 0)}
 	c := newProgressCounter(clk.now)
 	c.setKind(2000, "restore")

@@ -27,6 +27,7 @@ import (
 // says the backup goes on; Ctrl-C while waiting exits 130 with the same
 // hint instead of "context canceled".
 func TestQueuedWithoutAgent(t *testing.T) {
+	t.Parallel()
 	data := t.TempDir()
 	mustCLI(t, "creds", "init", "--data", data, "--agent", catalogtest.Agent)
 	url := bustest.ExternalWithConfig(t, mustCLI(t, "creds", "server-config", "--data", data))
@@ -143,6 +144,7 @@ func TestQueuedWithoutAgent(t *testing.T) {
 // as long as the lease is held; once released the agent runs it, and its
 // created time stays the request's, before its start.
 func TestQueuedWhileLeaseHeld(t *testing.T) {
+	t.Parallel()
 	api := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	s := startServe(t, "small", "--api-listen", api)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

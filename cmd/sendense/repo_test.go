@@ -18,6 +18,7 @@ import (
 // file is left behind it exits 1 naming the missing file, lists the orphan
 // without removing it under --dry-run, and removes it without.
 func TestRepoCheck(t *testing.T) {
+	t.Parallel()
 	s := startServe(t, "small")
 	p, nurl, data := s.p, s.cli, s.data
 	mustCLI(t, append([]string{"backup", "--vm", "pgtest1", "--wait", "--job-id", "chk-full"}, nurl...)...)

@@ -19,6 +19,7 @@ import (
 // and `restore --verify` reads the nbds:// export with the key of its
 // reply, identical to what the snapshot froze.
 func TestRestoreOverTLS(t *testing.T) {
+	t.Parallel()
 	s := startServe(t, "small", "--repo-listen", "127.0.0.1", "--repo-ports", "22809-22909")
 	s.must(t, "backup", "--vm", "pgtest1", "--wait", "--job-id", "tls-full")
 	dir := t.TempDir()
@@ -64,6 +65,7 @@ func TestRestoreOverTLS(t *testing.T) {
 // TestRepoFlagsInvalid: export settings that cannot work stop the hub at
 // once with the flag named.
 func TestRepoFlagsInvalid(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -85,6 +87,7 @@ func TestRepoFlagsInvalid(t *testing.T) {
 // scratch copy that is removed, and verify names the first sector that
 // differs.
 func TestRestoreCopyAndVerify(t *testing.T) {
+	t.Parallel()
 	testutil.RequireTool(t, "nbdcopy")
 	testutil.RequireTool(t, "qemu-img")
 	dir := t.TempDir()

@@ -14,6 +14,7 @@ import (
 // TestRetentionFlags: the keep flags build the policy a forget command
 // applies; bad counts and no policy at all are errors naming the flag.
 func TestRetentionFlags(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		args    []string
 		want    retention.Policy

@@ -20,6 +20,7 @@ import (
 // second add of the name is refused (exit 4) unless --force; list shows
 // the next firing; rm stops it and a second rm says it is gone.
 func TestScheduleCommands(t *testing.T) {
+	t.Parallel()
 	s := startServe(t, "small")
 
 	for _, tc := range []struct {

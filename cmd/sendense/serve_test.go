@@ -26,6 +26,7 @@ import (
 // the stream acknowledged is lost, nothing is applied twice. Then serve
 // stops cleanly on SIGTERM.
 func TestServeKillRestart(t *testing.T) {
+	t.Parallel()
 	data := t.TempDir()
 	port := freePort(t)
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
@@ -133,6 +134,7 @@ func TestServeKillRestart(t *testing.T) {
 // interrupted job is retryable (agent_shutdown), and the next serve on the
 // same --data completes it.
 func TestServeStopsMidBackup(t *testing.T) {
+	t.Parallel()
 	s := startServe(t, "sample")
 	s.must(t, "backup", "--vm", "pgtest1", "--job-id", "long-1", "--type", "full")
 	s.awaitJob(t, "long-1", time.Minute, func(j backup.Job) bool { return j.Status == backup.StatusRunning && len(j.Disks) > 0 })

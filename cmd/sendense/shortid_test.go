@@ -17,6 +17,7 @@ import (
 // at least 4 characters; an ambiguous one fails naming the candidates; `vms`
 // lists the VM with its last backup and restore points.
 func TestShortIDsAndVMs(t *testing.T) {
+	t.Parallel()
 	s := startServe(t, "small")
 	s.must(t, "backup", "--vm", "pgtest1", "--wait", "--job-id", "abcd-one")
 	s.must(t, "backup", "--vm", "pgtest1", "--wait", "--job-id", "abcd-two")
@@ -100,6 +101,7 @@ func TestShortIDsAndVMs(t *testing.T) {
 // prints the shared definitions; the commands that never connect do not
 // list the NATS flags in their help.
 func TestVersionSchemasHelp(t *testing.T) {
+	t.Parallel()
 	bin := filepath.Join(t.TempDir(), "sendense")
 	if out, err := exec.Command("go", "build", "-ldflags", "-X main.version=v9.9.9-test", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
@@ -140,6 +142,7 @@ func TestVersionSchemasHelp(t *testing.T) {
 // TestServeRepositoryIDFlag: --repository-id is checked before anything
 // starts: ID=NAME, and NAME a repository that exists.
 func TestServeRepositoryIDFlag(t *testing.T) {
+	t.Parallel()
 	for _, tt := range []struct{ arg, want string }{
 		{"x", "want ID=NAME"},
 		{"2=nosuch", "no repository nosuch"},

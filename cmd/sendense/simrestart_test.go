@@ -18,6 +18,7 @@ import (
 // the agent removes as stale; the next backup is incremental from the last
 // completed point (no cbt_reset), and new snapshots still work.
 func TestSimulatedVCenterSurvivesKill(t *testing.T) {
+	t.Parallel()
 	s := startServe(t, "pair", fastFailover...)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

@@ -134,6 +134,7 @@ func waitReady(t *testing.T, p *proc, addr string) health.Report {
 // API), with streams of 3 replicas. Before, /readyz answered 503 with the
 // start-up check, and /healthz 200.
 func TestStartupWaitsForCluster(t *testing.T) {
+	t.Parallel()
 	for _, tool := range []string{"qemu-img", "qemu-nbd", "nbdkit"} {
 		testutil.RequireTool(t, tool)
 	}
@@ -222,6 +223,7 @@ func TestStartupWaitsForCluster(t *testing.T) {
 // an error naming what it waited for; with a server up but no hub, the
 // agent names the lease bucket and the catalog its consumer's stream.
 func TestStartupTimeout(t *testing.T) {
+	t.Parallel()
 	src := t.TempDir()
 	mustCLI(t, "creds", "init", "--data", src, "--agent", "a1")
 	down := fmt.Sprintf("nats://127.0.0.1:%d", freePort(t))
@@ -260,6 +262,7 @@ func TestStartupTimeout(t *testing.T) {
 
 // SIGTERM ends a process within 10 s, also while it waits for the cluster.
 func TestSIGTERMWhileWaiting(t *testing.T) {
+	t.Parallel()
 	src := t.TempDir()
 	mustCLI(t, "creds", "init", "--data", src)
 	down := fmt.Sprintf("nats://127.0.0.1:%d", freePort(t))
@@ -281,6 +284,7 @@ func TestSIGTERMWhileWaiting(t *testing.T) {
 // under the data dir is as it was (no NATS store opened, no catalog, no
 // seed made, no nats CLI context).
 func TestSecondServeRefused(t *testing.T) {
+	t.Parallel()
 	data := t.TempDir()
 	port := freePort(t)
 	metrics := fmt.Sprintf("127.0.0.1:%d", freePort(t))

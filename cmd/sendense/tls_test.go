@@ -100,6 +100,7 @@ func TestServeNATSTLS(t *testing.T) {
 // prints, with a certificate from creds tls, runs a real nats-server that
 // requires TLS and admits an agent with its seed and the CA.
 func TestCredsServerConfigTLS(t *testing.T) {
+	t.Parallel()
 	data := t.TempDir()
 	init := mustCLI(t, "creds", "init", "--data", data, "--agent", "node1")
 	if !strings.Contains(init, filepath.Join(data, "tls", "ca.pem")) {
@@ -161,6 +162,7 @@ func TestCredsServerConfigTLS(t *testing.T) {
 // TestNATSOptionsCA: the CA under --data is used by itself; TLS is then
 // required unless every URL is on loopback; --nats-ca always requires it.
 func TestNATSOptionsCA(t *testing.T) {
+	t.Parallel()
 	a := &app{dataDir: t.TempDir()}
 	if o := a.natsOptions("x", []string{"tls://10.0.0.1:4222"}); o.TLSCA != "" {
 		t.Errorf("no CA under --data: TLSCA %q", o.TLSCA)

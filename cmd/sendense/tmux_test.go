@@ -18,6 +18,7 @@ import (
 // recorded" lines are all there once, no bar line stayed behind, and the
 // summary ends it.
 func TestBackupWaitInTmux(t *testing.T) {
+	t.Parallel()
 	tmux := testutil.RequireTool(t, "tmux")
 	s := startServe(t, "small")
 	sock := fmt.Sprintf("sendense-test-%d", time.Now().UnixNano())

@@ -78,6 +78,7 @@ func simReadyWithin(t testing.TB, p *proc, d time.Duration) map[string]string {
 // incremental backup of the small inventory complete, and both restore
 // identical to the images the snapshots froze.
 func TestVCenterSimRemoteAgent(t *testing.T) {
+	t.Parallel()
 	for _, tool := range []string{"qemu-img", "qemu-nbd", "nbdkit"} {
 		testutil.RequireTool(t, tool)
 	}
@@ -170,6 +171,7 @@ func TestVCenterSimRemoteAgent(t *testing.T) {
 // TestTransportFlags: a wrong transport choice is refused before anything
 // starts, saying what is wrong.
 func TestTransportFlags(t *testing.T) {
+	t.Parallel()
 	pw := filepath.Join(t.TempDir(), "pw")
 	if err := os.WriteFile(pw, []byte("x\n"), 0o600); err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 // flipped byte in a data cluster exits 2 naming the chunk, an unknown job
 // exits 1 naming it, and restore --verify checks the manifest too.
 func TestVerifyCommand(t *testing.T) {
+	t.Parallel()
 	s := startServe(t, "small")
 	s.must(t, "backup", "--vm", "pgtest1", "--wait", "--job-id", "v-full")
 	out := s.must(t, "verify", "--job", "v-full")
