@@ -157,3 +157,38 @@ func TestRestartBadState(t *testing.T) {
 		}
 	}
 }
+
+// TestStaleSimHomeRemoved: govmomi's model keeps a directory in the temp
+// dir (/tmp/govcsim-*) that only its Remove deletes. A testbed killed
+// before Close leaves it; the next testbed on the same Dir removes it, and
+// a clean Close leaves none of its own.
+func TestStaleSimHomeRemoved(t *testing.T) {
+	dir := t.TempDir()
+	stale, err := os.MkdirTemp("", "govcsim-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(stale) })
+	if err := os.WriteFile(filepath.Join(dir, ".vcsim-home"), []byte(stale), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opts := testbed.Options{Dir: dir, KeepImages: true, BlockSize: 4096,
+		VMs: []testbed.VMSpec{oneVM("vm1", testbed.DiskSpec{CapacityBytes: 4 * mib, FillBytes: mib})}}
+	tb, _ := start(t, opts)
+	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the killed testbed's %s survived the next start: %v", stale, err)
+	}
+	home, err := os.ReadFile(filepath.Join(dir, ".vcsim-home"))
+	if err != nil || string(home) == stale {
+		t.Fatalf("recorded simulator home %q, %v; want this testbed's", home, err)
+	}
+	if _, err := os.Stat(string(home)); err != nil {
+		t.Fatalf("this testbed's simulator home %s: %v", home, err)
+	}
+	if err := tb.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(string(home)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s left after Close: %v", home, err)
+	}
+}

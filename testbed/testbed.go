@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 	"time"
 
@@ -177,6 +178,10 @@ type snapRecord struct {
 
 var vmNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$`)
 
+// simStart serializes the making of govmomi simulator models and servers
+// (see New).
+var simStart sync.Mutex
+
 // New starts a simulated vCenter (govmomi's simulator with one datacenter,
 // one host and datastore LocalDS_0) serving HTTPS on Options.Listen, creates
 // the VMs and their images, and returns when all are ready. Close it.
@@ -195,23 +200,12 @@ func New(ctx context.Context, opts Options) (_ *Testbed, err error) {
 		}
 	}()
 
-	m := simulator.VPX()
-	m.Datacenter, m.Host, m.Cluster, m.ClusterHost, m.Portgroup, m.Machine, m.Datastore = 1, 1, 0, 0, 0, 0, 1
-	m.Autostart = false
-	if err := m.Create(); err != nil {
-		return nil, fmt.Errorf("create simulator model: %w", err)
-	}
-	tb.model = m
-	var cert tls.Certificate
-	if opts.Certificate != nil {
-		cert = *opts.Certificate
-	} else if cert, err = serverCertificate(opts.Listen, opts.TLSHosts); err != nil {
+	// govmomi's models share the default option settings (package-level
+	// OptionValues that NewServer rewrites), so two testbeds made at once
+	// race: one at a time.
+	if err := newSimulator(tb, opts); err != nil {
 		return nil, err
 	}
-	m.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
-	m.Service.Listen = &url.URL{Host: opts.Listen, User: url.UserPassword(opts.User, opts.Password)}
-	m.Map().Handler = tb.handle
-	tb.server = m.Service.NewServer()
 	// Before any client connects: /folder needs a session (datastore.go).
 	tb.server.Config.Handler = tb.folderHandler(tb.server.Config.Handler)
 
@@ -224,6 +218,17 @@ func New(ctx context.Context, opts Options) (_ *Testbed, err error) {
 	tb.mu.Unlock()
 	if err := tb.findDatastores(ctx); err != nil {
 		return nil, err
+	}
+	tb.mu.Lock()
+	home := ""
+	for _, u := range tb.dsDirs {
+		home = filepath.Dir(u) // the datastores are directories of the model's home
+	}
+	tb.mu.Unlock()
+	if home != "" {
+		if err := removeStaleSimHome(opts.Dir, home); err != nil {
+			return nil, err
+		}
 	}
 	known := map[string]bool{}
 	if restore {
@@ -632,6 +637,59 @@ func (tb *Testbed) vmByRef(ref types.ManagedObjectReference) *vmState {
 		if vm.ref == ref {
 			return vm
 		}
+	}
+	return nil
+}
+
+// newSimulator makes tb's govmomi model and its server (tb.model,
+// tb.server), one testbed at a time (simStart).
+func newSimulator(tb *Testbed, opts Options) error {
+	simStart.Lock()
+	defer simStart.Unlock()
+	m := simulator.VPX()
+	m.Datacenter, m.Host, m.Cluster, m.ClusterHost, m.Portgroup, m.Machine, m.Datastore = 1, 1, 0, 0, 0, 0, 1
+	m.Autostart = false
+	if err := m.Create(); err != nil {
+		return fmt.Errorf("create simulator model: %w", err)
+	}
+	tb.model = m
+	var cert tls.Certificate
+	var err error
+	if opts.Certificate != nil {
+		cert = *opts.Certificate
+	} else if cert, err = serverCertificate(opts.Listen, opts.TLSHosts); err != nil {
+		return err
+	}
+	m.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	m.Service.Listen = &url.URL{Host: opts.Listen, User: url.UserPassword(opts.User, opts.Password)}
+	m.Map().Handler = tb.handle
+	tb.server = m.Service.NewServer()
+	return nil
+}
+
+// simHomeFile names, in Options.Dir, the temp directory govmomi's model
+// made (its "vcsim.home", /tmp/govcsim-*): Close removes it (Model.Remove),
+// a process killed before that does not, and the next New on the same Dir
+// does (removeStaleSimHome).
+const simHomeFile = ".vcsim-home"
+
+// removeStaleSimHome removes the model directory a testbed killed on dir
+// left behind, then records home as this one's.
+func removeStaleSimHome(dir, home string) error {
+	path := filepath.Join(dir, simHomeFile)
+	if old, err := os.ReadFile(path); err == nil {
+		stale := filepath.Clean(string(old))
+		if filepath.Dir(stale) == filepath.Clean(os.TempDir()) && strings.HasPrefix(filepath.Base(stale), "govcsim-") && stale != home {
+			if err := os.RemoveAll(stale); err != nil {
+				return fmt.Errorf("remove the simulator directory %s a killed testbed left: %w", stale, err)
+			}
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("record the simulator directory: %w", err)
+	}
+	if err := os.WriteFile(path, []byte(home), 0o600); err != nil {
+		return fmt.Errorf("record the simulator directory: %w", err)
 	}
 	return nil
 }
