@@ -26,7 +26,8 @@ type jobTimes struct {
 	// hub is the job's repository calls outside the copy phase: info,
 	// abort, and the wall time of opening and of closing the disks'
 	// targets (each done for all disks at once); the digests sent in the
-	// copy phase count as copy.
+	// copy phase count as copy. Targets opened while vCenter snapshots
+	// (earlyTargets) count only with the wait for them after the plan.
 	hub time.Duration
 	// catalog is the job's catalog lookups (job, chain heads), not the
 	// wait for the catalog to show the outcome (awaitCatalog).
