@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -147,9 +148,11 @@ func (a *Agent) run(ctx context.Context, r *request) (_ *schemas.Completed, _ []
 	timesOf(ctx).setCopy(copyStart)
 
 	// The copy is done: remove the snapshot (consolidating the guest's
-	// writes made meanwhile), then close the targets.
-	a.removeSnapshot(ctx, r, snap)
+	// writes made meanwhile) while the targets close; neither needs the
+	// other, and both are done before the outcome is decided.
 	snapRemoved = true
+	var removing sync.WaitGroup
+	removing.Go(func() { a.removeSnapshot(ctx, r, snap) })
 	// Closed at once too: each stops a qemu-nbd and writes a manifest.
 	closeStart := time.Now()
 	cg := new(errgroup.Group)
@@ -165,6 +168,7 @@ func (a *Agent) run(ctx context.Context, r *request) (_ *schemas.Completed, _ []
 	}
 	err = cg.Wait()
 	timesOf(ctx).addHub(closeStart)
+	removing.Wait()
 	if err != nil {
 		return nil, nil, err
 	}
