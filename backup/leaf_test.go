@@ -19,6 +19,7 @@ func TestWireTypesAreLeaves(t *testing.T) {
 	}{
 		{"backup", []string{"go.etcd.io/bbolt", mod + "store", "github.com/nats-io/nats.go"}},
 		{"agents/hub/repoapi", []string{"go.etcd.io/bbolt", mod + "store", mod + "agents/hub", mod + "nbd"}},
+		{"agents/node/agentapi", []string{"go.etcd.io/bbolt", mod + "store", mod + "agents/node", mod + "copier", mod + "nbd"}},
 		{"agents/node", []string{"go.etcd.io/bbolt", mod + "store", mod + "agents/hub", mod + "agents/catalog"}},
 	} {
 		out, err := exec.Command("go", "list", "-deps", mod+tc.pkg).CombinedOutput()

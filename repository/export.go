@@ -69,9 +69,10 @@ type ExportOptions struct {
 	// or address clients on other hosts reach this one by. Default: the
 	// host of TCPAddr.
 	AdvertiseHost string
-	// SocketDir is where the private (0700) directory of the unix socket
-	// is made. Default "" means os.TempDir(). The socket path must stay
-	// under 100 bytes (ErrSocketPath).
+	// SocketDir is where the private (0700) directory of the unix socket,
+	// or of a TCP export's TLS key, is made. Default "" means
+	// os.TempDir(). The socket path must stay under 100 bytes
+	// (ErrSocketPath).
 	SocketDir string
 	// Owner is the token Reap passes to its keep function, normally the
 	// job id of the job using the export. Default: the job id of the
@@ -214,7 +215,7 @@ func (r *Repo) export(ctx context.Context, path string, opts ExportOptions) (*Ex
 			return nil, err
 		}
 		network, addr = "tcp", net.JoinHostPort(host, port)
-		dir, err := opts.PSK.WriteDir("")
+		dir, err := opts.PSK.WriteDir(opts.SocketDir)
 		if err != nil {
 			return nil, err
 		}

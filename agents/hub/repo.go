@@ -75,7 +75,9 @@ type RepoOptions struct {
 	// (sendense_repo_reconciled_files_total, ..._bytes_total,
 	// sendense_repo_reconcile_rounds_total). Nil: none.
 	Registry prometheus.Registerer
-	// SocketDir is where export sockets go. Default os.TempDir().
+	// SocketDir is where export sockets and TCP exports' TLS keys go,
+	// each in a private directory removed when the export closes.
+	// Default os.TempDir().
 	SocketDir string
 	// Listen is the host or address exports are served on over TCP with
 	// TLS, for agents and restores on other hosts. Each export gets a port

@@ -77,6 +77,10 @@ type Config struct {
 	AgentID string
 	// MaxJobs is how many backups run at once. Default 2.
 	MaxJobs int
+	// RunDir is where the agent writes a target's TLS pre-shared key for
+	// the copier while it copies (a private 0700 directory per target,
+	// removed after). Default os.TempDir().
+	RunDir string
 	// DiskParallel is how many disks of one VM are copied at once. Default 2.
 	DiskParallel int
 	// MaxAttempts is how many attempts of a job may fail retryably; the

@@ -5,10 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/sendense/sendense/agents/node/agentapi"
 	"github.com/sendense/sendense/bus"
 )
 
@@ -16,37 +16,6 @@ import (
 // (Agent.Cancel): the run stops, cleans up as on any failure, and the job
 // ends with backup.failed reason canceled, never retried.
 var ErrCanceled = errors.New("canceled by admin")
-
-// ErrNoAgent: no agent answered a cancel (RequestCancel) within the wait:
-// none runs the job, or none is connected.
-var ErrNoAgent = errors.New("no agent runs the job")
-
-// CancelRequest is the body of a request on bus.AgentCancel.
-type CancelRequest struct {
-	JobID string `json:"job_id"`
-}
-
-// CancelReply is the answer of the agent that runs the job. Agents that do
-// not run it do not answer.
-type CancelReply struct {
-	Agent   string `json:"agent"`
-	JobID   string `json:"job_id"`
-	Attempt int    `json:"attempt"`
-	// State is CancelStopping or CancelTooLate.
-	State string `json:"state"`
-}
-
-// Cancel reply states.
-const (
-	// CancelStopping: the agent stops the job; backup.failed with reason
-	// canceled follows once its snapshot is removed, its targets aborted
-	// and its lease released.
-	CancelStopping = "stopping"
-	// CancelTooLate: the attempt already has its outcome (its copy is done
-	// and backup.completed is on its way, or it failed): nothing is
-	// canceled, the catalog shows that outcome.
-	CancelTooLate = "too_late"
-)
 
 // tracked is one job the agent runs, for Cancel.
 type tracked struct {
@@ -98,16 +67,16 @@ func (a *Agent) settle(jobID string) (canceled bool) {
 // ok is false when the agent does not run the job. Once the job's outcome
 // is decided (its copy is done, or it failed), the reply is CancelTooLate
 // and nothing changes. Safe for concurrent use.
-func (a *Agent) Cancel(jobID string) (_ CancelReply, ok bool) {
+func (a *Agent) Cancel(jobID string) (_ agentapi.CancelReply, ok bool) {
 	a.jobsMu.Lock()
 	defer a.jobsMu.Unlock()
 	t, ok := a.jobs[jobID]
 	if !ok {
-		return CancelReply{}, false
+		return agentapi.CancelReply{}, false
 	}
-	reply := CancelReply{Agent: a.cfg.AgentID, JobID: jobID, Attempt: t.attempt, State: CancelStopping}
+	reply := agentapi.CancelReply{Agent: a.cfg.AgentID, JobID: jobID, Attempt: t.attempt, State: agentapi.CancelStopping}
 	if t.settled && !t.requested {
-		reply.State = CancelTooLate
+		reply.State = agentapi.CancelTooLate
 		return reply, true
 	}
 	t.requested = true
@@ -127,7 +96,7 @@ func canceled(jctx context.Context) bool {
 // other than an inbox gets none either (bus.ReplyAllowed).
 func ServeCancel(nc *nats.Conn, a *Agent) (*nats.Subscription, error) {
 	sub, err := nc.Subscribe(bus.AgentCancel, func(m *nats.Msg) {
-		var req CancelRequest
+		var req agentapi.CancelRequest
 		if err := json.Unmarshal(m.Data, &req); err != nil || req.JobID == "" || !bus.ReplyAllowed(m.Reply) {
 			a.log.Warn().Str("reply", m.Reply).Msg("ignoring malformed cancel request")
 			return
@@ -146,29 +115,4 @@ func ServeCancel(nc *nats.Conn, a *Agent) (*nats.Subscription, error) {
 		return nil, fmt.Errorf("subscribe %s: %w", bus.AgentCancel, err)
 	}
 	return sub, nil
-}
-
-// RequestCancel asks the agents to cancel job jobID and returns the answer
-// of the one that runs it. It waits at most wait for an answer, then
-// returns ErrNoAgent (also at once when no agent listens). The caller
-// needs the admin role.
-func RequestCancel(ctx context.Context, nc *nats.Conn, jobID string, wait time.Duration) (CancelReply, error) {
-	data, err := json.Marshal(CancelRequest{JobID: jobID})
-	if err != nil {
-		return CancelReply{}, err
-	}
-	rctx, cancel := context.WithTimeout(ctx, wait)
-	defer cancel()
-	m, err := nc.RequestWithContext(rctx, bus.AgentCancel, data)
-	switch {
-	case errors.Is(err, nats.ErrNoResponders) || errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
-		return CancelReply{}, fmt.Errorf("cancel job %s: %w (no answer within %s)", jobID, ErrNoAgent, wait)
-	case err != nil:
-		return CancelReply{}, fmt.Errorf("cancel job %s: %w", jobID, err)
-	}
-	var reply CancelReply
-	if err := json.Unmarshal(m.Data, &reply); err != nil {
-		return CancelReply{}, fmt.Errorf("cancel job %s: decode answer: %w", jobID, err)
-	}
-	return reply, nil
 }

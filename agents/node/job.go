@@ -258,7 +258,7 @@ func (a *Agent) copyDisk(ctx context.Context, r *request, snap types.ManagedObje
 	}
 	opts := a.cfg.Copy
 	if d.target.TLS != nil {
-		tls, remove, err := targetTLS(*d.target.TLS)
+		tls, remove, err := targetTLS(*d.target.TLS, a.cfg.RunDir)
 		if err != nil {
 			return fail(schemas.FailRepository, true, fmt.Errorf("target of disk %d of vm %s: %w", key, r.vm.InstanceUUID, err))
 		}
@@ -306,9 +306,10 @@ func (a *Agent) copyDisk(ctx context.Context, r *request, snap types.ManagedObje
 
 // targetTLS writes the target's pre-shared key (from the hub's reply) to
 // a private file for libnbd, which reads it whenever the copier connects,
-// and returns the copier's TLS option and a func removing the file.
-func targetTLS(psk repository.PSK) (*nbd.TLS, func(), error) {
-	dir, err := psk.WriteDir("")
+// (in a private directory under runDir, default os.TempDir()) and returns
+// the copier's TLS option and a func removing the file.
+func targetTLS(psk repository.PSK, runDir string) (*nbd.TLS, func(), error) {
+	dir, err := psk.WriteDir(runDir)
 	if err != nil {
 		return nil, nil, err
 	}

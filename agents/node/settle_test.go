@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/sendense/sendense/agents/node/agentapi"
 	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
@@ -159,13 +160,13 @@ func TestCancel(t *testing.T) {
 		req: schemas.Request{VM: "pgtest1", Repository: "default"}, log: zerolog.New(zerolog.NewTestWriter(t))}
 	jctx, untrack := a.track(context.Background(), r)
 	reply, ok := a.Cancel("job-1")
-	if !ok || reply != (CancelReply{Agent: "a1", JobID: "job-1", Attempt: 2, State: CancelStopping}) {
+	if !ok || reply != (agentapi.CancelReply{Agent: "a1", JobID: "job-1", Attempt: 2, State: agentapi.CancelStopping}) {
 		t.Errorf("Cancel = %+v, %t; want a1 stopping attempt 2", reply, ok)
 	}
 	if !canceled(jctx) {
 		t.Errorf("job context after Cancel: %v (cause %v), want canceled by ErrCanceled", jctx.Err(), context.Cause(jctx))
 	}
-	if again, _ := a.Cancel("job-1"); again.State != CancelStopping {
+	if again, _ := a.Cancel("job-1"); again.State != agentapi.CancelStopping {
 		t.Errorf("second Cancel = %+v, want stopping again", again)
 	}
 	// The copy saw its context end; it would be retried as a shutdown.
@@ -191,7 +192,7 @@ func TestCancel(t *testing.T) {
 	if a.settle("job-2") {
 		t.Fatal("settle of a job nobody canceled says canceled")
 	}
-	if reply, ok := a.Cancel("job-2"); !ok || reply.State != CancelTooLate {
+	if reply, ok := a.Cancel("job-2"); !ok || reply.State != agentapi.CancelTooLate {
 		t.Errorf("Cancel after the outcome = %+v, %t; want too late", reply, ok)
 	}
 	if jctx2.Err() != nil {

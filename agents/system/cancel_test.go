@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sendense/sendense/agents/node"
+	"github.com/sendense/sendense/agents/node/agentapi"
 	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
@@ -57,12 +57,12 @@ func TestCancelMidCopy(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	reply, err := node.RequestCancel(ctx, h.sys.NC, id, 5*time.Second)
+	reply, err := agentapi.RequestCancel(ctx, h.sys.NC, id, 5*time.Second)
 	resume()
 	if err != nil {
 		t.Fatalf("cancel job %s: %v", id, err)
 	}
-	if reply.State != node.CancelStopping || reply.Agent != "test-agent" || reply.Attempt != st.Attempt || reply.JobID != id {
+	if reply.State != agentapi.CancelStopping || reply.Agent != "test-agent" || reply.Attempt != st.Attempt || reply.JobID != id {
 		t.Errorf("cancel answer %+v, want agent test-agent stopping attempt %d of %s", reply, st.Attempt, id)
 	}
 
@@ -84,7 +84,7 @@ func TestCancelMidCopy(t *testing.T) {
 	h.queueDrains()
 
 	// A second cancel finds nobody running it.
-	if _, err := node.RequestCancel(ctx, h.sys.NC, id, time.Second); !errors.Is(err, node.ErrNoAgent) {
+	if _, err := agentapi.RequestCancel(ctx, h.sys.NC, id, time.Second); !errors.Is(err, agentapi.ErrNoAgent) {
 		t.Errorf("cancel of the canceled job: %v, want ErrNoAgent", err)
 	}
 

@@ -172,6 +172,7 @@ type System struct {
 	// MetricsAddr is the metrics listener's address ("" without one).
 	MetricsAddr string
 	lock        *datadir.Lock
+	runDir      string // see openRunDir
 
 	// NC and JS are the admin identity's connection (nil when CredsDir
 	// has no admin seed): the simulated vCenter's control service, the
@@ -266,6 +267,9 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 		}
 	}()
 	s.lock = lock
+	if s.runDir, err = openRunDir(cfg.DataDir, s.log); err != nil {
+		return nil, err
+	}
 	// Not ready until Start returns: /readyz says so while it waits.
 	s.Health.Add("startup", func(context.Context) error { return errors.New("starting") })
 	if cfg.MetricsListen != "" && cfg.MetricsListen != "none" {
@@ -565,6 +569,7 @@ func (s *System) startHub(nc *nats.Conn, js jetstream.JetStream, leases *bus.Lea
 	// may run without the catalog in this process.
 	cat := catalog.NewClient(nc)
 	svc, err := hub.NewRepoService(hub.RepoOptions{
+		SocketDir:    s.runDir,
 		Repositories: s.Repos, Leases: leases, LeaseTaker: leases, Publisher: bus.NewHubPublisher(js, s.log), Log: s.log,
 		Catalog: cat, Progress: hub.NewConsumerProgress(js, bus.ConsumerCatalog), Registry: s.Registry,
 		ReconcileInterval: s.cfg.ReconcileInterval, ReconcileGrace: s.cfg.ReconcileGrace,
@@ -655,7 +660,7 @@ func (s *System) startAgent(ctx context.Context) error {
 	case s.Testbed != nil:
 		u, tlsCfg = s.Testbed.URL(), vmware.TLS{CAFile: s.simCA}
 		if transport == "" {
-			sources = &vmware.LocalSources{Image: s.Testbed.SnapshotImage, Log: s.log}
+			sources = &vmware.LocalSources{Image: s.Testbed.SnapshotImage, SocketDir: s.runDir, Log: s.log}
 		}
 	case s.cfg.VCenterURL != "":
 		var err error
@@ -692,7 +697,7 @@ func (s *System) startAgent(ctx context.Context) error {
 	case sources != nil:
 	case transport == TransportHTTPS:
 		kind = "https /folder (nbdkit curl)"
-		sources = &vmware.HTTPSSources{Client: vc, Log: s.log}
+		sources = &vmware.HTTPSSources{Client: vc, SocketDir: s.runDir, Log: s.log}
 	case transport == TransportVDDK && s.Testbed == nil:
 		kind = "vddk (nbdkit vddk)"
 		if s.cfg.VDDKLibDir == "" {
@@ -708,7 +713,7 @@ func (s *System) startAgent(ctx context.Context) error {
 		sources = &vmware.VDDKSources{Base: vmware.VDDKOptions{
 			Server: u.Hostname(), User: s.cfg.VCenterUser, PasswordFile: s.cfg.VCenterPasswordFile,
 			Thumbprint: thumb, LibDir: s.cfg.VDDKLibDir,
-		}, Log: s.log}
+		}, SocketDir: s.runDir, Log: s.log}
 	default:
 		return fmt.Errorf("agent: unknown transport %q (want %s or %s; the simulated vcenter has no vddk)", transport, TransportHTTPS, TransportVDDK)
 	}
@@ -738,6 +743,9 @@ func (s *System) startAgent(ctx context.Context) error {
 		return err
 	}
 	cfg := s.cfg.AgentConfig
+	if cfg.RunDir == "" {
+		cfg.RunDir = s.runDir
+	}
 	cfg.AgentID, cfg.Log, cfg.Registry = s.cfg.AgentID, s.log, s.Registry
 	if s.cfg.MaxJobs > 0 {
 		cfg.MaxJobs = s.cfg.MaxJobs
@@ -900,4 +908,34 @@ func (s *System) NATSURL() string {
 		return "in-process"
 	}
 	return strings.Join(s.cfg.NATS.URLs, ",")
+}
+
+// runSubdirLen is the longest name a socket gets below the run directory:
+// a private directory ("sdnbd-", "nbdsrc" and MkdirTemp's up to 10
+// digits) and the socket's name ("nbdkit.sock").
+const runSubdirLen = len("/nbdsrc4294967295/nbdkit.sock")
+
+// openRunDir empties and returns DATA/run, the private (0700) directory of
+// this process's export and source sockets and TLS key files. The data
+// directory's lock makes it this process's alone, so whatever is in it
+// was left by a predecessor that was killed (its qemu-nbd and nbdkit
+// children die with it: Pdeathsig) and nothing left behind survives a
+// restart. When its path is too long for unix sockets below it, it
+// returns "" (the system's temp dir), and says so.
+func openRunDir(dataDir string, log zerolog.Logger) (string, error) {
+	dir, err := filepath.Abs(filepath.Join(dataDir, "run"))
+	if err != nil {
+		return "", fmt.Errorf("run directory: %w", err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return "", fmt.Errorf("empty run directory %s: %w", dir, err)
+	}
+	if len(dir)+runSubdirLen >= 100 {
+		log.Warn().Str("dir", dir).Str("instead", os.TempDir()).Msg("data dir path too long for unix sockets below it: sockets go to the temp dir")
+		return "", nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("make run directory %s: %w", dir, err)
+	}
+	return dir, nil
 }

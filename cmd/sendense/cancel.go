@@ -11,7 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sendense/sendense/agents/catalog"
-	"github.com/sendense/sendense/agents/node"
+	"github.com/sendense/sendense/agents/node/agentapi"
 	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/schemas"
@@ -105,13 +105,13 @@ func (c *cancelCmd) run(ctx context.Context, a *app, idOrPrefix string) error {
 	if removed != nil {
 		wait = time.Second // most likely no agent took it
 	}
-	reply, err := node.RequestCancel(ctx, nc, j.ID, wait)
+	reply, err := agentapi.RequestCancel(ctx, nc, j.ID, wait)
 	switch {
-	case errors.Is(err, node.ErrNoAgent) && removed != nil && j.Status == backup.StatusQueued:
+	case errors.Is(err, agentapi.ErrNoAgent) && removed != nil && j.Status == backup.StatusQueued:
 		return c.rejectQueued(ctx, a, nc, cat, j, removed)
-	case errors.Is(err, node.ErrNoAgent) && removed != nil:
+	case errors.Is(err, agentapi.ErrNoAgent) && removed != nil:
 		return c.failBetweenAttempts(ctx, a, nc, cat, j)
-	case errors.Is(err, node.ErrNoAgent):
+	case errors.Is(err, agentapi.ErrNoAgent):
 		if now, jerr := cat.Job(ctx, j.ID); jerr == nil && now.Ended() {
 			return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended %s; nothing to cancel", j.ID, outcome(now))}
 		}

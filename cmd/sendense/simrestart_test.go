@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -34,6 +36,13 @@ func TestSimulatedVCenterSurvivesKill(t *testing.T) {
 	}
 	s.must(t, "backup", "--vm", "pgtest1", "--job-id", "k-2", "--type", "full")
 	s.awaitJob(t, "k-2", time.Minute, func(j backup.Job) bool { return j.Status == backup.StatusRunning && len(j.Disks) > 0 })
+	// The export's and the source's socket directories are in DATA/run
+	// while k-2 copies; a restart must not leave them behind.
+	run := filepath.Join(s.data, "run")
+	left, err := os.ReadDir(run)
+	if err != nil || len(left) == 0 {
+		t.Fatalf("DATA/run while job k-2 copies: %v, %v; want its sockets' directories", left, err)
+	}
 	s.p.kill()
 	t.Log("serve killed while job k-2 copied")
 
@@ -70,7 +79,15 @@ func TestSimulatedVCenterSurvivesKill(t *testing.T) {
 	if !strings.Contains(out, `"snapshot":"sendense-k-2"`) || !strings.Contains(out, "removing stale snapshot") {
 		t.Errorf("the restarted serve did not remove the crashed job's snapshot sendense-k-2 as stale")
 	}
+	for _, e := range left {
+		if _, err := os.Stat(filepath.Join(run, e.Name())); err == nil {
+			t.Errorf("%s of the killed serve is still in %s after the restart", e.Name(), run)
+		}
+	}
 	if code := s.p.stop(t); code != 0 {
 		t.Errorf("serve exited with %d", code)
+	}
+	if now, err := os.ReadDir(run); err != nil || len(now) != 0 {
+		t.Errorf("DATA/run after serve stopped: %v, %v; want it empty", now, err)
 	}
 }
