@@ -3,6 +3,7 @@ package repository
 import (
 	"encoding/binary"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"testing"
@@ -116,5 +117,98 @@ func TestCheck(t *testing.T) {
 	}
 	if err := r.Check(ctx, filepath.Join(tmp, "missing")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("Check of a missing file = %v, want ErrNotExist", err)
+	}
+}
+
+// TestHeaderChain: the headers say what qemu-img info says of a chain, and
+// a chain qemu could not open, or with a file marked corrupt or using a
+// feature this package does not know, is refused as broken.
+func TestHeaderChain(t *testing.T) {
+	r, ctx := newRepo(t)
+	full := mustCreate(t, r, ctx, "job-full", "")
+	raw := filepath.Join(t.TempDir(), "full.raw")
+	writeRaw(t, raw, 1)
+	fill(t, raw, full)
+	mustCreate(t, r, ctx, "job-inc1", "job-full")
+	inc2 := mustCreate(t, r, ctx, "job-inc2", "job-inc1")
+
+	want, err := r.Info(ctx, inc2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := r.HeaderChain(inc2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Chain) != len(want.Chain) {
+		t.Fatalf("header chain of %d files, qemu-img info %d", len(got.Chain), len(want.Chain))
+	}
+	for i, w := range append([]Image{want.Image}, want.Chain...) {
+		g := got.Image
+		if i > 0 {
+			g = got.Chain[i-1]
+		}
+		w.BackingFormat = "" // not read from the header
+		if g != w {
+			t.Errorf("image %d: headers say %+v, qemu-img info %+v", i, g, w)
+		}
+	}
+
+	// setFeature ORs bits into a copy of the file's incompatible features
+	// and returns a func restoring the original.
+	setFeature := func(path string, bits byte) func() {
+		orig, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := append([]byte(nil), orig...)
+		b[79] |= bits
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return func() {
+			if err := os.WriteFile(path, orig, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	inc1, _ := r.Path(testVM, 2000, "job-inc1")
+	for _, tt := range []struct {
+		name   string
+		damage func() (restore func())
+		also   error
+	}{
+		{"base marked corrupt", func() func() { return setFeature(full, qcow2Corrupt) }, nil},
+		{"unknown incompatible feature", func() func() { return setFeature(inc1, 1<<6) }, nil},
+		{"external data file", func() func() { return setFeature(inc2, 1<<2) }, nil},
+		{"middle missing", func() func() {
+			moved := inc1 + ".moved"
+			if err := os.Rename(inc1, moved); err != nil {
+				t.Fatal(err)
+			}
+			return func() { os.Rename(moved, inc1) }
+		}, fs.ErrNotExist},
+		{"base not qcow2", func() func() {
+			orig, _ := os.ReadFile(full)
+			if err := os.WriteFile(full, make([]byte, 1<<16), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			return func() { os.WriteFile(full, orig, 0o600) }
+		}, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			restore := tt.damage()
+			defer restore()
+			_, err := r.HeaderChain(inc2)
+			if !errors.Is(err, ErrBrokenChain) {
+				t.Errorf("HeaderChain = %v, want ErrBrokenChain", err)
+			}
+			if tt.also != nil && !errors.Is(err, tt.also) {
+				t.Errorf("HeaderChain = %v, want it to match %v too", err, tt.also)
+			}
+		})
+	}
+	if _, err := r.HeaderChain(inc2); err != nil {
+		t.Errorf("HeaderChain of the restored chain: %v", err)
 	}
 }

@@ -209,12 +209,11 @@ func (r *Repo) create(ctx context.Context, vmUUID string, diskKey int32, jobID s
 		if !st.Mode().IsRegular() {
 			return "", fmt.Errorf("backing file %s is not a regular file: %w", backing, ErrNoBacking)
 		}
-		img, err := imageInfo(ctx, backing)
+		// Its header, not qemu-img info: the caller checked the chain
+		// (CheckBase) and this only needs the format and the size.
+		img, _, err := readHeader(backing)
 		if err != nil {
-			return "", err
-		}
-		if img.Format != "qcow2" {
-			return "", fmt.Errorf("backing file %s has format %q, want qcow2: %w", backing, img.Format, ErrNoBacking)
+			return "", fmt.Errorf("backing file %s, want qcow2: %w: %w", backing, ErrNoBacking, err)
 		}
 		if img.VirtualSize != capacity {
 			return "", fmt.Errorf("capacity %d bytes, backing file %s has %d: %w", capacity, backing, img.VirtualSize, ErrCapacityMismatch)

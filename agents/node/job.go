@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -36,6 +37,19 @@ type diskRun struct {
 // event, not yet published, and the disks' runs (their targets closed);
 // every exit path removes the snapshot and, on error, aborts the targets.
 func (a *Agent) run(ctx context.Context, r *request) (_ *schemas.Completed, _ []*diskRun, err error) {
+	// The chain heads of the configured disks first: with them the hub
+	// opens the targets while vCenter snapshots (earlyTargets).
+	keys := make([]int32, len(r.vm.Disks))
+	for i, d := range r.vm.Disks {
+		keys[i] = d.Key
+	}
+	heads, err := a.chainHeads(ctx, r, keys)
+	if err != nil {
+		return nil, nil, err
+	}
+	early := a.openEarly(ctx, r, heads)
+	defer early.abortRest(ctx)
+
 	a.removeStaleSnapshots(ctx, r)
 
 	snapName := vmware.SnapshotName(r.jobID)
@@ -58,7 +72,7 @@ func (a *Agent) run(ctx context.Context, r *request) (_ *schemas.Completed, _ []
 	if len(disks) == 0 {
 		return nil, nil, fail(schemas.RejectImpossible, false, fmt.Errorf("vm %s has no disks to back up", r.vm.InstanceUUID))
 	}
-	plans, err := a.plan(ctx, r, snap, disks)
+	plans, err := a.plan(ctx, r, snap, disks, heads)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -71,11 +85,17 @@ func (a *Agent) run(ctx context.Context, r *request) (_ *schemas.Completed, _ []
 	}()
 	// The disks' targets are opened at once: each is a qemu-img create
 	// and a qemu-nbd start on the hub. One failing does not cancel the
-	// others, so every target opened is in runs and aborted.
+	// others, so every target opened is in runs and aborted. A disk
+	// whose early target is the planned one takes it; the hub time is
+	// then only the wait for the early opens to answer.
 	openStart := time.Now()
 	og := new(errgroup.Group)
 	for i, p := range plans {
 		og.Go(func() error {
+			if d := early.take(ctx, p); d != nil {
+				runs[i] = d
+				return nil
+			}
 			d, err := a.openTarget(ctx, r, snap, p)
 			runs[i] = d
 			return err
@@ -128,9 +148,16 @@ func (a *Agent) run(ctx context.Context, r *request) (_ *schemas.Completed, _ []
 	timesOf(ctx).setCopy(copyStart)
 
 	// The copy is done: remove the snapshot (consolidating the guest's
-	// writes made meanwhile), then close the targets.
-	a.removeSnapshot(ctx, r, snap)
+	// writes made meanwhile) while the targets close; neither needs the
+	// other, and both are done before the outcome is decided.
 	snapRemoved = true
+	var removing sync.WaitGroup
+	var removed time.Duration
+	removing.Go(func() {
+		began := time.Now()
+		a.removeSnapshot(ctx, r, snap)
+		removed = time.Since(began)
+	})
 	// Closed at once too: each stops a qemu-nbd and writes a manifest.
 	closeStart := time.Now()
 	cg := new(errgroup.Group)
@@ -145,7 +172,10 @@ func (a *Agent) run(ctx context.Context, r *request) (_ *schemas.Completed, _ []
 		})
 	}
 	err = cg.Wait()
-	timesOf(ctx).addHub(closeStart)
+	removing.Wait()
+	// The removal counts as vCenter's: the hub's is what the closes took
+	// beyond it, so the parts of the job's time still add up.
+	timesOf(ctx).addHubDur(max(0, time.Since(closeStart)-removed))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -180,14 +210,7 @@ func (a *Agent) run(ctx context.Context, r *request) (_ *schemas.Completed, _ []
 // full with that reason: a bad base must never
 // fail a VM's backups forever.
 func (a *Agent) openTarget(ctx context.Context, r *request, snap types.ManagedObjectReference, p *diskPlan) (*diskRun, error) {
-	ref := repoapi.TargetRef{Repository: r.req.Repository, JobID: r.jobID, VMUUID: r.vm.InstanceUUID, DiskKey: p.disk.Key}
-	open := func() (repoapi.OpenReply, error) {
-		return a.deps.Targets.Open(ctx, repoapi.OpenRequest{
-			TargetRef: ref, Attempt: r.attempt, CapacityBytes: p.disk.CapacityBytes,
-			BackingJobID: p.backing, BaseManifestSHA256: p.baseManifest, Agent: a.cfg.AgentID,
-		})
-	}
-	out, err := open()
+	ref, out, err := a.open(ctx, r, p)
 	if p.backupType == schemas.TypeIncremental && (errors.Is(err, repoapi.ErrBaseMissing) || errors.Is(err, repoapi.ErrBaseInvalid) || errors.Is(err, repoapi.ErrBaseUnverified)) {
 		reason := schemas.ReasonBaseMissing
 		switch {
@@ -201,7 +224,7 @@ func (a *Agent) openTarget(ctx context.Context, r *request, snap types.ManagedOb
 		if err := a.planFull(ctx, r, snap, p, reason); err != nil {
 			return nil, err
 		}
-		out, err = open()
+		ref, out, err = a.open(ctx, r, p)
 	}
 	if err != nil {
 		reason := schemas.FailRepository

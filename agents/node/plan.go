@@ -54,8 +54,10 @@ func Plan(requested string, disk vmware.Disk, head *backup.Link) (backupType, re
 }
 
 // plan decides every disk and asks VMware for its changed areas. An
-// incremental whose base change id VMware rejects becomes a full.
-func (a *Agent) plan(ctx context.Context, r *request, snap types.ManagedObjectReference, disks []vmware.Disk) ([]*diskPlan, error) {
+// incremental whose base change id VMware rejects becomes a full. heads
+// holds chain heads already looked up under the lease (chainHeads; nil
+// for an empty chain); a disk not in it is looked up here.
+func (a *Agent) plan(ctx context.Context, r *request, snap types.ManagedObjectReference, disks []vmware.Disk, heads map[int32]*backup.Link) ([]*diskPlan, error) {
 	var plans []*diskPlan
 	for _, d := range disks {
 		if d.ChangeID == "" {
@@ -66,16 +68,13 @@ func (a *Agent) plan(ctx context.Context, r *request, snap types.ManagedObjectRe
 			return nil, fail(schemas.FailChangeIDMissing, false, fmt.Errorf("disk %d of vm %s: %w", d.Key, r.vm.InstanceUUID, err))
 		}
 		p := &diskPlan{disk: d, ref: schemas.DiskRef{Key: d.Key, UUID: d.UUID, CapacityBytes: d.CapacityBytes}}
-		var head *backup.Link
-		if r.req.BackupType != schemas.TypeFull {
-			h, err := a.deps.Catalog.ChainHead(ctx, r.vm.InstanceUUID, d.Key, r.req.Repository)
-			switch {
-			case errors.Is(err, backup.ErrNotFound):
-			case err != nil:
-				return nil, fail(schemas.FailInternal, true, fmt.Errorf("chain head of disk %d of vm %s: %w", d.Key, r.vm.InstanceUUID, err))
-			default:
-				head = &h
+		head, ok := heads[d.Key]
+		if !ok && r.req.BackupType != schemas.TypeFull {
+			h, err := a.chainHead(ctx, r, d.Key)
+			if err != nil {
+				return nil, err
 			}
+			head = h
 		}
 		p.backupType, p.reason = Plan(r.req.BackupType, d, head)
 		if p.backupType == schemas.TypeIncremental {

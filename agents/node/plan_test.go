@@ -89,7 +89,7 @@ func TestPlanChangeIDRejected(t *testing.T) {
 		ManifestSHA256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}}}}
 	r := &request{req: schemas.Request{VM: "pgtest1", BackupType: schemas.TypeAuto, Repository: "default"},
 		vm: &vmware.VM{InstanceUUID: "4217a1b3-6f0e-4c55-9b1e-2f3c4d5e6f70"}, log: zerolog.Nop()}
-	plans, err := a.plan(context.Background(), r, types.ManagedObjectReference{Value: "snapshot-1"}, []vmware.Disk{disk})
+	plans, err := a.plan(context.Background(), r, types.ManagedObjectReference{Value: "snapshot-1"}, []vmware.Disk{disk}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +112,7 @@ func TestPlanNoChangeID(t *testing.T) {
 	r := &request{req: schemas.Request{VM: "pgtest1", BackupType: schemas.TypeAuto, Repository: "default"},
 		vm: &vmware.VM{InstanceUUID: "4217a1b3-6f0e-4c55-9b1e-2f3c4d5e6f70"}, log: zerolog.Nop()}
 	_, err := a.plan(context.Background(), r, types.ManagedObjectReference{Value: "snapshot-1"},
-		[]vmware.Disk{{Key: 2000, UUID: "u", CapacityBytes: 1 << 20}})
+		[]vmware.Disk{{Key: 2000, UUID: "u", CapacityBytes: 1 << 20}}, nil)
 	reason, retryable := classify(err)
 	if err == nil || reason != schemas.FailChangeIDMissing || retryable {
 		t.Errorf("err %v reason %s retryable %t, want %s, not retryable", err, reason, retryable, schemas.FailChangeIDMissing)

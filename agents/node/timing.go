@@ -26,7 +26,10 @@ type jobTimes struct {
 	// hub is the job's repository calls outside the copy phase: info,
 	// abort, and the wall time of opening and of closing the disks'
 	// targets (each done for all disks at once); the digests sent in the
-	// copy phase count as copy.
+	// copy phase count as copy. Targets opened while vCenter snapshots
+	// (earlyTargets) count only with the wait for them after the plan,
+	// and the closes only with what they take beyond the snapshot's
+	// removal, which runs meanwhile.
 	hub time.Duration
 	// catalog is the job's catalog lookups (job, chain heads), not the
 	// wait for the catalog to show the outcome (awaitCatalog).
@@ -59,6 +62,16 @@ func (t *jobTimes) addHub(start time.Time) {
 	if t != nil {
 		t.add(&t.hub, start)
 	}
+}
+
+// addHubDur adds d to the hub's time.
+func (t *jobTimes) addHubDur(d time.Duration) {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	t.hub += d
+	t.mu.Unlock()
 }
 
 func (t *jobTimes) addCatalog(start time.Time) {
