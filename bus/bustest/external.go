@@ -52,6 +52,9 @@ func buildNatsServer() (string, error) {
 			}
 		}
 	}
+	if version == "" {
+		version = moduleVersion() // a test binary that does not link the server
+	}
 	var dir string
 	if version != "" {
 		base, err := os.UserCacheDir()
@@ -88,6 +91,21 @@ func buildNatsServer() (string, error) {
 		return "", err
 	}
 	return bin, nil
+}
+
+// moduleVersion is the version of the nats-server module that the main
+// module requires (go list -m, run in the test's package directory), or ""
+// when it is replaced or go cannot tell.
+func moduleVersion() string {
+	out, err := exec.Command(goCommand(), "list", "-m", "-f", "{{.Version}} {{if .Replace}}replaced{{end}}", serverModule).Output()
+	if err != nil {
+		return ""
+	}
+	v, replaced, _ := strings.Cut(strings.TrimSpace(string(out)), " ")
+	if replaced != "" || !strings.HasPrefix(v, "v") {
+		return ""
+	}
+	return v
 }
 
 func goCommand() string {
