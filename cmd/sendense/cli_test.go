@@ -119,7 +119,7 @@ func startCmd(t testing.TB, name string, cmd *exec.Cmd) *proc {
 		close(p.done)
 	}()
 	t.Cleanup(func() {
-		p.kill()
+		p.shutdown()
 		if t.Failed() {
 			t.Logf("output of %s (pid %d):\n%s", p.name, p.cmd.Process.Pid, p.out.String())
 		}
@@ -136,6 +136,24 @@ func (p *proc) kill() {
 	}
 	_ = p.cmd.Process.Kill()
 	<-p.done
+}
+
+// shutdown stops a process still running as an operator would (SIGTERM),
+// so that it removes what it made outside the test's directories (the
+// simulator's /tmp/govcsim-* among them); one that has not exited 10 s
+// later is killed.
+func (p *proc) shutdown() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		p.kill()
+	}
 }
 
 // stop sends SIGTERM and returns the exit code, failing after 20 s.
