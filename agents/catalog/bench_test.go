@@ -177,18 +177,10 @@ func benchLog() zerolog.Logger {
 // chain of a full and incrementals. Job ids start with prefix.
 func benchEvents(prefix string, n int) []schemas.Event {
 	var evs []schemas.Event
-	prev := map[int]catalogtest.Job{}
-	for i := 0; len(evs) < n; i++ {
-		v := i % 50
-		j := catalogtest.Job{ID: fmt.Sprintf("%s-%07d", prefix, i), VM: catalogtest.VM(v),
-			Disks: []schemas.DiskRef{catalogtest.Disk(v, 0), catalogtest.Disk(v, 1)},
-			At:    catalogtest.T0.Add(time.Duration(i) * time.Second)}
-		if p, ok := prev[v]; ok {
-			nj := p.Next(j.ID)
-			nj.At = j.At
-			j = nj
+	for _, j := range catalogtest.Chains(prefix, n, 50, 0) { // n jobs are more than n events
+		if len(evs) >= n {
+			break
 		}
-		prev[v] = j
 		evs = append(evs, j.Run()...)
 	}
 	return evs[:n]

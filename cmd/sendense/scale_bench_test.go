@@ -362,18 +362,7 @@ const benchVMs = 1000
 func benchJobEvents(prefix string, n, firstVM int) ([]schemas.Event, []string) {
 	evs := make([]schemas.Event, 0, 4*n)
 	ids := make([]string, 0, n)
-	prev := map[int]catalogtest.Job{}
-	for i := range n {
-		v := firstVM + i%benchVMs
-		j := catalogtest.Job{ID: fmt.Sprintf("%s-%07d", prefix, i), VM: catalogtest.VM(v),
-			Disks: []schemas.DiskRef{catalogtest.Disk(v, 0), catalogtest.Disk(v, 1)},
-			At:    catalogtest.T0.Add(time.Duration(i) * time.Second)}
-		if p, ok := prev[v]; ok {
-			nj := p.Next(j.ID)
-			nj.At = j.At
-			j = nj
-		}
-		prev[v] = j
+	for _, j := range catalogtest.Chains(prefix, n, benchVMs, firstVM) {
 		evs = append(evs, j.Run()...)
 		ids = append(ids, j.ID)
 	}

@@ -408,3 +408,25 @@ func (j Job) Verified(after time.Duration, st string) *schemas.Verified {
 	}
 	return ev
 }
+
+// Chains returns n jobs of two disks, ids "<prefix>-<i>" (i in 7 digits),
+// one second apart from T0, round robin over vms VMs from VM(firstVM):
+// each VM's jobs a chain, a full and then incrementals (Next).
+func Chains(prefix string, n, vms, firstVM int) []Job {
+	jobs := make([]Job, 0, n)
+	prev := map[int]Job{}
+	for i := range n {
+		v := firstVM + i%vms
+		j := Job{ID: fmt.Sprintf("%s-%07d", prefix, i), VM: VM(v),
+			Disks: []schemas.DiskRef{Disk(v, 0), Disk(v, 1)},
+			At:    T0.Add(time.Duration(i) * time.Second)}
+		if p, ok := prev[v]; ok {
+			nj := p.Next(j.ID)
+			nj.At = j.At
+			j = nj
+		}
+		prev[v] = j
+		jobs = append(jobs, j)
+	}
+	return jobs
+}
