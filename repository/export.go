@@ -38,9 +38,9 @@ const (
 // (libnbd, qemu-img) offers AES-GCM.
 const TLSPriority = "NORMAL:-CHACHA20-POLY1305"
 
-// maxSocketPath keeps a unix socket path inside sun_path (108 bytes on
+// MaxSocketPath keeps a unix socket path inside sun_path (108 bytes on
 // Linux, 104 on the BSDs) with room to spare.
-const maxSocketPath = 100
+const MaxSocketPath = 100
 
 // ExportOptions configure Export. The zero value is a writable export for
 // DefaultShared clients on a unix socket under os.TempDir().
@@ -240,8 +240,8 @@ func (r *Repo) export(ctx context.Context, path string, opts ExportOptions) (*Ex
 			}
 		}()
 		addr = filepath.Join(dir, "nbd.sock")
-		if len(addr) >= maxSocketPath {
-			return nil, fmt.Errorf("socket %s of %d bytes, limit %d: %w", addr, len(addr), maxSocketPath, ErrSocketPath)
+		if len(addr) >= MaxSocketPath {
+			return nil, fmt.Errorf("socket %s of %d bytes, limit %d: %w", addr, len(addr), MaxSocketPath, ErrSocketPath)
 		}
 		args = append(args, "--socket="+addr)
 		e.uri = "nbd+unix:///?socket=" + strings.ReplaceAll(url.QueryEscape(addr), "%2F", "/")

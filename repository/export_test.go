@@ -63,7 +63,7 @@ func TestExportChain(t *testing.T) {
 	if st, err := os.Stat(filepath.Dir(sock)); err != nil || st.Mode().Perm() != 0o700 {
 		t.Errorf("socket directory mode %v, %v; want 0700", st.Mode(), err)
 	}
-	if len(sock) >= maxSocketPath {
+	if len(sock) >= MaxSocketPath {
 		t.Errorf("socket path of %d bytes", len(sock))
 	}
 	if e.Path() != full || e.Owner() != "full" || e.ReadOnly() {

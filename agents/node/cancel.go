@@ -84,12 +84,6 @@ func (a *Agent) Cancel(jobID string) (_ agentapi.CancelReply, ok bool) {
 	return reply, true
 }
 
-// canceled reports whether the job's context ended because admin canceled
-// it.
-func canceled(jctx context.Context) bool {
-	return errors.Is(context.Cause(jctx), ErrCanceled)
-}
-
 // ServeCancel answers cancel requests on bus.AgentCancel for a until the
 // returned subscription is unsubscribed (or nc closes). Requests for jobs
 // a does not run get no answer (another agent runs them); a reply subject

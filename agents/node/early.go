@@ -82,7 +82,7 @@ func (e *earlyTargets) take(ctx context.Context, p *diskPlan) *diskRun {
 	if d.plan.disk.CapacityBytes != p.disk.CapacityBytes || d.plan.backing != p.backing || d.plan.baseManifest != p.baseManifest {
 		e.r.log.Info().Int32("disk_key", p.disk.Key).Str("early_backing", d.plan.backing).Str("backing", p.backing).
 			Msg("early target is not the planned one; aborting it")
-		e.a.abortTargets(ctx, e.r, []*diskRun{d})
+		e.a.abortTargets(withJobTimes(ctx, nil), e.r, []*diskRun{d}) // inside the open phase, whose wall time counts
 		return nil
 	}
 	d.plan = p
@@ -104,19 +104,19 @@ func (e *earlyTargets) abortRest(ctx context.Context) {
 	}
 }
 
-// chainHeads looks up the catalog's chain head of each disk key of the
+// chainHeads looks up the catalog's chain head of each configured disk of the
 // job's repository (nil: the chain is empty); none for a requested full.
-func (a *Agent) chainHeads(ctx context.Context, r *request, keys []int32) (map[int32]*backup.Link, error) {
+func (a *Agent) chainHeads(ctx context.Context, r *request) (map[int32]*backup.Link, error) {
 	heads := map[int32]*backup.Link{}
 	if r.req.BackupType == schemas.TypeFull {
 		return heads, nil
 	}
-	for _, k := range keys {
-		h, err := a.chainHead(ctx, r, k)
+	for _, d := range r.vm.Disks {
+		h, err := a.chainHead(ctx, r, d.Key)
 		if err != nil {
 			return nil, err
 		}
-		heads[k] = h
+		heads[d.Key] = h
 	}
 	return heads, nil
 }

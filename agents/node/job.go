@@ -39,11 +39,7 @@ type diskRun struct {
 func (a *Agent) run(ctx context.Context, r *request) (_ *schemas.Completed, _ []*diskRun, err error) {
 	// The chain heads of the configured disks first: with them the hub
 	// opens the targets while vCenter snapshots (earlyTargets).
-	keys := make([]int32, len(r.vm.Disks))
-	for i, d := range r.vm.Disks {
-		keys[i] = d.Key
-	}
-	heads, err := a.chainHeads(ctx, r, keys)
+	heads, err := a.chainHeads(ctx, r)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -24,7 +24,6 @@ type jobProgress struct {
 	mu     sync.Mutex
 	disks  []schemas.DiskProgress // the planned totals; done and ended disks' counts set on publish
 	counts []*copier.Progress     // by disk, as disks
-	ended  []bool                 // the disk is copied, flushed and its digests sent
 	index  map[int32]int
 	last   []schemas.DiskProgress // as last published
 
@@ -45,7 +44,6 @@ func newJobProgress(a *Agent, r *request, runs []*diskRun) *jobProgress {
 		}
 		p.disks = append(p.disks, schemas.DiskProgress{Disk: d.plan.ref, BytesTotal: total})
 		p.counts = append(p.counts, new(copier.Progress))
-		p.ended = append(p.ended, false)
 		p.index[d.plan.disk.Key] = i
 	}
 	return p
@@ -59,7 +57,6 @@ func (p *jobProgress) counter(key int32) *copier.Progress { return p.counts[p.in
 func (p *jobProgress) finished(key int32, bytes int64) {
 	p.mu.Lock()
 	i := p.index[key]
-	p.ended[i] = true
 	p.disks[i].BytesDone, p.disks[i].BytesTotal, p.disks[i].Done = bytes, bytes, true
 	p.mu.Unlock()
 	select {
@@ -95,7 +92,7 @@ func (p *jobProgress) sample() (ev *schemas.Progress, changed bool) {
 	copying := false
 	for i := range p.disks {
 		c := p.counts[i]
-		if p.ended[i] || c.BytesTotal() == 0 {
+		if p.disks[i].Done || c.BytesTotal() == 0 {
 			continue // ended (counts set by finished) or not started
 		}
 		p.disks[i].BytesDone, p.disks[i].BytesTotal = c.BytesDone(), c.BytesTotal()

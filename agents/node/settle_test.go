@@ -163,7 +163,7 @@ func TestCancel(t *testing.T) {
 	if !ok || reply != (agentapi.CancelReply{Agent: "a1", JobID: "job-1", Attempt: 2, State: agentapi.CancelStopping}) {
 		t.Errorf("Cancel = %+v, %t; want a1 stopping attempt 2", reply, ok)
 	}
-	if !canceled(jctx) {
+	if !errors.Is(context.Cause(jctx), ErrCanceled) {
 		t.Errorf("job context after Cancel: %v (cause %v), want canceled by ErrCanceled", jctx.Err(), context.Cause(jctx))
 	}
 	if again, _ := a.Cancel("job-1"); again.State != agentapi.CancelStopping {

@@ -930,7 +930,7 @@ func openRunDir(dataDir string, log zerolog.Logger) (string, error) {
 	if err := os.RemoveAll(dir); err != nil {
 		return "", fmt.Errorf("empty run directory %s: %w", dir, err)
 	}
-	if len(dir)+runSubdirLen >= 100 {
+	if len(dir)+runSubdirLen >= repository.MaxSocketPath {
 		log.Warn().Str("dir", dir).Str("instead", os.TempDir()).Msg("data dir path too long for unix sockets below it: sockets go to the temp dir")
 		return "", nil
 	}

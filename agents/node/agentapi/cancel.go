@@ -2,7 +2,6 @@ package agentapi
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -48,22 +47,15 @@ const (
 // returns ErrNoAgent (also at once when no agent listens). The caller
 // needs the admin role.
 func RequestCancel(ctx context.Context, nc *nats.Conn, jobID string, wait time.Duration) (CancelReply, error) {
-	data, err := json.Marshal(CancelRequest{JobID: jobID})
-	if err != nil {
-		return CancelReply{}, err
-	}
 	rctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	m, err := nc.RequestWithContext(rctx, bus.AgentCancel, data)
+	var reply CancelReply
+	err := bus.Request(rctx, nc, bus.AgentCancel, CancelRequest{JobID: jobID}, &reply, 0, nil)
 	switch {
 	case errors.Is(err, nats.ErrNoResponders) || errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
 		return CancelReply{}, fmt.Errorf("cancel job %s: %w (no answer within %s)", jobID, ErrNoAgent, wait)
 	case err != nil:
 		return CancelReply{}, fmt.Errorf("cancel job %s: %w", jobID, err)
-	}
-	var reply CancelReply
-	if err := json.Unmarshal(m.Data, &reply); err != nil {
-		return CancelReply{}, fmt.Errorf("cancel job %s: decode answer: %w", jobID, err)
 	}
 	return reply, nil
 }
