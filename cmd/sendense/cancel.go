@@ -30,7 +30,7 @@ const (
 	exitCancelEnded = 6
 	// exitCancelTimeout: the agent is stopping the job but the catalog did
 	// not show its outcome within --timeout.
-	exitCancelTimeout = 5
+	exitCancelTimeout = exitWaitTimeout
 )
 
 // cancelAnswerWait bounds the wait for the agent running a job to answer:
@@ -141,11 +141,9 @@ func (c *cancelCmd) run(ctx context.Context, a *app, idOrPrefix string) error {
 // canceled prints the canceled job: "job ID canceled" followed by how, or with
 // --json the job's record as the catalog shows it.
 func (c *cancelCmd) canceled(a *app, j backup.Job, how string) error {
-	if c.json {
-		return writeJSONLine(a, j)
-	}
-	_, err := fmt.Fprintf(a.stdout, "job %s canceled%s\n", j.ID, how)
-	return err
+	pr := newLinePrinter(a.stdout, c.json)
+	pr.Println(fmt.Sprintf("job %s canceled%s", j.ID, how))
+	return pr.Result(j)
 }
 
 // outcome describes an ended job: its status and, for a failure or a
@@ -257,7 +255,7 @@ func (c *cancelCmd) record(ctx context.Context, a *app, nc *nats.Conn, cat *cata
 	}
 	actx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	final, err := cat.Await(actx, j.ID, func(j backup.Job) bool { return j.Ended() })
+	final, err := cat.Await(actx, j.ID, backup.Job.Ended)
 	if err != nil {
 		return &exitError{code: exitCancelTimeout, err: fmt.Errorf("cancel job %s: removed and recorded, but the catalog does not show it yet: %w", j.ID, err)}
 	}

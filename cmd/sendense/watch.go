@@ -26,8 +26,7 @@ type watchCmd struct {
 	progress bool
 
 	cat *catalog.Client
-	pr  printer    // plain lines, or NDJSON with --json
-	mu  sync.Mutex // one line at a time
+	pr  printer // plain lines, or NDJSON with --json
 }
 
 func newWatchCmd(a *app) *cobra.Command {
@@ -147,8 +146,6 @@ func isOutcome(ev schemas.Event) bool {
 }
 
 func (c *watchCmd) print(m *nats.Msg, note string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	if m.Subject == schemas.NameRequested {
 		var req struct {
 			JobID string `json:"job_id"`
