@@ -39,7 +39,7 @@ const MaxPoisonRaw = 1 << 20
 
 // PoisonRecord is an event the catalog did not apply and keeps for
 // inspection: one that failed schema validation upstream (RecordPoison), or
-// one Apply refused (ErrIncomplete, ErrInconsistent, ErrInvalid). The
+// one store.Catalog.Apply refused (store.ErrIncomplete, ErrInconsistent, ErrInvalid). The
 // records of a job's events follow the job's event set: one that a later
 // event makes consistent (a completed that arrived before its started) is
 // applied and its record removed.

@@ -33,7 +33,7 @@ type Job struct {
 	ID string `json:"job_id"`
 	// Status: completed if a valid backup.completed was applied (it wins
 	// over everything, and a completed job is never rewritten: see
-	// consistency.go); else failed if the latest backup.failed attempt is
+	// store's consistency.go); else failed if the latest backup.failed attempt is
 	// >= the latest attempt seen in backup.started / backup.changeid; else
 	// running if any started or changeid event exists (this covers a retry
 	// after a retryable failure); else rejected (only backup.rejected was
@@ -139,7 +139,8 @@ type JobFilter struct {
 	// VM matches the VM's name exactly, or its instance UUID or moref
 	// (case-insensitive).
 	VM string
-	// Status is one of the Status* constants; anything else is ErrInvalid.
+	// Status is one of the Status* constants; store.Catalog.Jobs refuses
+	// anything else with store.ErrInvalid.
 	Status string
 	// IDPrefix matches the jobs whose id starts with it (a short id).
 	IDPrefix string

@@ -44,15 +44,14 @@ func migrate(tx *bolt.Tx, from int, log zerolog.Logger, now func() time.Time) er
 		if err := rekeyPoisonV2(tx); err != nil {
 			return fmt.Errorf("migrate from schema version %d: %w", from, err)
 		}
+		fallthrough
+	case 3:
+		// Version 3's consistency rules may refuse events that version 2
+		// applied, and version 4 names a job record's id "job_id", as the
+		// events do: re-deriving every job does both, writing each record
+		// anew.
 		if err := rederiveAll(tx, log, now); err != nil {
 			return fmt.Errorf("migrate from schema version %d: %w", from, err)
-		}
-		return nil // re-deriving wrote every job record as version 4 does
-	case 3:
-		// Version 4 names a job record's id "job_id", as the events do;
-		// re-deriving every job writes each record anew.
-		if err := rederiveAll(tx, log, now); err != nil {
-			return fmt.Errorf("migrate from schema version 3: %w", err)
 		}
 		return nil
 	}

@@ -1,7 +1,7 @@
 package catalog
 
 // The catalog service's subjects and wire types. Requests and replies are
-// JSON; replies are the store's types (backup.Job, backup.Link, ...). Errors
+// JSON; replies are the catalog records of package backup (backup.Job, backup.Link, ...). Errors
 // come back as NATS micro errors: headers Nats-Service-Error-Code (400,
 // 404, 413, 500) and Nats-Service-Error (the text), empty body.
 //
@@ -43,7 +43,7 @@ type JobRequest struct {
 }
 
 // JobsRequest selects jobs; see backup.JobFilter. Status must be one of
-// the store.Status* values or empty. Limit <= 0 means all jobs; a reply
+// the backup.Status* values or empty. Limit <= 0 means all jobs; a reply
 // larger than the server's max payload is a 413 error.
 type JobsRequest struct {
 	VM       string `json:"vm,omitempty"`
