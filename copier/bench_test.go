@@ -1,7 +1,6 @@
 package copier_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -11,7 +10,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -212,7 +210,7 @@ func BenchmarkCopyVsNbdcopy(b *testing.B) {
 	rate := func(d time.Duration) float64 { return float64(extBytes) / d.Seconds() / 1e6 }
 	unixRate, tlsRate := rate(ot), rate(lt)
 	tlsRatio := tlsRate / unixRate
-	rss := peakRSS(b)
+	rss := testutil.PeakRSS(b, os.Getpid())
 	ratio := ot.Seconds() / tt.Seconds()
 	ofLimit := mt.Seconds() / ot.Seconds()
 	incFrac := it.Seconds() / ot.Seconds()
@@ -349,26 +347,4 @@ func fillRandom(r *rand.Rand, b []byte) {
 	for i := 0; i+8 <= len(b); i += 8 {
 		binary.LittleEndian.PutUint64(b[i:], r.Uint64())
 	}
-}
-
-// peakRSS reads VmHWM, the process's peak resident set size. It cannot be
-// reset, so it covers everything the test process did.
-func peakRSS(tb testing.TB) int64 {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		if v, ok := strings.CutPrefix(s.Text(), "VmHWM:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			if err != nil {
-				tb.Fatal(err)
-			}
-			return kb << 10
-		}
-	}
-	tb.Fatal("VmHWM not found in /proc/self/status")
-	return 0
 }

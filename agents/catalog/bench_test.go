@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,6 +21,7 @@ import (
 	"github.com/sendense/sendense/agents/catalog/catalogtest"
 	"github.com/sendense/sendense/bus"
 	"github.com/sendense/sendense/bus/bustest"
+	"github.com/sendense/sendense/internal/testutil"
 	"github.com/sendense/sendense/schemas"
 	"github.com/sendense/sendense/store"
 )
@@ -53,13 +53,13 @@ import (
 // little on a machine busy with other work. Run it with `make bench-catalog`;
 // SENDENSE_BENCH_DEBUG=1 logs every catalog batch to stderr.
 func BenchmarkCatalog(b *testing.B) {
-	n := envInt("SENDENSE_BENCH_EVENTS", 20000)
-	secs := envInt("SENDENSE_BENCH_SECONDS", 5)
-	rounds := envInt("SENDENSE_BENCH_ROUNDS", 5)
-	b.Logf("load average at start: %s", loadAvg())
+	n := testutil.EnvInt("SENDENSE_BENCH_EVENTS", 20000)
+	secs := testutil.EnvInt("SENDENSE_BENCH_SECONDS", 5)
+	rounds := testutil.EnvInt("SENDENSE_BENCH_ROUNDS", 5)
+	b.Logf("load average at start: %s", testutil.LoadAverage())
 	steal0 := readCPUStat()
 	defer func() {
-		b.Logf("load average at end: %s; CPU time stolen by the hypervisor during the run: %s", loadAvg(), steal0.stealSince())
+		b.Logf("load average at end: %s; CPU time stolen by the hypervisor during the run: %s", testutil.LoadAverage(), steal0.stealSince())
 	}()
 	for range b.N {
 		// Latency first, each phase on fresh servers with the disk quiet
@@ -118,13 +118,6 @@ func verdict(met bool) string {
 	return "MISSED"
 }
 
-func envInt(name string, def int) int {
-	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
-		return v
-	}
-	return def
-}
-
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 func median(xs []float64) float64 {
@@ -151,19 +144,6 @@ func percentiles(ds []time.Duration) latencies {
 	slices.Sort(s)
 	q := func(p float64) time.Duration { return s[min(len(s)-1, int(p*float64(len(s))))] }
 	return latencies{p50: q(0.50), p99: q(0.99), max: s[len(s)-1]}
-}
-
-// loadAvg is /proc/loadavg's first three fields and the CPU count.
-func loadAvg() string {
-	data, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "unknown"
-	}
-	f := strings.Fields(string(data))
-	if len(f) < 3 {
-		return "unknown"
-	}
-	return strings.Join(f[:3], " ") + fmt.Sprintf(" (%d CPUs)", runtime.NumCPU())
 }
 
 func benchLog() zerolog.Logger {

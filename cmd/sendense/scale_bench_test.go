@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -65,7 +64,7 @@ func BenchmarkScale(b *testing.B) {
 		testutil.RequireTool(b, tool)
 	}
 	inventory := envString("SENDENSE_BENCH_SCALE_INVENTORY", "scale:vms=100,disks=2,size=256MiB,fill=16MiB")
-	maxJobs := benchEnvInt("SENDENSE_BENCH_MAX_JOBS", 2)
+	maxJobs := testutil.EnvInt("SENDENSE_BENCH_MAX_JOBS", 2)
 	agents := []string{"scale1", "scale2"}
 	for range b.N {
 		benchScale(b, inventory, agents, maxJobs)
@@ -75,7 +74,7 @@ func BenchmarkScale(b *testing.B) {
 func benchScale(b *testing.B, inventory string, agentNames []string, maxJobs int) {
 	out := os.Stdout
 	fmt.Fprintf(out, "\n== scale: %s, %d agents × --max-jobs %d, https transport; load average %s\n",
-		inventory, len(agentNames), maxJobs, loadAverage())
+		inventory, len(agentNames), maxJobs, testutil.LoadAverage())
 	data := b.TempDir()
 	mustCLI(b, append([]string{"creds", "init", "--data", data}, agentSeedFlags(agentNames)...)...)
 	port := freePort(b)
@@ -159,7 +158,7 @@ func benchScale(b *testing.B, inventory string, agentNames []string, maxJobs int
 	}
 	rss := map[string]int64{}
 	for _, p := range append([]*proc{serve, sim}, agents...) {
-		rss[p.name+" "+procLabel(p)] = peakRSS(b, p.cmd.Process.Pid)
+		rss[p.name+" "+procLabel(p)] = testutil.PeakRSS(b, p.cmd.Process.Pid)
 	}
 
 	first, last := done[0].CreatedAt, done[0].FinishedAt
@@ -244,7 +243,7 @@ func benchScale(b *testing.B, inventory string, agentNames []string, maxJobs int
 		fmt.Fprintf(tw, "%s\t%.1f MiB\t\n", n, float64(rss[n])/(1<<20))
 	}
 	tw.Flush()
-	fmt.Fprintf(out, "load average at end: %s\n", loadAverage())
+	fmt.Fprintf(out, "load average at end: %s\n", testutil.LoadAverage())
 	b.ReportMetric(wall.Seconds()/ideal.Seconds(), "x-ideal")
 	b.ReportMetric(float64(p.p99)/float64(time.Millisecond), "agent-own-p99-ms")
 
@@ -347,8 +346,8 @@ func msDur(ms float64) time.Duration { return time.Duration(ms * float64(time.Mi
 // `catalog rebuild` of SENDENSE_BENCH_REBUILD_EVENTS (default 100,000)
 // events published to BACKUP_EVENTS (other jobs, the same shape).
 func BenchmarkScaleCatalog(b *testing.B) {
-	jobs := benchEnvInt("SENDENSE_BENCH_CATALOG_JOBS", 100000)
-	rebuildEvents := benchEnvInt("SENDENSE_BENCH_REBUILD_EVENTS", 100000)
+	jobs := testutil.EnvInt("SENDENSE_BENCH_CATALOG_JOBS", 100000)
+	rebuildEvents := testutil.EnvInt("SENDENSE_BENCH_REBUILD_EVENTS", 100000)
 	for range b.N {
 		benchScaleCatalog(b, jobs, rebuildEvents)
 	}
@@ -371,7 +370,7 @@ func benchJobEvents(prefix string, n, firstVM int) ([]schemas.Event, []string) {
 
 func benchScaleCatalog(b *testing.B, nJobs, rebuildEvents int) {
 	out := os.Stdout
-	fmt.Fprintf(out, "\n== catalog: %d completed jobs of 2 disks on %d VMs; load average %s\n", nJobs, benchVMs, loadAverage())
+	fmt.Fprintf(out, "\n== catalog: %d completed jobs of 2 disks on %d VMs; load average %s\n", nJobs, benchVMs, testutil.LoadAverage())
 	data := b.TempDir()
 	mustCLI(b, "creds", "init", "--data", data)
 	// An external nats-server that does not sync every write, so that the
@@ -537,7 +536,7 @@ func benchScaleCatalog(b *testing.B, nJobs, rebuildEvents int) {
 	}
 	fmt.Fprintf(out, "catalog rebuild: %d events (%d jobs) in %s: %s per 100k events (%.0f events/s)\n", st.Messages, st.Jobs,
 		st.Took.Round(time.Millisecond), (st.Took * 100000 / time.Duration(st.Messages)).Round(time.Millisecond), float64(st.Messages)/st.Took.Seconds())
-	fmt.Fprintf(out, "load average at end: %s\n", loadAverage())
+	fmt.Fprintf(out, "load average at end: %s\n", testutil.LoadAverage())
 	b.ReportMetric(float64(fi.Size())/(1<<20), "catalog-MiB")
 	b.ReportMetric(st.Took.Seconds()*100000/float64(st.Messages), "rebuild-s/100k-events")
 	if code := serve.stop(b); code != 0 {
@@ -619,49 +618,8 @@ func verdict(ok bool) string {
 	return "missed"
 }
 
-// peakRSS is the process's VmHWM in bytes.
-func peakRSS(tb testing.TB, pid int) int64 {
-	tb.Helper()
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			if err != nil {
-				tb.Fatal(err)
-			}
-			return kb << 10
-		}
-	}
-	tb.Fatalf("no VmHWM in /proc/%d/status", pid)
-	return 0
-}
-
-func loadAverage() string {
-	data, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "unknown"
-	}
-	f := strings.Fields(string(data))
-	if len(f) < 3 {
-		return "unknown"
-	}
-	return strings.Join(f[:3], " ") + fmt.Sprintf(" (%d CPUs)", runtime.NumCPU())
-}
-
 func envString(name, def string) string {
 	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
-}
-
-func benchEnvInt(name string, def int) int {
-	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
 		return v
 	}
 	return def
