@@ -31,14 +31,21 @@ func (e *ServiceError) Unwrap() error { return e.Err }
 
 // Request is the one request/reply call of the service clients (catalog,
 // repository, testbed control): it sends req as JSON on subject, waits for
-// the reply within ctx (or within timeout when ctx has no deadline), and
-// decodes it into reply (nil: the reply is ignored). An error answer is
-// returned as a *ServiceError that wraps sentinels[code] (nothing when the
-// code is not in the map). With no service listening the error wraps
-// nats.ErrNoResponders.
+// the reply within timeout and within ctx, whichever ends first (timeout
+// 0: ctx alone), and decodes it into reply (nil: the reply is ignored).
+// An error answer is returned as a *ServiceError that wraps
+// sentinels[code] (nothing when the code is not in the map). With no
+// service listening the error wraps nats.ErrNoResponders.
+//
+// timeout bounds each call even under a longer ctx: core NATS does not
+// resend a request or a reply lost with a server (a request written to a
+// connection whose server was just killed, a reply sent while its
+// requester reconnects), so a caller that polls under a long deadline
+// would otherwise wait out that whole deadline on the first lost
+// message. It gets context.DeadlineExceeded after timeout and asks again.
 func Request(ctx context.Context, nc *nats.Conn, subject string, req, reply any, timeout time.Duration,
 	sentinels map[string]error) error {
-	if _, ok := ctx.Deadline(); !ok && timeout > 0 {
+	if timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()

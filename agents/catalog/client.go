@@ -12,8 +12,9 @@ import (
 	"github.com/sendense/sendense/bus"
 )
 
-// DefaultTimeout bounds a Client request when the caller's context has no
-// deadline.
+// DefaultTimeout bounds each Client request, under the caller's context
+// (bus.Request): a reply lost with a NATS server costs a caller that polls
+// 5 s, never its whole deadline. The catalog answers in milliseconds.
 const DefaultTimeout = 5 * time.Second
 
 // Client asks the catalog service over NATS request/reply. It is safe for

@@ -59,8 +59,8 @@ var sentinels = map[string]error{
 // Client calls the repository service. Safe for concurrent use.
 type Client struct {
 	nc *nats.Conn
-	// Timeout applies when the caller's context has no deadline. Opening a
-	// target starts qemu-nbd, so the default is generous: 60 s.
+	// Timeout bounds each call, under the caller's context (bus.Request).
+	// Opening a target starts qemu-nbd, so the default is generous: 60 s.
 	Timeout time.Duration
 }
 
@@ -112,7 +112,7 @@ func (c *Client) Digests(ctx context.Context, ref TargetRef, entries []manifest.
 
 // Verify verifies completed backups (SubjectVerify). Reading every point
 // takes time: the service allows itself VerifyTimeout, and so does the
-// client when ctx has no deadline.
+// client (under ctx).
 func (c *Client) Verify(ctx context.Context, req VerifyRequest) (VerifyReply, error) {
 	var out VerifyReply
 	err := bus.Request(ctx, c.nc, SubjectVerify, req, &out, VerifyTimeout, sentinels)
