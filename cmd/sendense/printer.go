@@ -72,19 +72,27 @@ func isTerminal(w io.Writer) bool {
 	return ok && term.IsTerminal(int(f.Fd()))
 }
 
-// jsonPrinter prints NDJSON: events and results, one object per line.
-type jsonPrinter struct {
+// lineOut is what the line printers share: the output, the notices'
+// output, and the lock that keeps their lines whole.
+type lineOut struct {
 	mu   sync.Mutex
 	w    io.Writer
 	errw io.Writer // Notice's
 }
 
-func newJSONPrinter(w io.Writer) *jsonPrinter { return &jsonPrinter{w: w, errw: os.Stderr} }
-
-func (p *jsonPrinter) Notice(line string) {
+func (p *lineOut) Notice(line string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	fmt.Fprintln(p.errw, line)
+}
+
+// jsonPrinter prints NDJSON: events and results, one object per line.
+type jsonPrinter struct {
+	lineOut
+}
+
+func newJSONPrinter(w io.Writer) *jsonPrinter {
+	return &jsonPrinter{lineOut{w: w, errw: os.Stderr}}
 }
 
 func (p *jsonPrinter) Event(m *nats.Msg, problem string) error {
@@ -110,9 +118,7 @@ const plainEvery = 5 * time.Second
 // first update and then at most every plainEvery, and a disk's line once
 // more when it is done.
 type plainPrinter struct {
-	mu   sync.Mutex
-	w    io.Writer
-	errw io.Writer // Notice's
+	lineOut
 	now  func() time.Time
 	last time.Time
 	done map[int32]bool
@@ -122,13 +128,7 @@ func newPlainPrinter(w io.Writer, now func() time.Time) *plainPrinter {
 	if now == nil {
 		now = time.Now
 	}
-	return &plainPrinter{w: w, errw: os.Stderr, now: now, done: map[int32]bool{}}
-}
-
-func (p *plainPrinter) Notice(line string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	fmt.Fprintln(p.errw, line)
+	return &plainPrinter{lineOut: lineOut{w: w, errw: os.Stderr}, now: now, done: map[int32]bool{}}
 }
 
 func (*plainPrinter) Event(*nats.Msg, string) error { return nil }
@@ -182,7 +182,7 @@ func diskLine(d diskProgress) string {
 	l := fmt.Sprintf("disk %d: %3.0f%% %s of %s", d.Key, percent(d.Done, d.Total), fmtBytes(d.Done), fmtBytes(d.Total))
 	if d.Finished {
 		if m := d.mean(); m > 0 {
-			l += fmt.Sprintf(", %s/s", fmtBytes(int64(math.Round(m))))
+			l += ", " + fmtRate(m)
 		}
 		l += ", done"
 	}
@@ -197,7 +197,7 @@ func totalLine(s status) string {
 // rateETA is "12.0 MiB/s, ETA 9s" (no ETA when unknown).
 func rateETA(s status) string {
 	var b strings.Builder
-	b.WriteString(fmtBytes(int64(math.Round(s.Rate))) + "/s")
+	b.WriteString(fmtRate(s.Rate))
 	if s.ETA > 0 {
 		fmt.Fprintf(&b, ", ETA %s", s.ETA)
 	}

@@ -131,8 +131,8 @@ func (c *progressCounter) rated(rate float64) {
 func (c *progressCounter) sample() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	done, total := c.sums()
-	c.rate = c.sampler.Sample(done, total).Rate
+	done, _ := c.sums()
+	c.rate = c.sampler.Sample(done)
 }
 
 // sums is the bytes done and to do of every disk; call with c.mu held.
@@ -206,8 +206,8 @@ func (s summary) lines() []string {
 	if secs > 0 {
 		tput = float64(read) / secs
 	}
-	out := []string{fmt.Sprintf("%s %s in %s: %d disk(s) of %s, %s read, %s written, %s/s",
-		s.What, s.Outcome, s.Duration.Round(time.Millisecond), len(s.Disks), fmtBytes(size), fmtBytes(read), fmtBytes(written), fmtBytes(int64(tput)))}
+	out := []string{fmt.Sprintf("%s %s in %s: %d disk(s) of %s, %s read, %s written, %s",
+		s.What, s.Outcome, s.Duration.Round(time.Millisecond), len(s.Disks), fmtBytes(size), fmtBytes(read), fmtBytes(written), fmtRate(tput))}
 	for _, k := range names {
 		v := kinds[k]
 		out = append(out, fmt.Sprintf("  %s: %d disk(s), %s read, %s written", k, v.n, fmtBytes(v.read), fmtBytes(v.written)))

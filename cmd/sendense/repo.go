@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -158,4 +159,10 @@ func fmtBytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// fmtRate is a rate in bytes per second as fmtBytes prints it, "/s" added;
+// the one rounding of every printed rate.
+func fmtRate(bytesPerSec float64) string {
+	return fmtBytes(int64(math.Round(bytesPerSec))) + "/s"
 }

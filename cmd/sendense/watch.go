@@ -185,7 +185,7 @@ func (c *watchCmd) print(m *nats.Msg, note string) {
 			detail += fmt.Sprintf(" disk=%d:%s(%s)", d.Disk.Key, d.BackupType, d.Reason)
 		}
 	case *schemas.Progress:
-		detail = fmt.Sprintf(" %s of %s, %s/s", fmtBytes(e.BytesDone), fmtBytes(e.BytesTotal), fmtBytes(int64(e.RateBytesPerSec)))
+		detail = fmt.Sprintf(" %s of %s, %s", fmtBytes(e.BytesDone), fmtBytes(e.BytesTotal), fmtRate(e.RateBytesPerSec))
 	case *schemas.ChangeID:
 		detail = fmt.Sprintf(" disk=%d change_id=%q", e.Disk.Key, e.ChangeID)
 	case *schemas.Completed:
