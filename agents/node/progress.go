@@ -110,7 +110,7 @@ func (p *jobProgress) sample() (ev *schemas.Progress, changed bool) {
 		ev.BytesDone += d.BytesDone
 		ev.BytesTotal += d.BytesTotal
 	}
-	ev.RateBytesPerSec = p.sampler.Sample(ev.BytesDone, ev.BytesTotal).Rate
+	ev.RateBytesPerSec = p.sampler.Sample(ev.BytesDone)
 	return ev, true
 }
 

@@ -7,12 +7,11 @@
 //
 // # Basics
 //
-// NewSampler(now) starts the clock; Sample(done, total) records a point
-// and returns a Snapshot: the bytes, the elapsed time, the rate over the
-// last Window (DefaultWindow, 10 s; over the whole run until a window has
-// passed) and ETA, which is (total-done)/rate. ETA(done, total, rate) is
-// the same estimate for a rate that came from elsewhere (a backup.progress
-// event's rate_bytes_per_sec).
+// NewSampler(now) starts the clock; Sample(done) records a point and
+// returns the rate over the last Window (DefaultWindow, 10 s; over the
+// whole run until a window has passed). ETA(done, total, rate) is the
+// time left, (total-done)/rate, for that rate or one that came from
+// elsewhere (a backup.progress event's rate_bytes_per_sec).
 //
 // It must never do I/O, log or know about the bus, NBD or the terminal.
 //

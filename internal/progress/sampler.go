@@ -5,18 +5,6 @@ import "time"
 // DefaultWindow is how far back a Sampler looks for its rate.
 const DefaultWindow = 10 * time.Second
 
-// Snapshot is one sample of a copy.
-type Snapshot struct {
-	Done, Total int64
-	// Elapsed is the time since the sampler started.
-	Elapsed time.Duration
-	// Rate is bytes per second over the last Window (since the start
-	// until a window has passed); 0 at the first sample.
-	Rate float64
-	// ETA is the time left at Rate; 0 when unknown (no rate yet) or done.
-	ETA time.Duration
-}
-
 // point is one recorded sample.
 type point struct {
 	t    time.Time
@@ -28,9 +16,8 @@ type Sampler struct {
 	// Window is how far back the rate looks. Default DefaultWindow.
 	Window time.Duration
 
-	now   func() time.Time
-	start time.Time
-	hist  []point // oldest first; hist[0] is at most Window before the newest
+	now  func() time.Time
+	hist []point // oldest first; hist[0] is at most Window before the newest
 }
 
 // NewSampler returns a sampler whose clock starts now; now nil is
@@ -39,15 +26,14 @@ func NewSampler(now func() time.Time) *Sampler {
 	if now == nil {
 		now = time.Now
 	}
-	s := &Sampler{Window: DefaultWindow, now: now}
-	s.start = now()
-	s.hist = []point{{t: s.start}}
-	return s
+	return &Sampler{Window: DefaultWindow, now: now, hist: []point{{t: now()}}}
 }
 
-// Sample records done of total bytes now and returns the snapshot. A done
-// lower than the last sample's (a disk that restarted) restarts the rate.
-func (s *Sampler) Sample(done, total int64) Snapshot {
+// Sample records done bytes now and returns the rate in bytes per second
+// over the last Window (since the start until a window has passed); 0 at
+// the first sample. A done lower than the last sample's (a disk that
+// restarted) restarts the rate.
+func (s *Sampler) Sample(done int64) float64 {
 	now := s.now()
 	if last := s.hist[len(s.hist)-1]; done < last.done {
 		s.hist = s.hist[:0]
@@ -60,13 +46,11 @@ func (s *Sampler) Sample(done, total int64) Snapshot {
 		cut++
 	}
 	s.hist = s.hist[cut:]
-	snap := Snapshot{Done: done, Total: total, Elapsed: now.Sub(s.start)}
 	first := s.hist[0]
 	if secs := now.Sub(first.t).Seconds(); secs > 0 && len(s.hist) > 1 {
-		snap.Rate = float64(done-first.done) / secs
+		return float64(done-first.done) / secs
 	}
-	snap.ETA = ETA(done, total, snap.Rate)
-	return snap
+	return 0
 }
 
 // ETA is the time left to copy total-done bytes at rate bytes per second,

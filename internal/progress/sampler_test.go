@@ -18,8 +18,8 @@ func TestSampler(t *testing.T) {
 	clk := &clock{t: time.Unix(1e9, 0)}
 	s := NewSampler(clk.now)
 	s.Window = 4 * time.Second
-	if got := s.Sample(0, 100*mib); got != (Snapshot{Total: 100 * mib}) {
-		t.Errorf("first sample %+v, want no rate, no ETA", got)
+	if got := s.Sample(0); got != 0 {
+		t.Errorf("first sample: rate %g, want none", got)
 	}
 	steps := []struct {
 		at       time.Duration // since the start
@@ -40,10 +40,9 @@ func TestSampler(t *testing.T) {
 	start := clk.t
 	for _, st := range steps {
 		clk.t = start.Add(st.at)
-		got := s.Sample(st.done, 100*mib)
-		want := Snapshot{Done: st.done, Total: 100 * mib, Elapsed: st.at, Rate: st.wantRate, ETA: st.wantETA}
-		if got != want {
-			t.Errorf("at %s: got %+v, want %+v", st.at, got, want)
+		rate := s.Sample(st.done)
+		if eta := ETA(st.done, 100*mib, rate); rate != st.wantRate || eta != st.wantETA {
+			t.Errorf("at %s: rate %g, ETA %s; want %g, %s", st.at, rate, eta, st.wantRate, st.wantETA)
 		}
 	}
 }
