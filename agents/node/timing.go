@@ -9,7 +9,6 @@ import (
 
 	"github.com/sendense/sendense/agents/hub/repoapi"
 	"github.com/sendense/sendense/backup"
-	"github.com/sendense/sendense/manifest"
 	"github.com/sendense/sendense/vmware"
 )
 
@@ -129,30 +128,19 @@ func (v timedVCenter) StaleSnapshots(ctx context.Context, vm *vmware.VM, prefix 
 }
 
 // timedTargets adds the duration of the job's repository info and abort
-// calls to its jobTimes; run times the opens and the closes of the disks'
-// targets (each set at once) and the digests count as copy.
-type timedTargets struct{ t Targets }
+// calls to its jobTimes. Open, Close and Digests pass through (embedded):
+// run times the opens and the closes of the disks' targets (each set at
+// once), and the digests count as copy.
+type timedTargets struct{ Targets }
 
 func (v timedTargets) Info(ctx context.Context, repo string) (repoapi.InfoReply, error) {
 	defer timesOf(ctx).addHub(time.Now())
-	return v.t.Info(ctx, repo)
-}
-
-func (v timedTargets) Open(ctx context.Context, req repoapi.OpenRequest) (repoapi.OpenReply, error) {
-	return v.t.Open(ctx, req) // the disks' opens run at once: run times them together
-}
-
-func (v timedTargets) Close(ctx context.Context, ref repoapi.TargetRef) (repoapi.CloseReply, error) {
-	return v.t.Close(ctx, ref) // as Open
-}
-
-func (v timedTargets) Digests(ctx context.Context, ref repoapi.TargetRef, entries []manifest.Entry) error {
-	return v.t.Digests(ctx, ref, entries)
+	return v.Targets.Info(ctx, repo)
 }
 
 func (v timedTargets) Abort(ctx context.Context, ref repoapi.TargetRef) error {
 	defer timesOf(ctx).addHub(time.Now())
-	return v.t.Abort(ctx, ref)
+	return v.Targets.Abort(ctx, ref)
 }
 
 // timedCatalog adds the duration of the job's catalog lookups to its
