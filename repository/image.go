@@ -257,7 +257,9 @@ func readBackingName(path string) (string, error) {
 // (an external data file, a bit newer than this code): with any, the file
 // alone is not the image as read here.
 func readHeader(path string) (_ Image, unknown uint64, _ error) {
-	f, err := os.Open(path)
+	// O_NONBLOCK: a FIFO in a file's place must not block the open; the
+	// check below refuses it.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return Image{}, 0, err
 	}

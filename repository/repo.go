@@ -199,21 +199,14 @@ func (r *Repo) create(ctx context.Context, vmUUID string, diskKey int32, jobID s
 	args := []string{"create", "-f", "qcow2"}
 	if backingJobID != "" {
 		backing := filepath.Join(dir, fileName(backingJobID))
-		st, err := os.Stat(backing)
+		// Its header, not qemu-img info: the caller checked the chain
+		// (CheckBase) and this only needs the format and the size.
+		img, _, err := readHeader(backing)
 		if errors.Is(err, fs.ErrNotExist) {
 			return "", fmt.Errorf("backing file %s of job %s: %w", backing, backingJobID, ErrNoBacking)
 		}
 		if err != nil {
-			return "", fmt.Errorf("backing file %s: %w", backing, err)
-		}
-		if !st.Mode().IsRegular() {
-			return "", fmt.Errorf("backing file %s is not a regular file: %w", backing, ErrNoBacking)
-		}
-		// Its header, not qemu-img info: the caller checked the chain
-		// (CheckBase) and this only needs the format and the size.
-		img, _, err := readHeader(backing)
-		if err != nil {
-			return "", fmt.Errorf("backing file %s, want qcow2: %w: %w", backing, ErrNoBacking, err)
+			return "", fmt.Errorf("backing file %s, want a qcow2 file: %w: %w", backing, ErrNoBacking, err)
 		}
 		if img.VirtualSize != capacity {
 			return "", fmt.Errorf("capacity %d bytes, backing file %s has %d: %w", capacity, backing, img.VirtualSize, ErrCapacityMismatch)

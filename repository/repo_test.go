@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -122,6 +123,22 @@ func TestCreateErrorsLeaveNoFile(t *testing.T) {
 	}
 	if p, _ := r.Path(testVM, 2000, "inc"); fileExists(p) {
 		t.Errorf("%s left behind", p)
+	}
+
+	// A FIFO or a directory in a backing file's place is refused without
+	// blocking on the FIFO's open.
+	fifo, _ := r.Path(testVM, 2000, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dir, _ := r.Path(testVM, 2000, "dir")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, backing := range []string{"fifo", "dir"} {
+		if _, err := r.Create(ctx, testVM, 2000, "inc", testCapacity, backing); !errors.Is(err, ErrNoBacking) {
+			t.Errorf("Create on a %s as backing = %v, want ErrNoBacking", backing, err)
+		}
 	}
 }
 
