@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
@@ -83,6 +82,10 @@ func (c *cancelCmd) run(ctx context.Context, a *app, idOrPrefix string) error {
 		return err
 	}
 	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
 	cat := catalog.NewClient(nc)
 	j, err := cat.ResolveJob(ctx, idOrPrefix)
 	if err != nil {
@@ -97,7 +100,7 @@ func (c *cancelCmd) run(ctx context.Context, a *app, idOrPrefix string) error {
 	// ends the job as canceled itself; if none answers, cancel records it.
 	var removed []byte
 	if j.Status == backup.StatusQueued || j.Status == backup.StatusFailed {
-		if removed, err = dequeue(ctx, nc, j); err != nil {
+		if removed, err = dequeue(ctx, js, j); err != nil {
 			return err
 		}
 	}
@@ -108,9 +111,9 @@ func (c *cancelCmd) run(ctx context.Context, a *app, idOrPrefix string) error {
 	reply, err := agentapi.RequestCancel(ctx, nc, j.ID, wait)
 	switch {
 	case errors.Is(err, agentapi.ErrNoAgent) && removed != nil && j.Status == backup.StatusQueued:
-		return c.rejectQueued(ctx, a, nc, cat, j, removed)
+		return c.rejectQueued(ctx, a, js, cat, j, removed)
 	case errors.Is(err, agentapi.ErrNoAgent) && removed != nil:
-		return c.failBetweenAttempts(ctx, a, nc, cat, j)
+		return c.failBetweenAttempts(ctx, a, js, cat, j)
 	case errors.Is(err, agentapi.ErrNoAgent):
 		if now, jerr := cat.Job(ctx, j.ID); jerr == nil && now.Ended() {
 			return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended %s; nothing to cancel", j.ID, outcome(now))}
@@ -161,15 +164,11 @@ func outcome(j backup.Job) string {
 
 // dequeue deletes a queued job's request from BACKUP_REQUESTS and returns
 // it; nil when the request already left the queue (an agent acked it).
-func dequeue(ctx context.Context, nc *nats.Conn, j backup.Job) (request []byte, err error) {
+func dequeue(ctx context.Context, js jetstream.JetStream, j backup.Job) (request []byte, err error) {
 	if j.RequestSeq == 0 {
 		// A job that failed before it started: nothing says where its
 		// request is.
 		return nil, fmt.Errorf("cancel job %s: attempt %d failed before it started and the job waits for its retry; no agent runs it now and its request's place in the queue is unknown: cancel it once it runs again (`sendense watch --job %s`)", j.ID, j.Attempt, j.ID)
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return nil, err
 	}
 	st, err := js.Stream(ctx, bus.StreamRequests)
 	if err != nil {
@@ -196,7 +195,7 @@ func dequeue(ctx context.Context, nc *nats.Conn, j backup.Job) (request []byte, 
 
 // rejectQueued records a queued job whose request cancel removed, and that
 // no agent runs: backup.rejected reason canceled on backup.rejected.admin.
-func (c *cancelCmd) rejectQueued(ctx context.Context, a *app, nc *nats.Conn, cat *catalog.Client, j backup.Job, request []byte) error {
+func (c *cancelCmd) rejectQueued(ctx context.Context, a *app, js jetstream.JetStream, cat *catalog.Client, j backup.Job, request []byte) error {
 	ev := &schemas.Rejected{
 		Header: schemas.Header{
 			ID:      bus.EventID(j.ID, 1, schemas.NameRejected, 0, 0),
@@ -210,7 +209,7 @@ func (c *cancelCmd) rejectQueued(ctx context.Context, a *app, nc *nats.Conn, cat
 	}
 	ev.VM.Name = j.VM.Name // as the request named it; it passed the request's schema
 	schemas.Stamp(&ev.Header, schemas.NameRejected)
-	return c.record(ctx, a, nc, cat, j, ev, " (its request was removed from the queue)")
+	return c.record(ctx, a, js, cat, j, ev, " (its request was removed from the queue)")
 }
 
 // failBetweenAttempts records a job whose retryable failure left its
@@ -219,7 +218,7 @@ func (c *cancelCmd) rejectQueued(ctx context.Context, a *app, nc *nats.Conn, cat
 // backup.failed.admin under the next attempt (which no agent started, so
 // the catalog files it: an attempt belongs to its first started event's
 // agent).
-func (c *cancelCmd) failBetweenAttempts(ctx context.Context, a *app, nc *nats.Conn, cat *catalog.Client, j backup.Job) error {
+func (c *cancelCmd) failBetweenAttempts(ctx context.Context, a *app, js jetstream.JetStream, cat *catalog.Client, j backup.Job) error {
 	attempt := j.Attempt + 1
 	ev := &schemas.Failed{
 		Header: schemas.Header{
@@ -234,18 +233,14 @@ func (c *cancelCmd) failBetweenAttempts(ctx context.Context, a *app, nc *nats.Co
 		Message:    fmt.Sprintf("canceled by %s between attempts (request seq %d removed from the queue)", requester(), j.RequestSeq),
 	}
 	schemas.Stamp(&ev.Header, schemas.NameFailed)
-	return c.record(ctx, a, nc, cat, j, ev, " between attempts (failed, reason canceled; its request was removed from the queue)")
+	return c.record(ctx, a, js, cat, j, ev, " between attempts (failed, reason canceled; its request was removed from the queue)")
 }
 
 // record publishes ev, cancel's record of a job whose request it removed,
 // on backup.<type>.admin, waits until the catalog shows the job ended, and
 // prints it as canceled (how says how). Had an agent taken the request
 // after all, its attempt owns the outcome: exit 6.
-func (c *cancelCmd) record(ctx context.Context, a *app, nc *nats.Conn, cat *catalog.Client, j backup.Job, ev schemas.Event, how string) error {
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
+func (c *cancelCmd) record(ctx context.Context, a *app, js jetstream.JetStream, cat *catalog.Client, j backup.Job, ev schemas.Event, how string) error {
 	pub, err := bus.NewAgentPublisher(js, CancelAgent, a.log)
 	if err != nil {
 		return err
