@@ -384,6 +384,9 @@ func (l *lab) settle(ctx context.Context, cat *catalog.Client, vm, id string) ba
 	l.t.Helper()
 	for ctx.Err() == nil {
 		j, err := cat.Job(ctx, id)
+		if err != nil && ctx.Err() == nil {
+			l.t.Logf("job %s of %s: %v; asking again", id, vm, err)
+		}
 		if err == nil {
 			switch j.Status {
 			case "completed":
