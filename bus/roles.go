@@ -155,13 +155,16 @@ const (
 	jsAck       = "$JS.ACK."
 	leaseStream = "KV_" + LeaseBucket
 	leaseKeys   = "$KV." + LeaseBucket + ".>"
+	// cancelStream is CancelBucket's stream, which agents only read.
+	cancelStream = "KV_" + CancelBucket
 )
 
 // PermissionsOf returns the permissions of id. They are the least each
 // role needs (see the Role constants); in particular only agents publish
 // backup events, each on its own subject token, and only the hub the
 // events about completed jobs, on backup.<type>.hub; only agents and the
-// hub write leases; only admin asks agents to cancel a job (AgentCancel);
+// hub write leases; only admin asks agents to cancel a job (AgentCancel)
+// and records canceled jobs (CancelBucket, which agents read);
 // only admin creates, changes, deletes or purges streams and consumers
 // other than the catalog's own; and nobody but admin reads another user's
 // inbox.
@@ -217,6 +220,8 @@ func PermissionsOf(id Identity) Permissions {
 			jsAPI+"STREAM.MSG.GET."+StreamEvents,
 			jsAPI+"STREAM.INFO."+leaseStream, jsAPI+"DIRECT.GET."+leaseStream+".>", jsAPI+"STREAM.MSG.GET."+leaseStream,
 			leaseKeys,
+			// Reads of the cancel records (bus.Cancels), never writes.
+			jsAPI+"STREAM.INFO."+cancelStream, jsAPI+"DIRECT.GET."+cancelStream+".>", jsAPI+"STREAM.MSG.GET."+cancelStream,
 			CatalogService+".>", RepoInfo, RepoTargets+".>",
 			// Answers to AgentCancel, which only admin sends.
 			Identity{Role: RoleAdmin}.InboxPrefix()+".>",

@@ -59,6 +59,11 @@ type Leases interface {
 	Acquire(ctx context.Context, key string, holder bus.Holder) (*bus.Lease, error)
 }
 
+// Cancels reads the durable cancel records; *bus.Cancels implements it.
+type Cancels interface {
+	Canceled(ctx context.Context, jobID string) (_ bus.CancelRecord, ok bool, _ error)
+}
+
 // Store says whether JetStream can store now (bus.StoreReady): nil when
 // it can, an error saying why not otherwise.
 type Store interface {
@@ -177,6 +182,9 @@ type Deps struct {
 	Sources   vmware.Sources
 	Targets   Targets
 	Catalog   Catalog
+	// Cancels says which jobs admin canceled (bus.CancelBucket): a delivery
+	// of a canceled job ends it as canceled instead of running it.
+	Cancels Cancels
 	// Store tells when JetStream stores again after a failure; nil: the
 	// agent only waits StoreProbeInterval (doubling) before it retries.
 	Store Store
@@ -207,7 +215,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		return nil, err
 	}
 	if deps.Requests == nil || deps.Publisher == nil || deps.Leases == nil || deps.VCenter == nil ||
-		deps.Sources == nil || deps.Targets == nil || deps.Catalog == nil {
+		deps.Sources == nil || deps.Targets == nil || deps.Catalog == nil || deps.Cancels == nil {
 		return nil, errors.New("node agent: every dependency is required")
 	}
 	deps.VCenter, deps.Targets, deps.Catalog = timedVCenter{deps.VCenter}, timedTargets{deps.Targets}, timedCatalog{deps.Catalog}

@@ -104,6 +104,18 @@ func (a *Agent) handle(ctx context.Context, msg jetstream.Msg) {
 	// ErrCanceled, and failAndSettle ends the job as canceled.
 	jctx, untrack := a.track(ctx, r)
 	defer untrack()
+	// A job canceled for good (its earlier attempt's agent died before it
+	// recorded the cancel, or cancel took a queued request an agent had
+	// already fetched) ends here, as canceled, without running.
+	if rec, canceled, err := a.deps.Cancels.Canceled(ctx, r.jobID); err != nil {
+		r.log.Warn().Err(err).Dur("delay", a.cfg.RetryBackoff).Msg("cancel records unreadable; request waits")
+		stop()
+		_ = msg.NakWithDelay(a.cfg.RetryBackoff)
+		return
+	} else if canceled {
+		a.failAndSettle(ctx, r, nil, stop, canceledError(fmt.Errorf("recorded by %s at %s; attempt %d did not run", rec.By, rec.At.Format(time.RFC3339), r.attempt)))
+		return
+	}
 
 	if err := a.resolve(ctx, r); err != nil {
 		var rj *rejection

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -197,5 +198,68 @@ func TestCancel(t *testing.T) {
 	}
 	if jctx2.Err() != nil {
 		t.Errorf("a job canceled too late was stopped: %v", context.Cause(jctx2))
+	}
+}
+
+// recordedCancels holds durable cancel records by job id (bus.Cancels).
+type recordedCancels map[string]bus.CancelRecord
+
+func (c recordedCancels) Canceled(_ context.Context, id string) (bus.CancelRecord, bool, error) {
+	rec, ok := c[id]
+	return rec, ok, nil
+}
+
+// redelivery is the second delivery of job-1's request at stream seq 7.
+type redelivery struct{ settleMsg }
+
+func (m *redelivery) Data() []byte { return []byte(`{"vm":"pgtest1","job_id":"job-1"}`) }
+
+func (m *redelivery) Metadata() (*jetstream.MsgMetadata, error) {
+	return &jetstream.MsgMetadata{NumDelivered: 2, Sequence: jetstream.SequencePair{Stream: 7}}, nil
+}
+
+// runningCatalog shows job-1 running attempt 1 (from request seq 7) until
+// the agent published its outcome, then failed.
+type runningCatalog struct{ pub *failPublisher }
+
+func (c runningCatalog) Job(_ context.Context, id string) (backup.Job, error) {
+	if len(c.pub.evs) > 0 {
+		return backup.Job{ID: id, Status: backup.StatusFailed}, nil
+	}
+	return backup.Job{ID: id, Status: backup.StatusRunning, Attempt: 1, RequestSeq: 7}, nil
+}
+
+func (runningCatalog) ChainHead(context.Context, string, int32, string) (backup.Link, error) {
+	return backup.Link{}, backup.ErrNotFound
+}
+
+// TestRedeliveryOfCanceledJob: the agent that stopped a canceled job died
+// before it published the outcome, so the request comes again. The agent
+// taking it finds the cancel record and ends the job as canceled, never
+// retried, without resolving the VM (VCenter is nil: any use would panic).
+func TestRedeliveryOfCanceledJob(t *testing.T) {
+	pub := &failPublisher{}
+	a := &Agent{
+		cfg: Config{AgentID: "a2", MaxAttempts: 5, RetryBackoff: time.Second, CatalogWait: time.Second,
+			ShutdownTimeout: 5 * time.Second, StoreProbeInterval: time.Second, InProgressInterval: time.Hour},
+		deps: Deps{Publisher: pub, Catalog: runningCatalog{pub}, Cancels: recordedCancels{
+			"job-1": {By: "ops@desk", At: time.Date(2026, 12, 2, 18, 0, 0, 0, time.UTC)}}},
+		log:  zerolog.New(zerolog.NewTestWriter(t)),
+		jobs: map[string]*tracked{},
+	}
+	msg := &redelivery{}
+	a.handle(context.Background(), msg)
+	if len(pub.evs) != 1 {
+		t.Fatalf("published %d events, want one backup.failed", len(pub.evs))
+	}
+	f, ok := pub.evs[0].(*schemas.Failed)
+	if !ok || f.Reason != schemas.FailCanceled || f.Retryable || f.Attempt != 2 || f.JobID != "job-1" {
+		t.Fatalf("published %+v, want job-1 attempt 2 failed, reason canceled, not retryable", pub.evs[0])
+	}
+	if want := "recorded by ops@desk at 2026-12-02T18:00:00Z; attempt 2 did not run"; !strings.Contains(f.Message, want) {
+		t.Errorf("message %q, want it to say %q", f.Message, want)
+	}
+	if !msg.acked || len(msg.naks) != 0 {
+		t.Errorf("request acked %t, naks %v; want acked (never run again)", msg.acked, msg.naks)
 	}
 }

@@ -284,8 +284,8 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 		return nil, err
 	}
 	if cfg.Hub {
-		// The hub's process makes the streams, the lease bucket and the
-		// agents' consumer, as admin: no other role may create or change
+		// The hub's process makes the streams, the lease and cancel buckets
+		// and the agents' consumer, as admin: no other role may create or change
 		// them. The other roles bind to them.
 		if s.JS == nil {
 			return nil, fmt.Errorf("hub: the streams are made with the admin credentials, and %s has none", s.Creds.File(bus.Identity{Role: bus.RoleAdmin}))
@@ -298,6 +298,9 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 			ttl = bus.DefaultLeaseTTL
 		}
 		if _, err := bus.NewLeases(ctx, s.JS, bus.LeaseBucket, ttl, bus.LeaseReplicas(cfg.Replicas), bus.LeaseAwait(s.await())); err != nil {
+			return nil, err
+		}
+		if _, err := bus.EnsureCancels(ctx, s.JS, cfg.Replicas, s.await()); err != nil {
 			return nil, err
 		}
 		if _, err := bus.EnsureRequestConsumer(ctx, s.JS, bus.RequestConsumerOptions{AckWait: cfg.RequestAckWait, Await: s.await()}); err != nil {
@@ -722,11 +725,18 @@ func (s *System) startAgent(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	// The hub's process makes the lease bucket and the request consumer:
-	// an agent started first waits for them.
+	// The hub's process makes the lease and cancel buckets and the request
+	// consumer: an agent started first waits for them.
 	var leases *bus.Leases
 	if err := bus.Await(ctx, "lease bucket "+bus.LeaseBucket, func(ctx context.Context) (err error) {
 		leases, err = bus.OpenLeases(ctx, js, bus.LeaseBucket, bus.LeaseLogger(s.log))
+		return err
+	}, s.await()); err != nil {
+		return err
+	}
+	var cancels *bus.Cancels
+	if err := bus.Await(ctx, "cancel bucket "+bus.CancelBucket, func(ctx context.Context) (err error) {
+		cancels, err = bus.OpenCancels(ctx, js)
 		return err
 	}, s.await()); err != nil {
 		return err
@@ -758,7 +768,7 @@ func (s *System) startAgent(ctx context.Context) error {
 	}
 	ag, err := node.New(cfg, node.Deps{
 		Requests: cons, Publisher: pub, Leases: leases, VCenter: vc, Sources: sources,
-		Targets: repoapi.NewClient(nc), Catalog: catalog.NewClient(nc),
+		Targets: repoapi.NewClient(nc), Catalog: catalog.NewClient(nc), Cancels: cancels,
 		Store: node.StoreFunc(func(ctx context.Context) error {
 			if err := bus.StoreReady(ctx, js); err != nil {
 				return err

@@ -27,8 +27,9 @@ const (
 	// exitCancelEnded: the job ended otherwise before the cancel took
 	// effect (completed, failed or rejected): nothing was canceled.
 	exitCancelEnded = 6
-	// exitCancelTimeout: the agent is stopping the job but the catalog did
-	// not show its outcome within --timeout.
+	// exitCancelTimeout: the cancel is under way (an agent is stopping the
+	// job, or it is recorded and waits for the job's request to come again)
+	// but the catalog did not show its outcome within --timeout.
 	exitCancelTimeout = exitWaitTimeout
 )
 
@@ -49,6 +50,10 @@ func newCancelCmd(a *app) *cobra.Command {
 		Long: `Cancel a backup job. JOB is a job id or a unique prefix of at least 4 characters.
 Needs the admin role.
 
+The cancel is recorded first (KV bucket sendense_cancels): every agent reads the record
+before it runs a delivery of the job's request, so a cancel holds even when the agent
+running the job dies or hangs before it stops it.
+
 A queued job (no agent started it yet): its request is deleted from BACKUP_REQUESTS and a
 backup.rejected with reason canceled records it; the job shows rejected (canceled).
 
@@ -60,12 +65,16 @@ publishes backup.failed with reason canceled (not retryable); the job shows fail
 A job between attempts (failed, its request waiting for the retry): its request is deleted
 from the queue and a backup.failed with reason canceled ends it.
 
+A job no agent runs now (its agent died or hangs): cancel says the cancel is recorded and
+waits; the agent that takes the job's request next ends it as canceled without running it.
+
 cancel waits until the catalog shows the outcome (at most --timeout) and prints it. A job
 whose copy is already done completes: cancel says so and exits 6.
 
 Exit codes: 0 canceled; 6 the job already ended (completed, failed or rejected) and nothing
-was canceled; 5 the agent is stopping the job but the catalog did not show the outcome
-within --timeout; 1 any other error (unknown job, no agent runs it, no server).`,
+was canceled; 5 the cancel is under way (an agent is stopping the job, or it is recorded and
+waits for the job's request to come again) but the catalog did not show the outcome within
+--timeout; 1 any other error (unknown job, no server, the cancel could not be recorded).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return c.run(cmd.Context(), a, args[0])
@@ -94,12 +103,21 @@ func (c *cancelCmd) run(ctx context.Context, a *app, idOrPrefix string) error {
 	if j.Ended() {
 		return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended %s; nothing to cancel", j.ID, outcome(j))}
 	}
+	// Recorded first, for good: from here no delivery of the job's
+	// request runs it, whatever becomes of the agent asked below.
+	cancels, err := bus.OpenCancels(ctx, js)
+	if err == nil {
+		err = cancels.Record(ctx, j.ID, requester())
+	}
+	if err != nil {
+		return fmt.Errorf("cancel job %s: nothing canceled: %w", j.ID, err)
+	}
 	// A queued job's request, or that of a job between attempts (failed,
 	// retryable, waiting for its redelivery), is taken off the queue
 	// first: an agent that took it meanwhile answers the cancel below and
 	// ends the job as canceled itself; if none answers, cancel records it.
 	var removed []byte
-	if j.Status == backup.StatusQueued || j.Status == backup.StatusFailed {
+	if (j.Status == backup.StatusQueued || j.Status == backup.StatusFailed) && j.RequestSeq != 0 {
 		if removed, err = dequeue(ctx, js, j); err != nil {
 			return err
 		}
@@ -115,10 +133,10 @@ func (c *cancelCmd) run(ctx context.Context, a *app, idOrPrefix string) error {
 	case errors.Is(err, agentapi.ErrNoAgent) && removed != nil:
 		return c.failBetweenAttempts(ctx, a, js, cat, j)
 	case errors.Is(err, agentapi.ErrNoAgent):
-		if now, jerr := cat.Job(ctx, j.ID); jerr == nil && now.Ended() {
-			return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended %s; nothing to cancel", j.ID, outcome(now))}
-		}
-		return fmt.Errorf("cancel job %s (%s, agent %s): %w", j.ID, j.Status, dash(j.Agent), err)
+		// No agent runs the job now: the agent of its attempt died, or it
+		// waits for a retry whose request's place is unknown. The agent
+		// that takes its request next finds the record and ends it.
+		return c.awaitRecorded(ctx, a, cat, j)
 	case err != nil:
 		return err
 	}
@@ -137,6 +155,26 @@ func (c *cancelCmd) run(ctx context.Context, a *app, idOrPrefix string) error {
 	}
 	if final.Status == backup.StatusFailed && final.Failure != nil && final.Failure.Reason == schemas.FailCanceled {
 		return c.canceled(a, final, fmt.Sprintf(": agent %s stopped attempt %d (failed, reason canceled; snapshot removed, targets aborted)", reply.Agent, reply.Attempt))
+	}
+	return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended %s before the cancel took effect; nothing canceled", j.ID, outcome(final))}
+}
+
+// awaitRecorded waits (--timeout) until the catalog shows job j ended,
+// once no agent answered: canceled by the agent that took its request
+// again and found the cancel record, or ended otherwise meanwhile.
+func (c *cancelCmd) awaitRecorded(ctx context.Context, a *app, cat *catalog.Client, j backup.Job) error {
+	newLinePrinter(a.stdout, c.json).Notice(fmt.Sprintf("job %s: no agent runs it now (%s, agent %s); the cancel is recorded, and the agent that takes its request next ends it as canceled: waiting up to %s", j.ID, j.Status, dash(j.Agent), c.timeout))
+	wctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	final, err := cat.Await(wctx, j.ID, backup.Job.Ended)
+	if err != nil {
+		if wctx.Err() != nil && ctx.Err() == nil {
+			return &exitError{code: exitCancelTimeout, err: fmt.Errorf("cancel job %s: recorded, but no agent took its request within %s; it ends as canceled when one does: see `sendense job %s`", j.ID, c.timeout, j.ID)}
+		}
+		return fmt.Errorf("cancel job %s: wait for the catalog: %w", j.ID, err)
+	}
+	if final.Failure != nil && final.Failure.Reason == schemas.FailCanceled {
+		return c.canceled(a, final, fmt.Sprintf(": recorded; its request came again and attempt %d ended as canceled without running", final.Failure.Attempt))
 	}
 	return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended %s before the cancel took effect; nothing canceled", j.ID, outcome(final))}
 }
@@ -162,14 +200,10 @@ func outcome(j backup.Job) string {
 	return s
 }
 
-// dequeue deletes a queued job's request from BACKUP_REQUESTS and returns
-// it; nil when the request already left the queue (an agent acked it).
+// dequeue deletes a queued job's request (at j.RequestSeq, not 0) from
+// BACKUP_REQUESTS and returns it; nil when the request already left the
+// queue (an agent acked it).
 func dequeue(ctx context.Context, js jetstream.JetStream, j backup.Job) (request []byte, err error) {
-	if j.RequestSeq == 0 {
-		// A job that failed before it started: nothing says where its
-		// request is.
-		return nil, fmt.Errorf("cancel job %s: attempt %d failed before it started and the job waits for its retry; no agent runs it now and its request's place in the queue is unknown: cancel it once it runs again (`sendense watch --job %s`)", j.ID, j.Attempt, j.ID)
-	}
 	st, err := js.Stream(ctx, bus.StreamRequests)
 	if err != nil {
 		return nil, fmt.Errorf("cancel job %s: stream %s: %w", j.ID, bus.StreamRequests, err)

@@ -14,8 +14,11 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sendense/sendense/agents/catalog"
 	"github.com/sendense/sendense/backup"
 	"github.com/sendense/sendense/bus"
+	"github.com/sendense/sendense/bus/bustest"
+	"github.com/sendense/sendense/internal/testutil"
 	"github.com/sendense/sendense/schemas"
 )
 
@@ -180,4 +183,103 @@ func containsAll(s string, subs []string) bool {
 		}
 	}
 	return true
+}
+
+// TestCancelOutlivesItsAgent: the agent running a job hangs (SIGSTOP)
+// when `cancel` asks, so nobody answers; cancel records the cancel, says
+// so and waits. The agent is then killed (-9) and started again: the
+// request comes back after the ack wait, and the agent finds the record
+// and ends the job as canceled (not retryable) instead of running it
+// again; cancel prints that and exits 0. The VM's next backup completes.
+// Hub, catalog and agent are separate processes on one nats-server.
+func TestCancelOutlivesItsAgent(t *testing.T) {
+	t.Parallel()
+	for _, tool := range []string{"qemu-img", "qemu-nbd", "nbdkit"} {
+		testutil.RequireTool(t, tool)
+	}
+	src := t.TempDir()
+	mustCLI(t, "creds", "init", "--data", src, "--agent", "a1")
+	url := bustest.ExternalWithConfig(t, mustCLI(t, "creds", "server-config", "--data", src))
+	common := []string{"--nats-url", url, "--log-format", "json"}
+	hub := startProc(t, append([]string{"hub", "--data", dataWithCreds(t, src, "admin", "hub"), "--api-listen", "none",
+		"--request-ack-wait", "8s", "--lease-ttl", "8s"}, common...)...)
+	cat := startProc(t, append([]string{"catalog", "--data", dataWithCreds(t, src, "catalog")}, common...)...)
+	agentData := dataWithCreds(t, src, "admin", "agent-a1")
+	agentArgs := append([]string{"agent", "--agent-id", "a1", "--data", agentData, "--simulate-vcenter",
+		"--simulate-inventory", "scale:vms=1,disks=1,size=1GiB,fill=768MiB,prefix=outlive"}, common...)
+	agent := startProc(t, agentArgs...)
+	nc := connectTest(t, url, src)
+	waitCatalog(t, nc, cat)
+	client := append([]string{}, common[:2]...)
+	client = append(client, "--data", src)
+
+	id := bus.NewJobID()
+	started := make(chan struct{}, 1)
+	sub, err := nc.Subscribe(schemas.NameStarted+".*", func(m *nats.Msg) {
+		if ev, err := schemas.Decode(m.Subject, m.Data); err == nil && ev.EventHeader().JobID == id {
+			select {
+			case started <- struct{}{}:
+			default:
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	mustCLI(t, append([]string{"backup", "--vm", "outlive001", "--job-id", id}, client...)...)
+	select {
+	case <-started:
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("job %s did not start within two minutes:\n%s", id, lastLines(agent.out.String(), 5))
+	}
+	// The agent hangs mid-copy.
+	if err := syscall.Kill(agent.cmd.Process.Pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	c := startProc(t, append([]string{"cancel", id, "--timeout", "2m"}, client...)...)
+	waitOutput(t, c, "the cancel is recorded")
+	agent.kill()
+	if got := jobStatus(t, nc, id); got != backup.StatusRunning {
+		t.Fatalf("job %s is %s after its agent died, want running", id, got)
+	}
+	agent = startProc(t, agentArgs...) // the agent comes back on its data dir
+
+	select {
+	case <-c.done:
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("cancel did not return within two minutes:\n%s", c.out.String())
+	}
+	if code := c.state.ExitCode(); code != 0 || !strings.Contains(c.out.String(), "job "+id+" canceled: recorded; its request came again and attempt 2 ended as canceled without running") {
+		t.Fatalf("cancel exit %d:\n%s", code, c.out.String())
+	}
+	j, err := catalog.NewClient(nc).Job(context.Background(), id)
+	if err != nil || j.Status != backup.StatusFailed || j.Failure == nil || j.Failure.Reason != schemas.FailCanceled || j.Failure.Retryable {
+		t.Fatalf("job %s: %+v (%v), want failed, reason canceled, not retryable", id, j, err)
+	}
+	if !strings.Contains(j.Failure.Message, "attempt 2 did not run") {
+		t.Errorf("failure message %q, want it to say attempt 2 did not run", j.Failure.Message)
+	}
+	out := mustCLI(t, append([]string{"backup", "--vm", "outlive001", "--wait"}, client...)...)
+	if !strings.Contains(out, "completed") {
+		t.Fatalf("the backup after the cancel:\n%s", out)
+	}
+	if strings.Contains(agent.out.String(), `"job_id":"`+id+`","vm":"outlive001","attempt":2,"vm_uuid"`) {
+		t.Errorf("the canceled job's attempt 2 resolved its VM (it ran):\n%s", agent.out.String())
+	}
+	for _, p := range []*proc{agent, cat, hub} {
+		if code := p.stop(t); code != 0 {
+			t.Errorf("%s exited %d after SIGTERM", p.name, code)
+		}
+	}
+}
+
+// jobStatus is job id's status as the catalog shows it ("" when unknown).
+func jobStatus(t *testing.T, nc *nats.Conn, id string) string {
+	t.Helper()
+	j, err := catalog.NewClient(nc).Job(context.Background(), id)
+	if err != nil {
+		return ""
+	}
+	return j.Status
 }
