@@ -120,8 +120,20 @@ func TestCancelRunning(t *testing.T) {
 // It returns the stopped process's pid.
 func (s *served) stopTargetOnStart(t *testing.T, vm, id string, flags ...string) int {
 	t.Helper()
+	backupStarted(t, s.nc, id, time.Minute, func() { s.must(t, append([]string{"backup", "--vm", vm, "--job-id", id}, flags...)...) })
+	pid := processWith(t, "qemu-nbd", s.data, id)
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// backupStarted runs request (which requests job id) and waits until
+// backup.started of the job is seen on nc, failing the test after timeout.
+func backupStarted(t *testing.T, nc *nats.Conn, id string, timeout time.Duration, request func()) {
+	t.Helper()
 	started := make(chan struct{}, 1)
-	sub, err := s.nc.Subscribe(schemas.NameStarted+".*", func(m *nats.Msg) {
+	sub, err := nc.Subscribe(schemas.NameStarted+".*", func(m *nats.Msg) {
 		if ev, err := schemas.Decode(m.Subject, m.Data); err == nil && ev.EventHeader().JobID == id {
 			select {
 			case started <- struct{}{}:
@@ -133,17 +145,12 @@ func (s *served) stopTargetOnStart(t *testing.T, vm, id string, flags ...string)
 		t.Fatal(err)
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	s.must(t, append([]string{"backup", "--vm", vm, "--job-id", id}, flags...)...)
+	request()
 	select {
 	case <-started:
-	case <-time.After(time.Minute):
-		t.Fatalf("job %s did not start within a minute", id)
+	case <-time.After(timeout):
+		t.Fatalf("job %s did not start within %s", id, timeout)
 	}
-	pid := processWith(t, "qemu-nbd", s.data, id)
-	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	return pid
 }
 
 // processWith waits for a running process named name whose command line
@@ -214,25 +221,9 @@ func TestCancelOutlivesItsAgent(t *testing.T) {
 	client = append(client, "--data", src)
 
 	id := bus.NewJobID()
-	started := make(chan struct{}, 1)
-	sub, err := nc.Subscribe(schemas.NameStarted+".*", func(m *nats.Msg) {
-		if ev, err := schemas.Decode(m.Subject, m.Data); err == nil && ev.EventHeader().JobID == id {
-			select {
-			case started <- struct{}{}:
-			default:
-			}
-		}
+	backupStarted(t, nc, id, 2*time.Minute, func() {
+		mustCLI(t, append([]string{"backup", "--vm", "outlive001", "--job-id", id}, client...)...)
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = sub.Unsubscribe() }()
-	mustCLI(t, append([]string{"backup", "--vm", "outlive001", "--job-id", id}, client...)...)
-	select {
-	case <-started:
-	case <-time.After(2 * time.Minute):
-		t.Fatalf("job %s did not start within two minutes:\n%s", id, lastLines(agent.out.String(), 5))
-	}
 	// The agent hangs mid-copy.
 	if err := syscall.Kill(agent.cmd.Process.Pid, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
