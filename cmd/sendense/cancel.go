@@ -109,6 +109,9 @@ func (c *cancelCmd) run(ctx context.Context, a *app, idOrPrefix string) error {
 	if err == nil {
 		err = cancels.Record(ctx, j.ID, requester())
 	}
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return fmt.Errorf("cancel job %s: nothing canceled: %w (the hub makes it when it starts: has a hub of this version run?)", j.ID, err)
+	}
 	if err != nil {
 		return fmt.Errorf("cancel job %s: nothing canceled: %w", j.ID, err)
 	}

@@ -25,7 +25,8 @@ import (
 // queued in `job`, `job SHORT` and `jobs --status queued`; `backup --wait
 // --timeout` says it is queued with no agent, gives up with exit 5 and
 // says the backup goes on; Ctrl-C while waiting exits 130 with the same
-// hint instead of "context canceled".
+// hint instead of "context canceled". A cancel before any hub made the
+// cancel bucket changes nothing and says why; then it ends the queued job.
 func TestQueuedWithoutAgent(t *testing.T) {
 	t.Parallel()
 	data := t.TempDir()
@@ -103,6 +104,19 @@ func TestQueuedWithoutAgent(t *testing.T) {
 	}
 	if !strings.Contains(got, "stopped waiting (interrupted); the backup goes on: follow it with `sendense watch --job") || strings.Contains(got, "context canceled") {
 		t.Errorf("backup --wait after SIGINT said:\n%s", got)
+	}
+
+	// Without the cancel bucket (no hub ever ran) cancel changes nothing
+	// and says why; then the bucket is made, as the hub's process does.
+	_, err = cli(t, append([]string{"cancel", id}, conn...)...)
+	if code := exitCode(err); code != 1 || !strings.Contains(err.Error(), "nothing canceled") || !strings.Contains(err.Error(), "has a hub of this version run?") {
+		t.Errorf("cancel without the cancel bucket: exit %d (%v), want 1 saying nothing was canceled and why", code, err)
+	}
+	if status := jobStatus(t, admin, id); status != backup.StatusQueued {
+		t.Errorf("job %s is %q after a cancel that could not be recorded, want still queued", id, status)
+	}
+	if _, err := bus.EnsureCancels(context.Background(), adminJS, 1, bus.AwaitOptions{}); err != nil {
+		t.Fatal(err)
 	}
 
 	// Cancel the first job: its request leaves the queue and the catalog
