@@ -105,15 +105,8 @@ func (c *cancelCmd) run(ctx context.Context, a *app, idOrPrefix string) error {
 	}
 	// Recorded first, for good: from here no delivery of the job's
 	// request runs it, whatever becomes of the agent asked below.
-	cancels, err := bus.OpenCancels(ctx, js)
-	if err == nil {
-		err = cancels.Record(ctx, j.ID, requester())
-	}
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		return fmt.Errorf("cancel job %s: nothing canceled: %w (the hub makes it when it starts: has a hub of this version run?)", j.ID, err)
-	}
-	if err != nil {
-		return fmt.Errorf("cancel job %s: nothing canceled: %w", j.ID, err)
+	if err := c.record(ctx, a, js, j.ID); err != nil {
+		return err
 	}
 	// A queued job's request, or that of a job between attempts (failed,
 	// retryable, waiting for its redelivery), is taken off the queue
@@ -157,6 +150,11 @@ func (c *cancelCmd) run(ctx context.Context, a *app, idOrPrefix string) error {
 		return fmt.Errorf("cancel job %s: wait for the catalog: %w", j.ID, err)
 	}
 	if final.Status == backup.StatusFailed && final.Failure != nil && final.Failure.Reason == schemas.FailCanceled {
+		if final.Failure.Attempt != reply.Attempt {
+			// The agent died or hung before it recorded the outcome; the
+			// record ended the next delivery.
+			return c.canceled(a, final, fmt.Sprintf(": agent %s was stopping attempt %d and went silent; the cancel was recorded, so attempt %d ended as canceled without running", reply.Agent, reply.Attempt, final.Failure.Attempt))
+		}
 		return c.canceled(a, final, fmt.Sprintf(": agent %s stopped attempt %d (failed, reason canceled; snapshot removed, targets aborted)", reply.Agent, reply.Attempt))
 	}
 	return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended %s before the cancel took effect; nothing canceled", j.ID, outcome(final))}
@@ -180,6 +178,38 @@ func (c *cancelCmd) awaitRecorded(ctx context.Context, a *app, cat *catalog.Clie
 		return c.canceled(a, final, fmt.Sprintf(": recorded; its request came again and attempt %d ended as canceled without running", final.Failure.Attempt))
 	}
 	return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended %s before the cancel took effect; nothing canceled", j.ID, outcome(final))}
+}
+
+// record writes the durable cancel record of job id (bus.Cancels),
+// trying again while NATS does not answer, for at most --timeout: a write
+// whose answer was lost (a server that died under it) may have been
+// stored, and writing it again is harmless. Without the bucket nothing is
+// canceled; a write that never got an answer may be stored, and the error
+// says so.
+func (c *cancelCmd) record(ctx context.Context, a *app, js jetstream.JetStream, id string) error {
+	rctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	stored := false // a write was tried: from here it may be stored
+	err := bus.Await(rctx, "the cancel record of job "+id, func(ctx context.Context) error {
+		cancels, err := bus.OpenCancels(ctx, js)
+		if errors.Is(err, jetstream.ErrBucketNotFound) {
+			return bus.Permanent(err)
+		}
+		if err != nil {
+			return err
+		}
+		stored = true
+		return cancels.Record(ctx, id, requester())
+	}, bus.AwaitOptions{Log: a.log})
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, jetstream.ErrBucketNotFound):
+		return fmt.Errorf("cancel job %s: nothing canceled: %w (the hub makes it when it starts: has a hub of this version run?)", id, err)
+	case stored:
+		return fmt.Errorf("cancel job %s: recording the cancel got no answer: %w; it may be stored, and then the job ends as canceled at its next delivery: run `sendense cancel %s` again to be sure", id, err, id)
+	}
+	return fmt.Errorf("cancel job %s: nothing canceled: %w", id, err)
 }
 
 // canceled prints the canceled job: "job ID canceled" followed by how, or with
@@ -246,7 +276,7 @@ func (c *cancelCmd) rejectQueued(ctx context.Context, a *app, js jetstream.JetSt
 	}
 	ev.VM.Name = j.VM.Name // as the request named it; it passed the request's schema
 	schemas.Stamp(&ev.Header, schemas.NameRejected)
-	return c.record(ctx, a, js, cat, j, ev, " (its request was removed from the queue)")
+	return c.publishOutcome(ctx, a, js, cat, j, ev, " (its request was removed from the queue)")
 }
 
 // failBetweenAttempts records a job whose retryable failure left its
@@ -270,14 +300,14 @@ func (c *cancelCmd) failBetweenAttempts(ctx context.Context, a *app, js jetstrea
 		Message:    fmt.Sprintf("canceled by %s between attempts (request seq %d removed from the queue)", requester(), j.RequestSeq),
 	}
 	schemas.Stamp(&ev.Header, schemas.NameFailed)
-	return c.record(ctx, a, js, cat, j, ev, " between attempts (failed, reason canceled; its request was removed from the queue)")
+	return c.publishOutcome(ctx, a, js, cat, j, ev, " between attempts (failed, reason canceled; its request was removed from the queue)")
 }
 
-// record publishes ev, cancel's record of a job whose request it removed,
-// on backup.<type>.admin, waits until the catalog shows the job ended, and
-// prints it as canceled (how says how). Had an agent taken the request
-// after all, its attempt owns the outcome: exit 6.
-func (c *cancelCmd) record(ctx context.Context, a *app, js jetstream.JetStream, cat *catalog.Client, j backup.Job, ev schemas.Event, how string) error {
+// publishOutcome publishes ev, cancel's record of a job whose request it
+// removed, on backup.<type>.admin, waits until the catalog shows the job
+// ended, and prints it as canceled (how says how). Had an agent taken the
+// request after all, its attempt owns the outcome: exit 6.
+func (c *cancelCmd) publishOutcome(ctx context.Context, a *app, js jetstream.JetStream, cat *catalog.Client, j backup.Job, ev schemas.Event, how string) error {
 	pub, err := bus.NewAgentPublisher(js, CancelAgent, a.log)
 	if err != nil {
 		return err
