@@ -157,7 +157,7 @@ func (c *cancelCmd) run(ctx context.Context, a *app, idOrPrefix string) error {
 		}
 		return c.canceled(a, final, fmt.Sprintf(": agent %s stopped attempt %d (failed, reason canceled; snapshot removed, targets aborted)", reply.Agent, reply.Attempt))
 	}
-	return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended %s before the cancel took effect; nothing canceled", j.ID, outcome(final))}
+	return endedFirst(final)
 }
 
 // awaitRecorded waits (--timeout) until the catalog shows job j ended,
@@ -177,7 +177,7 @@ func (c *cancelCmd) awaitRecorded(ctx context.Context, a *app, cat *catalog.Clie
 	if final.Failure != nil && final.Failure.Reason == schemas.FailCanceled {
 		return c.canceled(a, final, fmt.Sprintf(": recorded; its request came again and attempt %d ended as canceled without running", final.Failure.Attempt))
 	}
-	return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended %s before the cancel took effect; nothing canceled", j.ID, outcome(final))}
+	return endedFirst(final)
 }
 
 // record writes the durable cancel record of job id (bus.Cancels),
@@ -218,6 +218,12 @@ func (c *cancelCmd) canceled(a *app, j backup.Job, how string) error {
 	pr := newLinePrinter(a.stdout, c.json)
 	pr.Println(fmt.Sprintf("job %s canceled%s", j.ID, how))
 	return pr.Result(j)
+}
+
+// endedFirst is cancel's answer when job j ended otherwise before the
+// cancel took effect: exit 6.
+func endedFirst(j backup.Job) error {
+	return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended %s before the cancel took effect; nothing canceled", j.ID, outcome(j))}
 }
 
 // outcome describes an ended job: its status and, for a failure or a
@@ -323,7 +329,7 @@ func (c *cancelCmd) publishOutcome(ctx context.Context, a *app, js jetstream.Jet
 	}
 	// canceled is the reason of a rejected and of a failed job alike.
 	if final.Failure == nil || final.Failure.Reason != schemas.RejectCanceled && final.Failure.Reason != schemas.FailCanceled {
-		return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended %s before the cancel took effect; nothing canceled", j.ID, outcome(final))}
+		return endedFirst(final)
 	}
 	return c.canceled(a, final, how)
 }
