@@ -133,7 +133,7 @@ func Serve(nc *nats.Conn, tb *testbed.Testbed, log zerolog.Logger, inventory Inv
 			if err := json.Unmarshal(data, &req); err != nil {
 				return nil, err
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 			defer cancel()
 			return struct{}{}, tb.Resize(ctx, req.VM, req.DiskKey, req.CapacityBytes)
 		}),
@@ -173,7 +173,7 @@ func Serve(nc *nats.Conn, tb *testbed.Testbed, log zerolog.Logger, inventory Inv
 			if req.VM == "" {
 				return nil, fmt.Errorf("delete vm: no vm named")
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 			defer cancel()
 			return struct{}{}, tb.DeleteVM(ctx, req.VM)
 		}),
@@ -232,7 +232,7 @@ func createVMs(tb *testbed.Testbed, inventory InventoryFunc, req CreateVMRequest
 		}
 	}
 	out := CreateVMReply{VMs: []testbed.VMInfo{}}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), createTimeout)
 	defer cancel()
 	for _, s := range specs {
 		vm, err := tb.CreateVM(ctx, s)
@@ -280,8 +280,19 @@ type Client struct{ nc *nats.Conn }
 // NewClient returns a client on nc.
 func NewClient(nc *nats.Conn) *Client { return &Client{nc: nc} }
 
+// callTimeout bounds a call as the service bounds its handler: a minute,
+// createTimeout for creating VMs.
+const (
+	callTimeout   = time.Minute
+	createTimeout = 10 * time.Minute
+)
+
 func (c *Client) call(ctx context.Context, subject string, req, out any) error {
-	return bus.Request(ctx, c.nc, subject, req, out, time.Minute, nil)
+	timeout := callTimeout
+	if subject == SubjectVMCreate {
+		timeout = createTimeout
+	}
+	return bus.Request(ctx, c.nc, subject, req, out, timeout, nil)
 }
 
 // VMs lists the testbed's VMs.
