@@ -21,9 +21,10 @@ import (
 const CancelBucket = "sendense_cancels"
 
 // CancelKeep is how long a cancel record is kept (the bucket's max age):
-// far longer than a request waits for its redelivery, and short enough
-// that the bucket never grows with the jobs.
-const CancelKeep = 7 * 24 * time.Hour
+// far longer than a request waits for its redelivery (seconds to minutes,
+// hours while no agent runs), and short enough that the bucket never grows
+// with the jobs. A request that waits longer than that for an agent runs.
+const CancelKeep = 30 * 24 * time.Hour
 
 // CancelKey is job jobID's key in CancelBucket: "job.<job id>" (a job id
 // is a valid key: ValidJobID).

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
@@ -103,10 +104,17 @@ func (c *cancelCmd) run(ctx context.Context, a *app, idOrPrefix string) error {
 	if j.Ended() {
 		return &exitError{code: exitCancelEnded, err: fmt.Errorf("cancel job %s: it already ended %s; nothing to cancel", j.ID, outcome(j))}
 	}
+	// One deadline for the whole cancel: recording it, and waiting for the
+	// outcome.
+	tctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
 	// Recorded first, for good: from here no delivery of the job's
 	// request runs it, whatever becomes of the agent asked below.
-	if err := c.record(ctx, a, js, j.ID); err != nil {
+	if err := c.record(tctx, a, js, j.ID); err != nil {
 		return err
+	}
+	recorded := func(err error) error {
+		return fmt.Errorf("cancel job %s: the cancel is recorded, so the job ends as canceled at its next delivery, but: %w", j.ID, err)
 	}
 	// A queued job's request, or that of a job between attempts (failed,
 	// retryable, waiting for its redelivery), is taken off the queue
@@ -114,83 +122,92 @@ func (c *cancelCmd) run(ctx context.Context, a *app, idOrPrefix string) error {
 	// ends the job as canceled itself; if none answers, cancel records it.
 	var removed []byte
 	if (j.Status == backup.StatusQueued || j.Status == backup.StatusFailed) && j.RequestSeq != 0 {
-		if removed, err = dequeue(ctx, js, j); err != nil {
-			return err
+		if removed, err = dequeue(tctx, js, j); err != nil {
+			return recorded(err)
 		}
 	}
 	wait := cancelAnswerWait
 	if removed != nil {
 		wait = time.Second // most likely no agent took it
 	}
-	reply, err := agentapi.RequestCancel(ctx, nc, j.ID, wait)
+	reply, err := agentapi.RequestCancel(tctx, nc, j.ID, wait)
 	switch {
 	case errors.Is(err, agentapi.ErrNoAgent) && removed != nil && j.Status == backup.StatusQueued:
-		return c.rejectQueued(ctx, a, js, cat, j, removed)
+		return c.rejectQueued(tctx, a, js, cat, j, removed)
 	case errors.Is(err, agentapi.ErrNoAgent) && removed != nil:
-		return c.failBetweenAttempts(ctx, a, js, cat, j)
+		return c.failBetweenAttempts(tctx, a, js, cat, j)
 	case errors.Is(err, agentapi.ErrNoAgent):
-		// No agent runs the job now: the agent of its attempt died, or it
-		// waits for a retry whose request's place is unknown. The agent
-		// that takes its request next finds the record and ends it.
-		return c.awaitRecorded(ctx, a, cat, j)
+		// No agent answered: its agent died or hangs, the answer was lost,
+		// or the job waits for a retry whose request's place is unknown.
+		// The agent that takes its request next finds the record and ends
+		// it; the agents are asked again while cancel waits.
+		newLinePrinter(a.stdout, c.json).Notice(fmt.Sprintf("job %s: no agent answered (%s, agent %s); the cancel is recorded, and the agent that takes its request next ends it as canceled: waiting up to %s", j.ID, j.Status, dash(j.Agent), c.timeout))
+		return c.awaitOutcome(ctx, tctx, a, nc, cat, j, nil)
 	case err != nil:
-		return err
+		return recorded(err)
 	}
-	wctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	// The attempt's outcome: canceled, or completed when the answer was
-	// too late (a failure that came first also ends the wait).
-	final, err := cat.Await(wctx, j.ID, func(j backup.Job) bool {
-		return j.Ended() || j.Status == backup.StatusFailed && j.Failure != nil && j.Failure.Attempt >= reply.Attempt
-	})
-	if err != nil {
-		if wctx.Err() != nil && ctx.Err() == nil {
-			return &exitError{code: exitCancelTimeout, err: fmt.Errorf("cancel job %s: agent %s is stopping attempt %d, but the catalog did not show its outcome within %s: see `sendense job %s`", j.ID, reply.Agent, reply.Attempt, c.timeout, j.ID)}
-		}
-		return fmt.Errorf("cancel job %s: wait for the catalog: %w", j.ID, err)
-	}
-	if final.Status == backup.StatusFailed && final.Failure != nil && final.Failure.Reason == schemas.FailCanceled {
-		if final.Failure.Attempt != reply.Attempt {
-			// The agent died or hung before it recorded the outcome; the
-			// record ended the next delivery.
-			return c.canceled(a, final, fmt.Sprintf(": agent %s was stopping attempt %d and went silent; the cancel was recorded, so attempt %d ended as canceled without running", reply.Agent, reply.Attempt, final.Failure.Attempt))
-		}
-		return c.canceled(a, final, fmt.Sprintf(": agent %s stopped attempt %d (failed, reason canceled; snapshot removed, targets aborted)", reply.Agent, reply.Attempt))
-	}
-	return endedFirst(final)
+	return c.awaitOutcome(ctx, tctx, a, nc, cat, j, &reply)
 }
 
-// awaitRecorded waits (--timeout) until the catalog shows job j ended,
-// once no agent answered: canceled by the agent that took its request
-// again and found the cancel record, or ended otherwise meanwhile.
-func (c *cancelCmd) awaitRecorded(ctx context.Context, a *app, cat *catalog.Client, j backup.Job) error {
-	newLinePrinter(a.stdout, c.json).Notice(fmt.Sprintf("job %s: no agent runs it now (%s, agent %s); the cancel is recorded, and the agent that takes its request next ends it as canceled: waiting up to %s", j.ID, j.Status, dash(j.Agent), c.timeout))
-	wctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	final, err := cat.Await(wctx, j.ID, backup.Job.Ended)
-	if err != nil {
-		if wctx.Err() != nil && ctx.Err() == nil {
-			return &exitError{code: exitCancelTimeout, err: fmt.Errorf("cancel job %s: recorded, but no agent took its request within %s; it ends as canceled when one does: see `sendense job %s`", j.ID, c.timeout, j.ID)}
+// cancelAskAgain is how often cancel asks the agents again while it waits
+// for a job no agent answered for (a lost answer, an agent that was busy).
+const cancelAskAgain = 5 * time.Second
+
+// awaitOutcome waits until the catalog shows job j ended (tctx bounds the
+// wait; ctx is the command's) and prints how. reply is the answer of the
+// agent stopping it, nil while none answered: then the agents are asked
+// again every cancelAskAgain. A retryable failure does not end the wait:
+// the record ends the job's next delivery.
+func (c *cancelCmd) awaitOutcome(ctx, tctx context.Context, a *app, nc *nats.Conn, cat *catalog.Client, j backup.Job, reply *agentapi.CancelReply) error {
+	var final backup.Job
+	asked := time.Now()
+	for {
+		now, err := cat.Job(tctx, j.ID)
+		if err == nil && now.Ended() {
+			final = now
+			break
 		}
-		return fmt.Errorf("cancel job %s: wait for the catalog: %w", j.ID, err)
+		if reply == nil && time.Since(asked) >= cancelAskAgain {
+			asked = time.Now()
+			if r, err := agentapi.RequestCancel(tctx, nc, j.ID, time.Second); err == nil {
+				reply = &r
+			}
+		}
+		select {
+		case <-tctx.Done():
+			if ctx.Err() != nil {
+				return fmt.Errorf("cancel job %s: wait for the catalog: %w", j.ID, context.Cause(ctx))
+			}
+			if reply != nil {
+				return &exitError{code: exitCancelTimeout, err: fmt.Errorf("cancel job %s: recorded; agent %s is stopping attempt %d, but the catalog did not show its outcome within %s: see `sendense job %s`", j.ID, reply.Agent, reply.Attempt, c.timeout, j.ID)}
+			}
+			return &exitError{code: exitCancelTimeout, err: fmt.Errorf("cancel job %s: recorded, but no agent took its request within %s; it ends as canceled when one does: see `sendense job %s`", j.ID, c.timeout, j.ID)}
+		case <-time.After(catalog.AwaitInterval):
+		}
 	}
-	if final.Failure != nil && final.Failure.Reason == schemas.FailCanceled {
+	if final.Failure == nil || final.Failure.Reason != schemas.FailCanceled {
+		return endedFirst(final)
+	}
+	switch {
+	case reply == nil:
 		return c.canceled(a, final, fmt.Sprintf(": recorded; its request came again and attempt %d ended as canceled without running", final.Failure.Attempt))
+	case final.Failure.Attempt != reply.Attempt:
+		// The answering agent's attempt ended otherwise first (it died,
+		// hung, or failed retryably); the record ended a later delivery.
+		return c.canceled(a, final, fmt.Sprintf(": recorded; agent %s's attempt %d ended first, and attempt %d ended as canceled without running", reply.Agent, reply.Attempt, final.Failure.Attempt))
 	}
-	return endedFirst(final)
+	return c.canceled(a, final, fmt.Sprintf(": agent %s stopped attempt %d (failed, reason canceled; snapshot removed, targets aborted)", reply.Agent, reply.Attempt))
 }
 
 // record writes the durable cancel record of job id (bus.Cancels),
-// trying again while NATS does not answer, for at most --timeout: a write
+// trying again while NATS does not answer, until ctx ends: a write
 // whose answer was lost (a server that died under it) may have been
 // stored, and writing it again is harmless. Without the bucket nothing is
 // canceled; a write that never got an answer may be stored, and the error
 // says so.
 func (c *cancelCmd) record(ctx context.Context, a *app, js jetstream.JetStream, id string) error {
-	rctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	stored := false // a write was tried: from here it may be stored
-	err := bus.Await(rctx, "the cancel record of job "+id, func(ctx context.Context) error {
+	stored := false // a write got no answer: it may be stored
+	err := bus.Await(ctx, "the cancel record of job "+id, func(ctx context.Context) error {
 		cancels, err := bus.OpenCancels(ctx, js)
 		if errors.Is(err, jetstream.ErrBucketNotFound) {
 			return bus.Permanent(err)
@@ -198,8 +215,11 @@ func (c *cancelCmd) record(ctx context.Context, a *app, js jetstream.JetStream, 
 		if err != nil {
 			return err
 		}
-		stored = true
-		return cancels.Record(ctx, id, requester())
+		err = cancels.Record(ctx, id, requester())
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
+			stored = true
+		}
+		return err
 	}, bus.AwaitOptions{Log: a.log})
 	switch {
 	case err == nil:
@@ -319,7 +339,7 @@ func (c *cancelCmd) publishOutcome(ctx context.Context, a *app, js jetstream.Jet
 		return err
 	}
 	if _, err := pub.PublishEvent(ctx, ev); err != nil {
-		return fmt.Errorf("cancel job %s: its request was removed, but recording it failed: %w", j.ID, err)
+		return fmt.Errorf("cancel job %s: its request was removed and the cancel recorded (it will not run), but publishing its outcome failed: %w", j.ID, err)
 	}
 	actx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
