@@ -3,7 +3,9 @@ package bus
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -43,6 +45,12 @@ func (e *ServiceError) Unwrap() error { return e.Err }
 // requester reconnects), so a caller that polls under a long deadline
 // would otherwise wait out that whole deadline on the first lost
 // message. It gets context.DeadlineExceeded after timeout and asks again.
+//
+// A request the server refused to carry (the identity may not publish on
+// subject, or may not subscribe to its reply inbox: a --nats-nkey of
+// another role) also ends at the timeout, since the server only says so
+// asynchronously; the error then wraps that nats.ErrPermissionViolation
+// instead of the deadline, so the user reads why.
 func Request(ctx context.Context, nc *nats.Conn, subject string, req, reply any, timeout time.Duration,
 	sentinels map[string]error) error {
 	if timeout > 0 {
@@ -56,6 +64,9 @@ func Request(ctx context.Context, nc *nats.Conn, subject string, req, reply any,
 	}
 	msg, err := nc.RequestWithContext(ctx, subject, data)
 	if err != nil {
+		if denied := deniedRequest(nc, subject); denied != nil && errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("request %s: %w (connection %s: its credentials lack the rights this needs)", subject, denied, nc.Opts.Name)
+		}
 		return fmt.Errorf("request %s: %w", subject, err)
 	}
 	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
@@ -66,6 +77,22 @@ func Request(ctx context.Context, nc *nats.Conn, subject string, req, reply any,
 	}
 	if err := json.Unmarshal(msg.Data, reply); err != nil {
 		return fmt.Errorf("decode reply of %s: %w", subject, err)
+	}
+	return nil
+}
+
+// deniedRequest returns the connection's last error when it is the
+// server's refusal of a request on subject: a publish to subject, or the
+// subscription to the connection's reply inbox (its prefix followed by *).
+func deniedRequest(nc *nats.Conn, subject string) error {
+	last := nc.LastError()
+	if !errors.Is(last, nats.ErrPermissionViolation) {
+		return nil
+	}
+	inbox := nc.NewRespInbox()
+	mux := inbox[:strings.LastIndexByte(inbox, '.')+1] + "*"
+	if msg := last.Error(); strings.Contains(msg, `Publish to "`+subject+`"`) || strings.Contains(msg, `Subscription to "`+mux+`"`) {
+		return last
 	}
 	return nil
 }

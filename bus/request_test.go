@@ -3,6 +3,7 @@ package bus_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -51,5 +52,37 @@ func TestRequestLostReplyBoundedByTimeout(t *testing.T) {
 	calls.Store(0)
 	if err := bus.Request(short, s.Conn, "test.lossy", struct{}{}, &reply, 0, nil); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("timeout 0, lost reply: err = %v, want the context's deadline", err)
+	}
+}
+
+// TestRequestDeniedSaysWhy: a request the server refuses to carry ends
+// at its timeout with the server's reason, not a bare deadline: an
+// identity that may not publish on the subject (a monitor asking the
+// catalog), and one that may not subscribe to its reply inbox (a
+// requester's key used by a command that connects with admin's inbox, as
+// `sendense cancel --nats-nkey requester.nk` did).
+func TestRequestDeniedSaysWhy(t *testing.T) {
+	s := bustest.SecureEmbedded(t)
+	ctx := context.Background()
+	const subject = "sendense.catalog.jobs.list"
+
+	mon := s.Connect(t, bus.Identity{Role: bus.RoleMonitor})
+	err := bus.Request(ctx, mon.Conn, subject, struct{}{}, nil, time.Second, nil)
+	if !errors.Is(err, nats.ErrPermissionViolation) || !strings.Contains(err.Error(), `Publish to "`+subject+`"`) ||
+		!strings.Contains(err.Error(), "sendense-monitor") {
+		t.Errorf("monitor's request: %v, want the publish violation naming the subject and the connection", err)
+	}
+
+	opts := s.Creds.Options(bus.Identity{Role: bus.RoleRequester})
+	opts.URLs = []string{s.URL}
+	opts.InboxPrefix = bus.Identity{Role: bus.RoleAdmin}.InboxPrefix()
+	nc, err := bus.Connect(ctx, opts, bustest.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	err = bus.Request(ctx, nc, subject, struct{}{}, nil, time.Second, nil)
+	if !errors.Is(err, nats.ErrPermissionViolation) || !strings.Contains(err.Error(), "Subscription to \""+opts.InboxPrefix) {
+		t.Errorf("request with another role's inbox: %v, want the subscription violation of the reply inbox", err)
 	}
 }

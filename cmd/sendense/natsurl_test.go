@@ -82,4 +82,17 @@ func TestClientNATSSources(t *testing.T) {
 	if _, errOut, err := run(nil, "jobs", "--context", "nosuch"); exitCode(err) != 1 || !strings.Contains(errOut, `nats context "nosuch"`) {
 		t.Errorf("jobs --context nosuch: %v\n%s", err, errOut)
 	}
+
+	// Another role's key: the server's refusal, not a bare timeout. The
+	// monitor may not ask the catalog; cancel (admin's inbox) with the
+	// requester's key may not receive the catalog's answer.
+	monitor := filepath.Join(s.data, "creds", "monitor.nk")
+	if _, errOut, err := run(nil, "jobs", "--nats-url", s.url, "--nats-nkey", monitor); exitCode(err) != 1 ||
+		!strings.Contains(errOut, `permissions violation: Permissions Violation for Publish to "sendense.catalog.jobs.list"`) {
+		t.Errorf("jobs with the monitor's key: %v\n%s", err, errOut)
+	}
+	if _, errOut, err := run(nil, "cancel", "no-such-job", "--nats-url", s.url, "--nats-nkey", seed); exitCode(err) != 1 ||
+		!strings.Contains(errOut, `Permissions Violation for Subscription to "_INBOX.admin.`) || !strings.Contains(errOut, "credentials lack the rights") {
+		t.Errorf("cancel with the requester's key: %v\n%s", err, errOut)
+	}
 }
